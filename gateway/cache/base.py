@@ -1,0 +1,67 @@
+"""The score cache contract and the key layout every implementation shares."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+# A digest of 128 bits from a cryptographic hash: passages come from outside, and a crafted
+# collision with a fast non-cryptographic hash could plant one passage's score on another.
+DIGEST_BYTES = 16
+
+
+class ScoreCache(Protocol):
+    """Batch-shaped on purpose: one round trip reads all of a request's pairs."""
+
+    async def get_many(
+        self, model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
+    ) -> list[float | None]: ...
+
+    async def put_many(
+        self,
+        model: str,
+        instruction: str | None,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        scores: Sequence[float],
+    ) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """What a request lets the cache do, from its Cache-Control header."""
+
+    read: bool = True
+    write: bool = True
+
+    @classmethod
+    def from_header(cls, cache_control: str | None) -> CachePolicy:
+        if not cache_control:
+            return _DEFAULT_POLICY
+        directives = {part.strip().lower().split("=", 1)[0] for part in cache_control.split(",")}
+        if "no-store" in directives:
+            return cls(read=False, write=False)
+        if "no-cache" in directives:
+            return cls(read=False, write=True)
+        return _DEFAULT_POLICY
+
+
+_DEFAULT_POLICY = CachePolicy()
+
+
+def query_group(model: str, instruction: str | None, query: str) -> str:
+    """Names the group of scores of one query: model in clear, instruction and query digested."""
+    digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    # None and "" are different instructions; the marker byte keeps them apart.
+    digest.update(b"\x00" if instruction is None else b"\x01" + instruction.encode("utf-8", "surrogatepass"))
+    digest.update(b"\x00")
+    digest.update(query.encode("utf-8", "surrogatepass"))
+    return f"{model}:{digest.hexdigest()}"
+
+
+def passage_digest(document: str) -> bytes:
+    return hashlib.blake2b(document.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()

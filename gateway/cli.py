@@ -1,0 +1,94 @@
+"""rerank-gateway serve | check-config | emulate.
+
+click rather than argparse: subcommands, env-var defaults and clean usage errors come with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+from aiohttp import web
+
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.providers.client import ProviderClient
+
+_CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
+
+
+@click.group()
+def main() -> None:
+    """A rerank gateway: every rerank wire format in, any configured provider out."""
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("--host", help="address to listen on (default: server.host)")
+@click.option("--port", type=int, help="port to listen on (default: server.port)")
+def serve(config_path: str | None, host: str | None, port: int | None) -> None:
+    """Run the gateway."""
+    from gateway.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = _load_or_exit(config_path)
+    host = host or config.server.host
+    port = config.server.port if port is None else port
+    for line in describe_providers(config):
+        logging.getLogger("gateway").info(line)
+    web.run_app(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log=None,
+        print=lambda _: logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port),
+    )
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+def check_config(config_path: str | None) -> None:
+    """Validate the config and say which providers each model can use."""
+    config = _load_or_exit(config_path)
+    lines = describe_providers(config)
+    click.echo("\n".join(lines))
+    unserved = [line for line in lines if line.startswith("model ") and line.endswith("NO USABLE PROVIDER")]
+    sys.exit(1 if unserved else 0)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=9000, show_default=True)
+@click.option("--latency-ms", type=float, default=0.0, show_default=True, help="added latency per request")
+@click.option("--jitter-ms", type=float, default=0.0, show_default=True, help="uniform extra latency")
+@click.option("--api-key", default=None, help="require this bearer key (default: accept any)")
+def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: str | None) -> None:
+    """Serve local stand-ins of the DeepInfra, Fireworks, Cohere and TEI rerank APIs."""
+    from gateway.emulator import EmulatorConfig, create_emulator_app
+
+    app = create_emulator_app(EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, api_key=api_key))
+    web.run_app(app, host=host, port=port, access_log=None, print=lambda _: click.echo(f"emulator on http://{host}:{port}"))
+
+
+def describe_providers(config: GatewayConfig) -> list[str]:
+    """One line per model and per provider in its fallback order, saying what is usable."""
+    lines = []
+    for name, model in config.models.items():
+        states = []
+        for provider in model.fallback:
+            reason = ProviderClient(provider, config.providers[provider]).unusable_reason(None)
+            states.append((provider, reason))
+        usable = [provider for provider, reason in states if reason is None]
+        summary = f"uses {', '.join(usable)}" if usable else "NO USABLE PROVIDER"
+        lines.append(f"model {name}: {summary}")
+        for provider, reason in states:
+            lines.append(f"  {provider}: {'ok' if reason is None else 'skipped: ' + reason}")
+    return lines
+
+
+def _load_or_exit(config_path: str | None) -> GatewayConfig:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        click.echo(f"invalid config: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,181 @@
+"""config.toml as typed models: ops' interface to the gateway.
+
+Every key is validated at load time; an error names the key and the problem, and the gateway
+refuses to start rather than run on a half-understood config.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+DEFAULT_CONFIG_PATH = "config.toml"
+
+
+class ConfigError(Exception):
+    """The config file is missing, not TOML, or breaks a rule; the message says where."""
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    default_model: str | None = None
+    request_timeout_seconds: PositiveFloat = 30.0
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_documents: PositiveInt = 1000
+    max_queries: PositiveInt = 1000
+    max_document_chars: PositiveInt = 64_000
+    max_query_chars: PositiveInt = 16_000
+    max_instruction_chars: PositiveInt = 4_000
+
+
+class CacheConfig(_Section):
+    url: str = ""  # "" keeps the in-process memory cache
+    ttl_seconds: PositiveInt = 30 * 24 * 3600
+    max_entries: PositiveInt = 1_000_000
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
+        if url and not url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+            raise ValueError("must be empty (in-process cache) or a redis://, rediss:// or unix:// URL")
+        return url
+
+
+class ProviderConfig(_Section):
+    kind: str
+    base_url: str
+    model: str
+    api_key_env: str | None = None
+    price_per_million_tokens: float = Field(0.0, ge=0)
+    enabled: bool = True
+    path: str | None = None  # endpoint path when a compatible API serves it elsewhere
+    max_batch: PositiveInt = 256
+    max_connections: PositiveInt = 64
+    timeout_seconds: PositiveFloat = 10.0
+    connect_timeout_seconds: PositiveFloat = 2.0
+    score_transform: Literal["none", "sigmoid"] = "none"
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, kind: str) -> str:
+        from gateway.providers import PROVIDER_KINDS
+
+        if kind not in PROVIDER_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; known kinds: {', '.join(sorted(PROVIDER_KINDS))}")
+        return kind
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_path(cls, path: str | None) -> str | None:
+        if path is not None and not path.startswith("/"):
+            raise ValueError("must start with /")
+        return path
+
+    def api_key(self) -> str | None:
+        """The key from the environment; None when no env var is named or it is unset/empty."""
+        if self.api_key_env is None:
+            return None
+        return os.environ.get(self.api_key_env) or None
+
+    def needs_key(self) -> bool:
+        return self.api_key_env is not None
+
+
+class ModelConfig(_Section):
+    aliases: list[str] = []
+    fallback: list[str] = Field(min_length=1)
+    # Scores of different models are not comparable, so crossing to another model is opt-in.
+    fallback_models: list[str] = []
+
+
+class GatewayConfig(_Section):
+    server: ServerConfig = ServerConfig()
+    cache: CacheConfig = CacheConfig()
+    models: dict[str, ModelConfig] = Field(min_length=1)
+    providers: dict[str, ProviderConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> GatewayConfig:
+        for name, model in self.models.items():
+            for provider in model.fallback:
+                if provider not in self.providers:
+                    raise ValueError(f"models.{name}.fallback: no provider named {provider!r}")
+            for other in model.fallback_models:
+                if other not in self.models or other == name:
+                    raise ValueError(f"models.{name}.fallback_models: no other model named {other!r}")
+        default = self.server.default_model
+        if default is not None and default not in self.models:
+            raise ValueError(f"server.default_model: no model named {default!r}")
+        self._check_providers_serve_one_model()
+        self._check_aliases_unique()
+        return self
+
+    def _check_providers_serve_one_model(self) -> None:
+        # A provider entry names one upstream model; listing it under two models would label
+        # one model's scores as another's.
+        serving: dict[str, str] = {}
+        for name, model in self.models.items():
+            for provider in model.fallback:
+                if serving.setdefault(provider, name) != name:
+                    raise ValueError(
+                        f"models.{name}.fallback: provider {provider!r} already serves model {serving[provider]!r}"
+                    )
+
+    def _check_aliases_unique(self) -> None:
+        owner: dict[str, str] = {name: name for name in self.models}
+        for name, model in self.models.items():
+            for alias in model.aliases:
+                if owner.setdefault(alias, name) != name:
+                    raise ValueError(f"models.{name}.aliases: {alias!r} already names model {owner[alias]!r}")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
+    """Read and validate config: --config, else $GATEWAY_CONFIG, else ./config.toml."""
+    path = Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, source: str = "config") -> GatewayConfig:
+    """Validate a config mapping, applying environment overrides ($REDIS_URL)."""
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        raw = {**raw, "cache": {**raw.get("cache", {}), "url": redis_url}}
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation_error(exc)}") from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)

@@ -1,0 +1,121 @@
+"""HTTP edges: the rerank handler, the error middleware, and the small JSON endpoints.
+
+Errors are raised where they happen and turned into a response here, once, with the same
+`{"error": {"type", "message", "request_id"}}` body everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.cache import CachePolicy
+from gateway.dialects import RERANK_ROUTES, DialectChooser
+from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.limits import check_limits
+from gateway.service import RerankService
+from gateway.config import GatewayConfig
+
+log = logging.getLogger("gateway")
+
+CONFIG = web.AppKey("config", GatewayConfig)
+SERVICE = web.AppKey("service", RerankService)
+REQUEST_ID = "request_id"
+
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_JSON = "application/json"
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type=_JSON, headers=headers)
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    given = request.headers.get("X-Request-ID")
+    if given and _CLIENT_REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    request_id = request[REQUEST_ID] = request_id_of(request)
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        response = _error_response(exc, request_id)
+    except web.HTTPException as exc:
+        response = _error_response(_from_aiohttp(exc, request), request_id)
+    except Exception:
+        # Never a traceback to the client; the log has it, tied to the request id.
+        log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)
+        response = _error_response(GatewayError("internal error; see the gateway log"), request_id)
+    response.headers["X-Request-ID"] = request_id
+    return response
+
+
+def _error_response(exc: GatewayError, request_id: str) -> web.Response:
+    body = {"error": {"type": exc.error_type, "message": exc.message, "request_id": request_id}}
+    return json_response(body, status=exc.status, headers={"X-Rerank-Provider": "none"})
+
+
+def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if exc.status == 413:
+        return PayloadTooLarge(f"body: larger than server.max_body_bytes = {request.app[CONFIG].server.max_body_bytes}")
+    if exc.status == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    if exc.status == 404:
+        return NotFound(f"no endpoint at {request.path}; rerank endpoints: {', '.join(RERANK_ROUTES)}")
+    error = GatewayError(exc.reason)
+    error.status, error.error_type = exc.status, "http_error"
+    return error
+
+
+def rerank_handler(choose_dialect: DialectChooser) -> Any:
+    async def handle(request: web.Request) -> web.Response:
+        payload = await _read_json(request)
+        dialect = choose_dialect(payload)
+        rerank = dialect.decode(payload, request.match_info)
+        service = request.app[SERVICE]
+        check_limits(rerank, request.app[CONFIG].server)
+        result = await service.rerank(rerank, CachePolicy.from_header(request.headers.get("Cache-Control")))
+        request_id = request[REQUEST_ID]
+        headers = {
+            "X-Rerank-Provider": result.provider,
+            "X-Rerank-Model": result.model,
+            "X-Rerank-Cache": f"hits={result.cache_hits}; misses={result.cache_misses}",
+        }
+        return json_response(dialect.encode(rerank, result, request_id), headers=headers)
+
+    return handle
+
+
+async def _read_json(request: web.Request) -> Any:
+    body = await request.read()
+    if not body:
+        raise BadRequest("body: empty; expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "utf-8" in str(exc).lower():
+            raise BadRequest("body: not valid UTF-8") from None
+        raise BadRequest(f"body: not valid JSON ({exc})") from None
+
+
+async def list_models(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    data = [
+        {"id": name, "object": "model", "aliases": model.aliases, "fallback": model.fallback}
+        for name, model in sorted(config.models.items())
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})

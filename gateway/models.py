@@ -1,0 +1,66 @@
+"""The normalized types every dialect decodes into and encodes from."""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RerankRequest:
+    """What a client asked for, whatever wire format it spoke.
+
+    Pair i is (queries[i], documents[i]): one-query formats repeat the query, which costs a
+    pointer per document and lets DeepInfra's many-query batches flow through the same path.
+    """
+
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+    model: str | None = None
+    instruction: str | None = None
+    top_n: int | None = None
+    return_documents: bool = False
+    raw_scores: bool = False  # TEI clients may ask for logits instead of probabilities
+
+
+@dataclass(slots=True)
+class Usage:
+    """What upstream calls cost: the provider's own cost figure where it reports one, else priced."""
+
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+    def add(self, other: Usage) -> None:
+        self.tokens += other.tokens
+        self.cost_usd += other.cost_usd
+
+
+@dataclass(slots=True)
+class ScoredPairs:
+    """Scores from one provider, in the order of the pairs it was given."""
+
+    scores: list[float]
+    usage: Usage
+    provider: str
+    model: str  # canonical model that produced the scores
+
+
+@dataclass(slots=True)
+class RerankResult:
+    """Scores in request order, plus where they came from."""
+
+    scores: list[float]
+    model: str
+    provider: str  # provider name, or "cache" when nothing went upstream
+    usage: Usage = field(default_factory=Usage)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    runtime_ms: float = 0.0
+
+    def ranking(self, top_n: int | None) -> list[int]:
+        """Document indices, best first, cut to top_n; ties keep request order."""
+        indices = range(len(self.scores))
+        key = self.scores.__getitem__
+        if top_n is not None and top_n < len(self.scores):
+            return heapq.nlargest(top_n, indices, key=key)
+        return sorted(indices, key=key, reverse=True)

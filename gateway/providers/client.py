@@ -1,0 +1,190 @@
+"""One configured provider: HTTP calls around its adapter, batching, and answer validation.
+
+Each provider gets its own keep-alive session with a connection limit, so one slow provider
+cannot take the connections another needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import ProviderConfig
+from gateway.errors import ProviderFailure
+from gateway.models import Usage
+from gateway.providers import PROVIDER_KINDS
+from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
+
+# Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they
+# say the request itself is wrong, and every provider would say so again.
+_NO_FALLBACK_STATUSES = frozenset({400, 422})
+_ERROR_TEXT_LIMIT = 300
+
+
+class ProviderClient:
+    def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession | None = None) -> None:
+        self.name = name
+        self.config = config
+        self.adapter: ProviderAdapter = PROVIDER_KINDS[config.kind]
+        self._api_key = config.api_key()
+        self._url = config.base_url + (config.path or self.adapter.default_path(config))
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._timeout = aiohttp.ClientTimeout(
+            total=config.timeout_seconds, sock_connect=config.connect_timeout_seconds
+        )
+        self._session = session
+
+    async def start(self) -> None:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps_str)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def unusable_reason(self, instruction: str | None) -> str | None:
+        """Why this provider cannot take the request at all, or None when it can."""
+        if not self.config.enabled:
+            return "disabled in config"
+        if self.config.needs_key() and self._api_key is None:
+            return f"no API key (${self.config.api_key_env} is not set)"
+        if instruction is not None and not self.adapter.takes_instruction:
+            return f"kind {self.config.kind!r} cannot take an instruction"
+        return None
+
+    async def score(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> tuple[list[float], Usage]:
+        """Scores for the pairs in input order, splitting into as many calls as the kind needs."""
+        plan = self._plan_batches(queries, documents, instruction)
+        if len(plan) == 1:
+            results = [await self._call(plan[0][1])]
+        else:
+            results = await _gather_or_cancel([self._call(batch) for _, batch in plan])
+        scores = [0.0] * len(documents)
+        usage = Usage()
+        for (positions, _), result in zip(plan, results):
+            for position, score in zip(positions, result.scores):
+                scores[position] = score
+            usage.add(self._price(result))
+        return scores, usage
+
+    def _plan_batches(
+        self, queries: Sequence[str], documents: Sequence[str], instruction: str | None
+    ) -> list[tuple[list[int], Batch]]:
+        """Calls to make: each with the request positions it scores."""
+        if self.adapter.multi_query:
+            groups = [list(range(len(documents)))]
+        else:
+            by_query: dict[str, list[int]] = {}
+            for position, query in enumerate(queries):
+                by_query.setdefault(query, []).append(position)
+            groups = list(by_query.values())
+        size = self.config.max_batch
+        plan = []
+        for group in groups:
+            for start in range(0, len(group), size):
+                positions = group[start : start + size]
+                batch = Batch(
+                    queries=[queries[p] for p in positions],
+                    documents=[documents[p] for p in positions],
+                    instruction=instruction,
+                )
+                plan.append((positions, batch))
+        return plan
+
+    def _price(self, result: WireScores) -> Usage:
+        tokens = result.tokens or 0
+        if result.cost_usd is not None:
+            return Usage(tokens=tokens, cost_usd=result.cost_usd)
+        return Usage(tokens=tokens, cost_usd=tokens * self.config.price_per_million_tokens / 1e6)
+
+    async def _call(self, batch: Batch) -> WireScores:
+        body = orjson.dumps(self.adapter.to_wire(batch, self.config))
+        status, raw = await self._post(body)
+        if status != 200:
+            raise ProviderFailure(
+                self.name,
+                f"HTTP {status}: {self._error_text(raw)}",
+                fallback_allowed=status not in _NO_FALLBACK_STATUSES,
+            )
+        try:
+            result = self.adapter.from_wire(orjson.loads(raw), len(batch.documents))
+            return WireScores(self._normalized(result.scores), result.tokens, result.cost_usd)
+        except orjson.JSONDecodeError:
+            raise ProviderFailure(self.name, "invalid answer: not JSON") from None
+        except InvalidAnswer as exc:
+            raise ProviderFailure(self.name, f"invalid answer: {exc}") from None
+
+    async def _post(self, body: bytes) -> tuple[int, bytes]:
+        assert self._session is not None, "ProviderClient.start() was not called"
+        try:
+            async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
+                return resp.status, await resp.read()
+        except asyncio.TimeoutError:
+            raise ProviderFailure(
+                self.name, f"timed out after {self.config.timeout_seconds:g}s", timed_out=True
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise ProviderFailure(self.name, f"connection error: {type(exc).__name__}") from None
+
+    def _normalized(self, scores: list[float]) -> list[float]:
+        """Relevance in [0, 1], higher is better; anything else makes the whole answer invalid."""
+        if self.config.score_transform == "sigmoid":
+            scores = [_sigmoid(score) for score in scores]
+        for score in scores:
+            if not 0.0 <= score <= 1.0:
+                raise InvalidAnswer(f"score {score!r} is outside [0, 1] (is score_transform set right?)")
+        return scores
+
+    def _error_text(self, raw: bytes) -> str:
+        """The provider's own error message, short, and never holding our key."""
+        try:
+            payload: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            text = raw.decode("utf-8", "replace").strip()
+        else:
+            text = _error_message(payload)
+        text = text[:_ERROR_TEXT_LIMIT] or "(empty body)"
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return text
+
+
+def _error_message(payload: Any) -> str:
+    # DeepInfra: {"detail": {"error": ..}} or {"detail": ..}; OpenAI-likes: {"error": {"message": ..}};
+    # Cohere: {"message": ..}; TEI: {"error": .., "error_type": ..}.
+    for path in (("detail", "error"), ("error", "message"), ("detail",), ("error",), ("message",)):
+        value: Any = payload
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str):
+            return value
+    return orjson.dumps(payload).decode()
+
+
+def _sigmoid(logit: float) -> float:
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    exp = math.exp(logit)
+    return exp / (1.0 + exp)
+
+
+def _dumps_str(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+async def _gather_or_cancel(calls: list) -> list[WireScores]:
+    """All results, or the first failure with the sibling calls cancelled (they would be wasted)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()

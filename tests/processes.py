@@ -1,0 +1,83 @@
+"""Starting the gateway and the emulator as real processes, the way ops and CI run them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+STARTUP_SECONDS = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on port {port} within {seconds}s")
+
+
+@contextmanager
+def running(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """`python -m gateway ARGS` until the block ends; stopped with SIGTERM, then killed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def gateway_toml(emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "") -> str:
+    return f"""
+[server]
+default_model = "qwen3-reranker-8b"
+
+[models."qwen3-reranker-8b"]
+aliases = ["Qwen/Qwen3-Reranker-8B"]
+fallback = {fallback}
+
+[providers.deepinfra]
+kind = "deepinfra"
+base_url = "http://127.0.0.1:{emulator_port}"
+model = "Qwen/Qwen3-Reranker-8B"
+api_key_env = "EMULATOR_KEY"
+price_per_million_tokens = 0.05
+
+[providers.fireworks]
+kind = "fireworks"
+base_url = "http://127.0.0.1:{emulator_port}"
+model = "accounts/fireworks/models/qwen3-reranker-8b"
+api_key_env = "EMULATOR_KEY"
+price_per_million_tokens = 0.10
+{extra}
+"""

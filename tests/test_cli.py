@@ -1,0 +1,62 @@
+"""The command line, run as real processes: serve, check-config, emulate."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from gateway.emulator import emulated_score
+from tests.processes import REPO, free_port, gateway_toml, running
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_check_config_says_which_providers_are_usable(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    without_key = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": ""})
+    assert without_key.returncode == 1
+    assert "model qwen3-reranker-8b: NO USABLE PROVIDER" in without_key.stdout
+    assert "deepinfra: skipped: no API key ($EMULATOR_KEY is not set)" in without_key.stdout
+
+    with_key = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": "k"})
+    assert with_key.returncode == 0
+    assert "model qwen3-reranker-8b: uses deepinfra, fireworks" in with_key.stdout
+
+
+def test_invalid_config_refuses_to_start(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9).replace('kind = "fireworks"', 'kind = "fireworx"'))
+    for command in ("check-config", "serve"):
+        result = run_cli(command, "--config", str(config))
+        assert result.returncode == 2
+        assert "providers.fireworks.kind: unknown kind 'fireworx'" in result.stderr
+
+
+async def test_serve_and_emulate_as_processes(tmp_path):
+    emulator_port, gateway_port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(emulator_port))
+    env = {"EMULATOR_KEY": "process-key"}
+    with running(["emulate", "--port", str(emulator_port), "--api-key", "process-key"], emulator_port), \
+         running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port, env=env):
+        async with aiohttp.ClientSession() as session:
+            base = f"http://127.0.0.1:{gateway_port}"
+            async with session.get(f"{base}/healthz") as response:
+                assert response.status == 200
+            body = {"queries": ["what does it cost?"], "passages": ["it costs nothing", "it opens at eight"]}
+            async with session.post(f"{base}/v1/inference/Qwen/Qwen3-Reranker-8B", json=body) as response:
+                assert response.status == 200
+                assert response.headers["X-Rerank-Provider"] == "deepinfra"
+                scores = (await response.json())["scores"]
+    assert scores == pytest.approx([emulated_score("what does it cost?", p) for p in body["passages"]], abs=1e-12)
