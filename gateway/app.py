@@ -8,7 +8,8 @@ from aiohttp import web
 
 from gateway import http
 from gateway.cache import MemoryScoreCache, ScoreCache
-from gateway.config import CacheConfig, ConfigError, GatewayConfig
+from gateway.cache.redis import RedisScoreCache
+from gateway.config import CacheConfig, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.providers.client import ProviderClient
 from gateway.router import Router
@@ -45,6 +46,6 @@ async def _service_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_cache(config: CacheConfig) -> ScoreCache:
-    if config.url:
-        raise ConfigError("cache.url: the Redis cache is not built yet; leave it empty for the in-process cache")
-    return MemoryScoreCache(max_entries=config.max_entries, ttl_seconds=config.ttl_seconds)
+    if not config.url:
+        return MemoryScoreCache(max_entries=config.max_entries, ttl_seconds=config.ttl_seconds)
+    return RedisScoreCache.from_url(config.url, config.ttl_seconds, config.timeout_ms / 1000)

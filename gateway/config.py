@@ -45,11 +45,12 @@ class CacheConfig(_Section):
     url: str = ""  # "" keeps the in-process memory cache
     ttl_seconds: PositiveInt = 30 * 24 * 3600
     max_entries: PositiveInt = 1_000_000
+    timeout_ms: PositiveFloat = 50.0  # bound on every Redis call; past it the request goes uncached
 
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if url and not url.startswith(("redis://", "rediss://", "unix://", "redis+cluster://")):
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must be empty (in-process cache) or a redis://, rediss:// or unix:// URL")
         return url
 

@@ -95,3 +95,24 @@ async def add_fault(emulator: TestClient, provider: str, mode: str, **options: A
 async def emulator_requests(emulator: TestClient) -> dict[str, int]:
     response = await emulator.get("/_emulator/stats")
     return (await response.json())["requests"]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One private redis-server for the session; tests that stop it start their own."""
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    """The session's redis-server, emptied for this test."""
+    with redis_server.client() as client:
+        client.flushall()
+    return redis_server.url

@@ -1,0 +1,154 @@
+"""The Redis score cache: shared by every gateway instance, and never a reason to fail a request.
+
+Layout: one hash per (model, instruction, query), field = 16-byte passage digest, value = the
+score as an 8-byte IEEE double. A small hash is stored as a listpack (no per-field objects),
+which is what brings a pair down to about 30 bytes; one key per pair would cost ~100. The key's
+braces are a Cluster hash tag, so a query's scores always live on one node.
+
+Every call is bounded by a short timeout. On any Redis failure the request is served uncached,
+a warning is logged at most once per interval, and Redis is left alone for a short back-off so
+a dead or hung server costs requests nothing; after it, the next request tries again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import struct
+import time
+from collections.abc import Callable, Sequence
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from gateway.cache.base import passage_digest, query_group
+
+log = logging.getLogger("gateway.cache")
+
+_SCORE = struct.Struct("<d")
+KEY_PREFIX = "rr:"
+
+
+class RedisScoreCache:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        ttl_seconds: int,
+        timeout_seconds: float,
+        retry_after_seconds: float = 1.0,
+        warn_interval_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._redis = client
+        self._ttl = ttl_seconds
+        self._timeout = timeout_seconds
+        self._retry_after = retry_after_seconds
+        self._warn_interval = warn_interval_seconds
+        self._clock = clock
+        self._skip_until = 0.0
+        self._last_warning = -math.inf
+
+    @classmethod
+    def from_url(cls, url: str, ttl_seconds: int, timeout_seconds: float) -> RedisScoreCache:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_seconds,
+            socket_connect_timeout=timeout_seconds,
+            # Retrying inside redis-py would stretch the bound; the gateway serves uncached instead.
+            retry_on_timeout=False,
+        )
+        return cls(client, ttl_seconds, timeout_seconds)
+
+    @property
+    def available(self) -> bool:
+        return self._clock() >= self._skip_until
+
+    async def get_many(
+        self, model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
+    ) -> list[float | None]:
+        misses: list[float | None] = [None] * len(documents)
+        if not self.available:
+            return misses
+        groups = _group_by_query(model, instruction, queries, documents)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, (fields, _) in groups.items():
+                    pipe.hmget(key, fields)
+                replies = await asyncio.wait_for(pipe.execute(), self._timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed("read", exc)
+            return misses
+        found = misses
+        for (fields, positions), values in zip(groups.values(), replies):
+            for position, value in zip(positions, values):
+                found[position] = _decode_score(value)
+        return found
+
+    async def put_many(
+        self,
+        model: str,
+        instruction: str | None,
+        queries: Sequence[str],
+        documents: Sequence[str],
+        scores: Sequence[float],
+    ) -> None:
+        if not self.available:
+            return
+        groups = _group_by_query(model, instruction, queries, documents)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, (fields, positions) in groups.items():
+                    pipe.hset(key, mapping={f: _SCORE.pack(scores[p]) for f, p in zip(fields, positions)})
+                    pipe.expire(key, self._ttl)
+                await asyncio.wait_for(pipe.execute(), self._timeout)
+        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self._failed("write", exc)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
+        except (RedisError, OSError, asyncio.TimeoutError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        now = self._clock()
+        self._skip_until = now + self._retry_after
+        if now - self._last_warning >= self._warn_interval:
+            self._last_warning = now
+            log.warning(
+                "redis cache %s failed (%s: %s); serving uncached, retrying in %.1fs",
+                operation, type(exc).__name__, exc or "timed out", self._retry_after,
+            )
+
+
+def redis_key(model: str, instruction: str | None, query: str) -> str:
+    """The hash holding every cached score of one query; braces make it a Cluster hash tag."""
+    return f"{KEY_PREFIX}{{{query_group(model, instruction, query)}}}"
+
+
+def _group_by_query(
+    model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
+) -> dict[str, tuple[list[bytes], list[int]]]:
+    """Redis key -> (passage digests, request positions) for each distinct query."""
+    key_of: dict[str, str] = {}
+    groups: dict[str, tuple[list[bytes], list[int]]] = {}
+    for position, (query, document) in enumerate(zip(queries, documents)):
+        key = key_of.get(query)
+        if key is None:
+            key = key_of[query] = redis_key(model, instruction, query)
+        fields, positions = groups.setdefault(key, ([], []))
+        fields.append(passage_digest(document))
+        positions.append(position)
+    return groups
+
+
+def _decode_score(value: bytes | None) -> float | None:
+    """A stored score, or None for a miss; anything malformed or out of range is a miss too."""
+    if value is None or len(value) != _SCORE.size:
+        return None
+    (score,) = _SCORE.unpack(value)
+    return score if 0.0 <= score <= 1.0 else None  # NaN fails both comparisons
