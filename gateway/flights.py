@@ -1,57 +1,72 @@
 """Single flight: concurrent requests missing the same pair share one upstream call.
 
 A request claims the pairs nobody is scoring yet and waits for the others. The owner settles
-every claim it made, with a score or a failure; a waiter whose owner failed scores the pair
-itself, so one request's failure (or cancellation) never becomes another's.
+its claim once, with scores or with None; a waiter whose owner failed, was cancelled, or was
+answered by another model scores the pair itself, so one request's failure never becomes another's.
+One future per claiming request, not per pair: most requests share nothing, and pay little.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
-class Shared:
-    """A score from another request's upstream call, and who produced it."""
+class Scored:
+    """What an owner publishes: scores of its own claimed pairs, in claim order."""
 
-    score: float
+    scores: Sequence[float]
     provider: str
+
+
+Flight = asyncio.Future  # of Scored | None
+
+
+@dataclass(slots=True)
+class Claim:
+    own: list[int] = field(default_factory=list)  # positions this request scores itself
+    waits: list[tuple[int, Flight, int]] = field(default_factory=list)  # (position, flight, index in it)
+    keys: list[Hashable] = field(default_factory=list)  # the keys of `own`
+    flight: Flight | None = None
 
 
 class Flights:
     def __init__(self) -> None:
-        # A future's result is None when its owner produced no score this model may use.
-        self._pending: dict[Hashable, asyncio.Future[Shared | None]] = {}
+        self._pending: dict[Hashable, tuple[Flight, int]] = {}
 
     def __len__(self) -> int:
         return len(self._pending)
 
-    def claim(self, keys: Sequence[Hashable]) -> tuple[list[int], list[tuple[int, asyncio.Future[Shared | None]]]]:
-        """Positions this request must score itself, and (position, future) pairs to wait on."""
-        own: list[int] = []
-        waits: list[tuple[int, asyncio.Future[Shared | None]]] = []
-        loop = asyncio.get_running_loop()
+    def claim(self, keys: Sequence[Hashable]) -> Claim:
+        claim = Claim()
+        pending = self._pending
         for position, key in enumerate(keys):
-            future = self._pending.get(key)
-            if future is None:
-                self._pending[key] = loop.create_future()
-                own.append(position)
-            else:
-                waits.append((position, future))
-        return own, waits
-
-    def settle(self, keys: Sequence[Hashable], scores: Sequence[float] | None, provider: str = "") -> None:
-        """Publish the owner's scores (None: it failed) and forget the claims."""
-        for index, key in enumerate(keys):
-            future = self._pending.pop(key, None)
-            if future is None or future.done():
+            entry = pending.get(key)
+            if entry is not None:
+                claim.waits.append((position, *entry))
                 continue
-            future.set_result(None if scores is None else Shared(scores[index], provider))
+            if claim.flight is None:
+                claim.flight = asyncio.get_running_loop().create_future()
+            pending[key] = (claim.flight, len(claim.own))
+            claim.own.append(position)
+            claim.keys.append(key)
+        return claim
+
+    def settle(self, claim: Claim, scored: Scored | None) -> None:
+        """Publish the owner's scores (None: it has none to share) and forget its claims."""
+        if claim.flight is None or claim.flight.done():
+            return
+        for key in claim.keys:
+            self._pending.pop(key, None)
+        claim.flight.set_result(scored)
 
 
-async def wait_shared(future: asyncio.Future[Shared | None]) -> Shared | None:
-    """The shared score, or None when the owner failed and the waiter must score it itself."""
+async def wait_shared(flight: Flight, index: int) -> tuple[float, str] | None:
+    """(score, provider) from another request's call, or None: score it yourself."""
     # shield: a waiter giving up must not cancel the future other waiters rely on.
-    return await asyncio.shield(future)
+    scored = await asyncio.shield(flight)
+    if scored is None:
+        return None
+    return scored.scores[index], scored.provider

@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.cache import CachePolicy, ScoreCache
+from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
 from gateway.config import GatewayConfig
 from gateway.errors import AllProvidersFailed, InvalidRequest, UnknownModel
-from gateway.flights import Flights, wait_shared
+from gateway.flights import Flights, Scored, wait_shared
 from gateway.models import RerankRequest, RerankResult, ScoredPairs
 from gateway.router import Router
 
@@ -41,16 +41,15 @@ class RerankService:
 
     async def rerank(self, request: RerankRequest, policy: CachePolicy = CachePolicy()) -> RerankResult:
         started = time.perf_counter()
-        job = _Job(self.resolve_model(request.model), request.instruction, _UniquePairs(request.queries, request.documents), policy)
-        if policy.read:
-            job.scores = await self._cache.get_many(job.model, job.instruction, job.pairs.queries, job.pairs.documents)
-        else:
-            job.scores = [None] * len(job.pairs.documents)
+        model = self.resolve_model(request.model)
+        pairs = _UniquePairs(request.queries, request.documents)
+        job = _Job(model, request.instruction, pairs, policy, pair_keys(model, request.instruction, pairs.queries, pairs.documents))
+        job.scores = await self._cache.get_many(job.keys) if policy.read else [None] * len(job.keys)
         missing = [slot for slot, score in enumerate(job.scores) if score is None]
         if missing:
             await self._fill(job, missing)
         result = job.result
-        result.scores = job.pairs.spread(job.scores)
+        result.scores = pairs.spread(job.scores)
         result.cache_misses = len(job.sent)
         result.cache_hits = len(job.scores) - len(job.sent)
         result.runtime_ms = (time.perf_counter() - started) * 1000
@@ -61,30 +60,25 @@ class RerankService:
         if not job.policy.read:
             await self._score_slots(job, missing)
             return
-        keys = [(job.model, job.instruction, job.pairs.queries[s], job.pairs.documents[s]) for s in missing]
-        own, waits = self._flights.claim(keys)
-        claimed = [keys[i] for i in own]
-        published = False
+        claim = self._flights.claim([job.keys[slot] for slot in missing])
+        shared: Scored | None = None
         try:
-            if own:
-                scored = await self._score_slots(job, [missing[i] for i in own])
-                if scored.model == job.model:
-                    self._flights.settle(claimed, scored.scores, scored.provider)
-                    published = True
-                else:
+            if claim.own:
+                scored = await self._score_slots(job, [missing[i] for i in claim.own])
+                if scored.model != job.model:
                     return  # another model scored every slot; shared scores would mix models
+                shared = Scored(scored.scores, scored.provider)
         finally:
-            if not published:
-                self._flights.settle(claimed, None)
+            self._flights.settle(claim, shared)
         orphaned = []
-        for index, future in waits:
-            shared = await wait_shared(future)
-            if shared is None:
-                orphaned.append(missing[index])
-            else:
-                job.scores[missing[index]] = shared.score
-                if not own:
-                    job.result.provider = shared.provider
+        for position, flight, index in claim.waits:
+            found = await wait_shared(flight, index)
+            if found is None:
+                orphaned.append(missing[position])
+                continue
+            job.scores[missing[position]] = found[0]
+            if not claim.own:
+                job.result.provider = found[1]
         if orphaned:
             await self._score_slots(job, orphaned)
 
@@ -98,16 +92,17 @@ class RerankService:
                 raise
             # Another model's scores are not comparable with this model's, cached or fresh, so
             # the fallback model scores every pair of the request.
-            slots = list(range(len(job.pairs.documents)))
-            queries, documents = list(job.pairs.queries), list(job.pairs.documents)
-            scored = await self._router.score_by_fallback_models(job.model, queries, documents, job.instruction, failed)
+            slots = list(range(len(job.keys)))
+            scored = await self._router.score_by_fallback_models(
+                job.model, job.pairs.queries, job.pairs.documents, job.instruction, failed
+            )
         for slot, score in zip(slots, scored.scores):
             job.scores[slot] = score
         job.sent.update(slots)
         job.result.model, job.result.provider = scored.model, scored.provider
         job.result.usage.add(scored.usage)
         if job.policy.write and scored.model == job.model:
-            await self._cache.put_many(job.model, job.instruction, queries, documents, scored.scores)
+            await self._cache.put_many([job.keys[slot] for slot in slots], scored.scores)
         return scored
 
 
@@ -119,6 +114,7 @@ class _Job:
     instruction: str | None
     pairs: _UniquePairs
     policy: CachePolicy
+    keys: list[PairKey]  # per unique slot
     scores: list[float | None] = field(default_factory=list)  # per unique slot
     sent: set[int] = field(default_factory=set)  # slots this request sent upstream
     result: RerankResult = field(init=False)

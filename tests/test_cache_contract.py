@@ -12,11 +12,12 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.cache import MemoryScoreCache, ScoreCache
+from gateway.cache import MemoryScoreCache, ScoreCache, pair_keys
 from gateway.cache.base import passage_digest
 from gateway.cache.redis import RedisScoreCache, redis_key
 
 TTL = 3600
+K = pair_keys
 
 
 @pytest.fixture(params=["memory", "redis", "fakeredis"])
@@ -37,54 +38,54 @@ DOCS = ["free", "25,000 rubles", "opens at 8:00", "mild weather"]
 
 
 async def test_empty_cache_misses_everything(cache: ScoreCache):
-    assert await cache.get_many("m", None, [Q] * 4, DOCS) == [None] * 4
+    assert await cache.get_many(K("m", None, [Q] * 4, DOCS)) == [None] * 4
 
 
 async def test_scores_come_back_exactly_where_they_were_put(cache: ScoreCache):
     scores = [0.9531, 1 / 3, 0.0, 1.0]
-    await cache.put_many("m", None, [Q] * 4, DOCS, scores)
-    assert await cache.get_many("m", None, [Q] * 4, DOCS) == scores  # bit-exact, not approximate
+    await cache.put_many(K("m", None, [Q] * 4, DOCS), scores)
+    assert await cache.get_many(K("m", None, [Q] * 4, DOCS)) == scores  # bit-exact, not approximate
 
 
 async def test_partial_hits_land_in_the_right_places(cache: ScoreCache):
-    await cache.put_many("m", None, [Q, Q], [DOCS[1], DOCS[3]], [0.25, 0.75])
-    assert await cache.get_many("m", None, [Q] * 4, DOCS) == [None, 0.25, None, 0.75]
+    await cache.put_many(K("m", None, [Q, Q], [DOCS[1], DOCS[3]]), [0.25, 0.75])
+    assert await cache.get_many(K("m", None, [Q] * 4, DOCS)) == [None, 0.25, None, 0.75]
 
 
 async def test_many_queries_in_one_call(cache: ScoreCache):
-    await cache.put_many("m", None, [Q, R, Q], [DOCS[0], DOCS[0], DOCS[1]], [0.1, 0.2, 0.3])
-    assert await cache.get_many("m", None, [R, Q, R, Q], [DOCS[0], DOCS[0], DOCS[1], DOCS[1]]) == [0.2, 0.1, None, 0.3]
+    await cache.put_many(K("m", None, [Q, R, Q], [DOCS[0], DOCS[0], DOCS[1]]), [0.1, 0.2, 0.3])
+    assert await cache.get_many(K("m", None, [R, Q, R, Q], [DOCS[0], DOCS[0], DOCS[1], DOCS[1]])) == [0.2, 0.1, None, 0.3]
 
 
 async def test_models_never_share_scores(cache: ScoreCache):
-    await cache.put_many("model-a", None, [Q], [DOCS[0]], [0.9])
-    assert await cache.get_many("model-b", None, [Q], [DOCS[0]]) == [None]
-    assert await cache.get_many("model-a", None, [Q], [DOCS[0]]) == [0.9]
+    await cache.put_many(K("model-a", None, [Q], [DOCS[0]]), [0.9])
+    assert await cache.get_many(K("model-b", None, [Q], [DOCS[0]])) == [None]
+    assert await cache.get_many(K("model-a", None, [Q], [DOCS[0]])) == [0.9]
 
 
 async def test_instructions_are_part_of_the_key(cache: ScoreCache):
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.1])
-    await cache.put_many("m", "", [Q], [DOCS[0]], [0.2])
-    await cache.put_many("m", "legal questions", [Q], [DOCS[0]], [0.3])
-    got = [await cache.get_many("m", instruction, [Q], [DOCS[0]]) for instruction in (None, "", "legal questions", "other")]
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.1])
+    await cache.put_many(K("m", "", [Q], [DOCS[0]]), [0.2])
+    await cache.put_many(K("m", "legal questions", [Q], [DOCS[0]]), [0.3])
+    got = [await cache.get_many(K("m", instruction, [Q], [DOCS[0]])) for instruction in (None, "", "legal questions", "other")]
     assert got == [[0.1], [0.2], [0.3], [None]]
 
 
 async def test_exact_text_no_normalization(cache: ScoreCache):
-    await cache.put_many("m", None, [Q], ["Free"], [0.5])
-    assert await cache.get_many("m", None, [Q, Q, Q.upper()], ["Free", "free", "Free"]) == [0.5, None, None]
+    await cache.put_many(K("m", None, [Q], ["Free"]), [0.5])
+    assert await cache.get_many(K("m", None, [Q, Q, Q.upper()], ["Free", "free", "Free"])) == [0.5, None, None]
 
 
 async def test_a_newer_score_replaces_the_older(cache: ScoreCache):
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.1])
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.7])
-    assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [0.7]
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.1])
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.7])
+    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [0.7]
 
 
 async def test_unicode_text(cache: ScoreCache):
     query, doc = "сколько стоит банкротство через МФЦ?", "Внесудебное банкротство через МФЦ бесплатно. 🧾"
-    await cache.put_many("m", None, [query], [doc], [0.8])
-    assert await cache.get_many("m", None, [query], [doc]) == [0.8]
+    await cache.put_many(K("m", None, [query], [doc]), [0.8])
+    assert await cache.get_many(K("m", None, [query], [doc])) == [0.8]
 
 
 # --- what only one implementation has
@@ -92,27 +93,27 @@ async def test_unicode_text(cache: ScoreCache):
 
 async def test_memory_cache_is_bounded_least_recently_used_first():
     cache = MemoryScoreCache(max_entries=3, ttl_seconds=TTL)
-    await cache.put_many("m", None, [Q] * 3, DOCS[:3], [0.1, 0.2, 0.3])
-    await cache.get_many("m", None, [Q], [DOCS[0]])  # touch: DOCS[1] is now the oldest
-    await cache.put_many("m", None, [Q], [DOCS[3]], [0.4])
+    await cache.put_many(K("m", None, [Q] * 3, DOCS[:3]), [0.1, 0.2, 0.3])
+    await cache.get_many(K("m", None, [Q], [DOCS[0]]))  # touch: DOCS[1] is now the oldest
+    await cache.put_many(K("m", None, [Q], [DOCS[3]]), [0.4])
     assert len(cache) == 3
-    assert await cache.get_many("m", None, [Q] * 4, DOCS) == [0.1, None, 0.3, 0.4]
+    assert await cache.get_many(K("m", None, [Q] * 4, DOCS)) == [0.1, None, 0.3, 0.4]
 
 
 async def test_memory_cache_expires_after_the_ttl():
     now = [1000.0]
     cache = MemoryScoreCache(max_entries=10, ttl_seconds=60, clock=lambda: now[0])
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.5])
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])
     now[0] += 59
-    assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [0.5]
+    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [0.5]
     now[0] += 2
-    assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [None]
+    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [None]
 
 
 async def test_redis_layout_is_one_compact_hash_per_query_with_the_ttl(redis_url):
     cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=1.0)
     documents = [f"passage {i}" for i in range(40)]
-    await cache.put_many("qwen3-reranker-8b", "task", [Q] * 40, documents, [i / 40 for i in range(40)])
+    await cache.put_many(K("qwen3-reranker-8b", "task", [Q] * 40, documents), [i / 40 for i in range(40)])
     raw = aioredis.Redis.from_url(redis_url)
     key = redis_key("qwen3-reranker-8b", "task", Q)
     assert key.startswith("rr:{qwen3-reranker-8b:") and key.endswith("}")
@@ -128,10 +129,10 @@ async def test_redis_layout_is_one_compact_hash_per_query_with_the_ttl(redis_url
                                     struct.pack("<d", -0.1), struct.pack("<f", 0.5), b"0.5"])
 async def test_corrupt_or_foreign_values_are_misses(redis_url, stored):
     cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=1.0)
-    await cache.put_many("m", None, [Q, Q], DOCS[:2], [0.25, 0.5])
+    await cache.put_many(K("m", None, [Q, Q], DOCS[:2]), [0.25, 0.5])
     raw = aioredis.Redis.from_url(redis_url)
     await raw.hset(redis_key("m", None, Q), passage_digest(DOCS[0]), stored)
-    assert await cache.get_many("m", None, [Q, Q], DOCS[:2]) == [None, 0.5]
+    assert await cache.get_many(K("m", None, [Q, Q], DOCS[:2])) == [None, 0.5]
     await raw.aclose()
     await cache.close()
 
@@ -140,16 +141,16 @@ async def test_a_key_of_the_wrong_type_is_a_miss_not_a_crash(redis_url):
     cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=1.0)
     raw = aioredis.Redis.from_url(redis_url)
     await raw.set(redis_key("m", None, Q), "a string, not a hash")
-    assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [None]
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.5])  # WRONGTYPE: logged, not raised
+    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [None]
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])  # WRONGTYPE: logged, not raised
     await raw.aclose()
     await cache.close()
 
 
 async def test_redis_down_means_uncached_not_failed(unused_tcp_port):
     cache = RedisScoreCache.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0", ttl_seconds=TTL, timeout_seconds=0.2)
-    assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [None]
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.5])
+    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [None]
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])
     assert not cache.available  # backing off: the next calls do not even try
     await cache.close()
 
@@ -162,7 +163,7 @@ async def test_hung_redis_is_bounded_by_the_timeout():
     port = server.sockets[0].getsockname()[1]
     cache = RedisScoreCache.from_url(f"redis://127.0.0.1:{port}/0", ttl_seconds=TTL, timeout_seconds=0.1)
     started = time.monotonic()
-    assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [None]
+    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [None]
     elapsed = time.monotonic() - started
     server.close()
     await cache.close()
@@ -178,14 +179,14 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
     now = [0.0]
     client = aioredis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     cache = RedisScoreCache(client, ttl_seconds=TTL, timeout_seconds=0.5, retry_after_seconds=1.0, clock=lambda: now[0])
-    await cache.put_many("m", None, [Q], [DOCS[0]], [0.5])  # not started yet: fails, backs off
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])  # not started yet: fails, backs off
     assert not cache.available
     server.start()
     try:
         now[0] += 1.5
         assert cache.available
-        await cache.put_many("m", None, [Q], [DOCS[0]], [0.5])
-        assert await cache.get_many("m", None, [Q], [DOCS[0]]) == [0.5]
+        await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])
+        assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [0.5]
     finally:
         await cache.close()
         server.stop()

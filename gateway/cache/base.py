@@ -12,21 +12,16 @@ from typing import Protocol
 DIGEST_BYTES = 16
 
 
+# (query group, passage digest): computed once per request, used by the cache and single flight.
+PairKey = tuple[str, bytes]
+
+
 class ScoreCache(Protocol):
     """Batch-shaped on purpose: one round trip reads all of a request's pairs."""
 
-    async def get_many(
-        self, model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
-    ) -> list[float | None]: ...
+    async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]: ...
 
-    async def put_many(
-        self,
-        model: str,
-        instruction: str | None,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        scores: Sequence[float],
-    ) -> None: ...
+    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -65,3 +60,14 @@ def query_group(model: str, instruction: str | None, query: str) -> str:
 
 def passage_digest(document: str) -> bytes:
     return hashlib.blake2b(document.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+
+
+def pair_keys(model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]) -> list[PairKey]:
+    groups: dict[str, str] = {}
+    keys = []
+    for query, document in zip(queries, documents):
+        group = groups.get(query)
+        if group is None:
+            group = groups[query] = query_group(model, instruction, query)
+        keys.append((group, passage_digest(document)))
+    return keys

@@ -6,12 +6,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from gateway.cache.base import passage_digest, query_group
+from gateway.cache.base import PairKey
 
 
 class MemoryScoreCache:
     def __init__(self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[tuple[str, bytes], tuple[float, float]] = OrderedDict()
+        self._entries: OrderedDict[PairKey, tuple[float, float]] = OrderedDict()
         self._max_entries = max_entries
         self._ttl = ttl_seconds
         self._clock = clock
@@ -19,12 +19,10 @@ class MemoryScoreCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get_many(
-        self, model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
-    ) -> list[float | None]:
+    async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
         now = self._clock()
         found: list[float | None] = []
-        for key in _keys(model, instruction, queries, documents):
+        for key in keys:
             entry = self._entries.get(key)
             if entry is None or entry[1] <= now:
                 found.append(None)
@@ -33,16 +31,9 @@ class MemoryScoreCache:
             found.append(entry[0])
         return found
 
-    async def put_many(
-        self,
-        model: str,
-        instruction: str | None,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        scores: Sequence[float],
-    ) -> None:
+    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
         expires = self._clock() + self._ttl
-        for key, score in zip(_keys(model, instruction, queries, documents), scores):
+        for key, score in zip(keys, scores):
             self._entries[key] = (score, expires)
             self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
@@ -50,14 +41,3 @@ class MemoryScoreCache:
 
     async def close(self) -> None:
         self._entries.clear()
-
-
-def _keys(model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]) -> list[tuple[str, bytes]]:
-    groups: dict[str, str] = {}
-    keys = []
-    for query, document in zip(queries, documents):
-        group = groups.get(query)
-        if group is None:
-            group = groups[query] = query_group(model, instruction, query)
-        keys.append((group, passage_digest(document)))
-    return keys

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.cache.base import passage_digest, query_group
+from gateway.cache.base import PairKey, query_group
 
 log = logging.getLogger("gateway.cache")
 
@@ -64,13 +64,11 @@ class RedisScoreCache:
     def available(self) -> bool:
         return self._clock() >= self._skip_until
 
-    async def get_many(
-        self, model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
-    ) -> list[float | None]:
-        misses: list[float | None] = [None] * len(documents)
+    async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
+        misses: list[float | None] = [None] * len(keys)
         if not self.available:
             return misses
-        groups = _group_by_query(model, instruction, queries, documents)
+        groups = _group_by_query(keys)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, (fields, _) in groups.items():
@@ -85,17 +83,10 @@ class RedisScoreCache:
                 found[position] = _decode_score(value)
         return found
 
-    async def put_many(
-        self,
-        model: str,
-        instruction: str | None,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        scores: Sequence[float],
-    ) -> None:
+    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
         if not self.available:
             return
-        groups = _group_by_query(model, instruction, queries, documents)
+        groups = _group_by_query(keys)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, (fields, positions) in groups.items():
@@ -126,24 +117,25 @@ class RedisScoreCache:
 
 
 def redis_key(model: str, instruction: str | None, query: str) -> str:
-    """The hash holding every cached score of one query; braces make it a Cluster hash tag."""
-    return f"{KEY_PREFIX}{{{query_group(model, instruction, query)}}}"
+    """The hash holding every cached score of one query."""
+    return _hash_name(query_group(model, instruction, query))
 
 
-def _group_by_query(
-    model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]
-) -> dict[str, tuple[list[bytes], list[int]]]:
-    """Redis key -> (passage digests, request positions) for each distinct query."""
-    key_of: dict[str, str] = {}
+def _hash_name(group: str) -> str:
+    # The braces make the whole group a Cluster hash tag.
+    return f"{KEY_PREFIX}{{{group}}}"
+
+
+def _group_by_query(keys: Sequence[PairKey]) -> dict[str, tuple[list[bytes], list[int]]]:
+    """Redis hash name -> (passage digests, request positions), for each distinct query."""
     groups: dict[str, tuple[list[bytes], list[int]]] = {}
-    for position, (query, document) in enumerate(zip(queries, documents)):
-        key = key_of.get(query)
-        if key is None:
-            key = key_of[query] = redis_key(model, instruction, query)
-        fields, positions = groups.setdefault(key, ([], []))
-        fields.append(passage_digest(document))
-        positions.append(position)
-    return groups
+    for position, (group, digest) in enumerate(keys):
+        entry = groups.get(group)
+        if entry is None:
+            entry = groups[group] = ([], [])
+        entry[0].append(digest)
+        entry[1].append(position)
+    return {_hash_name(group): entry for group, entry in groups.items()}
 
 
 def _decode_score(value: bytes | None) -> float | None:
