@@ -9,7 +9,8 @@
     │   └── UnknownModel          404: the model is not served; names the ones that are
     └── UpstreamError             no provider could answer
         ├── AllProvidersFailed    502, or 504 when the last failure was a timeout
-        └── UpstreamRejected      502: a provider refused the request in a way another would too
+        ├── UpstreamRejected      502: a provider refused the request in a way another would too
+        └── DeadlineExceeded      504: the request's deadline ran out before any answer
 
     ProviderFailure               one provider call failed; not shown to clients as such.
                                   `fallback_allowed` says whether the next provider may be tried.
@@ -94,6 +95,11 @@ class UpstreamRejected(UpstreamError):
     def __init__(self, failure: ProviderFailure) -> None:
         super().__init__(f"{failure.provider} rejected the request: {failure.reason}")
         self.failure = failure
+
+
+class DeadlineExceeded(UpstreamError):
+    status = 504
+    error_type = "deadline_exceeded"
 
 
 @dataclass

@@ -6,7 +6,9 @@ Errors are raised where they happen and turned into a response here, once, with 
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import uuid
 from typing import Any
@@ -16,7 +18,7 @@ from aiohttp import web
 
 from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
-from gateway.errors import BadRequest, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, DeadlineExceeded, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.limits import check_limits
 from gateway.service import RerankService
 from gateway.config import GatewayConfig
@@ -82,9 +84,15 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
         payload = await _read_json(request)
         dialect = choose_dialect(payload)
         rerank = dialect.decode(payload, request.match_info)
-        service = request.app[SERVICE]
-        check_limits(rerank, request.app[CONFIG].server)
-        result = await service.rerank(rerank, CachePolicy.from_header(request.headers.get("Cache-Control")))
+        server = request.app[CONFIG].server
+        check_limits(rerank, server)
+        deadline = request_deadline(request, server.request_timeout_seconds)
+        policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
+        try:
+            async with asyncio.timeout(deadline):
+                result = await request.app[SERVICE].rerank(rerank, policy)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within the request's deadline of {deadline:g}s") from None
         request_id = request[REQUEST_ID]
         headers = {
             "X-Rerank-Provider": result.provider,
@@ -94,6 +102,20 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
         return json_response(dialect.encode(rerank, result, request_id), headers=headers)
 
     return handle
+
+
+def request_deadline(request: web.Request, configured: float) -> float:
+    """Seconds this request may take: the configured limit, or less if the client asks."""
+    asked = request.headers.get("X-Request-Timeout")
+    if asked is None:
+        return configured
+    try:
+        seconds = float(asked)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BadRequest(f"X-Request-Timeout: expected a positive number of seconds, got {asked[:40]!r}")
+    return min(seconds, configured)
 
 
 async def _read_json(request: web.Request) -> Any:

@@ -22,24 +22,25 @@ needs_redis_server = pytest.mark.skipif(
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None) -> None:
         self.port = port or free_port()
         self.workdir = workdir
+        self.extra_args = extra_args or []
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, password: str | None = None) -> None:
         assert REDIS_SERVER is not None
         self.process = subprocess.Popen(
             [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "no"],
+             "--dir", str(self.workdir), "--protected-mode", "no", *self.extra_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:

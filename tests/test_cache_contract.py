@@ -190,3 +190,23 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
     finally:
         await cache.close()
         server.stop()
+
+
+async def test_a_password_in_the_url_is_used(tmp_path):
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found")
+    server = RedisServer(tmp_path, extra_args=["--requirepass", "s3cret"])
+    server.start(password="s3cret")
+    try:
+        good = RedisScoreCache.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/0", ttl_seconds=TTL, timeout_seconds=1.0)
+        await good.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])
+        assert await good.get_many(K("m", None, [Q], [DOCS[0]])) == [0.5]
+        wrong = RedisScoreCache.from_url(f"redis://:wrong@127.0.0.1:{server.port}/0", ttl_seconds=TTL, timeout_seconds=1.0)
+        assert await wrong.get_many(K("m", None, [Q], [DOCS[0]])) == [None]  # refused: a miss, not a crash
+        assert not wrong.available
+        await good.close()
+        await wrong.close()
+    finally:
+        server.stop()

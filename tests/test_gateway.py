@@ -462,3 +462,25 @@ async def test_healthz(make_gateway: GatewayFactory):
     gateway = await make_gateway()
     response = await gateway.get("/healthz")
     assert response.status == 200 and (await response.json()) == {"status": "ok"}
+
+
+async def test_the_request_deadline_bounds_the_whole_fallback_chain(make_gateway: GatewayFactory, emulator):
+    await add_fault(emulator, "deepinfra", "hang")
+    await add_fault(emulator, "fireworks", "hang")
+    gateway = await make_gateway(server={"request_timeout_seconds": 0.4})
+    response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})
+    assert response.status == 504
+    error = (await response.json())["error"]
+    assert error["type"] == "deadline_exceeded" and "0.4s" in error["message"]
+
+
+async def test_a_client_may_lower_the_deadline_but_not_raise_it(make_gateway: GatewayFactory, emulator):
+    await add_fault(emulator, "deepinfra", "hang")
+    gateway = await make_gateway(server={"request_timeout_seconds": 30})
+    response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, headers={"X-Request-Timeout": "0.3"})
+    assert response.status == 504 and "0.3s" in (await response.json())["error"]["message"]
+
+    for bad in ("soon", "-1", "0", "nan", "inf"):
+        response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, headers={"X-Request-Timeout": bad})
+        assert response.status == 400, bad
+        assert "X-Request-Timeout" in (await response.json())["error"]["message"]
