@@ -2,47 +2,73 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import http
+from gateway import admin, http
 from gateway.cache import MemoryScoreCache, ScoreCache
 from gateway.cache.redis import RedisScoreCache
-from gateway.config import CacheConfig, GatewayConfig
+from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
-from gateway.providers.client import ProviderClient
-from gateway.router import Router
-from gateway.service import RerankService
+from gateway.runtime import LiveGateway, Shared, watch_config_file
+
+# Bodies are checked against the live server.max_body_bytes while they are read; this only
+# keeps aiohttp's own, fixed limit out of the way of a reload that raises ours.
+_AIOHTTP_BODY_CEILING = 1 << 40
 
 
-def create_app(config: GatewayConfig) -> web.Application:
-    app = web.Application(
-        client_max_size=config.server.max_body_bytes,
-        middlewares=[http.error_middleware],
-    )
-    app[http.CONFIG] = config
-    app.cleanup_ctx.append(_service_lifetime)
+def create_app(config: GatewayConfig, config_path: str | os.PathLike[str] | None = None) -> web.Application:
+    """The gateway app; with config_path it reloads that file on SIGHUP, /admin/reload and change."""
+    app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[http.error_middleware])
+    app[http.LIVE] = LiveGateway(config, Shared(cache=build_cache(config.cache)), config_path)
+    app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, http.rerank_handler(choose_dialect))
     app.router.add_get("/v1/models", http.list_models)
     app.router.add_get("/healthz", http.healthz)
+    app.router.add_post("/admin/reload", admin.reload)
     return app
 
 
-async def _service_lifetime(app: web.Application) -> AsyncIterator[None]:
-    config = app[http.CONFIG]
-    clients = {name: ProviderClient(name, provider) for name, provider in config.providers.items()}
-    for client in clients.values():
-        await client.start()
-    cache = build_cache(config.cache)
-    app[http.SERVICE] = RerankService(config, Router(config, clients), cache)
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    live = app[http.LIVE]
+    await live.start()
+    watcher = None
+    if live.config_path is not None:
+        _reload_on_sighup(live)
+        if live.config.server.reload_poll_seconds > 0:
+            watcher = asyncio.ensure_future(watch_config_file(live, live.config.server.reload_poll_seconds))
     try:
         yield
     finally:
-        for client in clients.values():
-            await client.close()
-        await cache.close()
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await live.close()
+
+
+def _reload_on_sighup(live: LiveGateway) -> None:
+    def reload() -> None:
+        asyncio.ensure_future(_reload_logging_errors(live))
+
+    # Only the main thread may own signals; a gateway embedded elsewhere reloads by the other paths.
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
+async def _reload_logging_errors(live: LiveGateway) -> None:
+    try:
+        await live.reload()
+    except ConfigError as exc:
+        http.log.error("SIGHUP: config not reloaded; the running config stays: %s", exc)
 
 
 def build_cache(config: CacheConfig) -> ScoreCache:

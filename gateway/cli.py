@@ -6,12 +6,13 @@ click rather than argparse: subcommands, env-var defaults and clean usage errors
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
 from aiohttp import web
 
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
 from gateway.providers.client import ProviderClient
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
@@ -37,7 +38,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     for line in describe_providers(config):
         logging.getLogger("gateway").info(line)
     web.run_app(
-        create_app(config),
+        create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH),
         host=host,
         port=port,
         access_log=None,

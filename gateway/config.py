@@ -39,6 +39,13 @@ class ServerConfig(_Section):
     max_document_chars: PositiveInt = 64_000
     max_query_chars: PositiveInt = 16_000
     max_instruction_chars: PositiveInt = 4_000
+    admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
+    reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
+
+    def admin_key(self) -> str | None:
+        if self.admin_key_env is None:
+            return None
+        return os.environ.get(self.admin_key_env) or None
 
 
 class CacheConfig(_Section):

@@ -20,13 +20,11 @@ from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
 from gateway.errors import BadRequest, DeadlineExceeded, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.limits import check_limits
-from gateway.service import RerankService
-from gateway.config import GatewayConfig
+from gateway.runtime import LiveGateway
 
 log = logging.getLogger("gateway")
 
-CONFIG = web.AppKey("config", GatewayConfig)
-SERVICE = web.AppKey("service", RerankService)
+LIVE = web.AppKey("live", LiveGateway)
 REQUEST_ID = "request_id"
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -68,8 +66,6 @@ def _error_response(exc: GatewayError, request_id: str) -> web.Response:
 
 
 def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
-    if exc.status == 413:
-        return PayloadTooLarge(f"body: larger than server.max_body_bytes = {request.app[CONFIG].server.max_body_bytes}")
     if exc.status == 405:
         return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
     if exc.status == 404:
@@ -81,25 +77,25 @@ def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
 
 def rerank_handler(choose_dialect: DialectChooser) -> Any:
     async def handle(request: web.Request) -> web.Response:
-        payload = await _read_json(request)
-        dialect = choose_dialect(payload)
-        rerank = dialect.decode(payload, request.match_info)
-        server = request.app[CONFIG].server
-        check_limits(rerank, server)
-        deadline = request_deadline(request, server.request_timeout_seconds)
-        policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
-        try:
-            async with asyncio.timeout(deadline):
-                result = await request.app[SERVICE].rerank(rerank, policy)
-        except TimeoutError:
-            raise DeadlineExceeded(f"no answer within the request's deadline of {deadline:g}s") from None
-        request_id = request[REQUEST_ID]
+        async with request.app[LIVE].serving() as generation:
+            server = generation.config.server
+            payload = await _read_json(request, server.max_body_bytes)
+            dialect = choose_dialect(payload)
+            rerank = dialect.decode(payload, request.match_info)
+            check_limits(rerank, server)
+            deadline = request_deadline(request, server.request_timeout_seconds)
+            policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
+            try:
+                async with asyncio.timeout(deadline):
+                    result = await generation.service.rerank(rerank, policy)
+            except TimeoutError:
+                raise DeadlineExceeded(f"no answer within the request's deadline of {deadline:g}s") from None
         headers = {
             "X-Rerank-Provider": result.provider,
             "X-Rerank-Model": result.model,
             "X-Rerank-Cache": f"hits={result.cache_hits}; misses={result.cache_misses}",
         }
-        return json_response(dialect.encode(rerank, result, request_id), headers=headers)
+        return json_response(dialect.encode(rerank, result, request[REQUEST_ID]), headers=headers)
 
     return handle
 
@@ -118,20 +114,35 @@ def request_deadline(request: web.Request, configured: float) -> float:
     return min(seconds, configured)
 
 
-async def _read_json(request: web.Request) -> Any:
-    body = await request.read()
-    if not body:
-        raise BadRequest("body: empty; expected a JSON object")
+async def _read_json(request: web.Request, max_bytes: int) -> Any:
     try:
-        return orjson.loads(body)
+        return orjson.loads(await _read_body(request, max_bytes))
     except orjson.JSONDecodeError as exc:
         if "utf-8" in str(exc).lower():
             raise BadRequest("body: not valid UTF-8") from None
         raise BadRequest(f"body: not valid JSON ({exc})") from None
 
 
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    """The body, refused as soon as it is known to be over the limit (before reading it all)."""
+    too_large = PayloadTooLarge(f"body: larger than server.max_body_bytes = {max_bytes}")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    body = await request.content.read(max_bytes + 1)
+    while len(body) <= max_bytes and not request.content.at_eof():
+        chunk = await request.content.read(max_bytes + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > max_bytes:
+        raise too_large
+    if not body:
+        raise BadRequest("body: empty; expected a JSON object")
+    return body
+
+
 async def list_models(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
+    config = request.app[LIVE].config
     data = [
         {"id": name, "object": "model", "aliases": model.aliases, "fallback": model.fallback}
         for name, model in sorted(config.models.items())

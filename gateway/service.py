@@ -18,11 +18,11 @@ from gateway.router import Router
 
 
 class RerankService:
-    def __init__(self, config: GatewayConfig, router: Router, cache: ScoreCache) -> None:
+    def __init__(self, config: GatewayConfig, router: Router, cache: ScoreCache, flights: Flights) -> None:
         self._config = config
         self._router = router
         self._cache = cache
-        self._flights = Flights()
+        self._flights = flights
         self._model_by_name = _model_names(config)
 
     def resolve_model(self, requested: str | None) -> str:

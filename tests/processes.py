@@ -57,10 +57,11 @@ def running(args: list[str], port: int, env: dict[str, str] | None = None) -> It
             process.wait()
 
 
-def gateway_toml(emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "") -> str:
+def gateway_toml(emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "", server: str = "") -> str:
     return f"""
 [server]
 default_model = "qwen3-reranker-8b"
+{server}
 
 [models."qwen3-reranker-8b"]
 aliases = ["Qwen/Qwen3-Reranker-8B"]

@@ -1,0 +1,45 @@
+"""/admin/*: ops endpoints, off unless [server] admin_key_env names a set env var."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from gateway.config import ConfigError
+from gateway.errors import ClientError, NotFound
+from gateway.http import LIVE, json_response
+
+
+class Unauthorized(ClientError):
+    status = 401
+    error_type = "unauthorized"
+
+
+class ReloadRefused(ClientError):
+    status = 422
+    error_type = "invalid_config"
+
+
+def require_admin(request: web.Request) -> None:
+    key = request.app[LIVE].config.server.admin_key()
+    if key is None:
+        raise NotFound("admin endpoints are off: set [server] admin_key_env to an env var holding a key")
+    given = request.headers.get("Authorization", "")
+    # Constant-time: the comparison must not tell an attacker how much of the key matched.
+    if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise Unauthorized("admin endpoints need Authorization: Bearer <admin key>")
+
+
+async def reload(request: web.Request) -> web.Response:
+    require_admin(request)
+    live = request.app[LIVE]
+    try:
+        config = await live.reload()
+    except (ConfigError, FileNotFoundError) as exc:
+        raise ReloadRefused(f"config not reloaded; the running config stays: {exc}") from None
+    return json_response({
+        "status": "reloaded",
+        "loaded_at": live.current.loaded_at,
+        "models": {name: model.fallback for name, model in config.models.items()},
+    })

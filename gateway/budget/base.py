@@ -1,0 +1,254 @@
+"""The spend ledger contract: budgets per scope over UTC days and months, reserved before a call.
+
+A scope is a provider name, or GATEWAY_SCOPE for the gateway-wide budget. Every scope a call
+touches has two windows, its UTC day and its UTC month, and `reserve` holds the estimated cost
+against all of them at once or against none. Holds count against the limits while the call is
+in flight, so a burst cannot overshoot: spend exceeds a limit by at most the estimation error of
+the calls in flight. A hold expires on its own (its holder may have died); `settle` turns it into
+the real cost and tokens, `release` drops it.
+
+Money is kept as integer nano-dollars inside the ledgers: a hundred $0.01 holds must fill a
+$1.00 limit exactly, which float sums do not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Literal, NamedTuple, Protocol
+
+log = logging.getLogger("gateway.budget")
+
+# '@' keeps the gateway-wide scope apart from any provider name ops would choose.
+GATEWAY_SCOPE = "@gateway"
+WARN_FRACTION = 0.8
+
+# How long a window's figures are kept after it ends, for reporting.
+DAY_RETENTION = timedelta(weeks=5)
+MONTH_RETENTION = timedelta(days=100)
+
+NANO = 1_000_000_000
+
+Period = Literal["day", "month"]
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Limit(NamedTuple):
+    """A scope's budget; None leaves that window unlimited but still tracked."""
+
+    scope: str
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A hold on every window of `limits`; what settle and release need, nothing more."""
+
+    id: str
+    limits: tuple[Limit, ...]
+    amount_usd: float
+    day: str  # "2025-01-31": the windows the hold, and later the spend, belong to
+    month: str  # "2025-01"
+    expires_at: datetime
+    fallback: bool = False  # made in a RedisLedger's in-process fallback while Redis was away
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        return tuple(limit.scope for limit in self.limits)
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a reservation was refused: the window that would overflow, and when it starts afresh.
+
+    When several windows would overflow this is the one that resets last, since the call cannot
+    go before then. If `spent_usd + requested_usd <= limit_usd`, only holds in flight stand in the
+    way and a retry after they settle may pass.
+    """
+
+    scope: str
+    period: Period
+    window: str
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float
+    requested_usd: float
+    resets_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    scope: str
+    period: Period
+    window: str
+    tokens: int
+    spent_usd: float
+    reserved_usd: float  # live holds of calls in flight
+    limit_usd: float | None
+    remaining_usd: float | None  # limit - spent - reserved, never below 0; None when unlimited
+    resets_at: datetime
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit_usd is not None and self.spent_usd >= self.limit_usd
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetAlert:
+    """A window's spend reached `fraction` of its limit; raised once per window."""
+
+    scope: str
+    period: Period
+    window: str
+    limit_usd: float
+    spent_usd: float
+    fraction: float
+
+
+class Ledger(Protocol):
+    async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
+        """Hold amount_usd against every window of every limit, or refuse and hold nothing."""
+        ...
+
+    async def settle(self, reservation: Reservation, cost_usd: float, tokens: int) -> tuple[BudgetAlert, ...]:
+        """Replace the hold with the real cost and tokens; returns the windows that crossed the alert line."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None: ...
+
+    async def report(self, limits: Sequence[Limit]) -> list[WindowReport]:
+        """Today's and this month's figures for each scope, day then month, in the order given."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One scope's day or month."""
+
+    scope: str
+    period: Period
+    label: str
+    resets_at: datetime
+    limit_nano: int | None
+
+    @property
+    def keep_until(self) -> datetime:
+        return self.resets_at + (DAY_RETENTION if self.period == "day" else MONTH_RETENTION)
+
+    def report(self, spent: int, reserved: int, tokens: int) -> WindowReport:
+        remaining = None if self.limit_nano is None else max(0, self.limit_nano - spent - reserved)
+        return WindowReport(
+            scope=self.scope,
+            period=self.period,
+            window=self.label,
+            tokens=tokens,
+            spent_usd=usd(spent),
+            reserved_usd=usd(reserved),
+            limit_usd=None if self.limit_nano is None else usd(self.limit_nano),
+            remaining_usd=None if remaining is None else usd(remaining),
+            resets_at=self.resets_at,
+        )
+
+    def refusal(self, spent: int, reserved: int, requested: int) -> Refusal:
+        assert self.limit_nano is not None
+        return Refusal(
+            self.scope, self.period, self.label, usd(self.limit_nano), usd(spent), usd(reserved), usd(requested),
+            self.resets_at,
+        )
+
+    def alert(self, spent: int, fraction: float) -> BudgetAlert:
+        assert self.limit_nano is not None
+        return BudgetAlert(self.scope, self.period, self.label, usd(self.limit_nano), usd(spent), fraction)
+
+
+def windows_of(limits: Sequence[Limit], day: str, month: str) -> list[Window]:
+    """Each scope's day window then its month window, in the order of `limits`."""
+    day_resets = day_start(day) + timedelta(days=1)
+    month_resets = next_month(month_start(month))
+    windows = []
+    for limit in limits:
+        windows.append(Window(limit.scope, "day", day, day_resets, nano_or_none(limit.daily_usd)))
+        windows.append(Window(limit.scope, "month", month, month_resets, nano_or_none(limit.monthly_usd)))
+    return windows
+
+
+def check_limits(limits: Sequence[Limit]) -> None:
+    scopes = [limit.scope for limit in limits]
+    if len(set(scopes)) != len(scopes):
+        # The same window twice would count one call twice.
+        raise ValueError(f"each scope may appear once: {scopes}")
+    for limit in limits:
+        for value in (limit.daily_usd, limit.monthly_usd):
+            if value is not None and value < 0:
+                raise ValueError(f"{limit.scope}: a budget cannot be negative ({value})")
+
+
+def check_reserve(limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> None:
+    check_limits(limits)
+    if not amount_usd >= 0:
+        raise ValueError(f"amount_usd must be 0 or more, not {amount_usd}")
+    if not hold_seconds > 0:
+        raise ValueError(f"hold_seconds must be positive, not {hold_seconds}")
+
+
+def labels(now: datetime) -> tuple[str, str]:
+    """The UTC day and month `now` falls in."""
+    now = now.astimezone(timezone.utc)
+    return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+
+
+def day_start(label: str) -> datetime:
+    return datetime.strptime(label, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+
+
+def month_start(label: str) -> datetime:
+    return datetime.strptime(label, "%Y-%m").replace(tzinfo=timezone.utc)
+
+
+def next_month(start: datetime) -> datetime:
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+def aware_utc(clock: Clock) -> datetime:
+    now = clock()
+    if now.tzinfo is None:
+        raise ValueError("the ledger clock must return an aware datetime")
+    return now.astimezone(timezone.utc)
+
+
+def nano(usd_amount: float) -> int:
+    return round(usd_amount * NANO)
+
+
+def nano_or_none(usd_amount: float | None) -> int | None:
+    return None if usd_amount is None else nano(usd_amount)
+
+
+def usd(nano_amount: int) -> float:
+    return nano_amount / NANO
+
+
+def warn_line(window: Window, fraction: float) -> int | None:
+    return None if window.limit_nano is None else round(window.limit_nano * fraction)
+
+
+def log_alerts(alerts: Sequence[BudgetAlert]) -> None:
+    for alert in alerts:
+        log.warning(
+            "budget %s %s %s: $%.4f spent of $%.4f (%.0f%% line crossed)",
+            alert.scope, alert.period, alert.window, alert.spent_usd, alert.limit_usd, alert.fraction * 100,
+        )
+
+
+def binding_refusal(refusals: Sequence[Refusal]) -> Refusal:
+    """Of the windows that would overflow, the one that resets last: the call waits for all of them."""
+    return max(refusals, key=lambda refusal: refusal.resets_at)  # max keeps the first of equals

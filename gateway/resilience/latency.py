@@ -1,0 +1,46 @@
+"""A provider's recent latency, for hedging: ask the next provider once the first is slower than usual.
+
+Only the last `capacity` latencies are kept, so the figure follows the provider as it speeds up
+or slows down, and memory stays fixed. Record answers only: a timeout or an error says nothing
+about how long an answer takes, and would drag the percentile toward the timeout.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+class LatencyTracker:
+    def __init__(self, capacity: int = 200, min_samples: int = 20) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if not 1 <= min_samples <= capacity:
+            raise ValueError(f"min_samples must be in [1, capacity={capacity}], got {min_samples}")
+        self._samples: deque[float] = deque(maxlen=capacity)
+        self._min_samples = min_samples
+
+    def __len__(self) -> int:
+        return len(self._samples)
+
+    def record(self, seconds: float) -> None:
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            raise ValueError(f"a latency is a finite, non-negative number of seconds, got {seconds!r}")
+        self._samples.append(seconds)
+
+    def p95(self) -> float | None:
+        return self.quantile(0.95)
+
+    def quantile(self, q: float) -> float | None:
+        """The nearest-rank q-quantile of the recent latencies; None until `min_samples` were seen.
+
+        Nearest rank returns a latency that was actually observed, never an interpolation, and
+        a p95 of 20 samples is their second slowest rather than something between two.
+        """
+        if not 0.0 < q <= 1.0:
+            raise ValueError(f"q must be in (0, 1], got {q}")
+        count = len(self._samples)
+        if count < self._min_samples:
+            return None
+        rank = math.ceil(q * count)  # 1-based
+        return sorted(self._samples)[rank - 1]

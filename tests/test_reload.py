@@ -1,0 +1,162 @@
+"""Live config: reload by /admin/reload, file change and SIGHUP; requests in flight keep their config."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.app import create_app
+from gateway.config import load_config
+from gateway.http import LIVE
+from tests.conftest import add_fault, emulator_requests
+from tests.processes import free_port, gateway_toml, running
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+BODY = {"query": "what does it cost?", "documents": ["it is free", "it opens at eight"]}
+
+
+def write_config(path: Path, emulator_port: int, fallback: str, poll: float = 0, broken: bool = False) -> None:
+    text = gateway_toml(emulator_port, fallback=fallback, server=f'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = {poll}')
+    if broken:
+        text = text.replace('kind = "fireworks"', 'kind = "fireworx"')
+    path.write_text(text)
+
+
+@pytest.fixture
+def config_file(tmp_path, emulator, monkeypatch) -> Path:
+    monkeypatch.setenv("ADMIN_KEY", "admin-secret")
+    path = tmp_path / "config.toml"
+    write_config(path, emulator.server.port, '["deepinfra", "fireworks"]')
+    return path
+
+
+async def gateway_from(aiohttp_client, path: Path):
+    return await aiohttp_client(create_app(load_config(path), config_path=path))
+
+
+def fresh(i: int) -> dict:
+    return {"query": f"question {i}", "documents": [f"passage {i}-a", f"passage {i}-b"]}
+
+
+async def test_admin_reload_changes_the_fallback_order(aiohttp_client, emulator, config_file):
+    gateway = await gateway_from(aiohttp_client, config_file)
+    assert (await gateway.post("/v1/rerank", json=fresh(1))).headers["X-Rerank-Provider"] == "deepinfra"
+
+    write_config(config_file, emulator.server.port, '["fireworks", "deepinfra"]')
+    response = await gateway.post("/admin/reload", headers=ADMIN)
+    assert response.status == 200, await response.text()
+    assert (await response.json())["models"] == {"qwen3-reranker-8b": ["fireworks", "deepinfra"]}
+    assert (await gateway.post("/v1/rerank", json=fresh(2))).headers["X-Rerank-Provider"] == "fireworks"
+
+    write_config(config_file, emulator.server.port, '["deepinfra"]')  # SiliconFlow-style drop
+    await gateway.post("/admin/reload", headers=ADMIN)
+    assert (await gateway.get("/v1/models")).status == 200
+    assert (await (await gateway.get("/v1/models")).json())["data"][0]["fallback"] == ["deepinfra"]
+
+
+async def test_an_invalid_file_is_refused_and_the_running_config_stays(aiohttp_client, emulator, config_file):
+    gateway = await gateway_from(aiohttp_client, config_file)
+    write_config(config_file, emulator.server.port, '["fireworks"]', broken=True)
+    response = await gateway.post("/admin/reload", headers=ADMIN)
+    assert response.status == 422
+    error = (await response.json())["error"]
+    assert error["type"] == "invalid_config" and "unknown kind 'fireworx'" in error["message"]
+    assert (await gateway.post("/v1/rerank", json=fresh(3))).headers["X-Rerank-Provider"] == "deepinfra"
+
+
+async def test_admin_needs_the_key_and_is_off_without_one(aiohttp_client, emulator, config_file, monkeypatch):
+    gateway = await gateway_from(aiohttp_client, config_file)
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "admin-secret"}):
+        response = await gateway.post("/admin/reload", headers=headers)
+        assert response.status == 401
+        assert "admin-secret" not in await response.text()
+    monkeypatch.delenv("ADMIN_KEY")
+    response = await gateway.post("/admin/reload", headers=ADMIN)
+    assert response.status == 404 and "admin endpoints are off" in (await response.json())["error"]["message"]
+
+
+async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, config_file):
+    write_config(config_file, emulator.server.port, '["deepinfra", "fireworks"]', poll=0.05)
+    gateway = await gateway_from(aiohttp_client, config_file)
+    write_config(config_file, emulator.server.port, '["fireworks"]', poll=0.05)
+    for attempt in range(100):
+        await asyncio.sleep(0.05)
+        if (await gateway.post("/v1/rerank", json=fresh(100 + attempt))).headers["X-Rerank-Provider"] == "fireworks":
+            break
+    else:
+        pytest.fail("the changed config file was not picked up")
+
+    write_config(config_file, emulator.server.port, '["deepinfra"]', poll=0.05, broken=True)
+    await asyncio.sleep(0.3)
+    assert (await gateway.post("/v1/rerank", json=fresh(999))).headers["X-Rerank-Provider"] == "fireworks"
+
+
+async def test_requests_in_flight_finish_on_the_config_they_started_with(aiohttp_client, emulator, config_file):
+    gateway = await gateway_from(aiohttp_client, config_file)
+    await add_fault(emulator, "deepinfra", "slow", delay_ms=400, count=1)
+    in_flight = asyncio.ensure_future(gateway.post("/v1/rerank", json=fresh(5)))
+    await asyncio.sleep(0.1)
+    first_generation = gateway.app[LIVE].current
+    write_config(config_file, emulator.server.port, '["fireworks"]')
+    assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
+    assert (await gateway.post("/v1/rerank", json=fresh(6))).headers["X-Rerank-Provider"] == "fireworks"
+    assert not first_generation.clients["deepinfra"]._session.closed  # still serving its request
+    response = await in_flight
+    assert response.status == 200 and response.headers["X-Rerank-Provider"] == "deepinfra"
+    await asyncio.sleep(0.05)
+    assert all(client._session.closed for client in first_generation.clients.values())
+
+
+async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_file):
+    gateway = await gateway_from(aiohttp_client, config_file)
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def client(worker: int) -> None:
+        for i in range(1000):
+            if stop.is_set():
+                return
+            response = await gateway.post("/v1/rerank", json=fresh(worker * 10_000 + i))
+            statuses.append(response.status)
+
+    workers = [asyncio.ensure_future(client(w)) for w in range(8)]
+    orders = ['["fireworks", "deepinfra"]', '["deepinfra", "fireworks"]'] * 3 + ['["fireworks"]']
+    for order in orders:
+        await asyncio.sleep(0.1)
+        write_config(config_file, emulator.server.port, order)
+        assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
+    await asyncio.sleep(0.1)
+    stop.set()
+    await asyncio.gather(*workers)
+    assert len(statuses) > 50 and set(statuses) == {200}
+    before = (await emulator_requests(emulator))["deepinfra"]
+    for i in range(5):
+        assert (await gateway.post("/v1/rerank", json=fresh(900_000 + i))).headers["X-Rerank-Provider"] == "fireworks"
+    assert (await emulator_requests(emulator))["deepinfra"] == before
+
+
+async def test_sighup_reloads_a_running_process(tmp_path):
+    emulator_port, gateway_port = free_port(), free_port()
+    path = tmp_path / "config.toml"
+    write_config(path, emulator_port, '["deepinfra", "fireworks"]')
+    env = {"EMULATOR_KEY": "k", "ADMIN_KEY": "admin-secret"}
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), \
+         running(["serve", "--config", str(path), "--port", str(gateway_port)], gateway_port, env=env) as gateway:
+        url = f"http://127.0.0.1:{gateway_port}/v1/rerank"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=fresh(1)) as response:
+                assert response.headers["X-Rerank-Provider"] == "deepinfra"
+            write_config(path, emulator_port, '["fireworks"]')
+            gateway.send_signal(signal.SIGHUP)
+            for attempt in range(50):
+                await asyncio.sleep(0.1)
+                async with session.post(url, json=fresh(10 + attempt)) as response:
+                    assert response.status == 200
+                    if response.headers["X-Rerank-Provider"] == "fireworks":
+                        break
+            else:
+                pytest.fail("SIGHUP did not reload the config")
