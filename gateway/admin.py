@@ -7,13 +7,8 @@ import hmac
 from aiohttp import web
 
 from gateway.config import ConfigError
-from gateway.errors import ClientError, NotFound
+from gateway.errors import ClientError, NotFound, Unauthorized
 from gateway.http import LIVE, json_response
-
-
-class Unauthorized(ClientError):
-    status = 401
-    error_type = "unauthorized"
 
 
 class ReloadRefused(ClientError):

@@ -39,8 +39,15 @@ class ServerConfig(_Section):
     max_document_chars: PositiveInt = 64_000
     max_query_chars: PositiveInt = 16_000
     max_instruction_chars: PositiveInt = 4_000
+    api_keys_env: str | None = None  # env var holding comma-separated client keys; unset = no client auth
     admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
     reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
+
+    def client_keys(self) -> tuple[str, ...]:
+        """Keys a rerank request must present, or () when client auth is off."""
+        if self.api_keys_env is None:
+            return ()
+        return tuple(key.strip() for key in os.environ.get(self.api_keys_env, "").split(",") if key.strip())
 
     def admin_key(self) -> str | None:
         if self.admin_key_env is None:

@@ -6,6 +6,7 @@
     │   ├── InvalidRequest        422: JSON, but a field is missing or of the wrong kind
     │   ├── PayloadTooLarge       413: over a configured limit
     │   ├── NotFound              404: no such endpoint
+    │   ├── Unauthorized          401: client or admin key missing or wrong
     │   └── UnknownModel          404: the model is not served; names the ones that are
     └── UpstreamError             no provider could answer
         ├── AllProvidersFailed    502, or 504 when the last failure was a timeout
@@ -61,6 +62,11 @@ class NotFound(ClientError):
 class MethodNotAllowed(ClientError):
     status = 405
     error_type = "method_not_allowed"
+
+
+class Unauthorized(ClientError):
+    status = 401
+    error_type = "unauthorized"
 
 
 class UnknownModel(ClientError):

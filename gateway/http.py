@@ -7,6 +7,7 @@ Errors are raised where they happen and turned into a response here, once, with 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import math
 import re
@@ -18,7 +19,7 @@ from aiohttp import web
 
 from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
-from gateway.errors import BadRequest, DeadlineExceeded, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, DeadlineExceeded, Unauthorized, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.limits import check_limits
 from gateway.runtime import LiveGateway
 
@@ -78,6 +79,7 @@ def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
 def rerank_handler(choose_dialect: DialectChooser) -> Any:
     async def handle(request: web.Request) -> web.Response:
         async with request.app[LIVE].serving() as generation:
+            require_client_key(request, generation.client_keys, generation.config.server.api_keys_env)
             server = generation.config.server
             payload = await _read_json(request, server.max_body_bytes)
             dialect = choose_dialect(payload)
@@ -98,6 +100,20 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
         return json_response(dialect.encode(rerank, result, request[REQUEST_ID]), headers=headers)
 
     return handle
+
+
+def require_client_key(request: web.Request, keys: list[bytes], keys_env: str | None) -> None:
+    """With client auth on, a rerank request needs `Authorization: Bearer <one of the keys>`."""
+    if keys_env is None:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    presented = given.strip().encode()
+    # Compare against every key, in constant time each: timing tells nothing about which matched.
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    if scheme.lower() != "bearer" or not matched:
+        raise Unauthorized("this gateway needs Authorization: Bearer <client key>")
 
 
 def request_deadline(request: web.Request, configured: float) -> float:

@@ -43,6 +43,7 @@ class Generation:
     def __init__(self, config: GatewayConfig, shared: Shared) -> None:
         self.config = config
         self.loaded_at = time.time()
+        self.client_keys = [key.encode() for key in config.server.client_keys()]
         self.clients = {name: ProviderClient(name, provider) for name, provider in config.providers.items()}
         self.router = Router(config, self.clients)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)

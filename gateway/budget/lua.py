@@ -1,0 +1,91 @@
+"""The two scripts that keep the shared ledger atomic: one per reserve, one per settle or release.
+
+Each window is a pair of keys: a hash of totals (spent, reserved, tokens in nano-dollars and
+tokens; `warned` once the alert line was crossed) and a sorted set of holds, member
+"<reservation id>:<amount>" scored by its expiry in epoch milliseconds. `reserved` is the sum of
+the live holds, kept as a counter so a reserve costs O(windows + expired holds), not O(in flight).
+Amounts arrive as decimal integer strings and are only added with HINCRBY, so Lua's doubles never
+round them; the one sum computed in Lua (expired holds) stays far below 2^53.
+"""
+
+# Purges expired holds (their holders may have died), then holds `amount` in every window or in none.
+# KEYS: per window, its totals hash then its holds set.
+# ARGV: now ms, expiry ms, hold member, amount; then per window: limit (-1 = unlimited), ttl seconds.
+# Returns {1, spent of each window} when held, else {0, then window index, spent, reserved for each
+# window that would overflow}.
+RESERVE = """
+local function live_reserved(totals, holds, now)
+  local counted = tonumber(redis.call('HGET', totals, 'reserved') or '0')
+  local reserved = counted
+  local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+  for _, member in ipairs(expired) do
+    reserved = reserved - tonumber(string.match(member, ':(%d+)$'))
+  end
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', holds, '-inf', now)
+  end
+  if reserved ~= 0 and redis.call('ZCARD', holds) == 0 then
+    reserved = 0  -- with no live hold nothing can be reserved, whatever happened to the counter
+  end
+  if reserved ~= counted then
+    -- Only ever an existing hash: writing a missing one here would leave a key without a TTL.
+    redis.call('HSET', totals, 'reserved', string.format('%.0f', reserved))
+  end
+  return reserved
+end
+
+local amount = tonumber(ARGV[4])
+local spent, over = {1}, {0}
+for i = 1, #KEYS / 2 do
+  local totals = KEYS[2 * i - 1]
+  local reserved = live_reserved(totals, KEYS[2 * i], ARGV[1])
+  local window_spent = tonumber(redis.call('HGET', totals, 'spent') or '0')
+  local limit = tonumber(ARGV[3 + 2 * i])
+  if limit >= 0 and window_spent + reserved + amount > limit then
+    table.insert(over, i)
+    table.insert(over, window_spent)
+    table.insert(over, reserved)
+  end
+  table.insert(spent, window_spent)
+end
+if #over > 1 then
+  return over
+end
+for i = 1, #KEYS / 2 do
+  local totals, holds, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[4 + 2 * i]
+  redis.call('ZADD', holds, ARGV[2], ARGV[3])
+  redis.call('HINCRBY', totals, 'reserved', ARGV[4])
+  redis.call('EXPIRE', totals, ttl)
+  redis.call('EXPIRE', holds, ttl)
+end
+return spent
+"""
+
+# Drops the hold wherever it still stands (an expired one was already purged and no longer
+# counts), adds the cost and tokens, and flags each window whose spend reached its alert line for
+# the first time. Release is this with cost and tokens 0 and no alert lines.
+# KEYS: as for RESERVE.
+# ARGV: hold member, minus its amount, cost, tokens; then per window: ttl seconds, alert line (-1 = none).
+# Returns {spent of each window, then the index of each window that just crossed its line}.
+SETTLE = """
+local member, unhold, cost, tokens = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local windows = #KEYS / 2
+local result = {}
+for i = 1, windows do
+  local totals, holds, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 + 2 * i]
+  if redis.call('ZREM', holds, member) == 1 then
+    redis.call('HINCRBY', totals, 'reserved', unhold)
+  end
+  result[i] = redis.call('HINCRBY', totals, 'spent', cost)
+  redis.call('HINCRBY', totals, 'tokens', tokens)
+  redis.call('EXPIRE', totals, ttl)
+  redis.call('EXPIRE', holds, ttl)
+end
+for i = 1, windows do
+  local line = tonumber(ARGV[4 + 2 * i])
+  if line >= 0 and result[i] >= line and redis.call('HSETNX', KEYS[2 * i - 1], 'warned', 1) == 1 then
+    table.insert(result, i)
+  end
+end
+return result
+"""

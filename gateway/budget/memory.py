@@ -1,0 +1,158 @@
+"""The in-process ledger: the whole budget for one process, and RedisLedger's stand-in while Redis is away.
+
+Nothing in reserve/settle awaits, so on one event loop each call is atomic by construction.
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from gateway.budget.base import (
+    WARN_FRACTION,
+    BudgetAlert,
+    Clock,
+    Limit,
+    Refusal,
+    Reservation,
+    Window,
+    WindowReport,
+    aware_utc,
+    binding_refusal,
+    check_limits,
+    check_reserve,
+    labels,
+    log_alerts,
+    nano,
+    utc_now,
+    warn_line,
+    windows_of,
+)
+
+
+@dataclass(slots=True)
+class _Totals:
+    """One window's figures; money in nano-dollars."""
+
+    keep_until: datetime
+    spent: int = 0
+    # Spend recorded elsewhere, as last seen there (a RedisLedger mirrors Redis's figure here so
+    # its fallback starts from what is already spent); 0 for a ledger of its own.
+    shared_spent: int = 0
+    tokens: int = 0
+    reserved: int = 0
+    warned: bool = False
+    holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (amount, expires at, epoch s)
+    expiries: list[tuple[float, str]] = field(default_factory=list)  # heap; settled holds linger until popped
+
+    @property
+    def total_spent(self) -> int:
+        return self.spent + self.shared_spent
+
+    def purge(self, now: float) -> None:
+        while self.expiries and self.expiries[0][0] <= now:
+            expires, hold_id = heapq.heappop(self.expiries)
+            hold = self.holds.get(hold_id)
+            if hold is not None and hold[1] == expires:
+                del self.holds[hold_id]
+                self.reserved -= hold[0]
+
+    def hold(self, hold_id: str, amount: int, expires: float) -> None:
+        self.holds[hold_id] = (amount, expires)
+        heapq.heappush(self.expiries, (expires, hold_id))
+        self.reserved += amount
+
+    def unhold(self, hold_id: str) -> None:
+        hold = self.holds.pop(hold_id, None)
+        if hold is not None:
+            self.reserved -= hold[0]
+
+
+class MemoryLedger:
+    def __init__(self, clock: Clock = utc_now, warn_fraction: float = WARN_FRACTION) -> None:
+        self._clock = clock
+        self._warn_fraction = warn_fraction
+        self._totals: dict[tuple[str, str], _Totals] = {}  # (scope, window label)
+        self._pruned_on = ""
+
+    async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
+        check_reserve(limits, amount_usd, hold_seconds)
+        now = aware_utc(self._clock)
+        day, month = labels(now)
+        self._prune(day, now)
+        windows = windows_of(limits, day, month)
+        totals = [self._totals_of(window) for window in windows]
+        amount = nano(amount_usd)
+        refusals = []
+        for window, figures in zip(windows, totals):
+            figures.purge(now.timestamp())
+            if window.limit_nano is not None and figures.total_spent + figures.reserved + amount > window.limit_nano:
+                refusals.append(window.refusal(figures.total_spent, figures.reserved, amount))
+        if refusals:
+            return binding_refusal(refusals)
+        reservation = Reservation(
+            uuid.uuid4().hex, tuple(limits), amount_usd, day, month, now + timedelta(seconds=hold_seconds)
+        )
+        for figures in totals:
+            figures.hold(reservation.id, amount, reservation.expires_at.timestamp())
+        return reservation
+
+    async def settle(self, reservation: Reservation, cost_usd: float, tokens: int) -> tuple[BudgetAlert, ...]:
+        # A provider's odd usage figure must not fail a call that already succeeded: clamp, don't raise.
+        cost, tokens = max(0, nano(cost_usd)), max(0, tokens)
+        alerts = []
+        for window in windows_of(reservation.limits, reservation.day, reservation.month):
+            figures = self._totals_of(window)
+            figures.unhold(reservation.id)
+            figures.spent += cost
+            figures.tokens += tokens
+            line = warn_line(window, self._warn_fraction)
+            if line is not None and cost > 0 and not figures.warned and figures.total_spent >= line:
+                figures.warned = True
+                alerts.append(window.alert(figures.total_spent, self._warn_fraction))
+        log_alerts(alerts)
+        return tuple(alerts)
+
+    async def release(self, reservation: Reservation) -> None:
+        for window in windows_of(reservation.limits, reservation.day, reservation.month):
+            figures = self._totals.get((window.scope, window.label))
+            if figures is not None:
+                figures.unhold(reservation.id)
+
+    async def report(self, limits: Sequence[Limit]) -> list[WindowReport]:
+        check_limits(limits)
+        now = aware_utc(self._clock)
+        reports = []
+        for window in windows_of(limits, *labels(now)):
+            figures = self._totals.get((window.scope, window.label))
+            if figures is None:
+                reports.append(window.report(0, 0, 0))
+                continue
+            figures.purge(now.timestamp())
+            reports.append(window.report(figures.total_spent, figures.reserved, figures.tokens))
+        return reports
+
+    async def close(self) -> None:
+        self._totals.clear()
+
+    def mirror_shared_spend(self, windows: Sequence[Window], spent: Sequence[int]) -> None:
+        """Remember what the shared ledger says these windows have spent (nano-dollars)."""
+        for window, amount in zip(windows, spent):
+            self._totals_of(window).shared_spent = amount
+
+    def _totals_of(self, window: Window) -> _Totals:
+        key = (window.scope, window.label)
+        figures = self._totals.get(key)
+        if figures is None:
+            figures = self._totals[key] = _Totals(keep_until=window.keep_until)
+        return figures
+
+    def _prune(self, day: str, now: datetime) -> None:
+        if day == self._pruned_on:
+            return
+        self._pruned_on = day
+        for key in [key for key, figures in self._totals.items() if figures.keep_until <= now]:
+            del self._totals[key]
