@@ -42,6 +42,9 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         host=host,
         port=port,
         access_log=None,
+        # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
+        # then runs the app's cleanup, which closes the upstream sessions and Redis.
+        shutdown_timeout=config.server.shutdown_grace_seconds,
         print=lambda _: logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port),
     )
 

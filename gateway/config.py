@@ -42,6 +42,7 @@ class ServerConfig(_Section):
     api_keys_env: str | None = None  # env var holding comma-separated client keys; unset = no client auth
     admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
     reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
+    shutdown_grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: time for requests in flight to finish
 
     def client_keys(self) -> tuple[str, ...]:
         """Keys a rerank request must present, or () when client auth is off."""

@@ -114,7 +114,12 @@ class ProviderFailure(Exception):
     reason: str
     fallback_allowed: bool = True
     timed_out: bool = False
-    skipped: bool = False  # never called: no key, disabled, or cannot take the request
+    skipped: bool = False  # never called: no key, disabled, over budget, breaker open, ...
+    # One of a closed set, for metrics and logs: timeout, connect, http_5xx, http_429, http_4xx,
+    # invalid_answer, skipped, budget, breaker_open.
+    kind: str = "skipped"
+    transient: bool = False  # worth retrying on the same provider (connect error, 429, 502-504)
+    retry_after: str | None = None  # the provider's Retry-After header, as sent
 
     def __str__(self) -> str:
         return f"{self.provider}: {self.reason}"

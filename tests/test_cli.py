@@ -60,3 +60,30 @@ async def test_serve_and_emulate_as_processes(tmp_path):
                 assert response.headers["X-Rerank-Provider"] == "deepinfra"
                 scores = (await response.json())["scores"]
     assert scores == pytest.approx([emulated_score("what does it cost?", p) for p in body["passages"]], abs=1e-12)
+
+
+async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
+    import asyncio
+    import signal
+
+    emulator_port, gateway_port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(emulator_port, server="shutdown_grace_seconds = 10"))
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), \
+         running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port, env={"EMULATOR_KEY": "k"}) as gateway:
+        async with aiohttp.ClientSession() as session:
+            fault = {"provider": "deepinfra", "mode": "slow", "delay_ms": 1500}
+            async with session.post(f"http://127.0.0.1:{emulator_port}/_emulator/faults", json=fault) as response:
+                assert response.status == 200
+            body = {"queries": ["slow question"], "passages": ["a", "b"]}
+            in_flight = asyncio.ensure_future(session.post(f"http://127.0.0.1:{gateway_port}/v1/inference/Qwen/Qwen3-Reranker-8B", json=body))
+            await asyncio.sleep(0.5)
+            gateway.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
+                async with aiohttp.ClientSession() as fresh:
+                    await fresh.get(f"http://127.0.0.1:{gateway_port}/healthz")
+            response = await in_flight
+            assert response.status == 200
+            assert len((await response.json())["scores"]) == 2
+        assert await asyncio.to_thread(gateway.wait, 10) == 0

@@ -24,7 +24,9 @@ class TokenEstimator:
         max_ratio: float = 12.0,
     ) -> None:
         if not 0 < min_ratio <= chars_per_token <= max_ratio:
-            raise ValueError(f"need 0 < min_ratio <= chars_per_token <= max_ratio, got {min_ratio}, {chars_per_token}, {max_ratio}")
+            raise ValueError(
+                f"need 0 < min_ratio <= chars_per_token <= max_ratio, got {min_ratio}, {chars_per_token}, {max_ratio}"
+            )
         if not 0 < weight <= 1:
             raise ValueError(f"weight must be in (0, 1], not {weight}")
         self._ratio = chars_per_token

@@ -90,15 +90,19 @@ class RedisLedger:
         self.fallback = MemoryLedger(clock, warn_fraction)
 
     @classmethod
-    def from_url(cls, url: str, timeout_seconds: float, **options) -> RedisLedger:
-        client = aioredis.Redis.from_url(
+    def from_url(cls, url: str, timeout_seconds: float, max_connections: int = 32, **options) -> RedisLedger:
+        # A burst of requests waits briefly for one of a few connections (a script takes well under
+        # a millisecond) instead of failing: redis-py's default pool raises past 100 connections.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             # Retrying inside redis-py would stretch the bound; the fallback ledger takes over instead.
             retry_on_timeout=False,
         )
-        return cls(client, timeout_seconds, **options)
+        return cls(aioredis.Redis.from_pool(pool), timeout_seconds, **options)
 
     @property
     def available(self) -> bool:

@@ -23,6 +23,8 @@ from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireSc
 # Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they
 # say the request itself is wrong, and every provider would say so again.
 _NO_FALLBACK_STATUSES = frozenset({400, 422})
+# Worth another try on the same provider: throttled or a gateway in front of it hiccuped.
+_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _ERROR_TEXT_LIMIT = 300
 
 
@@ -107,32 +109,46 @@ class ProviderClient:
 
     async def _call(self, batch: Batch) -> WireScores:
         body = orjson.dumps(self.adapter.to_wire(batch, self.config))
-        status, raw = await self._post(body)
+        status, raw, retry_after = await self._post(body)
         if status != 200:
-            raise ProviderFailure(
-                self.name,
-                f"HTTP {status}: {self._error_text(raw)}",
-                fallback_allowed=status not in _NO_FALLBACK_STATUSES,
-            )
+            raise self._http_failure(status, raw, retry_after)
         try:
             result = self.adapter.from_wire(orjson.loads(raw), len(batch.documents))
             return WireScores(self._normalized(result.scores), result.tokens, result.cost_usd)
         except orjson.JSONDecodeError:
-            raise ProviderFailure(self.name, "invalid answer: not JSON") from None
+            raise ProviderFailure(self.name, "invalid answer: not JSON", kind="invalid_answer") from None
         except InvalidAnswer as exc:
-            raise ProviderFailure(self.name, f"invalid answer: {exc}") from None
+            raise ProviderFailure(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
 
-    async def _post(self, body: bytes) -> tuple[int, bytes]:
+    async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         assert self._session is not None, "ProviderClient.start() was not called"
         try:
             async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
-                return resp.status, await resp.read()
+                return resp.status, await resp.read(), resp.headers.get("Retry-After")
         except asyncio.TimeoutError:
             raise ProviderFailure(
-                self.name, f"timed out after {self.config.timeout_seconds:g}s", timed_out=True
+                self.name, f"timed out after {self.config.timeout_seconds:g}s", timed_out=True, kind="timeout"
             ) from None
         except aiohttp.ClientError as exc:
-            raise ProviderFailure(self.name, f"connection error: {type(exc).__name__}") from None
+            raise ProviderFailure(
+                self.name, f"connection error: {type(exc).__name__}", kind="connect", transient=True
+            ) from None
+
+    def _http_failure(self, status: int, raw: bytes, retry_after: str | None) -> ProviderFailure:
+        if status == 429:
+            kind = "http_429"
+        elif status >= 500:
+            kind = "http_5xx"
+        else:
+            kind = "http_4xx"
+        return ProviderFailure(
+            self.name,
+            f"HTTP {status}: {self._error_text(raw)}",
+            fallback_allowed=status not in _NO_FALLBACK_STATUSES,
+            kind=kind,
+            transient=status in _TRANSIENT_STATUSES,
+            retry_after=retry_after,
+        )
 
     def _normalized(self, scores: list[float]) -> list[float]:
         """Relevance in [0, 1], higher is better; anything else makes the whole answer invalid."""

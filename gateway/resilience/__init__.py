@@ -10,3 +10,21 @@
 Everything that reads time takes a clock (monotonic seconds) and everything random takes an
 rng, so tests drive them step by step. None of it is thread-safe: one event loop owns each object.
 """
+
+from gateway.resilience.breaker import BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker
+from gateway.resilience.latency import LatencyTracker
+from gateway.resilience.lexical import lexical_scores
+from gateway.resilience.retry import RetryBudget, full_jitter_backoff, is_transient_status, parse_retry_after
+
+__all__ = [
+    "BreakerConfig",
+    "BreakerState",
+    "BreakerStatus",
+    "CircuitBreaker",
+    "LatencyTracker",
+    "RetryBudget",
+    "full_jitter_backoff",
+    "is_transient_status",
+    "lexical_scores",
+    "parse_retry_after",
+]

@@ -67,7 +67,7 @@ def _seconds_until_http_date(text: str, now: float) -> float | None:
     # parsedate_to_datetime reads all three forms RFC 9110 makes recipients accept:
     # IMF-fixdate, RFC 850, and asctime. HTTP dates are always GMT; asctime carries no zone.
     if not text or text[0].isdigit():
-        return None  # "-5", "1e3", "12abc": a malformed delay, not a date
+        return None  # every HTTP-date opens with a day name; "1e3" or "12abc" is a broken delay
     try:
         moment = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):

@@ -45,7 +45,7 @@ def tokenize(text: str) -> list[str]:
 
 def stem(word: str) -> str:
     """The stem of a word from `words()`; other scripts and numbers come back as they are."""
-    last = word[-1]
+    last = word[-1:]
     if "а" <= last <= "я":
         return _russian_stem(word)
     if "a" <= last <= "z":
