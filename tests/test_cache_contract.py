@@ -210,3 +210,12 @@ async def test_a_password_in_the_url_is_used(tmp_path):
         await wrong.close()
     finally:
         server.stop()
+
+
+async def test_a_burst_beyond_the_pool_size_waits_for_connections_instead_of_failing(redis_url):
+    cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=2.0, max_connections=8)
+    await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])
+    results = await asyncio.gather(*[cache.get_many(K("m", None, [Q], [DOCS[0]])) for _ in range(200)])
+    assert results == [[0.5]] * 200
+    assert cache.available
+    await cache.close()

@@ -50,15 +50,21 @@ class RedisScoreCache:
         self._last_warning = -math.inf
 
     @classmethod
-    def from_url(cls, url: str, ttl_seconds: int, timeout_seconds: float) -> RedisScoreCache:
-        client = aioredis.Redis.from_url(
+    def from_url(
+        cls, url: str, ttl_seconds: int, timeout_seconds: float, max_connections: int = 64
+    ) -> RedisScoreCache:
+        # A blocking pool: past max_connections a call waits (within its timeout) for a free
+        # connection, where redis-py's default pool raises "Too many connections" under a burst.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout_seconds,
             socket_timeout=timeout_seconds,
             socket_connect_timeout=timeout_seconds,
             # Retrying inside redis-py would stretch the bound; the gateway serves uncached instead.
             retry_on_timeout=False,
         )
-        return cls(client, ttl_seconds, timeout_seconds)
+        return cls(aioredis.Redis.from_pool(pool), ttl_seconds, timeout_seconds)
 
     @property
     def available(self) -> bool:
