@@ -6,6 +6,7 @@ import hmac
 
 from aiohttp import web
 
+from gateway.budget import GATEWAY_SCOPE, Limit, WindowReport
 from gateway.config import ConfigError
 from gateway.errors import ClientError, NotFound, Unauthorized
 from gateway.http import LIVE, json_response
@@ -38,3 +39,33 @@ async def reload(request: web.Request) -> web.Response:
         "loaded_at": live.current.loaded_at,
         "models": {name: model.fallback for name, model in config.models.items()},
     })
+
+
+async def spend(request: web.Request) -> web.Response:
+    """Per provider and gateway-wide, today and this month: tokens, USD, budget, in flight."""
+    require_admin(request)
+    live = request.app[LIVE]
+    config = live.config
+    limits = [Limit(name, p.budget.daily_usd, p.budget.monthly_usd) for name, p in config.providers.items()]
+    limits.append(Limit(GATEWAY_SCOPE, config.budget.daily_usd, config.budget.monthly_usd))
+    reports = await live.shared.ledger.report(limits)
+    providers: dict[str, dict] = {name: {} for name in config.providers}
+    gateway: dict[str, dict] = {}
+    for report in reports:
+        target = gateway if report.scope == GATEWAY_SCOPE else providers[report.scope]
+        target["today" if report.period == "day" else "month"] = _window(report)
+    for name in config.providers:
+        providers[name]["chars_per_token"] = round(live.shared.health[name].estimator.chars_per_token, 3)
+    return json_response({"providers": providers, "gateway": gateway})
+
+
+def _window(report: WindowReport) -> dict:
+    return {
+        "window": report.window,
+        "tokens": report.tokens,
+        "usd": round(report.spent_usd, 9),
+        "budget_usd": report.limit_usd,
+        "remaining_usd": None if report.remaining_usd is None else round(report.remaining_usd, 9),
+        "reserved_usd": round(report.reserved_usd, 9),
+        "resets_at": report.resets_at.isoformat(),
+    }

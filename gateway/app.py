@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from gateway import admin, http
+from gateway.budget import Ledger, MemoryLedger, RedisLedger
 from gateway.cache import MemoryScoreCache, ScoreCache
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
+from gateway.health import HealthBoard
 from gateway.runtime import LiveGateway, Shared, watch_config_file
 
 # Bodies are checked against the live server.max_body_bytes while they are read; this only
@@ -22,16 +24,30 @@ from gateway.runtime import LiveGateway, Shared, watch_config_file
 _AIOHTTP_BODY_CEILING = 1 << 40
 
 
-def create_app(config: GatewayConfig, config_path: str | os.PathLike[str] | None = None) -> web.Application:
-    """The gateway app; with config_path it reloads that file on SIGHUP, /admin/reload and change."""
+def create_app(
+    config: GatewayConfig,
+    config_path: str | os.PathLike[str] | None = None,
+    *,
+    ledger: Ledger | None = None,
+) -> web.Application:
+    """The gateway app; with config_path it reloads that file on SIGHUP, /admin/reload and change.
+
+    `ledger` replaces the one the config would build (tests give one with their own clock).
+    """
     app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[http.error_middleware])
-    app[http.LIVE] = LiveGateway(config, Shared(cache=build_cache(config.cache)), config_path)
+    shared = Shared(
+        cache=build_cache(config.cache),
+        ledger=ledger or build_ledger(config.cache),
+        health=HealthBoard(config.resilience),
+    )
+    app[http.LIVE] = LiveGateway(config, shared, config_path)
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, http.rerank_handler(choose_dialect))
     app.router.add_get("/v1/models", http.list_models)
     app.router.add_get("/healthz", http.healthz)
     app.router.add_post("/admin/reload", admin.reload)
+    app.router.add_get("/admin/spend", admin.spend)
     return app
 
 
@@ -69,6 +85,13 @@ async def _reload_logging_errors(live: LiveGateway) -> None:
         await live.reload()
     except ConfigError as exc:
         http.log.error("SIGHUP: config not reloaded; the running config stays: %s", exc)
+
+
+def build_ledger(config: CacheConfig) -> Ledger:
+    """The spend ledger lives where the cache does: shared through Redis, else in this process."""
+    if not config.url:
+        return MemoryLedger()
+    return RedisLedger.from_url(config.url, config.timeout_ms / 1000)
 
 
 def build_cache(config: CacheConfig) -> ScoreCache:

@@ -70,6 +70,30 @@ class CacheConfig(_Section):
         return url
 
 
+class BudgetConfig(_Section):
+    """USD ceilings over UTC calendar windows; None = tracked, not enforced."""
+
+    daily_usd: float | None = Field(None, ge=0)
+    monthly_usd: float | None = Field(None, ge=0)
+
+
+class ResilienceConfig(_Section):
+    max_retries: int = Field(2, ge=0)  # extra tries on the same provider, for transient failures
+    retry_base_ms: PositiveFloat = 50.0
+    retry_cap_ms: PositiveFloat = 1000.0
+    retry_budget_ratio: float = Field(0.2, ge=0, le=1)  # retries at most this share of calls
+    breaker_consecutive_failures: PositiveInt = 5
+    breaker_error_rate: float = Field(0.5, gt=0, le=1)
+    breaker_window_seconds: PositiveFloat = 30.0
+    breaker_min_calls: PositiveInt = 10
+    breaker_cooldown_seconds: PositiveFloat = 15.0
+    # Send the same pairs to the next provider when the first has not answered: "off", "p95"
+    # (its observed p95 latency), or a fixed delay in milliseconds.
+    hedge: Literal["off", "p95"] | PositiveFloat = "off"
+    hedge_min_ms: PositiveFloat = 20.0  # floor of the p95 delay, so a fast provider is not hedged at once
+    last_resort: Literal["none", "lexical"] = "none"  # when every provider failed
+
+
 class ProviderConfig(_Section):
     kind: str
     base_url: str
@@ -83,6 +107,7 @@ class ProviderConfig(_Section):
     timeout_seconds: PositiveFloat = 10.0
     connect_timeout_seconds: PositiveFloat = 2.0
     score_transform: Literal["none", "sigmoid"] = "none"
+    budget: BudgetConfig = BudgetConfig()
 
     @field_validator("kind")
     @classmethod
@@ -127,6 +152,8 @@ class ModelConfig(_Section):
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
+    budget: BudgetConfig = BudgetConfig()  # gateway-wide, over every provider
+    resilience: ResilienceConfig = ResilienceConfig()
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(min_length=1)
 

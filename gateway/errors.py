@@ -11,7 +11,8 @@
     └── UpstreamError             no provider could answer
         ├── AllProvidersFailed    502, or 504 when the last failure was a timeout
         ├── UpstreamRejected      502: a provider refused the request in a way another would too
-        └── DeadlineExceeded      504: the request's deadline ran out before any answer
+        ├── DeadlineExceeded      504: the request's deadline ran out before any answer
+        └── BudgetExhausted       429: every provider left for the model is over a budget
 
     ProviderFailure               one provider call failed; not shown to clients as such.
                                   `fallback_allowed` says whether the next provider may be tried.
@@ -101,6 +102,16 @@ class UpstreamRejected(UpstreamError):
     def __init__(self, failure: ProviderFailure) -> None:
         super().__init__(f"{failure.provider} rejected the request: {failure.reason}")
         self.failure = failure
+
+
+class BudgetExhausted(AllProvidersFailed):
+    """Every usable provider would overspend: 429, with Retry-After until a window resets."""
+
+    def __init__(self, model: str, failures: list[ProviderFailure], retry_after_seconds: int) -> None:
+        super().__init__(model, failures)
+        self.status = 429
+        self.error_type = "budget_exhausted"
+        self.retry_after_seconds = retry_after_seconds
 
 
 class DeadlineExceeded(UpstreamError):

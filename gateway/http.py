@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
-from gateway.errors import BadRequest, DeadlineExceeded, Unauthorized, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.errors import BadRequest, BudgetExhausted, DeadlineExceeded, Unauthorized, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.limits import check_limits
 from gateway.runtime import LiveGateway
 
@@ -63,7 +63,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
 
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
     body = {"error": {"type": exc.error_type, "message": exc.message, "request_id": request_id}}
-    return json_response(body, status=exc.status, headers={"X-Rerank-Provider": "none"})
+    headers = {"X-Rerank-Provider": "none"}
+    if isinstance(exc, BudgetExhausted):
+        headers["Retry-After"] = str(exc.retry_after_seconds)
+    return json_response(body, status=exc.status, headers=headers)
 
 
 def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
@@ -85,13 +88,14 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
             dialect = choose_dialect(payload)
             rerank = dialect.decode(payload, request.match_info)
             check_limits(rerank, server)
-            deadline = request_deadline(request, server.request_timeout_seconds)
+            seconds = request_deadline(request, server.request_timeout_seconds)
             policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
+            deadline = asyncio.get_running_loop().time() + seconds
             try:
-                async with asyncio.timeout(deadline):
-                    result = await generation.service.rerank(rerank, policy)
+                async with asyncio.timeout_at(deadline):
+                    result = await generation.service.rerank(rerank, policy, deadline)
             except TimeoutError:
-                raise DeadlineExceeded(f"no answer within the request's deadline of {deadline:g}s") from None
+                raise DeadlineExceeded(f"no answer within the request's deadline of {seconds:g}s") from None
         headers = {
             "X-Rerank-Provider": result.provider,
             "X-Rerank-Model": result.model,

@@ -1,6 +1,6 @@
 """The gateway's live state: what one config builds, swapped whole on reload.
 
-    Shared       lives as long as the process: score cache, single flight (later: ledger, health)
+    Shared       lives as long as the process: score cache, spend ledger, provider health, single flight
     Generation   built from one config: provider clients, router, service
     LiveGateway  the current generation; reload builds the next and swaps it in
 
@@ -20,7 +20,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.budget import Ledger
 from gateway.cache import ScoreCache
+from gateway.guard import GuardedCall
+from gateway.health import HealthBoard
 from gateway.config import GatewayConfig, load_config
 from gateway.flights import Flights
 from gateway.providers.client import ProviderClient
@@ -33,10 +36,13 @@ log = logging.getLogger("gateway")
 @dataclass
 class Shared:
     cache: ScoreCache
+    ledger: Ledger
+    health: HealthBoard
     flights: Flights = field(default_factory=Flights)
 
     async def close(self) -> None:
         await self.cache.close()
+        await self.ledger.close()
 
 
 class Generation:
@@ -45,7 +51,8 @@ class Generation:
         self.loaded_at = time.time()
         self.client_keys = [key.encode() for key in config.server.client_keys()]
         self.clients = {name: ProviderClient(name, provider) for name, provider in config.providers.items()}
-        self.router = Router(config, self.clients)
+        guard = GuardedCall(config, shared.ledger, shared.health)
+        self.router = Router(config, self.clients, guard, shared.health)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
         self.in_flight = 0
         self._retired = False

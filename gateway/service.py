@@ -14,7 +14,10 @@ from gateway.config import GatewayConfig
 from gateway.errors import AllProvidersFailed, InvalidRequest, UnknownModel
 from gateway.flights import Flights, Scored, wait_shared
 from gateway.models import RerankRequest, RerankResult, ScoredPairs
+from gateway.resilience import lexical_scores
 from gateway.router import Router
+
+DEGRADED_LEXICAL = "degraded-lexical"
 
 
 class RerankService:
@@ -39,15 +42,24 @@ class RerankService:
     def model_names(self) -> list[str]:
         return sorted(self._config.models)
 
-    async def rerank(self, request: RerankRequest, policy: CachePolicy = CachePolicy()) -> RerankResult:
+    async def rerank(
+        self, request: RerankRequest, policy: CachePolicy = CachePolicy(), deadline: float | None = None
+    ) -> RerankResult:
+        """Scores for every document in request order; `deadline` is in event-loop time."""
         started = time.perf_counter()
         model = self.resolve_model(request.model)
         pairs = _UniquePairs(request.queries, request.documents)
-        job = _Job(model, request.instruction, pairs, policy, pair_keys(model, request.instruction, pairs.queries, pairs.documents))
+        keys = pair_keys(model, request.instruction, pairs.queries, pairs.documents)
+        job = _Job(model, request.instruction, pairs, policy, keys, deadline)
         job.scores = await self._cache.get_many(job.keys) if policy.read else [None] * len(job.keys)
         missing = [slot for slot, score in enumerate(job.scores) if score is None]
         if missing:
-            await self._fill(job, missing)
+            try:
+                await self._fill(job, missing)
+            except AllProvidersFailed:
+                if self._config.resilience.last_resort != "lexical":
+                    raise
+                _score_lexically(job)
         result = job.result
         result.scores = pairs.spread(job.scores)
         result.cache_misses = len(job.sent)
@@ -86,7 +98,7 @@ class RerankService:
         """One upstream round for these slots; cached when scored by the requested model."""
         queries, documents = job.pairs.select(slots)
         try:
-            scored = await self._router.score(job.model, queries, documents, job.instruction)
+            scored = await self._router.score(job.model, queries, documents, job.instruction, job.deadline)
         except AllProvidersFailed as failed:
             if not self._router.has_fallback_models(job.model):
                 raise
@@ -94,7 +106,7 @@ class RerankService:
             # the fallback model scores every pair of the request.
             slots = list(range(len(job.keys)))
             scored = await self._router.score_by_fallback_models(
-                job.model, job.pairs.queries, job.pairs.documents, job.instruction, failed
+                job.model, job.pairs.queries, job.pairs.documents, job.instruction, failed, job.deadline
             )
         for slot, score in zip(slots, scored.scores):
             job.scores[slot] = score
@@ -115,12 +127,30 @@ class _Job:
     pairs: _UniquePairs
     policy: CachePolicy
     keys: list[PairKey]  # per unique slot
+    deadline: float | None
     scores: list[float | None] = field(default_factory=list)  # per unique slot
     sent: set[int] = field(default_factory=set)  # slots this request sent upstream
     result: RerankResult = field(init=False)
 
     def __post_init__(self) -> None:
         self.result = RerankResult(scores=[], model=self.model, provider="cache")
+
+
+def _score_lexically(job: _Job) -> None:
+    """Every provider failed: order the passages by BM25 so the client still gets a ranking.
+
+    Every slot is scored lexically (lexical and model scores are not comparable), nothing is
+    cached, and the result says so.
+    """
+    by_query: dict[str, list[int]] = {}
+    for slot, query in enumerate(job.pairs.queries):
+        by_query.setdefault(query, []).append(slot)
+    for query, slots in by_query.items():
+        for slot, score in zip(slots, lexical_scores(query, [job.pairs.documents[s] for s in slots])):
+            job.scores[slot] = score
+    job.result.provider = DEGRADED_LEXICAL
+    job.result.degraded = True
+    job.sent.clear()
 
 
 class _UniquePairs:

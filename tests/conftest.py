@@ -76,13 +76,14 @@ def make_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], emulator:
     async def build(
         fallback: list[str] | None = None,
         edit: Callable[[dict[str, Any]], None] | None = None,
+        app_options: dict[str, Any] | None = None,
         **sections: dict[str, Any],
     ) -> TestClient:
         raw = gateway_settings(emulator_url(emulator), fallback or ["deepinfra", "fireworks"], **sections)
         if edit is not None:
             raw = copy.deepcopy(raw)
             edit(raw)
-        return await aiohttp_client(create_app(parse_config(raw)))
+        return await aiohttp_client(create_app(parse_config(raw), **(app_options or {})))
 
     return build
 

@@ -224,7 +224,8 @@ FALLBACK_FAULTS = [
 async def test_fallback_on_each_failure_class(make_gateway: GatewayFactory, emulator, first, mode, options):
     second = "fireworks" if first == "deepinfra" else "deepinfra"
     await add_fault(emulator, first, mode, **options)
-    gateway = await make_gateway(fallback=[first, second])
+    # Without retries on the same provider: this is about moving to the next one.
+    gateway = await make_gateway(fallback=[first, second], resilience={"max_retries": 0})
     response = await gateway.post("/v1/inference/Qwen/Qwen3-Reranker-8B", json={"queries": [QUERY], "documents": DOCUMENTS})
     assert response.status == 200, await response.text()
     assert response.headers["X-Rerank-Provider"] == second
@@ -348,7 +349,7 @@ async def test_cross_model_fallback_only_when_configured_and_never_cached(make_g
         raw["models"]["other-reranker"] = {"fallback": ["tei"]}
         raw["models"][MODEL]["fallback_models"] = ["other-reranker"]
 
-    await add_fault(emulator, "deepinfra", "status", status=503, count=1)
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)  # 500: not retried
     gateway = await make_gateway(fallback=["deepinfra"], edit=two_models)
     body = {"query": QUERY, "documents": DOCUMENTS}
     response = await gateway.post("/v1/rerank", json=body)

@@ -244,7 +244,7 @@ def warn_line(window: Window, fraction: float) -> int | None:
 def log_alerts(alerts: Sequence[BudgetAlert]) -> None:
     for alert in alerts:
         log.warning(
-            "budget %s %s %s: $%.4f spent of $%.4f (%.0f%% line crossed)",
+            "budget %s %s %s: $%.6g spent of $%.6g (%.0f%% line crossed)",
             alert.scope, alert.period, alert.window, alert.spent_usd, alert.limit_usd, alert.fraction * 100,
         )
 

@@ -36,12 +36,12 @@ class CohereDialect:
                 item["document"] = {"text": request.documents[index]}
             results.append(item)
         search_units = -(-len(request.documents) // _DOCUMENTS_PER_SEARCH_UNIT)
-        return {
-            "id": request_id,
-            "results": results,
-            "meta": {
-                "api_version": {"version": self.api_version},
-                "billed_units": {"search_units": search_units},
-                "tokens": {"input_tokens": result.usage.tokens, "output_tokens": 0},
-            },
+        meta: dict[str, Any] = {
+            "api_version": {"version": self.api_version},
+            "billed_units": {"search_units": search_units},
+            "tokens": {"input_tokens": result.usage.tokens, "output_tokens": 0},
         }
+        if result.degraded:
+            # Cohere's meta.warnings is where its SDKs surface such notes.
+            meta["warnings"] = ["degraded-lexical: every provider failed; scores are BM25, not model relevance"]
+        return {"id": request_id, "results": results, "meta": meta}

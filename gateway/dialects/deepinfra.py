@@ -36,7 +36,7 @@ class DeepInfraDialect:
 
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:
         tokens = result.usage.tokens
-        return {
+        answer = {
             "scores": result.scores,
             "input_tokens": tokens,
             "request_id": request_id,
@@ -49,3 +49,6 @@ class DeepInfraDialect:
                 "output_length": 0,
             },
         }
+        if result.degraded:
+            answer["degraded"] = True  # lexical last resort: an order, not model scores
+        return answer

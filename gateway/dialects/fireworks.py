@@ -32,7 +32,7 @@ class FireworksDialect:
                 item["document"] = request.documents[index]
             data.append(item)
         tokens = result.usage.tokens
-        return {
+        answer = {
             "object": "list",
             "model": request.model or result.model,
             "data": data,
@@ -40,3 +40,6 @@ class FireworksDialect:
             "results": data,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+        if result.degraded:
+            answer["degraded"] = True  # lexical last resort: an order, not model scores
+        return answer

@@ -19,12 +19,11 @@ from gateway.errors import ProviderFailure
 from gateway.models import Usage
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
+from gateway.resilience import is_transient_status
 
 # Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they
 # say the request itself is wrong, and every provider would say so again.
 _NO_FALLBACK_STATUSES = frozenset({400, 422})
-# Worth another try on the same provider: throttled or a gateway in front of it hiccuped.
-_TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 _ERROR_TEXT_LIMIT = 300
 
 
@@ -146,7 +145,7 @@ class ProviderClient:
             f"HTTP {status}: {self._error_text(raw)}",
             fallback_allowed=status not in _NO_FALLBACK_STATUSES,
             kind=kind,
-            transient=status in _TRANSIENT_STATUSES,
+            transient=is_transient_status(status),
             retry_after=retry_after,
         )
 
