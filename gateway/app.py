@@ -91,7 +91,7 @@ def build_ledger(config: CacheConfig) -> Ledger:
     """The spend ledger lives where the cache does: shared through Redis, else in this process."""
     if not config.url:
         return MemoryLedger()
-    return RedisLedger.from_url(config.url, config.timeout_ms / 1000)
+    return RedisLedger.from_url(config.url, config.ledger_timeout_ms / 1000)
 
 
 def build_cache(config: CacheConfig) -> ScoreCache:

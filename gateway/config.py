@@ -61,6 +61,8 @@ class CacheConfig(_Section):
     ttl_seconds: PositiveInt = 30 * 24 * 3600
     max_entries: PositiveInt = 1_000_000
     timeout_ms: PositiveFloat = 50.0  # bound on every Redis call; past it the request goes uncached
+    # Bound on the spend ledger's Redis calls; past it budgets are enforced per process for a while.
+    ledger_timeout_ms: PositiveFloat = 250.0
 
     @field_validator("url")
     @classmethod

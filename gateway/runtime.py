@@ -40,6 +40,10 @@ class Shared:
     health: HealthBoard
     flights: Flights = field(default_factory=Flights)
 
+    async def start(self) -> None:
+        await self.cache.start()
+        await self.ledger.start()
+
     async def close(self) -> None:
         await self.cache.close()
         await self.ledger.close()
@@ -97,6 +101,7 @@ class LiveGateway:
         return self.current.config
 
     async def start(self) -> None:
+        await self.shared.start()
         await self.current.start()
 
     @asynccontextmanager

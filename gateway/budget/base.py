@@ -113,6 +113,8 @@ class BudgetAlert:
 
 
 class Ledger(Protocol):
+    async def start(self) -> None: ...
+
     async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
         """Hold amount_usd against every window of every limit, or refuse and hold nothing."""
         ...

@@ -78,6 +78,9 @@ class MemoryLedger:
         self._totals: dict[tuple[str, str], _Totals] = {}  # (scope, window label)
         self._pruned_on = ""
 
+    async def start(self) -> None:
+        """Nothing to open: the in-process ledger is ready when built."""
+
     async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
         check_reserve(limits, amount_usd, hold_seconds)
         now = aware_utc(self._clock)

@@ -53,6 +53,9 @@ from gateway.budget.base import (
     windows_of,
 )
 from gateway.budget.memory import MemoryLedger
+from gateway.redis_pool import redis_client, warm_up
+
+WARM_CONNECTIONS = 8
 
 log = logging.getLogger("gateway.budget")
 
@@ -91,18 +94,10 @@ class RedisLedger:
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float, max_connections: int = 32, **options) -> RedisLedger:
-        # A burst of requests waits briefly for one of a few connections (a script takes well under
-        # a millisecond) instead of failing: redis-py's default pool raises past 100 connections.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_seconds,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            # Retrying inside redis-py would stretch the bound; the fallback ledger takes over instead.
-            retry_on_timeout=False,
-        )
-        return cls(aioredis.Redis.from_pool(pool), timeout_seconds, **options)
+        return cls(redis_client(url, timeout_seconds, max_connections), timeout_seconds, **options)
+
+    async def start(self) -> None:
+        await warm_up(self._redis, WARM_CONNECTIONS)
 
     @property
     def available(self) -> bool:

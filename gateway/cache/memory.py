@@ -19,6 +19,9 @@ class MemoryScoreCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    async def start(self) -> None:
+        """Nothing to open: the in-process cache is ready when built."""
+
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
         now = self._clock()
         found: list[float | None] = []

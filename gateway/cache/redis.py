@@ -23,11 +23,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.cache.base import PairKey, query_group
+from gateway.redis_pool import redis_client, warm_up
 
 log = logging.getLogger("gateway.cache")
 
 _SCORE = struct.Struct("<d")
 KEY_PREFIX = "rr:"
+WARM_CONNECTIONS = 16
 
 
 class RedisScoreCache:
@@ -51,20 +53,12 @@ class RedisScoreCache:
 
     @classmethod
     def from_url(
-        cls, url: str, ttl_seconds: int, timeout_seconds: float, max_connections: int = 64
+        cls, url: str, ttl_seconds: int, timeout_seconds: float, max_connections: int = 32
     ) -> RedisScoreCache:
-        # A blocking pool: past max_connections a call waits (within its timeout) for a free
-        # connection, where redis-py's default pool raises "Too many connections" under a burst.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_seconds,
-            socket_timeout=timeout_seconds,
-            socket_connect_timeout=timeout_seconds,
-            # Retrying inside redis-py would stretch the bound; the gateway serves uncached instead.
-            retry_on_timeout=False,
-        )
-        return cls(aioredis.Redis.from_pool(pool), ttl_seconds, timeout_seconds)
+        return cls(redis_client(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds)
+
+    async def start(self) -> None:
+        await warm_up(self._redis, WARM_CONNECTIONS)
 
     @property
     def available(self) -> bool:
