@@ -10,13 +10,14 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import admin, http
+from gateway import admin, http, ops
 from gateway.budget import Ledger, MemoryLedger, RedisLedger
 from gateway.cache import MemoryScoreCache, ScoreCache
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.health import HealthBoard
+from gateway.observability.metrics import GatewayMetrics
 from gateway.runtime import LiveGateway, Shared, watch_config_file
 
 # Bodies are checked against the live server.max_body_bytes while they are read; this only
@@ -39,6 +40,7 @@ def create_app(
         cache=build_cache(config.cache),
         ledger=ledger or build_ledger(config.cache),
         health=HealthBoard(config.resilience),
+        metrics=GatewayMetrics(),
     )
     app[http.LIVE] = LiveGateway(config, shared, config_path)
     app.cleanup_ctx.append(_lifetime)
@@ -46,6 +48,10 @@ def create_app(
         app.router.add_post(path, http.rerank_handler(choose_dialect))
     app.router.add_get("/v1/models", http.list_models)
     app.router.add_get("/healthz", http.healthz)
+    app.router.add_get("/readyz", ops.readyz)
+    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/status", ops.status_page)
+    app.router.add_get("/openapi.json", ops.openapi)
     app.router.add_post("/admin/reload", admin.reload)
     app.router.add_get("/admin/spend", admin.spend)
     return app

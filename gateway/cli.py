@@ -13,6 +13,7 @@ import click
 from aiohttp import web
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
+from gateway.observability.logs import configure_logging
 from gateway.providers.client import ProviderClient
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
@@ -31,8 +32,8 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     """Run the gateway."""
     from gateway.app import create_app
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _load_or_exit(config_path)
+    configure_logging(config.server.log_level, config.server.log_format)
     host = host or config.server.host
     port = config.server.port if port is None else port
     for line in describe_providers(config):

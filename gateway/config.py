@@ -43,6 +43,8 @@ class ServerConfig(_Section):
     admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
     reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
     shutdown_grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: time for requests in flight to finish
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = "json"
 
     def client_keys(self) -> tuple[str, ...]:
         """Keys a rerank request must present, or () when client auth is off."""
@@ -62,7 +64,7 @@ class CacheConfig(_Section):
     max_entries: PositiveInt = 1_000_000
     timeout_ms: PositiveFloat = 50.0  # bound on every Redis call; past it the request goes uncached
     # Bound on the spend ledger's Redis calls; past it budgets are enforced per process for a while.
-    ledger_timeout_ms: PositiveFloat = 250.0
+    ledger_timeout_ms: PositiveFloat = 500.0
 
     @field_validator("url")
     @classmethod

@@ -19,6 +19,8 @@ from gateway.errors import ProviderFailure
 from gateway.health import HealthBoard, ProviderHealth
 from gateway.models import Usage
 from gateway.providers.client import ProviderClient
+from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, GatewayMetrics
+from gateway.observability.trace import note_attempt
 from gateway.resilience import full_jitter_backoff, parse_retry_after
 
 # A reservation outlives its call by this much, so a slow settle never frees budget early.
@@ -33,10 +35,11 @@ class BudgetSkip(ProviderFailure):
 
 
 class GuardedCall:
-    def __init__(self, config: GatewayConfig, ledger: Ledger, health: HealthBoard) -> None:
+    def __init__(self, config: GatewayConfig, ledger: Ledger, health: HealthBoard, metrics: GatewayMetrics) -> None:
         self._config = config
         self._ledger = ledger
         self._health = health
+        self._metrics = metrics
 
     async def score(
         self,
@@ -48,9 +51,16 @@ class GuardedCall:
     ) -> tuple[list[float], Usage]:
         health = self._health[client.name]
         chars = _chars(queries, documents, instruction)
-        reservation = await self._reserve(client, health, chars, deadline)
+        try:
+            reservation = await self._reserve(client, health, chars, deadline)
+        except BudgetSkip:
+            self._metrics.record_upstream_error(provider=client.name, reason="budget")
+            note_attempt(client.name, "budget", 0.0)
+            raise
         if not health.breaker.allow():
             await self._ledger.release(reservation)
+            self._metrics.record_upstream_error(provider=client.name, reason="breaker_open")
+            note_attempt(client.name, "breaker_open", 0.0)
             raise ProviderFailure(client.name, "skipped: circuit open after repeated failures", skipped=True, kind="breaker_open")
         try:
             scores, usage = await self._call_with_retries(client, health, queries, documents, instruction, deadline)
@@ -61,6 +71,7 @@ class GuardedCall:
                 self._health.note_error(client.name, failure.reason)
             else:
                 health.breaker.record_cancelled()  # the request was at fault, not the provider
+            self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
             raise
         except BaseException:
             # Cancelled (a hedge won, the client left, the deadline passed): not the provider's fault.
@@ -68,7 +79,9 @@ class GuardedCall:
             await asyncio.shield(self._ledger.release(reservation))
             raise
         health.breaker.record_success()
+        self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
         await self._ledger.settle(reservation, usage.cost_usd, usage.tokens)
+        self._metrics.record_usage(provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd)
         if usage.tokens:
             health.estimator.observe(chars, usage.tokens)
         return scores, usage
@@ -110,6 +123,7 @@ class GuardedCall:
             try:
                 result = await client.score(queries, documents, instruction)
             except ProviderFailure as failure:
+                self._observe_call(client.name, _now() - started, failure.kind)
                 wait = self._retry_wait(failure, attempt, health, deadline)
                 if wait is None:
                     raise
@@ -117,8 +131,16 @@ class GuardedCall:
                 attempt += 1
                 await asyncio.sleep(wait)
                 continue
-            health.latency.record(_now() - started)
+            elapsed = _now() - started
+            health.latency.record(elapsed)
+            self._observe_call(client.name, elapsed, "ok")
             return result
+
+    def _observe_call(self, provider: str, seconds: float, outcome: str) -> None:
+        self._metrics.record_upstream_call(provider=provider, seconds=seconds)
+        if outcome in UPSTREAM_ERROR_REASONS:
+            self._metrics.record_upstream_error(provider=provider, reason=outcome)  # type: ignore[arg-type]
+        note_attempt(provider, outcome, seconds)
 
     def _retry_wait(self, failure: ProviderFailure, attempt: int, health: ProviderHealth, deadline: float | None) -> float | None:
         """Seconds to wait before trying the same provider again, or None: move on."""

@@ -11,7 +11,9 @@ import hmac
 import logging
 import math
 import re
+import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,12 +23,17 @@ from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
 from gateway.errors import BadRequest, BudgetExhausted, DeadlineExceeded, Unauthorized, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.limits import check_limits
+from gateway.models import RerankResult
+from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_fields
+from gateway.observability.trace import start_trace
 from gateway.runtime import LiveGateway
 
 log = logging.getLogger("gateway")
+request_log = logging.getLogger(REQUEST_LOGGER)
 
 LIVE = web.AppKey("live", LiveGateway)
 REQUEST_ID = "request_id"
+RERANK_TRACE = "rerank_trace"
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _JSON = "application/json"
@@ -44,21 +51,65 @@ def request_id_of(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(slots=True)
+class RerankTrace:
+    """What the request log and metrics need to know about one rerank request."""
+
+    dialect: str = "none"
+    model: str = "none"  # the resolved model only: a client's string must not become a label
+    documents: int = 0
+    result: RerankResult | None = None
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     request_id = request[REQUEST_ID] = request_id_of(request)
+    started = time.perf_counter()
+    attempts = start_trace()
+    error_type = None
     try:
         response = await handler(request)
     except GatewayError as exc:
-        response = _error_response(exc, request_id)
+        response, error_type = _error_response(exc, request_id), exc.error_type
     except web.HTTPException as exc:
-        response = _error_response(_from_aiohttp(exc, request), request_id)
+        error = _from_aiohttp(exc, request)
+        response, error_type = _error_response(error, request_id), error.error_type
     except Exception:
         # Never a traceback to the client; the log has it, tied to the request id.
         log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)
-        response = _error_response(GatewayError("internal error; see the gateway log"), request_id)
+        response, error_type = _error_response(GatewayError("internal error; see the gateway log"), request_id), "internal_error"
     response.headers["X-Request-ID"] = request_id
+    trace = request.get(RERANK_TRACE)
+    if trace is not None:
+        _observe(request, trace, response.status, time.perf_counter() - started, attempts, error_type)
     return response
+
+
+def _observe(
+    request: web.Request, trace: RerankTrace, status: int, seconds: float, attempts: list[ProviderAttempt], error_type: str | None
+) -> None:
+    """One metrics update and one log line per rerank request, whatever its outcome."""
+    result = trace.result
+    upstream_ms = result.upstream_ms if result is not None else sum(a.ms for a in attempts)
+    metrics = request.app[LIVE].shared.metrics
+    metrics.record_request(dialect=trace.dialect, model=trace.model, status=status, seconds=seconds,
+                           upstream_seconds=upstream_ms / 1000)
+    if result is not None:
+        metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
+        request.app[LIVE].shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
+    request_log.info("rerank", extra=request_log_fields(
+        request_id=request[REQUEST_ID],
+        dialect=trace.dialect,
+        model=trace.model,
+        status=status,
+        documents=trace.documents,
+        cache_hits=result.cache_hits if result else 0,
+        cache_misses=result.cache_misses if result else 0,
+        upstream_ms=upstream_ms,
+        total_ms=seconds * 1000,
+        attempts=attempts,
+        error_type=error_type,
+    ))
 
 
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
@@ -81,19 +132,23 @@ def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
 
 def rerank_handler(choose_dialect: DialectChooser) -> Any:
     async def handle(request: web.Request) -> web.Response:
+        trace = request[RERANK_TRACE] = RerankTrace()
         async with request.app[LIVE].serving() as generation:
             require_client_key(request, generation.client_keys, generation.config.server.api_keys_env)
             server = generation.config.server
             payload = await _read_json(request, server.max_body_bytes)
             dialect = choose_dialect(payload)
+            trace.dialect = dialect.name
             rerank = dialect.decode(payload, request.match_info)
+            trace.documents = len(rerank.documents)
             check_limits(rerank, server)
+            trace.model = generation.service.resolve_model(rerank.model)
             seconds = request_deadline(request, server.request_timeout_seconds)
             policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
             deadline = asyncio.get_running_loop().time() + seconds
             try:
                 async with asyncio.timeout_at(deadline):
-                    result = await generation.service.rerank(rerank, policy, deadline)
+                    result = trace.result = await generation.service.rerank(rerank, policy, deadline)
             except TimeoutError:
                 raise DeadlineExceeded(f"no answer within the request's deadline of {seconds:g}s") from None
         headers = {

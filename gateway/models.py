@@ -56,6 +56,7 @@ class RerankResult:
     cache_hits: int = 0
     cache_misses: int = 0
     runtime_ms: float = 0.0
+    upstream_ms: float = 0.0  # wall time spent waiting on providers (or on another request's call)
     degraded: bool = False  # scored by the local lexical last resort, not by a model
 
     def ranking(self, top_n: int | None) -> list[int]:

@@ -16,6 +16,7 @@ from gateway.errors import AllProvidersFailed, BudgetExhausted, ProviderFailure,
 from gateway.guard import BudgetSkip, GuardedCall
 from gateway.health import HealthBoard
 from gateway.models import ScoredPairs
+from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 
 Candidate = tuple[str, ProviderClient]  # (canonical model, provider)
@@ -23,12 +24,18 @@ Candidate = tuple[str, ProviderClient]  # (canonical model, provider)
 
 class Router:
     def __init__(
-        self, config: GatewayConfig, clients: Mapping[str, ProviderClient], guard: GuardedCall, health: HealthBoard
+        self,
+        config: GatewayConfig,
+        clients: Mapping[str, ProviderClient],
+        guard: GuardedCall,
+        health: HealthBoard,
+        metrics: GatewayMetrics,
     ) -> None:
         self._config = config
         self._clients = clients
         self._guard = guard
         self._health = health
+        self._metrics = metrics
 
     async def score(
         self,
@@ -90,8 +97,15 @@ class Router:
                         failures.append(failure)
                         continue
                     await _cancel_all(calls)
+                    self._note_fallback(model, failures, client.name)
                     return ScoredPairs(scores=scores, usage=usage, provider=client.name, model=scored_model)
         raise _all_failed(model, failures)
+
+    def _note_fallback(self, model: str, failures: list[ProviderFailure], winner: str) -> None:
+        """Count a fallback when a provider that was actually called failed before the winner."""
+        called = [f for f in failures if not f.skipped]
+        if called:
+            self._metrics.record_fallback(model=model, from_provider=called[0].provider, to_provider=winner)
 
     def _usable_candidates(self, models: Sequence[str], instruction: str | None, failures: list[ProviderFailure]) -> list[Candidate]:
         """Providers that could take the request, in order; the others are noted as skipped."""

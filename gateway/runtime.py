@@ -24,6 +24,7 @@ from gateway.budget import Ledger
 from gateway.cache import ScoreCache
 from gateway.guard import GuardedCall
 from gateway.health import HealthBoard
+from gateway.observability.metrics import GatewayMetrics
 from gateway.config import GatewayConfig, load_config
 from gateway.flights import Flights
 from gateway.providers.client import ProviderClient
@@ -38,7 +39,9 @@ class Shared:
     cache: ScoreCache
     ledger: Ledger
     health: HealthBoard
+    metrics: GatewayMetrics
     flights: Flights = field(default_factory=Flights)
+    cache_stats: CacheStats = field(default_factory=lambda: CacheStats())
 
     async def start(self) -> None:
         await self.cache.start()
@@ -49,14 +52,33 @@ class Shared:
         await self.ledger.close()
 
 
+@dataclass
+class CacheStats:
+    """Pairs served from the cache and sent upstream since start, and what upstream pairs cost."""
+
+    hits: int = 0
+    misses: int = 0
+    upstream_usd: float = 0.0
+
+    def add(self, hits: int, misses: int, upstream_usd: float) -> None:
+        self.hits += hits
+        self.misses += misses
+        self.upstream_usd += upstream_usd
+
+    @property
+    def saved_usd(self) -> float:
+        """What the hits would have cost at the average price of a pair sent upstream."""
+        return self.hits * self.upstream_usd / self.misses if self.misses else 0.0
+
+
 class Generation:
     def __init__(self, config: GatewayConfig, shared: Shared) -> None:
         self.config = config
         self.loaded_at = time.time()
         self.client_keys = [key.encode() for key in config.server.client_keys()]
         self.clients = {name: ProviderClient(name, provider) for name, provider in config.providers.items()}
-        guard = GuardedCall(config, shared.ledger, shared.health)
-        self.router = Router(config, self.clients, guard, shared.health)
+        guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics)
+        self.router = Router(config, self.clients, guard, shared.health, shared.metrics)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
         self.in_flight = 0
         self._retired = False

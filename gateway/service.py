@@ -84,7 +84,9 @@ class RerankService:
             self._flights.settle(claim, shared)
         orphaned = []
         for position, flight, index in claim.waits:
+            waited = time.perf_counter()
             found = await wait_shared(flight, index)
+            job.result.upstream_ms += (time.perf_counter() - waited) * 1000
             if found is None:
                 orphaned.append(missing[position])
                 continue
@@ -97,6 +99,7 @@ class RerankService:
     async def _score_slots(self, job: _Job, slots: list[int]) -> ScoredPairs:
         """One upstream round for these slots; cached when scored by the requested model."""
         queries, documents = job.pairs.select(slots)
+        started = time.perf_counter()
         try:
             scored = await self._router.score(job.model, queries, documents, job.instruction, job.deadline)
         except AllProvidersFailed as failed:
@@ -108,6 +111,8 @@ class RerankService:
             scored = await self._router.score_by_fallback_models(
                 job.model, job.pairs.queries, job.pairs.documents, job.instruction, failed, job.deadline
             )
+        finally:
+            job.result.upstream_ms += (time.perf_counter() - started) * 1000
         for slot, score in zip(slots, scored.scores):
             job.scores[slot] = score
         job.sent.update(slots)

@@ -1,0 +1,219 @@
+"""Logs: one structured line per request, JSON or text, and never a key or a passage.
+
+`request_log_fields` builds the per-request fields from counts and names only: it takes no
+text at all. The formatters add a second guard for everything else that is logged with
+`extra=`: fields named like secrets are replaced with "[redacted]", fields named like request
+text (query, documents, instruction, ...) with their length and a short digest, and a bearer
+token inside a message is masked. A digest lets two log lines be matched up without saying
+what the text was.
+
+    log.info("rerank", extra=request_log_fields(...))
+    -> {"ts": "2025-01-31T12:00:00.123Z", "level": "INFO", "logger": "gateway.requests",
+        "message": "rerank", "request_id": "...", "dialect": "cohere", ...}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import logging
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import orjson
+
+REQUEST_LOGGER: Final = "gateway.requests"
+REDACTED: Final = "[redacted]"
+_HANDLER_NAME: Final = "rerank-gateway"
+_MAX_DEPTH: Final = 4
+
+# Attributes every LogRecord has; anything else on a record came in through `extra=`.
+_RECORD_ATTRIBUTES: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+_SECRET_NAME = re.compile(
+    r"authorization|api[_-]?key|client[_-]?keys?|secret|password|passwd|credential|cookie|bearer"
+    r"|(^|[_-])(key|keys|token)$",
+    re.IGNORECASE,
+)
+_TEXT_NAME = re.compile(
+    r"^(query|queries|document|documents|doc|docs|passage|passages|text|texts|instruction|input|inputs"
+    r"|body|payload|content|contents)$",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+_KEY_ASSIGNMENT = re.compile(r"(?i)\b(api[_-]?key|access[_-]?token|secret)=([^\s&\"',;]+)")
+
+
+def text_digest(text: str) -> str:
+    """A short, stable stand-in for a text: enough to match log lines, not to read it back."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderAttempt:
+    """One provider the router tried for a request: outcome is "ok" or a failure kind."""
+
+    provider: str
+    outcome: str
+    ms: float
+
+
+def request_log_fields(
+    *,
+    request_id: str,
+    dialect: str,
+    model: str | None,
+    status: int,
+    documents: int,
+    cache_hits: int,
+    cache_misses: int,
+    upstream_ms: float,
+    total_ms: float,
+    attempts: Sequence[ProviderAttempt] = (),
+    error_type: str | None = None,
+) -> dict[str, Any]:
+    """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
+    fields: dict[str, Any] = {
+        "request_id": request_id,
+        "dialect": dialect,
+        "model": model,
+        "status": status,
+        "documents": documents,
+        "cache_hits": cache_hits,
+        "cache_misses": cache_misses,
+        "providers": [
+            {"provider": attempt.provider, "outcome": attempt.outcome, "ms": round(attempt.ms, 3)}
+            for attempt in attempts
+        ],
+        "upstream_ms": round(upstream_ms, 3),
+        "total_ms": round(total_ms, 3),
+    }
+    if error_type is not None:
+        fields["error_type"] = error_type
+    return fields
+
+
+def redacted(name: str, value: Any, depth: int = 0) -> Any:
+    """value as it may appear in a log under field `name`."""
+    if _SECRET_NAME.search(name) and not isinstance(value, (bool, int, float, type(None))):
+        return REDACTED
+    if _TEXT_NAME.match(name):
+        return _summary(value)
+    if depth >= _MAX_DEPTH:
+        return _summary(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # orjson would write every field of a dataclass as is; go through the names first.
+        value = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(key): redacted(str(key), item, depth + 1) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(name, item, depth + 1) for item in value]
+    if isinstance(value, str):
+        return mask_secrets(value)
+    return value
+
+
+def mask_secrets(text: str) -> str:
+    """text with bearer tokens and `api_key=...` values masked."""
+    text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _KEY_ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def _summary(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"chars": len(value), "sha256": text_digest(value)}
+    if isinstance(value, bytes):
+        return {"bytes": len(value)}
+    if isinstance(value, (list, tuple)):
+        return {"count": len(value)}
+    if isinstance(value, dict):
+        return {"keys": len(value)}
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return {"type": type(value).__name__}
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's `extra=` fields, redacted."""
+    return {
+        name: redacted(name, value)
+        for name, value in vars(record).items()
+        if name not in _RECORD_ATTRIBUTES and not name.startswith("_")
+    }
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the `extra=` fields, exc."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+                "+00:00", "Z"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": mask_secrets(record.getMessage()),
+        }
+        for name, value in extra_fields(record).items():
+            line.setdefault(name, value)  # an extra never overwrites the four above
+        if record.exc_info:
+            line["exc"] = mask_secrets(self.formatException(record.exc_info))
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return orjson.dumps(line, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message key=value ...`, with the same redaction as JSON."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = mask_secrets(record.message)
+        text = super().formatMessage(record)
+        extras = extra_fields(record)
+        if extras:
+            text += " " + " ".join(f"{name}={_text_value(value)}" for name, value in extras.items())
+        return text
+
+    def formatException(self, ei: Any) -> str:
+        return mask_secrets(super().formatException(ei))
+
+
+def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
+    """Log to stderr at level, as JSON lines or text; calling it again replaces its handler."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ValueError(f"log level {level!r}: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    if fmt == "json":
+        formatter: logging.Formatter = JsonFormatter()
+    elif fmt == "text":
+        formatter = TextFormatter()
+    else:
+        raise ValueError(f"log format {fmt!r}: expected 'json' or 'text'")
+    root = logging.getLogger()
+    # Only our own handler is replaced: others (pytest's, an embedding app's) stay.
+    for handler in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(handler)
+        handler.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, str) and value and not any(c.isspace() or c in "\"=" for c in value):
+        return value
+    return orjson.dumps(value, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _fallback(value: Any) -> str:
+    # Unknown objects are named, not str()-ed: their repr could hold anything.
+    return f"<{type(value).__name__}>"

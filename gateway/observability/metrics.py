@@ -1,0 +1,207 @@
+"""Prometheus metrics for the gateway: one GatewayMetrics per app, with its own registry.
+
+Every metric lives on a GatewayMetrics instance and is registered in that instance's own
+CollectorRegistry, never prometheus-client's default one, so tests can build many apps in one
+process and none sees another's numbers.
+
+Several workers on one port (prometheus-client's multiprocess mode): when the environment
+variable PROMETHEUS_MULTIPROC_DIR names a directory, each worker writes its values to files
+there and `render()` merges the files of all workers, dead ones included, so counters never go
+backwards when a worker is replaced. prometheus-client decides the mode when it is first
+imported, so the variable must be set before the process starts (the supervisor exports it and
+empties the directory with `clear_multiprocess_dir`); a GatewayMetrics built after the variable
+changed refuses to start rather than quietly count in the wrong place. When a worker dies, the
+supervisor calls `mark_process_dead(pid)` so the worker's gauges stop counting.
+
+In multiprocess mode, instances in one process share values (the files are per process and
+metric name): build one per process there.
+
+Label values are the caller's promise of a small set: pass canonical model and provider names,
+never what a client typed, and budget windows as "day" / "month", never a date.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Mapping
+from typing import Final, Literal, get_args
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess, values
+
+MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+UpstreamErrorReason = Literal[
+    "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open"
+]
+UPSTREAM_ERROR_REASONS: Final[frozenset[str]] = frozenset(get_args(UpstreamErrorReason))
+
+BreakerStateName = Literal["closed", "half_open", "open"]
+BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
+
+# 1 ms .. 30 s: a cache hit answers in about a millisecond, a slow provider in tens of seconds.
+LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# 0.1 ms .. 100 ms: what the gateway itself adds on top of waiting for providers.
+OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class MetricsModeError(RuntimeError):
+    """PROMETHEUS_MULTIPROC_DIR and prometheus-client's import-time mode disagree, or the dir is missing."""
+
+
+class GatewayMetrics:
+    """The gateway's metrics; methods are named for the event the request path reports."""
+
+    def __init__(self) -> None:
+        self.multiprocess_dir = _checked_multiprocess_dir()
+        # Multiprocess metrics are read back from their files at render time; registering them
+        # as well would only offer a registry holding this one worker's share.
+        registry = None if self.multiprocess_dir else CollectorRegistry()
+        self._registry = registry
+
+        self._requests = Counter(
+            "rerank_gateway_requests", "Rerank requests answered, by dialect, model and HTTP status.",
+            ["dialect", "model", "status"], registry=registry,
+        )
+        self._request_seconds = Histogram(
+            "rerank_gateway_request_duration_seconds", "Time to answer a rerank request, end to end.",
+            ["dialect", "model"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self._overhead_seconds = Histogram(
+            "rerank_gateway_overhead_seconds",
+            "Request time not spent waiting on providers: decoding, cache, merging, encoding.",
+            buckets=OVERHEAD_BUCKETS, registry=registry,
+        )
+        self._upstream_calls = Counter(
+            "rerank_gateway_upstream_calls", "HTTP calls made to a provider, whatever their outcome.",
+            ["provider"], registry=registry,
+        )
+        self._upstream_seconds = Histogram(
+            "rerank_gateway_upstream_duration_seconds", "Time one HTTP call to a provider took.",
+            ["provider"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self._upstream_errors = Counter(
+            "rerank_gateway_upstream_errors",
+            "Provider attempts that gave no usable answer, by reason; budget and breaker_open are "
+            "refusals before any call.",
+            ["provider", "reason"], registry=registry,
+        )
+        self._cache_hits = Counter(
+            "rerank_gateway_cache_hits", "Pairs answered from the score cache.", ["model"], registry=registry
+        )
+        self._cache_misses = Counter(
+            "rerank_gateway_cache_misses", "Pairs the score cache did not hold.", ["model"], registry=registry
+        )
+        self._tokens = Counter(
+            "rerank_gateway_upstream_tokens", "Tokens providers billed.", ["provider"], registry=registry
+        )
+        self._cost_usd = Counter(
+            "rerank_gateway_upstream_cost_usd", "What provider calls cost, in US dollars.", ["provider"],
+            registry=registry,
+        )
+        self._fallbacks = Counter(
+            "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
+            ["model", "from_provider", "to_provider"], registry=registry,
+        )
+        # Across workers: budgets are read from one shared ledger, so the latest reading is the
+        # truest; a breaker is per worker, so the worst one (open) is what to page on.
+        self._budget_remaining = Gauge(
+            "rerank_gateway_budget_remaining_usd", "Budget left in a scope's current window, in US dollars.",
+            ["scope", "window"], registry=registry, multiprocess_mode="livemostrecent",
+        )
+        self._breaker_state = Gauge(
+            "rerank_gateway_breaker_state", "A provider's circuit breaker: 0 closed, 1 half open, 2 open.",
+            ["provider"], registry=registry, multiprocess_mode="livemax",
+        )
+
+    # -- the request ------------------------------------------------------------------------
+
+    def record_request(
+        self, *, dialect: str, model: str, status: int, seconds: float, upstream_seconds: float = 0.0
+    ) -> None:
+        """One answered request. upstream_seconds is wall time spent waiting on providers."""
+        self._requests.labels(dialect, model, str(status)).inc()
+        self._request_seconds.labels(dialect, model).observe(seconds)
+        self._overhead_seconds.observe(max(0.0, seconds - upstream_seconds))
+
+    def record_cache(self, *, model: str, hits: int, misses: int) -> None:
+        """Score-cache lookups of one request, counted in pairs."""
+        self._cache_hits.labels(model).inc(hits)
+        self._cache_misses.labels(model).inc(misses)
+
+    # -- providers --------------------------------------------------------------------------
+
+    def record_upstream_call(self, *, provider: str, seconds: float) -> None:
+        """One HTTP call to a provider, successful or not."""
+        self._upstream_calls.labels(provider).inc()
+        self._upstream_seconds.labels(provider).observe(seconds)
+
+    def record_upstream_error(self, *, provider: str, reason: UpstreamErrorReason) -> None:
+        if reason not in UPSTREAM_ERROR_REASONS:
+            raise ValueError(f"upstream error reason {reason!r} is not one of {sorted(UPSTREAM_ERROR_REASONS)}")
+        self._upstream_errors.labels(provider, reason).inc()
+
+    def record_usage(self, *, provider: str, tokens: int, cost_usd: float) -> None:
+        self._tokens.labels(provider).inc(tokens)
+        self._cost_usd.labels(provider).inc(cost_usd)
+
+    def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
+        self._fallbacks.labels(model, from_provider, to_provider).inc()
+
+    def set_breaker_state(self, *, provider: str, state: BreakerStateName) -> None:
+        self._breaker_state.labels(provider).set(BREAKER_STATE_VALUES[state])
+
+    def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:
+        """Budget left; window is the period ("day", "month"). Leave unlimited windows unset."""
+        self._budget_remaining.labels(scope, window).set(usd)
+
+    # -- exposition -------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The body and Content-Type for GET /metrics: every worker's numbers in multiprocess mode."""
+        if self.multiprocess_dir:
+            return render_multiprocess(self.multiprocess_dir)
+        assert self._registry is not None
+        return generate_latest(self._registry), CONTENT_TYPE_LATEST
+
+
+def render_multiprocess(path: str | os.PathLike[str]) -> tuple[bytes, str]:
+    """Every worker's metrics merged from the files in path, into a registry made for this scrape."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=os.fspath(path))
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def mark_process_dead(pid: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Forget a dead worker's gauges (its counters and histograms stay in the totals).
+
+    path defaults to $PROMETHEUS_MULTIPROC_DIR; without either this does nothing.
+    """
+    directory = os.fspath(path) if path is not None else os.environ.get(MULTIPROC_DIR_ENV)
+    if directory:
+        multiprocess.mark_process_dead(pid, directory)
+
+
+def clear_multiprocess_dir(path: str | os.PathLike[str]) -> None:
+    """Remove every worker's files: for the supervisor, before the first worker starts."""
+    for file in glob.glob(os.path.join(os.fspath(path), "*.db")):
+        os.remove(file)
+
+
+def _checked_multiprocess_dir() -> str | None:
+    directory = os.environ.get(MULTIPROC_DIR_ENV) or None
+    # prometheus-client picked its value class when first imported; it must agree with the env now.
+    library_multiprocess = bool(getattr(values.ValueClass, "_multiprocess", False))
+    if directory is None and library_multiprocess:
+        raise MetricsModeError(
+            f"prometheus-client was imported in multiprocess mode but ${MULTIPROC_DIR_ENV} is no longer set"
+        )
+    if directory is not None and not library_multiprocess:
+        raise MetricsModeError(
+            f"${MULTIPROC_DIR_ENV} is set but prometheus-client was imported before it was; "
+            "set it in the environment the process starts with"
+        )
+    if directory is not None and not os.path.isdir(directory):
+        raise MetricsModeError(f"${MULTIPROC_DIR_ENV}={directory!r} is not a directory")
+    return directory

@@ -1,0 +1,302 @@
+"""GET /status: one server-rendered HTML page that tells ops at a glance what the gateway can do.
+
+The page is a pure function of a StatusSnapshot, a plain frozen value the app assembles from the
+live config, breakers, ledgers and cache counters; nothing here reads gateway state. No scripts,
+no external assets: inline CSS only, so the page works air-gapped and from a screenshot. Every
+string that reaches the page goes through html.escape, whatever its source (provider reasons
+carry text from upstream answers).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+
+from gateway.budget.base import WARN_FRACTION
+from gateway.health import RecentError
+
+BreakerState = Literal["closed", "half_open", "open"]
+
+@dataclass(frozen=True, slots=True)
+class BudgetBar:
+    period: str  # "today" | "month"
+    spent_usd: float
+    reserved_usd: float  # holds of calls in flight
+    limit_usd: float | None  # None: tracked, not limited
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    name: str
+    kind: str
+    usable: bool
+    reason: str | None  # why not usable: key unset, disabled, over budget, breaker open, ...
+    breaker: BreakerState
+    budget: tuple[BudgetBar, ...]
+    p95_ms: float | None  # None until enough answers were seen
+
+
+@dataclass(frozen=True, slots=True)
+class ModelStatus:
+    name: str
+    aliases: tuple[str, ...]
+    fallback: tuple[ProviderStatus, ...]  # in the order they are tried
+
+    @property
+    def servable(self) -> bool:
+        return any(provider.usable for provider in self.fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStatus:
+    backend: str  # "memory" | "redis"
+    hits: int
+    misses: int
+    saved_usd: float  # what the hits would have cost upstream
+
+    @property
+    def hit_rate(self) -> float | None:
+        lookups = self.hits + self.misses
+        return self.hits / lookups if lookups else None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusSnapshot:
+    generated_at: float  # Unix time
+    config_loaded_at: float  # Unix time
+    config_path: str | None  # None: built from a mapping, not a file
+    models: tuple[ModelStatus, ...]
+    cache: CacheStatus
+    recent_errors: tuple[RecentError, ...]
+    gateway_budget: tuple[BudgetBar, ...]
+
+
+def render_status_page(snapshot: StatusSnapshot) -> str:
+    """The whole page as one HTML document."""
+    generated = _utc(snapshot.generated_at)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>rerank-gateway status</title><style>{_CSS}</style></head><body><main>"
+        f"<header><h1>rerank-gateway</h1><span class=\"muted\">status at {_e(generated)}</span>"
+        f"{_verdict(snapshot.models)}</header>"
+        f"<section class=\"cards\">{_config_card(snapshot)}{_cache_card(snapshot.cache)}"
+        f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
+        f"{''.join(_model_section(model) for model in snapshot.models)}"
+        f"{_errors_section(snapshot.recent_errors, snapshot.generated_at)}"
+        "</main></body></html>\n"
+    )
+
+
+def _verdict(models: tuple[ModelStatus, ...]) -> str:
+    stranded = [model.name for model in models if not model.servable]
+    degraded = sum(1 for model in models for provider in model.fallback if not provider.usable or provider.breaker != "closed")
+    if stranded:
+        tone, text = "bad", f"No usable provider for {', '.join(stranded)}"
+    elif degraded:
+        tone, text = "warn", f"Every model is servable; {degraded} provider{_s(degraded)} degraded"
+    else:
+        tone, text = "ok", f"All {len(models)} model{_s(len(models))} servable; every provider healthy"
+    return f"<div class=\"verdict {tone}\"><span class=\"dot\"></span>{_e(text)}</div>"
+
+
+def _config_card(snapshot: StatusSnapshot) -> str:
+    source = snapshot.config_path or "(built in-process, no file)"
+    age = _ago(snapshot.generated_at - snapshot.config_loaded_at)
+    return _card(
+        "Config",
+        f"<div class=\"big mono small-big\">{_e(_utc(snapshot.config_loaded_at))}</div>"
+        f"<div class=\"muted\">loaded {_e(age)} from</div><div><code>{_e(source)}</code></div>",
+    )
+
+
+def _cache_card(cache: CacheStatus) -> str:
+    rate = cache.hit_rate
+    headline = "no lookups yet" if rate is None else f"{rate:.1%} hit rate"
+    return _card(
+        "Score cache",
+        f"<div class=\"big\">{_e(headline)}</div>"
+        f"<div class=\"muted\">{_e(f'{cache.hits:,} hits · {cache.misses:,} misses · {cache.backend}')}</div>"
+        f"<div class=\"saved\">saved {_e(_usd(cache.saved_usd))}</div>",
+    )
+
+
+def _gateway_budget_card(bars: tuple[BudgetBar, ...]) -> str:
+    body = "".join(_budget_bar(bar) for bar in bars) or "<div class=\"muted\">no gateway-wide budget tracked</div>"
+    return _card("Gateway budget", body)
+
+
+def _card(title: str, body: str) -> str:
+    return f"<div class=\"card\"><h2>{_e(title)}</h2>{body}</div>"
+
+
+def _model_section(model: ModelStatus) -> str:
+    aliases = ", ".join(model.aliases) if model.aliases else "none"
+    rows = "".join(_provider_row(position, provider) for position, provider in enumerate(model.fallback, 1))
+    tone = "ok" if model.servable else "bad"
+    return (
+        f"<section class=\"model\"><div class=\"model-head\"><h2><span class=\"dot {tone}\"></span>{_e(model.name)}</h2>"
+        f"<span class=\"muted\">aliases: {_e(aliases)}</span></div>"
+        "<table class=\"providers\"><colgroup><col class=\"c-pos\"><col class=\"c-name\"><col class=\"c-health\">"
+        "<col class=\"c-breaker\"><col class=\"c-p95\"><col></colgroup>"
+        "<thead><tr><th class=\"num\">#</th><th>provider</th><th>health</th><th>breaker</th>"
+        "<th class=\"num\">p95</th><th>budget (spent + held of limit)</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table></section>"
+    )
+
+
+def _provider_row(position: int, provider: ProviderStatus) -> str:
+    if provider.usable:
+        health = "<span class=\"pill ok\">usable</span>"
+    else:
+        reason = f"<div class=\"reason\">{_e(provider.reason)}</div>" if provider.reason else ""
+        health = f"<span class=\"pill bad\">not usable</span>{reason}"
+    breaker_tone = {"closed": "ok", "half_open": "warn"}.get(provider.breaker, "bad")
+    p95 = "—" if provider.p95_ms is None else f"{provider.p95_ms:,.0f} ms"
+    budget = "".join(_budget_bar(bar) for bar in provider.budget) or "<span class=\"muted\">not tracked</span>"
+    return (
+        f"<tr class=\"{'' if provider.usable else 'down'}\"><td class=\"num muted\">{position}</td>"
+        f"<td class=\"nowrap\"><strong>{_e(provider.name)}</strong><div class=\"muted\">{_e(provider.kind)}</div></td>"
+        f"<td>{health}</td><td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
+        f"<td class=\"num mono\">{_e(p95)}</td><td>{budget}</td></tr>"
+    )
+
+
+def _budget_bar(bar: BudgetBar) -> str:
+    """A bar of spent (solid) and reserved (light) against the limit; just the figures when unlimited."""
+    label = f"<span class=\"period\">{_e(bar.period)}</span>"
+    if bar.limit_usd is None:
+        figures = f"{_usd(bar.spent_usd)} spent{_reserved(bar)} · no limit"
+        return (
+            f"<div class=\"budget\">{label}<div class=\"track none\"></div><span class=\"pct\">—</span>"
+            f"<span class=\"figures\">{_e(figures)}</span></div>"
+        )
+    used = bar.spent_usd + bar.reserved_usd
+    fraction = used / bar.limit_usd if bar.limit_usd > 0 else (1.0 if used > 0 else 0.0)
+    # Amber from the line where the ledger's budget alert fires.
+    tone = "bad" if fraction >= 1 else "warn" if fraction >= WARN_FRACTION else "ok"
+    spent_width = _percent_of(bar.spent_usd, bar.limit_usd)
+    held_width = max(_percent_of(used, bar.limit_usd) - spent_width, 0.0)
+    figures = f"{_usd(bar.spent_usd)} of {_usd(bar.limit_usd)}{_reserved(bar)}"
+    return (
+        f"<div class=\"budget\">{label}<div class=\"track\">"
+        f"<div class=\"fill {tone}\" style=\"width:{spent_width:.1f}%\"></div>"
+        f"<div class=\"fill {tone} held\" style=\"width:{held_width:.1f}%\"></div></div>"
+        f"<span class=\"pct {tone}\">{_e(f'{fraction:.0%}')}</span><span class=\"figures\">{_e(figures)}</span></div>"
+    )
+
+
+def _reserved(bar: BudgetBar) -> str:
+    return f" (+{_usd(bar.reserved_usd)} held)" if bar.reserved_usd > 0 else ""
+
+
+def _percent_of(amount: float, limit: float) -> float:
+    if limit <= 0:
+        return 100.0 if amount > 0 else 0.0
+    return min(max(amount / limit * 100, 0.0), 100.0)
+
+
+def _errors_section(errors: tuple[RecentError, ...], now: float) -> str:
+    if not errors:
+        body = "<p class=\"muted\">No provider errors recently.</p>"
+    else:
+        rows = "".join(
+            f"<tr><td class=\"mono nowrap\">{_e(_utc(error.at))}</td><td class=\"muted nowrap\">{_e(_ago(now - error.at))}</td>"
+            f"<td><strong>{_e(error.provider)}</strong></td><td class=\"reason\">{_e(error.reason)}</td></tr>"
+            for error in sorted(errors, key=lambda error: error.at, reverse=True)
+        )
+        body = (
+            "<table class=\"errors\"><colgroup><col class=\"c-at\"><col class=\"c-ago\"><col class=\"c-name\"><col></colgroup>"
+            f"<thead><tr><th>at (UTC)</th><th></th><th>provider</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    return f"<section class=\"model\"><div class=\"model-head\"><h2>Recent errors</h2></div>{body}</section>"
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _usd(amount: float) -> str:
+    # Rerank calls cost fractions of a cent: small figures keep enough digits to be non-zero.
+    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.4f}"
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 0:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+_CSS = """
+:root{--ok:#1a7f37;--ok-bg:#dafbe1;--warn:#9a6700;--warn-bg:#fff8c5;--bad:#cf222e;--bad-bg:#ffebe9;
+--ink:#1f2328;--muted:#656d76;--line:#d0d7de;--panel:#fff;--page:#f6f8fa}
+*{box-sizing:border-box}
+body{margin:0;background:var(--page);color:var(--ink);
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
+main{max-width:1160px;margin:0 auto;padding:16px 24px 28px}
+header{display:flex;align-items:center;gap:14px;margin-bottom:14px}
+h1{font-size:22px;margin:0}
+h2{font-size:13px;margin:0;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
+.model h2{font-size:16px;text-transform:none;letter-spacing:0;color:var(--ink);display:flex;align-items:center;gap:8px}
+.muted{color:var(--muted)}
+.mono,code{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace;font-size:12.5px}
+code{background:#eff1f3;padding:1px 5px;border-radius:4px;overflow-wrap:anywhere}
+.nowrap{white-space:nowrap}
+.verdict{display:flex;align-items:center;gap:10px;padding:7px 14px;border-radius:8px;font-weight:600;
+margin-left:auto;border:1px solid}
+.verdict.ok{background:var(--ok-bg);color:var(--ok);border-color:#aceebb}
+.verdict.warn{background:var(--warn-bg);color:var(--warn);border-color:#eac54f}
+.verdict.bad{background:var(--bad-bg);color:var(--bad);border-color:#ffcecb}
+.dot{width:10px;height:10px;border-radius:50%;background:currentColor;display:inline-block;flex:none}
+.dot.ok{background:var(--ok)}.dot.bad{background:var(--bad)}
+.cards{display:grid;grid-template-columns:repeat(3,1fr);gap:14px;margin-bottom:12px}
+.card,.model{background:var(--panel);border:1px solid var(--line);border-radius:8px;padding:14px 16px}
+.card h2{margin-bottom:8px}
+.big{font-size:24px;font-weight:650;line-height:1.2}
+.small-big{font-size:17px;margin-bottom:4px}
+.saved{margin-top:6px;color:var(--ok);font-weight:600}
+.model{margin-bottom:12px;padding:0;overflow:hidden}
+.model-head{display:flex;align-items:baseline;justify-content:space-between;gap:12px;padding:10px 16px;
+border-bottom:1px solid var(--line)}
+.model>p{padding:0 16px}
+table{width:100%;border-collapse:collapse}
+th{text-align:left;font-weight:600;font-size:12px;color:var(--muted);padding:8px 16px;background:#f6f8fa;
+border-bottom:1px solid var(--line)}
+td{padding:8px 16px;border-bottom:1px solid #eaeef2;vertical-align:top}
+tr:last-child td{border-bottom:0}
+tr.down td{background:#fffafa}
+.num{text-align:right;white-space:nowrap}
+table.providers{table-layout:fixed}
+table.errors{table-layout:fixed}.c-at{width:190px}.c-ago{width:96px}
+.c-pos{width:44px}.c-name{width:146px}.c-health{width:232px}.c-breaker{width:100px}.c-p95{width:80px}
+.pill{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;font-weight:600;white-space:nowrap}
+.pill.ok{background:var(--ok-bg);color:var(--ok)}
+.pill.warn{background:var(--warn-bg);color:var(--warn)}
+.pill.bad{background:var(--bad-bg);color:var(--bad)}
+.reason{color:var(--bad);font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
+.budget{display:grid;grid-template-columns:44px minmax(60px,1fr) 40px 218px;column-gap:8px;align-items:center;
+min-height:20px}
+.budget .period{font-size:12px;color:var(--muted)}
+.budget .pct{font-size:12px;font-weight:650;text-align:right;font-variant-numeric:tabular-nums;color:var(--muted)}
+.pct.ok{color:var(--ok)}.pct.warn{color:var(--warn)}.pct.bad{color:var(--bad)}
+.budget .figures{font-size:12px;color:var(--muted);white-space:nowrap;font-variant-numeric:tabular-nums}
+.card .budget{grid-template-columns:44px 1fr 40px;row-gap:1px;margin-bottom:6px}
+.card .budget .figures{grid-column:2 / 4}
+.track{display:flex;height:8px;border-radius:4px;background:#eaeef2;overflow:hidden}
+.track.none{background:repeating-linear-gradient(90deg,#eaeef2 0 6px,transparent 6px 10px)}
+.fill.ok{background:var(--ok)}.fill.warn{background:#d4a72c}.fill.bad{background:var(--bad)}
+.fill.held{opacity:.35}
+"""

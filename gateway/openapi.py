@@ -1,0 +1,472 @@
+"""openapi_spec(): the OpenAPI 3.1 description of every endpoint the gateway serves.
+
+Response shapes follow the dialect encoders in gateway/dialects/ and the handlers in http.py and
+admin.py; tests/test_openapi.py validates real requests and answers against this document, so a
+change to a wire shape that is not made here too fails a test. Request schemas describe what
+the decoders accept: unknown fields are ignored (clients send provider-specific extras), and an
+optional field sent as null counts as absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Schema = dict[str, Any]
+
+_ERROR_TYPES = (
+    "bad_request (400), unauthorized (401), not_found / model_not_found (404), method_not_allowed (405), "
+    "payload_too_large (413), invalid_request / invalid_config (422), budget_exhausted (429), internal_error (500), "
+    "all_providers_failed / upstream_rejected (502), upstream_timeout / deadline_exceeded (504)"
+)
+
+
+def openapi_spec() -> dict[str, Any]:
+    """A fresh copy of the spec; callers may change it."""
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "rerank-gateway",
+            "version": "0.1.0",
+            "description": (
+                "A rerank gateway that speaks DeepInfra, Fireworks, Cohere (v1/v2) and TEI wire formats, "
+                "sends each request to the first usable provider in the configured fallback order, caches "
+                "every (query, passage) score and answers in the format the client spoke.\n\n"
+                "Every answer carries `X-Request-ID`. Every 4xx/5xx answer has the body "
+                "`{\"error\": {\"type\", \"message\", \"request_id\"}}` and `X-Rerank-Provider: none`; "
+                f"error types: {_ERROR_TYPES}. A path served with another method answers 405 "
+                "`method_not_allowed`, an unknown path 404 `not_found`."
+            ),
+        },
+        "tags": [
+            {"name": "rerank", "description": "One endpoint per client wire format."},
+            {"name": "ops", "description": "Health, readiness, metrics, the status page and this document."},
+            {"name": "admin", "description": "Off unless [server] admin_key_env names a set env var (404 otherwise)."},
+        ],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(),
+            "headers": _headers(),
+            "responses": _error_responses(),
+            "securitySchemes": {
+                "clientKey": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "A client key from the env var [server] api_keys_env names (comma-separated); "
+                                   "required only when api_keys_env is set.",
+                },
+                "adminKey": {
+                    "type": "http", "scheme": "bearer",
+                    "description": "The key in the env var [server] admin_key_env names.",
+                },
+            },
+        },
+    }
+
+
+def _ref(kind: str, name: str) -> Schema:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> Schema:
+    return _ref("schemas", name)
+
+
+def _json(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+# --- paths ----------------------------------------------------------------------------------------
+
+
+def _paths() -> dict[str, Any]:
+    cohere_or_tei_request = {"oneOf": [
+        _schema("TeiRequest"),
+        # A body with `texts` is TEI's whatever else it holds.
+        {"allOf": [_schema("CohereRequest"), {"not": {"required": ["texts"]}}]},
+    ]}
+    return {
+        "/v1/inference/{model}": {"post": _rerank_operation(
+            "deepinfra", "DeepInfra inference format",
+            "`queries` x `documents` (or `passages`) -> `scores` in request order. The model is in the path "
+            "and may contain `/` (e.g. `Qwen/Qwen3-Reranker-8B`), sent unescaped. Send one query for all "
+            "documents or one per document.",
+            _schema("DeepInfraRequest"), _schema("DeepInfraResponse"),
+            parameters=[{
+                "name": "model", "in": "path", "required": True,
+                "description": "A served model's name or alias; may contain `/`.",
+                "schema": {"type": "string", "minLength": 1}, "example": "Qwen/Qwen3-Reranker-8B",
+            }],
+        )},
+        "/inference/v1/rerank": {"post": _rerank_operation(
+            "fireworks", "Fireworks rerank format",
+            "`task` is the instruction. The answer lists `data` best first, cut to `top_n`, and the same list "
+            "as `results` for clients that auto-detect the format.",
+            _schema("FireworksRequest"), _schema("FireworksResponse"),
+        )},
+        "/v1/rerank": {"post": _rerank_operation(
+            "cohere-v1", "Cohere v1 rerank format", "Results best first, cut to `top_n`.",
+            _schema("CohereRequest"), _schema("CohereResponse"),
+        )},
+        "/v2/rerank": {"post": _rerank_operation(
+            "cohere-v2", "Cohere v2 rerank format", "Results best first, cut to `top_n`.",
+            _schema("CohereRequest"), _schema("CohereResponse"),
+        )},
+        "/rerank": {"post": _rerank_operation(
+            "cohere-or-tei", "Cohere (v1 answer) or TEI rerank format",
+            "A body with `texts` is text-embeddings-inference's and gets TEI's bare list, sorted by score; "
+            "any other body is Cohere's and gets a Cohere v1 answer.",
+            cohere_or_tei_request, {"oneOf": [_schema("TeiResponse"), _schema("CohereResponse")]},
+        )},
+        "/v1/models": {"get": _get(
+            "models", "The models served", "With their aliases and fallback order.", _json(_schema("ModelList")),
+        )},
+        "/healthz": {"get": _get(
+            "healthz", "Liveness", "Answers as soon as the gateway serves.", _json(_schema("Health")),
+        )},
+        "/readyz": {"get": _get(
+            "readyz", "Readiness", "200 when the gateway can serve rerank requests, 503 when it cannot.",
+            _json(_schema("Readiness")),
+            extra={"503": {"description": "Not ready.", "headers": _request_id_header(),
+                           "content": _json(_schema("Readiness"))}},
+        )},
+        "/metrics": {"get": _get(
+            "metrics", "Prometheus metrics", "Prometheus text exposition format.",
+            {"text/plain": {"schema": {"type": "string"}}},
+        )},
+        "/status": {"get": _get(
+            "status", "Status page for ops",
+            "Server-rendered HTML: each model's fallback order with provider health, breaker state and budget, "
+            "cache hit rate and savings, recent errors, config load time.",
+            {"text/html": {"schema": {"type": "string"}}},
+        )},
+        "/openapi.json": {"get": _get("openapi", "This document", "OpenAPI 3.1.", _json({"type": "object"}))},
+        "/admin/reload": {"post": _admin_operation(
+            "reload", "Reload the config file",
+            "Loads the config file again and serves new requests from it; requests in flight finish on the "
+            "config they started with. 422 `invalid_config` leaves the running config in place.",
+            _schema("ReloadAnswer"), extra_errors={"422": _ref("responses", "InvalidConfig")},
+        )},
+        "/admin/spend": {"get": _admin_operation(
+            "spend", "Spend per budget window",
+            "Today's and this month's tokens, spend, holds of calls in flight and limits (UTC windows), per provider and "
+            "gateway-wide.",
+            _schema("SpendReport"),
+        )},
+    }
+
+
+def _rerank_operation(
+    operation_id: str, summary: str, description: str, request: Schema, answer: Schema,
+    parameters: list[Schema] | None = None,
+) -> dict[str, Any]:
+    return {
+        "tags": ["rerank"],
+        "operationId": f"rerank_{operation_id.replace('-', '_')}",
+        "summary": summary,
+        "description": description,
+        "security": [{"clientKey": []}, {}],
+        "parameters": [*(parameters or []), _ref("parameters", "RequestId"), _ref("parameters", "RequestTimeout"),
+                       _ref("parameters", "CacheControl")],
+        "requestBody": {"required": True, "content": _json(request)},
+        "responses": {
+            "200": {
+                "description": "Scored; the headers say who scored and what the cache held.",
+                "headers": {
+                    **_request_id_header(),
+                    "X-Rerank-Provider": _ref("headers", "X-Rerank-Provider"),
+                    "X-Rerank-Model": _ref("headers", "X-Rerank-Model"),
+                    "X-Rerank-Cache": _ref("headers", "X-Rerank-Cache"),
+                },
+                "content": _json(answer),
+            },
+            **{status: _ref("responses", name) for status, name in (
+                ("400", "BadRequest"), ("401", "Unauthorized"), ("404", "ModelNotFound"), ("413", "PayloadTooLarge"),
+                ("422", "InvalidRequest"), ("429", "TooManyRequests"), ("500", "InternalError"),
+                ("502", "BadGateway"), ("504", "GatewayTimeout"),
+            )},
+        },
+    }
+
+
+def _get(operation_id: str, summary: str, description: str, content: dict[str, Any],
+         extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "tags": ["ops"], "operationId": operation_id, "summary": summary, "description": description,
+        "security": [],
+        "responses": {"200": {"description": summary, "headers": _request_id_header(), "content": content},
+                      **(extra or {})},
+    }
+
+
+def _admin_operation(operation_id: str, summary: str, description: str, answer: Schema,
+                     extra_errors: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "tags": ["admin"], "operationId": f"admin_{operation_id}", "summary": summary, "description": description,
+        "security": [{"adminKey": []}],
+        "responses": {
+            "200": {"description": summary, "headers": _request_id_header(), "content": _json(answer)},
+            "401": _ref("responses", "Unauthorized"),
+            "404": _ref("responses", "AdminOff"),
+            **(extra_errors or {}),
+        },
+    }
+
+
+def _request_id_header() -> dict[str, Any]:
+    return {"X-Request-ID": _ref("headers", "X-Request-ID")}
+
+
+# --- parameters, headers, error answers -----------------------------------------------------------
+
+
+def _parameters() -> dict[str, Any]:
+    return {
+        "RequestId": {
+            "name": "X-Request-ID", "in": "header", "required": False,
+            "description": "Echoed back in the header and the body; any other value is replaced by a fresh id.",
+            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+        },
+        "RequestTimeout": {
+            "name": "X-Request-Timeout", "in": "header", "required": False,
+            "description": "Seconds for the whole request, fallbacks included; may lower "
+                           "server.request_timeout_seconds, never raise it. Not a positive number: 400.",
+            "schema": {"type": "number", "exclusiveMinimum": 0},
+        },
+        "CacheControl": {
+            "name": "Cache-Control", "in": "header", "required": False,
+            "description": "`no-cache`: score fresh, still write the cache. `no-store`: neither read nor write it.",
+            "schema": {"type": "string"}, "examples": {"no-cache": {"value": "no-cache"}, "no-store": {"value": "no-store"}},
+        },
+    }
+
+
+def _headers() -> dict[str, Any]:
+    return {
+        "X-Request-ID": {
+            "required": True, "description": "The client's X-Request-ID when it was a sane token, else a fresh one.",
+            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+        },
+        "X-Rerank-Provider": {
+            "required": True,
+            "description": "The provider that scored, `cache` when no provider was called, `degraded-lexical` "
+                           "when every provider failed and [resilience] last_resort = \"lexical\" ranked by BM25.",
+            "schema": {"type": "string", "minLength": 1},
+        },
+        "X-Rerank-Model": {
+            "required": True,
+            "description": "The canonical model that scored; another model than asked after a fallback_models fallback.",
+            "schema": {"type": "string", "minLength": 1},
+        },
+        "X-Rerank-Cache": {
+            "required": True, "description": "Pairs found in the score cache, and pairs sent upstream.",
+            "schema": {"type": "string", "pattern": r"^hits=[0-9]+; misses=[0-9]+$"},
+        },
+        "Retry-After": {
+            "required": True, "description": "Whole seconds until a retry may pass.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+    }
+
+
+def _error_responses() -> dict[str, Any]:
+    def error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+        headers = {**_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True}}
+        if retry_after:
+            headers["Retry-After"] = _ref("headers", "Retry-After")
+        return {"description": description, "headers": headers, "content": _json(_schema("Error"))}
+
+    return {
+        "BadRequest": error("`bad_request`: body empty, not JSON, not UTF-8, or a bad X-Request-Timeout."),
+        "Unauthorized": error("`unauthorized`: the client or admin key is missing or wrong."),
+        "ModelNotFound": error("`model_not_found`: the model is not served; the message lists those that are."),
+        "AdminOff": error("`not_found`: admin endpoints are off ([server] admin_key_env unset)."),
+        "PayloadTooLarge": error("`payload_too_large`: over a configured limit; the message names it."),
+        "InvalidRequest": error("`invalid_request`: a field missing, empty or of the wrong type; the message names it."),
+        "InvalidConfig": error("`invalid_config`: the config file is invalid; the running config stays."),
+        "TooManyRequests": error(
+            "`budget_exhausted`: every provider left for the model is over a spend budget; nothing was called. "
+            "`Retry-After` is the seconds until the first budget window resets.", retry_after=True),
+        "InternalError": error("`internal_error`: a bug; the gateway log has the details under the request id."),
+        "BadGateway": error("`all_providers_failed` (the message lists each provider's reason) or `upstream_rejected`."),
+        "GatewayTimeout": error("`upstream_timeout` (every provider failed, the last by timing out) or `deadline_exceeded`."),
+    }
+
+
+# --- schemas --------------------------------------------------------------------------------------
+
+
+def _schemas() -> dict[str, Schema]:
+    return {**_request_schemas(), **_answer_schemas(), **_ops_schemas()}
+
+
+def _optional(schema: Schema) -> Schema:
+    """An optional field: null is taken as absent."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _strings(description: str, item: Schema | None = None) -> Schema:
+    return {"type": "array", "minItems": 1, "items": item or {"type": "string"}, "description": description}
+
+
+_QUERY: Schema = {"type": "string", "minLength": 1}
+_TOP_N: Schema = _optional({"type": "integer", "minimum": 1})
+_LIMITS = "Over server.max_documents / max_document_chars: 413."
+
+
+def _request_schemas() -> dict[str, Schema]:
+    text_or_object = {"oneOf": [{"type": "string"}, {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}}]}
+    return {
+        "DeepInfraRequest": {
+            "type": "object", "required": ["queries"],
+            "oneOf": [{"required": ["documents"]}, {"required": ["passages"]}],
+            "properties": {
+                "queries": _strings("One query for all documents, or one per document."),
+                "documents": _strings(f"Exactly one of documents / passages. {_LIMITS}"),
+                "passages": _strings("Older clients' name for documents."),
+                "instruction": _optional({"type": "string"}),
+            },
+            "examples": [{"queries": ["how much does bankruptcy through the MFC cost?"],
+                          "documents": ["The MFC in Kazan opens at 8:00.", "Out-of-court bankruptcy through the MFC is free."]}],
+        },
+        "FireworksRequest": {
+            "type": "object", "required": ["query", "documents"],
+            "properties": {
+                "query": _QUERY, "documents": _strings(_LIMITS, text_or_object),
+                "model": _optional({"type": "string"}), "task": _optional({"type": "string"}),
+                "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+            },
+            "examples": [{"model": "accounts/fireworks/models/qwen3-reranker-8b", "query": "cost of bankruptcy?",
+                          "documents": ["The MFC opens at 8:00.", "Bankruptcy through the MFC is free."], "top_n": 1,
+                          "return_documents": True}],
+        },
+        "CohereRequest": {
+            "type": "object", "required": ["query", "documents"],
+            "description": "`model` may be left out for server.default_model. Cohere's other fields are accepted and ignored.",
+            "properties": {
+                "query": _QUERY, "documents": _strings(_LIMITS, text_or_object),
+                "model": _optional({"type": "string"}), "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+            },
+            "examples": [{"query": "cost of bankruptcy?", "documents": ["The MFC opens at 8:00.", "Bankruptcy is free."], "top_n": 2}],
+        },
+        "TeiRequest": {
+            "type": "object", "required": ["query", "texts"],
+            "description": "`truncate` and `truncation_direction` are accepted and left to the provider.",
+            "properties": {
+                "query": _QUERY, "texts": _strings(_LIMITS),
+                "raw_scores": _optional({"type": "boolean"}), "return_text": _optional({"type": "boolean"}),
+            },
+            "examples": [{"query": "cost of bankruptcy?", "texts": ["The MFC opens at 8:00.", "Bankruptcy is free."]}],
+        },
+    }
+
+
+def _closed(required: list[str], properties: dict[str, Schema], **extra: Any) -> Schema:
+    """An object the gateway writes: exactly these keys, the optional ones only when asked for."""
+    return {"type": "object", "required": required, "properties": properties, "additionalProperties": False, **extra}
+
+
+_COUNT: Schema = {"type": "integer", "minimum": 0}
+_INDEX: Schema = {"type": "integer", "minimum": 0, "description": "The document's position in the request."}
+_SCORE: Schema = {"type": "number", "minimum": 0, "maximum": 1, "description": "Relevance in [0, 1], higher is better."}
+_DEGRADED: Schema = {
+    "const": True,
+    "description": "Only when every provider failed and the local BM25 last resort ranked the documents: "
+                   "an order, not model relevance.",
+}
+
+
+def _answer_schemas() -> dict[str, Schema]:
+    ranked = "Best first, cut to top_n; ties keep request order."
+    return {
+        "DeepInfraResponse": _closed(["scores", "input_tokens", "request_id", "inference_status"], {
+            "scores": {"type": "array", "items": _SCORE, "description": "One per document, in request order."},
+            "input_tokens": {**_COUNT, "description": "0 when every pair came from the cache."},
+            "request_id": {"type": "string"},
+            "inference_status": _closed(
+                ["status", "runtime_ms", "cost", "tokens_generated", "tokens_input", "output_length"], {
+                    "status": {"const": "succeeded"}, "runtime_ms": _COUNT,
+                    "cost": {"type": "number", "minimum": 0, "description": "USD; 0 when every pair came from the cache."},
+                    "tokens_generated": {"const": 0}, "tokens_input": _COUNT, "output_length": {"const": 0},
+                }),
+            "degraded": _DEGRADED,
+        }),
+        "FireworksResponse": _closed(["object", "model", "data", "results", "usage"], {
+            "object": {"const": "list"},
+            "model": {"type": "string", "description": "The model as the client named it, else the canonical name."},
+            "data": {"type": "array", "items": _schema("FireworksResult"), "description": ranked},
+            "results": {"type": "array", "items": _schema("FireworksResult"), "description": "The same list as data."},
+            "usage": _closed(["prompt_tokens", "total_tokens"], {"prompt_tokens": _COUNT, "total_tokens": _COUNT}),
+            "degraded": _DEGRADED,
+        }),
+        "FireworksResult": _closed(["index", "relevance_score"], {
+            "index": _INDEX, "relevance_score": _SCORE,
+            "document": {"type": "string", "description": "Only with return_documents."},
+        }),
+        "CohereResponse": _closed(["id", "results", "meta"], {
+            "id": {"type": "string", "description": "The request id."},
+            "results": {"type": "array", "items": _schema("CohereResult"), "description": ranked},
+            "meta": _closed(["api_version", "billed_units", "tokens"], {
+                "api_version": _closed(["version"], {"version": {"enum": ["1", "2"]}}),
+                "billed_units": _closed(["search_units"], {
+                    "search_units": {**_COUNT, "description": "One per 100 documents, as Cohere bills."}}),
+                "tokens": _closed(["input_tokens", "output_tokens"], {"input_tokens": _COUNT, "output_tokens": {"const": 0}}),
+                "warnings": {"type": "array", "items": {"type": "string"},
+                             "description": "Only when degraded: says the scores are BM25's, not the model's."},
+            }),
+        }),
+        "CohereResult": _closed(["index", "relevance_score"], {
+            "index": _INDEX, "relevance_score": _SCORE,
+            "document": _closed(["text"], {"text": {"type": "string"}}, description="Only with return_documents."),
+        }),
+        "TeiResponse": {"type": "array", "items": _schema("TeiResult"), "description": "Every document, best first."},
+        "TeiResult": _closed(["index", "score"], {
+            "index": _INDEX,
+            "score": {"type": "number", "description": "Relevance in [0, 1]; a logit with raw_scores."},
+            "text": {"type": "string", "description": "Only with return_text."},
+        }),
+        "Error": _closed(["error"], {"error": _closed(["type", "message", "request_id"], {
+            "type": {"type": "string", "description": f"One of: {_ERROR_TYPES}."},
+            "message": {"type": "string", "description": "What went wrong, for people; never holds a provider key."},
+            "request_id": {"type": "string"},
+        })}),
+    }
+
+
+def _ops_schemas() -> dict[str, Schema]:
+    names = {"type": "array", "items": {"type": "string"}}
+    return {
+        "ModelList": _closed(["object", "data"], {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _closed(["id", "object", "aliases", "fallback"], {
+                "id": {"type": "string"}, "object": {"const": "model"},
+                "aliases": names, "fallback": {**names, "description": "Provider names in the order they are tried."},
+            })},
+        }),
+        "Health": _closed(["status"], {"status": {"const": "ok"}}),
+        "Readiness": {
+            "type": "object", "required": ["status"],
+            "properties": {"status": {"type": "string", "description": "`ready`, or why not."}},
+        },
+        "ReloadAnswer": _closed(["status", "loaded_at", "models"], {
+            "status": {"const": "reloaded"},
+            "loaded_at": {"type": "number", "description": "Unix time the new config was loaded."},
+            "models": {"type": "object", "additionalProperties": names, "description": "Each model's fallback order."},
+        }),
+        "SpendReport": _closed(["providers", "gateway"], {
+            "providers": {"type": "object", "additionalProperties": _closed(["today", "month", "chars_per_token"], {
+                "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
+                "chars_per_token": {"type": "number", "description": "The learned estimate used to reserve budget."},
+            })},
+            "gateway": _closed(["today", "month"], {"today": _schema("SpendWindow"), "month": _schema("SpendWindow")},
+                               description="Gateway-wide, over every provider."),
+        }),
+        "SpendWindow": _closed(["window", "tokens", "usd", "budget_usd", "remaining_usd", "reserved_usd", "resets_at"], {
+            "window": {"type": "string", "description": "The UTC day (`2025-01-31`) or month (`2025-01`)."},
+            "tokens": _COUNT,
+            "usd": {"type": "number", "minimum": 0, "description": "Spent, settled calls only."},
+            "budget_usd": {"type": ["number", "null"], "description": "The limit; null when tracked, not limited."},
+            "remaining_usd": {"type": ["number", "null"], "minimum": 0},
+            "reserved_usd": {"type": "number", "minimum": 0, "description": "Holds of calls in flight."},
+            "resets_at": {"type": "string", "format": "date-time"},
+        }),
+    }

@@ -1,0 +1,123 @@
+"""Endpoints for operators: readiness, metrics, the status page, the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+
+from gateway.budget import GATEWAY_SCOPE, Limit, WindowReport
+from gateway.http import LIVE, json_response
+from gateway.observability.status_page import (
+    BudgetBar,
+    CacheStatus,
+    ModelStatus,
+    ProviderStatus,
+    StatusSnapshot,
+    render_status_page,
+)
+from gateway.openapi import openapi_spec
+from gateway.runtime import Generation, LiveGateway
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """200 when every model has a usable provider and Redis (if configured) answers; else 503."""
+    live = request.app[LIVE]
+    generation = live.current
+    problems = []
+    ping = getattr(live.shared.cache, "ping", None)
+    if ping is not None and not await ping():
+        problems.append("redis: not reachable (the cache serves uncached until it is back)")
+    exhausted = await _exhausted_scopes(live, generation)
+    models = {}
+    for model in await _model_statuses(live, generation, exhausted):
+        models[model.name] = {p.name: "usable" if p.usable else p.reason for p in model.fallback}
+        if not model.servable:
+            problems.append(f"model {model.name}: no usable provider")
+    body = {"status": "not_ready" if problems else "ready", "problems": problems, "models": models}
+    return json_response(body, status=503 if problems else 200)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[LIVE].shared.metrics.render()
+    # content_type= would refuse the charset parameter prometheus-client includes.
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def status_page(request: web.Request) -> web.Response:
+    live = request.app[LIVE]
+    generation = live.current
+    reports = await live.shared.ledger.report(_limits(generation))
+    exhausted = {r.scope for r in reports if r.exhausted}
+    stats = live.shared.cache_stats
+    snapshot = StatusSnapshot(
+        generated_at=time.time(),
+        config_loaded_at=generation.loaded_at,
+        config_path=str(live.config_path) if live.config_path else None,
+        models=tuple(await _model_statuses(live, generation, exhausted, reports)),
+        cache=CacheStatus(
+            backend="memory" if not generation.config.cache.url else "redis",
+            hits=stats.hits,
+            misses=stats.misses,
+            saved_usd=stats.saved_usd,
+        ),
+        recent_errors=tuple(reversed(live.shared.health.recent_errors)),
+        gateway_budget=_bars(reports, GATEWAY_SCOPE),
+    )
+    return web.Response(text=render_status_page(snapshot), content_type="text/html")
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(openapi_spec())
+
+
+def _limits(generation: Generation) -> list[Limit]:
+    config = generation.config
+    limits = [Limit(name, p.budget.daily_usd, p.budget.monthly_usd) for name, p in config.providers.items()]
+    limits.append(Limit(GATEWAY_SCOPE, config.budget.daily_usd, config.budget.monthly_usd))
+    return limits
+
+
+async def _exhausted_scopes(live: LiveGateway, generation: Generation) -> set[str]:
+    return {report.scope for report in await live.shared.ledger.report(_limits(generation)) if report.exhausted}
+
+
+async def _model_statuses(
+    live: LiveGateway, generation: Generation, exhausted: set[str], reports: list[WindowReport] | None = None
+) -> list[ModelStatus]:
+    statuses = []
+    for name, model in generation.config.models.items():
+        providers = []
+        for provider in model.fallback:
+            client = generation.clients[provider]
+            health = live.shared.health[provider]
+            reason = client.unusable_reason(None)
+            if reason is None and health.breaker.state == "open":
+                reason = "circuit open after repeated failures"
+            if reason is None and (provider in exhausted or GATEWAY_SCOPE in exhausted):
+                reason = "budget exhausted"
+            p95 = health.latency.p95()
+            providers.append(ProviderStatus(
+                name=provider,
+                kind=client.config.kind,
+                usable=reason is None,
+                reason=reason,
+                breaker=health.breaker.state,
+                budget=_bars(reports or [], provider),
+                p95_ms=None if p95 is None else p95 * 1000,
+            ))
+        statuses.append(ModelStatus(name=name, aliases=tuple(model.aliases), fallback=tuple(providers)))
+    return statuses
+
+
+def _bars(reports: list[WindowReport], scope: str) -> tuple[BudgetBar, ...]:
+    return tuple(
+        BudgetBar(
+            period="today" if report.period == "day" else "month",
+            spent_usd=report.spent_usd,
+            reserved_usd=report.reserved_usd,
+            limit_usd=report.limit_usd,
+        )
+        for report in reports
+        if report.scope == scope
+    )

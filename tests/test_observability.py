@@ -1,0 +1,469 @@
+"""Metrics (single process and multiprocess) and structured request logs."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import values
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.observability.logs import (
+    REDACTED,
+    JsonFormatter,
+    ProviderAttempt,
+    TextFormatter,
+    configure_logging,
+    request_log_fields,
+    text_digest,
+)
+from gateway.observability.metrics import (
+    LATENCY_BUCKETS,
+    MULTIPROC_DIR_ENV,
+    OVERHEAD_BUCKETS,
+    UPSTREAM_ERROR_REASONS,
+    GatewayMetrics,
+    MetricsModeError,
+    clear_multiprocess_dir,
+    mark_process_dead,
+    render_multiprocess,
+)
+
+REPO = Path(__file__).parents[1]
+
+# prometheus-client fixes its mode at import: in-process tests need the single-process mode.
+single_process_only = pytest.mark.skipif(
+    getattr(values.ValueClass, "_multiprocess", False), reason=f"pytest itself runs with ${MULTIPROC_DIR_ENV}"
+)
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(body: bytes) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+def rendered(metrics: GatewayMetrics) -> Samples:
+    body, content_type = metrics.render()
+    assert content_type.startswith("text/plain")
+    return parse(body)
+
+
+# -- metrics, one process ---------------------------------------------------------------------
+
+
+@single_process_only
+def test_requests_latency_and_overhead() -> None:
+    metrics = GatewayMetrics()
+    assert metrics.multiprocess_dir is None
+    metrics.record_request(dialect="cohere", model="m", status=200, seconds=0.2, upstream_seconds=0.197)
+    metrics.record_request(dialect="cohere", model="m", status=200, seconds=0.02, upstream_seconds=0.0)
+    metrics.record_request(dialect="tei", model="m", status=502, seconds=3.0, upstream_seconds=3.5)
+
+    s = rendered(metrics)
+    assert value(s, "rerank_gateway_requests_total", dialect="cohere", model="m", status="200") == 2
+    assert value(s, "rerank_gateway_requests_total", dialect="tei", model="m", status="502") == 1
+    assert value(s, "rerank_gateway_request_duration_seconds_count", dialect="cohere", model="m") == 2
+    assert value(s, "rerank_gateway_request_duration_seconds_sum", dialect="cohere", model="m") == pytest.approx(0.22)
+    assert value(s, "rerank_gateway_request_duration_seconds_bucket", dialect="cohere", model="m", le="0.025") == 1
+    assert value(s, "rerank_gateway_request_duration_seconds_bucket", dialect="cohere", model="m", le="0.25") == 2
+    assert value(s, "rerank_gateway_request_duration_seconds_bucket", dialect="tei", model="m", le="2.5") == 0
+    assert value(s, "rerank_gateway_request_duration_seconds_bucket", dialect="tei", model="m", le="30.0") == 1
+
+    # Overheads: 3 ms, 20 ms, and 0 (upstream time longer than the request is clamped).
+    assert value(s, "rerank_gateway_overhead_seconds_count") == 3
+    assert value(s, "rerank_gateway_overhead_seconds_sum") == pytest.approx(0.023)
+    assert value(s, "rerank_gateway_overhead_seconds_bucket", le="0.0001") == 1
+    assert value(s, "rerank_gateway_overhead_seconds_bucket", le="0.0025") == 1
+    assert value(s, "rerank_gateway_overhead_seconds_bucket", le="0.005") == 2
+    assert value(s, "rerank_gateway_overhead_seconds_bucket", le="0.025") == 3
+
+
+@single_process_only
+def test_bucket_ranges() -> None:
+    assert LATENCY_BUCKETS[0] == 0.001 and LATENCY_BUCKETS[-1] == 30.0
+    assert OVERHEAD_BUCKETS[0] == 0.0001 and OVERHEAD_BUCKETS[-1] == 0.1
+    metrics = GatewayMetrics()
+    metrics.record_upstream_call(provider="p", seconds=45.0)
+    s = rendered(metrics)
+    les = {dict(labels)["le"] for name, labels in s if name == "rerank_gateway_upstream_duration_seconds_bucket"}
+    assert les == {*(repr(float(b)) for b in LATENCY_BUCKETS), "+Inf"}
+    assert value(s, "rerank_gateway_upstream_duration_seconds_bucket", provider="p", le="30.0") == 0
+    assert value(s, "rerank_gateway_upstream_duration_seconds_bucket", provider="p", le="+Inf") == 1
+
+
+@single_process_only
+def test_upstream_calls_errors_and_usage() -> None:
+    metrics = GatewayMetrics()
+    metrics.record_upstream_call(provider="deepinfra", seconds=0.3)
+    metrics.record_upstream_call(provider="deepinfra", seconds=0.7)
+    metrics.record_upstream_call(provider="fireworks", seconds=0.004)
+    for reason in sorted(UPSTREAM_ERROR_REASONS):
+        metrics.record_upstream_error(provider="deepinfra", reason=reason)  # type: ignore[arg-type]
+    metrics.record_upstream_error(provider="fireworks", reason="http_429")
+    metrics.record_upstream_error(provider="fireworks", reason="http_429")
+    metrics.record_usage(provider="deepinfra", tokens=1200, cost_usd=0.00006)
+    metrics.record_usage(provider="deepinfra", tokens=800, cost_usd=0.00004)
+
+    s = rendered(metrics)
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="fireworks") == 1
+    assert value(s, "rerank_gateway_upstream_duration_seconds_sum", provider="deepinfra") == pytest.approx(1.0)
+    assert value(s, "rerank_gateway_upstream_duration_seconds_bucket", provider="fireworks", le="0.005") == 1
+    for reason in UPSTREAM_ERROR_REASONS:
+        assert value(s, "rerank_gateway_upstream_errors_total", provider="deepinfra", reason=reason) == 1
+    assert value(s, "rerank_gateway_upstream_errors_total", provider="fireworks", reason="http_429") == 2
+    assert value(s, "rerank_gateway_upstream_tokens_total", provider="deepinfra") == 2000
+    assert value(s, "rerank_gateway_upstream_cost_usd_total", provider="deepinfra") == pytest.approx(0.0001)
+
+
+@single_process_only
+def test_upstream_error_reason_is_a_closed_set() -> None:
+    metrics = GatewayMetrics()
+    assert UPSTREAM_ERROR_REASONS == {
+        "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open"
+    }
+    with pytest.raises(ValueError, match="not one of"):
+        metrics.record_upstream_error(provider="p", reason="HTTP 503: upstream said no")  # type: ignore[arg-type]
+    assert not any(name == "rerank_gateway_upstream_errors_total" for name, _ in rendered(metrics))
+
+
+@single_process_only
+def test_cache_fallbacks_budget_and_breaker() -> None:
+    metrics = GatewayMetrics()
+    metrics.record_cache(model="m", hits=7, misses=3)
+    metrics.record_cache(model="m", hits=0, misses=5)
+    metrics.record_fallback(model="m", from_provider="deepinfra", to_provider="fireworks")
+    metrics.set_budget_remaining(scope="@gateway", window="day", usd=12.5)
+    metrics.set_budget_remaining(scope="@gateway", window="day", usd=11.25)
+    metrics.set_budget_remaining(scope="deepinfra", window="month", usd=300.0)
+    metrics.set_breaker_state(provider="deepinfra", state="open")
+    metrics.set_breaker_state(provider="fireworks", state="half_open")
+    metrics.set_breaker_state(provider="cohere", state="open")
+    metrics.set_breaker_state(provider="cohere", state="closed")
+
+    s = rendered(metrics)
+    assert value(s, "rerank_gateway_cache_hits_total", model="m") == 7
+    assert value(s, "rerank_gateway_cache_misses_total", model="m") == 8
+    assert value(
+        s, "rerank_gateway_fallbacks_total", model="m", from_provider="deepinfra", to_provider="fireworks"
+    ) == 1
+    assert value(s, "rerank_gateway_budget_remaining_usd", scope="@gateway", window="day") == 11.25
+    assert value(s, "rerank_gateway_budget_remaining_usd", scope="deepinfra", window="month") == 300.0
+    assert value(s, "rerank_gateway_breaker_state", provider="deepinfra") == 2
+    assert value(s, "rerank_gateway_breaker_state", provider="fireworks") == 1
+    assert value(s, "rerank_gateway_breaker_state", provider="cohere") == 0
+
+
+@single_process_only
+def test_each_instance_has_its_own_registry() -> None:
+    first, second = GatewayMetrics(), GatewayMetrics()
+    first.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
+    first.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
+    second.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
+    assert value(rendered(first), "rerank_gateway_requests_total", dialect="cohere", model="m", status="200") == 2
+    assert value(rendered(second), "rerank_gateway_requests_total", dialect="cohere", model="m", status="200") == 1
+
+
+@single_process_only
+def test_env_set_after_import_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(MULTIPROC_DIR_ENV, str(tmp_path))
+    with pytest.raises(MetricsModeError, match="imported before"):
+        GatewayMetrics()
+
+
+def test_mark_process_dead_without_a_directory_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(MULTIPROC_DIR_ENV, raising=False)
+    mark_process_dead(12345)
+
+
+# -- metrics, several worker processes --------------------------------------------------------
+
+_WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from gateway.observability.metrics import GatewayMetrics
+
+    breaker, budget = sys.argv[1], float(sys.argv[2])
+    metrics = GatewayMetrics()
+    assert metrics.multiprocess_dir == os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    metrics.record_request(dialect="cohere", model="m", status=200, seconds=0.2, upstream_seconds=0.197)
+    metrics.record_upstream_call(provider="deepinfra", seconds=0.1)
+    metrics.record_upstream_error(provider="deepinfra", reason="timeout")
+    metrics.record_cache(model="m", hits=2, misses=1)
+    metrics.record_usage(provider="deepinfra", tokens=100, cost_usd=0.5)
+    metrics.set_breaker_state(provider="deepinfra", state=breaker)
+    metrics.set_budget_remaining(scope="@gateway", window="day", usd=budget)
+    if len(sys.argv) > 3:
+        sys.stdout.buffer.write(metrics.render()[0])
+    else:
+        print(os.getpid())
+    """
+)
+
+
+def run_worker(directory: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, MULTIPROC_DIR_ENV: str(directory), "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-c", _WORKER, *args], env=env, cwd=REPO, capture_output=True, timeout=60, check=True
+    )
+
+
+@pytest.fixture
+def multiproc_dir(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "prometheus"
+    directory.mkdir()
+    yield directory
+    clear_multiprocess_dir(directory)
+
+
+def test_multiprocess_sums_every_worker(multiproc_dir: Path) -> None:
+    first = int(run_worker(multiproc_dir, "open", "10.0").stdout)
+    second = int(run_worker(multiproc_dir, "closed", "7.5").stdout)
+    assert first != second
+
+    s = parse(render_multiprocess(multiproc_dir)[0])
+    assert value(s, "rerank_gateway_requests_total", dialect="cohere", model="m", status="200") == 2
+    assert value(s, "rerank_gateway_request_duration_seconds_count", dialect="cohere", model="m") == 2
+    assert value(s, "rerank_gateway_request_duration_seconds_bucket", dialect="cohere", model="m", le="0.25") == 2
+    assert value(s, "rerank_gateway_overhead_seconds_bucket", le="0.005") == 2
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
+    assert value(s, "rerank_gateway_upstream_errors_total", provider="deepinfra", reason="timeout") == 2
+    assert value(s, "rerank_gateway_cache_hits_total", model="m") == 4
+    assert value(s, "rerank_gateway_cache_misses_total", model="m") == 2
+    assert value(s, "rerank_gateway_upstream_tokens_total", provider="deepinfra") == 200
+    assert value(s, "rerank_gateway_upstream_cost_usd_total", provider="deepinfra") == 1.0
+    # Breakers: the worst live worker; budget: the latest reading.
+    assert value(s, "rerank_gateway_breaker_state", provider="deepinfra") == 2
+    assert value(s, "rerank_gateway_budget_remaining_usd", scope="@gateway", window="day") == 7.5
+
+    # The first worker dies: its breaker no longer counts, its counters still do.
+    mark_process_dead(first, multiproc_dir)
+    s = parse(render_multiprocess(multiproc_dir)[0])
+    assert value(s, "rerank_gateway_breaker_state", provider="deepinfra") == 0
+    assert value(s, "rerank_gateway_budget_remaining_usd", scope="@gateway", window="day") == 7.5
+    assert value(s, "rerank_gateway_requests_total", dialect="cohere", model="m", status="200") == 2
+
+    mark_process_dead(second, multiproc_dir)
+    s = parse(render_multiprocess(multiproc_dir)[0])
+    assert value(s, "rerank_gateway_breaker_state", provider="deepinfra") is None
+    assert value(s, "rerank_gateway_budget_remaining_usd", scope="@gateway", window="day") is None
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
+
+
+def test_multiprocess_render_from_a_worker_includes_the_others(multiproc_dir: Path) -> None:
+    run_worker(multiproc_dir, "half_open", "3.0")
+    body = run_worker(multiproc_dir, "closed", "2.0", "render").stdout
+    s = parse(body)
+    assert value(s, "rerank_gateway_requests_total", dialect="cohere", model="m", status="200") == 2
+    assert value(s, "rerank_gateway_breaker_state", provider="deepinfra") == 1
+    assert value(s, "rerank_gateway_budget_remaining_usd", scope="@gateway", window="day") == 2.0
+
+
+def test_multiprocess_dir_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        run_worker(tmp_path / "missing", "closed", "1.0")
+    assert b"MetricsModeError" in failed.value.stderr
+    assert b"is not a directory" in failed.value.stderr
+
+
+def test_clear_multiprocess_dir(multiproc_dir: Path) -> None:
+    run_worker(multiproc_dir, "closed", "1.0")
+    assert list(multiproc_dir.glob("*.db"))
+    clear_multiprocess_dir(multiproc_dir)
+    assert not list(multiproc_dir.glob("*.db"))
+    assert parse(render_multiprocess(multiproc_dir)[0]) == {}
+
+
+# -- logs -------------------------------------------------------------------------------------
+
+API_KEY = "sk-live-4f9a8b7c6d5e"
+CLIENT_KEY = "client-key-0011223344"
+QUERY = "which treatment works best for chronic migraine"
+PASSAGES = ["Topiramate reduced monthly migraine days.", "Botulinum toxin injections every twelve weeks."]
+INSTRUCTION = "Judge relevance for a neurologist"
+
+
+@dataclass(frozen=True)
+class FakeRerankRequest:
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+    model: str
+    instruction: str | None
+
+
+def format_with(formatter: logging.Formatter, message: str, *args: Any, exc: bool = False, **extra: Any) -> str:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(f"test.observability.{id(stream)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        if exc:
+            try:
+                raise RuntimeError(f"upstream refused Authorization: Bearer {API_KEY}")
+            except RuntimeError:
+                logger.exception(message, *args, extra=extra)
+        else:
+            logger.warning(message, *args, extra=extra)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue()
+
+
+def sample_fields() -> dict[str, Any]:
+    return request_log_fields(
+        request_id="req-1",
+        dialect="cohere",
+        model="qwen3-reranker-8b",
+        status=200,
+        documents=2,
+        cache_hits=1,
+        cache_misses=1,
+        upstream_ms=181.23456,
+        total_ms=190.5,
+        attempts=[ProviderAttempt("deepinfra", "timeout", 100.0), ProviderAttempt("fireworks", "ok", 81.2)],
+    )
+
+
+def test_request_log_fields() -> None:
+    fields = sample_fields()
+    assert fields == {
+        "request_id": "req-1",
+        "dialect": "cohere",
+        "model": "qwen3-reranker-8b",
+        "status": 200,
+        "documents": 2,
+        "cache_hits": 1,
+        "cache_misses": 1,
+        "providers": [
+            {"provider": "deepinfra", "outcome": "timeout", "ms": 100.0},
+            {"provider": "fireworks", "outcome": "ok", "ms": 81.2},
+        ],
+        "upstream_ms": 181.235,
+        "total_ms": 190.5,
+    }
+    failed = request_log_fields(
+        request_id="req-2", dialect="tei", model=None, status=404, documents=0, cache_hits=0, cache_misses=0,
+        upstream_ms=0, total_ms=1.0, error_type="model_not_found",
+    )
+    assert failed["error_type"] == "model_not_found" and failed["providers"] == [] and failed["model"] is None
+
+
+def test_json_line_carries_the_request_fields() -> None:
+    line = format_with(JsonFormatter(), "rerank %s", "done", **sample_fields())
+    assert line.endswith("\n") and line.count("\n") == 1
+    parsed = orjson.loads(line)
+    assert parsed["level"] == "WARNING"
+    assert parsed["logger"].startswith("test.observability.")
+    assert parsed["message"] == "rerank done"
+    assert parsed["ts"].endswith("Z") and "T" in parsed["ts"]
+    for name, expected in sample_fields().items():
+        assert parsed[name] == expected
+
+
+def test_extra_fields_never_overwrite_the_basic_ones() -> None:
+    parsed = orjson.loads(format_with(JsonFormatter(), "hello", level="sneaky", logger="other"))
+    assert parsed["level"] == "WARNING" and parsed["message"] == "hello"
+    assert not parsed["logger"] == "other"
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])
+def test_no_secret_or_text_reaches_the_log(formatter: logging.Formatter) -> None:
+    output = format_with(
+        formatter,
+        "calling upstream with Authorization: Bearer %s and ?api_key=%s",
+        API_KEY,
+        API_KEY,
+        exc=True,
+        api_key=API_KEY,
+        client_keys=[CLIENT_KEY],
+        headers={"Authorization": f"Bearer {API_KEY}", "X-Api-Key": API_KEY, "Accept": "application/json"},
+        query=QUERY,
+        passages=PASSAGES,
+        instruction=INSTRUCTION,
+        request=FakeRerankRequest((QUERY, QUERY), tuple(PASSAGES), "m", INSTRUCTION),
+        upstream_body={"query": QUERY, "texts": PASSAGES},
+        note=f"key sent was Bearer {API_KEY}",
+        **{**sample_fields(), "documents": PASSAGES},  # a caller passing the texts, not the count
+    )
+    for secret in (API_KEY, CLIENT_KEY, QUERY, INSTRUCTION, *PASSAGES, "Topiramate", "migraine"):
+        assert secret not in output
+    assert REDACTED in output
+    assert "application/json" in output  # harmless fields stay
+    assert text_digest(QUERY) in output  # a text is named by a digest, no more
+    assert "RuntimeError" in output  # the traceback is there, its secret masked
+
+
+def test_redacted_json_fields() -> None:
+    parsed = orjson.loads(
+        format_with(
+            JsonFormatter(),
+            "x",
+            api_key=API_KEY,
+            query=QUERY,
+            documents=PASSAGES,
+            request=FakeRerankRequest((QUERY,), (PASSAGES[0],), "m", None),
+            tokens=1500,
+            cost=object(),
+        )
+    )
+    assert parsed["api_key"] == REDACTED
+    assert parsed["query"] == {"chars": len(QUERY), "sha256": text_digest(QUERY)}
+    assert parsed["documents"] == {"count": 2}
+    assert parsed["request"] == {"queries": {"count": 1}, "documents": {"count": 1}, "model": "m", "instruction": None}
+    assert parsed["tokens"] == 1500  # a count named like a secret is still a count
+    assert parsed["cost"] == "<object>"
+
+
+def test_text_format_appends_fields() -> None:
+    line = format_with(TextFormatter(), "rerank", request_id="req-1", status=200, providers=[{"provider": "p"}])
+    assert " WARNING test.observability." in line
+    assert line.rstrip("\n").endswith('rerank request_id=req-1 status=200 providers=[{"provider":"p"}]')
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield root
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def test_configure_logging(root_logger: logging.Logger) -> None:
+    others = list(root_logger.handlers)
+    configure_logging("debug", "json")
+    configure_logging("warning", "text")
+    ours = [h for h in root_logger.handlers if h not in others]
+    assert len(ours) == 1 and isinstance(ours[0].formatter, TextFormatter)
+    assert root_logger.level == logging.WARNING
+    assert all(h in root_logger.handlers for h in others)
+    configure_logging("INFO", "json")
+    ours = [h for h in root_logger.handlers if h not in others]
+    assert len(ours) == 1 and isinstance(ours[0].formatter, JsonFormatter)
+    with pytest.raises(ValueError, match="log level"):
+        configure_logging("loud", "json")
+    with pytest.raises(ValueError, match="log format"):
+        configure_logging("info", "xml")  # type: ignore[arg-type]

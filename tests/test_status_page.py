@@ -1,0 +1,220 @@
+"""The /status page: pure render tests on a sample snapshot, and a real screenshot in headless Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import struct
+import zlib
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.observability.status_page import (
+    BudgetBar,
+    CacheStatus,
+    ModelStatus,
+    ProviderStatus,
+    RecentError,
+    StatusSnapshot,
+    render_status_page,
+)
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+NOW = 1_767_225_600.0 + 13 * 3600 + 37 * 60  # 2026-01-01 13:37:00 UTC
+SCRIPT_REASON = "upstream said <script>alert('x')</script> & gave up"
+
+
+def sample_snapshot() -> StatusSnapshot:
+    deepinfra = ProviderStatus(
+        name="deepinfra", kind="deepinfra", usable=True, reason=None, breaker="closed",
+        budget=(BudgetBar("today", 1.84, 0.02, 5.0), BudgetBar("month", 41.30, 0.02, 100.0)), p95_ms=182.0,
+    )
+    fireworks = ProviderStatus(
+        name="fireworks", kind="fireworks", usable=False, reason="over budget: today's $3.00 limit reached",
+        breaker="half_open", budget=(BudgetBar("today", 3.0, 0.0, 3.0), BudgetBar("month", 48.5, 0.0, 60.0)), p95_ms=240.7,
+    )
+    cohere = ProviderStatus(
+        name="jina-cohere", kind="cohere", usable=False, reason=SCRIPT_REASON, breaker="open",
+        budget=(BudgetBar("today", 0.0, 0.0, None), BudgetBar("month", 0.12, 0.0, None)), p95_ms=None,
+    )
+    tei = ProviderStatus(
+        name="tei-local", kind="tei", usable=False, reason="key variable TEI_KEY is unset", breaker="closed",
+        budget=(), p95_ms=None,
+    )
+    return StatusSnapshot(
+        generated_at=NOW,
+        config_loaded_at=NOW - 2 * 3600 - 5 * 60,
+        config_path="/etc/rerank-gateway/config.toml",
+        models=(
+            ModelStatus("qwen3-reranker-8b", ("Qwen/Qwen3-Reranker-8B", "accounts/fireworks/models/qwen3-reranker-8b"),
+                        (deepinfra, fireworks, cohere)),
+            ModelStatus("bge-reranker-v2-m3", (), (tei,)),
+        ),
+        cache=CacheStatus(backend="redis", hits=18_204, misses=4_551, saved_usd=12.3456),
+        recent_errors=(
+            RecentError(NOW - 400, "fireworks", "HTTP 429: rate limited (Retry-After: 2)"),
+            RecentError(NOW - 35, "jina-cohere", SCRIPT_REASON),
+            RecentError(NOW - 3 * 3600, "deepinfra", "timeout after 10s"),
+        ),
+        gateway_budget=(BudgetBar("today", 4.96, 0.04, 10.0), BudgetBar("month", 89.92, 0.04, 150.0)),
+    )
+
+
+def visible_text(page: str) -> str:
+    import html
+
+    return html.unescape(re.sub(r"<[^>]+>", " ", page.split("</style>", 1)[1]))
+
+
+# --- pure rendering ---------------------------------------------------------------------------
+
+
+def test_every_fact_is_on_the_page():
+    text = " ".join(visible_text(render_status_page(sample_snapshot())).split())
+    # Models, aliases and the fallback order, in order.
+    assert "qwen3-reranker-8b" in text and "accounts/fireworks/models/qwen3-reranker-8b" in text
+    assert text.index("1 deepinfra deepinfra") < text.index("2 fireworks fireworks") < text.index("3 jina-cohere cohere")
+    # Health, reasons and breaker states.
+    assert "usable" in text and "not usable" in text
+    assert "over budget: today's $3.00 limit reached" in text
+    assert "key variable TEI_KEY is unset" in text
+    for state in ("closed", "half open", "open"):
+        assert state in text
+    assert "182 ms" in text and "241 ms" in text
+    # Budget bars: % of limit, spent of limit, in-flight holds, and unlimited windows.
+    assert "today" in text and "month" in text
+    assert "today 37% $1.84 of $5.00 (+$0.0200 held)" in text
+    assert "today 100% $3.00 of $3.00" in text
+    assert "no limit" in text and "$0.1200 spent" in text
+    assert "today 50% $4.96 of $10.00" in text  # gateway-wide
+    # Cache: hit rate and money saved.
+    assert "80.0% hit rate" in text and "18,204 hits" in text and "4,551 misses" in text and "redis" in text
+    assert "saved $12.35" in text
+    # Recent errors, newest first, and config load time in UTC with its path.
+    assert text.index("35 s ago") < text.index("7 min ago") < text.index("3 h ago")
+    assert "HTTP 429: rate limited (Retry-After: 2)" in text
+    assert "2026-01-01 11:32:00 UTC" in text and "/etc/rerank-gateway/config.toml" in text
+    assert "status at 2026-01-01 13:37:00 UTC" in text
+    # The verdict: every model has a usable provider? bge-reranker-v2-m3 has none.
+    assert "No usable provider for bge-reranker-v2-m3" in text
+
+
+def test_untrusted_text_is_escaped():
+    snapshot = sample_snapshot()
+    hostile = ProviderStatus("<b>p</b>", "<i>k</i>", False, SCRIPT_REASON, "open", (BudgetBar("<u>today</u>", 1, 0, 2),), None)
+    snapshot = StatusSnapshot(
+        generated_at=snapshot.generated_at, config_loaded_at=snapshot.config_loaded_at,
+        config_path='/tmp/"quoted"<path>.toml',
+        models=(ModelStatus("<model>", ("<alias>",), (hostile,)),),
+        cache=CacheStatus("<redis>", 1, 1, 0.5),
+        recent_errors=(RecentError(NOW, "<prov>", SCRIPT_REASON),),
+        gateway_budget=(),
+    )
+    page = render_status_page(snapshot)
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; gave up" in page
+    for raw in ("<b>p</b>", "<i>k</i>", "<u>today</u>", "<model>", "<alias>", "<redis>", "<prov>", '"quoted"<path>'):
+        assert raw not in page
+        assert html_escaped(raw) in page
+
+
+def html_escaped(text: str) -> str:
+    import html
+
+    return html.escape(text, quote=True)
+
+
+def test_a_page_that_is_all_well_and_all_empty():
+    healthy = ProviderStatus("deepinfra", "deepinfra", True, None, "closed", (), 95.0)
+    page = render_status_page(StatusSnapshot(
+        generated_at=NOW, config_loaded_at=NOW, config_path=None,
+        models=(ModelStatus("m", (), (healthy,)),), cache=CacheStatus("memory", 0, 0, 0.0),
+        recent_errors=(), gateway_budget=(),
+    ))
+    text = " ".join(visible_text(page).split())
+    assert "All 1 model servable; every provider healthy" in text
+    assert "no lookups yet" in text and "saved $0.00" in text
+    assert "No provider errors recently." in text
+    assert "no gateway-wide budget tracked" in text and "not tracked" in text
+    assert "aliases: none" in text and "built in-process, no file" in text
+
+
+def test_bars_never_overflow_their_track():
+    over = ProviderStatus("p", "deepinfra", False, "over budget", "closed",
+                          (BudgetBar("today", 7.5, 1.0, 5.0), BudgetBar("month", 0.5, 0.0, 0.0)), None)
+    page = render_status_page(StatusSnapshot(NOW, NOW, None, (ModelStatus("m", (), (over,)),), CacheStatus("memory", 1, 0, 0.0), (), ()))
+    widths = [float(width) for width in re.findall(r"width:([0-9.]+)%", page)]
+    assert widths and all(0 <= width <= 100 for width in widths)
+    assert "170% $7.50 of $5.00" in " ".join(visible_text(page).split())
+
+
+# --- a real browser ---------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
+    page = render_status_page(sample_snapshot())
+
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "status_page.png"
+    screenshot.unlink(missing_ok=True)
+
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--hide-scrollbars", "--window-size=1200,900",
+        f"--screenshot={screenshot}", str(server.make_url("/status")),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        # The page is served from this event loop, so wait without blocking it.
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail("chromium took over 60 s to take a screenshot")
+    assert screenshot.exists(), f"chromium exited {process.returncode} without a screenshot: {stderr.decode()[-2000:]}"
+
+    width, height, pixels = decode_png(screenshot.read_bytes())
+    assert (width, height) == (1200, 900)
+    assert screenshot.stat().st_size > 20_000  # a blank 1200x900 PNG compresses to a few KB
+    assert len(set(pixels)) > 50, "the screenshot is (nearly) one colour: the page did not render"
+
+
+def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
+    """Width, height and RGB(A) pixels of an 8-bit truecolour PNG, enough to tell a blank image."""
+    assert data[:8] == PNG_SIGNATURE, "not a PNG"
+    position, chunks, header = 8, [], b""
+    while position < len(data):
+        (length,) = struct.unpack(">I", data[position:position + 4])
+        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
+        crc = struct.unpack(">I", data[position + 8 + length:position + 12 + length])[0]
+        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r} chunk"
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            chunks.append(body)
+        position += 12 + length
+    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
+    assert depth == 8 and colour in (2, 6), f"unexpected PNG format: depth {depth}, colour type {colour}"
+    channels = 3 if colour == 2 else 4
+    raw = zlib.decompress(b"".join(chunks))
+    stride = width * channels + 1
+    assert len(raw) == stride * height, "PNG image data is truncated"
+    # Filters are not undone: distinct filtered pixels still tell a flat image from a rendered one.
+    pixels = [raw[row * stride + 1 + x:row * stride + 1 + x + channels] for row in range(height) for x in range(0, width * channels, channels)]
+    return width, height, pixels
