@@ -62,7 +62,7 @@ class CacheConfig(_Section):
     url: str = ""  # "" keeps the in-process memory cache
     ttl_seconds: PositiveInt = 30 * 24 * 3600
     max_entries: PositiveInt = 1_000_000
-    timeout_ms: PositiveFloat = 50.0  # bound on every Redis call; past it the request goes uncached
+    timeout_ms: PositiveFloat = 150.0  # bound on every Redis call; past it the request goes uncached
     # Bound on the spend ledger's Redis calls; past it budgets are enforced per process for a while.
     ledger_timeout_ms: PositiveFloat = 500.0
 

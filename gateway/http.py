@@ -24,7 +24,7 @@ from gateway.dialects import RERANK_ROUTES, DialectChooser
 from gateway.errors import BadRequest, BudgetExhausted, DeadlineExceeded, Unauthorized, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
 from gateway.limits import check_limits
 from gateway.models import RerankResult
-from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_fields
+from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_extra
 from gateway.observability.trace import start_trace
 from gateway.runtime import LiveGateway
 
@@ -97,7 +97,7 @@ def _observe(
     if result is not None:
         metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
         request.app[LIVE].shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
-    request_log.info("rerank", extra=request_log_fields(
+    request_log.info("rerank", extra=request_log_extra(
         request_id=request[REQUEST_ID],
         dialect=trace.dialect,
         model=trace.model,

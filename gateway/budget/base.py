@@ -13,6 +13,8 @@ $1.00 limit exactly, which float sums do not.
 
 from __future__ import annotations
 
+import functools
+
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -174,13 +176,20 @@ class Window:
 
 def windows_of(limits: Sequence[Limit], day: str, month: str) -> list[Window]:
     """Each scope's day window then its month window, in the order of `limits`."""
+    return list(_windows_of(tuple(limits), day, month))
+
+
+# Every reserve and settle asks for the same few windows; parsing dates each time cost more
+# than the rest of a reservation. Windows are frozen, so sharing them is safe.
+@functools.lru_cache(maxsize=1024)
+def _windows_of(limits: tuple[Limit, ...], day: str, month: str) -> tuple[Window, ...]:
     day_resets = day_start(day) + timedelta(days=1)
     month_resets = next_month(month_start(month))
     windows = []
     for limit in limits:
         windows.append(Window(limit.scope, "day", day, day_resets, nano_or_none(limit.daily_usd)))
         windows.append(Window(limit.scope, "month", month, month_resets, nano_or_none(limit.monthly_usd)))
-    return windows
+    return tuple(windows)
 
 
 def check_limits(limits: Sequence[Limit]) -> None:
@@ -205,7 +214,8 @@ def check_reserve(limits: Sequence[Limit], amount_usd: float, hold_seconds: floa
 def labels(now: datetime) -> tuple[str, str]:
     """The UTC day and month `now` falls in."""
     now = now.astimezone(timezone.utc)
-    return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+    month = f"{now.year:04d}-{now.month:02d}"  # f-strings: strftime is slow on the hot path
+    return f"{month}-{now.day:02d}", month
 
 
 def day_start(label: str) -> datetime:

@@ -5,9 +5,11 @@ score as an 8-byte IEEE double. A small hash is stored as a listpack (no per-fie
 which is what brings a pair down to about 30 bytes; one key per pair would cost ~100. The key's
 braces are a Cluster hash tag, so a query's scores always live on one node.
 
-Every call is bounded by a short timeout. On any Redis failure the request is served uncached,
-a warning is logged at most once per interval, and Redis is left alone for a short back-off so
-a dead or hung server costs requests nothing; after it, the next request tries again.
+Every call is bounded by a short timeout. On any Redis failure the request is served uncached and
+a warning is logged at most once per interval; after a few failures in a row Redis is left alone
+for a short back-off, so a dead or hung server costs requests nothing, and after it the next
+request tries again. One failure alone does not back off: on a busy event loop a single call can
+overrun its bound while Redis is fine, and a back-off would then send a second of traffic upstream.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class RedisScoreCache:
         timeout_seconds: float,
         retry_after_seconds: float = 1.0,
         warn_interval_seconds: float = 30.0,
+        failures_before_backoff: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = client
@@ -48,6 +51,8 @@ class RedisScoreCache:
         self._retry_after = retry_after_seconds
         self._warn_interval = warn_interval_seconds
         self._clock = clock
+        self._failures_before_backoff = failures_before_backoff
+        self._failures_in_a_row = 0
         self._skip_until = 0.0
         self._last_warning = -math.inf
 
@@ -73,10 +78,12 @@ class RedisScoreCache:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, (fields, _) in groups.items():
                     pipe.hmget(key, fields)
-                replies = await asyncio.wait_for(pipe.execute(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    replies = await pipe.execute()
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed("read", exc)
             return misses
+        self._failures_in_a_row = 0
         found = misses
         for (fields, positions), values in zip(groups.values(), replies):
             for position, value in zip(positions, values):
@@ -92,9 +99,12 @@ class RedisScoreCache:
                 for key, (fields, positions) in groups.items():
                     pipe.hset(key, mapping={f: _SCORE.pack(scores[p]) for f, p in zip(fields, positions)})
                     pipe.expire(key, self._ttl)
-                await asyncio.wait_for(pipe.execute(), self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await pipe.execute()
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._failed("write", exc)
+            return
+        self._failures_in_a_row = 0
 
     async def ping(self) -> bool:
         try:
@@ -107,12 +117,16 @@ class RedisScoreCache:
 
     def _failed(self, operation: str, exc: BaseException) -> None:
         now = self._clock()
-        self._skip_until = now + self._retry_after
+        self._failures_in_a_row += 1
+        backing_off = self._failures_in_a_row >= self._failures_before_backoff
+        if backing_off:
+            self._skip_until = now + self._retry_after
         if now - self._last_warning >= self._warn_interval:
             self._last_warning = now
             log.warning(
-                "redis cache %s failed (%s: %s); serving uncached, retrying in %.1fs",
-                operation, type(exc).__name__, exc or "timed out", self._retry_after,
+                "redis cache %s failed (%s: %s); serving uncached%s",
+                operation, type(exc).__name__, exc or "timed out",
+                f", leaving Redis alone for {self._retry_after:.1f}s" if backing_off else "",
             )
 
 
