@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gateway.budget import GATEWAY_SCOPE, Ledger, Limit, Refusal, Reservation
+from gateway.budget import GATEWAY_SCOPE, Ledger, Limit, Refusal, Reservation, unheld_reservation, utc_now
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.health import HealthBoard, ProviderHealth
@@ -94,6 +94,8 @@ class GuardedCall:
             Limit(client.name, client.config.budget.daily_usd, client.config.budget.monthly_usd),
             Limit(GATEWAY_SCOPE, self._config.budget.daily_usd, self._config.budget.monthly_usd),
         ]
+        if all(limit.daily_usd is None and limit.monthly_usd is None for limit in limits):
+            return unheld_reservation(limits, utc_now())  # nothing to enforce: track spend only
         outcome = await self._ledger.reserve(limits, estimate, hold_seconds=max(hold, 1.0))
         if isinstance(outcome, Refusal):
             scope = "gateway" if outcome.scope == GATEWAY_SCOPE else client.name

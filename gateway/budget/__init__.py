@@ -8,6 +8,8 @@ from gateway.budget.base import (
     Refusal,
     Reservation,
     WindowReport,
+    unheld_reservation,
+    utc_now,
 )
 from gateway.budget.estimator import TokenEstimator
 from gateway.budget.memory import MemoryLedger
@@ -24,4 +26,6 @@ __all__ = [
     "Reservation",
     "TokenEstimator",
     "WindowReport",
+    "unheld_reservation",
+    "utc_now",
 ]

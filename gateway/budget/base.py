@@ -14,6 +14,7 @@ $1.00 limit exactly, which float sums do not.
 from __future__ import annotations
 
 import functools
+import uuid
 
 import logging
 from collections.abc import Callable, Sequence
@@ -172,6 +173,13 @@ class Window:
     def alert(self, spent: int, fraction: float) -> BudgetAlert:
         assert self.limit_nano is not None
         return BudgetAlert(self.scope, self.period, self.label, usd(self.limit_nano), usd(spent), fraction)
+
+
+def unheld_reservation(limits: Sequence[Limit], now: datetime) -> Reservation:
+    """A reservation for windows that have no limit: nothing to hold, so no ledger round trip
+    before the call; settle still records the spend and tokens for reporting."""
+    day, month = labels(now)
+    return Reservation(uuid.uuid4().hex, tuple(limits), 0.0, day, month, now)
 
 
 def windows_of(limits: Sequence[Limit], day: str, month: str) -> list[Window]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Mapping
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess, values
@@ -59,6 +59,7 @@ class GatewayMetrics:
         # as well would only offer a registry holding this one worker's share.
         registry = None if self.multiprocess_dir else CollectorRegistry()
         self._registry = registry
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
         self._requests = Counter(
             "rerank_gateway_requests", "Rerank requests answered, by dialect, model and HTTP status.",
@@ -115,46 +116,54 @@ class GatewayMetrics:
             ["provider"], registry=registry, multiprocess_mode="livemax",
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), remembered: prometheus-client validates labels on every call."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     # -- the request ------------------------------------------------------------------------
 
     def record_request(
         self, *, dialect: str, model: str, status: int, seconds: float, upstream_seconds: float = 0.0
     ) -> None:
         """One answered request. upstream_seconds is wall time spent waiting on providers."""
-        self._requests.labels(dialect, model, str(status)).inc()
-        self._request_seconds.labels(dialect, model).observe(seconds)
+        self._child(self._requests, dialect, model, str(status)).inc()
+        self._child(self._request_seconds, dialect, model).observe(seconds)
         self._overhead_seconds.observe(max(0.0, seconds - upstream_seconds))
 
     def record_cache(self, *, model: str, hits: int, misses: int) -> None:
         """Score-cache lookups of one request, counted in pairs."""
-        self._cache_hits.labels(model).inc(hits)
-        self._cache_misses.labels(model).inc(misses)
+        self._child(self._cache_hits, model).inc(hits)
+        self._child(self._cache_misses, model).inc(misses)
 
     # -- providers --------------------------------------------------------------------------
 
     def record_upstream_call(self, *, provider: str, seconds: float) -> None:
         """One HTTP call to a provider, successful or not."""
-        self._upstream_calls.labels(provider).inc()
-        self._upstream_seconds.labels(provider).observe(seconds)
+        self._child(self._upstream_calls, provider).inc()
+        self._child(self._upstream_seconds, provider).observe(seconds)
 
     def record_upstream_error(self, *, provider: str, reason: UpstreamErrorReason) -> None:
         if reason not in UPSTREAM_ERROR_REASONS:
             raise ValueError(f"upstream error reason {reason!r} is not one of {sorted(UPSTREAM_ERROR_REASONS)}")
-        self._upstream_errors.labels(provider, reason).inc()
+        self._child(self._upstream_errors, provider, reason).inc()
 
     def record_usage(self, *, provider: str, tokens: int, cost_usd: float) -> None:
-        self._tokens.labels(provider).inc(tokens)
-        self._cost_usd.labels(provider).inc(cost_usd)
+        self._child(self._tokens, provider).inc(tokens)
+        self._child(self._cost_usd, provider).inc(cost_usd)
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
-        self._fallbacks.labels(model, from_provider, to_provider).inc()
+        self._child(self._fallbacks, model, from_provider, to_provider).inc()
 
     def set_breaker_state(self, *, provider: str, state: BreakerStateName) -> None:
-        self._breaker_state.labels(provider).set(BREAKER_STATE_VALUES[state])
+        self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])
 
     def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:
         """Budget left; window is the period ("day", "month"). Leave unlimited windows unset."""
-        self._budget_remaining.labels(scope, window).set(usd)
+        self._child(self._budget_remaining, scope, window).set(usd)
 
     # -- exposition -------------------------------------------------------------------------
 
