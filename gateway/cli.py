@@ -28,20 +28,51 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
 @click.option("--host", help="address to listen on (default: server.host)")
 @click.option("--port", type=int, help="port to listen on (default: server.port)")
-def serve(config_path: str | None, host: str | None, port: int | None) -> None:
+@click.option("--workers", type=int, default=None,
+              help="processes on one port (default: the number of cores with Redis, 1 without)")
+@click.option("--reuse-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set for workers)")
+def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None, reuse_port: bool) -> None:
     """Run the gateway."""
-    from gateway.app import create_app
-
     config = _load_or_exit(config_path)
     configure_logging(config.server.log_level, config.server.log_format)
     host = host or config.server.host
     port = config.server.port if port is None else port
+    count = _worker_count(workers, shared_state=bool(config.cache.url))
+    if count > 1:
+        from gateway.workers import Supervisor
+
+        args = ["--host", host, "--port", str(port), "--workers", "1", "--reuse-port"]
+        if config_path:
+            args += ["--config", config_path]
+        sys.exit(Supervisor(args, count, config.server.shutdown_grace_seconds).run())
+    _serve_one(config, config_path, host, port, reuse_port)
+
+
+def _worker_count(asked: int | None, shared_state: bool) -> int:
+    """Workers to run: cache and budgets live in one process unless Redis shares them."""
+    if asked is not None and asked < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers")
+    if asked is None:
+        return (os.cpu_count() or 1) if shared_state else 1
+    if asked > 1 and not shared_state:
+        logging.getLogger("gateway").warning(
+            "%d workers without Redis: each worker keeps its own score cache and spend ledger, so "
+            "budgets hold per worker (together up to %d times each limit); set [cache] url to share them",
+            asked, asked,
+        )
+    return asked
+
+
+def _serve_one(config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.app import create_app
+
     for line in describe_providers(config):
         logging.getLogger("gateway").info(line)
     web.run_app(
         create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH),
         host=host,
         port=port,
+        reuse_port=reuse_port or None,
         access_log=None,
         # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
         # then runs the app's cleanup, which closes the upstream sessions and Redis.

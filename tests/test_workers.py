@@ -1,0 +1,115 @@
+"""`serve --workers N`: several processes on one port sharing Redis, metrics from all of them."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import free_port, gateway_toml, running
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def requests_total(metrics_text: str) -> float:
+    total = 0.0
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "rerank_gateway_requests_total":
+                total += sample.value
+    return total
+
+
+async def wait_for(predicate, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.1)
+
+
+async def test_two_workers_share_one_port_redis_and_metrics(tmp_path, redis_url):
+    emulator_port, port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(emulator_port))
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), \
+         running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
+        await wait_for(lambda: len(children_of(supervisor.pid)) == 2)
+        workers = children_of(supervisor.pid)
+        await asyncio.sleep(1.0)  # both workers listening
+        body = {"query": "shared question", "documents": ["a passage", "another passage"]}
+        providers = []
+        for _ in range(30):  # a new connection each time, so the kernel spreads them over workers
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+                async with session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response:
+                    assert response.status == 200
+                    providers.append(response.headers["X-Rerank-Provider"])
+        # One upstream call; every other answer came from the Redis cache, whichever worker served it.
+        assert providers.count("deepinfra") == 1 and providers.count("cache") == 29
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert requests_total(await response.text()) == 30  # all workers, not just this one
+
+        os.kill(workers[0], signal.SIGKILL)  # a worker dies: the supervisor starts another
+        await wait_for(lambda: len(children_of(supervisor.pid)) == 2 and workers[0] not in children_of(supervisor.pid))
+        await asyncio.sleep(1.5)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response:
+                assert response.status == 200
+
+        supervisor.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(supervisor.wait, 30) == 0
+    assert all(not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+               for pid in workers)
+
+
+def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.processes import REPO
+
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
+        cwd=REPO, env={**os.environ, "EMULATOR_KEY": "k", "REDIS_URL": ""}, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        time.sleep(3)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=30)
+    assert "budgets hold per worker" in stderr
+
+
+def test_workers_must_be_positive(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.processes import REPO
+
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--workers" in result.stderr
