@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.dialects.fields import expect_object, optional_bool, optional_string, optional_top_n, required_string, string_list
+from gateway.dialects.ranked import decode_one_query, ranked_results
 from gateway.models import RerankRequest, RerankResult
 
 # Cohere bills one search unit per query with up to 100 documents.
@@ -18,23 +18,10 @@ class CohereDialect:
         self.name = f"cohere-v{api_version}"
 
     def decode(self, payload: Any, path_params: Mapping[str, str]) -> RerankRequest:
-        body = expect_object(payload)
-        documents = string_list(body, "documents", text_objects=True)
-        return RerankRequest(
-            queries=(required_string(body, "query"),) * len(documents),
-            documents=documents,
-            model=optional_string(body, "model"),
-            top_n=optional_top_n(body),
-            return_documents=optional_bool(body, "return_documents"),
-        )
+        return decode_one_query(payload)
 
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:
-        results = []
-        for index in result.ranking(request.top_n):
-            item: dict[str, Any] = {"index": index, "relevance_score": result.scores[index]}
-            if request.return_documents:
-                item["document"] = {"text": request.documents[index]}
-            results.append(item)
+        results = ranked_results(request, result, lambda text: {"text": text})
         search_units = -(-len(request.documents) // _DOCUMENTS_PER_SEARCH_UNIT)
         meta: dict[str, Any] = {
             "api_version": {"version": self.api_version},

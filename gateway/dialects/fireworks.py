@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.dialects.fields import expect_object, optional_bool, optional_string, optional_top_n, required_string, string_list
+from gateway.dialects.ranked import decode_one_query, ranked_results
 from gateway.models import RerankRequest, RerankResult
 
 
@@ -13,24 +13,10 @@ class FireworksDialect:
     name = "fireworks"
 
     def decode(self, payload: Any, path_params: Mapping[str, str]) -> RerankRequest:
-        body = expect_object(payload)
-        documents = string_list(body, "documents", text_objects=True)
-        return RerankRequest(
-            queries=(required_string(body, "query"),) * len(documents),
-            documents=documents,
-            model=optional_string(body, "model"),
-            instruction=optional_string(body, "task"),
-            top_n=optional_top_n(body),
-            return_documents=optional_bool(body, "return_documents"),
-        )
+        return decode_one_query(payload, instruction_key="task")
 
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:
-        data = []
-        for index in result.ranking(request.top_n):
-            item: dict[str, Any] = {"index": index, "relevance_score": result.scores[index]}
-            if request.return_documents:
-                item["document"] = request.documents[index]
-            data.append(item)
+        data = ranked_results(request, result, lambda text: text)
         tokens = result.usage.tokens
         answer = {
             "object": "list",
