@@ -78,8 +78,30 @@ class Router:
         while pending:
             first = pending.pop(0)
             calls = {self._start(first, queries, documents, instruction, deadline): first}
-            hedge_delay = self._hedge_delay(first[1])
-            while calls:
+            try:
+                answer = await self._race(model, calls, pending, queries, documents, instruction, deadline, failures)
+            finally:
+                # Also when this request is cancelled (its deadline passed, its client left): no
+                # provider call may outlive it, holding a connection, a reservation and a breaker slot.
+                await _cancel_all(calls)
+            if answer is not None:
+                return answer
+        raise _all_failed(model, failures)
+
+    async def _race(
+        self,
+        model: str,
+        calls: dict[asyncio.Task, Candidate],
+        pending: list[Candidate],
+        queries: Sequence[str],
+        documents: Sequence[str],
+        instruction: str | None,
+        deadline: float | None,
+        failures: list[ProviderFailure],
+    ) -> ScoredPairs | None:
+        """The first valid answer among `calls`, hedging to `pending` on a delay; None if all failed."""
+        hedge_delay = self._hedge_delay(next(iter(calls.values()))[1])
+        while calls:
                 timeout = hedge_delay if pending and hedge_delay is not None and len(calls) == 1 else None
                 done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if not done:  # the hedge delay passed with no answer: ask the next provider too
@@ -92,14 +114,12 @@ class Router:
                         scores, usage = task.result()
                     except ProviderFailure as failure:
                         if not failure.fallback_allowed:
-                            await _cancel_all(calls)
                             raise UpstreamRejected(failure) from None
                         failures.append(failure)
                         continue
-                    await _cancel_all(calls)
                     self._note_fallback(model, failures, client.name)
                     return ScoredPairs(scores=scores, usage=usage, provider=client.name, model=scored_model)
-        raise _all_failed(model, failures)
+        return None
 
     def _note_fallback(self, model: str, failures: list[ProviderFailure], winner: str) -> None:
         """Count a fallback when a provider that was actually called failed before the winner."""

@@ -8,6 +8,7 @@ through prometheus-client's multiprocess directory, which the supervisor owns.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -21,7 +22,17 @@ from gateway.observability.metrics import MULTIPROC_DIR_ENV, clear_multiprocess_
 
 log = logging.getLogger("gateway.workers")
 
-_RESTART_PAUSE_SECONDS = 1.0  # a worker that dies at start-up must not spin the supervisor
+_RESTART_PAUSE_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # a worker that dies at start-up must not spin the supervisor
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: a supervisor killed outright must not leave workers behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the supervisor's own SIGTERM handling still stops its workers
 
 
 class Supervisor:
@@ -47,7 +58,9 @@ class Supervisor:
 
     def _spawn(self) -> subprocess.Popen:
         env = {**os.environ, MULTIPROC_DIR_ENV: self._metrics_dir}
-        return subprocess.Popen([sys.executable, "-m", "gateway", "serve", *self._worker_args], env=env)
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", *self._worker_args], env=env, preexec_fn=_die_with_parent
+        )
 
     def _replace_dead_workers(self) -> None:
         for index, worker in enumerate(self._workers):

@@ -42,8 +42,8 @@ async def test_two_processes_under_load_stay_within_the_overshoot_bound(tmp_path
                 costs.append((await response.json())["inference_status"]["cost"])
 
     with running(["emulate", "--port", str(emulator_port), "--latency-ms", "20"], emulator_port), \
-         running(["serve", "--config", str(config), "--port", str(ports[0])], ports[0], env=env), \
-         running(["serve", "--config", str(config), "--port", str(ports[1])], ports[1], env=env):
+         running(["serve", "--config", str(config), "--port", str(ports[0]), "--workers", "1"], ports[0], env=env), \
+         running(["serve", "--config", str(config), "--port", str(ports[1]), "--workers", "1"], ports[1], env=env):
         connector = aiohttp.TCPConnector(limit=CONCURRENCY)
         async with aiohttp.ClientSession(connector=connector) as session:
             await asyncio.wait_for(asyncio.gather(*[client(session, w) for w in range(CONCURRENCY)]), 120)

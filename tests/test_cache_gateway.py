@@ -100,8 +100,8 @@ async def test_two_gateway_processes_share_one_redis(tmp_path, redis_url):
     docs = documents("processes")
     body = {"queries": [QUERY], "passages": docs}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
-         running(["serve", "--config", str(config), "--port", str(gateway_ports[0])], gateway_ports[0], env=env), \
-         running(["serve", "--config", str(config), "--port", str(gateway_ports[1])], gateway_ports[1], env=env):
+         running(["serve", "--config", str(config), "--port", str(gateway_ports[0]), "--workers", "1"], gateway_ports[0], env=env), \
+         running(["serve", "--config", str(config), "--port", str(gateway_ports[1]), "--workers", "1"], gateway_ports[1], env=env):
         async with aiohttp.ClientSession() as session:
             async with session.post(f"http://127.0.0.1:{gateway_ports[0]}{DI}", json=body) as response:
                 assert response.headers["X-Rerank-Provider"] == "deepinfra"
