@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.redis_pool import cluster_nodes, is_cluster_url
+
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -69,8 +71,13 @@ class CacheConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if url and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be empty (in-process cache) or a redis://, rediss:// or unix:// URL")
+        if is_cluster_url(url):
+            cluster_nodes(url)  # raises ValueError naming what is wrong
+        elif url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                "must be empty (in-process cache) or a redis://, rediss://, unix://, "
+                "redis+cluster://host:port,host:port,... or rediss+cluster:// URL"
+            )
         return url
 
 

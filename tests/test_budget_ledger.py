@@ -1,4 +1,4 @@
-"""One contract for every spend ledger: memory, Redis (a real redis-server) and fakeredis when it can run Lua."""
+"""One contract for every spend ledger: memory, Redis (a real redis-server), a real Redis Cluster and fakeredis when it can run Lua."""
 
 from __future__ import annotations
 
@@ -48,12 +48,16 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "redis", "fakeredis"])
+pytest_plugins = ["tests.redis_cluster"]
+
+
+@pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
 async def ledger(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Ledger]:
     if request.param == "memory":
         built: Ledger = MemoryLedger(clock=clock)
-    elif request.param == "redis":
-        built = RedisLedger.from_url(request.getfixturevalue("redis_url"), timeout_seconds=2.0, clock=clock)
+    elif request.param in ("redis", "redis-cluster"):
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
+        built = RedisLedger.from_url(url, timeout_seconds=2.0, clock=clock)
     else:
         if importlib.util.find_spec("lupa") is None:
             pytest.skip("fakeredis runs Lua only with lupa installed")

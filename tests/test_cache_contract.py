@@ -1,4 +1,4 @@
-"""One contract for every score cache: memory, Redis (a real redis-server) and fakeredis."""
+"""One contract for every score cache: memory, Redis (a real redis-server), fakeredis and a real Redis Cluster."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ TTL = 3600
 K = pair_keys
 
 
-@pytest.fixture(params=["memory", "redis", "fakeredis"])
+pytest_plugins = ["tests.redis_cluster"]
+
+
+@pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
     if request.param == "memory":
         built: ScoreCache = MemoryScoreCache(max_entries=10_000, ttl_seconds=TTL)
-    elif request.param == "redis":
-        url = request.getfixturevalue("redis_url")
+    elif request.param in ("redis", "redis-cluster"):
+        url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
         built = RedisScoreCache.from_url(url, ttl_seconds=TTL, timeout_seconds=1.0)
     else:
         built = RedisScoreCache(fakeredis.FakeAsyncRedis(), ttl_seconds=TTL, timeout_seconds=1.0)

@@ -5,8 +5,8 @@ Layout, all under the Cluster hash tag {budget} so the multi-key scripts run on 
     rb:{budget}:h:<window>:<scope>   sorted set of holds: "<id>:<amount>" scored by expiry (ms)
 where <window> is "2025-01-31" or "2025-01". Day keys expire five weeks after their day ends,
 month keys a hundred days after theirs. One Lua script per reserve and one per settle/release
-(gateway/budget/lua.py). Hold expiries and windows follow this process's clock, so the
-instances' clocks should agree to well within a hold time (NTP does).
+(gateway/budget/lua.py), and a read-only one per report. Hold expiries and windows follow this
+process's clock, so the instances' clocks should agree to well within a hold time (NTP does).
 
 The ledger never fails a request. Every call is bounded by a short timeout; on any Redis failure
 a warning is logged at most once per interval, Redis is left alone for a short back-off, and
@@ -27,9 +27,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from gateway.budget import lua
 from gateway.budget.base import (
@@ -53,14 +50,24 @@ from gateway.budget.base import (
     windows_of,
 )
 from gateway.budget.memory import MemoryLedger
-from gateway.redis_pool import redis_client, warm_up
+from gateway.redis_pool import REDIS_FAILURES, RedisClient, redis_client, warm_up
 
 WARM_CONNECTIONS = 8
 
 log = logging.getLogger("gateway.budget")
 
 KEY_PREFIX = "rb:{budget}:"
-_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+# Every window's totals and its holds expired by ARGV[1] (ms), read at one instant: a script and
+# not a MULTI/EXEC pipeline, which redis-py's async cluster client runs a thread per command for.
+# KEYS: as for lua.RESERVE. Returns, per window, {spent, reserved, tokens} then {expired holds}.
+_REPORT = """
+local result = {}
+for i = 1, #KEYS / 2 do
+  table.insert(result, redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved', 'tokens'))
+  table.insert(result, redis.call('ZRANGEBYSCORE', KEYS[2 * i], '-inf', ARGV[1]))
+end
+return result
+"""
 
 
 def window_keys(window: Window) -> tuple[str, str]:
@@ -71,7 +78,7 @@ def window_keys(window: Window) -> tuple[str, str]:
 class RedisLedger:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         timeout_seconds: float,
         clock: Clock = utc_now,
         warn_fraction: float = WARN_FRACTION,
@@ -90,6 +97,7 @@ class RedisLedger:
         self._last_warning = -math.inf
         self._reserve_script = client.register_script(lua.RESERVE)
         self._settle_script = client.register_script(lua.SETTLE)
+        self._report_script = client.register_script(_REPORT)
         self.fallback = MemoryLedger(clock, warn_fraction)
 
     @classmethod
@@ -118,7 +126,7 @@ class RedisLedger:
                 args += [-1 if window.limit_nano is None else window.limit_nano, _ttl(window, now)]
             try:
                 reply = await asyncio.wait_for(self._reserve_script(keys=_keys(windows), args=args), self._timeout)
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._failed("reserve", exc)
             else:
                 if reply[0] == 1:
@@ -139,7 +147,7 @@ class RedisLedger:
             lines = [warn_line(window, self._warn_fraction) if cost > 0 else None for window in windows]
             try:
                 spent = await self._run_settle(reservation, windows, cost, tokens, lines)
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._failed("settle", exc)
             else:
                 self.fallback.mirror_shared_spend(windows, spent[: len(windows)])
@@ -156,7 +164,7 @@ class RedisLedger:
             windows = windows_of(reservation.limits, reservation.day, reservation.month)
             try:
                 await self._run_settle(reservation, windows, 0, 0, [None] * len(windows))
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._failed("release", exc)  # the hold expires on its own
 
     async def report(self, limits: Sequence[Limit]) -> list[WindowReport]:
@@ -166,14 +174,14 @@ class RedisLedger:
             windows = windows_of(limits, *labels(now))
             try:
                 return await asyncio.wait_for(self._read(windows, now), self._timeout)
-            except _FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 self._failed("report", exc)
         return await self.fallback.report(limits)
 
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
-        except _FAILURES:
+        except REDIS_FAILURES:
             return False
 
     async def close(self) -> None:
@@ -191,12 +199,7 @@ class RedisLedger:
         return [int(value) for value in reply]
 
     async def _read(self, windows: list[Window], now: datetime) -> list[WindowReport]:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for window in windows:
-                totals, holds = window_keys(window)
-                pipe.hmget(totals, ["spent", "reserved", "tokens"])
-                pipe.zrangebyscore(holds, "-inf", _ms(now))
-            replies = await pipe.execute()
+        replies = await self._report_script(keys=_keys(windows), args=[_ms(now)])
         reports = []
         for i, window in enumerate(windows):
             spent, reserved, tokens = (int(value or 0) for value in replies[2 * i])

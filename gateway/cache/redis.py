@@ -21,11 +21,8 @@ import struct
 import time
 from collections.abc import Callable, Sequence
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from gateway.cache.base import PairKey, query_group
-from gateway.redis_pool import redis_client, warm_up
+from gateway.redis_pool import REDIS_FAILURES, RedisClient, redis_client, warm_up
 
 log = logging.getLogger("gateway.cache")
 
@@ -37,7 +34,7 @@ WARM_CONNECTIONS = 16
 class RedisScoreCache:
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         ttl_seconds: int,
         timeout_seconds: float,
         retry_after_seconds: float = 1.0,
@@ -75,12 +72,12 @@ class RedisScoreCache:
             return misses
         groups = _group_by_query(keys)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            # The bound covers entering the pipeline too: a cluster client may learn its layout there.
+            async with asyncio.timeout(self._timeout), self._redis.pipeline(transaction=False) as pipe:
                 for key, (fields, _) in groups.items():
                     pipe.hmget(key, fields)
-                async with asyncio.timeout(self._timeout):
-                    replies = await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                replies = await pipe.execute()
+        except REDIS_FAILURES as exc:
             self._failed("read", exc)
             return misses
         self._failures_in_a_row = 0
@@ -95,13 +92,12 @@ class RedisScoreCache:
             return
         groups = _group_by_query(keys)
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with asyncio.timeout(self._timeout), self._redis.pipeline(transaction=False) as pipe:
                 for key, (fields, positions) in groups.items():
                     pipe.hset(key, mapping={f: _SCORE.pack(scores[p]) for f, p in zip(fields, positions)})
                     pipe.expire(key, self._ttl)
-                async with asyncio.timeout(self._timeout):
-                    await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                await pipe.execute()
+        except REDIS_FAILURES as exc:
             self._failed("write", exc)
             return
         self._failures_in_a_row = 0
@@ -109,7 +105,7 @@ class RedisScoreCache:
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except REDIS_FAILURES:
             return False
 
     async def close(self) -> None:
