@@ -50,6 +50,7 @@ from gateway.budget.base import (
     windows_of,
 )
 from gateway.budget.memory import MemoryLedger
+from gateway.redis_outage import RedisOutage
 from gateway.redis_pool import REDIS_FAILURES, RedisClient, redis_client, warm_up
 
 WARM_CONNECTIONS = 8
@@ -85,16 +86,16 @@ class RedisLedger:
         retry_after_seconds: float = 1.0,
         warn_interval_seconds: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
+        failures_before_backoff: int = 3,
     ) -> None:
         self._redis = client
         self._timeout = timeout_seconds
         self._clock = clock
         self._warn_fraction = warn_fraction
-        self._retry_after = retry_after_seconds
-        self._warn_interval = warn_interval_seconds
-        self._monotonic = monotonic
-        self._skip_until = 0.0
-        self._last_warning = -math.inf
+        self._outage = RedisOutage(
+            log, "redis budget ledger", "enforcing budgets per process", monotonic,
+            retry_after_seconds, warn_interval_seconds, failures_before_backoff,
+        )
         self._reserve_script = client.register_script(lua.RESERVE)
         self._settle_script = client.register_script(lua.SETTLE)
         self._report_script = client.register_script(_REPORT)
@@ -109,7 +110,7 @@ class RedisLedger:
 
     @property
     def available(self) -> bool:
-        return self._monotonic() >= self._skip_until
+        return self._outage.available
 
     async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
         check_reserve(limits, amount_usd, hold_seconds)
@@ -127,8 +128,9 @@ class RedisLedger:
             try:
                 reply = await asyncio.wait_for(self._reserve_script(keys=_keys(windows), args=args), self._timeout)
             except REDIS_FAILURES as exc:
-                self._failed("reserve", exc)
+                self._outage.failed("reserve", exc)
             else:
+                self._outage.succeeded()
                 if reply[0] == 1:
                     self.fallback.mirror_shared_spend(windows, [int(spent) for spent in reply[1:]])
                     return reservation
@@ -148,8 +150,9 @@ class RedisLedger:
             try:
                 spent = await self._run_settle(reservation, windows, cost, tokens, lines)
             except REDIS_FAILURES as exc:
-                self._failed("settle", exc)
+                self._outage.failed("settle", exc)
             else:
+                self._outage.succeeded()
                 self.fallback.mirror_shared_spend(windows, spent[: len(windows)])
                 alerts = tuple(windows[i - 1].alert(spent[i - 1], self._warn_fraction) for i in spent[len(windows):])
                 log_alerts(alerts)
@@ -165,7 +168,9 @@ class RedisLedger:
             try:
                 await self._run_settle(reservation, windows, 0, 0, [None] * len(windows))
             except REDIS_FAILURES as exc:
-                self._failed("release", exc)  # the hold expires on its own
+                self._outage.failed("release", exc)  # the hold expires on its own
+            else:
+                self._outage.succeeded()
 
     async def report(self, limits: Sequence[Limit]) -> list[WindowReport]:
         check_limits(limits)
@@ -173,9 +178,12 @@ class RedisLedger:
             now = aware_utc(self._clock)
             windows = windows_of(limits, *labels(now))
             try:
-                return await asyncio.wait_for(self._read(windows, now), self._timeout)
+                figures = await asyncio.wait_for(self._read(windows, now), self._timeout)
             except REDIS_FAILURES as exc:
-                self._failed("report", exc)
+                self._outage.failed("report", exc)
+            else:
+                self._outage.succeeded()
+                return figures
         return await self.fallback.report(limits)
 
     async def ping(self) -> bool:
@@ -207,16 +215,6 @@ class RedisLedger:
             reserved -= sum(int(member.rsplit(b":", 1)[1]) for member in replies[2 * i + 1])
             reports.append(window.report(spent, max(0, reserved), tokens))
         return reports
-
-    def _failed(self, operation: str, exc: BaseException) -> None:
-        now = self._monotonic()
-        self._skip_until = now + self._retry_after
-        if now - self._last_warning >= self._warn_interval:
-            self._last_warning = now
-            log.warning(
-                "redis budget ledger %s failed (%s: %s); enforcing budgets per process, retrying in %.1fs",
-                operation, type(exc).__name__, exc or "timed out", self._retry_after,
-            )
 
 
 def _keys(windows: Sequence[Window]) -> list[str]:

@@ -5,23 +5,20 @@ score as an 8-byte IEEE double. A small hash is stored as a listpack (no per-fie
 which is what brings a pair down to about 30 bytes; one key per pair would cost ~100. The key's
 braces are a Cluster hash tag, so a query's scores always live on one node.
 
-Every call is bounded by a short timeout. On any Redis failure the request is served uncached and
-a warning is logged at most once per interval; after a few failures in a row Redis is left alone
-for a short back-off, so a dead or hung server costs requests nothing, and after it the next
-request tries again. One failure alone does not back off: on a busy event loop a single call can
-overrun its bound while Redis is fine, and a back-off would then send a second of traffic upstream.
+Every call is bounded by a short timeout; on any Redis failure the request is served uncached
+(gateway/redis_outage.py decides when to leave Redis alone for a moment, and says so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import struct
 import time
 from collections.abc import Callable, Sequence
 
 from gateway.cache.base import PairKey, query_group
+from gateway.redis_outage import RedisOutage
 from gateway.redis_pool import REDIS_FAILURES, RedisClient, redis_client, warm_up
 
 log = logging.getLogger("gateway.cache")
@@ -45,13 +42,10 @@ class RedisScoreCache:
         self._redis = client
         self._ttl = ttl_seconds
         self._timeout = timeout_seconds
-        self._retry_after = retry_after_seconds
-        self._warn_interval = warn_interval_seconds
-        self._clock = clock
-        self._failures_before_backoff = failures_before_backoff
-        self._failures_in_a_row = 0
-        self._skip_until = 0.0
-        self._last_warning = -math.inf
+        self._outage = RedisOutage(
+            log, "redis cache", "serving uncached", clock,
+            retry_after_seconds, warn_interval_seconds, failures_before_backoff,
+        )
 
     @classmethod
     def from_url(
@@ -64,7 +58,7 @@ class RedisScoreCache:
 
     @property
     def available(self) -> bool:
-        return self._clock() >= self._skip_until
+        return self._outage.available
 
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
         misses: list[float | None] = [None] * len(keys)
@@ -78,9 +72,9 @@ class RedisScoreCache:
                     pipe.hmget(key, fields)
                 replies = await pipe.execute()
         except REDIS_FAILURES as exc:
-            self._failed("read", exc)
+            self._outage.failed("read", exc)
             return misses
-        self._failures_in_a_row = 0
+        self._outage.succeeded()
         found = misses
         for (fields, positions), values in zip(groups.values(), replies):
             for position, value in zip(positions, values):
@@ -98,9 +92,9 @@ class RedisScoreCache:
                     pipe.expire(key, self._ttl)
                 await pipe.execute()
         except REDIS_FAILURES as exc:
-            self._failed("write", exc)
+            self._outage.failed("write", exc)
             return
-        self._failures_in_a_row = 0
+        self._outage.succeeded()
 
     async def ping(self) -> bool:
         try:
@@ -110,20 +104,6 @@ class RedisScoreCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
-
-    def _failed(self, operation: str, exc: BaseException) -> None:
-        now = self._clock()
-        self._failures_in_a_row += 1
-        backing_off = self._failures_in_a_row >= self._failures_before_backoff
-        if backing_off:
-            self._skip_until = now + self._retry_after
-        if now - self._last_warning >= self._warn_interval:
-            self._last_warning = now
-            log.warning(
-                "redis cache %s failed (%s: %s); serving uncached%s",
-                operation, type(exc).__name__, exc or "timed out",
-                f", leaving Redis alone for {self._retry_after:.1f}s" if backing_off else "",
-            )
 
 
 def redis_key(model: str, instruction: str | None, query: str) -> str:
