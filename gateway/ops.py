@@ -17,6 +17,7 @@ from gateway.observability.status_page import (
     render_status_page,
 )
 from gateway.openapi import openapi_spec
+from gateway.redis_pool import is_cluster_url
 from gateway.runtime import Generation, LiveGateway
 
 
@@ -56,7 +57,7 @@ async def status_page(request: web.Request) -> web.Response:
         config_path=str(live.config_path) if live.config_path else None,
         models=tuple(await _model_statuses(live, generation, exhausted, reports)),
         cache=CacheStatus(
-            backend="memory" if not generation.config.cache.url else "redis",
+            backend=_cache_backend(generation.config.cache.url),
             hits=stats.hits,
             misses=stats.misses,
             saved_usd=stats.saved_usd,
@@ -69,6 +70,12 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_spec())
+
+
+def _cache_backend(url: str) -> str:
+    if not url:
+        return "memory"
+    return "redis-cluster" if is_cluster_url(url) else "redis"
 
 
 def _limits(generation: Generation) -> list[Limit]:
