@@ -406,8 +406,8 @@ def cache_warnings_note(gateway: Server) -> list[str]:
     warnings = gateway.log_lines("gateway.cache")
     if not warnings:
         return []
-    return [f"{gateway.name} logged {len(warnings)} Redis failure warning(s) (at most one per 30 s; after each "
-            "failure it skips Redis for 1 s, neither reading nor writing it):",
+    return [f"{gateway.name} logged {len(warnings)} Redis failure warning(s) (at most one per 30 s; each failed "
+            "call is answered uncached, and three in a row make it skip Redis for 1 s):",
             *(f"    {line}" for line in warnings[:5])]
 
 
