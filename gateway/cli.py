@@ -108,7 +108,7 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
 
 def describe_providers(config: GatewayConfig) -> list[str]:
     """One line per model and per provider in its fallback order, saying what is usable."""
-    lines = []
+    lines = [_client_auth_line(config)]
     for name, model in config.models.items():
         states = []
         for provider in model.fallback:
@@ -120,6 +120,16 @@ def describe_providers(config: GatewayConfig) -> list[str]:
         for provider, reason in states:
             lines.append(f"  {provider}: {'ok' if reason is None else 'skipped: ' + reason}")
     return lines
+
+
+def _client_auth_line(config: GatewayConfig) -> str:
+    keys_env = config.server.api_keys_env
+    if keys_env is None:
+        return "client auth: off (any client that reaches the gateway may rerank)"
+    count = len(config.server.client_keys())
+    if count == 0:
+        return f"client auth: ON but ${keys_env} holds no key: every rerank request will get 401"
+    return f"client auth: on, {count} key(s) in ${keys_env}"
 
 
 def _load_or_exit(config_path: str | None) -> GatewayConfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import re
@@ -21,7 +22,17 @@ from aiohttp import web
 
 from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
-from gateway.errors import BadRequest, BudgetExhausted, DeadlineExceeded, Unauthorized, GatewayError, MethodNotAllowed, NotFound, PayloadTooLarge
+from gateway.errors import (
+    BadRequest,
+    BudgetExhausted,
+    DeadlineExceeded,
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from gateway.limits import check_limits
 from gateway.models import RerankResult
 from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_extra
@@ -190,12 +201,43 @@ def request_deadline(request: web.Request, configured: float) -> float:
 
 
 async def _read_json(request: web.Request, max_bytes: int) -> Any:
+    body = await _read_body(request, max_bytes)
     try:
-        return orjson.loads(await _read_body(request, max_bytes))
+        payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "utf-8" in str(exc).lower():
             raise BadRequest("body: not valid UTF-8") from None
         raise BadRequest(f"body: not valid JSON ({exc})") from None
+    reject_duplicate_keys(body)
+    return payload
+
+
+# The keys any dialect reads. JSON parsers disagree on a repeated key (orjson keeps the last,
+# others the first), so a body that repeats one could mean one thing to a proxy or WAF in front
+# and another here: refuse it rather than guess.
+_MEANINGFUL_KEYS = tuple(
+    f'"{key}"'.encode()
+    for key in ("query", "queries", "documents", "passages", "texts", "text", "model", "top_n",
+                "instruction", "task", "return_documents", "raw_scores", "return_text")
+)
+
+
+def reject_duplicate_keys(body: bytes) -> None:
+    """422 when an object repeats a key the gateway reads; a key inside a string cannot match."""
+    # Cheap filter first: inside a JSON string a quote is escaped, so `"query"` appears in the
+    # raw bytes only as a key (or a string value exactly "query"). Most bodies stop here.
+    if all(body.count(key) < 2 for key in _MEANINGFUL_KEYS):
+        return
+    json.loads(body, object_pairs_hook=_unique_object)
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InvalidRequest(f"body: key {key!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
 
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:

@@ -40,7 +40,9 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[LIVE].shared.metrics.render()
+    live = request.app[LIVE]
+    await _refresh_budget_gauges(live)
+    body, content_type = live.shared.metrics.render()
     # content_type= would refuse the charset parameter prometheus-client includes.
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -70,6 +72,14 @@ async def status_page(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_spec())
+
+
+async def _refresh_budget_gauges(live: LiveGateway) -> None:
+    """Budget left per limited window, read from the ledger at scrape time rather than per request."""
+    for report in await live.shared.ledger.report(_limits(live.current)):
+        if report.remaining_usd is not None:
+            scope = "gateway" if report.scope == GATEWAY_SCOPE else report.scope
+            live.shared.metrics.set_budget_remaining(scope=scope, window=report.period, usd=report.remaining_usd)
 
 
 def _cache_backend(url: str) -> str:

@@ -49,6 +49,12 @@ BAD_INPUTS: list[tuple[str, Any, dict[str, str], int, str, str]] = [
     (DI, {"queries": ["q", "r", "s"], "documents": ["a", "b", "c"]}, {}, 413, "payload_too_large", "server.max_queries = 2"),
     ("/v1/inference/nobody/no-model", {"queries": ["q"], "documents": ["a"]}, {}, 404, "model_not_found", "qwen3-reranker-8b"),
     ("/v3/rerank", {"query": "q", "documents": ["a"]}, {}, 404, "not_found", "/v1/rerank"),
+    ("/v1/rerank", b'{"query": "q", "documents": ["a"], "query": "other"}', {}, 422, "invalid_request",
+     "key 'query' appears twice"),
+    ("/v1/rerank", b'{"query": "q", "documents": [{"text": "a", "text": "b"}]}', {}, 422, "invalid_request",
+     "key 'text' appears twice"),
+    (DI, b'{"queries": ["q"], "documents": ["a"], "passages": ["b"], "documents": ["c"]}', {}, 422,
+     "invalid_request", "key 'documents' appears twice"),
 ]
 
 
@@ -65,6 +71,15 @@ async def test_bad_input_is_a_clear_4xx(make_gateway: GatewayFactory, emulator, 
     assert words in error["message"]
     assert error["request_id"] == "bad-1" == response.headers["X-Request-ID"]
     assert sum((await emulator_requests(emulator)).values()) == 0
+
+
+async def test_repeated_key_names_inside_texts_are_not_duplicates(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    body = {"query": "query", "documents": ['a "query" and a "documents" key', "query", "b"]}
+    response = await gateway.post("/v1/rerank", json=body)
+    assert response.status == 200, await response.text()
+    objects = {"query": "q", "documents": [{"text": "a"}, {"text": "b"}, {"text": "c"}]}
+    assert (await gateway.post("/v1/rerank", json=objects)).status == 200
 
 
 async def test_wrong_method_is_405_with_the_error_body(make_gateway: GatewayFactory):

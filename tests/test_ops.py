@@ -117,3 +117,17 @@ async def test_one_json_log_line_per_request_without_texts_or_keys(make_gateway:
     assert line["cache_misses"] == 3 and line["total_ms"] >= line["upstream_ms"] > 0
     text = json.dumps(line)
     assert BODY["query"] not in text and "it is free" not in text and EMULATOR_KEY not in text
+
+
+async def test_metrics_show_the_budget_left_in_each_limited_window(make_gateway: GatewayFactory):
+    def budgets(raw: dict[str, Any]) -> None:
+        raw["providers"]["deepinfra"]["budget"] = {"daily_usd": 1.0}
+        raw["budget"] = {"monthly_usd": 10.0}
+
+    gateway = await make_gateway(edit=budgets)
+    await gateway.post("/v1/rerank", json=BODY)
+    found = samples(await (await gateway.get("/metrics")).text())
+    left_today = value(found, "rerank_gateway_budget_remaining_usd", scope="deepinfra", window="day")
+    assert 0.99 < left_today < 1.0  # one call's cost spent
+    assert 9.99 < value(found, "rerank_gateway_budget_remaining_usd", scope="gateway", window="month") < 10.0
+    assert ("rerank_gateway_budget_remaining_usd", (("scope", "fireworks"), ("window", "day"))) not in found
