@@ -204,3 +204,11 @@ def _closed_under_the_call() -> Iterator[None]:
         yield
     except AttributeError as exc:
         raise RedisConnectionError("connection closed under the call by a cluster layout refresh") from exc
+
+
+async def ping(client: RedisClient, timeout_seconds: float) -> bool:
+    """Whether Redis answers within the bound; never raises."""
+    try:
+        return bool(await asyncio.wait_for(client.ping(), timeout_seconds))
+    except REDIS_FAILURES:
+        return False

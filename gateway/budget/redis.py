@@ -51,7 +51,7 @@ from gateway.budget.base import (
 )
 from gateway.budget.memory import MemoryLedger
 from gateway.redis_outage import RedisOutage
-from gateway.redis_pool import REDIS_FAILURES, RedisClient, redis_client, warm_up
+from gateway.redis_pool import REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
 
 WARM_CONNECTIONS = 8
 
@@ -187,10 +187,7 @@ class RedisLedger:
         return await self.fallback.report(limits)
 
     async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
-        except REDIS_FAILURES:
-            return False
+        return await ping(self._redis, self._timeout)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from gateway.cache.base import PairKey, query_group
 from gateway.redis_outage import RedisOutage
-from gateway.redis_pool import REDIS_FAILURES, RedisClient, redis_client, warm_up
+from gateway.redis_pool import REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
 
 log = logging.getLogger("gateway.cache")
 
@@ -106,10 +106,7 @@ class RedisScoreCache:
         self._outage.succeeded()
 
     async def ping(self) -> bool:
-        try:
-            return bool(await asyncio.wait_for(self._redis.ping(), self._timeout))
-        except REDIS_FAILURES:
-            return False
+        return await ping(self._redis, self._timeout)
 
     async def close(self) -> None:
         await self._redis.aclose()
