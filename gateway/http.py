@@ -43,8 +43,7 @@ log = logging.getLogger("gateway")
 request_log = logging.getLogger(REQUEST_LOGGER)
 
 LIVE = web.AppKey("live", LiveGateway)
-REQUEST_ID = "request_id"
-RERANK_TRACE = "rerank_trace"
+REQUEST_ID = web.RequestKey("request_id", str)
 
 _CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _JSON = "application/json"
@@ -70,6 +69,9 @@ class RerankTrace:
     model: str = "none"  # the resolved model only: a client's string must not become a label
     documents: int = 0
     result: RerankResult | None = None
+
+
+RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
 
 
 @web.middleware
