@@ -35,7 +35,7 @@ def create_app(
 
     `ledger` replaces the one the config would build (tests give one with their own clock).
     """
-    app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[http.error_middleware])
+    app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[http.edge_middleware])
     shared = Shared(
         cache=build_cache(config.cache),
         ledger=ledger or build_ledger(config.cache),

@@ -75,7 +75,8 @@ RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every request's edge: its id, its errors turned into the one error body, its log and metrics."""
     request_id = request[REQUEST_ID] = request_id_of(request)
     started = time.perf_counter()
     attempts = start_trace()
