@@ -1,4 +1,4 @@
-"""HTTP edges: the rerank handler, the error middleware, and the small JSON endpoints.
+"""HTTP edges: the rerank handler, the edge middleware (ids, errors, logs, metrics), small endpoints.
 
 Errors are raised where they happen and turned into a response here, once, with the same
 `{"error": {"type", "message", "request_id"}}` body everywhere.
