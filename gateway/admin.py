@@ -6,7 +6,8 @@ import hmac
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, Limit, WindowReport
+from gateway.budget import GATEWAY_SCOPE, WindowReport
+from gateway.guard import every_limit
 from gateway.config import ConfigError
 from gateway.errors import ClientError, NotFound, Unauthorized
 from gateway.http import LIVE, json_response
@@ -46,9 +47,7 @@ async def spend(request: web.Request) -> web.Response:
     require_admin(request)
     live = request.app[LIVE]
     config = live.config
-    limits = [Limit(name, p.budget.daily_usd, p.budget.monthly_usd) for name, p in config.providers.items()]
-    limits.append(Limit(GATEWAY_SCOPE, config.budget.daily_usd, config.budget.monthly_usd))
-    reports = await live.shared.ledger.report(limits)
+    reports = await live.shared.ledger.report(every_limit(config))
     providers: dict[str, dict] = {name: {} for name in config.providers}
     gateway: dict[str, dict] = {}
     for report in reports:

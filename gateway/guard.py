@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.budget import GATEWAY_SCOPE, Ledger, Limit, Refusal, Reservation, unheld_reservation, utc_now
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ProviderConfig
 from gateway.errors import ProviderFailure
 from gateway.health import HealthBoard, ProviderHealth
 from gateway.models import Usage
@@ -90,18 +90,15 @@ class GuardedCall:
         price = client.config.price_per_million_tokens
         estimate = health.estimator.estimate_tokens(chars) * price / 1e6
         hold = _HOLD_MARGIN_SECONDS + (deadline - _now() if deadline is not None else client.config.timeout_seconds * 3)
-        limits = [
-            Limit(client.name, client.config.budget.daily_usd, client.config.budget.monthly_usd),
-            Limit(GATEWAY_SCOPE, self._config.budget.daily_usd, self._config.budget.monthly_usd),
-        ]
+        limits = [provider_limit(client.name, client.config), gateway_limit(self._config)]
         if all(limit.daily_usd is None and limit.monthly_usd is None for limit in limits):
             return unheld_reservation(limits, utc_now())  # nothing to enforce: track spend only
         outcome = await self._ledger.reserve(limits, estimate, hold_seconds=max(hold, 1.0))
         if isinstance(outcome, Refusal):
-            scope = "gateway" if outcome.scope == GATEWAY_SCOPE else client.name
+            period = "daily" if outcome.period == "day" else "monthly"
             raise BudgetSkip(
                 client.name,
-                f"skipped: {scope} {outcome.period}ly budget of ${outcome.limit_usd:g} would be exceeded "
+                f"skipped: {scope_label(outcome.scope)} {period} budget of ${outcome.limit_usd:g} would be exceeded "
                 f"(spent ${outcome.spent_usd:.6f}, in flight ${outcome.reserved_usd:.6f})",
                 skipped=True,
                 kind="budget",
@@ -155,6 +152,24 @@ class GuardedCall:
         if deadline is not None and _now() + wait >= deadline:
             return None  # the wait alone would spend the request's deadline: better the next provider
         return wait
+
+
+def provider_limit(name: str, provider: ProviderConfig) -> Limit:
+    return Limit(name, provider.budget.daily_usd, provider.budget.monthly_usd)
+
+
+def gateway_limit(config: GatewayConfig) -> Limit:
+    return Limit(GATEWAY_SCOPE, config.budget.daily_usd, config.budget.monthly_usd)
+
+
+def every_limit(config: GatewayConfig) -> list[Limit]:
+    """Each provider's budget and the gateway's: what /admin/spend, /status and /metrics report."""
+    return [*(provider_limit(name, p) for name, p in config.providers.items()), gateway_limit(config)]
+
+
+def scope_label(scope: str) -> str:
+    """A ledger scope as people read it: the provider's name, or "gateway"."""
+    return "gateway" if scope == GATEWAY_SCOPE else scope
 
 
 def _chars(queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> int:

@@ -6,7 +6,8 @@ import time
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, Limit, WindowReport
+from gateway.budget import GATEWAY_SCOPE, WindowReport
+from gateway.guard import every_limit, scope_label
 from gateway.http import LIVE, json_response
 from gateway.observability.status_page import (
     BudgetBar,
@@ -26,8 +27,7 @@ async def readyz(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     generation = live.current
     problems = []
-    ping = getattr(live.shared.cache, "ping", None)
-    if ping is not None and not await ping():
+    if not await live.shared.cache.ping():
         problems.append("redis: not reachable (the cache serves uncached until it is back)")
     exhausted = await _exhausted_scopes(live, generation)
     models = {}
@@ -50,7 +50,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def status_page(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     generation = live.current
-    reports = await live.shared.ledger.report(_limits(generation))
+    reports = await live.shared.ledger.report(every_limit(generation.config))
     exhausted = {r.scope for r in reports if r.exhausted}
     stats = live.shared.cache_stats
     snapshot = StatusSnapshot(
@@ -76,10 +76,11 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def _refresh_budget_gauges(live: LiveGateway) -> None:
     """Budget left per limited window, read from the ledger at scrape time rather than per request."""
-    for report in await live.shared.ledger.report(_limits(live.current)):
+    for report in await live.shared.ledger.report(every_limit(live.config)):
         if report.remaining_usd is not None:
-            scope = "gateway" if report.scope == GATEWAY_SCOPE else report.scope
-            live.shared.metrics.set_budget_remaining(scope=scope, window=report.period, usd=report.remaining_usd)
+            live.shared.metrics.set_budget_remaining(
+                scope=scope_label(report.scope), window=report.period, usd=report.remaining_usd
+            )
 
 
 def _cache_backend(url: str) -> str:
@@ -88,15 +89,8 @@ def _cache_backend(url: str) -> str:
     return "redis-cluster" if is_cluster_url(url) else "redis"
 
 
-def _limits(generation: Generation) -> list[Limit]:
-    config = generation.config
-    limits = [Limit(name, p.budget.daily_usd, p.budget.monthly_usd) for name, p in config.providers.items()]
-    limits.append(Limit(GATEWAY_SCOPE, config.budget.daily_usd, config.budget.monthly_usd))
-    return limits
-
-
 async def _exhausted_scopes(live: LiveGateway, generation: Generation) -> set[str]:
-    return {report.scope for report in await live.shared.ledger.report(_limits(generation)) if report.exhausted}
+    return {report.scope for report in await live.shared.ledger.report(every_limit(generation.config)) if report.exhausted}
 
 
 async def _model_statuses(

@@ -62,6 +62,7 @@ async def test_every_provider_exhausted_is_429_with_retry_after(make_gateway: Ga
     body = await response.json()
     assert body["error"]["type"] == "budget_exhausted"
     assert "deepinfra" in body["error"]["message"] and "fireworks" in body["error"]["message"]
+    assert "deepinfra daily budget of $1e-05 would be exceeded" in body["error"]["message"]
     now = datetime.now(timezone.utc)
     midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     assert abs(int(response.headers["Retry-After"]) - (midnight - now).total_seconds()) <= 5

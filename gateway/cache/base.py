@@ -25,6 +25,10 @@ class ScoreCache(Protocol):
 
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None: ...
 
+    async def ping(self) -> bool:
+        """Whether the store answers (for /readyz)."""
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -42,5 +42,8 @@ class MemoryScoreCache:
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
+    async def ping(self) -> bool:
+        return True  # in this process: there whenever the gateway is
+
     async def close(self) -> None:
         self._entries.clear()
