@@ -6,8 +6,7 @@ import hmac
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, WindowReport
-from gateway.guard import every_limit
+from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit
 from gateway.config import ConfigError
 from gateway.errors import ClientError, NotFound, Unauthorized
 from gateway.http import LIVE, json_response
@@ -19,7 +18,7 @@ class ReloadRefused(ClientError):
 
 
 def require_admin(request: web.Request) -> None:
-    key = request.app[LIVE].config.server.admin_key()
+    key = request.app[LIVE].current.secrets.admin_key
     if key is None:
         raise NotFound("admin endpoints are off: set [server] admin_key_env to an env var holding a key")
     given = request.headers.get("Authorization", "")
@@ -32,13 +31,14 @@ async def reload(request: web.Request) -> web.Response:
     require_admin(request)
     live = request.app[LIVE]
     try:
-        config = await live.reload()
+        reloaded = await live.reload()
     except (ConfigError, FileNotFoundError) as exc:
         raise ReloadRefused(f"config not reloaded; the running config stays: {exc}") from None
     return json_response({
         "status": "reloaded",
         "loaded_at": live.current.loaded_at,
-        "models": {name: model.fallback for name, model in config.models.items()},
+        "models": {name: model.fallback for name, model in reloaded.config.models.items()},
+        "needs_restart": reloaded.needs_restart,
     })
 
 

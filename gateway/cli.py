@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import ProviderClient
+from gateway.secrets import Secrets
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
 
@@ -108,12 +109,13 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
 
 def describe_providers(config: GatewayConfig) -> list[str]:
     """One line per model and per provider in its fallback order, saying what is usable."""
-    lines = [_client_auth_line(config)]
+    secrets = Secrets.resolve(config)
+    lines = [_client_auth_line(config, secrets)]
     for name, model in config.models.items():
         states = []
         for provider in model.fallback:
-            reason = ProviderClient(provider, config.providers[provider]).unusable_reason(None)
-            states.append((provider, reason))
+            client = ProviderClient(provider, config.providers[provider], secrets.provider_keys[provider])
+            states.append((provider, client.unusable_reason(None)))
         usable = [provider for provider, reason in states if reason is None]
         summary = f"uses {', '.join(usable)}" if usable else "NO USABLE PROVIDER"
         lines.append(f"model {name}: {summary}")
@@ -122,11 +124,11 @@ def describe_providers(config: GatewayConfig) -> list[str]:
     return lines
 
 
-def _client_auth_line(config: GatewayConfig) -> str:
+def _client_auth_line(config: GatewayConfig, secrets: Secrets) -> str:
     keys_env = config.server.api_keys_env
     if keys_env is None:
         return "client auth: off (any client that reaches the gateway may rerank)"
-    count = len(config.server.client_keys())
+    count = len(secrets.client_keys)
     if count == 0:
         return f"client auth: ON but ${keys_env} holds no key: every rerank request will get 401"
     return f"client auth: on, {count} key(s) in ${keys_env}"

@@ -1,21 +1,23 @@
 """Every error the gateway answers with, in one tree.
 
-    GatewayError                  has an HTTP status and an error type for the client
+    GatewayError                  status, error type and headers at class level
     ├── ClientError               the request itself is wrong: no provider is called
     │   ├── BadRequest            400: body is not JSON or not UTF-8
     │   ├── InvalidRequest        422: JSON, but a field is missing or of the wrong kind
     │   ├── PayloadTooLarge       413: over a configured limit
     │   ├── NotFound              404: no such endpoint
+    │   ├── MethodNotAllowed      405: with Allow
     │   ├── Unauthorized          401: client or admin key missing or wrong
     │   └── UnknownModel          404: the model is not served; names the ones that are
     └── UpstreamError             no provider could answer
-        ├── AllProvidersFailed    502, or 504 when the last failure was a timeout
+        ├── AllProvidersFailed    502: every step of the request's plan failed or was skipped
+        │   ├── UpstreamTimeout   504: ... and the last provider tried ran out of time
+        │   └── BudgetExhausted   429, with Retry-After: every provider left is over a budget
         ├── UpstreamRejected      502: a provider refused the request in a way another would too
-        ├── DeadlineExceeded      504: the request's deadline ran out before any answer
-        └── BudgetExhausted       429: every provider left for the model is over a budget
+        └── DeadlineExceeded      504: the request's deadline ran out before any answer
 
-    ProviderFailure               one provider call failed; not shown to clients as such.
-                                  `fallback_allowed` says whether the next provider may be tried.
+    ProviderFailure               one provider step failed or was skipped; not shown to clients
+                                  as such. `fallback_allowed` says whether the next may be tried.
 
 Errors the gateway raises about the client's own request never trigger a fallback: only
 ProviderFailure does, and only when the failure is the provider's.
@@ -23,16 +25,32 @@ ProviderFailure does, and only when the failure is the provider's.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class GatewayError(Exception):
+    """An answer the gateway gives itself: status, type and headers belong to the class.
+
+    An instance only adds its message (and, where a class says so, the values its headers are
+    made from): nothing about an error is changed after it was raised.
+    """
+
     status: int = 500
     error_type: str = "internal_error"
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return _NO_HEADERS
 
 
 class ClientError(GatewayError):
@@ -64,6 +82,14 @@ class MethodNotAllowed(ClientError):
     status = 405
     error_type = "method_not_allowed"
 
+    def __init__(self, message: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Allow": ", ".join(self.allowed)}
+
 
 class Unauthorized(ClientError):
     status = 401
@@ -73,6 +99,16 @@ class Unauthorized(ClientError):
 class UnknownModel(ClientError):
     status = 404
     error_type = "model_not_found"
+
+
+class HttpError(ClientError):
+    """An HTTP error aiohttp itself raised (a malformed request line, say), under its own status."""
+
+    error_type = "http_error"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UpstreamError(GatewayError):
@@ -85,15 +121,45 @@ class AllProvidersFailed(UpstreamError):
 
     def __init__(self, model: str, failures: list[ProviderFailure]) -> None:
         if failures:
-            reasons = "; ".join(f"{f.provider}: {f.reason}" for f in failures)
+            reasons = "; ".join(str(f) for f in failures)
         else:
             reasons = "no provider is configured and usable for this request"
         super().__init__(f"no provider could score the request for model {model!r}: {reasons}")
         self.failures = failures
+
+    @staticmethod
+    def of(model: str, failures: list[ProviderFailure], now: datetime) -> AllProvidersFailed:
+        """The error that says best why nobody answered: a budget, a timeout, or failures."""
+        refusals = [f.resets_at for f in failures if f.resets_at is not None]
+        if refusals and all(f.skipped for f in failures):
+            seconds = math.ceil((min(refusals) - now).total_seconds())
+            return BudgetExhausted(model, failures, retry_after_seconds=max(1, seconds))
         attempted = [f for f in failures if not f.skipped]
         if attempted and attempted[-1].timed_out:
-            self.status = 504
-            self.error_type = "upstream_timeout"
+            return UpstreamTimeout(model, failures)
+        return AllProvidersFailed(model, failures)
+
+
+class UpstreamTimeout(AllProvidersFailed):
+    """The last provider tried ran out of time."""
+
+    status = 504
+    error_type = "upstream_timeout"
+
+
+class BudgetExhausted(AllProvidersFailed):
+    """Every usable provider would overspend: 429, with Retry-After until a window resets."""
+
+    status = 429
+    error_type = "budget_exhausted"
+
+    def __init__(self, model: str, failures: list[ProviderFailure], retry_after_seconds: int) -> None:
+        super().__init__(model, failures)
+        self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class UpstreamRejected(UpstreamError):
@@ -104,33 +170,35 @@ class UpstreamRejected(UpstreamError):
         self.failure = failure
 
 
-class BudgetExhausted(AllProvidersFailed):
-    """Every usable provider would overspend: 429, with Retry-After until a window resets."""
-
-    def __init__(self, model: str, failures: list[ProviderFailure], retry_after_seconds: int) -> None:
-        super().__init__(model, failures)
-        self.status = 429
-        self.error_type = "budget_exhausted"
-        self.retry_after_seconds = retry_after_seconds
-
-
 class DeadlineExceeded(UpstreamError):
     status = 504
     error_type = "deadline_exceeded"
+
+
+# Kinds of failure where the provider was never called; the rest are calls that failed.
+SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open"})
 
 
 @dataclass
 class ProviderFailure(Exception):
     provider: str
     reason: str
+    # One of a closed set, for metrics and logs. Calls that failed: timeout, connect, http_5xx,
+    # http_429, http_4xx, invalid_answer. Never called (SKIP_KINDS): unusable (no key, disabled,
+    # cannot take an instruction), budget, breaker_open.
+    kind: str
     fallback_allowed: bool = True
-    timed_out: bool = False
-    skipped: bool = False  # never called: no key, disabled, over budget, breaker open, ...
-    # One of a closed set, for metrics and logs: timeout, connect, http_5xx, http_429, http_4xx,
-    # invalid_answer, skipped, budget, breaker_open.
-    kind: str = "skipped"
     transient: bool = False  # worth retrying on the same provider (connect error, 429, 502-504)
     retry_after: str | None = None  # the provider's Retry-After header, as sent
+    resets_at: datetime | None = None  # kind "budget": when the overflowing window resets
+
+    @property
+    def skipped(self) -> bool:
+        return self.kind in SKIP_KINDS
+
+    @property
+    def timed_out(self) -> bool:
+        return self.kind == "timeout"
 
     def __str__(self) -> str:
-        return f"{self.provider}: {self.reason}"
+        return f"{self.provider}: skipped: {self.reason}" if self.skipped else f"{self.provider}: {self.reason}"

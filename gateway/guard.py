@@ -1,37 +1,33 @@
-"""One provider call, guarded: budget reserved, breaker asked, transient failures retried.
+"""One provider call, guarded: budget reserved, breaker asked, time bounded, transient failures retried.
 
-    admit    budget reservation (skip when it does not fit), then the breaker (skip when open)
-    call     the provider, retried on the same provider for transient failures with full-jitter
-             backoff or its Retry-After, within the request's deadline and the retry budget
-    account  settle the reservation to the real cost (or release it), tell the breaker
+    admit    the breaker (skip when open, unless the router invokes the panic rule), then the
+             budget reservation (skip when it does not fit)
+    call     the provider, each try bounded by the attempt's end and by how slow the provider
+             is allowed to be; retried on the same provider for transient failures with
+             full-jitter backoff or its Retry-After, within the attempt and the retry budget
+    account  settle the reservation to the real cost (or release it), tell the breaker: a call
+             cut by its time limit or by the request's deadline is a timeout like any other
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 
-from gateway.budget import GATEWAY_SCOPE, Ledger, Limit, Refusal, Reservation, unheld_reservation, utc_now
-from gateway.config import GatewayConfig, ProviderConfig
+from gateway.budget import Ledger, Refusal, Reservation, gateway_limit, provider_limit, scope_label, unheld_reservation, utc_now
+from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.health import HealthBoard, ProviderHealth
-from gateway.models import Usage
-from gateway.providers.client import ProviderClient
+from gateway.models import Batch, Usage
 from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, GatewayMetrics
 from gateway.observability.trace import note_attempt
+from gateway.providers.client import ProviderClient
 from gateway.resilience import full_jitter_backoff, parse_retry_after
 
 # A reservation outlives its call by this much, so a slow settle never frees budget early.
 _HOLD_MARGIN_SECONDS = 30.0
-
-
-@dataclass
-class BudgetSkip(ProviderFailure):
-    """Skipped because a budget window would overflow; says when the window resets."""
-
-    refusal: Refusal | None = None
+# A cancellation this close to the attempt's end was the deadline's doing, not a hedge's.
+_DEADLINE_SLACK_SECONDS = 0.005
 
 
 class GuardedCall:
@@ -41,41 +37,47 @@ class GuardedCall:
         self._health = health
         self._metrics = metrics
 
+    def own_limit(self, client: ProviderClient, pairs: int) -> float:
+        """The most one try at this provider may take: its timeout, or less once it is known to be faster."""
+        settings = self._config.resilience
+        slow = self._health[client.name].latency.slow_after(
+            pairs, settings.attempt_p99_multiple, settings.attempt_min_ms / 1000
+        )
+        ceiling = client.config.timeout_seconds
+        return ceiling if slow is None else min(ceiling, slow)
+
     async def score(
-        self,
-        client: ProviderClient,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        instruction: str | None,
-        deadline: float | None,
+        self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False
     ) -> tuple[list[float], Usage]:
+        """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
+
+        `panic`: every provider's breaker is open and this one opened first; call it anyway.
+        """
         health = self._health[client.name]
-        chars = _chars(queries, documents, instruction)
+        chars = _chars(pairs)
+        self._admit(client, health, panic)
         try:
-            reservation = await self._reserve(client, health, chars, deadline)
-        except BudgetSkip:
-            self._metrics.record_upstream_error(provider=client.name, reason="budget")
-            note_attempt(client.name, "budget", 0.0)
+            reservation = await self._reserve(client, chars, ends_at)
+        except BaseException:
+            health.breaker.record_cancelled()  # a claimed probe slot goes back unused
             raise
-        if not health.breaker.allow():
-            await self._ledger.release(reservation)
-            self._metrics.record_upstream_error(provider=client.name, reason="breaker_open")
-            note_attempt(client.name, "breaker_open", 0.0)
-            raise ProviderFailure(client.name, "skipped: circuit open after repeated failures", skipped=True, kind="breaker_open")
         try:
-            scores, usage = await self._call_with_retries(client, health, queries, documents, instruction, deadline)
+            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic)
         except ProviderFailure as failure:
             await self._ledger.release(reservation)
             if failure.fallback_allowed:
-                health.breaker.record_failure(failure.reason)
-                self._health.note_error(client.name, failure.reason)
+                self._record_failure(client.name, health, failure.reason)
             else:
                 health.breaker.record_cancelled()  # the request was at fault, not the provider
-            self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
             raise
         except BaseException:
-            # Cancelled (a hedge won, the client left, the deadline passed): not the provider's fault.
-            health.breaker.record_cancelled()
+            if ends_at is not None and _now() >= ends_at - _DEADLINE_SLACK_SECONDS:
+                # Cut by the request's deadline: slow is a failure, or a hanging provider would
+                # be called by every request until each one ran out of time.
+                self._record_failure(client.name, health, "no answer before the request's deadline")
+                self._observe_call(client.name, 0.0, "timeout", panic)
+            else:
+                health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
             await asyncio.shield(self._ledger.release(reservation))
             raise
         health.breaker.record_success()
@@ -86,44 +88,60 @@ class GuardedCall:
             health.estimator.observe(chars, usage.tokens)
         return scores, usage
 
-    async def _reserve(self, client: ProviderClient, health: ProviderHealth, chars: int, deadline: float | None) -> Reservation:
-        price = client.config.price_per_million_tokens
-        estimate = health.estimator.estimate_tokens(chars) * price / 1e6
-        hold = _HOLD_MARGIN_SECONDS + (deadline - _now() if deadline is not None else client.config.timeout_seconds * 3)
+    def _admit(self, client: ProviderClient, health: ProviderHealth, panic: bool) -> None:
+        if panic:
+            health.breaker.admit_panic()
+            return
+        if health.breaker.allow():
+            return
+        # Half open, with its one probe already out.
+        skip = ProviderFailure(client.name, "circuit open after repeated failures", kind="breaker_open")
+        self.note_skip(skip)
+        raise skip
+
+    def note_skip(self, skip: ProviderFailure) -> None:
+        """A provider passed over for its breaker or its budget, in the metrics and the request log."""
+        self._metrics.record_upstream_error(provider=skip.provider, reason=skip.kind)  # type: ignore[arg-type]
+        note_attempt(skip.provider, skip.kind, 0.0)
+
+    def _record_failure(self, provider: str, health: ProviderHealth, reason: str) -> None:
+        health.breaker.record_failure(reason)
+        self._health.note_error(provider, reason)
+        self._metrics.set_breaker_state(provider=provider, state=health.breaker.state)
+
+    async def _reserve(self, client: ProviderClient, chars: int, ends_at: float | None) -> Reservation:
         limits = [provider_limit(client.name, client.config), gateway_limit(self._config)]
         if all(limit.daily_usd is None and limit.monthly_usd is None for limit in limits):
             return unheld_reservation(limits, utc_now())  # nothing to enforce: track spend only
+        price = client.config.price_per_million_tokens
+        estimate = self._health[client.name].estimator.estimate_tokens(chars) * price / 1e6
+        hold = _HOLD_MARGIN_SECONDS + (ends_at - _now() if ends_at is not None else client.config.timeout_seconds * 3)
         outcome = await self._ledger.reserve(limits, estimate, hold_seconds=max(hold, 1.0))
         if isinstance(outcome, Refusal):
             period = "daily" if outcome.period == "day" else "monthly"
-            raise BudgetSkip(
+            skip = ProviderFailure(
                 client.name,
-                f"skipped: {scope_label(outcome.scope)} {period} budget of ${outcome.limit_usd:g} would be exceeded "
+                f"{scope_label(outcome.scope)} {period} budget of ${outcome.limit_usd:g} would be exceeded "
                 f"(spent ${outcome.spent_usd:.6f}, in flight ${outcome.reserved_usd:.6f})",
-                skipped=True,
                 kind="budget",
-                refusal=outcome,
+                resets_at=outcome.resets_at,
             )
+            self.note_skip(skip)
+            raise skip
         return outcome
 
     async def _call_with_retries(
-        self,
-        client: ProviderClient,
-        health: ProviderHealth,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        instruction: str | None,
-        deadline: float | None,
+        self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool
     ) -> tuple[list[float], Usage]:
         health.retry_budget.record_call()
         attempt = 0
         while True:
             started = _now()
             try:
-                result = await client.score(queries, documents, instruction)
+                result = await self._bounded_call(client, pairs, ends_at)
             except ProviderFailure as failure:
-                self._observe_call(client.name, _now() - started, failure.kind)
-                wait = self._retry_wait(failure, attempt, health, deadline)
+                self._observe_call(client.name, _now() - started, failure.kind, panic)
+                wait = self._retry_wait(failure, attempt, health, ends_at)
                 if wait is None:
                     raise
                 health.retry_budget.record_retry()
@@ -131,17 +149,27 @@ class GuardedCall:
                 await asyncio.sleep(wait)
                 continue
             elapsed = _now() - started
-            health.latency.record(elapsed)
-            self._observe_call(client.name, elapsed, "ok")
+            health.latency.record(elapsed, len(pairs))
+            self._observe_call(client.name, elapsed, "ok", panic)
             return result
 
-    def _observe_call(self, provider: str, seconds: float, outcome: str) -> None:
+    async def _bounded_call(self, client: ProviderClient, pairs: Batch, ends_at: float | None) -> tuple[list[float], Usage]:
+        limit = self.own_limit(client, len(pairs))
+        if ends_at is not None:
+            limit = min(limit, ends_at - _now())
+        try:
+            async with asyncio.timeout(max(0.0, limit)):
+                return await client.score(pairs)
+        except TimeoutError:
+            raise ProviderFailure(client.name, f"timed out after {limit:.3g}s", kind="timeout") from None
+
+    def _observe_call(self, provider: str, seconds: float, outcome: str, panic: bool) -> None:
         self._metrics.record_upstream_call(provider=provider, seconds=seconds)
         if outcome in UPSTREAM_ERROR_REASONS:
             self._metrics.record_upstream_error(provider=provider, reason=outcome)  # type: ignore[arg-type]
-        note_attempt(provider, outcome, seconds)
+        note_attempt(provider, outcome, seconds, panic=panic)
 
-    def _retry_wait(self, failure: ProviderFailure, attempt: int, health: ProviderHealth, deadline: float | None) -> float | None:
+    def _retry_wait(self, failure: ProviderFailure, attempt: int, health: ProviderHealth, ends_at: float | None) -> float | None:
         """Seconds to wait before trying the same provider again, or None: move on."""
         settings = self._config.resilience
         if not failure.transient or attempt >= settings.max_retries or not health.retry_budget.can_retry():
@@ -149,32 +177,14 @@ class GuardedCall:
         backoff = full_jitter_backoff(attempt, settings.retry_base_ms / 1000, settings.retry_cap_ms / 1000, self._health.rng)
         asked = parse_retry_after(failure.retry_after, time.time())
         wait = max(backoff, asked or 0.0)
-        if deadline is not None and _now() + wait >= deadline:
-            return None  # the wait alone would spend the request's deadline: better the next provider
+        if ends_at is not None and _now() + wait >= ends_at:
+            return None  # the wait alone would spend this attempt's time: better the next provider
         return wait
 
 
-def provider_limit(name: str, provider: ProviderConfig) -> Limit:
-    return Limit(name, provider.budget.daily_usd, provider.budget.monthly_usd)
-
-
-def gateway_limit(config: GatewayConfig) -> Limit:
-    return Limit(GATEWAY_SCOPE, config.budget.daily_usd, config.budget.monthly_usd)
-
-
-def every_limit(config: GatewayConfig) -> list[Limit]:
-    """Each provider's budget and the gateway's: what /admin/spend, /status and /metrics report."""
-    return [*(provider_limit(name, p) for name, p in config.providers.items()), gateway_limit(config)]
-
-
-def scope_label(scope: str) -> str:
-    """A ledger scope as people read it: the provider's name, or "gateway"."""
-    return "gateway" if scope == GATEWAY_SCOPE else scope
-
-
-def _chars(queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> int:
-    per_pair_instruction = len(instruction) if instruction else 0
-    return sum(map(len, queries)) + sum(map(len, documents)) + per_pair_instruction * len(documents)
+def _chars(pairs: Batch) -> int:
+    per_pair_instruction = len(pairs.instruction) if pairs.instruction else 0
+    return sum(map(len, pairs.queries)) + sum(map(len, pairs.documents)) + per_pair_instruction * len(pairs.documents)
 
 
 def _now() -> float:

@@ -1,4 +1,8 @@
-"""What the gateway has learned about each provider; kept across config reloads."""
+"""What the gateway has learned about each provider; kept across config reloads.
+
+A reload hands the board the new [resilience] settings: breakers and retry budgets keep what
+they saw and apply the new thresholds from their next outcome on.
+"""
 
 from __future__ import annotations
 
@@ -50,18 +54,27 @@ class HealthBoard:
     def note_error(self, provider: str, reason: str) -> None:
         self.recent_errors.append(RecentError(time.time(), provider, reason))
 
+    def apply(self, settings: ResilienceConfig) -> None:
+        """Settings from a reloaded config, for every provider's next outcome."""
+        self.settings = settings
+        for health in self._providers.values():
+            health.breaker.reconfigure(_breaker_config(settings))
+            health.retry_budget.ratio = settings.retry_budget_ratio
+
     def _new_health(self) -> ProviderHealth:
-        s = self.settings
-        breaker = CircuitBreaker(BreakerConfig(
-            consecutive_failures=s.breaker_consecutive_failures,
-            error_rate=s.breaker_error_rate,
-            window_seconds=s.breaker_window_seconds,
-            min_calls=s.breaker_min_calls,
-            cooldown_seconds=s.breaker_cooldown_seconds,
-        ))
         return ProviderHealth(
-            breaker=breaker,
+            breaker=CircuitBreaker(_breaker_config(self.settings)),
             latency=LatencyTracker(),
-            retry_budget=RetryBudget(ratio=s.retry_budget_ratio),
+            retry_budget=RetryBudget(ratio=self.settings.retry_budget_ratio),
             estimator=TokenEstimator(),
         )
+
+
+def _breaker_config(settings: ResilienceConfig) -> BreakerConfig:
+    return BreakerConfig(
+        consecutive_failures=settings.breaker_consecutive_failures,
+        error_rate=settings.breaker_error_rate,
+        window_seconds=settings.breaker_window_seconds,
+        min_calls=settings.breaker_min_calls,
+        cooldown_seconds=settings.breaker_cooldown_seconds,
+    )

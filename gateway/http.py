@@ -24,9 +24,9 @@ from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
 from gateway.errors import (
     BadRequest,
-    BudgetExhausted,
     DeadlineExceeded,
     GatewayError,
+    HttpError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -128,27 +128,23 @@ def _observe(
 
 def _error_response(exc: GatewayError, request_id: str) -> web.Response:
     body = {"error": {"type": exc.error_type, "message": exc.message, "request_id": request_id}}
-    headers = {"X-Rerank-Provider": "none"}
-    if isinstance(exc, BudgetExhausted):
-        headers["Retry-After"] = str(exc.retry_after_seconds)
-    return json_response(body, status=exc.status, headers=headers)
+    return json_response(body, status=exc.status, headers={"X-Rerank-Provider": "none", **exc.headers})
 
 
 def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
-    if exc.status == 405:
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = tuple(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}", allowed)
     if exc.status == 404:
         return NotFound(f"no endpoint at {request.path}; rerank endpoints: {', '.join(RERANK_ROUTES)}")
-    error = GatewayError(exc.reason)
-    error.status, error.error_type = exc.status, "http_error"
-    return error
+    return HttpError(exc.reason, exc.status)
 
 
 def rerank_handler(choose_dialect: DialectChooser) -> Any:
     async def handle(request: web.Request) -> web.Response:
         trace = request[RERANK_TRACE] = RerankTrace()
         async with request.app[LIVE].serving() as generation:
-            require_client_key(request, generation.client_keys, generation.config.server.api_keys_env)
+            require_client_key(request, generation.secrets.client_keys, generation.config.server.api_keys_env)
             server = generation.config.server
             payload = await _read_json(request, server.max_body_bytes)
             dialect = choose_dialect(payload)
@@ -175,7 +171,7 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
     return handle
 
 
-def require_client_key(request: web.Request, keys: list[bytes], keys_env: str | None) -> None:
+def require_client_key(request: web.Request, keys: tuple[bytes, ...], keys_env: str | None) -> None:
     """With client auth on, a rerank request needs `Authorization: Bearer <one of the keys>`."""
     if keys_env is None:
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 
@@ -23,6 +24,36 @@ class RerankRequest:
     raw_scores: bool = False  # TEI clients may ask for logits instead of probabilities
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """(query, document) pairs and the instruction they share: what one scoring round sends.
+
+    For one-query provider kinds every query of one upstream call is the same.
+    """
+
+    queries: Sequence[str]
+    documents: Sequence[str]
+    instruction: str | None
+
+    def __len__(self) -> int:
+        return len(self.documents)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRequest:
+    """What the service asks the router for: scores of `missing` by `model`, before `deadline`.
+
+    `whole` holds every distinct pair of the client's request: a step whose scores must not be
+    ranked beside cached ones (another model, the lexical last resort) scores all of it.
+    `deadline` is in event-loop time; None: no deadline.
+    """
+
+    model: str
+    missing: Batch
+    whole: Batch
+    deadline: float | None = None
+
+
 @dataclass(slots=True)
 class Usage:
     """What upstream calls cost: the provider's own cost figure where it reports one, else priced."""
@@ -37,12 +68,14 @@ class Usage:
 
 @dataclass(slots=True)
 class ScoredPairs:
-    """Scores from one provider, in the order of the pairs it was given."""
+    """Scores from one step of the router's plan, in the order of the pairs it scored."""
 
     scores: list[float]
     usage: Usage
     provider: str
     model: str  # canonical model that produced the scores
+    whole: bool = False  # the scores are of ScoreRequest.whole, not of .missing
+    degraded: bool = False  # the lexical last resort, not a model
 
 
 @dataclass(slots=True)

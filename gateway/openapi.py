@@ -447,10 +447,13 @@ def _ops_schemas() -> dict[str, Schema]:
             "type": "object", "required": ["status"],
             "properties": {"status": {"type": "string", "description": "`ready`, or why not."}},
         },
-        "ReloadAnswer": _closed(["status", "loaded_at", "models"], {
+        "ReloadAnswer": _closed(["status", "loaded_at", "models", "needs_restart"], {
             "status": {"const": "reloaded"},
             "loaded_at": {"type": "number", "description": "Unix time the new config was loaded."},
             "models": {"type": "object", "additionalProperties": names, "description": "Each model's fallback order."},
+            "needs_restart": {**names, "description": "Keys that changed in the file but take effect only after a "
+                                                      "restart (listening address, logging, [cache]); every other key "
+                                                      "applies to the next request."},
         }),
         "SpendReport": _closed(["providers", "gateway"], {
             "providers": {"type": "object", "additionalProperties": _closed(["today", "month", "chars_per_token"], {

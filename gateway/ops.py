@@ -6,8 +6,7 @@ import time
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, WindowReport
-from gateway.guard import every_limit, scope_label
+from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit, scope_label
 from gateway.http import LIVE, json_response
 from gateway.observability.status_page import (
     BudgetBar,
@@ -19,6 +18,7 @@ from gateway.observability.status_page import (
 )
 from gateway.openapi import openapi_spec
 from gateway.redis_pool import is_cluster_url
+from gateway.router import first_opened, unavailable
 from gateway.runtime import Generation, LiveGateway
 
 
@@ -26,7 +26,8 @@ async def readyz(request: web.Request) -> web.Response:
     """200 when every model has a usable provider and Redis (if configured) answers; else 503."""
     live = request.app[LIVE]
     generation = live.current
-    problems = []
+    problems: list[str] = []
+    warnings: list[str] = []
     if not await live.shared.cache.ping():
         problems.append("redis: not reachable (the cache serves uncached until it is back)")
     exhausted = await _exhausted_scopes(live, generation)
@@ -35,7 +36,10 @@ async def readyz(request: web.Request) -> web.Response:
         models[model.name] = {p.name: "usable" if p.usable else p.reason for p in model.fallback}
         if not model.servable:
             problems.append(f"model {model.name}: no usable provider")
-    body = {"status": "not_ready" if problems else "ready", "problems": problems, "models": models}
+        elif model.panic_provider is not None:
+            # Still ready: taking this gateway out of rotation would make the outage total.
+            warnings.append(f"model {model.name}: every breaker is open; panic rule routing to {model.panic_provider}")
+    body = {"status": "not_ready" if problems else "ready", "problems": problems, "warnings": warnings, "models": models}
     return json_response(body, status=503 if problems else 200)
 
 
@@ -97,27 +101,27 @@ async def _model_statuses(
     live: LiveGateway, generation: Generation, exhausted: set[str], reports: list[WindowReport] | None = None
 ) -> list[ModelStatus]:
     statuses = []
+    health = live.shared.health
     for name, model in generation.config.models.items():
         providers = []
         for provider in model.fallback:
             client = generation.clients[provider]
-            health = live.shared.health[provider]
-            reason = client.unusable_reason(None)
-            if reason is None and health.breaker.state == "open":
-                reason = "circuit open after repeated failures"
-            if reason is None and (provider in exhausted or GATEWAY_SCOPE in exhausted):
-                reason = "budget exhausted"
-            p95 = health.latency.p95()
+            breaker = health[provider].breaker
+            skip = unavailable(client, breaker, None, over_budget=provider in exhausted or GATEWAY_SCOPE in exhausted)
+            p95 = health[provider].latency.p95()
             providers.append(ProviderStatus(
                 name=provider,
                 kind=client.config.kind,
-                usable=reason is None,
-                reason=reason,
-                breaker=health.breaker.state,
+                usable=skip is None,
+                reason=None if skip is None else skip.reason,
+                breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,
             ))
-        statuses.append(ModelStatus(name=name, aliases=tuple(model.aliases), fallback=tuple(providers)))
+        panic = None
+        if not any(p.usable for p in providers):
+            panic = first_opened([p.name for p in providers if p.breaker != "closed"], health)
+        statuses.append(ModelStatus(name=name, aliases=tuple(model.aliases), fallback=tuple(providers), panic_provider=panic))
     return statuses
 
 

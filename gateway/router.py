@@ -1,25 +1,52 @@
-"""Which provider scores a request: the model's fallback order, first valid answer wins.
+"""Who scores a request: one ordered plan per request, walked until a step answers.
 
-With hedging on, a provider that has not answered within its delay gets company: the same
-pairs go to the next provider too, the first valid answer wins and the other call is cancelled.
+    1. the model's own providers, in its fallback order         score the pairs the cache lacks
+    2. the providers of its `fallback_models`, in order          score every pair of the request
+    3. the panic rule: nobody was called because every breaker   the provider whose breaker
+       was open                                                  opened first, called anyway
+    4. the lexical last resort, when configured                  BM25 of every pair, flagged
+
+Another model's scores, or lexical ones, are never ranked beside the model's cached scores, so
+steps 2 to 4 score the whole request (ScoreRequest.whole). A provider that cannot take the
+request is noted as skipped; one that fails is noted with its reason, and the next step follows
+unless the failure says the request itself is wrong. Every failure ends up in the one error the
+client sees when the plan runs out.
+
+Each provider attempt gets a slice of the request's remaining deadline
+(gateway.resilience.deadline): a hanging provider costs its slice, and the next one answers in
+the rest. With hedging on, a provider that has not answered within its delay gets company: the
+same pairs go to the next step too (same model, same pairs), the first valid answer wins and
+the other call is cancelled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from dataclasses import dataclass
 
+from gateway.budget import utc_now
 from gateway.config import GatewayConfig
-from gateway.errors import AllProvidersFailed, BudgetExhausted, ProviderFailure, UpstreamRejected
-from gateway.guard import BudgetSkip, GuardedCall
+from gateway.errors import AllProvidersFailed, ProviderFailure, UpstreamRejected
+from gateway.guard import GuardedCall
 from gateway.health import HealthBoard
-from gateway.models import ScoredPairs
+from gateway.models import Batch, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
+from gateway.resilience import CircuitBreaker, lexical_scores
+from gateway.resilience.deadline import attempt_seconds
 
-Candidate = tuple[str, ProviderClient]  # (canonical model, provider)
+DEGRADED_LEXICAL = "degraded-lexical"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One provider call the plan may make."""
+
+    model: str  # the model whose scores this step gives
+    client: ProviderClient
+    whole: bool  # scores every pair of the request, not only the missing ones
+    panic: bool = False  # called although its breaker is open (the panic rule)
 
 
 class Router:
@@ -37,111 +64,120 @@ class Router:
         self._health = health
         self._metrics = metrics
 
-    async def score(
-        self,
-        model: str,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        instruction: str | None,
-        deadline: float | None = None,
-    ) -> ScoredPairs:
-        """Scores from the model's own providers, in its fallback order."""
-        return await self._first_answer(model, [model], queries, documents, instruction, deadline, [])
+    async def score(self, request: ScoreRequest) -> ScoredPairs:
+        """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does."""
+        failures: list[ProviderFailure] = []
+        answer = await self._walk(request, self._provider_steps(request, failures), failures)
+        if answer is None:
+            panic = self._panic_step(request.model, failures)
+            if panic is not None:
+                answer = await self._walk(request, [panic], failures)
+        if answer is not None:
+            return answer
+        if self._config.resilience.last_resort == "lexical":
+            return _lexical(request)
+        raise AllProvidersFailed.of(request.model, failures, utc_now())
 
-    def has_fallback_models(self, model: str) -> bool:
-        return bool(self._config.models[model].fallback_models)
+    def _provider_steps(self, request: ScoreRequest, failures: list[ProviderFailure]) -> list[Step]:
+        """Steps 1 and 2 of the plan; providers that cannot take the request are noted as skipped."""
+        models = [(request.model, False), *((other, True) for other in self._config.models[request.model].fallback_models)]
+        steps = []
+        for model, whole in models:
+            for provider in self._config.models[model].fallback:
+                client = self._clients[provider]
+                skip = unavailable(client, self._health[provider].breaker, request.missing.instruction)
+                if skip is None:
+                    steps.append(Step(model, client, whole))
+                    continue
+                if skip.kind == "breaker_open":
+                    self._guard.note_skip(skip)
+                failures.append(skip)
+        return steps
 
-    async def score_by_fallback_models(
-        self,
-        model: str,
-        queries: Sequence[str],
-        documents: Sequence[str],
-        instruction: str | None,
-        earlier: AllProvidersFailed,
-        deadline: float | None = None,
-    ) -> ScoredPairs:
-        """Scores from the models ops allowed as a fallback, once the model's own providers failed."""
-        fallback_models = self._config.models[model].fallback_models
-        return await self._first_answer(model, fallback_models, queries, documents, instruction, deadline, list(earlier.failures))
+    def _panic_step(self, model: str, failures: Sequence[ProviderFailure]) -> Step | None:
+        """Step 3: when no provider was called and open breakers kept some out, the one opened first.
 
-    async def _first_answer(
-        self,
-        model: str,
-        models: Sequence[str],
-        queries: Sequence[str],
-        documents: Sequence[str],
-        instruction: str | None,
-        deadline: float | None,
-        failures: list[ProviderFailure],
-    ) -> ScoredPairs:
-        pending = self._usable_candidates(models, instruction, failures)
+        Refusing would turn a short joint outage into one as long as the breakers' cool-down;
+        letting one provider through finds out at once whether it has recovered, and a failure
+        opens its breaker again, so the next request tries the other one.
+        """
+        if any(not failure.skipped for failure in failures):
+            return None  # a provider was called and failed: this is no breaker blackout
+        refused = {failure.provider for failure in failures if failure.kind == "breaker_open"}
+        for candidate_model in (model, *self._config.models[model].fallback_models):
+            providers = [p for p in self._config.models[candidate_model].fallback if p in refused]
+            target = first_opened(providers, self._health)
+            if target is not None:
+                return Step(candidate_model, self._clients[target], candidate_model != model, panic=True)
+        return None
+
+    async def _walk(self, request: ScoreRequest, steps: list[Step], failures: list[ProviderFailure]) -> ScoredPairs | None:
+        pending = list(steps)
         while pending:
             first = pending.pop(0)
-            calls = {self._start(first, queries, documents, instruction, deadline): first}
+            calls = {self._start(request, first, pending): first}
             try:
-                answer = await self._race(model, calls, pending, queries, documents, instruction, deadline, failures)
+                answer = await self._race(request, calls, pending, failures)
             finally:
                 # Also when this request is cancelled (its deadline passed, its client left): no
                 # provider call may outlive it, holding a connection, a reservation and a breaker slot.
                 await _cancel_all(calls)
             if answer is not None:
                 return answer
-        raise _all_failed(model, failures)
+        return None
 
     async def _race(
-        self,
-        model: str,
-        calls: dict[asyncio.Task, Candidate],
-        pending: list[Candidate],
-        queries: Sequence[str],
-        documents: Sequence[str],
-        instruction: str | None,
-        deadline: float | None,
-        failures: list[ProviderFailure],
+        self, request: ScoreRequest, calls: dict[asyncio.Task, Step], pending: list[Step], failures: list[ProviderFailure]
     ) -> ScoredPairs | None:
-        """The first valid answer among `calls`, hedging to `pending` on a delay; None if all failed."""
-        hedge_delay = self._hedge_delay(next(iter(calls.values()))[1])
+        """The first valid answer among `calls`, hedging to the next step on a delay; None if all failed."""
+        first = next(iter(calls.values()))
+        hedge_delay = self._hedge_delay(first.client)
         while calls:
-                timeout = hedge_delay if pending and hedge_delay is not None and len(calls) == 1 else None
-                done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if not done:  # the hedge delay passed with no answer: ask the next provider too
-                    second = pending.pop(0)
-                    calls[self._start(second, queries, documents, instruction, deadline)] = second
+            hedge_to = pending[0] if pending and len(calls) == 1 and _interchangeable(first, pending[0]) else None
+            timeout = hedge_delay if hedge_to is not None else None
+            done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # the hedge delay passed with no answer: ask the next provider too
+                pending.pop(0)
+                calls[self._start(request, hedge_to, pending)] = hedge_to  # type: ignore[index]
+                continue
+            for task in done:
+                step = calls.pop(task)
+                try:
+                    scores, usage = task.result()
+                except ProviderFailure as failure:
+                    if not failure.fallback_allowed:
+                        raise UpstreamRejected(failure) from None
+                    failures.append(failure)
                     continue
-                for task in done:
-                    scored_model, client = calls.pop(task)
-                    try:
-                        scores, usage = task.result()
-                    except ProviderFailure as failure:
-                        if not failure.fallback_allowed:
-                            raise UpstreamRejected(failure) from None
-                        failures.append(failure)
-                        continue
-                    self._note_fallback(model, failures, client.name)
-                    return ScoredPairs(scores=scores, usage=usage, provider=client.name, model=scored_model)
+                self._note_fallback(request.model, failures, step.client.name)
+                return ScoredPairs(scores, usage, step.client.name, step.model, whole=step.whole)
         return None
+
+    def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> asyncio.Task:
+        pairs = _pairs_of(request, step)
+        ends_at = self._attempt_end(request, pairs, step, later)
+        if step.panic:
+            self._metrics.record_panic_call(model=request.model, provider=step.client.name)
+        return asyncio.ensure_future(self._guard.score(step.client, pairs, ends_at, panic=step.panic))
+
+    def _attempt_end(self, request: ScoreRequest, pairs: Batch, step: Step, later: Sequence[Step]) -> float | None:
+        """When this attempt must give up, leaving the steps after it their share of the deadline."""
+        if request.deadline is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        later_limits = [
+            self._guard.own_limit(s.client, len(_pairs_of(request, s)))
+            for s in later
+            if self._health[s.client.name].breaker.state != "open"
+        ]
+        own = self._guard.own_limit(step.client, len(pairs))
+        return now + attempt_seconds(request.deadline - now, own, later_limits)
 
     def _note_fallback(self, model: str, failures: list[ProviderFailure], winner: str) -> None:
         """Count a fallback when a provider that was actually called failed before the winner."""
         called = [f for f in failures if not f.skipped]
         if called:
             self._metrics.record_fallback(model=model, from_provider=called[0].provider, to_provider=winner)
-
-    def _usable_candidates(self, models: Sequence[str], instruction: str | None, failures: list[ProviderFailure]) -> list[Candidate]:
-        """Providers that could take the request, in order; the others are noted as skipped."""
-        candidates = []
-        for scored_model in models:
-            for provider in self._config.models[scored_model].fallback:
-                client = self._clients[provider]
-                reason = client.unusable_reason(instruction)
-                if reason is None:
-                    candidates.append((scored_model, client))
-                else:
-                    failures.append(ProviderFailure(client.name, f"skipped: {reason}", skipped=True))
-        return candidates
-
-    def _start(self, candidate: Candidate, queries, documents, instruction, deadline) -> asyncio.Task:
-        return asyncio.ensure_future(self._guard.score(candidate[1], queries, documents, instruction, deadline))
 
     def _hedge_delay(self, client: ProviderClient) -> float | None:
         hedge = self._config.resilience.hedge
@@ -155,18 +191,61 @@ class Router:
         return float(hedge) / 1000
 
 
-async def _cancel_all(calls: Mapping[asyncio.Task, Candidate]) -> None:
+def unavailable(
+    client: ProviderClient, breaker: CircuitBreaker, instruction: str | None, over_budget: bool = False
+) -> ProviderFailure | None:
+    """Why a provider cannot be planned for now, or None: the one rule the router and /readyz share.
+
+    `over_budget` is what a report of the ledger says; the router learns it by reserving instead.
+    """
+    reason = client.unusable_reason(instruction)
+    if reason is not None:
+        return ProviderFailure(client.name, reason, kind="unusable")
+    if breaker.state == "open":
+        return ProviderFailure(client.name, "circuit open after repeated failures", kind="breaker_open")
+    if over_budget:
+        return ProviderFailure(client.name, "budget exhausted", kind="budget")
+    return None
+
+
+def first_opened(providers: Sequence[str], health: HealthBoard) -> str | None:
+    """Of these providers, the one whose breaker opened first and is not closed again; the panic target."""
+    opened = [
+        (status.opened_at, provider)
+        for provider in providers
+        if (status := health[provider].breaker.status()).state != "closed" and status.opened_at is not None
+    ]
+    return min(opened)[1] if opened else None
+
+
+def _interchangeable(first: Step, other: Step) -> bool:
+    """A hedge must score the same pairs with the same model, or its answer could not stand in."""
+    return other.model == first.model and other.whole == first.whole and not other.panic
+
+
+def _pairs_of(request: ScoreRequest, step: Step) -> Batch:
+    return request.whole if step.whole else request.missing
+
+
+def _lexical(request: ScoreRequest) -> ScoredPairs:
+    """Step 4: BM25 of every pair against its own query's passages, so the client still gets an order.
+
+    Lexical and model scores are not comparable: the whole request is scored this way, nothing
+    of it is cached, and the result says so.
+    """
+    whole = request.whole
+    by_query: dict[str, list[int]] = {}
+    for position, query in enumerate(whole.queries):
+        by_query.setdefault(query, []).append(position)
+    scores = [0.0] * len(whole)
+    for query, positions in by_query.items():
+        for position, score in zip(positions, lexical_scores(query, [whole.documents[p] for p in positions])):
+            scores[position] = score
+    return ScoredPairs(scores, Usage(), DEGRADED_LEXICAL, request.model, whole=True, degraded=True)
+
+
+async def _cancel_all(calls: Mapping[asyncio.Task, Step]) -> None:
     for task in calls:
         task.cancel()
     # Let the losers release their reservations before the winner's answer goes out.
     await asyncio.gather(*calls, return_exceptions=True)
-
-
-def _all_failed(model: str, failures: list[ProviderFailure]) -> AllProvidersFailed:
-    """502/504 when providers were tried and failed; 429 when none was left but for budgets."""
-    refusals = [f.refusal for f in failures if isinstance(f, BudgetSkip) and f.refusal is not None]
-    if refusals and all(f.skipped for f in failures):
-        resets = min(refusal.resets_at for refusal in refusals)
-        seconds = math.ceil((resets - datetime.now(timezone.utc)).total_seconds())
-        return BudgetExhausted(model, failures, retry_after_seconds=max(1, seconds))
-    return AllProvidersFailed(model, failures)

@@ -25,10 +25,12 @@ from gateway.cache import ScoreCache
 from gateway.guard import GuardedCall
 from gateway.health import HealthBoard
 from gateway.observability.metrics import GatewayMetrics
-from gateway.config import GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.flights import Flights
+from gateway.providers import PROVIDER_KINDS
 from gateway.providers.client import ProviderClient
 from gateway.router import Router
+from gateway.secrets import Secrets
 from gateway.service import RerankService
 
 log = logging.getLogger("gateway")
@@ -75,8 +77,8 @@ class Generation:
     def __init__(self, config: GatewayConfig, shared: Shared) -> None:
         self.config = config
         self.loaded_at = time.time()
-        self.client_keys = [key.encode() for key in config.server.client_keys()]
-        self.clients = {name: ProviderClient(name, provider) for name, provider in config.providers.items()}
+        self.secrets = Secrets.resolve(config)
+        self.clients = build_clients(config, self.secrets)
         guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics)
         self.router = Router(config, self.clients, guard, shared.health, shared.metrics)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
@@ -111,6 +113,45 @@ class Generation:
             await client.close()
 
 
+def build_clients(config: GatewayConfig, secrets: Secrets) -> dict[str, ProviderClient]:
+    """One client per provider entry; a kind the registry lacks is a config error, said here."""
+    clients = {}
+    for name, provider in config.providers.items():
+        if provider.kind not in PROVIDER_KINDS:
+            raise ConfigError(f"providers.{name}.kind: no adapter is registered for kind {provider.kind!r}")
+        clients[name] = ProviderClient(name, provider, secrets.provider_keys[name])
+    return clients
+
+
+# What a running gateway cannot change in place: its listening socket, its logging, its cache
+# and ledger connections, and the watcher's poll. Everything else applies to the next request.
+RESTART_KEYS = (
+    "server.host", "server.port", "server.log_level", "server.log_format", "server.reload_poll_seconds",
+    "server.shutdown_grace_seconds", "cache",
+)
+
+
+def keys_needing_restart(running: GatewayConfig, loaded: GatewayConfig) -> list[str]:
+    """The keys (or whole sections) that differ between two configs but take effect only on restart."""
+    changed = []
+    for key in RESTART_KEYS:
+        section, _, name = key.partition(".")
+        old, new = getattr(running, section), getattr(loaded, section)
+        if name:
+            old, new = getattr(old, name), getattr(new, name)
+            if old != new:
+                changed.append(key)
+        else:
+            changed.extend(f"{section}.{field}" for field in type(old).model_fields if getattr(old, field) != getattr(new, field))
+    return changed
+
+
+@dataclass(frozen=True, slots=True)
+class Reloaded:
+    config: GatewayConfig
+    needs_restart: list[str]  # keys that changed in the file but apply only after a restart
+
+
 class LiveGateway:
     def __init__(self, config: GatewayConfig, shared: Shared, config_path: str | os.PathLike[str] | None = None) -> None:
         self.shared = shared
@@ -136,41 +177,50 @@ class LiveGateway:
         finally:
             generation.leave()
 
-    async def reload(self) -> GatewayConfig:
+    async def reload(self) -> Reloaded:
         """Load the config file again and serve new requests from it.
 
-        Raises ConfigError (the running config stays) when the file is unreadable or invalid.
+        Every key applies to new requests, calls and breaker outcomes, except RESTART_KEYS,
+        which the answer names when they changed. Raises ConfigError (the running config
+        stays) when the file is unreadable or invalid.
         """
         if self.config_path is None:
             raise FileNotFoundError("this gateway was started without a config file")
         async with self._reload_lock:
             config = load_config(self.config_path)
-            if config.cache != self.config.cache:
-                log.warning("config reload: [cache] changes take effect on restart; the running cache stays")
+            needs_restart = keys_needing_restart(self.config, config)
             nxt = Generation(config, self.shared)
             await nxt.start()
+            self.shared.health.apply(config.resilience)
             previous, self.current = self.current, nxt
             previous.retire()
-            log.info("config reloaded from %s", self.config_path)
-            return config
+            if needs_restart:
+                log.warning("config reloaded from %s; these changes take effect on restart: %s",
+                            self.config_path, ", ".join(needs_restart))
+            else:
+                log.info("config reloaded from %s", self.config_path)
+            return Reloaded(config, needs_restart)
 
     async def close(self) -> None:
         await self.current.close()
         await self.shared.close()
 
 
-def file_signature(path: Path) -> tuple[int, int] | None:
+def file_signature(path: Path) -> tuple[int, ...] | None:
+    """What changes when the file at `path` does, however it was written.
+
+    stat() follows the path, so a file an editor or `sed -i` renamed over the old one is the one
+    seen; its inode differs even when a copy kept the old size and modification time.
+    """
     try:
         stat = path.stat()
     except OSError:
         return None
-    return stat.st_mtime_ns, stat.st_size
+    return stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size
 
 
 async def watch_config_file(live: LiveGateway, interval_seconds: float) -> None:
     """Reload whenever the config file changes on disk; an invalid file is logged and skipped."""
-    from gateway.config import ConfigError
-
     assert live.config_path is not None
     seen = file_signature(live.config_path)
     while True:

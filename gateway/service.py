@@ -1,6 +1,7 @@
 """rerank(request) -> result: model resolution, score cache, single flight, router, merge.
 
-No HTTP in here: the handler hands in a RerankRequest and encodes the RerankResult.
+No HTTP in here: the handler hands in a RerankRequest and encodes the RerankResult. Who scores
+the missing pairs, and what happens when providers fail, is the router's one plan.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from dataclasses import dataclass, field
 
 from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
 from gateway.config import GatewayConfig
-from gateway.errors import AllProvidersFailed, InvalidRequest, UnknownModel
+from gateway.errors import InvalidRequest, UnknownModel
 from gateway.flights import Flights, Scored, wait_shared
-from gateway.models import RerankRequest, RerankResult, ScoredPairs
-from gateway.resilience import lexical_scores
+from gateway.models import Batch, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
 from gateway.router import Router
-
-DEGRADED_LEXICAL = "degraded-lexical"
 
 
 class RerankService:
@@ -48,18 +46,13 @@ class RerankService:
         """Scores for every document in request order; `deadline` is in event-loop time."""
         started = time.perf_counter()
         model = self.resolve_model(request.model)
-        pairs = _UniquePairs(request.queries, request.documents)
+        pairs = _UniquePairs(request.queries, request.documents, request.instruction)
         keys = pair_keys(model, request.instruction, pairs.queries, pairs.documents)
-        job = _Job(model, request.instruction, pairs, policy, keys, deadline)
+        job = _Job(model, pairs, policy, keys, deadline)
         job.scores = await self._cache.get_many(job.keys) if policy.read else [None] * len(job.keys)
         missing = [slot for slot, score in enumerate(job.scores) if score is None]
         if missing:
-            try:
-                await self._fill(job, missing)
-            except AllProvidersFailed:
-                if self._config.resilience.last_resort != "lexical":
-                    raise
-                _score_lexically(job)
+            await self._fill(job, missing)
         result = job.result
         result.scores = pairs.spread(job.scores)
         result.cache_misses = len(job.sent)
@@ -77,8 +70,8 @@ class RerankService:
         try:
             if claim.own:
                 scored = await self._score_slots(job, [missing[i] for i in claim.own])
-                if scored.model != job.model:
-                    return  # another model scored every slot; shared scores would mix models
+                if scored.whole:
+                    return  # every slot was scored anew (another model, or lexically): nothing to share or wait for
                 shared = Scored(scored.scores, scored.provider)
         finally:
             self._flights.settle(claim, shared)
@@ -97,29 +90,24 @@ class RerankService:
             await self._score_slots(job, orphaned)
 
     async def _score_slots(self, job: _Job, slots: list[int]) -> ScoredPairs:
-        """One upstream round for these slots; cached when scored by the requested model."""
-        queries, documents = job.pairs.select(slots)
+        """One upstream round for these slots; cached when scored by the requested model itself."""
         started = time.perf_counter()
         try:
-            scored = await self._router.score(job.model, queries, documents, job.instruction, job.deadline)
-        except AllProvidersFailed as failed:
-            if not self._router.has_fallback_models(job.model):
-                raise
-            # Another model's scores are not comparable with this model's, cached or fresh, so
-            # the fallback model scores every pair of the request.
-            slots = list(range(len(job.keys)))
-            scored = await self._router.score_by_fallback_models(
-                job.model, job.pairs.queries, job.pairs.documents, job.instruction, failed, job.deadline
-            )
+            scored = await self._router.score(ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.deadline))
         finally:
             job.result.upstream_ms += (time.perf_counter() - started) * 1000
-        for slot, score in zip(slots, scored.scores):
+        covered = range(len(job.keys)) if scored.whole else slots
+        for slot, score in zip(covered, scored.scores):
             job.scores[slot] = score
-        job.sent.update(slots)
         job.result.model, job.result.provider = scored.model, scored.provider
         job.result.usage.add(scored.usage)
+        if scored.degraded:
+            job.result.degraded = True
+            job.sent.clear()  # nothing went upstream
+            return scored
+        job.sent.update(covered)
         if job.policy.write and scored.model == job.model:
-            await self._cache.put_many([job.keys[slot] for slot in slots], scored.scores)
+            await self._cache.put_many([job.keys[slot] for slot in covered], scored.scores)
         return scored
 
 
@@ -128,7 +116,6 @@ class _Job:
     """One request on its way through the service."""
 
     model: str
-    instruction: str | None
     pairs: _UniquePairs
     policy: CachePolicy
     keys: list[PairKey]  # per unique slot
@@ -141,27 +128,10 @@ class _Job:
         self.result = RerankResult(scores=[], model=self.model, provider="cache")
 
 
-def _score_lexically(job: _Job) -> None:
-    """Every provider failed: order the passages by BM25 so the client still gets a ranking.
-
-    Every slot is scored lexically (lexical and model scores are not comparable), nothing is
-    cached, and the result says so.
-    """
-    by_query: dict[str, list[int]] = {}
-    for slot, query in enumerate(job.pairs.queries):
-        by_query.setdefault(query, []).append(slot)
-    for query, slots in by_query.items():
-        for slot, score in zip(slots, lexical_scores(query, [job.pairs.documents[s] for s in slots])):
-            job.scores[slot] = score
-    job.result.provider = DEGRADED_LEXICAL
-    job.result.degraded = True
-    job.sent.clear()
-
-
 class _UniquePairs:
     """The distinct (query, document) pairs of a request: a repeated passage is scored once."""
 
-    def __init__(self, queries: Sequence[str], documents: Sequence[str]) -> None:
+    def __init__(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> None:
         slot_of: dict[tuple[str, str], int] = {}
         self.slots = [slot_of.setdefault(pair, len(slot_of)) for pair in zip(queries, documents)]
         self.queries: Sequence[str] = queries
@@ -169,9 +139,12 @@ class _UniquePairs:
         if len(slot_of) < len(documents):
             self.queries = [pair[0] for pair in slot_of]
             self.documents = [pair[1] for pair in slot_of]
+        self.all = Batch(self.queries, self.documents, instruction)
 
-    def select(self, slots: Sequence[int]) -> tuple[list[str], list[str]]:
-        return [self.queries[s] for s in slots], [self.documents[s] for s in slots]
+    def select(self, slots: Sequence[int]) -> Batch:
+        if list(slots) == list(range(len(self.documents))):
+            return self.all  # every slot, in order: the usual miss, without copying
+        return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction)
 
     def spread(self, slot_scores: Sequence[float | None]) -> list[float]:
         """Scores back at every request position, repeats included."""

@@ -40,7 +40,7 @@ def test_invalid_config_refuses_to_start(tmp_path):
     for command in ("check-config", "serve"):
         result = run_cli(command, "--config", str(config))
         assert result.returncode == 2
-        assert "providers.fireworks.kind: unknown kind 'fireworx'" in result.stderr
+        assert "providers.fireworks.kind: 'fireworx' is not one of 'deepinfra', 'fireworks'" in result.stderr
 
 
 async def test_serve_and_emulate_as_processes(tmp_path):

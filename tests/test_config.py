@@ -41,7 +41,7 @@ def test_shipped_config_is_valid():
 
 
 @pytest.mark.parametrize("path, value, words", [
-    ("providers.a.kind", "openai", "providers.a.kind: unknown kind 'openai'; known kinds: cohere, deepinfra, fireworks, tei"),
+    ("providers.a.kind", "openai", "providers.a.kind: 'openai' is not one of 'deepinfra', 'fireworks', 'cohere' or 'tei'"),
     ("providers.a.base_url", "api.example", "providers.a.base_url: must start with http:// or https://"),
     ("providers.a.price_per_million_tokens", -1, "providers.a.price_per_million_tokens"),
     ("providers.a.max_batch", 0, "providers.a.max_batch"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 import pytest
@@ -476,10 +478,11 @@ async def test_the_request_deadline_bounds_the_whole_fallback_chain(make_gateway
 
 
 async def test_a_client_may_lower_the_deadline_but_not_raise_it(make_gateway: GatewayFactory, emulator):
-    await add_fault(emulator, "deepinfra", "hang")
+    await add_fault(emulator, "*", "hang")
     gateway = await make_gateway(server={"request_timeout_seconds": 30})
+    started = time.perf_counter()
     response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, headers={"X-Request-Timeout": "0.3"})
-    assert response.status == 504 and "0.3s" in (await response.json())["error"]["message"]
+    assert response.status == 504 and time.perf_counter() - started < 5
 
     for bad in ("soon", "-1", "0", "nan", "inf"):
         response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS}, headers={"X-Request-Timeout": bad})

@@ -73,12 +73,29 @@ async def test_readyz_reports_an_unreachable_redis(make_gateway: GatewayFactory,
 
 
 async def test_readyz_counts_an_open_breaker(make_gateway: GatewayFactory, emulator):
-    await add_fault(emulator, "*", "status", status=500)
+    await add_fault(emulator, "deepinfra", "status", status=500)
     gateway = await make_gateway(resilience={"breaker_consecutive_failures": 1, "max_retries": 0})
     await gateway.post("/v1/rerank", json=BODY)
     body = await (await gateway.get("/readyz")).json()
-    assert body["status"] == "not_ready"
-    assert body["models"]["qwen3-reranker-8b"]["deepinfra"] == "circuit open after repeated failures"
+    assert body["status"] == "ready" and body["warnings"] == []
+    assert body["models"]["qwen3-reranker-8b"] == {
+        "deepinfra": "circuit open after repeated failures", "fireworks": "usable",
+    }
+
+
+async def test_readyz_stays_ready_under_the_panic_rule(make_gateway: GatewayFactory, emulator):
+    """Every breaker open is a joint outage, not a reason to take the gateway out of rotation:
+    requests still reach the provider whose breaker opened first."""
+    await add_fault(emulator, "*", "status", status=500)
+    gateway = await make_gateway(resilience={"breaker_consecutive_failures": 1, "max_retries": 0})
+    await gateway.post("/v1/rerank", json=BODY)
+    response = await gateway.get("/readyz")
+    body = await response.json()
+    assert response.status == 200 and body["status"] == "ready"
+    assert body["warnings"] == ["model qwen3-reranker-8b: every breaker is open; panic rule routing to deepinfra"]
+    assert body["models"]["qwen3-reranker-8b"]["fireworks"] == "circuit open after repeated failures"
+    page = await (await gateway.get("/status")).text()
+    assert "panic: every breaker is open, so requests go to deepinfra" in page
 
 
 async def test_status_page_shows_the_live_state(make_gateway: GatewayFactory, emulator):

@@ -12,6 +12,7 @@ from gateway.budget.base import (
     utc_now,
 )
 from gateway.budget.estimator import TokenEstimator
+from gateway.budget.limits import every_limit, gateway_limit, provider_limit, scope_label
 from gateway.budget.memory import MemoryLedger
 from gateway.budget.redis import RedisLedger
 
@@ -26,6 +27,10 @@ __all__ = [
     "Reservation",
     "TokenEstimator",
     "WindowReport",
+    "every_limit",
+    "gateway_limit",
+    "provider_limit",
+    "scope_label",
     "unheld_reservation",
     "utc_now",
 ]

@@ -60,6 +60,7 @@ class ProviderAttempt:
     provider: str
     outcome: str
     ms: float
+    panic: bool = False  # called although its breaker was open: every provider's was (the panic rule)
 
 
 VETTED_FIELDS = "vetted_fields"
@@ -97,15 +98,19 @@ def request_log_fields(
         "documents": documents,
         "cache_hits": cache_hits,
         "cache_misses": cache_misses,
-        "providers": [
-            {"provider": attempt.provider, "outcome": attempt.outcome, "ms": round(attempt.ms, 3)}
-            for attempt in attempts
-        ],
+        "providers": [_attempt_fields(attempt) for attempt in attempts],
         "upstream_ms": round(upstream_ms, 3),
         "total_ms": round(total_ms, 3),
     }
     if error_type is not None:
         fields["error_type"] = error_type
+    return fields
+
+
+def _attempt_fields(attempt: ProviderAttempt) -> dict[str, Any]:
+    fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": round(attempt.ms, 3)}
+    if attempt.panic:
+        fields["panic"] = True
     return fields
 
 

@@ -105,6 +105,12 @@ class GatewayMetrics:
             "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
             ["model", "from_provider", "to_provider"], registry=registry,
         )
+        self._panic_calls = Counter(
+            "rerank_gateway_panic_calls",
+            "Calls made although the provider's breaker was open, because every provider of the model "
+            "had an open breaker (the panic rule): nonzero means a joint outage.",
+            ["model", "provider"], registry=registry,
+        )
         # Across workers: budgets are read from one shared ledger, so the latest reading is the
         # truest; a breaker is per worker, so the worst one (open) is what to page on.
         self._budget_remaining = Gauge(
@@ -157,6 +163,9 @@ class GatewayMetrics:
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()
+
+    def record_panic_call(self, *, model: str, provider: str) -> None:
+        self._child(self._panic_calls, model, provider).inc()
 
     def set_breaker_state(self, *, provider: str, state: BreakerStateName) -> None:
         self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])

@@ -43,10 +43,12 @@ class ModelStatus:
     name: str
     aliases: tuple[str, ...]
     fallback: tuple[ProviderStatus, ...]  # in the order they are tried
+    # Every breaker is open: requests go to this provider anyway (the panic rule), or None.
+    panic_provider: str | None = None
 
     @property
     def servable(self) -> bool:
-        return any(provider.usable for provider in self.fallback)
+        return any(provider.usable for provider in self.fallback) or self.panic_provider is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +94,12 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
 
 def _verdict(models: tuple[ModelStatus, ...]) -> str:
     stranded = [model.name for model in models if not model.servable]
+    panicking = [f"{model.name} (to {model.panic_provider})" for model in models if model.panic_provider]
     degraded = sum(1 for model in models for provider in model.fallback if not provider.usable or provider.breaker != "closed")
     if stranded:
         tone, text = "bad", f"No usable provider for {', '.join(stranded)}"
+    elif panicking:
+        tone, text = "bad", f"Every breaker open, panic rule routing: {', '.join(panicking)}"
     elif degraded:
         tone, text = "warn", f"Every model is servable; {degraded} provider{_s(degraded)} degraded"
     else:
@@ -135,10 +140,15 @@ def _card(title: str, body: str) -> str:
 def _model_section(model: ModelStatus) -> str:
     aliases = ", ".join(model.aliases) if model.aliases else "none"
     rows = "".join(_provider_row(position, provider) for position, provider in enumerate(model.fallback, 1))
-    tone = "ok" if model.servable else "bad"
+    tone = "ok" if model.servable and model.panic_provider is None else "bad"
+    panic = (
+        f"<div class=\"reason\">panic: every breaker is open, so requests go to {_e(model.panic_provider)}, "
+        "whose breaker opened first, until a provider answers again</div>"
+        if model.panic_provider else ""
+    )
     return (
         f"<section class=\"model\"><div class=\"model-head\"><h2><span class=\"dot {tone}\"></span>{_e(model.name)}</h2>"
-        f"<span class=\"muted\">aliases: {_e(aliases)}</span></div>"
+        f"<span class=\"muted\">aliases: {_e(aliases)}</span></div>{panic}"
         "<table class=\"providers\"><colgroup><col class=\"c-pos\"><col class=\"c-name\"><col class=\"c-health\">"
         "<col class=\"c-breaker\"><col class=\"c-p95\"><col></colgroup>"
         "<thead><tr><th class=\"num\">#</th><th>provider</th><th>health</th><th>breaker</th>"

@@ -19,7 +19,7 @@ def start_trace() -> list[ProviderAttempt]:
     return attempts
 
 
-def note_attempt(provider: str, outcome: str, seconds: float) -> None:
+def note_attempt(provider: str, outcome: str, seconds: float, panic: bool = False) -> None:
     attempts = _attempts.get()
     if attempts is not None:
-        attempts.append(ProviderAttempt(provider, outcome, seconds * 1000))
+        attempts.append(ProviderAttempt(provider, outcome, seconds * 1000, panic))

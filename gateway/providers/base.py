@@ -7,24 +7,18 @@ them, so each adapter is tested against the golden wire samples alone.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import ProviderConfig
+from gateway.models import Batch
+
+
+__all__ = ["Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "dig", "first_count", "scores_by_index"]
 
 
 class InvalidAnswer(ValueError):
     """The provider answered 200 with something that is not a full, valid set of scores."""
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """Pairs sent in one upstream call. For one-query kinds every query is the same."""
-
-    queries: Sequence[str]
-    documents: Sequence[str]
-    instruction: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -28,11 +27,13 @@ _ERROR_TEXT_LIMIT = 300
 
 
 class ProviderClient:
-    def __init__(self, name: str, config: ProviderConfig, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(
+        self, name: str, config: ProviderConfig, api_key: str | None, session: aiohttp.ClientSession | None = None
+    ) -> None:
         self.name = name
         self.config = config
         self.adapter: ProviderAdapter = PROVIDER_KINDS[config.kind]
-        self._api_key = config.api_key()
+        self._api_key = api_key
         self._url = config.base_url + (config.path or self.adapter.default_path(config))
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
@@ -55,20 +56,20 @@ class ProviderClient:
         """Why this provider cannot take the request at all, or None when it can."""
         if not self.config.enabled:
             return "disabled in config"
-        if self.config.needs_key() and self._api_key is None:
+        if self.config.api_key_env is not None and self._api_key is None:
             return f"no API key (${self.config.api_key_env} is not set)"
         if instruction is not None and not self.adapter.takes_instruction:
             return f"kind {self.config.kind!r} cannot take an instruction"
         return None
 
-    async def score(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> tuple[list[float], Usage]:
+    async def score(self, pairs: Batch) -> tuple[list[float], Usage]:
         """Scores for the pairs in input order, splitting into as many calls as the kind needs."""
-        plan = self._plan_batches(queries, documents, instruction)
+        plan = self._plan_batches(pairs)
         if len(plan) == 1:
             results = [await self._call(plan[0][1])]
         else:
             results = await _gather_or_cancel([self._call(batch) for _, batch in plan])
-        scores = [0.0] * len(documents)
+        scores = [0.0] * len(pairs.documents)
         usage = Usage()
         for (positions, _), result in zip(plan, results):
             for position, score in zip(positions, result.scores):
@@ -76,10 +77,9 @@ class ProviderClient:
             usage.add(self._price(result))
         return scores, usage
 
-    def _plan_batches(
-        self, queries: Sequence[str], documents: Sequence[str], instruction: str | None
-    ) -> list[tuple[list[int], Batch]]:
+    def _plan_batches(self, pairs: Batch) -> list[tuple[list[int], Batch]]:
         """Calls to make: each with the request positions it scores."""
+        queries, documents = pairs.queries, pairs.documents
         if self.adapter.multi_query:
             groups = [list(range(len(documents)))]
         else:
@@ -95,7 +95,7 @@ class ProviderClient:
                 batch = Batch(
                     queries=[queries[p] for p in positions],
                     documents=[documents[p] for p in positions],
-                    instruction=instruction,
+                    instruction=pairs.instruction,
                 )
                 plan.append((positions, batch))
         return plan
@@ -125,9 +125,7 @@ class ProviderClient:
             async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
                 return resp.status, await resp.read(), resp.headers.get("Retry-After")
         except asyncio.TimeoutError:
-            raise ProviderFailure(
-                self.name, f"timed out after {self.config.timeout_seconds:g}s", timed_out=True, kind="timeout"
-            ) from None
+            raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
         except aiohttp.ClientError as exc:
             raise ProviderFailure(
                 self.name, f"connection error: {type(exc).__name__}", kind="connect", transient=True

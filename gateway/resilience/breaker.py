@@ -9,6 +9,11 @@
     half_open  one probe at a time is allowed, the rest refused; the probe's success closes
                the breaker, its failure opens it again for another cool-down
 
+When every provider's breaker is open, the router lets calls through to the one that opened
+first anyway (the panic rule: a blackout is worse than a call to a provider that may have
+recovered): `admit_panic()` treats such a call as the probe, so its success closes the breaker
+at once and its failure opens it again, now the latest to have opened.
+
 A probe whose task is cancelled never reports: the caller releases its slot with
 `record_cancelled()`, and a slot nobody releases frees itself after `probe_timeout_seconds`,
 so a lost probe cannot keep the breaker half open for good.
@@ -101,6 +106,20 @@ class CircuitBreaker:
             self._probe_started_at = now
             return True
         return False
+
+    def admit_panic(self) -> None:
+        """Let a call through although the breaker refuses calls; its outcome settles it like a probe."""
+        self._end_cooldown_if_due()
+        if self._state != "closed":
+            self._state = "half_open"
+            self._probe_started_at = self._clock()
+
+    def reconfigure(self, config: BreakerConfig) -> None:
+        """New thresholds for the next outcomes; what the breaker saw and its state stay."""
+        if config.window_seconds != self._config.window_seconds:
+            # Bucket sizes follow the window: a new window starts counting afresh.
+            self._window = SlidingCounts(("calls", "failures"), config.window_seconds, self._clock)
+        self._config = config
 
     def record_success(self) -> None:
         self._end_cooldown_if_due()

@@ -1,8 +1,10 @@
-"""A provider's recent latency, for hedging: ask the next provider once the first is slower than usual.
+"""A provider's recent latency: when to hedge to the next provider, and when an attempt is too slow to wait for.
 
 Only the last `capacity` latencies are kept, so the figure follows the provider as it speeds up
 or slows down, and memory stays fixed. Record answers only: a timeout or an error says nothing
-about how long an answer takes, and would drag the percentile toward the timeout.
+about how long an answer takes, and would drag the percentile toward the timeout. Each answer
+is recorded with the number of pairs it scored, because a 1,000-passage call takes longer than
+a 20-passage one without being any less healthy.
 """
 
 from __future__ import annotations
@@ -18,15 +20,31 @@ class LatencyTracker:
         if not 1 <= min_samples <= capacity:
             raise ValueError(f"min_samples must be in [1, capacity={capacity}], got {min_samples}")
         self._samples: deque[float] = deque(maxlen=capacity)
+        self._pairs: deque[int] = deque(maxlen=capacity)
         self._min_samples = min_samples
 
     def __len__(self) -> int:
         return len(self._samples)
 
-    def record(self, seconds: float) -> None:
+    def record(self, seconds: float, pairs: int = 1) -> None:
         if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(f"a latency is a finite, non-negative number of seconds, got {seconds!r}")
         self._samples.append(seconds)
+        self._pairs.append(max(1, pairs))
+
+    def slow_after(self, pairs: int, multiple: float, floor_seconds: float) -> float | None:
+        """Seconds past which a call of `pairs` pairs is a failure, not a slow answer; None until known.
+
+        `multiple` times the recent p99, stretched for a call larger than the typical (median)
+        one in proportion to its size: the stretch overestimates (part of a call's time does
+        not grow with its size), which errs toward waiting, never toward cutting a good call.
+        """
+        p99 = self.quantile(0.99)
+        if p99 is None:
+            return None
+        typical_pairs = sorted(self._pairs)[len(self._pairs) // 2]
+        stretch = max(1.0, pairs / typical_pairs)
+        return max(floor_seconds, p99 * multiple * stretch)
 
     def p95(self) -> float | None:
         return self.quantile(0.95)

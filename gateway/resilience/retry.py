@@ -93,13 +93,22 @@ class RetryBudget:
         window_seconds: float = 10.0,
         clock: Clock = time.monotonic,
     ) -> None:
-        if ratio < 0 or not math.isfinite(ratio):
-            raise ValueError(f"ratio must be a non-negative number, got {ratio}")
         if min_retries < 0:
             raise ValueError(f"min_retries must not be negative, got {min_retries}")
-        self._ratio = ratio
+        self.ratio = ratio
         self._min_retries = min_retries
         self._counts = SlidingCounts(("calls", "retries"), window_seconds, clock)
+
+    @property
+    def ratio(self) -> float:
+        return self._ratio
+
+    @ratio.setter
+    def ratio(self, ratio: float) -> None:
+        """A reload may change the ratio; the calls and retries already counted stay."""
+        if ratio < 0 or not math.isfinite(ratio):
+            raise ValueError(f"ratio must be a non-negative number, got {ratio}")
+        self._ratio = ratio
 
     def record_call(self) -> None:
         self._counts.add("calls")
