@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import click
 from aiohttp import web
@@ -32,7 +34,11 @@ def main() -> None:
 @click.option("--workers", type=int, default=None,
               help="processes on one port (default: the number of cores with Redis, 1 without)")
 @click.option("--reuse-port", is_flag=True, hidden=True, help="bind with SO_REUSEPORT (set for workers)")
-def serve(config_path: str | None, host: str | None, port: int | None, workers: int | None, reuse_port: bool) -> None:
+@click.option("--report-fd", type=int, hidden=True, help="pipe to tell the supervisor 'ready' or why not (workers)")
+def serve(
+    config_path: str | None, host: str | None, port: int | None, workers: int | None, reuse_port: bool,
+    report_fd: int | None,
+) -> None:
     """Run the gateway."""
     config = _load_or_exit(config_path)
     configure_logging(config.server.log_level, config.server.log_format)
@@ -45,8 +51,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         args = ["--host", host, "--port", str(port), "--workers", "1", "--reuse-port"]
         if config_path:
             args += ["--config", config_path]
-        sys.exit(Supervisor(args, count, config.server.shutdown_grace_seconds).run())
-    _serve_one(config, config_path, host, port, reuse_port)
+        sys.exit(Supervisor(args, count, config.server.shutdown_grace_seconds, f"http://{host}:{port}").run())
+    _serve_one(config, config_path, host, port, reuse_port, StartupReport(report_fd))
 
 
 def _worker_count(asked: int | None, shared_state: bool) -> int:
@@ -64,22 +70,78 @@ def _worker_count(asked: int | None, shared_state: bool) -> int:
     return asked
 
 
-def _serve_one(config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool) -> None:
+def _serve_one(
+    config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool, report: StartupReport
+) -> None:
     from gateway.app import create_app
 
     for line in describe_providers(config):
         logging.getLogger("gateway").info(line)
-    web.run_app(
+
+    def ready() -> None:
+        logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port)
+
+    run_until_stopped(
         create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH),
-        host=host,
-        port=port,
+        host, port, report, ready,
         reuse_port=reuse_port or None,
         access_log=None,
         # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
         # then runs the app's cleanup, which closes the upstream sessions and Redis.
         shutdown_timeout=config.server.shutdown_grace_seconds,
-        print=lambda _: logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port),
     )
+
+
+class StartupReport:
+    """How a process that could not start says so: one line, and no traceback.
+
+    A worker writes to its supervisor's pipe (which prints the line once for all workers);
+    a process on its own writes to stderr.
+    """
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+
+    def ready(self) -> None:
+        if self._fd is not None:
+            from gateway.workers import READY
+
+            os.write(self._fd, READY + b"\n")
+
+    def failed(self, line: str) -> NoReturn:
+        if self._fd is None:
+            click.echo(f"rerank-gateway: {line}", err=True)
+            sys.exit(1)
+        from gateway.workers import FAILED, STARTUP_FAILED_EXIT
+
+        os.write(self._fd, FAILED + line.encode() + b"\n")
+        sys.exit(STARTUP_FAILED_EXIT)
+
+
+def run_until_stopped(
+    app: web.Application, host: str, port: int, report: StartupReport, ready: Callable[[], None], **options: Any
+) -> None:
+    """web.run_app until SIGTERM/SIGINT; failing to start (the port taken, say) is one line."""
+    serving = False
+
+    def on_serving(_: str) -> None:
+        nonlocal serving
+        serving = True
+        ready()
+        report.ready()
+
+    try:
+        web.run_app(app, host=host, port=port, print=on_serving, **options)
+    except Exception as exc:
+        if serving:
+            raise  # a crash while serving is a bug: keep its traceback
+        report.failed(f"cannot serve on http://{host}:{port}: {describe_startup_error(exc)}")
+
+
+def describe_startup_error(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()  # "address already in use", without the bind tuple
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @main.command("check-config")
@@ -104,7 +166,8 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
     from gateway.emulator import EmulatorConfig, create_emulator_app
 
     app = create_emulator_app(EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, api_key=api_key))
-    web.run_app(app, host=host, port=port, access_log=None, print=lambda _: click.echo(f"emulator on http://{host}:{port}"))
+    run_until_stopped(app, host, port, StartupReport(None), lambda: click.echo(f"emulator on http://{host}:{port}"),
+                      access_log=None)
 
 
 def describe_providers(config: GatewayConfig) -> list[str]:

@@ -2,8 +2,14 @@
 
 Each worker is a whole gateway (its own event loop and upstream sessions) bound with
 SO_REUSEPORT; the supervisor only starts them, passes SIGHUP on (reload), SIGTERM/SIGINT on
-(graceful stop), and starts a worker again if one dies. Metrics from all workers are merged
-through prometheus-client's multiprocess directory, which the supervisor owns.
+(graceful stop), and replaces a worker that dies. Metrics from all workers are merged through
+prometheus-client's multiprocess directory, which the supervisor owns.
+
+Each worker reports on a pipe of its own: "ready" once it listens, or "failed <reason>" when it
+cannot start. A worker that dies before it served (port taken, bad config, Redis refusing)
+would die again however often it is restarted, so the supervisor stops every worker and exits
+with that one line. A worker that dies after serving is replaced after a back-off that doubles
+with each death; past `MAX_RESTARTS_PER_MINUTE` the supervisor gives up rather than spin.
 """
 
 from __future__ import annotations
@@ -16,14 +22,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from gateway.observability.metrics import MULTIPROC_DIR_ENV, clear_multiprocess_dir, mark_process_dead
 
 log = logging.getLogger("gateway.workers")
 
-_RESTART_PAUSE_SECONDS = 1.0
-_PR_SET_PDEATHSIG = 1  # a worker that dies at start-up must not spin the supervisor
+READY = b"ready"
+FAILED = b"failed "
+STARTUP_FAILED_EXIT = 3  # a worker that could not start; the supervisor stops the gateway
+
+MAX_RESTARTS_PER_MINUTE = 5
+_FIRST_BACKOFF_SECONDS = 0.5
+_MAX_BACKOFF_SECONDS = 30.0
+_TICK_SECONDS = 0.2
+_PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:
@@ -35,60 +50,138 @@ def _die_with_parent() -> None:
         pass  # not Linux: the supervisor's own SIGTERM handling still stops its workers
 
 
+class StartupFailed(Exception):
+    """A worker could not start; the message is the one line to show."""
+
+
+@dataclass
+class _Worker:
+    process: subprocess.Popen
+    report_fd: int  # the supervisor's end of the worker's report pipe
+    ready: bool = False
+    failure: str | None = None
+
+    def read_reports(self) -> None:
+        try:
+            data = os.read(self.report_fd, 4096)
+        except BlockingIOError:
+            return
+        for line in data.splitlines():
+            if line == READY:
+                self.ready = True
+            elif line.startswith(FAILED):
+                self.failure = line[len(FAILED):].decode("utf-8", "replace")
+
+    def close(self) -> None:
+        os.close(self.report_fd)
+
+
+@dataclass
+class _Restarts:
+    """When dead workers may be replaced: a doubling back-off, and a ceiling per minute."""
+
+    deaths: deque[float] = field(default_factory=deque)
+    backoff: float = _FIRST_BACKOFF_SECONDS
+
+    def next_start(self, now: float) -> float:
+        while self.deaths and now - self.deaths[0] > 60:
+            self.deaths.popleft()
+        if not self.deaths:
+            self.backoff = _FIRST_BACKOFF_SECONDS  # quiet for a minute: start over
+        self.deaths.append(now)
+        if len(self.deaths) > MAX_RESTARTS_PER_MINUTE:
+            raise StartupFailed(f"workers died {len(self.deaths)} times within a minute; giving up")
+        delay, self.backoff = self.backoff, min(self.backoff * 2, _MAX_BACKOFF_SECONDS)
+        return now + delay
+
+
 class Supervisor:
-    def __init__(self, worker_args: Sequence[str], count: int, grace_seconds: float) -> None:
+    def __init__(self, worker_args: Sequence[str], count: int, grace_seconds: float, address: str) -> None:
         self._worker_args = list(worker_args)
         self._count = count
         self._grace = grace_seconds
-        self._workers: list[subprocess.Popen] = []
+        self._address = address
+        self._workers: list[_Worker | None] = []
+        self._start_at: dict[int, float] = {}  # slot -> when its replacement may start
+        self._restarts = _Restarts()
         self._stopping = False
         self._metrics_dir = os.environ.get(MULTIPROC_DIR_ENV) or tempfile.mkdtemp(prefix="rerank-gateway-metrics-")
 
     def run(self) -> int:
+        """0 after a graceful stop; 1 when the workers could not start or kept dying (the line is printed)."""
         clear_multiprocess_dir(self._metrics_dir)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._forward_reload)
         self._workers = [self._spawn() for _ in range(self._count)]
-        log.info("supervising %d workers: %s", self._count, ", ".join(str(w.pid) for w in self._workers))
-        while not self._stopping:
-            time.sleep(0.2)
-            self._replace_dead_workers()
+        log.info("supervising %d workers", self._count)
+        try:
+            while not self._stopping:
+                time.sleep(_TICK_SECONDS)
+                self._look_after_workers()
+        except StartupFailed as failure:
+            self._stop(signal.SIGTERM, None)
+            self._wait_for_workers()
+            print(f"rerank-gateway: {failure}", file=sys.stderr)
+            return 1
         return self._wait_for_workers()
 
-    def _spawn(self) -> subprocess.Popen:
+    def _spawn(self) -> _Worker:
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(read_fd, False)
         env = {**os.environ, MULTIPROC_DIR_ENV: self._metrics_dir}
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve", *self._worker_args], env=env, preexec_fn=_die_with_parent
-        )
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "serve", *self._worker_args, "--report-fd", str(write_fd)],
+                env=env, preexec_fn=_die_with_parent, pass_fds=(write_fd,),
+            )
+        finally:
+            os.close(write_fd)
+        return _Worker(process, read_fd)
 
-    def _replace_dead_workers(self) -> None:
-        for index, worker in enumerate(self._workers):
-            if worker.poll() is None or self._stopping:
+    def _look_after_workers(self) -> None:
+        now = time.monotonic()
+        for slot, worker in enumerate(self._workers):
+            if worker is None:
+                if now >= self._start_at[slot] and not self._stopping:
+                    self._workers[slot] = self._spawn()
                 continue
-            log.error("worker %d exited with %s; starting another", worker.pid, worker.returncode)
-            mark_process_dead(worker.pid, self._metrics_dir)
-            time.sleep(_RESTART_PAUSE_SECONDS)
-            self._workers[index] = self._spawn()
+            worker.read_reports()
+            if worker.process.poll() is None or self._stopping:
+                continue
+            worker.read_reports()  # what it wrote just before it exited
+            worker.close()
+            mark_process_dead(worker.process.pid, self._metrics_dir)
+            if not worker.ready:
+                reason = worker.failure or (
+                    f"cannot serve on {self._address}: a worker exited with status {worker.process.returncode} before serving"
+                )
+                raise StartupFailed(reason)
+            log.error("worker %d exited with %s after serving; replacing it", worker.process.pid, worker.process.returncode)
+            self._workers[slot] = None
+            self._start_at[slot] = self._restarts.next_start(now)
 
     def _forward_reload(self, signum: int, frame: object) -> None:
-        for worker in self._workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGHUP)
+        for worker in self._live_workers():
+            worker.process.send_signal(signal.SIGHUP)
 
     def _stop(self, signum: int, frame: object) -> None:
         self._stopping = True
-        for worker in self._workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
+        for worker in self._live_workers():
+            worker.process.send_signal(signal.SIGTERM)
+
+    def _live_workers(self) -> list[_Worker]:
+        return [w for w in self._workers if w is not None and w.process.poll() is None]
 
     def _wait_for_workers(self) -> int:
         deadline = time.monotonic() + self._grace + 5
         for worker in self._workers:
+            if worker is None:
+                continue
             try:
-                worker.wait(timeout=max(0.1, deadline - time.monotonic()))
+                worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-            mark_process_dead(worker.pid, self._metrics_dir)
+                worker.process.kill()
+                worker.process.wait()
+            mark_process_dead(worker.process.pid, self._metrics_dir)
         return 0

@@ -139,6 +139,7 @@ class Outcome:
     detail: str  # provider for correct, "STATUS type" for errors, the reason for lost
     seconds: float
     cache_hits: int = 0  # from X-Rerank-Cache, for correct answers
+    finished_at: float = 0.0  # time.monotonic() when the answer was in
 
 
 def _ranked_scores(items: Any, count: int, score_key: str) -> list[float]:
@@ -271,6 +272,7 @@ async def run_load(
                     outcome = judge(call, response.status, response.headers, raw, time.perf_counter() - started)
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 outcome = Outcome("lost", f"{type(exc).__name__}: {exc}"[:160], time.perf_counter() - started)
+            outcome.finished_at = time.monotonic()
             outcomes.append(outcome)
             while pending and len(outcomes) >= pending[0][0]:
                 side_tasks.append(asyncio.ensure_future(pending.pop(0)[1]()))

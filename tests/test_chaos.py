@@ -7,6 +7,12 @@ answering 500s, 429 with Retry-After, garbage bodies, wrong score counts or NaN 
 healthy behind it); both providers failing (500s, then hanging); Redis killed a third into the
 run and restarted two thirds in.
 
+Two quiet failures run on the shipped defaults (provider timeout 10 s, breaker cool-down 15 s),
+one request at a time, the way one KB server's questions arrive: DeepInfra hanging while every
+request carries `X-Request-Timeout: 2` (from the 6th request on, each must be Fireworks' answer
+in under 0.5 s), and both providers failing, then recovering (the first 200 must come within
+1 s of the recovery, though every breaker is open then).
+
 Every request must end as a correct answer (each score checked against the emulator's
 deterministic `emulated_score`) or a clean error (4xx/502/504 with `{"error": {"type", "message",
 "request_id"}}`); nothing may be lost (no exception or reset, no 500, no answer past its deadline
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +69,9 @@ class Scenario:
     short_deadline: tuple[int, float] | None = None  # (every n-th request, X-Request-Timeout)
     never_serves: str | None = "deepinfra"  # a provider that cannot produce a valid answer here
     requests: int = REQUESTS
+    concurrency: int = CONCURRENCY
+    shipped_defaults: bool = False  # provider timeouts and breaker settings as config.toml ships them
+    recover_after: int | None = None  # clear every fault once this many answers are in
 
 
 def _on(provider: str, mode: str, **options: Any) -> dict[str, Any]:
@@ -82,6 +92,10 @@ SCENARIOS = [
     Scenario("both providers 500", (_on("*", "status", status=500),), expect="errors"),
     Scenario("both providers hanging (¼ with X-Request-Timeout: 0.75)", (_on("*", "hang"),), expect="errors",
              short_deadline=(4, 0.75)),
+    Scenario("deepinfra hanging, X-Request-Timeout: 2, one at a time (defaults)", (_on("deepinfra", "hang"),),
+             short_deadline=(1, 2.0), requests=30, concurrency=1, shipped_defaults=True),
+    Scenario("both providers 500, then recovered (defaults, one at a time)", (_on("*", "status", status=500),),
+             expect="recovers", requests=60, concurrency=1, shipped_defaults=True, recover_after=40, never_serves=None),
     # Longer, so each third spans more than the cache's 1 s back-off after a Redis failure.
     Scenario("Redis killed at ⅓, restarted at ⅔", redis_killed=True, requests=5 * REQUESTS,
              never_serves=None),
@@ -102,7 +116,8 @@ def chaos_table(request: pytest.FixtureRequest) -> Iterator[Table]:
         return
     text = markdown_table(table.rows)
     note = (f"\n\n{CONCURRENCY} concurrent clients; deadline {REQUEST_TIMEOUT_SECONDS:g} s, provider timeout "
-            f"{PROVIDER_TIMEOUT_SECONDS:g} s; fallback deepinfra → fireworks; "
+            f"{PROVIDER_TIMEOUT_SECONDS:g} s, breaker cool-down 1 s (rows marked 'defaults': one client, the shipped "
+            f"provider timeout of 10 s and cool-down of 15 s); fallback deepinfra → fireworks; "
             f"{sum(r.report.requests for r in table.rows)} requests in {time.monotonic() - started:.1f} s.\n")
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.write_text(text + note)
@@ -119,10 +134,13 @@ def _settings(emulator_url: str, scenario: Scenario, redis_url: str | None) -> d
         ["deepinfra", "fireworks"],
         server={"request_timeout_seconds": REQUEST_TIMEOUT_SECONDS},
         # A short cool-down, so half-open probes happen while the load runs.
-        resilience={"breaker_cooldown_seconds": 1.0},
+        resilience={} if scenario.shipped_defaults else {"breaker_cooldown_seconds": 1.0},
         cache={"url": redis_url, "timeout_ms": 200} if redis_url else {},
     )
     for provider in raw["providers"].values():
+        if scenario.shipped_defaults:
+            del provider["timeout_seconds"]
+            continue
         provider["timeout_seconds"] = PROVIDER_TIMEOUT_SECONDS
         provider["connect_timeout_seconds"] = PROVIDER_TIMEOUT_SECONDS
     if scenario.deepinfra_down:
@@ -176,8 +194,15 @@ async def _run(scenario: Scenario, aiohttp_server, chaos_table: Table, redis_ser
 
         milestones = [(scenario.requests // 3, lambda: asyncio.to_thread(redis_server.stop)),
                       (2 * scenario.requests // 3, restart)]
+    recovered_at: list[float] = []
+    if scenario.recover_after is not None:
+        async def recover() -> None:
+            await _control(f"{emulator_url}/_emulator/faults", "DELETE")
+            recovered_at.append(time.monotonic())
+
+        milestones = [(scenario.recover_after, recover)]
     workload = Workload(scenario.name, REQUEST_TIMEOUT_SECONDS, short_deadline=scenario.short_deadline)
-    report = await run_load(scenario.name, gateway_url, workload, scenario.requests, CONCURRENCY, milestones)
+    report = await run_load(scenario.name, gateway_url, workload, scenario.requests, scenario.concurrency, milestones)
     redis_recovery = None
     if redis_server is not None:
         redis_recovery = await _seconds_until_redis_serves_again(gateway_url, workload, restarted_at[0])
@@ -198,6 +223,10 @@ async def _run(scenario: Scenario, aiohttp_server, chaos_table: Table, redis_ser
         notes.append("cache hits by third (Redis up / killed / restarted): " + " / ".join(map(str, hits)))
         notes.append(f"served from Redis again {redis_recovery:.1f} s after its restart")
     notes += [f"{n}× {what}" for what, n in reports.items()]
+    if scenario.shipped_defaults and scenario.recover_after is None:
+        notes.append(_after_the_fifth(report))
+    if recovered_at:
+        notes.append(_first_answer_after(report, recovered_at[0]))
     chaos_table.rows.append(Row(scenario.name, report, resources, "; ".join(notes)))
 
     lost = report.details("lost")
@@ -206,11 +235,51 @@ async def _run(scenario: Scenario, aiohttp_server, chaos_table: Table, redis_ser
         assert report.details("correct")[scenario.never_serves] == 0, f"answers credited to broken {scenario.never_serves}"
     if scenario.expect == "correct":
         assert report.count("correct") == report.requests, f"{scenario.name}: errors {report.details('error')}"
+        if scenario.shipped_defaults:
+            _assert_quick_after_the_fifth(report)
+    elif scenario.expect == "recovers":
+        _assert_recovered_within_a_second(report, recovered_at[0])
     else:
         assert report.count("error") == report.requests, f"{scenario.name}: {report.details('correct')} answered"
     _assert_back_to_baseline(baseline, after, gateway.port, pooled)
     unexpected = [LoopErrors.describe(c) for c in loop_errors.records]
     assert not unexpected, f"errors nobody handled reached the event loop: {unexpected[:5]}"
+
+
+QUIET_FAILURE_LIMIT_SECONDS = 0.5  # from the 6th request on, behind a hanging first provider
+RECOVERY_LIMIT_SECONDS = 1.0  # from both providers' recovery to the first 200
+
+
+def _after_the_fifth(report: LoadReport) -> str:
+    first = ", ".join(f"{o.seconds:.2f} s" for o in report.outcomes[:5])
+    later = report.outcomes[5:]
+    served = ", ".join(f"{p} {n}" for p, n in sorted(Counter(o.detail for o in later).items()))
+    return f"requests 1-5: {first}; from the 6th: max {max(o.seconds for o in later) * 1000:.0f} ms ({served})"
+
+
+def _assert_quick_after_the_fifth(report: LoadReport) -> None:
+    """Every answer from the 6th on must be Fireworks' (or the cache's), in under 0.5 s."""
+    later = report.outcomes[5:]
+    slow_or_wrong = [o for o in later if o.kind != "correct" or o.detail == "deepinfra" or o.seconds >= QUIET_FAILURE_LIMIT_SECONDS]
+    assert not slow_or_wrong, f"from the 6th request on: {slow_or_wrong[:3]}"
+
+
+def _first_answer_after(report: LoadReport, recovered_at: float) -> str:
+    answered = [o.finished_at for o in report.outcomes if o.kind == "correct" and o.finished_at >= recovered_at]
+    first = f"{(answered[0] - recovered_at) * 1000:.1f} ms" if answered else "never"
+    return f"first 200 {first} after both providers recovered"
+
+
+def _assert_recovered_within_a_second(report: LoadReport, recovered_at: float) -> None:
+    """Clean errors until the providers recovered; then correct answers, the first within 1 s."""
+    before = [o for o in report.outcomes if o.finished_at < recovered_at]
+    after = [o for o in report.outcomes if o.finished_at >= recovered_at]
+    assert before and all(o.kind == "error" for o in before), [o for o in before if o.kind != "error"][:3]
+    correct = [o for o in after if o.kind == "correct"]
+    assert correct, f"no correct answer after recovery: {[o.detail for o in after][:5]}"
+    assert correct[0].finished_at - recovered_at < RECOVERY_LIMIT_SECONDS, _first_answer_after(report, recovered_at)
+    first_index = after.index(correct[0])
+    assert all(o.kind == "correct" for o in after[first_index:]), [o.detail for o in after[first_index:] if o.kind != "correct"]
 
 
 async def _seconds_until_redis_serves_again(gateway_url: str, workload: Workload, restarted_at: float) -> float:

@@ -494,3 +494,73 @@ def test_latency_rejects_impossible_samples() -> None:
             tracker.record(bad)
     with pytest.raises(ValueError):
         LatencyTracker(capacity=10, min_samples=11)
+
+
+# --- attempt time, the panic rule, reconfiguration ---------------------------------------------
+
+def test_attempt_gets_a_fair_share_when_nothing_is_known() -> None:
+    from gateway.resilience.deadline import attempt_seconds
+
+    assert attempt_seconds(2.0, own_limit=10.0, later_limits=[10.0]) == 1.0
+    assert attempt_seconds(3.0, own_limit=10.0, later_limits=[10.0, 10.0]) == 1.0
+    assert attempt_seconds(2.0, own_limit=10.0, later_limits=[]) == 2.0  # the last one gets all that is left
+
+
+def test_attempt_leaves_a_known_fast_provider_only_what_it_needs() -> None:
+    from gateway.resilience.deadline import attempt_seconds
+
+    assert attempt_seconds(2.0, own_limit=10.0, later_limits=[0.2]) == pytest.approx(1.8)
+    # Never less than a fair share, never more than its own limit, and no deadline: its own limit.
+    assert attempt_seconds(2.0, own_limit=0.3, later_limits=[0.2]) == 0.3
+    assert attempt_seconds(None, own_limit=0.3, later_limits=[0.2]) == 0.3
+    assert attempt_seconds(-1.0, own_limit=10.0, later_limits=[1.0]) == 0.0
+
+
+def test_slow_after_is_unknown_until_enough_answers_then_a_multiple_of_p99() -> None:
+    tracker = LatencyTracker(min_samples=20)
+    for _ in range(19):
+        tracker.record(0.1, pairs=20)
+    assert tracker.slow_after(20, multiple=4.0, floor_seconds=0.25) is None
+    tracker.record(0.2, pairs=20)
+    assert tracker.slow_after(20, multiple=4.0, floor_seconds=0.25) == pytest.approx(0.8)
+    # A call five times the typical size may take five times as long before it counts as slow.
+    assert tracker.slow_after(100, multiple=4.0, floor_seconds=0.25) == pytest.approx(4.0)
+    assert tracker.slow_after(20, multiple=1.0, floor_seconds=0.5) == 0.5  # the floor
+
+
+def test_a_panic_call_settles_the_breaker_like_a_probe(clock: FakeClock) -> None:
+    cb = breaker(clock, consecutive_failures=1, cooldown_seconds=60)
+    cb.record_failure("down")
+    assert cb.state == "open" and not cb.allow()
+    cb.admit_panic()
+    cb.record_success()
+    assert cb.state == "closed"
+
+    cb.record_failure("down again")
+    opened = cb.status().opened_at
+    clock.advance(5)
+    cb.admit_panic()
+    cb.record_failure("still down")
+    assert cb.state == "open" and cb.status().opened_at == opened + 5  # now the latest to have opened
+
+
+def test_a_reconfigured_breaker_keeps_its_count_and_applies_the_new_threshold(clock: FakeClock) -> None:
+    cb = breaker(clock, consecutive_failures=5)
+    cb.record_failure("one")
+    cb.record_failure("two")
+    cb.reconfigure(BreakerConfig(consecutive_failures=3, cooldown_seconds=1.0))
+    cb.record_failure("three")
+    assert cb.state == "open"
+    clock.advance(1.0)
+    assert cb.state == "half_open"  # the new cool-down
+
+
+def test_a_retry_budget_takes_a_new_ratio(clock: FakeClock) -> None:
+    budget = RetryBudget(ratio=0.0, min_retries=0, clock=clock)
+    for _ in range(10):
+        budget.record_call()
+    assert not budget.can_retry()
+    budget.ratio = 0.5
+    assert budget.can_retry()
+    with pytest.raises(ValueError):
+        budget.ratio = -1.0

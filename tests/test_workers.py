@@ -113,3 +113,71 @@ def test_workers_must_be_positive(tmp_path):
     result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "0"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--workers" in result.stderr
+
+
+def _one_line_errors(stderr: str) -> list[str]:
+    """stderr without the JSON log lines the workers write while starting."""
+    return [line for line in stderr.splitlines() if line and not line.startswith("{")]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_taken_port_stops_the_gateway_with_one_line(tmp_path, workers):
+    """A worker that cannot bind would fail again on every restart: one line, a non-zero exit, no traceback."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.processes import REPO
+
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", workers],
+            cwd=REPO, env={**os.environ, "EMULATOR_KEY": "k", "REDIS_URL": "redis://127.0.0.1:1/0"},
+            capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    assert _one_line_errors(result.stderr) == [f"rerank-gateway: cannot serve on http://127.0.0.1:{port}: address already in use"]
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30  # it gave up; it did not restart the workers forever
+
+
+def test_the_emulator_on_a_taken_port_says_so_in_one_line():
+    import socket
+    import subprocess
+    import sys
+
+    from tests.processes import REPO
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "gateway", "emulate", "--port", str(port)],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [f"rerank-gateway: cannot serve on http://127.0.0.1:{port}: address already in use"]
+
+
+def test_workers_that_keep_dying_are_replaced_with_backoff_then_given_up_on():
+    from gateway.workers import MAX_RESTARTS_PER_MINUTE, StartupFailed, _Restarts
+
+    restarts = _Restarts()
+    now = 1000.0
+    delays = []
+    for _ in range(MAX_RESTARTS_PER_MINUTE):
+        delays.append(restarts.next_start(now) - now)
+        now += 1.0
+    assert delays == [0.5, 1.0, 2.0, 4.0, 8.0]
+    with pytest.raises(StartupFailed, match="died 6 times within a minute"):
+        restarts.next_start(now)
+
+    calm = _Restarts()
+    calm.next_start(0.0)
+    calm.next_start(1.0)
+    assert calm.next_start(200.0) == 200.5  # a quiet minute starts the back-off over
