@@ -1,4 +1,4 @@
-"""rerank-gateway serve | check-config | emulate.
+"""rerank-gateway serve | check-config | reload | emulate.
 
 click rather than argparse: subcommands, env-var defaults and clean usage errors come with it.
 """
@@ -8,18 +8,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 
 import click
+import orjson
 from aiohttp import web
 
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, load_server_section
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import ProviderClient
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
+NO_USABLE_PROVIDER = "NO USABLE PROVIDER"
 
 
 @click.group()
+@click.version_option(package_name="rerank-gateway", message="rerank-gateway %(version)s")
 def main() -> None:
     """A rerank gateway: every rerank wire format in, any configured provider out."""
 
@@ -67,7 +72,9 @@ def _serve_one(config: GatewayConfig, config_path: str | None, host: str, port: 
     from gateway.app import create_app
 
     for line in describe_providers(config):
-        logging.getLogger("gateway").info(line)
+        # A model nobody can serve answers every request with 502: say so above the info lines.
+        level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) else logging.INFO
+        logging.getLogger("gateway").log(level, line)
     web.run_app(
         create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH),
         host=host,
@@ -88,13 +95,59 @@ def check_config(config_path: str | None) -> None:
     config = _load_or_exit(config_path)
     lines = describe_providers(config)
     click.echo("\n".join(lines))
-    unserved = [line for line in lines if line.startswith("model ") and line.endswith("NO USABLE PROVIDER")]
+    unserved = [line for line in lines if line.startswith("model ") and line.endswith(NO_USABLE_PROVIDER)]
     sys.exit(1 if unserved else 0)
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("--url", help="the gateway's base URL (default: http://server.host:server.port from the config)")
+def reload(config_path: str | None, url: str | None) -> None:
+    """Make the gateway that serves this config reload it, through POST /admin/reload.
+
+    It reaches exactly the gateway on the config's address (unlike a signal sent by process
+    name) and prints its answer, including why a broken file was refused.
+    """
+    # Only [server] is read: a file the gateway would refuse must still reach it, to hear why.
+    try:
+        server = load_server_section(config_path)
+    except ConfigError as exc:
+        click.echo(f"invalid config: {exc}", err=True)
+        sys.exit(2)
+    admin_env = server.admin_key_env
+    key = server.admin_key()
+    if key is None:
+        where = f"${admin_env} is empty or not set" if admin_env else "[server] admin_key_env is not set"
+        click.echo(f"cannot reload: the admin endpoints are off ({where}); send SIGHUP to the gateway instead", err=True)
+        sys.exit(2)
+    base = (url or _local_url(server.host, server.port)).rstrip("/")
+    status, answer = _post_reload(f"{base}/admin/reload", key)
+    click.echo(answer)
+    sys.exit(0 if status == 200 else 1)
+
+
+def _local_url(host: str, port: int) -> str:
+    # A gateway listening on every address is reached on the loopback one.
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://[{reachable}]:{port}" if ":" in reachable else f"http://{reachable}:{port}"
+
+
+def _post_reload(url: str, key: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, orjson.dumps({"error": {"type": "unreachable", "message": f"no gateway at {url}: {reason}"}}).decode()
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=9000, show_default=True)
+@click.option("--port", type=int, default=9000, show_default=True, envvar="EMULATOR_PORT",
+              help="port to listen on ($EMULATOR_PORT; examples/emulator.toml reads the same variable)")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="added latency per request")
 @click.option("--jitter-ms", type=float, default=0.0, show_default=True, help="uniform extra latency")
 @click.option("--api-key", default=None, help="require this bearer key (default: accept any)")
@@ -115,7 +168,7 @@ def describe_providers(config: GatewayConfig) -> list[str]:
             reason = ProviderClient(provider, config.providers[provider]).unusable_reason(None)
             states.append((provider, reason))
         usable = [provider for provider, reason in states if reason is None]
-        summary = f"uses {', '.join(usable)}" if usable else "NO USABLE PROVIDER"
+        summary = f"uses {', '.join(usable)}" if usable else NO_USABLE_PROVIDER
         lines.append(f"model {name}: {summary}")
         for provider, reason in states:
             lines.append(f"  {provider}: {'ok' if reason is None else 'skipped: ' + reason}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ class ProviderClient:
         if not self.config.enabled:
             return "disabled in config"
         if self.config.needs_key() and self._api_key is None:
-            return f"no API key (${self.config.api_key_env} is not set)"
+            return f"no API key (${self.config.api_key_env} is {_unset_or_empty(self.config.api_key_env)})"
         if instruction is not None and not self.adapter.takes_instruction:
             return f"kind {self.config.kind!r} cannot take an instruction"
         return None
@@ -203,3 +204,8 @@ async def _gather_or_cancel(calls: list) -> list[WireScores]:
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _unset_or_empty(env_var: str | None) -> str:
+    # "set but empty" is the usual slip (`KEY= cmd`, an empty line in .env): say which it is.
+    return "empty" if env_var is not None and env_var in os.environ else "not set"
