@@ -221,7 +221,7 @@ async def _read_json(request: web.Request, max_bytes: int) -> Any:
 _MEANINGFUL_KEYS = tuple(
     f'"{key}"'.encode()
     for key in ("query", "queries", "documents", "passages", "texts", "text", "model", "top_n",
-                "instruction", "task", "return_documents", "raw_scores", "return_text")
+                "instruction", "task", "return_documents", "raw_scores", "return_text", "rank_fields")
 )
 
 
