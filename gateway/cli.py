@@ -70,21 +70,23 @@ def _worker_count(asked: int | None, shared_state: bool) -> int:
 
 def _serve_one(config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool) -> None:
     from gateway.app import create_app
+    from gateway.serving import run_gateway
 
     for line in describe_providers(config):
         # A model nobody can serve answers every request with 502: say so above the info lines.
         level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) else logging.INFO
         logging.getLogger("gateway").log(level, line)
-    web.run_app(
+    # run_gateway rather than web.run_app: the same loop and signals, but requests aiohttp's parser
+    # refuses get the gateway's JSON error too (see gateway/serving.py).
+    run_gateway(
         create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH),
         host=host,
         port=port,
-        reuse_port=reuse_port or None,
-        access_log=None,
+        reuse_port=reuse_port,
         # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
         # then runs the app's cleanup, which closes the upstream sessions and Redis.
         shutdown_timeout=config.server.shutdown_grace_seconds,
-        print=lambda _: logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port),
+        announce=lambda: logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port),
     )
 
 

@@ -134,3 +134,36 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
             assert response.status == 200
             assert len((await response.json())["scores"]) == 2
         assert await asyncio.to_thread(gateway.wait, 10) == 0
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\n{}",  # NUL in a header
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",  # not a header at all
+])
+def test_requests_aiohttp_refuses_get_the_gateways_json_error(tmp_path, request_bytes):
+    gateway_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    with running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port) as gateway:
+        answer = raw_http(gateway_port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in header_lines)}
+    assert status_line.split()[1] == "400"
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["type"] == "bad_request" and error["message"].startswith("malformed HTTP request: ")
+    assert error["request_id"] == headers["x-request-id"]
+    log = gateway.stderr.read()
+    assert "Traceback" not in log and "malformed HTTP request" in log
