@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import multiprocess
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -190,9 +191,14 @@ def test_env_set_after_import_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pa
         GatewayMetrics()
 
 
-def test_mark_process_dead_without_a_directory_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mark_process_dead_without_a_directory_does_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[int, str]] = []
+    monkeypatch.setattr(multiprocess, "mark_process_dead", lambda pid, path: calls.append((pid, path)))
     monkeypatch.delenv(MULTIPROC_DIR_ENV, raising=False)
     mark_process_dead(12345)
+    assert calls == []
+    mark_process_dead(12345, tmp_path)  # with a directory it is passed on
+    assert calls == [(12345, str(tmp_path))]
 
 
 # -- metrics, several worker processes --------------------------------------------------------
