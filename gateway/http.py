@@ -88,6 +88,8 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     except web.HTTPException as exc:
         error = _from_aiohttp(exc, request)
         response, error_type = _error_response(error, request_id), error.error_type
+        if "Allow" in exc.headers:  # a 405 must say which methods are allowed (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
     except Exception:
         # Never a traceback to the client; the log has it, tied to the request id.
         log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)

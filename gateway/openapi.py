@@ -223,8 +223,9 @@ def _parameters() -> dict[str, Any]:
     return {
         "RequestId": {
             "name": "X-Request-ID", "in": "header", "required": False,
-            "description": "Echoed back in the header and the body; any other value is replaced by a fresh id.",
-            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+            "description": "Echoed back in the header and the body when it is 1-128 of `A-Za-z0-9._:-`; "
+                           "any other value is not refused but replaced by a fresh id.",
+            "schema": {"type": "string"},
         },
         "RequestTimeout": {
             "name": "X-Request-Timeout", "in": "header", "required": False,
@@ -362,7 +363,7 @@ def _request_schemas() -> dict[str, Schema]:
                 "model": _MODEL, "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
                 "rank_fields": _optional(_strings(
                     "Object fields to rank on, in this order (`field: value` lines; one field ranks by its bare "
-                    "value). Without it an object needs a string `text`.")),
+                    "value; fields a document lacks are left out). Without it an object needs a string `text`.")),
             },
             # Without rank_fields, an object document must carry its text.
             "if": {"properties": {"rank_fields": {"type": "array"}}, "required": ["rank_fields"]},

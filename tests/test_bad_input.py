@@ -38,8 +38,8 @@ BAD_INPUTS: list[tuple[str, Any, dict[str, str], int, str, str]] = [
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 2**60}, {}, 422, "invalid_request", "top_n: must be at most"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": "title"}, {}, 422, "invalid_request",
      "rank_fields: expected a list"),
-    ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}, {"body": "b"}], "rank_fields": ["title"]}, {}, 422,
-     "invalid_request", "documents[1]: has none of the rank_fields ['title']"),
+    ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}, 5], "rank_fields": ["title"]}, {}, 422,
+     "invalid_request", "documents[1]: expected a string or an object"),
     ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}]}, {}, 422, "invalid_request",
      "documents[0]: expected a string or an object with a string 'text'"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "return_documents": "yes"}, {}, 422, "invalid_request", "return_documents"),
@@ -98,6 +98,7 @@ async def test_wrong_method_is_405_with_the_error_body(make_gateway: GatewayFact
     response = await gateway.get("/v1/rerank")
     assert response.status == 405
     assert (await response.json())["error"]["type"] == "method_not_allowed"
+    assert response.headers["Allow"] == "POST"
 
 
 async def test_a_model_is_required_without_a_default(make_gateway: GatewayFactory):

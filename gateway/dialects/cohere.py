@@ -2,7 +2,7 @@
 
 Documents are strings or objects. An object is ranked by its `text`, or, with `rank_fields`, by
 those fields in that order (one `field: value` line each; a single field ranks by its bare
-value, as `text` alone does). With `return_documents` an object comes back whole, every field
+value, as `text` alone does; missing fields are left out). With `return_documents` an object comes back whole, every field
 kept, as Cohere documents.
 """
 
@@ -74,10 +74,9 @@ def _ranked_text(document: Any, index: int, rank_fields: Sequence[str]) -> str:
     if not isinstance(document, dict):
         raise InvalidRequest(f"documents[{index}]: expected a string or an object")
     present = [(field, _field_text(document[field])) for field in rank_fields if field in document]
-    if not present:
-        raise InvalidRequest(f"documents[{index}]: has none of the rank_fields {list(rank_fields)}")
     if len(rank_fields) == 1:
-        return present[0][1]
+        # A document without the field ranks as an empty text, as an empty string document does.
+        return present[0][1] if present else ""
     return "\n".join(f"{field}: {text}" for field, text in present)
 
 
