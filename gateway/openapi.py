@@ -133,12 +133,17 @@ def _paths() -> dict[str, Any]:
             "metrics", "Prometheus metrics", "Prometheus text exposition format.",
             {"text/plain": {"schema": {"type": "string"}}},
         )},
-        "/status": {"get": _get(
+        "/status": {"get": {**_get(
             "status", "Status page for ops",
             "Server-rendered HTML: each model's fallback order with provider health, breaker state and budget, "
-            "cache hit rate and savings, recent errors, config load time.",
+            "cache hit rate and savings, recent errors, config load time. It reloads itself every 10 s.",
             {"text/html": {"schema": {"type": "string"}}},
-        )},
+            extra={"400": _ref("responses", "BadRequest")},
+        ), "parameters": [{
+            "name": "refresh", "in": "query", "required": False,
+            "description": "Seconds between the page's own reloads; 0 turns them off. Default 10.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 86400},
+        }]}},
         "/openapi.json": {"get": _get("openapi", "This document", "OpenAPI 3.1.", _json({"type": "object"}))},
         "/admin/reload": {"post": _admin_operation(
             "reload", "Reload the config file",

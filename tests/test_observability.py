@@ -175,6 +175,15 @@ def test_cache_fallbacks_budget_and_breaker() -> None:
 
 
 @single_process_only
+def test_no_created_series() -> None:
+    metrics = GatewayMetrics()
+    metrics.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
+    metrics.record_upstream_call(provider="deepinfra", seconds=0.1)
+    body = metrics.render()[0].decode()
+    assert "rerank_gateway_requests_total" in body and "_created" not in body
+
+
+@single_process_only
 def test_each_instance_has_its_own_registry() -> None:
     first, second = GatewayMetrics(), GatewayMetrics()
     first.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
