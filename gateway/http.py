@@ -96,6 +96,9 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
         response, error_type = _error_response(GatewayError("internal error; see the gateway log"), request_id), "internal_error"
     response.headers["X-Request-ID"] = request_id
     trace = request.get(RERANK_TRACE)
+    if trace is not None and error_type is not None and trace.model != "none":
+        # An error after the model was resolved (429, 502, 504) still says which model it was for.
+        response.headers.setdefault("X-Rerank-Model", trace.model)
     if trace is not None:
         _observe(request, trace, response.status, time.perf_counter() - started, attempts, error_type)
     return response

@@ -276,7 +276,11 @@ def _headers() -> dict[str, Any]:
 
 def _error_responses() -> dict[str, Any]:
     def error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
-        headers = {**_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True}}
+        headers = {
+            **_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True},
+            "X-Rerank-Model": {"required": False, "schema": {"type": "string", "minLength": 1},
+                               "description": "The model asked for, once it was resolved (429, 502, 504); not on errors found before."},
+        }
         if retry_after:
             headers["Retry-After"] = _ref("headers", "Retry-After")
         return {"description": description, "headers": headers, "content": _json(_schema("Error"))}

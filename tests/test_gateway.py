@@ -343,6 +343,8 @@ async def test_provider_without_key_is_skipped_and_says_why(make_gateway: Gatewa
     response = await gateway.post("/v1/rerank", json={"query": "another question", "documents": DOCUMENTS})
     message = (await response.json())["error"]["message"]
     assert "deepinfra: skipped: no API key ($NO_SUCH_KEY_SET is empty)" in message
+    # An error after the model was resolved says which model; X-Rerank-Cache only on answers.
+    assert response.headers["X-Rerank-Model"] == MODEL and "X-Rerank-Cache" not in response.headers
 
 
 async def test_sigmoid_transform_turns_logits_into_relevance(make_gateway: GatewayFactory, emulator):
