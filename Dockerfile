@@ -3,6 +3,9 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 RUN pip install --no-cache-dir .
-COPY config.toml ./
+# The config lives in a folder, so compose can mount the folder: a single-file bind mount keeps
+# the old inode when an editor or `sed -i` replaces the file, and the gateway never sees the edit.
+COPY config.toml ./config/config.toml
+ENV GATEWAY_CONFIG=/app/config/config.toml
 EXPOSE 8080
-CMD ["rerank-gateway", "serve", "--config", "/app/config.toml", "--host", "0.0.0.0"]
+CMD ["rerank-gateway", "serve", "--host", "0.0.0.0"]

@@ -1,4 +1,4 @@
-"""rerank-gateway serve | check-config | emulate.
+"""rerank-gateway serve | check-config | reload | emulate.
 
 click rather than argparse: subcommands, env-var defaults and clean usage errors come with it.
 """
@@ -8,21 +8,26 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
+import orjson
 from aiohttp import web
 
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, load_server_section
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import ProviderClient
-from gateway.secrets import Secrets
+from gateway.secrets import Secrets, read_env
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
+NO_USABLE_PROVIDER = "NO USABLE PROVIDER"
 
 
 @click.group()
+@click.version_option(package_name="rerank-gateway", message="rerank-gateway %(version)s")
 def main() -> None:
     """A rerank gateway: every rerank wire format in, any configured provider out."""
 
@@ -74,22 +79,30 @@ def _serve_one(
     config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool, report: StartupReport
 ) -> None:
     from gateway.app import create_app
+    from gateway.serving import run_gateway
 
     for line in describe_providers(config):
-        logging.getLogger("gateway").info(line)
+        # A model nobody can serve answers every request with 502: say so above the info lines.
+        level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) else logging.INFO
+        logging.getLogger("gateway").log(level, line)
 
     def ready() -> None:
         logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port)
 
-    run_until_stopped(
-        create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH),
-        host, port, report, ready,
-        reuse_port=reuse_port or None,
-        access_log=None,
-        # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
-        # then runs the app's cleanup, which closes the upstream sessions and Redis.
-        shutdown_timeout=config.server.shutdown_grace_seconds,
-    )
+    app = create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+
+    def serve(announce: Callable[[], None]) -> None:
+        # run_gateway rather than web.run_app: the same loop and signals, but requests aiohttp's
+        # parser refuses get the gateway's JSON error too (see gateway/serving.py).
+        run_gateway(
+            app, host=host, port=port, reuse_port=reuse_port,
+            # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
+            # then runs the app's cleanup, which closes the upstream sessions and Redis.
+            shutdown_timeout=config.server.shutdown_grace_seconds,
+            announce=announce,
+        )
+
+    run_until_stopped(serve, f"http://{host}:{port}", report, ready)
 
 
 class StartupReport:
@@ -119,23 +132,26 @@ class StartupReport:
 
 
 def run_until_stopped(
-    app: web.Application, host: str, port: int, report: StartupReport, ready: Callable[[], None], **options: Any
+    serve: Callable[[Callable[[], None]], None], address: str, report: StartupReport, ready: Callable[[], None]
 ) -> None:
-    """web.run_app until SIGTERM/SIGINT; failing to start (the port taken, say) is one line."""
+    """serve(announce) until SIGTERM/SIGINT; failing to start (the port taken, say) is one line.
+
+    `serve` calls `announce` once it listens: what fails before that is a start-up failure.
+    """
     serving = False
 
-    def on_serving(_: str) -> None:
+    def on_serving() -> None:
         nonlocal serving
         serving = True
         ready()
         report.ready()
 
     try:
-        web.run_app(app, host=host, port=port, print=on_serving, **options)
+        serve(on_serving)
     except Exception as exc:
         if serving:
             raise  # a crash while serving is a bug: keep its traceback
-        report.failed(f"cannot serve on http://{host}:{port}: {describe_startup_error(exc)}")
+        report.failed(f"cannot serve on {address}: {describe_startup_error(exc)}")
 
 
 def describe_startup_error(exc: BaseException) -> str:
@@ -151,13 +167,59 @@ def check_config(config_path: str | None) -> None:
     config = _load_or_exit(config_path)
     lines = describe_providers(config)
     click.echo("\n".join(lines))
-    unserved = [line for line in lines if line.startswith("model ") and line.endswith("NO USABLE PROVIDER")]
+    unserved = [line for line in lines if line.startswith("model ") and line.endswith(NO_USABLE_PROVIDER)]
     sys.exit(1 if unserved else 0)
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("--url", help="the gateway's base URL (default: http://server.host:server.port from the config)")
+def reload(config_path: str | None, url: str | None) -> None:
+    """Make the gateway that serves this config reload it, through POST /admin/reload.
+
+    It reaches exactly the gateway on the config's address (unlike a signal sent by process
+    name) and prints its answer, including why a broken file was refused.
+    """
+    # Only [server] is read: a file the gateway would refuse must still reach it, to hear why.
+    try:
+        server = load_server_section(config_path)
+    except ConfigError as exc:
+        click.echo(f"invalid config: {exc}", err=True)
+        sys.exit(2)
+    admin_env = server.admin_key_env
+    key = read_env(admin_env)
+    if key is None:
+        where = f"${admin_env} is empty or not set" if admin_env else "[server] admin_key_env is not set"
+        click.echo(f"cannot reload: the admin endpoints are off ({where}); send SIGHUP to the gateway instead", err=True)
+        sys.exit(2)
+    base = (url or _local_url(server.host, server.port)).rstrip("/")
+    status, answer = _post_reload(f"{base}/admin/reload", key)
+    click.echo(answer)
+    sys.exit(0 if status == 200 else 1)
+
+
+def _local_url(host: str, port: int) -> str:
+    # A gateway listening on every address is reached on the loopback one.
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://[{reachable}]:{port}" if ":" in reachable else f"http://{reachable}:{port}"
+
+
+def _post_reload(url: str, key: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {key}"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return 0, orjson.dumps({"error": {"type": "unreachable", "message": f"no gateway at {url}: {reason}"}}).decode()
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=9000, show_default=True)
+@click.option("--port", type=int, default=9000, show_default=True, envvar="EMULATOR_PORT",
+              help="port to listen on ($EMULATOR_PORT; examples/emulator.toml reads the same variable)")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="added latency per request")
 @click.option("--jitter-ms", type=float, default=0.0, show_default=True, help="uniform extra latency")
 @click.option("--api-key", default=None, help="require this bearer key (default: accept any)")
@@ -166,8 +228,11 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
     from gateway.emulator import EmulatorConfig, create_emulator_app
 
     app = create_emulator_app(EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, api_key=api_key))
-    run_until_stopped(app, host, port, StartupReport(None), lambda: click.echo(f"emulator on http://{host}:{port}"),
-                      access_log=None)
+
+    def serve(announce: Callable[[], None]) -> None:
+        web.run_app(app, host=host, port=port, access_log=None, print=lambda _: announce())
+
+    run_until_stopped(serve, f"http://{host}:{port}", StartupReport(None), lambda: click.echo(f"emulator on http://{host}:{port}"))
 
 
 def describe_providers(config: GatewayConfig) -> list[str]:
@@ -177,10 +242,13 @@ def describe_providers(config: GatewayConfig) -> list[str]:
     for name, model in config.models.items():
         states = []
         for provider in model.fallback:
-            client = ProviderClient(provider, config.providers[provider], secrets.provider_keys[provider])
+            client = ProviderClient(
+                provider, config.providers[provider], secrets.provider_keys[provider],
+                missing_key=secrets.missing_keys.get(provider, "not set"),
+            )
             states.append((provider, client.unusable_reason(None)))
         usable = [provider for provider, reason in states if reason is None]
-        summary = f"uses {', '.join(usable)}" if usable else "NO USABLE PROVIDER"
+        summary = f"uses {', '.join(usable)}" if usable else NO_USABLE_PROVIDER
         lines.append(f"model {name}: {summary}")
         for provider, reason in states:
             lines.append(f"  {provider}: {'ok' if reason is None else 'skipped: ' + reason}")

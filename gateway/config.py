@@ -6,10 +6,13 @@ refuses to start rather than run on a half-understood config.
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -26,8 +29,9 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A misspelt key is an error, not a silently ignored setting; and strict, so `port = "8080"`
+    # is refused rather than quietly converted (a whole number is still taken where a float is meant).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ServerConfig(_Section):
@@ -117,6 +121,12 @@ class ProviderConfig(_Section):
     score_transform: Literal["none", "sigmoid"] = "none"
     budget: BudgetConfig = BudgetConfig()
 
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _expand_env(cls, url: Any) -> Any:
+        # `${EMULATOR_PORT:-9000}`: lets one config serve several set-ups without editing it.
+        return expand_env(url) if isinstance(url, str) else url
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, url: str) -> str:
@@ -182,16 +192,52 @@ class GatewayConfig(_Section):
                     raise ValueError(f"models.{name}.aliases: {alias!r} already names model {owner[alias]!r}")
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """`${NAME}` and `${NAME:-default}` replaced from the environment; an unset NAME without default is an error."""
+
+    def value(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found:
+            return found
+        if default is None:
+            raise ValueError(f"${{{name}}} is not set and has no default (write ${{{name}:-DEFAULT}})")
+        return default
+
+    return _ENV_REFERENCE.sub(value, text)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Read and validate config: --config, else $GATEWAY_CONFIG, else ./config.toml."""
-    path = Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    source, raw = read_config_file(path)
+    return parse_config(raw, source=source)
+
+
+def load_server_section(path: str | os.PathLike[str] | None = None) -> ServerConfig:
+    """Only `[server]`: enough to reach a running gateway even when the rest of the file is broken."""
+    source, raw = read_config_file(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return ServerConfig.model_validate(raw.get("server", {}))
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: [server]: {describe_validation_error(exc)}") from None
+
+
+def read_config_file(path: str | os.PathLike[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The file's name and its TOML, unvalidated: --config, else $GATEWAY_CONFIG, else ./config.toml."""
+    named = path or os.environ.get("GATEWAY_CONFIG")
+    resolved = Path(named or DEFAULT_CONFIG_PATH)
+    try:
+        return str(resolved), tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        hint = "" if named else " (pass --config PATH or set GATEWAY_CONFIG; examples/emulator.toml runs against the local emulator)"
+        raise ConfigError(f"{resolved}: no such file{hint}") from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{resolved}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(raw, source=str(path))
+        raise ConfigError(f"{resolved}: not valid TOML: {exc}") from None
 
 
 def parse_config(raw: dict, source: str = "config") -> GatewayConfig:
@@ -209,8 +255,38 @@ def describe_validation_error(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "literal_error":
+        if error["type"] == "extra_forbidden":
+            message = unknown_key_message(error["loc"])
+        elif error["type"] == "literal_error":
             message = f"{error['input']!r} is not one of {error['ctx']['expected']}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{where}: {message}" if where else message)
     return "; ".join(problems)
+
+
+def unknown_key_message(loc: Sequence[int | str]) -> str:
+    """`unknown key 'fallbak'; did you mean 'fallback'?`, from the keys the section does take."""
+    key = str(loc[-1])
+    section = _section_at(loc[:-1])
+    known = sorted(section.model_fields) if section is not None else []
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    return f"unknown key {key!r}; known keys: {', '.join(known)}" if known else f"unknown key {key!r}"
+
+
+def _section_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    """The config model a location points into: ('models', 'NAME') -> ModelConfig."""
+    current: Any = GatewayConfig
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            current = field.annotation
+        elif get_origin(current) is dict:
+            current = get_args(current)[1]
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None

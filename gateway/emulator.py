@@ -440,8 +440,13 @@ async def _reset(request: web.Request) -> web.Response:
     return _json({"reset": True})
 
 
+# Far above what the gateway sends (server.max_body_bytes defaults to 8 MiB), so a large
+# request through the gateway is never refused here by aiohttp's 1 MiB default.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
 def create_emulator_app(config: EmulatorConfig | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[EMULATOR_STATE] = EmulatorState(config or EmulatorConfig())
     app.router.add_routes([web.post(p.path, functools.partial(_serve, p))
                            for p in _PROVIDER_ROUTES])

@@ -84,16 +84,19 @@ async def edge_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     try:
         response = await handler(request)
     except GatewayError as exc:
-        response, error_type = _error_response(exc, request_id), exc.error_type
+        response, error_type = error_response(exc, request_id), exc.error_type
     except web.HTTPException as exc:
         error = _from_aiohttp(exc, request)
-        response, error_type = _error_response(error, request_id), error.error_type
+        response, error_type = error_response(error, request_id), error.error_type
     except Exception:
         # Never a traceback to the client; the log has it, tied to the request id.
         log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)
-        response, error_type = _error_response(GatewayError("internal error; see the gateway log"), request_id), "internal_error"
+        response, error_type = error_response(GatewayError("internal error; see the gateway log"), request_id), "internal_error"
     response.headers["X-Request-ID"] = request_id
     trace = request.get(RERANK_TRACE)
+    if trace is not None and error_type is not None and trace.model != "none":
+        # An error after the model was resolved (429, 502, 504) still says which model it was for.
+        response.headers.setdefault("X-Rerank-Model", trace.model)
     if trace is not None:
         _observe(request, trace, response.status, time.perf_counter() - started, attempts, error_type)
     return response
@@ -126,7 +129,8 @@ def _observe(
     ))
 
 
-def _error_response(exc: GatewayError, request_id: str) -> web.Response:
+def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    """The one error body, with the headers the error's class carries."""
     body = {"error": {"type": exc.error_type, "message": exc.message, "request_id": request_id}}
     return json_response(body, status=exc.status, headers={"X-Rerank-Provider": "none", **exc.headers})
 
@@ -217,7 +221,7 @@ async def _read_json(request: web.Request, max_bytes: int) -> Any:
 _MEANINGFUL_KEYS = tuple(
     f'"{key}"'.encode()
     for key in ("query", "queries", "documents", "passages", "texts", "text", "model", "top_n",
-                "instruction", "task", "return_documents", "raw_scores", "return_text")
+                "instruction", "task", "return_documents", "raw_scores", "return_text", "rank_fields")
 )
 
 

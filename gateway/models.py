@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,9 @@ class RerankRequest:
     top_n: int | None = None
     return_documents: bool = False
     raw_scores: bool = False  # TEI clients may ask for logits instead of probabilities
+    # Cohere's object documents as the client sent them: returned whole with return_documents,
+    # since Cohere keeps every field. None when every document was a plain string.
+    sent_documents: tuple[Any, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,12 +133,17 @@ def _paths() -> dict[str, Any]:
             "metrics", "Prometheus metrics", "Prometheus text exposition format.",
             {"text/plain": {"schema": {"type": "string"}}},
         )},
-        "/status": {"get": _get(
+        "/status": {"get": {**_get(
             "status", "Status page for ops",
             "Server-rendered HTML: each model's fallback order with provider health, breaker state and budget, "
-            "cache hit rate and savings, recent errors, config load time.",
+            "cache hit rate and savings, recent errors, config load time. It reloads itself every 10 s.",
             {"text/html": {"schema": {"type": "string"}}},
-        )},
+            extra={"400": _ref("responses", "BadRequest")},
+        ), "parameters": [{
+            "name": "refresh", "in": "query", "required": False,
+            "description": "Seconds between the page's own reloads; 0 turns them off. Default 10.",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 86400},
+        }]}},
         "/openapi.json": {"get": _get("openapi", "This document", "OpenAPI 3.1.", _json({"type": "object"}))},
         "/admin/reload": {"post": _admin_operation(
             "reload", "Reload the config file",
@@ -223,8 +228,9 @@ def _parameters() -> dict[str, Any]:
     return {
         "RequestId": {
             "name": "X-Request-ID", "in": "header", "required": False,
-            "description": "Echoed back in the header and the body; any other value is replaced by a fresh id.",
-            "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._:\-]{1,128}$"},
+            "description": "Echoed back in the header and the body when it is 1-128 of `A-Za-z0-9._:-`; "
+                           "any other value is not refused but replaced by a fresh id.",
+            "schema": {"type": "string"},
         },
         "RequestTimeout": {
             "name": "X-Request-Timeout", "in": "header", "required": False,
@@ -270,7 +276,11 @@ def _headers() -> dict[str, Any]:
 
 def _error_responses() -> dict[str, Any]:
     def error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
-        headers = {**_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True}}
+        headers = {
+            **_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True},
+            "X-Rerank-Model": {"required": False, "schema": {"type": "string", "minLength": 1},
+                               "description": "The model asked for, once it was resolved (429, 502, 504); not on errors found before."},
+        }
         if retry_after:
             headers["Retry-After"] = _ref("headers", "Retry-After")
         return {"description": description, "headers": headers, "content": _json(_schema("Error"))}
@@ -309,7 +319,11 @@ def _strings(description: str, item: Schema | None = None) -> Schema:
 
 
 _QUERY: Schema = {"type": "string", "minLength": 1}
-_TOP_N: Schema = _optional({"type": "integer", "minimum": 1})
+_TOP_N: Schema = _optional({
+    "type": "integer", "minimum": 1, "maximum": 2**53,
+    "description": "A whole number; 2.0 counts, 1.5 does not. Past 2^53 a JSON number is no longer an exact integer.",
+})
+_MODEL: Schema = _optional({"type": "string", "description": "A served model's name or alias; empty or absent = server.default_model."})
 _LIMITS = "Over server.max_documents / max_document_chars: 413."
 
 
@@ -318,7 +332,16 @@ def _request_schemas() -> dict[str, Schema]:
     return {
         "DeepInfraRequest": {
             "type": "object", "required": ["queries"],
-            "oneOf": [{"required": ["documents"]}, {"required": ["passages"]}],
+            "allOf": [
+                {"oneOf": [{"required": ["documents"]}, {"required": ["passages"]}]},
+                # The pairing rule. JSON Schema cannot compare two lengths, so "as many queries as
+                # documents" is checked by the gateway (422); what the schema can say, it says.
+                {"anyOf": [
+                    {"description": "One query for every document.", "properties": {"queries": {"maxItems": 1}}},
+                    {"description": "One query per document: as many queries as documents (else 422).",
+                     "properties": {"queries": {"minItems": 2}, "documents": {"minItems": 2}, "passages": {"minItems": 2}}},
+                ]},
+            ],
             "properties": {
                 "queries": _strings("One query for all documents, or one per document."),
                 "documents": _strings(f"Exactly one of documents / passages. {_LIMITS}"),
@@ -332,7 +355,7 @@ def _request_schemas() -> dict[str, Schema]:
             "type": "object", "required": ["query", "documents"],
             "properties": {
                 "query": _QUERY, "documents": _strings(_LIMITS, text_or_object),
-                "model": _optional({"type": "string"}), "task": _optional({"type": "string"}),
+                "model": _MODEL, "task": _optional({"type": "string"}),
                 "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
             },
             "examples": [{"model": "accounts/fireworks/models/qwen3-reranker-8b", "query": "cost of bankruptcy?",
@@ -341,11 +364,19 @@ def _request_schemas() -> dict[str, Schema]:
         },
         "CohereRequest": {
             "type": "object", "required": ["query", "documents"],
-            "description": "`model` may be left out for server.default_model. Cohere's other fields are accepted and ignored.",
+            "description": "`model` may be left out for server.default_model. Documents are strings or objects; an "
+                           "object is ranked by its `text`, or by its `rank_fields` in order, and comes back whole "
+                           "with `return_documents`. Cohere's other fields are accepted and ignored.",
             "properties": {
-                "query": _QUERY, "documents": _strings(_LIMITS, text_or_object),
-                "model": _optional({"type": "string"}), "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+                "query": _QUERY, "documents": _strings(_LIMITS, {"oneOf": [{"type": "string"}, {"type": "object"}]}),
+                "model": _MODEL, "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+                "rank_fields": _optional(_strings(
+                    "Object fields to rank on, in this order (`field: value` lines; one field ranks by its bare "
+                    "value; fields a document lacks are left out). Without it an object needs a string `text`.")),
             },
+            # Without rank_fields, an object document must carry its text.
+            "if": {"properties": {"rank_fields": {"type": "array"}}, "required": ["rank_fields"]},
+            "else": {"properties": {"documents": {"items": text_or_object}}},
             "examples": [{"query": "cost of bankruptcy?", "documents": ["The MFC opens at 8:00.", "Bankruptcy is free."], "top_n": 2}],
         },
         "TeiRequest": {
@@ -416,7 +447,8 @@ def _answer_schemas() -> dict[str, Schema]:
         }),
         "CohereResult": _closed(["index", "relevance_score"], {
             "index": _INDEX, "relevance_score": _SCORE,
-            "document": _closed(["text"], {"text": {"type": "string"}}, description="Only with return_documents."),
+            "document": {"type": "object", "description": "Only with return_documents: an object document as sent, "
+                         "every field kept; a string document as `{\"text\": ...}`."},
         }),
         "TeiResponse": {"type": "array", "items": _schema("TeiResult"), "description": "Every document, best first."},
         "TeiResult": _closed(["index", "score"], {

@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 
 from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit, scope_label
+from gateway.errors import BadRequest
 from gateway.http import LIVE, json_response
 from gateway.observability.status_page import (
     BudgetBar,
@@ -20,6 +21,9 @@ from gateway.openapi import openapi_spec
 from gateway.redis_pool import is_cluster_url
 from gateway.router import first_opened, unavailable
 from gateway.runtime import Generation, LiveGateway
+
+
+STATUS_REFRESH_SECONDS = 10
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -70,8 +74,17 @@ async def status_page(request: web.Request) -> web.Response:
         ),
         recent_errors=tuple(reversed(live.shared.health.recent_errors)),
         gateway_budget=_bars(reports, GATEWAY_SCOPE),
+        refresh_seconds=_refresh_seconds(request),
     )
     return web.Response(text=render_status_page(snapshot), content_type="text/html")
+
+
+def _refresh_seconds(request: web.Request) -> int:
+    """`?refresh=N` seconds between reloads of /status; 0 turns it off; absent: every 10 s."""
+    asked = request.query.get("refresh", str(STATUS_REFRESH_SECONDS))
+    if not asked.isdigit() or int(asked) > 86_400:
+        raise BadRequest(f"refresh: expected whole seconds from 0 (off) to 86400, got {asked[:20]!r}")
+    return int(asked)
 
 
 async def openapi(request: web.Request) -> web.Response:

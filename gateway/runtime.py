@@ -119,7 +119,9 @@ def build_clients(config: GatewayConfig, secrets: Secrets) -> dict[str, Provider
     for name, provider in config.providers.items():
         if provider.kind not in PROVIDER_KINDS:
             raise ConfigError(f"providers.{name}.kind: no adapter is registered for kind {provider.kind!r}")
-        clients[name] = ProviderClient(name, provider, secrets.provider_keys[name])
+        clients[name] = ProviderClient(
+            name, provider, secrets.provider_keys[name], missing_key=secrets.missing_keys.get(name, "not set")
+        )
     return clients
 
 

@@ -31,6 +31,17 @@ BAD_INPUTS: list[tuple[str, Any, dict[str, str], int, str, str]] = [
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": "2"}, {}, 422, "invalid_request", "top_n: expected a whole number"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 1.5}, {}, 422, "invalid_request", "top_n"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": True}, {}, 422, "invalid_request", "top_n"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 1e29}, {}, 422, "invalid_request",
+     "top_n: expected a whole number, got 1e+29"),
+    ("/inference/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 1.5}, {}, 422, "invalid_request",
+     "top_n: expected a whole number, got 1.5"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "top_n": 2**60}, {}, 422, "invalid_request", "top_n: must be at most"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "rank_fields": "title"}, {}, 422, "invalid_request",
+     "rank_fields: expected a list"),
+    ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}, 5], "rank_fields": ["title"]}, {}, 422,
+     "invalid_request", "documents[1]: expected a string or an object"),
+    ("/v1/rerank", {"query": "q", "documents": [{"title": "a"}]}, {}, 422, "invalid_request",
+     "documents[0]: expected a string or an object with a string 'text'"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "return_documents": "yes"}, {}, 422, "invalid_request", "return_documents"),
     ("/v1/rerank", {"query": "q", "documents": ["a"], "model": 5}, {}, 422, "invalid_request", "model: expected a string"),
     ("/v1/rerank", {"query": "q", "documents": ["a"] * 5}, {}, 413, "payload_too_large", "server.max_documents = 4"),
@@ -87,6 +98,7 @@ async def test_wrong_method_is_405_with_the_error_body(make_gateway: GatewayFact
     response = await gateway.get("/v1/rerank")
     assert response.status == 405
     assert (await response.json())["error"]["type"] == "method_not_allowed"
+    assert response.headers["Allow"] == "POST"
 
 
 async def test_a_model_is_required_without_a_default(make_gateway: GatewayFactory):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from importlib.metadata import version
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -12,13 +16,54 @@ from gateway.emulator import emulated_score
 from tests.processes import REPO, free_port, gateway_toml, running
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    import os
-
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`python -m gateway ARGS`; an env value of "REMOVE" unsets that variable."""
+    merged = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], cwd=REPO, capture_output=True, text=True, timeout=60,
-        env={**os.environ, **(env or {})},
+        [sys.executable, "-m", "gateway", *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        env={name: value for name, value in merged.items() if value != "REMOVE"},
     )
+
+
+def test_version_comes_from_the_package_metadata():
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"rerank-gateway {version('rerank-gateway')}"
+
+
+def test_check_config_without_a_file_says_how_to_name_one(tmp_path):
+    result = run_cli("check-config", env={"GATEWAY_CONFIG": "REMOVE"}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "config.toml: no such file" in result.stderr
+    assert "--config" in result.stderr and "GATEWAY_CONFIG" in result.stderr
+
+
+def test_reload_command_reloads_the_gateway_on_the_configs_address(tmp_path):
+    gateway_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9, server=f'port = {gateway_port}\nadmin_key_env = "TEST_ADMIN_KEY"'))
+    env = {"EMULATOR_KEY": "", "TEST_ADMIN_KEY": "admin-secret"}
+    with running(["serve", "--config", str(config)], gateway_port, env=env) as gateway:
+        config.write_text(config.read_text().replace('fallback = ["deepinfra", "fireworks"]', 'fallback = ["fireworks"]'))
+        reloaded = run_cli("reload", "--config", str(config), env=env)
+        assert reloaded.returncode == 0, reloaded.stderr
+        assert json.loads(reloaded.stdout)["models"] == {"qwen3-reranker-8b": ["fireworks"]}
+
+        config.write_text(config.read_text().replace('kind = "fireworks"', 'kind = "fireworx"'))
+        refused = run_cli("reload", "--config", str(config), "--url", f"http://127.0.0.1:{gateway_port}", env=env)
+        assert refused.returncode == 1
+        assert "'fireworx' is not one of" in json.loads(refused.stdout)["error"]["message"]
+    log_lines = [json.loads(line) for line in gateway.stderr.read().splitlines() if line.startswith("{")]
+    unserved = [line for line in log_lines if line["message"].endswith("NO USABLE PROVIDER")]
+    assert unserved and {line["level"] for line in unserved} == {"WARNING"}
+
+
+def test_reload_command_without_an_admin_key_says_why(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9, server='admin_key_env = "TEST_ADMIN_KEY"'))
+    result = run_cli("reload", "--config", str(config), env={"TEST_ADMIN_KEY": ""})
+    assert result.returncode == 2
+    assert "$TEST_ADMIN_KEY is empty or not set" in result.stderr
 
 
 def test_check_config_says_which_providers_are_usable(tmp_path):
@@ -27,7 +72,9 @@ def test_check_config_says_which_providers_are_usable(tmp_path):
     without_key = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": ""})
     assert without_key.returncode == 1
     assert "model qwen3-reranker-8b: NO USABLE PROVIDER" in without_key.stdout
-    assert "deepinfra: skipped: no API key ($EMULATOR_KEY is not set)" in without_key.stdout
+    assert "deepinfra: skipped: no API key ($EMULATOR_KEY is empty)" in without_key.stdout
+    unset = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": "REMOVE"})
+    assert "deepinfra: skipped: no API key ($EMULATOR_KEY is not set)" in unset.stdout
 
     with_key = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": "k"})
     assert with_key.returncode == 0
@@ -87,3 +134,36 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
             assert response.status == 200
             assert len((await response.json())["scores"]) == 2
         assert await asyncio.to_thread(gateway.wait, 10) == 0
+
+
+def raw_http(port: int, request: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(request)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\nContent-Length: 2\r\n\r\n{}",  # NUL in a header
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",  # not a header at all
+])
+def test_requests_aiohttp_refuses_get_the_gateways_json_error(tmp_path, request_bytes):
+    gateway_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    with running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port) as gateway:
+        answer = raw_http(gateway_port, request_bytes)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode().split("\r\n")
+    headers = {name.lower(): value for name, _, value in (line.partition(": ") for line in header_lines)}
+    assert status_line.split()[1] == "400"
+    assert headers["content-type"].startswith("application/json")
+    error = json.loads(body)["error"]
+    assert error["type"] == "bad_request" and error["message"].startswith("malformed HTTP request: ")
+    assert error["request_id"] == headers["x-request-id"]
+    log = gateway.stderr.read()
+    assert "Traceback" not in log and "malformed HTTP request" in log

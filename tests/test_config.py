@@ -40,13 +40,30 @@ def test_shipped_config_is_valid():
     assert config.providers["siliconflow"].enabled is False
 
 
+@pytest.mark.parametrize("file", ["config.toml", "examples/emulator.toml"])
+@pytest.mark.parametrize("name", [
+    "Qwen/Qwen3-Reranker-8B",  # DeepInfra's id; LiteLLM's deepinfra/ prefix is stripped before sending
+    "accounts/fireworks/models/qwen3-reranker-8b",  # Fireworks' id
+    "fireworks/accounts/fireworks/models/qwen3-reranker-8b",  # LiteLLM's fireworks_ai/... as it arrives
+])
+def test_shipped_configs_take_the_names_real_clients_send(file, name):
+    config = load_config(REPO / file)
+    assert name in config.models["qwen3-reranker-8b"].aliases
+
+
 @pytest.mark.parametrize("path, value, words", [
     ("providers.a.kind", "openai", "providers.a.kind: 'openai' is not one of 'deepinfra', 'fireworks', 'cohere' or 'tei'"),
     ("providers.a.base_url", "api.example", "providers.a.base_url: must start with http:// or https://"),
     ("providers.a.price_per_million_tokens", -1, "providers.a.price_per_million_tokens"),
     ("providers.a.max_batch", 0, "providers.a.max_batch"),
     ("providers.a.score_transform", "tanh", "providers.a.score_transform"),
-    ("providers.a.timeout", 3, "providers.a.timeout: Extra inputs are not permitted"),
+    ("providers.a.timeout", 3, "providers.a.timeout: unknown key 'timeout'; did you mean 'timeout_seconds'?"),
+    ("models.m.fallbak", ["a"], "models.m.fallbak: unknown key 'fallbak'; did you mean 'fallback'?"),
+    ("server.colour", 1, "server.colour: unknown key 'colour'; known keys: admin_key_env, api_keys_env,"),
+    ("server.port", "8080", "server.port: Input should be a valid integer"),
+    ("server.max_documents", 1000.0, "server.max_documents: Input should be a valid integer"),
+    ("providers.a.enabled", "false", "providers.a.enabled: Input should be a valid boolean"),
+    ("providers.a.timeout_seconds", "10", "providers.a.timeout_seconds: Input should be a valid number"),
     ("models.m.fallback", ["a", "c"], "models.m.fallback: no provider named 'c'"),
     ("models.m.fallback", [], "models.m.fallback"),
     ("models.m.fallback_models", ["n"], "no other model named 'n'"),
@@ -63,9 +80,37 @@ def test_mistakes_name_the_key(path, value, words):
     assert words in str(caught.value)
 
 
+def test_whole_numbers_are_taken_where_floats_are_meant():
+    config = parse_config(with_change("providers.a.timeout_seconds", 10))
+    assert config.providers["a"].timeout_seconds == 10.0
+
+
+def test_base_url_takes_environment_references(monkeypatch):
+    # examples/emulator.toml: the emulator's port is chosen without editing the file.
+    url = "http://127.0.0.1:${EMULATOR_PORT:-9000}"
+    monkeypatch.delenv("EMULATOR_PORT", raising=False)
+    assert parse_config(with_change("providers.a.base_url", url)).providers["a"].base_url == "http://127.0.0.1:9000"
+    monkeypatch.setenv("EMULATOR_PORT", "9123")
+    assert parse_config(with_change("providers.a.base_url", url)).providers["a"].base_url == "http://127.0.0.1:9123"
+    monkeypatch.delenv("NO_SUCH_VAR_SET", raising=False)
+    with pytest.raises(ConfigError, match=r"providers.a.base_url: \$\{NO_SUCH_VAR_SET\} is not set"):
+        parse_config(with_change("providers.a.base_url", "http://${NO_SUCH_VAR_SET}"))
+
+
+def test_missing_default_file_hints_at_config_and_environment(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GATEWAY_CONFIG", raising=False)
+    with pytest.raises(ConfigError) as caught:
+        load_config()
+    assert "config.toml: no such file" in str(caught.value)
+    assert "--config" in str(caught.value) and "GATEWAY_CONFIG" in str(caught.value)
+
+
 def test_unreadable_and_broken_files(tmp_path):
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="missing.toml: no such file$"):
         load_config(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)  # a folder
     broken = tmp_path / "broken.toml"
     broken.write_text("[server\nport = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):

@@ -453,3 +453,12 @@ async def test_apps_do_not_share_state(aiohttp_client: Any) -> None:
     assert (await second.post("/rerank", json=request_body("tei"))).status == 200
     assert (await first.post("/rerank", json=request_body("tei"))).status == 503
     assert (await (await second.get("/_emulator/stats")).json())["requests"]["tei"] == 1
+
+
+async def test_takes_bodies_as_large_as_the_gateway_sends(client: Any) -> None:
+    # The gateway's default server.max_body_bytes is 8 MiB; aiohttp's own default would refuse
+    # anything over 1 MiB with 413 and fail a large request through the gateway.
+    documents = ["x" * 8000] * 1000  # 8 MB of passages
+    status, body = await post_json(client, "deepinfra", {"queries": [QUERY] * 1000, "documents": documents})
+    assert status == 200
+    assert len(body["scores"]) == 1000

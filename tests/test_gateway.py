@@ -117,6 +117,40 @@ async def test_cohere_answer_shape_and_top_n(make_gateway: GatewayFactory):
     assert body["meta"]["tokens"]["input_tokens"] > 0
 
 
+@pytest.mark.parametrize("path, key", [("/v1/rerank", "results"), ("/v2/rerank", "results"), ("/inference/v1/rerank", "data")])
+async def test_whole_float_top_n_is_a_whole_number(make_gateway: GatewayFactory, path, key):
+    # JSON Schema counts 2.0 as an integer, and some clients serialize every number as a float.
+    gateway = await make_gateway()
+    response = await gateway.post(path, json={"query": QUERY, "documents": DOCUMENTS, "top_n": 2.0})
+    assert response.status == 200, await response.text()
+    assert len((await response.json())[key]) == 2
+
+
+async def test_cohere_object_documents_come_back_whole(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    documents = [{"text": text, "id": f"doc-{i}", "meta": {"page": i}} for i, text in enumerate(DOCUMENTS)]
+    response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": documents, "return_documents": True})
+    assert response.status == 200, await response.text()
+    results = (await response.json())["results"]
+    assert [item["document"] for item in results] == [documents[item["index"]] for item in results]
+    assert {item["index"]: item["relevance_score"] for item in results} == pytest.approx(dict(enumerate(expected())))
+
+
+async def test_cohere_rank_fields_choose_what_is_scored(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    documents = [{"title": f"title {i}", "text": "ignored text", "body": text} for i, text in enumerate(DOCUMENTS)]
+    one_field = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": documents, "rank_fields": ["body"]})
+    assert one_field.status == 200, await one_field.text()
+    scores = {item["index"]: item["relevance_score"] for item in (await one_field.json())["results"]}
+    assert scores == pytest.approx(dict(enumerate(expected())))  # one field: its bare value
+
+    body = {"query": QUERY, "documents": documents, "rank_fields": ["title", "body"], "return_documents": True}
+    two_fields = await (await gateway.post("/v1/rerank", json=body)).json()
+    lines = [f"title: title {i}\nbody: {text}" for i, text in enumerate(DOCUMENTS)]
+    assert {item["index"]: item["relevance_score"] for item in two_fields["results"]} == pytest.approx(dict(enumerate(expected(lines))))
+    assert all(item["document"] == documents[item["index"]] for item in two_fields["results"])
+
+
 async def test_tei_raw_scores_and_text(make_gateway: GatewayFactory):
     gateway = await make_gateway()
     response = await gateway.post("/rerank", json={"query": QUERY, "texts": DOCUMENTS, "raw_scores": True, "return_text": True})
@@ -310,7 +344,9 @@ async def test_provider_without_key_is_skipped_and_says_why(make_gateway: Gatewa
     await add_fault(emulator, "fireworks", "status", status=503)
     response = await gateway.post("/v1/rerank", json={"query": "another question", "documents": DOCUMENTS})
     message = (await response.json())["error"]["message"]
-    assert "deepinfra: skipped: no API key ($NO_SUCH_KEY_SET is not set)" in message
+    assert "deepinfra: skipped: no API key ($NO_SUCH_KEY_SET is empty)" in message
+    # An error after the model was resolved says which model; X-Rerank-Cache only on answers.
+    assert response.headers["X-Rerank-Model"] == MODEL and "X-Rerank-Cache" not in response.headers
 
 
 async def test_sigmoid_transform_turns_logits_into_relevance(make_gateway: GatewayFactory, emulator):
@@ -393,10 +429,10 @@ async def test_cross_model_fallback_never_mixes_with_cached_scores(make_gateway:
 
 async def test_model_resolution(make_gateway: GatewayFactory):
     gateway = await make_gateway()
-    for name in (MODEL, "Qwen/Qwen3-Reranker-8B", "accounts/fireworks/models/qwen3-reranker-8b", None):
+    for name in (MODEL, "Qwen/Qwen3-Reranker-8B", "accounts/fireworks/models/qwen3-reranker-8b", None, ""):
         body: dict[str, Any] = {"query": QUERY, "documents": DOCUMENTS}
-        if name:
-            body["model"] = name
+        if name is not None:
+            body["model"] = name  # "" is no model (Cohere's ClientV2 sends it), so the default
         response = await gateway.post("/v1/rerank", json=body)
         assert response.status == 200 and response.headers["X-Rerank-Model"] == MODEL
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import multiprocess
 from prometheus_client import values
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -174,6 +175,15 @@ def test_cache_fallbacks_budget_and_breaker() -> None:
 
 
 @single_process_only
+def test_no_created_series() -> None:
+    metrics = GatewayMetrics()
+    metrics.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
+    metrics.record_upstream_call(provider="deepinfra", seconds=0.1)
+    body = metrics.render()[0].decode()
+    assert "rerank_gateway_requests_total" in body and "_created" not in body
+
+
+@single_process_only
 def test_each_instance_has_its_own_registry() -> None:
     first, second = GatewayMetrics(), GatewayMetrics()
     first.record_request(dialect="cohere", model="m", status=200, seconds=0.01)
@@ -190,9 +200,14 @@ def test_env_set_after_import_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_pa
         GatewayMetrics()
 
 
-def test_mark_process_dead_without_a_directory_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mark_process_dead_without_a_directory_does_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[tuple[int, str]] = []
+    monkeypatch.setattr(multiprocess, "mark_process_dead", lambda pid, path: calls.append((pid, path)))
     monkeypatch.delenv(MULTIPROC_DIR_ENV, raising=False)
     mark_process_dead(12345)
+    assert calls == []
+    mark_process_dead(12345, tmp_path)  # with a directory it is passed on
+    assert calls == [(12345, str(tmp_path))]
 
 
 # -- metrics, several worker processes --------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import shutil
 import struct
@@ -218,3 +219,27 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     # Filters are not undone: distinct filtered pixels still tell a flat image from a rendered one.
     pixels = [raw[row * stride + 1 + x:row * stride + 1 + x + channels] for row in range(height) for x in range(0, width * channels, channels)]
     return width, height, pixels
+
+
+def test_the_page_refreshes_itself_unless_told_not_to():
+    snapshot = sample_snapshot()
+    refreshing = render_status_page(dataclasses.replace(snapshot, refresh_seconds=10))
+    assert '<meta http-equiv="refresh" content="10">' in refreshing and 'href="?refresh=0"' in refreshing
+    still = render_status_page(dataclasses.replace(snapshot, refresh_seconds=0))
+    assert 'http-equiv="refresh"' not in still and "not refreshing" in still
+
+
+def test_an_empty_p95_says_why():
+    page = render_status_page(sample_snapshot())
+    assert 'title="needs 20 answers">—</span>' in page
+    assert "— until 20 were seen" in page
+
+
+async def test_status_refresh_parameter(make_gateway):
+    gateway = await make_gateway()
+    default = await (await gateway.get("/status")).text()
+    assert '<meta http-equiv="refresh" content="10">' in default
+    off = await (await gateway.get("/status?refresh=0")).text()
+    assert 'http-equiv="refresh"' not in off
+    bad = await gateway.get("/status?refresh=soon")
+    assert bad.status == 400 and "refresh: expected whole seconds" in (await bad.json())["error"]["message"]

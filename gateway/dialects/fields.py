@@ -56,15 +56,37 @@ def optional_bool(payload: dict[str, Any], key: str) -> bool:
     return value
 
 
+# Past 2^53 a JSON number is no longer an exact integer in a double: 1e29 is "whole" only by rounding.
+MAX_WHOLE_NUMBER = 2**53
+
+
 def optional_top_n(payload: dict[str, Any], key: str = "top_n") -> int | None:
+    """A whole number >= 1; `2.0` counts (JSON Schema's integer does), `1.5` and `1e29` do not."""
     value = payload.get(key)
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_WHOLE_NUMBER:
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"{key}: expected a whole number, got {_kind(value)}")
+        shown = f"{value!r}" if isinstance(value, float) else _kind(value)
+        raise InvalidRequest(f"{key}: expected a whole number, got {shown}")
     if value < 1:
         raise InvalidRequest(f"{key}: must be at least 1, got {value}")
+    if value > MAX_WHOLE_NUMBER:
+        raise InvalidRequest(f"{key}: must be at most {MAX_WHOLE_NUMBER}, got {value}")
     return value
+
+
+def optional_model(payload: dict[str, Any], key: str = "model") -> str | None:
+    """The model named, or None: `""` means none (Cohere's ClientV2 sends it for an empty model)."""
+    return optional_string(payload, key) or None
+
+
+def optional_string_list(payload: dict[str, Any], key: str) -> tuple[str, ...] | None:
+    """None when absent or null, else a non-empty list of strings."""
+    if payload.get(key) is None:
+        return None
+    return string_list(payload, key)
 
 
 def string_list(payload: dict[str, Any], key: str, *, text_objects: bool = False) -> tuple[str, ...]:

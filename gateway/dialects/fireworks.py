@@ -16,7 +16,7 @@ class FireworksDialect:
         return decode_one_query(payload, instruction_key="task")
 
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:
-        data = ranked_results(request, result, lambda text: text)
+        data = ranked_results(request, result, request.documents.__getitem__)
         tokens = result.usage.tokens
         answer = {
             "object": "list",

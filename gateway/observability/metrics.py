@@ -27,7 +27,15 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final, Literal, get_args
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client import multiprocess, values
 
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -55,6 +63,10 @@ class GatewayMetrics:
 
     def __init__(self) -> None:
         self.multiprocess_dir = _checked_multiprocess_dir()
+        # No `*_created` series: nobody graphs them and they double the counters' lines. The switch
+        # is prometheus-client's process-wide one (read at scrape time, so calling it here is in
+        # time); multiprocess mode never writes them, so both modes agree.
+        disable_created_metrics()
         # Multiprocess metrics are read back from their files at render time; registering them
         # as well would only offer a registry holding this one worker's share.
         registry = None if self.multiprocess_dir else CollectorRegistry()

@@ -16,6 +16,7 @@ from typing import Literal
 
 from gateway.budget.base import WARN_FRACTION
 from gateway.health import RecentError
+from gateway.resilience.latency import MIN_SAMPLES
 
 BreakerState = Literal["closed", "half_open", "open"]
 
@@ -73,6 +74,7 @@ class StatusSnapshot:
     cache: CacheStatus
     recent_errors: tuple[RecentError, ...]
     gateway_budget: tuple[BudgetBar, ...]
+    refresh_seconds: int = 0  # the page reloads itself this often; 0 = never (`/status?refresh=0`)
 
 
 def render_status_page(snapshot: StatusSnapshot) -> str:
@@ -81,8 +83,10 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"{_refresh_meta(snapshot.refresh_seconds)}"
         f"<title>rerank-gateway status</title><style>{_CSS}</style></head><body><main>"
-        f"<header><h1>rerank-gateway</h1><span class=\"muted\">status at {_e(generated)}</span>"
+        f"<header><h1>rerank-gateway</h1><span class=\"muted\">status at {_e(generated)} · "
+        f"{_refresh_switch(snapshot.refresh_seconds)}</span>"
         f"{_verdict(snapshot.models)}</header>"
         f"<section class=\"cards\">{_config_card(snapshot)}{_cache_card(snapshot.cache)}"
         f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
@@ -90,6 +94,17 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
         f"{_errors_section(snapshot.recent_errors, snapshot.generated_at)}"
         "</main></body></html>\n"
     )
+
+
+def _refresh_meta(seconds: int) -> str:
+    return f"<meta http-equiv=\"refresh\" content=\"{seconds}\">" if seconds > 0 else ""
+
+
+def _refresh_switch(seconds: int) -> str:
+    """Says whether the page reloads itself, with the link that turns it off or back on."""
+    if seconds > 0:
+        return f"refreshes every {seconds} s (<a href=\"?refresh=0\">stop</a>)"
+    return "not refreshing (<a href=\"?\">refresh every few seconds</a>)"
 
 
 def _verdict(models: tuple[ModelStatus, ...]) -> str:
@@ -153,7 +168,8 @@ def _model_section(model: ModelStatus) -> str:
         "<col class=\"c-breaker\"><col class=\"c-p95\"><col></colgroup>"
         "<thead><tr><th class=\"num\">#</th><th>provider</th><th>health</th><th>breaker</th>"
         "<th class=\"num\">p95</th><th>budget (spent + held of limit)</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></section>"
+        f"<tbody>{rows}</tbody></table>"
+        f"<p class=\"muted note\">p95: latency of the last {MIN_SAMPLES}+ answers; — until {MIN_SAMPLES} were seen.</p></section>"
     )
 
 
@@ -164,13 +180,13 @@ def _provider_row(position: int, provider: ProviderStatus) -> str:
         reason = f"<div class=\"reason\">{_e(provider.reason)}</div>" if provider.reason else ""
         health = f"<span class=\"pill bad\">not usable</span>{reason}"
     breaker_tone = {"closed": "ok", "half_open": "warn"}.get(provider.breaker, "bad")
-    p95 = "—" if provider.p95_ms is None else f"{provider.p95_ms:,.0f} ms"
+    p95 = f"<span title=\"needs {MIN_SAMPLES} answers\">—</span>" if provider.p95_ms is None else _e(f"{provider.p95_ms:,.0f} ms")
     budget = "".join(_budget_bar(bar) for bar in provider.budget) or "<span class=\"muted\">not tracked</span>"
     return (
         f"<tr class=\"{'' if provider.usable else 'down'}\"><td class=\"num muted\">{position}</td>"
         f"<td class=\"nowrap\"><strong>{_e(provider.name)}</strong><div class=\"muted\">{_e(provider.kind)}</div></td>"
         f"<td>{health}</td><td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
-        f"<td class=\"num mono\">{_e(p95)}</td><td>{budget}</td></tr>"
+        f"<td class=\"num mono\">{p95}</td><td>{budget}</td></tr>"
     )
 
 

@@ -28,12 +28,19 @@ _ERROR_TEXT_LIMIT = 300
 
 class ProviderClient:
     def __init__(
-        self, name: str, config: ProviderConfig, api_key: str | None, session: aiohttp.ClientSession | None = None
+        self,
+        name: str,
+        config: ProviderConfig,
+        api_key: str | None,
+        session: aiohttp.ClientSession | None = None,
+        missing_key: str = "not set",
     ) -> None:
+        """`api_key` as Secrets resolved it; `missing_key` says why it is None ("not set", "empty")."""
         self.name = name
         self.config = config
         self.adapter: ProviderAdapter = PROVIDER_KINDS[config.kind]
         self._api_key = api_key
+        self._missing_key = missing_key
         self._url = config.base_url + (config.path or self.adapter.default_path(config))
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
@@ -57,7 +64,7 @@ class ProviderClient:
         if not self.config.enabled:
             return "disabled in config"
         if self.config.api_key_env is not None and self._api_key is None:
-            return f"no API key (${self.config.api_key_env} is not set)"
+            return f"no API key (${self.config.api_key_env} is {self._missing_key})"
         if instruction is not None and not self.adapter.takes_instruction:
             return f"kind {self.config.kind!r} cannot take an instruction"
         return None

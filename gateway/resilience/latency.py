@@ -13,8 +13,12 @@ import math
 from collections import deque
 
 
+# Fewer answers than this give no p95: one slow call would be "the p95".
+MIN_SAMPLES = 20
+
+
 class LatencyTracker:
-    def __init__(self, capacity: int = 200, min_samples: int = 20) -> None:
+    def __init__(self, capacity: int = 200, min_samples: int = MIN_SAMPLES) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         if not 1 <= min_samples <= capacity:
