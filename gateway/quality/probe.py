@@ -17,7 +17,7 @@ from gateway.quality.judge import Verdict, judge
 from gateway.quality.tracker import AgreementTracker
 
 # (queries, documents, instruction) -> (scores in input order, usage): ProviderClient.score's shape
-ScoreFn = Callable[[Sequence[str], Sequence[str], "str | None"], Awaitable[tuple[list[float], Usage]]]
+ScoreFn = Callable[[Sequence[str], Sequence[str], str | None], Awaitable[tuple[list[float], Usage]]]
 
 
 @dataclass(frozen=True, slots=True)
