@@ -1,4 +1,4 @@
-"""rerank-gateway serve | check-config | reload | emulate.
+"""rerank-gateway serve | check-config | reload | emulate | eval.
 
 click rather than argparse: subcommands, env-var defaults and clean usage errors come with it.
 """
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, load_server_section
 from gateway.observability.logs import configure_logging
-from gateway.providers.client import ProviderClient
+from gateway.providers.client import build_clients
 from gateway.secrets import Secrets, read_env
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
@@ -235,18 +235,68 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
     run_until_stopped(serve, f"http://{host}:{port}", StartupReport(None), lambda: click.echo(f"emulator on http://{host}:{port}"))
 
 
+@main.command("eval")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="labelled set in the BEIR layout (corpus.jsonl, queries.jsonl, qrels)")
+@click.option("--model", default=None, help="model name or alias (default: server.default_model)")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="cut-off of NDCG and MRR")
+@click.option("--candidates", type=click.IntRange(min=1), default=40, show_default=True,
+              help="BM25 candidates per query when DIR has no candidates.jsonl")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="queries in flight per provider")
+@click.option("--out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
+def eval_command(config_path: str | None, data_dir: str, model: str | None, k: int, candidates: int,
+                 concurrency: int, out: str | None) -> None:
+    """Rank a labelled set with every usable provider of a model, beside BM25, and compare."""
+    import asyncio
+
+    import orjson
+
+    from gateway.evaluation.beir import DatasetError, load_beir
+    from gateway.evaluation.run import EvalSettings, evaluate
+    from gateway.evaluation.table import format_report
+
+    config = _load_or_exit(config_path)
+    model_name = _model_or_exit(config, model)
+    try:
+        dataset = load_beir(data_dir)
+    except DatasetError as exc:
+        click.echo(f"invalid data: {exc}", err=True)
+        sys.exit(2)
+    settings = EvalSettings(k=k, candidates=candidates, concurrency=concurrency)
+    total = len(dataset.judged_queries()) * len(config.models[model_name].fallback)
+    with click.progressbar(length=total, label="scoring", file=sys.stderr) as bar:
+        report = asyncio.run(evaluate(config, model_name, dataset, settings, bar.update))
+    click.echo(format_report(report))
+    if out:
+        with open(out, "wb") as file:
+            file.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    sys.exit(0 if report["reference"] is not None else 1)
+
+
+def _model_or_exit(config: GatewayConfig, asked: str | None) -> str:
+    """The canonical name of the model asked for by name or alias, else the default one."""
+    names = {name: name for name in config.models}
+    names.update({alias: name for name, model in config.models.items() for alias in model.aliases})
+    if asked is None:
+        asked = config.server.default_model or (next(iter(config.models)) if len(config.models) == 1 else None)
+        if asked is None:
+            click.echo(f"several models and no server.default_model: pass --model ({', '.join(config.models)})", err=True)
+            sys.exit(2)
+    if asked not in names:
+        click.echo(f"no model {asked!r}; models: {', '.join(config.models)}", err=True)
+        sys.exit(2)
+    return names[asked]
+
+
 def describe_providers(config: GatewayConfig) -> list[str]:
     """One line per model and per provider in its fallback order, saying what is usable."""
     secrets = Secrets.resolve(config)
+    clients = build_clients(config, secrets)
     lines = [_client_auth_line(config, secrets)]
     for name, model in config.models.items():
-        states = []
-        for provider in model.fallback:
-            client = ProviderClient(
-                provider, config.providers[provider], secrets.provider_keys[provider],
-                missing_key=secrets.missing_keys.get(provider, "not set"),
-            )
-            states.append((provider, client.unusable_reason(None)))
+        states = [(provider, clients[provider].unusable_reason(None)) for provider in model.fallback]
         usable = [provider for provider, reason in states if reason is None]
         summary = f"uses {', '.join(usable)}" if usable else NO_USABLE_PROVIDER
         lines.append(f"model {name}: {summary}")

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway.quality.canary import CanaryError, load_canary
 from gateway.redis_pool import cluster_nodes, is_cluster_url
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -142,11 +143,25 @@ class ProviderConfig(_Section):
         return path
 
 
+class QualityConfig(_Section):
+    """How a model's providers are checked for serving the model they claim (the quality guard)."""
+
+    # JSONL canary set; a relative path is relative to the config file (load_config resolves it).
+    # None: the built-in set.
+    # Lax here: TOML has no path type, and a path is the one value strictness would refuse as a string.
+    canary: Annotated[Path | None, Field(strict=False)] = None
+    probe_interval_seconds: float = Field(600.0, ge=0)  # also at start and after a reload; 0 = never
+    agreement_tolerance: PositiveFloat = 0.05  # most mean |score difference| for sharing cached scores
+    shadow_rate: float = Field(0.0, ge=0, le=1)  # share of upstream scorings also sent to the next provider
+    action: Literal["skip", "warn"] = "skip"  # a provider failing its canary: skipped, or only reported
+
+
 class ModelConfig(_Section):
     aliases: list[str] = []
     fallback: list[str] = Field(min_length=1)
     # Scores of different models are not comparable, so crossing to another model is opt-in.
     fallback_models: list[str] = []
+    quality: QualityConfig = QualityConfig()
 
 
 class GatewayConfig(_Section):
@@ -213,7 +228,7 @@ def expand_env(text: str) -> str:
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Read and validate config: --config, else $GATEWAY_CONFIG, else ./config.toml."""
     source, raw = read_config_file(path)
-    return parse_config(raw, source=source)
+    return resolve_canaries(parse_config(raw, source=source), Path(source).parent, source=source)
 
 
 def load_server_section(path: str | os.PathLike[str] | None = None) -> ServerConfig:
@@ -238,6 +253,24 @@ def read_config_file(path: str | os.PathLike[str] | None = None) -> tuple[str, d
         raise ConfigError(f"{resolved}: cannot read: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{resolved}: not valid TOML: {exc}") from None
+
+
+def resolve_canaries(config: GatewayConfig, base: Path, source: str = "config") -> GatewayConfig:
+    """Canary paths made relative to `base` (the config file's folder) and checked to load, so a
+    broken canary stops the gateway at start or reload like any other bad key."""
+    models = dict(config.models)
+    for name, model in config.models.items():
+        canary = model.quality.canary
+        if canary is None:
+            continue
+        resolved = base / canary  # an absolute canary path stays as it is
+        try:
+            load_canary(resolved)
+        except CanaryError as exc:
+            raise ConfigError(f"{source}: models.{name}.quality.canary: {exc}") from None
+        quality = model.quality.model_copy(update={"canary": resolved})
+        models[name] = model.model_copy(update={"quality": quality})
+    return config.model_copy(update={"models": models})
 
 
 def parse_config(raw: dict, source: str = "config") -> GatewayConfig:

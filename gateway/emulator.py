@@ -24,8 +24,11 @@ import orjson
 from aiohttp import web
 
 PROVIDERS = ("deepinfra", "fireworks", "cohere", "tei")
+# Faults that answer well-formed, in-range scores that are quietly wrong: only a quality check
+# (canary, agreement with another provider) can tell them from honest answers.
+QUIET_FAULT_MODES = frozenset({"rescale", "template", "random"})
 FAULT_MODES = frozenset({"status", "hang", "slow", "garbage", "wrong_count", "nan", "shuffle",
-                         "cut", "out_of_range", "duplicate_index", "drop"})
+                         "cut", "out_of_range", "duplicate_index", "drop"}) | QUIET_FAULT_MODES
 # Faults that replace the whole answer, decided before the body is even validated,
 # the way a broken upstream fails regardless of what was sent.
 _TRANSPORT_FAULTS = frozenset({"status", "hang", "garbage", "drop"})
@@ -73,6 +76,46 @@ def emulated_score(query: str, document: str, instruction: str | None = None) ->
     return _sigmoid(emulated_logit(query, document, instruction))
 
 
+# --- quiet misbehaviour: valid answers from the wrong model ------------------------------
+
+def _unit_hash(*parts: str) -> float:
+    """A uniform number in (0, 1) fixed by `parts`: a pair-dependent 'noise' that repeats."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") + 0.5) / 2.0**64
+
+
+def _rescaled(query_words: frozenset[str], query: str, document: str,
+              instruction: str | None) -> float:
+    # The same model's order behind another output scale (a missing sigmoid temperature,
+    # a calibration layer): every ranking survives, every cached score is off.
+    return _sigmoid(_logit(query_words, query, document, instruction)) ** 3
+
+
+def _other_template(query_words: frozenset[str], query: str, document: str,
+                    instruction: str | None) -> float:
+    # A prompt template the model was not trained on: the instruction is lost, relevance
+    # still shows but weakly, and pair-dependent noise of about its size reorders results.
+    overlap = len(query_words & _words(document)) / max(1, len(query_words))
+    return _sigmoid(2.0 * overlap - 1.0 + 4.0 * (_unit_hash("template", query, document) - 0.5))
+
+
+def misbehaving_score(mode: str, query: str, document: str, instruction: str | None = None,
+                      seed: int = 0) -> float:
+    """The probability a quietly misbehaving provider answers for one pair in `mode`
+    (one of QUIET_FAULT_MODES); `seed` is the emulator's, which only 'random' uses."""
+    if mode == "random":  # fixed per pair and seed, unrelated to relevance
+        return _unit_hash("random", str(seed), query, document)
+    if mode == "rescale":
+        return _rescaled(_words(query), query, document, instruction)
+    if mode == "template":
+        return _other_template(_words(query), query, document, instruction)
+    raise ValueError(f"not a quiet fault mode: {mode!r}; known: {', '.join(sorted(QUIET_FAULT_MODES))}")
+
+
+def _logit_of(probability: float) -> float:
+    return math.log(probability / (1.0 - probability))
+
+
 # --- decoded requests ------------------------------------------------------------------
 
 class _BadRequest(Exception):
@@ -95,6 +138,12 @@ class _Call:
         logits = [_logit(words.get(q) or words.setdefault(q, _words(q)), q, d, self.instruction)
                   for q, d in zip(self.queries, self.documents)]
         return logits if self.raw_scores else [_sigmoid(x) for x in logits]
+
+    def misbehaving_scores(self, mode: str, seed: int) -> list[float]:
+        """What a quietly wrong provider answers: in range and well-formed, raw or not."""
+        scores = [misbehaving_score(mode, q, d, self.instruction, seed)
+                  for q, d in zip(self.queries, self.documents)]
+        return [_logit_of(p) for p in scores] if self.raw_scores else scores
 
     def tokens(self) -> int:
         extra = len(self.instruction or "")
@@ -381,7 +430,9 @@ async def _serve(provider: _Provider, request: web.Request) -> web.Response:
     state.documents[provider.name] += len(call.documents)
     mode = rule.mode if rule is not None else None
     runtime_ms = int((time.perf_counter() - started) * 1000)
-    answer = provider.encode(call, call.scores(), mode, state.rng, runtime_ms)
+    scores = (call.misbehaving_scores(mode, state.config.seed) if mode in QUIET_FAULT_MODES
+              else call.scores())
+    answer = provider.encode(call, scores, mode, state.rng, runtime_ms)
     return _json(answer, nan=mode == "nan")
 
 

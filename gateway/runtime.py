@@ -27,8 +27,7 @@ from gateway.health import HealthBoard
 from gateway.observability.metrics import GatewayMetrics
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.flights import Flights
-from gateway.providers import PROVIDER_KINDS
-from gateway.providers.client import ProviderClient
+from gateway.providers.client import build_clients
 from gateway.router import Router
 from gateway.secrets import Secrets
 from gateway.service import RerankService
@@ -111,18 +110,6 @@ class Generation:
         self._closed = True
         for client in self.clients.values():
             await client.close()
-
-
-def build_clients(config: GatewayConfig, secrets: Secrets) -> dict[str, ProviderClient]:
-    """One client per provider entry; a kind the registry lacks is a config error, said here."""
-    clients = {}
-    for name, provider in config.providers.items():
-        if provider.kind not in PROVIDER_KINDS:
-            raise ConfigError(f"providers.{name}.kind: no adapter is registered for kind {provider.kind!r}")
-        clients[name] = ProviderClient(
-            name, provider, secrets.provider_keys[name], missing_key=secrets.missing_keys.get(name, "not set")
-        )
-    return clients
 
 
 # What a running gateway cannot change in place: its listening socket, its logging, its cache

@@ -13,17 +13,30 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.config import ProviderConfig
+from gateway.config import ConfigError, GatewayConfig, ProviderConfig
 from gateway.errors import ProviderFailure
 from gateway.models import Usage
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
 from gateway.resilience import is_transient_status
+from gateway.secrets import Secrets
 
 # Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they
 # say the request itself is wrong, and every provider would say so again.
 _NO_FALLBACK_STATUSES = frozenset({400, 422})
 _ERROR_TEXT_LIMIT = 300
+
+
+def build_clients(config: GatewayConfig, secrets: Secrets) -> dict[str, ProviderClient]:
+    """One client per provider entry, with its key; a kind the registry lacks is a config error, said here."""
+    clients = {}
+    for name, provider in config.providers.items():
+        if provider.kind not in PROVIDER_KINDS:
+            raise ConfigError(f"providers.{name}.kind: no adapter is registered for kind {provider.kind!r}")
+        clients[name] = ProviderClient(
+            name, provider, secrets.provider_keys[name], missing_key=secrets.missing_keys.get(name, "not set")
+        )
+    return clients
 
 
 class ProviderClient:

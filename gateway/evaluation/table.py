@@ -1,0 +1,38 @@
+"""The eval report as a Markdown table: readable in a terminal, pastable into a ticket or README."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# (title, report key, format); {k} is the --k cut-off
+_COLUMNS = (("P@1", "p@1", ".3f"), ("P@5", "p@5", ".3f"), ("NDCG@{k}", "ndcg@{k}", ".3f"),
+            ("MRR@{k}", "mrr@{k}", ".3f"), ("p50 ms", "latency_p50_ms", ".1f"),
+            ("p95 ms", "latency_p95_ms", ".1f"), ("tokens/1k q", "tokens_per_1k_queries", "d"),
+            ("$/1k q", "usd_per_1k_queries", ".2g"), ("MAE", "agreement_mae", ".3f"),
+            ("tau", "agreement_kendall_tau", ".3f"))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    k = report["k"]
+    header = ["provider", *(title.format(k=k) for title, _, _ in _COLUMNS)]
+    rows = [_cells(f"lexical ({report['first_stage']})", report["lexical"], k)]
+    notes = []
+    for name, entry in report["providers"].items():
+        if "error" in entry:
+            notes.append(f"{name}: error: {entry['error']}")
+        elif "skipped" in entry:
+            notes.append(f"{name}: skipped: {entry['skipped']}")
+        else:
+            rows.append(_cells(f"{name} (reference)" if name == report["reference"] else name, entry, k))
+    table = [_row(header), _row(["---"] * len(header)), *map(_row, rows)]
+    summary = f"model {report['model']}, {report['queries']} queries"
+    return "\n".join([summary, "", *table, *([""] + notes if notes else [])])
+
+
+def _cells(label: str, entry: dict[str, Any], k: int) -> list[str]:
+    values = (entry.get(key.format(k=k)) for _, key, _ in _COLUMNS)
+    return [label, *("—" if value is None else format(value, spec) for value, (_, _, spec) in zip(values, _COLUMNS))]
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"

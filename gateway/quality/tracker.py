@@ -1,0 +1,64 @@
+"""Rolling agreement of one provider with its model's reference, from canaries and shadow samples.
+
+Each sample is one query's pairs scored by both. Only a summary per sample is kept (pairs, sum
+of |differences|, tau), the last `max_samples` of them, so memory is fixed however long the
+gateway runs and old evidence ages out as providers change. MAE is pooled over pairs; tau is
+the pair-weighted mean of the samples' taus, since ranks only compare within one query.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.quality.agreement import Agreement, agreement
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    pairs: int
+    absolute_difference_sum: float
+    kendall_tau: float | None
+
+
+class AgreementTracker:
+    def __init__(self, max_samples: int = 256, min_pairs: int = 10) -> None:
+        if max_samples < 1:
+            raise ValueError(f"max_samples must be at least 1, got {max_samples}")
+        if min_pairs < 1:
+            raise ValueError(f"min_pairs must be at least 1, got {min_pairs}")
+        self._samples: deque[_Sample] = deque(maxlen=max_samples)
+        self._min_pairs = min_pairs
+
+    def add(self, reference: Sequence[float], other: Sequence[float]) -> None:
+        """One query's pairs, scored by the reference and by the tracked provider, in one order."""
+        if not reference:
+            return  # nothing was compared; an empty sample would only push out real ones
+        measured = agreement(reference, other)
+        self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
+
+    def current(self) -> Agreement | None:
+        """Agreement over the samples kept, or None while fewer than `min_pairs` pairs were seen."""
+        pairs = sum(sample.pairs for sample in self._samples)
+        if pairs < self._min_pairs:
+            return None
+        mae = math.fsum(sample.absolute_difference_sum for sample in self._samples) / pairs
+        return Agreement(mae, self._pooled_tau(), pairs)
+
+    def within(self, tolerance: float) -> bool:
+        """Whether scores may be shared: known, and MAE at most `tolerance`. Unknown is not within."""
+        measured = self.current()
+        return measured is not None and measured.within(tolerance)
+
+    def clear(self) -> None:
+        """Forget every sample, e.g. when the provider's config changed."""
+        self._samples.clear()
+
+    def _pooled_tau(self) -> float | None:
+        weighted = [(s.pairs, s.kendall_tau) for s in self._samples if s.kendall_tau is not None]
+        weight = sum(pairs for pairs, _ in weighted)
+        if weight == 0:
+            return None
+        return math.fsum(pairs * tau for pairs, tau in weighted) / weight

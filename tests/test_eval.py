@@ -1,0 +1,219 @@
+"""`rerank-gateway eval`: the BEIR loader, BM25 over a corpus, the metrics, and whole runs against
+the emulator over real sockets (in-process and as the command ops run)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import parse_config
+from gateway.evaluation.beir import DatasetError, load_beir
+from gateway.evaluation.bm25 import Bm25Index
+from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
+from gateway.evaluation.run import EvalSettings, evaluate
+from gateway.evaluation.table import format_report
+from tests.conftest import MODEL, add_fault, emulator_url, gateway_settings
+from tests.processes import REPO, free_port, running
+
+SAMPLE = REPO / "examples" / "eval"
+PROVIDER_KEYS = {"p@1", "p@5", "ndcg@10", "mrr@10", "latency_p50_ms", "latency_p95_ms",
+                 "tokens_per_1k_queries", "usd_per_1k_queries", "agreement_mae",
+                 "agreement_kendall_tau", "queries_scored"}
+
+
+def write_set(folder: Path, corpus: str = '{"_id": "d1", "text": "red apple"}\n{"_id": "d2", "title": "Sky", "text": "blue"}\n',
+              queries: str = '{"_id": "q1", "text": "apple"}\n',
+              qrels: str = "query-id\tcorpus-id\tscore\nq1\td1\t1\n", qrels_path: str = "qrels.tsv",
+              candidates: str | None = None) -> Path:
+    (folder / qrels_path).parent.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text(corpus, encoding="utf-8")
+    (folder / "queries.jsonl").write_text(queries, encoding="utf-8")
+    (folder / qrels_path).write_text(qrels, encoding="utf-8")
+    if candidates is not None:
+        (folder / "candidates.jsonl").write_text(candidates, encoding="utf-8")
+    return folder
+
+
+# --- the BEIR loader -------------------------------------------------------------------------------
+
+def test_loads_the_layout_joining_title_and_text(tmp_path: Path) -> None:
+    dataset = load_beir(write_set(tmp_path, qrels_path="qrels/test.tsv"))
+    assert dataset.corpus == {"d1": "red apple", "d2": "Sky blue"}
+    assert dataset.queries == {"q1": "apple"}
+    assert dataset.qrels == {"q1": {"d1": 1}}
+    assert dataset.candidates is None and dataset.judged_queries() == ["q1"]
+
+
+def test_only_judged_queries_are_evaluated_in_file_order(tmp_path: Path) -> None:
+    queries = '{"_id": "q2", "text": "sky"}\n{"_id": "q1", "text": "apple"}\n{"_id": 3, "text": "x"}\n'
+    qrels = "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t2\n"
+    assert load_beir(write_set(tmp_path, queries=queries, qrels=qrels)).judged_queries() == ["q2", "q1"]
+
+
+def test_candidates_are_read_deduplicated(tmp_path: Path) -> None:
+    dataset = load_beir(write_set(tmp_path, candidates='{"query_id": "q1", "corpus_ids": ["d2", "d1", "d2"]}\n'))
+    assert dataset.candidates == {"q1": ["d2", "d1"]}
+
+
+@pytest.mark.parametrize(("files", "where", "problem"), [
+    ({"corpus": '{"_id": "d1", "text": "a"}\n\n{"_id": "d1", "text": "b"}\n'}, "corpus.jsonl line 3", "_id 'd1' appears twice"),
+    ({"corpus": '{"_id": "d1", "text": "a"}\n{"_id": "d2"}\n'}, "corpus.jsonl line 2", "'text' must be a non-empty string"),
+    ({"corpus": '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b", "title": 5}\n'}, "corpus.jsonl line 2", "'title' must be a non-empty string"),
+    ({"queries": "not json\n"}, "queries.jsonl line 1", "not JSON"),
+    ({"queries": '["q1", "apple"]\n'}, "queries.jsonl line 1", "must be a JSON object"),
+    ({"qrels": "query-id corpus-id score\nq1\td1\t1\n"}, "qrels.tsv line 1", "the header must be"),
+    ({"qrels": "query-id\tcorpus-id\tscore\nq1\td1\n"}, "qrels.tsv line 2", "expected 3 tab-separated fields"),
+    ({"qrels": "query-id\tcorpus-id\tscore\nq1\td1\thigh\n"}, "qrels.tsv line 2", "score 'high' is not an integer"),
+    ({"qrels": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq9\td1\t1\n"}, "qrels.tsv line 3", "query-id 'q9' is not in queries.jsonl"),
+    ({"qrels": "query-id\tcorpus-id\tscore\nq1\td7\t1\n"}, "qrels.tsv line 2", "corpus-id 'd7' is not in corpus.jsonl"),
+    ({"candidates": '{"query_id": "q1", "corpus_ids": ["d1", "d9"]}\n'}, "candidates.jsonl line 1", "corpus id 'd9' is not in corpus.jsonl"),
+    ({"candidates": '{"query_id": "q1", "corpus_ids": []}\n'}, "candidates.jsonl line 1", "'corpus_ids' must be a non-empty list"),
+])
+def test_errors_name_the_file_and_the_line(tmp_path: Path, files: dict[str, str], where: str,
+                                           problem: str) -> None:
+    with pytest.raises(DatasetError) as error:
+        load_beir(write_set(tmp_path, **files))
+    assert f"{tmp_path / where}: " in str(error.value)
+    assert problem in str(error.value)
+
+
+def test_missing_files_are_named(tmp_path: Path) -> None:
+    write_set(tmp_path)
+    (tmp_path / "qrels.tsv").unlink()
+    with pytest.raises(DatasetError, match="no qrels: expected qrels/test.tsv or qrels.tsv"):
+        load_beir(tmp_path)
+    (tmp_path / "corpus.jsonl").unlink()
+    with pytest.raises(DatasetError, match="corpus.jsonl: cannot read"):
+        load_beir(tmp_path)
+
+
+# --- BM25 over the corpus and the metrics ---------------------------------------------------------
+
+def test_bm25_ranks_by_rare_terms_and_stems_russian() -> None:
+    index = Bm25Index({"a": "кошки и собаки", "b": "кошка", "c": "собака и кот и мышь", "d": "погода"})
+    assert index.search("кошка", 10) == ["b", "a"]  # shorter passage first; "кошки" matches by stem
+    assert index.search("кошка собака", 2) == ["a", "b"]
+    assert index.search("облако", 10) == []
+    assert index.idf("кошк") == pytest.approx(math.log(1 + (4 - 2 + 0.5) / (2 + 0.5)))
+
+
+def test_bm25_ties_keep_corpus_order() -> None:
+    assert Bm25Index({"x": "apple pie", "y": "apple tart", "z": "apple cake"}).search("apple", 3) == ["x", "y", "z"]
+
+
+def test_metrics_have_their_textbook_values() -> None:
+    qrels = {"a": 2, "b": 1, "c": 0, "z": 1}  # z is never ranked
+    ranked = ["c", "a", "x", "b"]
+    assert precision_at(ranked, qrels, 1) == 0.0
+    assert precision_at(ranked, qrels, 5) == pytest.approx(2 / 5)  # divided by k, not by what was ranked
+    assert reciprocal_rank_at(ranked, qrels, 10) == 0.5
+    assert reciprocal_rank_at(ranked, qrels, 1) == 0.0
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    ideal = 2 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at(ranked, qrels, 10) == pytest.approx(dcg / ideal)
+    assert ndcg_at(["a", "b", "z"], qrels, 10) == pytest.approx(1.0)
+    assert ndcg_at(ranked, {"c": 0}, 10) == 0.0
+    assert recall(ranked, qrels) == pytest.approx(2 / 3)
+
+
+# --- whole runs against the emulator ----------------------------------------------------------------
+
+def eval_config(emulator: Any, fallback: list[str]) -> Any:
+    return parse_config(gateway_settings(emulator_url(emulator), fallback))
+
+
+async def test_eval_tells_a_random_provider_from_a_good_one(emulator: Any) -> None:
+    await add_fault(emulator, "fireworks", "random")
+    await add_fault(emulator, "cohere", "rescale")
+    progress: list[int] = []
+    report = await evaluate(eval_config(emulator, ["deepinfra", "fireworks", "cohere"]), MODEL,
+                            load_beir(SAMPLE), EvalSettings(), progress.append)
+    good, random_, rescaled = (report["providers"][name] for name in ("deepinfra", "fireworks", "cohere"))
+    assert good["ndcg@10"] >= report["lexical"]["ndcg@10"]
+    assert good["ndcg@10"] - random_["ndcg@10"] > 0.15
+    assert good["p@1"] > random_["p@1"]
+    assert report["reference"] == "deepinfra"
+    assert (good["agreement_mae"], good["agreement_kendall_tau"]) == (0.0, 1.0)
+    assert random_["agreement_kendall_tau"] < 0.5 and random_["agreement_mae"] > 0.1
+    # another scale ranks the same but cannot share scores: agreement is what shows it
+    assert rescaled["ndcg@10"] == good["ndcg@10"]
+    assert rescaled["agreement_kendall_tau"] == 1.0 and rescaled["agreement_mae"] > 0.05
+    assert sum(progress) == 3 * report["queries"] == 30
+    assert set(good) == PROVIDER_KEYS and good["queries_scored"] == 10
+    assert good["tokens_per_1k_queries"] > 0
+    assert random_["usd_per_1k_queries"] == pytest.approx(2 * good["usd_per_1k_queries"], rel=1e-6)
+    assert "| deepinfra (reference) |" in format_report(report)
+
+
+async def test_failing_and_unusable_providers_are_reported_not_raised(emulator: Any) -> None:
+    await add_fault(emulator, "fireworks", "status", status=500)
+    raw = gateway_settings(emulator_url(emulator), ["fireworks", "tei", "deepinfra"])
+    raw["providers"]["deepinfra"]["enabled"] = False
+    progress: list[int] = []
+    report = await evaluate(parse_config(raw), MODEL, load_beir(SAMPLE), EvalSettings(), progress.append)
+    assert report["providers"]["fireworks"] == {"error": "HTTP 500: emulated fault: HTTP 500"}
+    assert report["providers"]["deepinfra"] == {"skipped": "disabled in config"}
+    assert report["reference"] == "tei"  # the first in fallback order that scored
+    assert report["providers"]["tei"]["agreement_mae"] == 0.0
+    assert sum(progress) == 30  # the bar ends full though fireworks stopped early
+    text = format_report(report)
+    assert "fireworks: error: HTTP 500" in text and "deepinfra: skipped: disabled in config" in text
+
+
+async def test_given_candidates_replace_bm25(tmp_path: Path, emulator: Any) -> None:
+    folder = Path(shutil.copytree(SAMPLE, tmp_path / "set"))
+    queries = [json.loads(line)["_id"] for line in (folder / "queries.jsonl").read_text().splitlines()]
+    lines = [json.dumps({"query_id": q, "corpus_ids": ["d40", "d37"]}) for q in queries]
+    (folder / "candidates.jsonl").write_text("\n".join(lines) + "\n")
+    report = await evaluate(eval_config(emulator, ["deepinfra"]), MODEL, load_beir(folder), EvalSettings(k=3))
+    assert report["first_stage"] == "candidates.jsonl"
+    assert {"ndcg@3", "mrr@3"} <= set(report["providers"]["deepinfra"]) and "ndcg@10" not in report["lexical"]
+    # d37 answers en4 (as does d38, never a candidate); d40 answers nothing
+    assert report["lexical"]["p@1"] == 0.0 and report["lexical"]["candidate_recall"] == pytest.approx(0.05)
+    assert report["providers"]["deepinfra"]["p@1"] == pytest.approx(0.1)
+    assert report["providers"]["deepinfra"]["queries_scored"] == 10
+
+
+async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> None:
+    port = free_port()
+    config = tmp_path / "eval.toml"
+    config.write_text((SAMPLE / "emulator.toml").read_text().replace("9000", str(port)))
+    out = tmp_path / "report.json"
+    with running(["emulate", "--port", str(port)], port):
+        async with aiohttp.ClientSession() as session:
+            fault = {"provider": "fireworks", "mode": "random"}
+            async with session.post(f"http://127.0.0.1:{port}/_emulator/faults", json=fault) as response:
+                assert response.status == 200
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "eval", "--config", str(config), "--data", str(SAMPLE),
+             "--model", "Qwen/Qwen3-Reranker-8B", "--out", str(out)],
+            cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "EMULATOR_KEY": "dev"})
+    assert result.returncode == 0, result.stderr
+    assert "| deepinfra (reference) |" in result.stdout and "| fireworks |" in result.stdout
+    assert "scoring" in result.stderr  # the progress bar's label
+    report = json.loads(out.read_text())
+    assert set(report) >= {"providers", "lexical"}
+    assert set(report["providers"]) == {"deepinfra", "fireworks", "cohere"}
+    assert set(report["providers"]["deepinfra"]) == PROVIDER_KEYS
+    assert set(report["lexical"]) == {"p@1", "p@5", "ndcg@10", "mrr@10", "candidate_recall"}
+    assert report["providers"]["deepinfra"]["ndcg@10"] > report["providers"]["fireworks"]["ndcg@10"]
+
+
+def test_eval_command_refuses_bad_data_and_unknown_models(tmp_path: Path) -> None:
+    write_set(tmp_path, qrels="query-id\tcorpus-id\tscore\nq1\td9\t1\n")
+    base = [sys.executable, "-m", "gateway", "eval", "--config", str(SAMPLE / "emulator.toml")]
+    bad_data = subprocess.run([*base, "--data", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad_data.returncode == 2
+    assert f"invalid data: {tmp_path / 'qrels.tsv'} line 2: corpus-id 'd9' is not in corpus.jsonl" in bad_data.stderr
+    unknown = subprocess.run([*base, "--data", str(SAMPLE), "--model", "gpt"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60)
+    assert unknown.returncode == 2 and "no model 'gpt'; models: qwen3-reranker-8b" in unknown.stderr
