@@ -160,8 +160,14 @@ class RedisScoreCache:
 
 
 def redis_key(model: str, instruction: str | None, query: str) -> str:
-    """The hash holding every cached score of one query."""
+    """The hash holding one query's cached scores (its first QUERY_HASH_FIELDS passages)."""
     return _hash_name(query_group(model, instruction, query))
+
+
+def score_keys(model: str, instruction: str | None, query: str) -> list[str]:
+    """Every key that may hold one query's scores: its hash, then its spill buckets."""
+    name = redis_key(model, instruction, query)
+    return [name, *(name + suffix for suffix in _BUCKET_SUFFIXES)]
 
 
 def _hash_name(group: str) -> str:
