@@ -32,6 +32,8 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
         url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
         built = RedisScoreCache.from_url(url, ttl_seconds=TTL, timeout_seconds=1.0)
     else:
+        if not _fakeredis_runs_lua():
+            pytest.skip("fakeredis runs the cache's Lua scripts only with lupa installed (fakeredis[lua])")
         built = RedisScoreCache(fakeredis.FakeAsyncRedis(), ttl_seconds=TTL, timeout_seconds=1.0)
     yield built
     await built.close()
