@@ -103,4 +103,6 @@ def build_ledger(config: CacheConfig) -> Ledger:
 def build_cache(config: CacheConfig) -> ScoreCache:
     if not config.url:
         return MemoryScoreCache(max_entries=config.max_entries, ttl_seconds=config.ttl_seconds)
-    return RedisScoreCache.from_url(config.url, config.ttl_seconds, config.timeout_ms / 1000)
+    return RedisScoreCache.from_url(
+        config.url, config.ttl_seconds, config.timeout_ms / 1000, lease_seconds=config.lease_ms / 1000
+    )

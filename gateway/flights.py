@@ -4,6 +4,10 @@ A request claims the pairs nobody is scoring yet and waits for the others. The o
 its claim once, with scores or with None; a waiter whose owner failed, was cancelled, or was
 answered by another model scores the pair itself, so one request's failure never becomes another's.
 One future per claiming request, not per pair: most requests share nothing, and pay little.
+
+Across processes (workers, replicas) the cache's leases do the same: the owner of a claim in
+this process that finds a pair leased to another process waits for that one's score
+(`await_elsewhere`), and requests of this process waiting on it never touch Redis.
 """
 
 from __future__ import annotations
@@ -11,6 +15,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+
+from gateway.cache.base import PairKey, ScoreCache
+
+# Polling the score keys, not pub/sub: no subscriber connection per process (per node in a
+# Cluster), and a poll is the same one-call read that also takes a lease over once it ends.
+POLL_FIRST_SECONDS = 0.01
+POLL_MAX_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +81,29 @@ async def wait_shared(flight: Flight, index: int) -> tuple[float, str] | None:
     if scored is None:
         return None
     return scored.scores[index], scored.provider
+
+
+async def await_elsewhere(
+    cache: ScoreCache, keys: Sequence[PairKey], until: float, deadline: float | None
+) -> list[float | None]:
+    """Scores of keys another process is scoring, polled from the cache until `until` (loop time).
+
+    A key comes back None when the poll leased it to this process (its owner failed and released
+    it, or died and its lease ran out), or when it was still leased elsewhere at `until`:
+    either way, score it yourself.
+    """
+    loop = asyncio.get_running_loop()
+    scores: list[float | None] = [None] * len(keys)
+    waiting = list(range(len(keys)))
+    pause = POLL_FIRST_SECONDS
+    while waiting and loop.time() + pause < until:
+        await asyncio.sleep(pause)
+        found = await cache.lookup([keys[i] for i in waiting], deadline)
+        still = []
+        for j, i in enumerate(waiting):
+            scores[i] = found.scores[j]
+            if scores[i] is None and j in found.elsewhere:
+                still.append(i)
+        waiting = still
+        pause = min(2 * pause, POLL_MAX_SECONDS)
+    return scores

@@ -6,6 +6,8 @@ the missing pairs, and what happens when providers fail, is the router's one pla
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
 from gateway.config import GatewayConfig
 from gateway.errors import InvalidRequest, UnknownModel
-from gateway.flights import Flights, Scored, wait_shared
+from gateway.flights import Flights, Scored, await_elsewhere, wait_shared
 from gateway.models import Batch, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
 from gateway.router import Router
 
@@ -49,7 +51,11 @@ class RerankService:
         pairs = _UniquePairs(request.queries, request.documents, request.instruction)
         keys = pair_keys(model, request.instruction, pairs.queries, pairs.documents)
         job = _Job(model, pairs, policy, keys, deadline)
-        job.scores = await self._cache.get_many(job.keys) if policy.read else [None] * len(job.keys)
+        if policy.read:
+            found = await self._cache.lookup(job.keys, deadline)
+            job.scores, job.elsewhere = found.scores, found.elsewhere
+        else:
+            job.scores = [None] * len(job.keys)
         missing = [slot for slot, score in enumerate(job.scores) if score is None]
         if missing:
             await self._fill(job, missing)
@@ -69,10 +75,9 @@ class RerankService:
         shared: Scored | None = None
         try:
             if claim.own:
-                scored = await self._score_slots(job, [missing[i] for i in claim.own])
-                if scored.whole:
+                shared = await self._fill_own(job, [missing[i] for i in claim.own])
+                if shared is None:
                     return  # every slot was scored anew (another model, or lexically): nothing to share or wait for
-                shared = Scored(scored.scores, scored.provider)
         finally:
             self._flights.settle(claim, shared)
         orphaned = []
@@ -89,6 +94,52 @@ class RerankService:
         if orphaned:
             await self._score_slots(job, orphaned)
 
+    async def _fill_own(self, job: _Job, own: list[int]) -> Scored | None:
+        """Score the slots this process leased while waiting for those another process is scoring.
+
+        None when another model scored every slot instead.
+        """
+        theirs = [slot for slot in own if slot in job.elsewhere]
+        ours = [slot for slot in own if slot not in job.elsewhere]
+        waiting = asyncio.ensure_future(self._wait_elsewhere(job, theirs)) if theirs else None
+        provider = job.result.provider
+        try:
+            if ours:
+                provider = (await self._score_leased(job, ours)).provider
+            if waiting is not None and not job.rescored_whole:
+                waited = time.perf_counter()
+                found = await waiting
+                job.result.upstream_ms += (time.perf_counter() - waited) * 1000
+                # Set only now, when this request's own scores are known to be the requested model's.
+                for slot, score in zip(theirs, found):
+                    job.scores[slot] = score
+                left = [slot for slot, score in zip(theirs, found) if score is None]
+                if left:  # the other process's lease ended without a score, or time ran short
+                    provider = (await self._score_leased(job, left)).provider
+        finally:
+            if waiting is not None:
+                waiting.cancel()
+        if job.rescored_whole:
+            return None
+        return Scored([job.scores[slot] for slot in own], provider)  # type: ignore[misc]  # all filled
+
+    async def _wait_elsewhere(self, job: _Job, slots: list[int]) -> list[float | None]:
+        # Half the time left stays for scoring them here if the other process does not deliver.
+        until = math.inf if job.deadline is None else (asyncio.get_running_loop().time() + job.deadline) / 2
+        return await await_elsewhere(self._cache, [job.keys[slot] for slot in slots], until, job.deadline)
+
+    async def _score_leased(self, job: _Job, slots: list[int]) -> ScoredPairs:
+        """_score_slots for leased slots: a lease that no stored score ends is released at once,
+        so a process waiting for these pairs scores them itself without waiting for it to run out."""
+        try:
+            scored = await self._score_slots(job, slots)
+        except BaseException:
+            await self._cache.release([job.keys[slot] for slot in slots])
+            raise
+        if scored.whole:
+            await self._cache.release([job.keys[slot] for slot in slots])
+        return scored
+
     async def _score_slots(self, job: _Job, slots: list[int]) -> ScoredPairs:
         """One upstream round for these slots; cached when scored by the requested model itself."""
         started = time.perf_counter()
@@ -97,6 +148,7 @@ class RerankService:
         finally:
             job.result.upstream_ms += (time.perf_counter() - started) * 1000
         covered = range(len(job.keys)) if scored.whole else slots
+        job.rescored_whole |= scored.whole
         for slot, score in zip(covered, scored.scores):
             job.scores[slot] = score
         job.result.model, job.result.provider = scored.model, scored.provider
@@ -120,8 +172,12 @@ class _Job:
     policy: CachePolicy
     keys: list[PairKey]  # per unique slot
     deadline: float | None
+    elsewhere: frozenset[int] = frozenset()  # slots another process is scoring (its lease)
     scores: list[float | None] = field(default_factory=list)  # per unique slot
     sent: set[int] = field(default_factory=set)  # slots this request sent upstream
+    # A step of the router's plan scored every slot anew (another model, or lexically): no slot
+    # may then take a score from the cache, a waiter or another process.
+    rescored_whole: bool = False
     result: RerankResult = field(init=False)
 
     def __post_init__(self) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import fakeredis
 import pytest
@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from gateway.cache import MemoryScoreCache, ScoreCache, pair_keys
 from gateway.cache.base import passage_digest
-from gateway.cache.redis import RedisScoreCache, redis_key
+from gateway.cache.redis import QUERY_HASH_FIELDS, SPILL_BUCKETS, RedisScoreCache, redis_key
+from gateway.flights import await_elsewhere
 
 TTL = 3600
 K = pair_keys
@@ -31,6 +32,8 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
         url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
         built = RedisScoreCache.from_url(url, ttl_seconds=TTL, timeout_seconds=1.0)
     else:
+        if not _fakeredis_runs_lua():
+            pytest.skip("fakeredis runs the cache's Lua scripts only with lupa installed (fakeredis[lua])")
         built = RedisScoreCache(fakeredis.FakeAsyncRedis(), ttl_seconds=TTL, timeout_seconds=1.0)
     yield built
     await built.close()
@@ -226,3 +229,214 @@ async def test_a_burst_beyond_the_pool_size_waits_for_connections_instead_of_fai
     assert results == [[0.5]] * 200
     assert cache.available
     await cache.close()
+
+
+
+# --- leases: single flight across processes (each RedisScoreCache stands for one process) ----
+
+
+def _fakeredis_runs_lua() -> bool:
+    try:
+        import lupa  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+Store = Callable[..., RedisScoreCache]
+
+
+@pytest.fixture(params=["redis", "fakeredis", "redis-cluster"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Builds caches on one store, each with a lease owner of its own, as separate processes have."""
+    built: list[RedisScoreCache] = []
+    if request.param == "fakeredis" and not _fakeredis_runs_lua():
+        pytest.skip("fakeredis runs Lua only with lupa installed")
+    server = fakeredis.FakeServer()
+    url = None if request.param == "fakeredis" else request.getfixturevalue(
+        "redis_url" if request.param == "redis" else "redis_cluster_url")
+
+    def build(lease_seconds: float = 30.0) -> RedisScoreCache:
+        if url is None:
+            cache = RedisScoreCache(fakeredis.FakeAsyncRedis(server=server), TTL, 1.0, lease_seconds)
+        else:
+            cache = RedisScoreCache.from_url(url, TTL, timeout_seconds=1.0, lease_seconds=lease_seconds)
+        built.append(cache)
+        return cache
+
+    yield build
+    for cache in built:
+        await cache.close()
+
+
+PAIRS = K("m", None, [Q] * 4, DOCS)
+SCORES = [0.9531, 1 / 3, 0.0, 1.0]
+NO_WAIT_PAST = 10.0  # seconds: a wait test that gets this far waited for `until`, not for a lease
+
+
+def _until(seconds: float = 60.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+async def test_two_claimers_of_one_pair_one_owns_the_other_waits_for_its_score(store: Store):
+    owner, other = store(), store()
+    first = await owner.lookup(PAIRS)
+    assert first.scores == [None] * 4 and first.elsewhere == frozenset()  # leased to the owner
+    second = await other.lookup(PAIRS)
+    assert second.scores == [None] * 4 and second.elsewhere == frozenset(range(4))
+    waiting = asyncio.ensure_future(await_elsewhere(other, PAIRS, _until(), None))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await owner.put_many(PAIRS, SCORES)
+    assert await asyncio.wait_for(waiting, NO_WAIT_PAST) == SCORES
+
+
+async def test_a_process_reading_its_own_leases_again_is_granted_them(store: Store):
+    # Which of its requests scores a pair is for the process's own single flight to decide.
+    cache = store()
+    await cache.lookup(PAIRS)
+    assert (await cache.lookup(PAIRS)).elsewhere == frozenset()
+
+
+async def test_a_plain_read_claims_nothing(store: Store):
+    reader, other = store(), store()
+    assert await reader.get_many(PAIRS) == [None] * 4
+    assert (await other.lookup(PAIRS)).elsewhere == frozenset()
+
+
+async def test_an_owner_that_dies_holds_its_pairs_only_until_its_lease_runs_out(store: Store):
+    owner, waiter = store(lease_seconds=0.3), store()
+    await owner.lookup(PAIRS)  # ... and never writes: the process died
+    assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))
+    found = await asyncio.wait_for(await_elsewhere(waiter, PAIRS, _until(), None), NO_WAIT_PAST)
+    assert found == [None] * 4  # score them yourself ...
+    assert (await owner.lookup(PAIRS)).elsewhere == frozenset(range(4))  # ... under your own lease now
+
+
+async def test_an_owner_whose_call_failed_releases_and_the_waiter_takes_over_at_once(store: Store):
+    owner, waiter = store(lease_seconds=60.0), store()
+    await owner.lookup(PAIRS)
+    assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))
+    waiting = asyncio.ensure_future(await_elsewhere(waiter, PAIRS, _until(), None))
+    await owner.release(PAIRS[:2])
+    await owner.put_many(PAIRS[2:], SCORES[2:])
+    assert await asyncio.wait_for(waiting, NO_WAIT_PAST) == [None, None, *SCORES[2:]]
+
+
+async def test_a_lease_ends_at_its_owners_deadline(store: Store):
+    owner, waiter = store(lease_seconds=60.0), store()
+    await owner.lookup(PAIRS, deadline=_until(0.3))  # the owner cannot score past its deadline
+    assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))
+    assert await asyncio.wait_for(await_elsewhere(waiter, PAIRS, _until(), None), NO_WAIT_PAST) == [None] * 4
+
+
+async def test_waiting_stops_at_until_while_the_owner_still_holds_the_lease(store: Store):
+    owner, waiter = store(lease_seconds=60.0), store()
+    await owner.lookup(PAIRS)
+    assert await asyncio.wait_for(await_elsewhere(waiter, PAIRS, _until(0.2), None), NO_WAIT_PAST) == [None] * 4
+    assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))  # still the owner's
+
+
+async def test_a_write_ends_only_the_writers_leases(store: Store):
+    owner, other = store(), store()
+    await owner.lookup(PAIRS)
+    await other.release(PAIRS)  # not its leases: nothing happens
+    assert (await other.lookup(PAIRS)).elsewhere == frozenset(range(4))
+    await owner.put_many(PAIRS, SCORES)
+    assert (await other.lookup(PAIRS)).scores == SCORES
+
+
+async def test_memory_cache_grants_every_claim():
+    cache = MemoryScoreCache(max_entries=100, ttl_seconds=TTL)
+    assert (await cache.lookup(PAIRS)).elsewhere == frozenset()
+    assert (await cache.lookup(PAIRS)).elsewhere == frozenset()
+    await cache.release(PAIRS)
+    await cache.put_many(PAIRS, SCORES)
+    assert (await cache.lookup(PAIRS)).scores == SCORES
+
+
+async def test_redis_down_grants_every_claim_so_requests_score_themselves(unused_tcp_port):
+    cache = RedisScoreCache.from_url(f"redis://127.0.0.1:{unused_tcp_port}/0", ttl_seconds=TTL, timeout_seconds=0.2)
+    found = await cache.lookup(PAIRS)
+    assert found.scores == [None] * 4 and found.elsewhere == frozenset()
+    await cache.release(PAIRS)  # logged, not raised
+    await cache.close()
+
+
+# --- past one listpack: a query's scores spill into buckets under its hash tag -------------
+
+
+def _many(count: int, tag: str = "") -> list[str]:
+    return [f"passage {tag}{i}" for i in range(count)]
+
+
+async def test_a_thousand_passages_of_one_query_come_back_exactly(store: Store):
+    cache = store()
+    documents = _many(1500)  # past 1000 too: the script reads in chunks Lua's stack can take
+    scores = [i / 1500 for i in range(1500)]
+    await cache.put_many(K("m", None, [Q] * 1500, documents[:700]), scores[:700])
+    await cache.put_many(K("m", None, [Q] * 1500, documents[700:]), scores[700:])
+    assert await cache.get_many(K("m", None, [Q] * 1500, documents)) == scores
+    assert await cache.get_many(K("m", None, [R] * 3, documents[:3])) == [None] * 3
+
+
+async def test_a_query_past_its_hash_spills_into_listpack_buckets_in_one_slot(redis_url):
+    cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=1.0)
+    await cache.put_many(K("m", "task", [Q] * 1000, _many(1000)), [0.5] * 1000)
+    raw = aioredis.Redis.from_url(redis_url)
+    key = redis_key("m", "task", Q)
+    buckets = [f"{key}:{b}" for b in range(SPILL_BUCKETS)]
+    assert sorted(await raw.keys("*")) == sorted(k.encode() for k in [key, *buckets])
+    assert await raw.hlen(key) == QUERY_HASH_FIELDS
+    assert sum([await raw.hlen(b) for b in buckets]) == 1000 - QUERY_HASH_FIELDS
+    for name in [key, *buckets]:
+        assert await raw.object("encoding", name) == b"listpack"
+        assert 0 < await raw.ttl(name) <= TTL
+    await raw.aclose()
+    await cache.close()
+
+
+async def test_a_spilled_query_lives_on_one_cluster_node(redis_cluster, redis_cluster_url):
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=TTL, timeout_seconds=1.0)
+    await cache.lookup(K("m", None, [Q] * 1000, _many(1000, "x")))  # leases too
+    await cache.put_many(K("m", None, [Q] * 999, _many(999)), [0.5] * 999)
+    nodes_holding = [keys for keys in redis_cluster.keys_per_node() if keys]
+    assert len(nodes_holding) == 1 and len(nodes_holding[0]) == 2 + SPILL_BUCKETS
+    await cache.close()
+
+
+async def test_keys_of_the_old_layout_still_hit_and_a_newer_score_still_replaces_the_older(redis_url):
+    # Before buckets, one hash held all of a query's passages, past 512 as a hash table.
+    raw = aioredis.Redis.from_url(redis_url)
+    documents = _many(600)
+    key = redis_key("m", None, Q)
+    await raw.hset(key, mapping={passage_digest(d): struct.pack("<d", 0.25) for d in documents})
+    cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=1.0)
+    assert await cache.get_many(K("m", None, [Q] * 600, documents)) == [0.25] * 600
+    await cache.put_many(K("m", None, [Q] * 2, [documents[0], "a new passage"]), [0.75, 0.5])
+    assert await cache.get_many(K("m", None, [Q] * 3, [documents[0], documents[1], "a new passage"])) == [0.75, 0.25, 0.5]
+    assert await raw.hlen(key) == 600  # the new passage went to a bucket; the old one was rewritten in place
+    await raw.aclose()
+    await cache.close()
+
+
+async def test_a_passage_lives_in_one_place_so_a_newer_score_always_wins(redis_url):
+    cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=1.0)
+    documents = _many(QUERY_HASH_FIELDS + 50)
+    await cache.put_many(K("m", None, [Q] * len(documents), documents), [0.5] * len(documents))
+    raw = aioredis.Redis.from_url(redis_url)
+    spilled = documents[-1]
+    await raw.hdel(redis_key("m", None, Q), passage_digest(documents[0]))  # room again in the query's hash
+    await cache.put_many(K("m", None, [Q], [spilled]), [0.875])  # where it already is: its bucket
+    assert await cache.get_many(K("m", None, [Q], [spilled])) == [0.875]
+    assert await raw.hexists(redis_key("m", None, Q), passage_digest(spilled)) == 0
+    await raw.aclose()
+    await cache.close()
+
+
+async def test_scripts_flushed_from_redis_are_loaded_again(store: Store):
+    cache = store()
+    await cache.put_many(PAIRS, SCORES)
+    await cache._redis.script_flush()  # a restarted or new node knows no scripts
+    assert await cache.get_many(K("m", None, [Q, R, Q, Q], DOCS)) == [SCORES[0], None, *SCORES[2:]]
+    assert cache.available

@@ -16,14 +16,40 @@ DIGEST_BYTES = 16
 PairKey = tuple[str, bytes]
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What one read found: a score or None per key, and which missing keys to wait for."""
+
+    scores: list[float | None]
+    # Positions of missing keys another process has leased: it is scoring them now. Every other
+    # missing key is leased to this process (or there are no leases): score it, then put or release it.
+    elsewhere: frozenset[int] = frozenset()
+
+
 class ScoreCache(Protocol):
-    """Batch-shaped on purpose: one round trip reads all of a request's pairs."""
+    """Batch-shaped on purpose: one round trip reads all of a request's pairs.
+
+    Leases make single flight reach across processes: `lookup` claims the missing pairs for this
+    process in the same round trip as the read, unless another process holds them; `put_many`
+    ends the leases of what it stores, `release` those of pairs this process will not store.
+    A cache of one process has no one to share with: it grants every claim.
+    """
 
     async def start(self) -> None: ...
 
-    async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]: ...
+    async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
+        """Read only: no claims."""
+        ...
+
+    async def lookup(self, keys: Sequence[PairKey], deadline: float | None = None) -> Lookup:
+        """Read, and lease the missing keys to this process until `deadline` (event-loop time) at the latest."""
+        ...
 
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None: ...
+
+    async def release(self, keys: Sequence[PairKey]) -> None:
+        """End this process's leases on these keys (it will not store their scores)."""
+        ...
 
     async def ping(self) -> bool:
         """Whether the store answers (for /readyz)."""

@@ -2,8 +2,16 @@
 
 Layout: one hash per (model, instruction, query), field = 16-byte passage digest, value = the
 score as an 8-byte IEEE double. A small hash is stored as a listpack (no per-field objects),
-which is what brings a pair down to about 30 bytes; one key per pair would cost ~100. The key's
-braces are a Cluster hash tag, so a query's scores always live on one node.
+which is what brings a pair down to about 30 bytes; one key per pair would cost ~100. Past
+QUERY_HASH_FIELDS passages a query spills into SPILL_BUCKETS more hashes picked by digest, so
+none outgrows a listpack (a hash table costs ~90 bytes a pair). The key's braces are a Cluster
+hash tag, so all of a query's keys (scores, buckets, leases) live in one slot, on one node, and
+each query is one script call. The scripts are in gateway/cache/scripts.py.
+
+Leases: a read also claims the missing pairs for this process, in the same call, unless another
+process holds them; that one is scoring them, and the caller waits for its scores
+(gateway/flights.py) instead of paying too. The write ends the leases. A lease runs out by
+itself after `lease_seconds`, so an owner that died costs its waiters that long at most.
 
 Every call is bounded by a short timeout; on any Redis failure the request is served uncached
 (gateway/redis_outage.py decides when to leave Redis alone for a moment, and says so).
@@ -13,11 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.cache.base import PairKey, query_group
+from gateway.cache.base import Lookup, PairKey, query_group
+from gateway.cache.scripts import LOOKUP, PUT, RELEASE, Script, ScriptCall, run_scripts
 from gateway.redis_outage import RedisOutage
 from gateway.redis_pool import REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
 
@@ -26,6 +36,16 @@ log = logging.getLogger("gateway.cache")
 _SCORE = struct.Struct("<d")
 KEY_PREFIX = "rr:"
 WARM_CONNECTIONS = 16
+# A query's own hash takes this many passages, then spills into its buckets. Below Redis'
+# default hash-max-listpack-entries (512), with room for the few a race may add past it.
+QUERY_HASH_FIELDS = 448
+# Enough for a query to collect ~4,500 passages over its TTL before a bucket outgrows a listpack,
+# and few enough that a small query's read names only a handful of keys.
+SPILL_BUCKETS = 8
+_BUCKET_SUFFIXES = tuple(f":{bucket}" for bucket in range(SPILL_BUCKETS))
+_LEASES_SUFFIX = ":leases"
+DEFAULT_LEASE_SECONDS = 5.0
+_LOOKUP, _PUT, _RELEASE = Script(LOOKUP), Script(PUT), Script(RELEASE)
 
 
 class RedisScoreCache:
@@ -34,6 +54,7 @@ class RedisScoreCache:
         client: RedisClient,
         ttl_seconds: int,
         timeout_seconds: float,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
         retry_after_seconds: float = 1.0,
         warn_interval_seconds: float = 30.0,
         failures_before_backoff: int = 3,
@@ -42,6 +63,10 @@ class RedisScoreCache:
         self._redis = client
         self._ttl = ttl_seconds
         self._timeout = timeout_seconds
+        self._lease = lease_seconds
+        # This process's name on its leases: a process re-reading a pair it leased is granted it
+        # again, and its single flight (gateway/flights.py) decides which request scores it.
+        self._owner = os.urandom(8).hex()
         self._outage = RedisOutage(
             log, "redis cache", "serving uncached", clock,
             retry_after_seconds, warn_interval_seconds, failures_before_backoff,
@@ -49,9 +74,10 @@ class RedisScoreCache:
 
     @classmethod
     def from_url(
-        cls, url: str, ttl_seconds: int, timeout_seconds: float, max_connections: int = 32
+        cls, url: str, ttl_seconds: int, timeout_seconds: float, max_connections: int = 32,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> RedisScoreCache:
-        return cls(redis_client(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds)
+        return cls(redis_client(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds, lease_seconds)
 
     async def start(self) -> None:
         await warm_up(self._redis, WARM_CONNECTIONS)
@@ -61,49 +87,70 @@ class RedisScoreCache:
         return self._outage.available
 
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
-        misses: list[float | None] = [None] * len(keys)
+        return (await self._lookup(keys, 0)).scores
+
+    async def lookup(self, keys: Sequence[PairKey], deadline: float | None = None) -> Lookup:
+        return await self._lookup(keys, self._lease_ms(deadline))
+
+    def _lease_ms(self, deadline: float | None) -> int:
+        # A lease past its owner's deadline would only keep waiters waiting for nothing.
+        lease = self._lease
+        if deadline is not None:
+            lease = min(lease, deadline - asyncio.get_running_loop().time())
+        return max(1, int(lease * 1000))
+
+    async def _lookup(self, keys: Sequence[PairKey], lease_ms: int) -> Lookup:
+        misses = Lookup([None] * len(keys))
         if not self.available:
             return misses
         groups = _group_by_query(keys)
-        try:
-            async with asyncio.timeout(self._timeout):
-                replies = await self._read(groups)
-        except REDIS_FAILURES as exc:
-            self._outage.failed("read", exc)
+        calls: list[ScriptCall] = [
+            (_LOOKUP, _query_keys(group), [self._owner, lease_ms, *digests]) for group, (digests, _) in groups.items()
+        ]
+        replies = await self._run("read", calls)
+        if replies is None:
             return misses
-        self._outage.succeeded()
-        found = misses
-        for (fields, positions), values in zip(groups.values(), replies):
+        scores = misses.scores
+        elsewhere = []
+        for (_, positions), values in zip(groups.values(), replies):
             for position, value in zip(positions, values):
-                found[position] = _decode_score(value)
-        return found
-
-    async def _read(self, groups: dict[str, tuple[list[bytes], list[int]]]) -> list[list[bytes | None]]:
-        if len(groups) == 1:
-            # The common case, one query: a plain HMGET is one round trip without a pipeline's
-            # bookkeeping, which costs a cached request measurably on the hit path.
-            [(key, (fields, _))] = groups.items()
-            return [await self._redis.hmget(key, fields)]
-        # A cluster client may learn its layout on entering the pipeline: the caller's bound covers it.
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for key, (fields, _) in groups.items():
-                pipe.hmget(key, fields)
-            return await pipe.execute()
+                if isinstance(value, bytes):
+                    scores[position] = _decode_score(value)
+                elif value:  # the ms left on another process's lease; 0 = leased to us
+                    elsewhere.append(position)
+        return Lookup(scores, frozenset(elsewhere))
 
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
         if not self.available:
             return
-        groups = _group_by_query(keys)
-        try:
-            async with asyncio.timeout(self._timeout), self._redis.pipeline(transaction=False) as pipe:
-                for key, (fields, positions) in groups.items():
-                    pipe.hset(key, mapping={f: _SCORE.pack(scores[p]) for f, p in zip(fields, positions)})
-                    pipe.expire(key, self._ttl)
-                await pipe.execute()
-        except REDIS_FAILURES as exc:
-            self._outage.failed("write", exc)
+        calls: list[ScriptCall] = []
+        for group, (digests, positions) in _group_by_query(keys).items():
+            args: list[bytes | int | str] = [self._owner, self._ttl, QUERY_HASH_FIELDS]
+            for digest, position in zip(digests, positions):
+                args += (digest, _SCORE.pack(scores[position]))
+            calls.append((_PUT, _query_keys(group), args))
+        await self._run("write", calls)
+
+    async def release(self, keys: Sequence[PairKey]) -> None:
+        if not self.available:
             return
+        calls: list[ScriptCall] = [
+            (_RELEASE, [_hash_name(group) + _LEASES_SUFFIX], [self._owner, *digests])
+            for group, (digests, _) in _group_by_query(keys).items()
+        ]
+        await self._run("release", calls)
+
+    async def _run(self, operation: str, calls: list[ScriptCall]) -> list | None:
+        """The scripts' replies in one bounded round trip, or None when Redis failed (logged)."""
+        try:
+            # A cluster client may learn its layout on the first call: the bound covers it.
+            async with asyncio.timeout(self._timeout):
+                replies = await run_scripts(self._redis, calls)
+        except REDIS_FAILURES as exc:
+            self._outage.failed(operation, exc)
+            return None
         self._outage.succeeded()
+        return replies
 
     async def ping(self) -> bool:
         return await ping(self._redis, self._timeout)
@@ -113,8 +160,14 @@ class RedisScoreCache:
 
 
 def redis_key(model: str, instruction: str | None, query: str) -> str:
-    """The hash holding every cached score of one query."""
+    """The hash holding one query's cached scores (its first QUERY_HASH_FIELDS passages)."""
     return _hash_name(query_group(model, instruction, query))
+
+
+def score_keys(model: str, instruction: str | None, query: str) -> list[str]:
+    """Every key that may hold one query's scores: its hash, then its spill buckets."""
+    name = redis_key(model, instruction, query)
+    return [name, *(name + suffix for suffix in _BUCKET_SUFFIXES)]
 
 
 def _hash_name(group: str) -> str:
@@ -122,8 +175,14 @@ def _hash_name(group: str) -> str:
     return f"{KEY_PREFIX}{{{group}}}"
 
 
+def _query_keys(group: str) -> list[str]:
+    """KEYS of the scripts: the query's hash, its leases, its spill buckets; one hash tag, one slot."""
+    name = _hash_name(group)
+    return [name, name + _LEASES_SUFFIX, *(name + suffix for suffix in _BUCKET_SUFFIXES)]
+
+
 def _group_by_query(keys: Sequence[PairKey]) -> dict[str, tuple[list[bytes], list[int]]]:
-    """Redis hash name -> (passage digests, request positions), for each distinct query."""
+    """Query group -> (passage digests, request positions), for each distinct query."""
     groups: dict[str, tuple[list[bytes], list[int]]] = {}
     for position, (group, digest) in enumerate(keys):
         entry = groups.get(group)
@@ -131,7 +190,7 @@ def _group_by_query(keys: Sequence[PairKey]) -> dict[str, tuple[list[bytes], lis
             entry = groups[group] = ([], [])
         entry[0].append(digest)
         entry[1].append(position)
-    return {_hash_name(group): entry for group, entry in groups.items()}
+    return groups
 
 
 def _decode_score(value: bytes | None) -> float | None:

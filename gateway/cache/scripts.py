@@ -1,0 +1,148 @@
+"""The Lua scripts of the Redis score cache, and running a batch of them in one round trip.
+
+Every script gets one query's keys, all under the query's hash tag (one slot, one node):
+KEYS[1] its hash of scores, KEYS[2] its leases, KEYS[3..] its spill buckets. A query's first
+`limit` passages live in its hash; once that is full, further passages go to the bucket their
+digest's first byte picks, so each hash stays small enough for Redis' compact listpack encoding.
+A passage is never in two places: it is written where it already is, else in the query's hash
+while there is room, else in its bucket; reads look in the hash, then in the bucket.
+
+A lease is a field of the leases hash, passage digest -> "<owner>|<expiry in ms, server time>":
+whoever scores a pair claims it first, so other processes wait for its score instead of paying
+for it too. Expiry is kept per field (a hash field has no TTL of its own before Redis 7.4) and
+read from the server's clock, so processes on different machines agree on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from gateway.redis_pool import RedisClient
+
+# Reads every digest's score; with a lease length, also claims each missing one not leased to
+# another owner. ARGV: owner, lease ms (0 = claim nothing), then the digests.
+# Returns per digest: its stored value; else 0 when leased to the caller now; else the ms left
+# on another owner's lease; else nil.
+LOOKUP = """
+local owner, lease_ms = ARGV[1], tonumber(ARGV[2])
+local buckets = #KEYS - 2
+local found = {}
+for first = 3, #ARGV, 1000 do  -- unpack is bounded by Lua's stack
+  local part = redis.call('HMGET', KEYS[1], unpack(ARGV, first, math.min(first + 999, #ARGV)))
+  for i = 1, #part do found[first - 3 + i] = part[i] end
+end
+local now, claimed = nil, false
+for i = 1, #ARGV - 2 do
+  local digest = ARGV[i + 2]
+  if not found[i] then
+    found[i] = redis.call('HGET', KEYS[3 + digest:byte(1) % buckets], digest)
+  end
+  if not found[i] and lease_ms > 0 then
+    if not now then
+      local time = redis.call('TIME')
+      now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    end
+    local holder, expiry = string.match(redis.call('HGET', KEYS[2], digest) or '', '^(.*)|(%d+)$')
+    if holder and holder ~= owner and tonumber(expiry) > now then
+      found[i] = tonumber(expiry) - now
+    else
+      redis.call('HSET', KEYS[2], digest, owner .. '|' .. string.format('%d', now + lease_ms))
+      claimed = true
+      found[i] = 0
+    end
+  end
+end
+if claimed and redis.call('PTTL', KEYS[2]) < lease_ms then
+  redis.call('PEXPIRE', KEYS[2], lease_ms)
+end
+return found
+"""
+
+# Stores scores and ends the caller's leases on them. ARGV: owner, ttl seconds, the query hash's
+# field limit, then digest, score pairs. The TTL is renewed on the query's hash, and on every
+# bucket once the hash is full, so a query in use keeps all its scores.
+PUT = """
+local owner, ttl, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local mine = owner .. '|'
+local buckets = #KEYS - 2
+local size = redis.call('HLEN', KEYS[1])
+local spilled = false
+for i = 4, #ARGV, 2 do
+  local digest, score = ARGV[i], ARGV[i + 1]
+  local bucket = KEYS[3 + digest:byte(1) % buckets]
+  if redis.call('HEXISTS', KEYS[1], digest) == 0
+      and (size >= limit or redis.call('HEXISTS', bucket, digest) == 1) then
+    redis.call('HSET', bucket, digest, score)
+    spilled = true
+  else
+    size = size + redis.call('HSET', KEYS[1], digest, score)
+  end
+  local lease = redis.call('HGET', KEYS[2], digest)
+  if lease and string.sub(lease, 1, #mine) == mine then
+    redis.call('HDEL', KEYS[2], digest)
+  end
+end
+redis.call('EXPIRE', KEYS[1], ttl)
+if spilled or size >= limit then
+  for b = 3, #KEYS do redis.call('EXPIRE', KEYS[b], ttl) end
+end
+return size
+"""
+
+# Ends the caller's leases on digests it will not store a score for, so waiters take over at once.
+# KEYS: the query's leases only. ARGV: owner, then the digests.
+RELEASE = """
+local mine = ARGV[1] .. '|'
+for i = 2, #ARGV do
+  local lease = redis.call('HGET', KEYS[1], ARGV[i])
+  if lease and string.sub(lease, 1, #mine) == mine then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Script:
+    source: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
+
+
+ScriptCall = tuple[Script, Sequence[str], Sequence[Any]]  # (script, keys, args)
+
+
+async def run_scripts(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Every call's reply, in one round trip: EVALSHA, loading the scripts only when Redis lacks one.
+
+    Not redis-py's pipelined scripts: they ask SCRIPT EXISTS before every pipeline, a round trip
+    more. A restarted or new node answers NOSCRIPT once; the calls are then sent again, which is
+    safe because each script stores the same result when run twice.
+    """
+    try:
+        return await _evalsha_all(client, calls)
+    except NoScriptError:
+        for script in {call[0] for call in calls}:
+            await client.script_load(script.source)  # a cluster client loads it on every primary
+        return await _evalsha_all(client, calls)
+
+
+async def _evalsha_all(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
+    if len(calls) == 1:
+        # One query, the common case: a plain command skips the pipeline's bookkeeping.
+        [(script, keys, args)] = calls
+        return [await client.evalsha(script.sha, len(keys), *keys, *args)]
+    async with client.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            # Not pipe.evalsha: redis-py's cluster pipeline refuses it, unsure the script is on
+            # every node; NOSCRIPT is handled above, where the script is loaded on all of them.
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await pipe.execute()

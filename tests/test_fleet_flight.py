@@ -1,0 +1,184 @@
+"""Single flight across gateway processes through Redis leases: real processes, a real redis-server.
+
+Each test runs the emulator and two gateway processes (`serve --workers 1`) on one Redis, the
+way two replicas (or two workers) run, and checks what the emulator was asked to score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import GatewayFactory, emulator_requests
+from tests.processes import free_port, running
+from tests.test_cache_gateway import DI, QUERY, documents, expected
+
+EMULATOR_KEY = "k"
+STILL_WAITING_CHECK_SECONDS = 0.5  # how long the waiter is watched not paying, well inside its lease
+ANSWER_WITHIN_SECONDS = 20.0  # a bound for a hung test, not a performance claim
+
+
+def config_toml(emulator_port: int, lease_ms: float, provider_timeout_seconds: float) -> str:
+    return f"""
+[server]
+default_model = "qwen3-reranker-8b"
+
+[cache]
+lease_ms = {lease_ms:g}
+
+[models."qwen3-reranker-8b"]
+aliases = ["Qwen/Qwen3-Reranker-8B"]
+fallback = ["deepinfra"]
+
+[providers.deepinfra]
+kind = "deepinfra"
+base_url = "http://127.0.0.1:{emulator_port}"
+model = "Qwen/Qwen3-Reranker-8B"
+api_key_env = "EMULATOR_KEY"
+timeout_seconds = {provider_timeout_seconds:g}
+price_per_million_tokens = 0.05
+"""
+
+
+@dataclass
+class Fleet:
+    session: aiohttp.ClientSession
+    emulator_port: int
+    gateway_ports: tuple[int, int]
+    gateways: tuple[subprocess.Popen, subprocess.Popen]
+
+    def post(self, gateway: int, docs: list[str]) -> asyncio.Future[tuple[int, dict[str, str], Any]]:
+        return asyncio.ensure_future(self._post(gateway, docs))
+
+    async def _post(self, gateway: int, docs: list[str]) -> tuple[int, dict[str, str], Any]:
+        url = f"http://127.0.0.1:{self.gateway_ports[gateway]}{DI}"
+        async with self.session.post(url, json={"queries": [QUERY], "documents": docs}) as response:
+            return response.status, dict(response.headers), await response.json()
+
+    async def emulator(self, method: str, path: str, **body: Any) -> Any:
+        url = f"http://127.0.0.1:{self.emulator_port}{path}"
+        async with self.session.request(method, url, json=body or None) as response:
+            assert response.status == 200, await response.text()
+            return await response.json()
+
+    async def upstream_calls(self) -> int:
+        return (await self.emulator("GET", "/_emulator/stats"))["requests"]["deepinfra"]
+
+    async def wait_for_upstream_calls(self, count: int) -> None:
+        async with asyncio.timeout(ANSWER_WITHIN_SECONDS):
+            while await self.upstream_calls() < count:
+                await asyncio.sleep(0.02)
+
+
+@contextmanager
+def _processes(tmp_path: Path, redis_url: str, lease_ms: float,
+               provider_timeout_seconds: float) -> Iterator[tuple[int, tuple[int, int], tuple[subprocess.Popen, ...]]]:
+    emulator_port, ports = free_port(), (free_port(), free_port())
+    config = tmp_path / "config.toml"
+    config.write_text(config_toml(emulator_port, lease_ms, provider_timeout_seconds))
+    env = {"EMULATOR_KEY": EMULATOR_KEY, "REDIS_URL": redis_url}
+    with ExitStack() as stack:
+        stack.enter_context(running(["emulate", "--port", str(emulator_port)], emulator_port))
+        gateways = tuple(
+            stack.enter_context(running(["serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+                                        port, env=env))
+            for port in ports
+        )
+        yield emulator_port, ports, gateways
+
+
+@asynccontextmanager
+async def fleet(tmp_path: Path, redis_url: str, lease_ms: float = 60_000,
+                provider_timeout_seconds: float = 30) -> AsyncIterator[Fleet]:
+    with _processes(tmp_path, redis_url, lease_ms, provider_timeout_seconds) as started:
+        emulator_port, ports, gateways = started
+        async with aiohttp.ClientSession() as session:
+            yield Fleet(session, emulator_port, ports, gateways)  # type: ignore[arg-type]
+
+
+async def test_two_processes_missing_the_same_pairs_pay_for_them_once(tmp_path, redis_url):
+    async with fleet(tmp_path, redis_url) as gateways:
+        await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="slow", delay_ms=600, count=1)
+        docs = documents("once", 12)
+        first = gateways.post(0, docs)
+        await gateways.wait_for_upstream_calls(1)
+        second = gateways.post(1, docs[4:] + documents("fresh", 3))  # 8 pairs in flight elsewhere, 3 new
+        answers = await asyncio.wait_for(asyncio.gather(first, second), ANSWER_WITHIN_SECONDS)
+        assert [status for status, _, _ in answers] == [200, 200]
+        assert answers[0][2]["scores"] == pytest.approx(expected(docs), abs=1e-12)
+        assert answers[1][2]["scores"] == pytest.approx(expected(docs[4:] + documents("fresh", 3)), abs=1e-12)
+        assert answers[1][1]["X-Rerank-Cache"] == "hits=8; misses=3"  # waited for 8, paid for its own 3
+        stats = await gateways.emulator("GET", "/_emulator/stats")
+        assert stats["documents"]["deepinfra"] == 15
+
+
+async def test_an_owner_killed_mid_call_holds_its_pairs_only_until_its_lease_runs_out(tmp_path, redis_url):
+    async with fleet(tmp_path, redis_url, lease_ms=3000) as gateways:
+        await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)
+        docs = documents("killed", 6)
+        owner = gateways.post(0, docs)
+        await gateways.wait_for_upstream_calls(1)  # the owner's call hangs upstream now
+        waiter = gateways.post(1, docs)
+        await asyncio.sleep(STILL_WAITING_CHECK_SECONDS)
+        assert not waiter.done() and await gateways.upstream_calls() == 1  # waiting, not paying
+        gateways.gateways[0].send_signal(signal.SIGKILL)
+        status, headers, body = await asyncio.wait_for(waiter, ANSWER_WITHIN_SECONDS)
+        assert status == 200 and body["scores"] == pytest.approx(expected(docs), abs=1e-12)
+        assert headers["X-Rerank-Cache"] == "hits=0; misses=6"  # took the pairs over and paid once
+        assert await gateways.upstream_calls() == 2
+        with pytest.raises(aiohttp.ClientError):
+            await owner
+
+
+async def test_an_owner_whose_call_failed_hands_over_at_once_not_at_lease_end(tmp_path, redis_url):
+    # A lease of ten minutes: the waiter can only answer within the bound if the owner released.
+    async with fleet(tmp_path, redis_url, lease_ms=600_000, provider_timeout_seconds=1) as gateways:
+        await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)
+        docs = documents("failed", 5)
+        owner = gateways.post(0, docs)
+        await gateways.wait_for_upstream_calls(1)
+        waiter = gateways.post(1, docs)
+        (owner_status, _, _), (status, headers, body) = await asyncio.wait_for(
+            asyncio.gather(owner, waiter), ANSWER_WITHIN_SECONDS)
+        assert owner_status == 504  # its provider call timed out
+        assert status == 200 and body["scores"] == pytest.approx(expected(docs), abs=1e-12)
+        assert headers["X-Rerank-Cache"] == "hits=0; misses=5"
+
+
+async def test_waiting_keeps_to_the_request_deadline(tmp_path, redis_url):
+    async with fleet(tmp_path, redis_url) as gateways:
+        await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)
+        docs = documents("deadline", 4)
+        owner = gateways.post(0, docs)  # holds the pairs under a one-minute lease, hanging upstream
+        await gateways.wait_for_upstream_calls(1)
+        url = f"http://127.0.0.1:{gateways.gateway_ports[1]}{DI}"
+        body = {"queries": [QUERY], "documents": docs}
+        async with gateways.session.post(url, json=body, headers={"X-Request-Timeout": "2"}) as response:
+            # It waited half its time, then scored the pairs itself within the other half.
+            assert response.status == 200
+            assert (await response.json())["scores"] == pytest.approx(expected(docs), abs=1e-12)
+            assert response.headers["X-Rerank-Cache"] == "hits=0; misses=4"
+        owner.cancel()
+
+
+async def test_requests_in_one_process_share_one_call_with_redis_configured(make_gateway: GatewayFactory, emulator,
+                                                                            redis_url):
+    from tests.conftest import add_fault
+
+    await add_fault(emulator, "deepinfra", "slow", delay_ms=300, count=1)
+    gateway = await make_gateway(fallback=["deepinfra"], cache={"url": redis_url})
+    docs = documents("one-process", 10)
+    responses = await asyncio.gather(*[gateway.post(DI, json={"queries": [QUERY], "documents": docs})
+                                       for _ in range(8)])
+    for response in responses:
+        assert (await response.json())["scores"] == pytest.approx(expected(docs), abs=1e-12)
+    assert (await emulator_requests(emulator))["deepinfra"] == 1
