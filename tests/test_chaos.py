@@ -225,8 +225,11 @@ async def _run(scenario: Scenario, aiohttp_server, chaos_table: Table, redis_ser
     notes += [f"{n}× {what}" for what, n in reports.items()]
     if scenario.shipped_defaults and scenario.recover_after is None:
         notes.append(_after_the_fifth(report))
+    panic_calls = 0
     if recovered_at:
         notes.append(_first_answer_after(report, recovered_at[0]))
+        panic_calls = await _panic_calls(gateway_url)
+        notes.append(f"{panic_calls} panic calls (every breaker open)")
     chaos_table.rows.append(Row(scenario.name, report, resources, "; ".join(notes)))
 
     lost = report.details("lost")
@@ -239,6 +242,7 @@ async def _run(scenario: Scenario, aiohttp_server, chaos_table: Table, redis_ser
             _assert_quick_after_the_fifth(report)
     elif scenario.expect == "recovers":
         _assert_recovered_within_a_second(report, recovered_at[0])
+        assert panic_calls > 0, "service resumed without the panic rule: were the breakers ever all open?"
     else:
         assert report.count("error") == report.requests, f"{scenario.name}: {report.details('correct')} answered"
     _assert_back_to_baseline(baseline, after, gateway.port, pooled)
@@ -268,6 +272,14 @@ def _first_answer_after(report: LoadReport, recovered_at: float) -> str:
     answered = [o.finished_at for o in report.outcomes if o.kind == "correct" and o.finished_at >= recovered_at]
     first = f"{(answered[0] - recovered_at) * 1000:.1f} ms" if answered else "never"
     return f"first 200 {first} after both providers recovered"
+
+
+async def _panic_calls(gateway_url: str) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{gateway_url}/metrics") as response:
+            text = await response.text()
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("rerank_gateway_panic_calls_total{")))
 
 
 def _assert_recovered_within_a_second(report: LoadReport, recovered_at: float) -> None:
