@@ -390,6 +390,7 @@ url = "{cache_url}"
 [models."{GATEWAY_MODEL}"]
 aliases = ["{UPSTREAM_MODEL}"]
 fallback = ["deepinfra"]
+quality = {{ probe_interval_seconds = 0 }}  # canary calls would count as paid pairs and CPU
 
 [providers.deepinfra]
 kind = "deepinfra"

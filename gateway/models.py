@@ -48,13 +48,15 @@ class ScoreRequest:
     """What the service asks the router for: scores of `missing` by `model`, before `deadline`.
 
     `whole` holds every distinct pair of the client's request: a step whose scores must not be
-    ranked beside cached ones (another model, the lexical last resort) scores all of it.
-    `deadline` is in event-loop time; None: no deadline.
+    ranked beside the cached ones (another model, a provider that does not agree with the one
+    whose scores `group` holds, the lexical last resort) scores all of it. `group` is the cache
+    namespace the request's cached scores came from. `deadline` is in event-loop time; None: none.
     """
 
     model: str
     missing: Batch
     whole: Batch
+    group: str
     deadline: float | None = None
 
 
@@ -78,6 +80,7 @@ class ScoredPairs:
     usage: Usage
     provider: str
     model: str  # canonical model that produced the scores
+    group: str  # the cache namespace these scores belong to
     whole: bool = False  # the scores are of ScoreRequest.whole, not of .missing
     degraded: bool = False  # the lexical last resort, not a model
 

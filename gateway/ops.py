@@ -121,6 +121,7 @@ async def _model_statuses(
             client = generation.clients[provider]
             breaker = health[provider].breaker
             skip = unavailable(client, breaker, None, over_budget=provider in exhausted or GATEWAY_SCOPE in exhausted)
+            skip = skip or generation.quality.skip(name, provider)
             p95 = health[provider].latency.p95()
             providers.append(ProviderStatus(
                 name=provider,

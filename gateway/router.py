@@ -1,13 +1,17 @@
 """Who scores a request: one ordered plan per request, walked until a step answers.
 
     1. the model's own providers, in its fallback order         score the pairs the cache lacks
+                                                                 (or all: see below)
     2. the providers of its `fallback_models`, in order          score every pair of the request
     3. the panic rule: nobody was called because every breaker   the provider whose breaker
        was open                                                  opened first, called anyway
     4. the lexical last resort, when configured                  BM25 of every pair, flagged
 
 Another model's scores, or lexical ones, are never ranked beside the model's cached scores, so
-steps 2 to 4 score the whole request (ScoreRequest.whole). A provider that cannot take the
+steps 2 to 4 score the whole request (ScoreRequest.whole). Nor are the scores of a provider of the
+same model that the quality guard has not found to agree with the provider whose scores the cache
+held (another cache group): it too scores the whole request. A provider failing its canary is
+skipped when the model's quality `action` says so. A provider that cannot take the
 request is noted as skipped; one that fails is noted with its reason, and the next step follows
 unless the failure says the request itself is wrong. Every failure ends up in the one error the
 client sees when the plan runs out.
@@ -33,6 +37,7 @@ from gateway.health import HealthBoard
 from gateway.models import Batch, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
+from gateway.quality_guard import QualityGuard
 from gateway.resilience import CircuitBreaker, lexical_scores
 from gateway.resilience.deadline import attempt_seconds
 
@@ -45,6 +50,7 @@ class Step:
 
     model: str  # the model whose scores this step gives
     client: ProviderClient
+    group: str  # the cache namespace its scores belong to
     whole: bool  # scores every pair of the request, not only the missing ones
     panic: bool = False  # called although its breaker is open (the panic rule)
 
@@ -57,19 +63,29 @@ class Router:
         guard: GuardedCall,
         health: HealthBoard,
         metrics: GatewayMetrics,
+        quality: QualityGuard,
     ) -> None:
         self._config = config
         self._clients = clients
         self._guard = guard
         self._health = health
         self._metrics = metrics
+        self._quality = quality
+
+    def cache_group(self, model: str, instruction: str | None) -> str:
+        """Where the request's cached scores are read: the group of the provider the plan would call first."""
+        for provider in self._config.models[model].fallback:
+            client = self._clients[provider]
+            if unavailable(client, self._health[provider].breaker, instruction) is None and not self._quality.skip(model, provider):
+                return self._quality.group_of(model, provider)
+        return self._quality.group_of(model, self._quality.reference(model) or self._config.models[model].fallback[0])
 
     async def score(self, request: ScoreRequest) -> ScoredPairs:
         """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does."""
         failures: list[ProviderFailure] = []
         answer = await self._walk(request, self._provider_steps(request, failures), failures)
         if answer is None:
-            panic = self._panic_step(request.model, failures)
+            panic = self._panic_step(request, failures)
             if panic is not None:
                 answer = await self._walk(request, [panic], failures)
         if answer is not None:
@@ -80,21 +96,25 @@ class Router:
 
     def _provider_steps(self, request: ScoreRequest, failures: list[ProviderFailure]) -> list[Step]:
         """Steps 1 and 2 of the plan; providers that cannot take the request are noted as skipped."""
-        models = [(request.model, False), *((other, True) for other in self._config.models[request.model].fallback_models)]
         steps = []
-        for model, whole in models:
+        for model in (request.model, *self._config.models[request.model].fallback_models):
             for provider in self._config.models[model].fallback:
                 client = self._clients[provider]
                 skip = unavailable(client, self._health[provider].breaker, request.missing.instruction)
+                skip = skip or self._quality.skip(model, provider)
                 if skip is None:
-                    steps.append(Step(model, client, whole))
+                    steps.append(self._step(request, model, client))
                     continue
-                if skip.kind == "breaker_open":
+                if skip.kind in ("breaker_open", "quality"):
                     self._guard.note_skip(skip)
                 failures.append(skip)
         return steps
 
-    def _panic_step(self, model: str, failures: Sequence[ProviderFailure]) -> Step | None:
+    def _step(self, request: ScoreRequest, model: str, client: ProviderClient, panic: bool = False) -> Step:
+        group = self._quality.group_of(model, client.name)
+        return Step(model, client, group, whole=model != request.model or group != request.group, panic=panic)
+
+    def _panic_step(self, request: ScoreRequest, failures: Sequence[ProviderFailure]) -> Step | None:
         """Step 3: when no provider was called and open breakers kept some out, the one opened first.
 
         Refusing would turn a short joint outage into one as long as the breakers' cool-down;
@@ -103,12 +123,13 @@ class Router:
         """
         if any(not failure.skipped for failure in failures):
             return None  # a provider was called and failed: this is no breaker blackout
+        model = request.model
         refused = {failure.provider for failure in failures if failure.kind == "breaker_open"}
         for candidate_model in (model, *self._config.models[model].fallback_models):
             providers = [p for p in self._config.models[candidate_model].fallback if p in refused]
             target = first_opened(providers, self._health)
             if target is not None:
-                return Step(candidate_model, self._clients[target], candidate_model != model, panic=True)
+                return self._step(request, candidate_model, self._clients[target], panic=True)
         return None
 
     async def _walk(self, request: ScoreRequest, steps: list[Step], failures: list[ProviderFailure]) -> ScoredPairs | None:
@@ -133,7 +154,7 @@ class Router:
         first = next(iter(calls.values()))
         hedge_delay = self._hedge_delay(first.client)
         while calls:
-            hedge_to = pending[0] if pending and len(calls) == 1 and _interchangeable(first, pending[0]) else None
+            hedge_to = pending[0] if pending and len(calls) == 1 and _interchangeable(request, first, pending[0]) else None
             timeout = hedge_delay if hedge_to is not None else None
             done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # the hedge delay passed with no answer: ask the next provider too
@@ -150,7 +171,9 @@ class Router:
                     failures.append(failure)
                     continue
                 self._note_fallback(request.model, failures, step.client.name)
-                return ScoredPairs(scores, usage, step.client.name, step.model, whole=step.whole)
+                if step.model == request.model:
+                    self._quality.maybe_shadow(step.model, step.client.name, _pairs_of(request, step), scores)
+                return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
         return None
 
     def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> asyncio.Task:
@@ -218,9 +241,13 @@ def first_opened(providers: Sequence[str], health: HealthBoard) -> str | None:
     return min(opened)[1] if opened else None
 
 
-def _interchangeable(first: Step, other: Step) -> bool:
-    """A hedge must score the same pairs with the same model, or its answer could not stand in."""
-    return other.model == first.model and other.whole == first.whole and not other.panic
+def _interchangeable(request: ScoreRequest, first: Step, other: Step) -> bool:
+    """A hedge must score the same pairs with the same model, or its answer could not stand in.
+
+    A provider of another cache group scores the whole request; that is the same pairs when
+    nothing was cached (the answer says which group its scores belong to).
+    """
+    return other.model == first.model and not other.panic and _pairs_of(request, other) is _pairs_of(request, first)
 
 
 def _pairs_of(request: ScoreRequest, step: Step) -> Batch:
@@ -241,7 +268,7 @@ def _lexical(request: ScoreRequest) -> ScoredPairs:
     for query, positions in by_query.items():
         for position, score in zip(positions, lexical_scores(query, [whole.documents[p] for p in positions])):
             scores[position] = score
-    return ScoredPairs(scores, Usage(), DEGRADED_LEXICAL, request.model, whole=True, degraded=True)
+    return ScoredPairs(scores, Usage(), DEGRADED_LEXICAL, request.model, DEGRADED_LEXICAL, whole=True, degraded=True)
 
 
 async def _cancel_all(calls: Mapping[asyncio.Task, Step]) -> None:

@@ -28,6 +28,8 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.flights import Flights
 from gateway.providers.client import build_clients
+from gateway.quality.board import QualityBoard
+from gateway.quality_guard import QualityGuard
 from gateway.router import Router
 from gateway.secrets import Secrets
 from gateway.service import RerankService
@@ -42,6 +44,7 @@ class Shared:
     health: HealthBoard
     metrics: GatewayMetrics
     flights: Flights = field(default_factory=Flights)
+    quality: QualityBoard = field(default_factory=QualityBoard)
     cache_stats: CacheStats = field(default_factory=lambda: CacheStats())
 
     async def start(self) -> None:
@@ -79,7 +82,8 @@ class Generation:
         self.secrets = Secrets.resolve(config)
         self.clients = build_clients(config, self.secrets)
         guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics)
-        self.router = Router(config, self.clients, guard, shared.health, shared.metrics)
+        self.quality = QualityGuard(config, self.clients, guard, shared.quality, shared.metrics, shared.health.rng)
+        self.router = Router(config, self.clients, guard, shared.health, shared.metrics, self.quality)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
         self.in_flight = 0
         self._retired = False
@@ -88,9 +92,12 @@ class Generation:
     async def start(self) -> None:
         for client in self.clients.values():
             await client.start()
+        self.quality.start()
 
     def retire(self) -> asyncio.Task[None] | None:
         self._retired = True
+        # Its probes stop now: the next generation probes with the new config.
+        self._stopping_quality = asyncio.ensure_future(self.quality.close())
         return self._close_if_idle()
 
     def enter(self) -> None:
@@ -108,6 +115,7 @@ class Generation:
 
     async def close(self) -> None:
         self._closed = True
+        await self.quality.close()  # probes and shadow calls use the clients closed next
         for client in self.clients.values():
             await client.close()
 

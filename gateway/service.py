@@ -49,8 +49,9 @@ class RerankService:
         started = time.perf_counter()
         model = self.resolve_model(request.model)
         pairs = _UniquePairs(request.queries, request.documents, request.instruction)
-        keys = pair_keys(model, request.instruction, pairs.queries, pairs.documents)
-        job = _Job(model, pairs, policy, keys, deadline)
+        group = self._router.cache_group(model, request.instruction)
+        keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents)
+        job = _Job(model, group, pairs, policy, keys, deadline)
         if policy.read:
             found = await self._cache.lookup(job.keys, deadline)
             job.scores, job.elsewhere = found.scores, found.elsewhere
@@ -144,7 +145,9 @@ class RerankService:
         """One upstream round for these slots; cached when scored by the requested model itself."""
         started = time.perf_counter()
         try:
-            scored = await self._router.score(ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.deadline))
+            scored = await self._router.score(
+                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline)
+            )
         finally:
             job.result.upstream_ms += (time.perf_counter() - started) * 1000
         covered = range(len(job.keys)) if scored.whole else slots
@@ -159,8 +162,15 @@ class RerankService:
             return scored
         job.sent.update(covered)
         if job.policy.write and scored.model == job.model:
-            await self._cache.put_many([job.keys[slot] for slot in covered], scored.scores)
+            await self._cache.put_many(self._keys_in(scored.group, job, covered), scored.scores)
         return scored
+
+    def _keys_in(self, group: str, job: _Job, slots: Sequence[int]) -> list[PairKey]:
+        """The request's keys for these slots, in another cache group when a provider of another group scored them."""
+        if group == job.group:
+            return [job.keys[slot] for slot in slots]
+        pairs = job.pairs.select(slots)
+        return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents)
 
 
 @dataclass(slots=True)
@@ -168,6 +178,7 @@ class _Job:
     """One request on its way through the service."""
 
     model: str
+    group: str  # the cache namespace the request's scores are read from
     pairs: _UniquePairs
     policy: CachePolicy
     keys: list[PairKey]  # per unique slot

@@ -41,6 +41,8 @@ def gateway_settings(emulator_url: str, fallback: list[str], **sections: dict[st
             MODEL: {
                 "aliases": ["Qwen/Qwen3-Reranker-8B", "accounts/fireworks/models/qwen3-reranker-8b"],
                 "fallback": fallback,
+                # No canary probes unless a test asks: they are real calls the emulator counts.
+                "quality": {"probe_interval_seconds": 0},
             }
         },
         "providers": provider_entries(emulator_url),

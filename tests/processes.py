@@ -57,7 +57,10 @@ def running(args: list[str], port: int, env: dict[str, str] | None = None) -> It
             process.wait()
 
 
-def gateway_toml(emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "", server: str = "") -> str:
+def gateway_toml(
+    emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "", server: str = "",
+    probe_interval_seconds: float = 0,
+) -> str:
     return f"""
 [server]
 default_model = "qwen3-reranker-8b"
@@ -66,6 +69,7 @@ default_model = "qwen3-reranker-8b"
 [models."qwen3-reranker-8b"]
 aliases = ["Qwen/Qwen3-Reranker-8B"]
 fallback = {fallback}
+quality = {{ probe_interval_seconds = {probe_interval_seconds:g} }}  # probes are real calls the emulator counts
 
 [providers.deepinfra]
 kind = "deepinfra"

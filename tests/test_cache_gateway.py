@@ -139,6 +139,7 @@ async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory,
         assert response.headers["X-Rerank-Provider"] == "cache"
         with server.client() as client:
             # Rounds 20..29 wrote 5 pairs each into the query's hash (the restart lost 0..9).
-            assert client.hlen(redis_key(MODEL, None, QUERY)) == 50
+            # The cache group of DeepInfra, the model's reference: its scores are kept under its name.
+            assert client.hlen(redis_key(f"{MODEL}@deepinfra", None, QUERY)) == 50
     finally:
         server.stop()

@@ -38,6 +38,7 @@ lease_ms = {lease_ms:g}
 [models."qwen3-reranker-8b"]
 aliases = ["Qwen/Qwen3-Reranker-8B"]
 fallback = ["deepinfra"]
+quality = {{ probe_interval_seconds = 0 }}  # canary calls would count as paid pairs
 
 [providers.deepinfra]
 kind = "deepinfra"

@@ -384,7 +384,7 @@ async def test_scores_outside_unit_range_make_the_answer_invalid(make_gateway: G
 
 async def test_cross_model_fallback_only_when_configured_and_never_cached(make_gateway: GatewayFactory, emulator):
     def two_models(raw: dict[str, Any]) -> None:
-        raw["models"]["other-reranker"] = {"fallback": ["tei"]}
+        raw["models"]["other-reranker"] = {"fallback": ["tei"], "quality": {"probe_interval_seconds": 0}}
         raw["models"][MODEL]["fallback_models"] = ["other-reranker"]
 
     await add_fault(emulator, "deepinfra", "status", status=500, count=1)  # 500: not retried
@@ -403,7 +403,7 @@ async def test_cross_model_fallback_only_when_configured_and_never_cached(make_g
 
 async def test_without_fallback_models_a_model_never_crosses(make_gateway: GatewayFactory, emulator):
     def two_models(raw: dict[str, Any]) -> None:
-        raw["models"]["other-reranker"] = {"fallback": ["tei"]}
+        raw["models"]["other-reranker"] = {"fallback": ["tei"], "quality": {"probe_interval_seconds": 0}}
 
     await add_fault(emulator, "deepinfra", "status", status=503)
     gateway = await make_gateway(fallback=["deepinfra"], edit=two_models)
@@ -414,7 +414,7 @@ async def test_without_fallback_models_a_model_never_crosses(make_gateway: Gatew
 
 async def test_cross_model_fallback_never_mixes_with_cached_scores(make_gateway: GatewayFactory, emulator):
     def two_models(raw: dict[str, Any]) -> None:
-        raw["models"]["other-reranker"] = {"fallback": ["tei"]}
+        raw["models"]["other-reranker"] = {"fallback": ["tei"], "quality": {"probe_interval_seconds": 0}}
         raw["models"][MODEL]["fallback_models"] = ["other-reranker"]
 
     gateway = await make_gateway(fallback=["deepinfra"], edit=two_models)

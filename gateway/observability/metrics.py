@@ -41,7 +41,7 @@ from prometheus_client import multiprocess, values
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 UpstreamErrorReason = Literal[
-    "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open"
+    "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality"
 ]
 UPSTREAM_ERROR_REASONS: Final[frozenset[str]] = frozenset(get_args(UpstreamErrorReason))
 
@@ -96,8 +96,8 @@ class GatewayMetrics:
         )
         self._upstream_errors = Counter(
             "rerank_gateway_upstream_errors",
-            "Provider attempts that gave no usable answer, by reason; budget and breaker_open are "
-            "refusals before any call.",
+            "Provider attempts that gave no usable answer, by reason; budget, breaker_open and quality "
+            "(fails its canary) are refusals before any call.",
             ["provider", "reason"], registry=registry,
         )
         self._cache_hits = Counter(
@@ -122,6 +122,17 @@ class GatewayMetrics:
             "Calls made although the provider's breaker was open, because every provider of the model "
             "had an open breaker (the panic rule): nonzero means a joint outage.",
             ["model", "provider"], registry=registry,
+        )
+        self._provider_quality = Gauge(
+            "rerank_gateway_provider_quality",
+            "1 while a provider passes its model's canary, 0 while it fails; unset until probed.",
+            ["model", "provider"], registry=registry, multiprocess_mode="livemin",
+        )
+        self._provider_agreement = Gauge(
+            "rerank_gateway_provider_agreement",
+            "A provider's agreement with its model's reference: measure mae (mean |score difference|) "
+            "or kendall_tau (rank correlation), from canary probes and shadow traffic.",
+            ["model", "provider", "measure"], registry=registry, multiprocess_mode="livemostrecent",
         )
         # Across workers: budgets are read from one shared ledger, so the latest reading is the
         # truest; a breaker is per worker, so the worst one (open) is what to page on.
@@ -178,6 +189,13 @@ class GatewayMetrics:
 
     def record_panic_call(self, *, model: str, provider: str) -> None:
         self._child(self._panic_calls, model, provider).inc()
+
+    def set_provider_quality(self, *, model: str, provider: str, passing: bool) -> None:
+        self._child(self._provider_quality, model, provider).set(1 if passing else 0)
+
+    def set_provider_agreement(self, *, model: str, provider: str, measure: str, value: float) -> None:
+        """measure is "mae" or "kendall_tau"."""
+        self._child(self._provider_agreement, model, provider, measure).set(value)
 
     def set_breaker_state(self, *, provider: str, state: BreakerStateName) -> None:
         self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])
