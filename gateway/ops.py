@@ -36,14 +36,21 @@ async def readyz(request: web.Request) -> web.Response:
         problems.append("redis: not reachable (the cache serves uncached until it is back)")
     exhausted = await _exhausted_scopes(live, generation)
     models = {}
-    for model in await _model_statuses(live, generation, exhausted):
+    statuses = await _model_statuses(live, generation, exhausted)
+    for model in statuses:
         models[model.name] = {p.name: "usable" if p.usable else p.reason for p in model.fallback}
         if not model.servable:
             problems.append(f"model {model.name}: no usable provider")
         elif model.panic_provider is not None:
             # Still ready: taking this gateway out of rotation would make the outage total.
             warnings.append(f"model {model.name}: every breaker is open; panic rule routing to {model.panic_provider}")
-    body = {"status": "not_ready" if problems else "ready", "problems": problems, "warnings": warnings, "models": models}
+    quality = {
+        model.name: {p.name: p.quality.as_json() for p in model.fallback if p.quality is not None} for model in statuses
+    }
+    body = {
+        "status": "not_ready" if problems else "ready", "problems": problems, "warnings": warnings, "models": models,
+        "quality": quality,
+    }
     return json_response(body, status=503 if problems else 200)
 
 
@@ -131,6 +138,7 @@ async def _model_statuses(
                 breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,
+                quality=generation.quality.report(name, provider),
             ))
         panic = None
         if not any(p.usable for p in providers):

@@ -29,7 +29,7 @@ from gateway.models import Batch
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 from gateway.quality import CanaryLine, CanaryOutcome, builtin_canary, load_canary, run_canary
-from gateway.quality.board import QualityBoard, Transition
+from gateway.quality.board import QualityBoard, QualityReport, Transition
 
 log = logging.getLogger("gateway.quality")
 
@@ -79,6 +79,21 @@ class QualityGuard:
         tolerance = self._config.models[model].quality.agreement_tolerance
         owner = reference if self._board.shares_with_reference(model, provider, reference, tolerance) else provider
         return f"{model}@{owner}"
+
+    def report(self, model: str, provider: str) -> QualityReport:
+        entry = self._board.entry(model, provider)
+        reference = self.reference(model)
+        measured = entry.agreement.current()
+        return QualityReport(
+            state=entry.state,
+            reason=entry.reason,
+            reference=provider == reference,
+            shares_cache=self._board.shares_with_reference(
+                model, provider, reference, self._config.models[model].quality.agreement_tolerance
+            ),
+            mae=None if measured is None else measured.mae,
+            kendall_tau=None if measured is None else measured.kendall_tau,
+        )
 
     # -- probes -----------------------------------------------------------------------------------
 

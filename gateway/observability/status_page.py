@@ -16,6 +16,7 @@ from typing import Literal
 
 from gateway.budget.base import WARN_FRACTION
 from gateway.health import RecentError
+from gateway.quality.board import QualityReport
 from gateway.resilience.latency import MIN_SAMPLES
 
 BreakerState = Literal["closed", "half_open", "open"]
@@ -37,6 +38,7 @@ class ProviderStatus:
     breaker: BreakerState
     budget: tuple[BudgetBar, ...]
     p95_ms: float | None  # None until enough answers were seen
+    quality: QualityReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,8 +187,29 @@ def _provider_row(position: int, provider: ProviderStatus) -> str:
     return (
         f"<tr class=\"{'' if provider.usable else 'down'}\"><td class=\"num muted\">{position}</td>"
         f"<td class=\"nowrap\"><strong>{_e(provider.name)}</strong><div class=\"muted\">{_e(provider.kind)}</div></td>"
-        f"<td>{health}</td><td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
+        f"<td>{health}{_quality(provider.quality)}</td><td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
         f"<td class=\"num mono\">{p95}</td><td>{budget}</td></tr>"
+    )
+
+
+def _quality(quality: QualityReport | None) -> str:
+    """The canary verdict and how the provider's scores are cached."""
+    if quality is None:
+        return ""
+    tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "warn")
+    label = {"passing": "canary passing", "failing": "canary failing"}.get(quality.state, "canary unknown")
+    if quality.reference:
+        cache = "the reference: its scores are the cached ones"
+    elif quality.shares_cache:
+        cache = "agrees with the reference: shares its cached scores"
+    else:
+        cache = "scores whole requests, cached apart (agreement unknown or outside the tolerance)"
+    if quality.mae is not None:
+        tau = "—" if quality.kendall_tau is None else f"{quality.kendall_tau:.2f}"
+        cache += f" · MAE {quality.mae:.3f}, τ {tau}"
+    return (
+        f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
+        f"<div class=\"reason\">{_e(cache)}</div>"
     )
 
 

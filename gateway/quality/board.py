@@ -34,6 +34,24 @@ class ProviderQuality:
 
 
 @dataclass(frozen=True, slots=True)
+class QualityReport:
+    """One provider's quality as /readyz and /status show it."""
+
+    state: QualityState
+    reason: str
+    reference: bool  # the model's reference: the first provider in fallback that passes
+    shares_cache: bool  # its fresh scores are ranked beside the reference's cached ones
+    mae: float | None  # agreement with the reference; None until measured
+    kendall_tau: float | None
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "state": self.state, "reason": self.reason, "reference": self.reference,
+            "shares_cache": self.shares_cache, "mae": self.mae, "kendall_tau": self.kendall_tau,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class Transition:
     """A provider that started or stopped failing its canary: worth one warning line."""
 
