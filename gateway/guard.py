@@ -14,7 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.budget import Ledger, Refusal, Reservation, gateway_limit, provider_limit, scope_label, unheld_reservation, utc_now
+from gateway.budget import (
+    Ledger,
+    Refusal,
+    Reservation,
+    gateway_limit,
+    provider_limit,
+    scope_label,
+    unheld_reservation,
+    utc_now,
+)
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.health import HealthBoard, ProviderHealth

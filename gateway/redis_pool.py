@@ -27,8 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisClusterException, RedisError
 
 # Opening a connection (TCP, maybe TLS and AUTH) may take longer than one call is allowed.
 _CONNECT_TIMEOUT_SECONDS = 2.0

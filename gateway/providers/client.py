@@ -144,7 +144,7 @@ class ProviderClient:
         try:
             async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
                 return resp.status, await resp.read(), resp.headers.get("Retry-After")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
         except aiohttp.ClientError as exc:
             raise ProviderFailure(

@@ -11,7 +11,7 @@ import math
 import random
 import re
 import time
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from gateway.resilience.window import Clock, SlidingCounts
@@ -73,7 +73,7 @@ def _seconds_until_http_date(text: str, now: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc).timestamp() - now
+        return moment.replace(tzinfo=UTC).timestamp() - now
     return moment.timestamp() - now
 
 
