@@ -7,7 +7,7 @@ import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
@@ -27,7 +27,7 @@ from gateway.budget import (
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
 
-UTC = timezone.utc
+UTC = UTC
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
 

@@ -149,9 +149,8 @@ def _settings(emulator_url: str, scenario: Scenario, redis_url: str | None) -> d
 
 
 async def _control(url: str, method: str = "POST", body: Any = None) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, url, json=body) as response:
-            assert response.status == 200, await response.text()
+    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as response:
+        assert response.status == 200, await response.text()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -275,9 +274,8 @@ def _first_answer_after(report: LoadReport, recovered_at: float) -> str:
 
 
 async def _panic_calls(gateway_url: str) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway_url}/metrics") as response:
-            text = await response.text()
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway_url}/metrics") as response:
+        text = await response.text()
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("rerank_gateway_panic_calls_total{")))
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import multiprocess
-from prometheus_client import values
+from prometheus_client import multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.logs import (

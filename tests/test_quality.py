@@ -10,19 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from tests.conftest import EMULATOR_KEY, add_fault, emulator_url, provider_entries
+from hypothesis import given, strategies as st
 
 from gateway.config import ProviderConfig
 from gateway.emulator import emulated_score, misbehaving_score
 from gateway.errors import ProviderFailure
 from gateway.models import Batch, Usage
 from gateway.providers.client import ProviderClient
-from gateway.quality import (AgreementTracker, CanaryError, CanaryLine, agreement, builtin_canary,
-                             judge, kendall_tau_b, load_canary, mean_absolute_difference,
-                             parse_canary, run_canary)
+from gateway.quality import (
+    AgreementTracker,
+    CanaryError,
+    CanaryLine,
+    agreement,
+    builtin_canary,
+    judge,
+    kendall_tau_b,
+    load_canary,
+    mean_absolute_difference,
+    parse_canary,
+    run_canary,
+)
+from tests.conftest import EMULATOR_KEY, add_fault, emulator_url, provider_entries
 
 LINE = '{"query": "q", "relevant": ["r1", "r2"], "irrelevant": ["i1"]}'
 
