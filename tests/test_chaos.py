@@ -40,7 +40,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
-from tests.chaos import LoopErrors, Row, Snapshot, Workload, judge, markdown_table, run_load, settled
+from tests.chaos import LoadReport, LoopErrors, Row, Snapshot, Workload, judge, markdown_table, run_load, settled
 from tests.conftest import EMULATOR_KEY, gateway_settings
 from tests.processes import free_port
 
@@ -355,11 +355,12 @@ async def test_a_deadline_cancels_the_provider_calls_it_abandons(aiohttp_server)
     baseline, tasks_before = Snapshot.take(), asyncio.all_tasks()
     with LoopErrors():
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.post(str(gateway.make_url("/v2/rerank")), json={"query": "q", "documents": ["a", "b"]},
-                                        headers={"X-Request-Timeout": "0.3"}) as response:
-                    assert response.status == 504
-                    assert (await response.json())["error"]["type"] == "deadline_exceeded"
+            async with aiohttp.ClientSession() as session, session.post(
+                str(gateway.make_url("/v2/rerank")), json={"query": "q", "documents": ["a", "b"]},
+                headers={"X-Request-Timeout": "0.3"},
+            ) as response:
+                assert response.status == 504
+                assert (await response.json())["error"]["type"] == "deadline_exceeded"
             await asyncio.sleep(0.3)  # well within the 5 s the abandoned call would otherwise run on
             after = Snapshot.take()
             assert not after.peers(emulator.port), f"the provider call outlived its request: {after.describe()}"

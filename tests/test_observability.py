@@ -398,7 +398,7 @@ def test_json_line_carries_the_request_fields() -> None:
 def test_extra_fields_never_overwrite_the_basic_ones() -> None:
     parsed = orjson.loads(format_with(JsonFormatter(), "hello", level="sneaky", logger="other"))
     assert parsed["level"] == "WARNING" and parsed["message"] == "hello"
-    assert not parsed["logger"] == "other"
+    assert parsed["logger"] != "other"
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])

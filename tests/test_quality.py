@@ -70,7 +70,7 @@ def test_bad_lines_name_source_and_line(line: str, problem: str) -> None:
 
 
 def test_an_empty_set_is_an_error() -> None:
-    with pytest.raises(CanaryError, match="set.jsonl: no canary lines"):
+    with pytest.raises(CanaryError, match=r"set\.jsonl: no canary lines"):
         parse_canary("\n  \n", "set.jsonl")
 
 
@@ -79,10 +79,10 @@ def test_load_reads_utf8_and_names_unreadable_files(tmp_path: Path) -> None:
     path.write_text(LINE.replace('"q"', '"вопрос"'), encoding="utf-8")
     assert load_canary(path)[0].query == "вопрос"
     assert load_canary(path)[0].source == str(path)
-    with pytest.raises(CanaryError, match="missing.jsonl: cannot read"):
+    with pytest.raises(CanaryError, match=r"missing\.jsonl: cannot read"):
         load_canary(tmp_path / "missing.jsonl")
     path.write_bytes(b"\xff\xfe")
-    with pytest.raises(CanaryError, match="c.jsonl: not UTF-8"):
+    with pytest.raises(CanaryError, match=r"c\.jsonl: not UTF-8"):
         load_canary(path)
 
 
