@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -213,7 +214,7 @@ def _dumps_str(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-async def _gather_or_cancel(calls: list) -> list[WireScores]:
+async def _gather_or_cancel(calls: list[Coroutine[Any, Any, WireScores]]) -> list[WireScores]:
     """All results, or the first failure with the sibling calls cancelled (they would be wasted)."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:

@@ -54,10 +54,10 @@ def parse_retry_after(header_value: str | None, now: float, max_seconds: float =
     if _DELAY_SECONDS.fullmatch(text):
         seconds = float(text)
     else:
-        seconds = _seconds_until_http_date(text, now)
-        if seconds is None:
+        until = _seconds_until_http_date(text, now)
+        if until is None:
             return None
-        seconds = max(0.0, seconds)
+        seconds = max(0.0, until)
     if not math.isfinite(seconds) or seconds > max_seconds:
         return None
     return seconds
