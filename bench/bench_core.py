@@ -26,9 +26,27 @@ from pathlib import Path
 import aiohttp
 
 from harness import (
-    CLOCK_TICKS, Cell, Pinning, ProcessGroup, Server, client_session, exit_on_sigterm,
-    find_cell, fmt, markdown, measure_cell, needs_query_per_document, pin_self, plan_pinning,
-    pooled_cpu_ms, preflight, start_emulator, start_gateway, start_passthrough, take_turns, verdict,
+    CLOCK_TICKS,
+    Cell,
+    Pinning,
+    ProcessGroup,
+    Server,
+    client_session,
+    exit_on_sigterm,
+    find_cell,
+    fmt,
+    markdown,
+    measure_cell,
+    needs_query_per_document,
+    pin_self,
+    plan_pinning,
+    pooled_cpu_ms,
+    preflight,
+    start_emulator,
+    start_gateway,
+    start_passthrough,
+    take_turns,
+    verdict,
 )
 from workload import DOCUMENT_CHARS, DOCUMENTS_PER_REQUEST, QUERY_WORDS, FreshBodies
 

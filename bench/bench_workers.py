@@ -36,10 +36,31 @@ import aiohttp
 import redis
 
 from harness import (
-    CLOCK_TICKS, Cell, CpuMeter, MachineCpu, ProcessGroup, ResponseCheck, Server, cache_header_is,
-    cache_warnings_note, client_session, exit_on_sigterm, expect_cache_header, fill_cache, fmt, load_average,
-    loadgen_cores, machine_cpus, markdown, measure_cell, redis_url, start_emulator, start_gateway, start_redis,
-    take_turns, write_gateway_config,
+    CLOCK_TICKS,
+    Cell,
+    CpuMeter,
+    MachineCpu,
+    ProcessGroup,
+    ResponseCheck,
+    Server,
+    cache_header_is,
+    cache_warnings_note,
+    client_session,
+    exit_on_sigterm,
+    expect_cache_header,
+    fill_cache,
+    fmt,
+    load_average,
+    loadgen_cores,
+    machine_cpus,
+    markdown,
+    measure_cell,
+    redis_url,
+    start_emulator,
+    start_gateway,
+    start_redis,
+    take_turns,
+    write_gateway_config,
 )
 from workload import DOCUMENT_CHARS, DOCUMENTS_PER_REQUEST, FreshBodies
 

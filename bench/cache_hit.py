@@ -24,15 +24,34 @@ from pathlib import Path
 
 import aiohttp
 
+from gateway.config import CacheConfig  # importable from a checkout once harness is imported
 from harness import (
-    Cell, Pinning, ProcessGroup, ResponseCheck, Server, cache_header_is, cache_warnings_note, client_session,
-    expect_cache_header, fill_cache, find_cell, fmt, markdown, measure_cell, needs_query_per_document,
-    pooled_cpu_ms, preflight, redis_url, start_emulator, start_gateway, start_passthrough, start_redis,
-    take_turns, verdict,
+    Cell,
+    Pinning,
+    ProcessGroup,
+    ResponseCheck,
+    Server,
+    cache_header_is,
+    cache_warnings_note,
+    client_session,
+    expect_cache_header,
+    fill_cache,
+    find_cell,
+    fmt,
+    markdown,
+    measure_cell,
+    needs_query_per_document,
+    pooled_cpu_ms,
+    preflight,
+    redis_url,
+    start_emulator,
+    start_gateway,
+    start_passthrough,
+    start_redis,
+    take_turns,
+    verdict,
 )
 from workload import DOCUMENTS_PER_REQUEST, FreshBodies
-
-from gateway.config import CacheConfig  # importable from a checkout once harness is imported
 
 TARGETS = ("hit", "hit-default", "miss", "passthrough")
 LABELS = {"hit": "gateway, all pairs cached", "hit-default": "same, default cache.timeout_ms",

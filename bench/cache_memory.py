@@ -17,10 +17,9 @@ from pathlib import Path
 
 import redis
 
-from harness import GATEWAY_MODEL, Pinning, ProcessGroup, fmt, markdown, redis_url, start_redis, verdict
-
 from gateway.cache import pair_keys  # importable from a checkout once harness is imported
 from gateway.cache.redis import QUERY_HASH_FIELDS, RedisScoreCache, score_keys
+from harness import GATEWAY_MODEL, Pinning, ProcessGroup, fmt, markdown, redis_url, start_redis, verdict
 
 BYTES_PER_PAIR_LIMIT = 64
 TTL_SECONDS = 30 * 24 * 3600  # the gateway's default cache.ttl_seconds: every hash gets one

@@ -24,8 +24,18 @@ import aiohttp
 import orjson
 
 from harness import (
-    HEADERS, PRICE_PER_MILLION_TOKENS, Pinning, ProcessGroup, Server, cache_warnings_note, client_session, markdown,
-    redis_url, start_emulator, start_gateway, start_redis,
+    HEADERS,
+    PRICE_PER_MILLION_TOKENS,
+    Pinning,
+    ProcessGroup,
+    Server,
+    cache_warnings_note,
+    client_session,
+    markdown,
+    redis_url,
+    start_emulator,
+    start_gateway,
+    start_redis,
 )
 from workload import KbReplay
 

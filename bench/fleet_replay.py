@@ -32,8 +32,20 @@ import orjson
 
 from cache_money import _workload_facts
 from harness import (
-    HEADERS, Server, cache_warnings_note, client_session, exit_on_sigterm, fmt, markdown, percentile,
-    redis_url, start_emulator, start_gateway, start_redis, write_gateway_config, ProcessGroup,
+    HEADERS,
+    ProcessGroup,
+    Server,
+    cache_warnings_note,
+    client_session,
+    exit_on_sigterm,
+    fmt,
+    markdown,
+    percentile,
+    redis_url,
+    start_emulator,
+    start_gateway,
+    start_redis,
+    write_gateway_config,
 )
 from workload import KbReplay
 
@@ -111,7 +123,7 @@ async def _send(session: aiohttp.ClientSession, gateway: Server, body: bytes, ru
         async with session.post(gateway.url(), data=body, headers=HEADERS) as resp:
             raw = await resp.read()
             cache_header = resp.headers.get("X-Rerank-Cache", "")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         run.errors.append(f"{type(exc).__name__}: {exc}")
         return
     if resp.status != 200:

@@ -489,7 +489,7 @@ async def drive(session: aiohttp.ClientSession, url: str, bodies: Iterator[bytes
                     await resp.read()
                     ok = resp.status == 200
                     expected = check is None or check(resp)
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 ok = False
             if not ok:
                 tally.errors += 1
@@ -557,7 +557,7 @@ async def measure_cell(session: aiohttp.ClientSession, target: str, url: str, me
     try:
         tally = await asyncio.wait_for(
             drive(session, url, iter(bodies), concurrency, latencies, headers, check), CELL_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise RuntimeError(f"{target} at concurrency {concurrency}: not done after {CELL_TIMEOUT_S:g}s") from None
     seconds = time.perf_counter() - started
     other_cpu = {s.name: s.cpu_seconds() - others_before[s.name] for s in others}

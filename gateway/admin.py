@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from aiohttp import web
 
@@ -48,8 +49,8 @@ async def spend(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     config = live.config
     reports = await live.shared.ledger.report(every_limit(config))
-    providers: dict[str, dict] = {name: {} for name in config.providers}
-    gateway: dict[str, dict] = {}
+    providers: dict[str, dict[str, Any]] = {name: {} for name in config.providers}
+    gateway: dict[str, dict[str, Any]] = {}
     for report in reports:
         target = gateway if report.scope == GATEWAY_SCOPE else providers[report.scope]
         target["today" if report.period == "day" else "month"] = _window(report)
@@ -58,7 +59,7 @@ async def spend(request: web.Request) -> web.Response:
     return json_response({"providers": providers, "gateway": gateway})
 
 
-def _window(report: WindowReport) -> dict:
+def _window(report: WindowReport) -> dict[str, Any]:
     return {
         "window": report.window,
         "tokens": report.tokens,

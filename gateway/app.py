@@ -78,8 +78,13 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def _reload_on_sighup(live: LiveGateway) -> None:
+    # The loop keeps only weak references to tasks: hold each reload until it is done.
+    reloads: set[asyncio.Task[None]] = set()
+
     def reload() -> None:
-        asyncio.ensure_future(_reload_logging_errors(live))
+        task = asyncio.ensure_future(_reload_logging_errors(live))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
     # Only the main thread may own signals; a gateway embedded elsewhere reloads by the other paths.
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

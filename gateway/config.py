@@ -275,7 +275,7 @@ def resolve_canaries(config: GatewayConfig, base: Path, source: str = "config") 
     return config.model_copy(update={"models": models})
 
 
-def parse_config(raw: dict, source: str = "config") -> GatewayConfig:
+def parse_config(raw: dict[str, Any], source: str = "config") -> GatewayConfig:
     """Validate a config mapping, applying environment overrides ($REDIS_URL)."""
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:

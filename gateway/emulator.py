@@ -164,14 +164,14 @@ def _field(body: Any, name: str, kind: type, default: Any = ...) -> Any:
 
 
 def _strings(body: Any, name: str) -> list[str]:
-    values = _field(body, name, list)
+    values: list[str] = _field(body, name, list)  # checked just below
     if not all(isinstance(v, str) for v in values):
         raise _BadRequest(f"field '{name}' must be a list of strings")
     return values
 
 
 def _top_n(body: Any) -> int | None:
-    top_n = _field(body, "top_n", int, None)
+    top_n: int | None = _field(body, "top_n", int, None)
     if top_n is not None and top_n < 1:
         raise _BadRequest("field 'top_n' must be at least 1")
     return top_n
@@ -254,7 +254,7 @@ def _results(call: _Call, scores: list[float], fault: str | None, rng: random.Ra
              as_doc: Callable[[str], Any] = str) -> list[dict[str, Any]]:
     """Sorted, top_n-cut results in the index-bearing formats, faults applied."""
     order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)  # stable on ties
-    items = [{"index": i, score_key: scores[i]} for i in order[: call.top_n or len(order)]]
+    items: list[dict[str, Any]] = [{"index": i, score_key: scores[i]} for i in order[: call.top_n or len(order)]]
     if call.return_documents:
         for item in items:
             item[doc_key] = as_doc(call.documents[item["index"]])
@@ -449,7 +449,10 @@ def _is_duration(value: Any) -> bool:
 def _parse_rule(body: Any) -> FaultRule:
     if not isinstance(body, dict):
         raise _BadRequest("body must be a JSON object")
-    rule = FaultRule(body.get("provider"), body.get("mode"), body.get("status", 503),
+    # The client's values as sent, checked below: a missing provider or mode is None until then.
+    provider: Any = body.get("provider")
+    mode: Any = body.get("mode")
+    rule = FaultRule(provider, mode, body.get("status", 503),
                      body.get("retry_after"), body.get("delay_ms", 1000.0), body.get("count"))
     problems = [message for broken, message in (
         (rule.provider not in (*PROVIDERS, "*"), f"unknown provider {rule.provider!r}"),

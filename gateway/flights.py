@@ -32,7 +32,7 @@ class Scored:
     provider: str
 
 
-Flight = asyncio.Future  # of Scored | None
+Flight = asyncio.Future[Scored | None]
 
 
 @dataclass(slots=True)

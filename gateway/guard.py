@@ -14,7 +14,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-from gateway.budget import Ledger, Refusal, Reservation, gateway_limit, provider_limit, scope_label, unheld_reservation, utc_now
+from gateway.budget import (
+    Ledger,
+    Refusal,
+    Reservation,
+    gateway_limit,
+    provider_limit,
+    scope_label,
+    unheld_reservation,
+    utc_now,
+)
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.health import HealthBoard, ProviderHealth
@@ -101,6 +110,7 @@ class GuardedCall:
 
     def note_skip(self, skip: ProviderFailure) -> None:
         """A provider passed over for its breaker or its budget, in the metrics and the request log."""
+        # A skip's kind is "breaker_open" or "budget", both reasons; record_upstream_error checks it.
         self._metrics.record_upstream_error(provider=skip.provider, reason=skip.kind)  # type: ignore[arg-type]
         note_attempt(skip.provider, skip.kind, 0.0)
 
@@ -166,6 +176,7 @@ class GuardedCall:
     def _observe_call(self, provider: str, seconds: float, outcome: str, panic: bool) -> None:
         self._metrics.record_upstream_call(provider=provider, seconds=seconds)
         if outcome in UPSTREAM_ERROR_REASONS:
+            # The check above makes it a reason; mypy does not narrow a str by frozenset membership.
             self._metrics.record_upstream_error(provider=provider, reason=outcome)  # type: ignore[arg-type]
         note_attempt(provider, outcome, seconds, panic=panic)
 

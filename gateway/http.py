@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from gateway.cache import CachePolicy
 from gateway.dialects import RERANK_ROUTES, DialectChooser
@@ -75,7 +76,7 @@ RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
 
 
 @web.middleware
-async def edge_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request's edge: its id, its errors turned into the one error body, its log and metrics."""
     request_id = request[REQUEST_ID] = request_id_of(request)
     started = time.perf_counter()

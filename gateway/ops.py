@@ -22,7 +22,6 @@ from gateway.redis_pool import is_cluster_url
 from gateway.router import first_opened, unavailable
 from gateway.runtime import Generation, LiveGateway
 
-
 STATUS_REFRESH_SECONDS = 10
 
 

@@ -27,8 +27,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError, RedisClusterException, RedisError
 
 # Opening a connection (TCP, maybe TLS and AUTH) may take longer than one call is allowed.
 _CONNECT_TIMEOUT_SECONDS = 2.0
@@ -152,7 +151,7 @@ class _TurnTakingCluster(RedisCluster):
     """redis-py's cluster client, whose callers wait for a turn instead of failing on a full pool."""
 
     def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(*args, max_connections=max_connections, **kwargs)
+        super().__init__(*args, **{**kwargs, "max_connections": max_connections})
         self._turns = asyncio.Semaphore(max_connections)
 
     @contextlib.asynccontextmanager
@@ -183,7 +182,9 @@ class _TurnTakingCluster(RedisCluster):
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         if shard_hint:
             raise RedisClusterException("shard_hint is deprecated in cluster mode")
-        return _TurnTakingPipeline(self, transaction)
+        # redis-py declares `_event_dispatcher` on a Protocol its ClusterPipeline never assigns, so
+        # mypy takes the class as abstract; redis-py's own pipeline() makes this same call.
+        return _TurnTakingPipeline(self, transaction)  # type: ignore[abstract]
 
 
 class _TurnTakingPipeline(ClusterPipeline):

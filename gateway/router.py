@@ -43,6 +43,8 @@ from gateway.resilience.deadline import attempt_seconds
 
 DEGRADED_LEXICAL = "degraded-lexical"
 
+Attempt = asyncio.Task[tuple[list[float], Usage]]  # one provider call under way: its scores and usage
+
 
 @dataclass(frozen=True, slots=True)
 class Step:
@@ -148,7 +150,7 @@ class Router:
         return None
 
     async def _race(
-        self, request: ScoreRequest, calls: dict[asyncio.Task, Step], pending: list[Step], failures: list[ProviderFailure]
+        self, request: ScoreRequest, calls: dict[Attempt, Step], pending: list[Step], failures: list[ProviderFailure]
     ) -> ScoredPairs | None:
         """The first valid answer among `calls`, hedging to the next step on a delay; None if all failed."""
         first = next(iter(calls.values()))
@@ -158,8 +160,8 @@ class Router:
             timeout = hedge_delay if hedge_to is not None else None
             done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # the hedge delay passed with no answer: ask the next provider too
-                pending.pop(0)
-                calls[self._start(request, hedge_to, pending)] = hedge_to  # type: ignore[index]
+                hedge = pending.pop(0)  # hedge_to, which a timeout implies was set
+                calls[self._start(request, hedge, pending)] = hedge
                 continue
             for task in done:
                 step = calls.pop(task)
@@ -176,7 +178,7 @@ class Router:
                 return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
         return None
 
-    def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> asyncio.Task:
+    def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> Attempt:
         pairs = _pairs_of(request, step)
         ends_at = self._attempt_end(request, pairs, step, later)
         if step.panic:
@@ -271,7 +273,7 @@ def _lexical(request: ScoreRequest) -> ScoredPairs:
     return ScoredPairs(scores, Usage(), DEGRADED_LEXICAL, request.model, DEGRADED_LEXICAL, whole=True, degraded=True)
 
 
-async def _cancel_all(calls: Mapping[asyncio.Task, Step]) -> None:
+async def _cancel_all(calls: Mapping[Attempt, Step]) -> None:
     for task in calls:
         task.cancel()
     # Let the losers release their reservations before the winner's answer goes out.

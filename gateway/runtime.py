@@ -22,11 +22,11 @@ from pathlib import Path
 
 from gateway.budget import Ledger
 from gateway.cache import ScoreCache
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.flights import Flights
 from gateway.guard import GuardedCall
 from gateway.health import HealthBoard
 from gateway.observability.metrics import GatewayMetrics
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.flights import Flights
 from gateway.providers.client import build_clients
 from gateway.quality.board import QualityBoard
 from gateway.quality_guard import QualityGuard

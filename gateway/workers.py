@@ -56,7 +56,7 @@ class StartupFailed(Exception):
 
 @dataclass
 class _Worker:
-    process: subprocess.Popen
+    process: subprocess.Popen[bytes]
     report_fd: int  # the supervisor's end of the worker's report pipe
     ready: bool = False
     failure: str | None = None

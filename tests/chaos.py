@@ -270,7 +270,7 @@ async def run_load(
                                         headers={"Content-Type": "application/json", **call.headers}) as response:
                     raw = await response.read()
                     outcome = judge(call, response.status, response.headers, raw, time.perf_counter() - started)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 outcome = Outcome("lost", f"{type(exc).__name__}: {exc}"[:160], time.perf_counter() - started)
             outcome.finished_at = time.monotonic()
             outcomes.append(outcome)

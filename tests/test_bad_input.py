@@ -47,7 +47,8 @@ BAD_INPUTS: list[tuple[str, Any, dict[str, str], int, str, str]] = [
     ("/v1/rerank", {"query": "q", "documents": ["a"] * 5}, {}, 413, "payload_too_large", "server.max_documents = 4"),
     ("/v1/rerank", {"query": "q", "documents": ["a", "b" * 51]}, {}, 413, "payload_too_large", "documents[1]: 51 characters"),
     ("/v1/rerank", {"query": "q" * 41, "documents": ["a"]}, {}, 413, "payload_too_large", "server.max_query_chars = 40"),
-    ("/v1/rerank", {"query": "q", "documents": ["a" * 40] * 4, "pad": "x" * 4096}, {}, 413, "payload_too_large", "server.max_body_bytes = 4096"),
+    ("/v1/rerank", {"query": "q", "documents": ["a" * 40] * 4, "pad": "x" * 4096}, {}, 413, "payload_too_large",
+     "server.max_body_bytes = 4096"),
     ("/rerank", {"query": "q", "texts": [1]}, {}, 422, "invalid_request", "texts[0]: expected a string"),
     ("/rerank", {"query": "q", "texts": ["a"], "raw_scores": 1}, {}, 422, "invalid_request", "raw_scores"),
     ("/inference/v1/rerank", {"query": "q", "documents": ["a"], "task": 3}, {}, 422, "invalid_request", "task: expected a string"),
@@ -69,7 +70,9 @@ BAD_INPUTS: list[tuple[str, Any, dict[str, str], int, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize("path, body, headers, status, error_type, words", BAD_INPUTS, ids=[f"{i}-{b[4]}" for i, b in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    "path, body, headers, status, error_type, words", BAD_INPUTS, ids=[f"{i}-{b[4]}" for i, b in enumerate(BAD_INPUTS)]
+)
 async def test_bad_input_is_a_clear_4xx(make_gateway: GatewayFactory, emulator, path, body, headers, status, error_type, words):
     gateway = await make_gateway(server=LIMITS)
     kwargs: dict[str, Any] = {"data": body} if isinstance(body, bytes) else {"json": body}

@@ -7,7 +7,7 @@ import importlib.util
 import logging
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import fakeredis
 import pytest
@@ -23,11 +23,11 @@ from gateway.budget import (
     Refusal,
     Reservation,
     TokenEstimator,
+    WindowReport,
 )
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
 
-UTC = timezone.utc
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
 
@@ -71,7 +71,7 @@ async def ledger(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncItera
     await built.close()
 
 
-def by_window(reports) -> dict[tuple[str, str], object]:
+def by_window(reports: list[WindowReport]) -> dict[tuple[str, str], WindowReport]:
     return {(report.scope, report.period): report for report in reports}
 
 

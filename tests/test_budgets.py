@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -63,7 +63,7 @@ async def test_every_provider_exhausted_is_429_with_retry_after(make_gateway: Ga
     assert body["error"]["type"] == "budget_exhausted"
     assert "deepinfra" in body["error"]["message"] and "fireworks" in body["error"]["message"]
     assert "deepinfra daily budget of $1e-05 would be exceeded" in body["error"]["message"]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
     assert abs(int(response.headers["Retry-After"]) - (midnight - now).total_seconds()) <= 5
     calls = await emulator_requests(emulator)
@@ -84,7 +84,7 @@ async def test_cached_pairs_are_served_when_the_budget_is_gone(make_gateway: Gat
 
 
 async def test_windows_roll_over_at_utc_midnight(make_gateway: GatewayFactory):
-    now = [datetime(2026, 11, 25, 23, 59, 0, tzinfo=timezone.utc)]
+    now = [datetime(2026, 11, 25, 23, 59, 0, tzinfo=UTC)]
     ledger = MemoryLedger(clock=lambda: now[0])
     gateway = await make_gateway(fallback=["deepinfra"], edit=budgets(deepinfra=TINY), app_options={"ledger": ledger})
     for i in range(60):

@@ -40,7 +40,7 @@ import pytest
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
-from tests.chaos import LoopErrors, Row, Snapshot, Workload, judge, markdown_table, run_load, settled
+from tests.chaos import LoadReport, LoopErrors, Row, Snapshot, Workload, judge, markdown_table, run_load, settled
 from tests.conftest import EMULATOR_KEY, gateway_settings
 from tests.processes import free_port
 
@@ -149,9 +149,8 @@ def _settings(emulator_url: str, scenario: Scenario, redis_url: str | None) -> d
 
 
 async def _control(url: str, method: str = "POST", body: Any = None) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.request(method, url, json=body) as response:
-            assert response.status == 200, await response.text()
+    async with aiohttp.ClientSession() as session, session.request(method, url, json=body) as response:
+        assert response.status == 200, await response.text()
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
@@ -275,9 +274,8 @@ def _first_answer_after(report: LoadReport, recovered_at: float) -> str:
 
 
 async def _panic_calls(gateway_url: str) -> int:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{gateway_url}/metrics") as response:
-            text = await response.text()
+    async with aiohttp.ClientSession() as session, session.get(f"{gateway_url}/metrics") as response:
+        text = await response.text()
     return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("rerank_gateway_panic_calls_total{")))
 
@@ -357,11 +355,12 @@ async def test_a_deadline_cancels_the_provider_calls_it_abandons(aiohttp_server)
     baseline, tasks_before = Snapshot.take(), asyncio.all_tasks()
     with LoopErrors():
         try:
-            async with aiohttp.ClientSession() as session:
-                async with session.post(str(gateway.make_url("/v2/rerank")), json={"query": "q", "documents": ["a", "b"]},
-                                        headers={"X-Request-Timeout": "0.3"}) as response:
-                    assert response.status == 504
-                    assert (await response.json())["error"]["type"] == "deadline_exceeded"
+            async with aiohttp.ClientSession() as session, session.post(
+                str(gateway.make_url("/v2/rerank")), json={"query": "q", "documents": ["a", "b"]},
+                headers={"X-Request-Timeout": "0.3"},
+            ) as response:
+                assert response.status == 504
+                assert (await response.json())["error"]["type"] == "deadline_exceeded"
             await asyncio.sleep(0.3)  # well within the 5 s the abandoned call would otherwise run on
             after = Snapshot.take()
             assert not after.peers(emulator.port), f"the provider call outlived its request: {after.describe()}"

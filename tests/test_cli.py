@@ -123,7 +123,8 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
             async with session.post(f"http://127.0.0.1:{emulator_port}/_emulator/faults", json=fault) as response:
                 assert response.status == 200
             body = {"queries": ["slow question"], "passages": ["a", "b"]}
-            in_flight = asyncio.ensure_future(session.post(f"http://127.0.0.1:{gateway_port}/v1/inference/Qwen/Qwen3-Reranker-8B", json=body))
+            url = f"http://127.0.0.1:{gateway_port}/v1/inference/Qwen/Qwen3-Reranker-8B"
+            in_flight = asyncio.ensure_future(session.post(url, json=body))
             await asyncio.sleep(0.5)
             gateway.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.3)

@@ -107,7 +107,7 @@ def test_missing_default_file_hints_at_config_and_environment(tmp_path, monkeypa
 
 
 def test_unreadable_and_broken_files(tmp_path):
-    with pytest.raises(ConfigError, match="missing.toml: no such file$"):
+    with pytest.raises(ConfigError, match=r"missing\.toml: no such file$"):
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path)  # a folder

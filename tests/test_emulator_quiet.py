@@ -8,8 +8,19 @@ from typing import Any
 import pytest
 
 from gateway.emulator import EmulatorConfig, create_emulator_app, emulated_score, misbehaving_score
-from tests.test_emulator import (DOCS, INSTRUCTION, PATHS, QUERY, add_fault, golden, indices,
-                                 post_json, request_body, score_list, shape)
+from tests.test_emulator import (
+    DOCS,
+    INSTRUCTION,
+    PATHS,
+    QUERY,
+    add_fault,
+    golden,
+    indices,
+    post_json,
+    request_body,
+    score_list,
+    shape,
+)
 
 QUIET_MODES = ("rescale", "template", "random")
 # Twelve passages sharing 0-5 words with the query: enough pairs for an order to be wrong.

@@ -67,7 +67,8 @@ def test_candidates_are_read_deduplicated(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("files", "where", "problem"), [
     ({"corpus": '{"_id": "d1", "text": "a"}\n\n{"_id": "d1", "text": "b"}\n'}, "corpus.jsonl line 3", "_id 'd1' appears twice"),
     ({"corpus": '{"_id": "d1", "text": "a"}\n{"_id": "d2"}\n'}, "corpus.jsonl line 2", "'text' must be a non-empty string"),
-    ({"corpus": '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b", "title": 5}\n'}, "corpus.jsonl line 2", "'title' must be a non-empty string"),
+    ({"corpus": '{"_id": "d1", "text": "a"}\n{"_id": "d2", "text": "b", "title": 5}\n'}, "corpus.jsonl line 2",
+     "'title' must be a non-empty string"),
     ({"queries": "not json\n"}, "queries.jsonl line 1", "not JSON"),
     ({"queries": '["q1", "apple"]\n'}, "queries.jsonl line 1", "must be a JSON object"),
     ({"qrels": "query-id corpus-id score\nq1\td1\t1\n"}, "qrels.tsv line 1", "the header must be"),
@@ -75,7 +76,8 @@ def test_candidates_are_read_deduplicated(tmp_path: Path) -> None:
     ({"qrels": "query-id\tcorpus-id\tscore\nq1\td1\thigh\n"}, "qrels.tsv line 2", "score 'high' is not an integer"),
     ({"qrels": "query-id\tcorpus-id\tscore\nq1\td1\t1\nq9\td1\t1\n"}, "qrels.tsv line 3", "query-id 'q9' is not in queries.jsonl"),
     ({"qrels": "query-id\tcorpus-id\tscore\nq1\td7\t1\n"}, "qrels.tsv line 2", "corpus-id 'd7' is not in corpus.jsonl"),
-    ({"candidates": '{"query_id": "q1", "corpus_ids": ["d1", "d9"]}\n'}, "candidates.jsonl line 1", "corpus id 'd9' is not in corpus.jsonl"),
+    ({"candidates": '{"query_id": "q1", "corpus_ids": ["d1", "d9"]}\n'}, "candidates.jsonl line 1",
+     "corpus id 'd9' is not in corpus.jsonl"),
     ({"candidates": '{"query_id": "q1", "corpus_ids": []}\n'}, "candidates.jsonl line 1", "'corpus_ids' must be a non-empty list"),
 ])
 def test_errors_name_the_file_and_the_line(tmp_path: Path, files: dict[str, str], where: str,
@@ -89,10 +91,10 @@ def test_errors_name_the_file_and_the_line(tmp_path: Path, files: dict[str, str]
 def test_missing_files_are_named(tmp_path: Path) -> None:
     write_set(tmp_path)
     (tmp_path / "qrels.tsv").unlink()
-    with pytest.raises(DatasetError, match="no qrels: expected qrels/test.tsv or qrels.tsv"):
+    with pytest.raises(DatasetError, match=r"no qrels: expected qrels/test\.tsv or qrels\.tsv"):
         load_beir(tmp_path)
     (tmp_path / "corpus.jsonl").unlink()
-    with pytest.raises(DatasetError, match="corpus.jsonl: cannot read"):
+    with pytest.raises(DatasetError, match=r"corpus\.jsonl: cannot read"):
         load_beir(tmp_path)
 
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
-from prometheus_client import multiprocess
-from prometheus_client import values
+from prometheus_client import multiprocess, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.logs import (
@@ -399,7 +398,7 @@ def test_json_line_carries_the_request_fields() -> None:
 def test_extra_fields_never_overwrite_the_basic_ones() -> None:
     parsed = orjson.loads(format_with(JsonFormatter(), "hello", level="sneaky", logger="other"))
     assert parsed["level"] == "WARNING" and parsed["message"] == "hello"
-    assert not parsed["logger"] == "other"
+    assert parsed["logger"] != "other"
 
 
 @pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()], ids=["json", "text"])

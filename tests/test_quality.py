@@ -10,19 +10,27 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from tests.conftest import EMULATOR_KEY, add_fault, emulator_url, provider_entries
+from hypothesis import given, strategies as st
 
 from gateway.config import ProviderConfig
 from gateway.emulator import emulated_score, misbehaving_score
 from gateway.errors import ProviderFailure
 from gateway.models import Batch, Usage
 from gateway.providers.client import ProviderClient
-from gateway.quality import (AgreementTracker, CanaryError, CanaryLine, agreement, builtin_canary,
-                             judge, kendall_tau_b, load_canary, mean_absolute_difference,
-                             parse_canary, run_canary)
+from gateway.quality import (
+    AgreementTracker,
+    CanaryError,
+    CanaryLine,
+    agreement,
+    builtin_canary,
+    judge,
+    kendall_tau_b,
+    load_canary,
+    mean_absolute_difference,
+    parse_canary,
+    run_canary,
+)
+from tests.conftest import EMULATOR_KEY, add_fault, emulator_url, provider_entries
 
 LINE = '{"query": "q", "relevant": ["r1", "r2"], "irrelevant": ["i1"]}'
 
@@ -62,7 +70,7 @@ def test_bad_lines_name_source_and_line(line: str, problem: str) -> None:
 
 
 def test_an_empty_set_is_an_error() -> None:
-    with pytest.raises(CanaryError, match="set.jsonl: no canary lines"):
+    with pytest.raises(CanaryError, match=r"set\.jsonl: no canary lines"):
         parse_canary("\n  \n", "set.jsonl")
 
 
@@ -71,10 +79,10 @@ def test_load_reads_utf8_and_names_unreadable_files(tmp_path: Path) -> None:
     path.write_text(LINE.replace('"q"', '"вопрос"'), encoding="utf-8")
     assert load_canary(path)[0].query == "вопрос"
     assert load_canary(path)[0].source == str(path)
-    with pytest.raises(CanaryError, match="missing.jsonl: cannot read"):
+    with pytest.raises(CanaryError, match=r"missing\.jsonl: cannot read"):
         load_canary(tmp_path / "missing.jsonl")
     path.write_bytes(b"\xff\xfe")
-    with pytest.raises(CanaryError, match="c.jsonl: not UTF-8"):
+    with pytest.raises(CanaryError, match=r"c\.jsonl: not UTF-8"):
         load_canary(path)
 
 

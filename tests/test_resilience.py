@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 import random
 import time
+from datetime import UTC, datetime
 from email.utils import format_datetime
-from datetime import datetime, timezone
 
 import pytest
 
@@ -255,7 +255,7 @@ def test_full_jitter_is_reproducible_and_survives_huge_attempts() -> None:
 
 # --- Retry-After ------------------------------------------------------------------------------
 
-NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
+NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 
 
 @pytest.mark.parametrize(
@@ -291,7 +291,7 @@ def test_retry_after_limit_is_adjustable() -> None:
 
 def test_retry_after_date_matches_formatted_wall_clock() -> None:
     now = time.time()
-    header = format_datetime(datetime.fromtimestamp(int(now) + 42, tz=timezone.utc), usegmt=True)
+    header = format_datetime(datetime.fromtimestamp(int(now) + 42, tz=UTC), usegmt=True)
     assert parse_retry_after(header, now) == pytest.approx(42, abs=1)
 
 

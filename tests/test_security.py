@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from gateway.dialects import COHERE_V1, COHERE_V2, DEEPINFRA, FIREWORKS, TEI
 from gateway.errors import ClientError

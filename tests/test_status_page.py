@@ -217,7 +217,11 @@ def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
     stride = width * channels + 1
     assert len(raw) == stride * height, "PNG image data is truncated"
     # Filters are not undone: distinct filtered pixels still tell a flat image from a rendered one.
-    pixels = [raw[row * stride + 1 + x:row * stride + 1 + x + channels] for row in range(height) for x in range(0, width * channels, channels)]
+    pixels = [
+        raw[row * stride + 1 + x:row * stride + 1 + x + channels]
+        for row in range(height)
+        for x in range(0, width * channels, channels)
+    ]
     return width, height, pixels
 
 

@@ -58,22 +58,22 @@ async def test_two_workers_share_one_port_redis_and_metrics(tmp_path, redis_url)
         body = {"query": "shared question", "documents": ["a passage", "another passage"]}
         providers = []
         for _ in range(30):  # a new connection each time, so the kernel spreads them over workers
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-                async with session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response:
-                    assert response.status == 200
-                    providers.append(response.headers["X-Rerank-Provider"])
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+                session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response,
+            ):
+                assert response.status == 200
+                providers.append(response.headers["X-Rerank-Provider"])
         # One upstream call; every other answer came from the Redis cache, whichever worker served it.
         assert providers.count("deepinfra") == 1 and providers.count("cache") == 29
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
-                assert requests_total(await response.text()) == 30  # all workers, not just this one
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            assert requests_total(await response.text()) == 30  # all workers, not just this one
 
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: the supervisor starts another
         await wait_for(lambda: len(children_of(supervisor.pid)) == 2 and workers[0] not in children_of(supervisor.pid))
         await asyncio.sleep(1.5)
-        async with aiohttp.ClientSession() as session:
-            async with session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response:
-                assert response.status == 200
+        async with aiohttp.ClientSession() as session, session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response:
+            assert response.status == 200
 
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(supervisor.wait, 30) == 0

@@ -14,12 +14,11 @@ $1.00 limit exactly, which float sums do not.
 from __future__ import annotations
 
 import functools
-import uuid
-
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple, Protocol
 
 log = logging.getLogger("gateway.budget")
@@ -39,7 +38,7 @@ Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Limit(NamedTuple):
@@ -221,17 +220,17 @@ def check_reserve(limits: Sequence[Limit], amount_usd: float, hold_seconds: floa
 
 def labels(now: datetime) -> tuple[str, str]:
     """The UTC day and month `now` falls in."""
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     month = f"{now.year:04d}-{now.month:02d}"  # f-strings: strftime is slow on the hot path
     return f"{month}-{now.day:02d}", month
 
 
 def day_start(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    return datetime.strptime(label, "%Y-%m-%d").replace(tzinfo=UTC)
 
 
 def month_start(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m").replace(tzinfo=timezone.utc)
+    return datetime.strptime(label, "%Y-%m").replace(tzinfo=UTC)
 
 
 def next_month(start: datetime) -> datetime:
@@ -242,7 +241,7 @@ def aware_utc(clock: Clock) -> datetime:
     now = clock()
     if now.tzinfo is None:
         raise ValueError("the ledger clock must return an aware datetime")
-    return now.astimezone(timezone.utc)
+    return now.astimezone(UTC)
 
 
 def nano(usd_amount: float) -> int:

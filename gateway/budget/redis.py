@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from gateway.budget import lua
 from gateway.budget.base import (
@@ -102,7 +103,7 @@ class RedisLedger:
         self.fallback = MemoryLedger(clock, warn_fraction)
 
     @classmethod
-    def from_url(cls, url: str, timeout_seconds: float, max_connections: int = 32, **options) -> RedisLedger:
+    def from_url(cls, url: str, timeout_seconds: float, max_connections: int = 32, **options: Any) -> RedisLedger:
         return cls(redis_client(url, timeout_seconds, max_connections), timeout_seconds, **options)
 
     async def start(self) -> None:

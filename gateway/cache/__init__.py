@@ -3,4 +3,4 @@
 from gateway.cache.base import CachePolicy, Lookup, PairKey, ScoreCache, pair_keys
 from gateway.cache.memory import MemoryScoreCache
 
-__all__ = ["CachePolicy", "Lookup", "PairKey", "ScoreCache", "MemoryScoreCache", "pair_keys"]
+__all__ = ["CachePolicy", "Lookup", "MemoryScoreCache", "PairKey", "ScoreCache", "pair_keys"]

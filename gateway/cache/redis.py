@@ -25,6 +25,7 @@ import os
 import struct
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from gateway.cache.base import Lookup, PairKey, query_group
 from gateway.cache.scripts import LOOKUP, PUT, RELEASE, Script, ScriptCall, run_scripts
@@ -140,7 +141,7 @@ class RedisScoreCache:
         ]
         await self._run("release", calls)
 
-    async def _run(self, operation: str, calls: list[ScriptCall]) -> list | None:
+    async def _run(self, operation: str, calls: list[ScriptCall]) -> list[Any] | None:
         """The scripts' replies in one bounded round trip, or None when Redis failed (logged)."""
         try:
             # A cluster client may learn its layout on the first call: the bound covers it.

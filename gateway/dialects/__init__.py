@@ -37,4 +37,4 @@ RERANK_ROUTES: dict[str, DialectChooser] = {
     "/rerank": _cohere_or_tei,
 }
 
-__all__ = ["Dialect", "RERANK_ROUTES", "DEEPINFRA", "FIREWORKS", "COHERE_V1", "COHERE_V2", "TEI"]
+__all__ = ["COHERE_V1", "COHERE_V2", "DEEPINFRA", "FIREWORKS", "RERANK_ROUTES", "TEI", "Dialect"]

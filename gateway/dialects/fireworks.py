@@ -18,7 +18,7 @@ class FireworksDialect:
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:
         data = ranked_results(request, result, request.documents.__getitem__)
         tokens = result.usage.tokens
-        answer = {
+        answer: dict[str, Any] = {
             "object": "list",
             "model": request.model or result.model,
             "data": data,

@@ -12,7 +12,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping
 
-from gateway.resilience.lexical import B, K1
+from gateway.resilience.lexical import K1, B
 from gateway.resilience.tokens import tokenize
 
 

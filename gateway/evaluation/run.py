@@ -23,10 +23,10 @@ from gateway.evaluation.bm25 import Bm25Index
 from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
 from gateway.models import Batch, Usage
 from gateway.providers.client import ProviderClient, build_clients
-from gateway.secrets import Secrets
 from gateway.quality.tracker import AgreementTracker
 from gateway.resilience.latency import LatencyTracker
 from gateway.resilience.retry import full_jitter_backoff
+from gateway.secrets import Secrets
 
 Progress = Callable[[int], None]
 _RETRY_BASE_SECONDS, _RETRY_CAP_SECONDS = 0.1, 2.0

@@ -26,7 +26,7 @@ def format_report(report: dict[str, Any]) -> str:
             rows.append(_cells(f"{name} (reference)" if name == report["reference"] else name, entry, k))
     table = [_row(header), _row(["---"] * len(header)), *map(_row, rows)]
     summary = f"model {report['model']}, {report['queries']} queries"
-    return "\n".join([summary, "", *table, *([""] + notes if notes else [])])
+    return "\n".join([summary, "", *table, *(["", *notes] if notes else [])])
 
 
 def _cells(label: str, entry: dict[str, Any], k: int) -> list[str]:

@@ -66,7 +66,7 @@ class ProviderAttempt:
 VETTED_FIELDS = "vetted_fields"
 
 
-class _RequestFields(dict):
+class _RequestFields(dict[str, Any]):
     """Marks a dict built by request_log_fields, so formatters skip the redaction walk."""
 
 
@@ -171,7 +171,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds").replace(
                 "+00:00", "Z"
             ),
             "level": record.levelname,
@@ -218,7 +218,7 @@ def configure_logging(level: str, fmt: Literal["json", "text"]) -> None:
         raise ValueError(f"log format {fmt!r}: expected 'json' or 'text'")
     # The logging docs' own optimisations: our lines carry no caller, thread or process fields,
     # and looking them up (a stack walk for the caller) is most of what a log call costs.
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 from gateway.config import ProviderConfig
 from gateway.models import Batch
 
-
 __all__ = ["Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "dig", "first_count", "scores_by_index"]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -144,7 +145,7 @@ class ProviderClient:
         try:
             async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
                 return resp.status, await resp.read(), resp.headers.get("Retry-After")
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
         except aiohttp.ClientError as exc:
             raise ProviderFailure(
@@ -213,7 +214,7 @@ def _dumps_str(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-async def _gather_or_cancel(calls: list) -> list[WireScores]:
+async def _gather_or_cancel(calls: list[Coroutine[Any, Any, WireScores]]) -> list[WireScores]:
     """All results, or the first failure with the sibling calls cancelled (they would be wasted)."""
     tasks = [asyncio.ensure_future(call) for call in calls]
     try:

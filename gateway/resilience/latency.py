@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from collections import deque
 
-
 # Fewer answers than this give no p95: one slow call would be "the p95".
 MIN_SAMPLES = 20
 

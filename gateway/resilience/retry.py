@@ -11,7 +11,7 @@ import math
 import random
 import re
 import time
-from datetime import timezone
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 
 from gateway.resilience.window import Clock, SlidingCounts
@@ -54,10 +54,10 @@ def parse_retry_after(header_value: str | None, now: float, max_seconds: float =
     if _DELAY_SECONDS.fullmatch(text):
         seconds = float(text)
     else:
-        seconds = _seconds_until_http_date(text, now)
-        if seconds is None:
+        until = _seconds_until_http_date(text, now)
+        if until is None:
             return None
-        seconds = max(0.0, seconds)
+        seconds = max(0.0, until)
     if not math.isfinite(seconds) or seconds > max_seconds:
         return None
     return seconds
@@ -73,7 +73,7 @@ def _seconds_until_http_date(text: str, now: float) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc).timestamp() - now
+        return moment.replace(tzinfo=UTC).timestamp() - now
     return moment.timestamp() - now
 
 
