@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from gateway.emulator import emulated_score, misbehaving_score
-from gateway.quality.board import QualityBoard
-from gateway.quality.probe import CanaryOutcome
-from gateway.quality.judge import judge
-from gateway.quality import builtin_canary
 from gateway.models import Usage
+from gateway.quality import builtin_canary
+from gateway.quality.board import QualityBoard
+from gateway.quality.judge import judge
+from gateway.quality.probe import CanaryOutcome
 from tests.conftest import MODEL, GatewayFactory, add_fault, emulator_requests
 
 QUERY = "bankruptcy through the MFC cost"

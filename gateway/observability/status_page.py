@@ -187,7 +187,8 @@ def _provider_row(position: int, provider: ProviderStatus) -> str:
     return (
         f"<tr class=\"{'' if provider.usable else 'down'}\"><td class=\"num muted\">{position}</td>"
         f"<td class=\"nowrap\"><strong>{_e(provider.name)}</strong><div class=\"muted\">{_e(provider.kind)}</div></td>"
-        f"<td>{health}{_quality(provider.quality)}</td><td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
+        f"<td>{health}{_quality(provider.quality)}</td>"
+        f"<td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
         f"<td class=\"num mono\">{p95}</td><td>{budget}</td></tr>"
     )
 
