@@ -31,6 +31,9 @@ class AgreementTracker:
             raise ValueError(f"min_pairs must be at least 1, got {min_pairs}")
         self._samples: deque[_Sample] = deque(maxlen=max_samples)
         self._min_pairs = min_pairs
+        # The router asks on every request; samples arrive a few times a minute at most.
+        self._current: Agreement | None = None
+        self._stale = False
 
     def add(self, reference: Sequence[float], other: Sequence[float]) -> None:
         """One query's pairs, scored by the reference and by the tracked provider, in one order."""
@@ -38,9 +41,16 @@ class AgreementTracker:
             return  # nothing was compared; an empty sample would only push out real ones
         measured = agreement(reference, other)
         self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
+        self._stale = True
 
     def current(self) -> Agreement | None:
         """Agreement over the samples kept, or None while fewer than `min_pairs` pairs were seen."""
+        if self._stale:
+            self._current = self._measure()
+            self._stale = False
+        return self._current
+
+    def _measure(self) -> Agreement | None:
         pairs = sum(sample.pairs for sample in self._samples)
         if pairs < self._min_pairs:
             return None
@@ -55,6 +65,7 @@ class AgreementTracker:
     def clear(self) -> None:
         """Forget every sample, e.g. when the provider's config changed."""
         self._samples.clear()
+        self._stale = True
 
     def _pooled_tau(self) -> float | None:
         weighted = [(s.pairs, s.kendall_tau) for s in self._samples if s.kendall_tau is not None]
