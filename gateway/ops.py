@@ -19,7 +19,7 @@ from gateway.observability.status_page import (
 )
 from gateway.openapi import openapi_spec
 from gateway.redis_pool import is_cluster_url
-from gateway.router import first_opened, unavailable
+from gateway.router import first_opened
 from gateway.runtime import Generation, LiveGateway
 
 STATUS_REFRESH_SECONDS = 10
@@ -126,8 +126,8 @@ async def _model_statuses(
         for provider in model.fallback:
             client = generation.clients[provider]
             breaker = health[provider].breaker
-            skip = unavailable(client, breaker, None, over_budget=provider in exhausted or GATEWAY_SCOPE in exhausted)
-            skip = skip or generation.quality.skip(name, provider)
+            over_budget = provider in exhausted or GATEWAY_SCOPE in exhausted
+            skip = generation.router.why_not(name, provider, None, over_budget)
             p95 = health[provider].latency.p95()
             providers.append(ProviderStatus(
                 name=provider,

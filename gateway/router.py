@@ -77,8 +77,7 @@ class Router:
     def cache_group(self, model: str, instruction: str | None) -> str:
         """Where the request's cached scores are read: the group of the provider the plan would call first."""
         for provider in self._config.models[model].fallback:
-            client = self._clients[provider]
-            if unavailable(client, self._health[provider].breaker, instruction) is None and not self._quality.skip(model, provider):
+            if self.why_not(model, provider, instruction) is None:
                 return self._quality.group_of(model, provider)
         return self._quality.group_of(model, self._quality.reference(model) or self._config.models[model].fallback[0])
 
@@ -96,16 +95,24 @@ class Router:
             return _lexical(request)
         raise AllProvidersFailed.of(request.model, failures, utc_now())
 
+    def why_not(
+        self, model: str, provider: str, instruction: str | None, over_budget: bool = False
+    ) -> ProviderFailure | None:
+        """Why the plan would pass this provider over now, or None: the one rule the router and /readyz share.
+
+        `over_budget` is what a report of the ledger says; the router learns it by reserving instead.
+        """
+        skip = unavailable(self._clients[provider], self._health[provider].breaker, instruction, over_budget)
+        return skip or self._quality.skip(model, provider)
+
     def _provider_steps(self, request: ScoreRequest, failures: list[ProviderFailure]) -> list[Step]:
         """Steps 1 and 2 of the plan; providers that cannot take the request are noted as skipped."""
         steps = []
         for model in (request.model, *self._config.models[request.model].fallback_models):
             for provider in self._config.models[model].fallback:
-                client = self._clients[provider]
-                skip = unavailable(client, self._health[provider].breaker, request.missing.instruction)
-                skip = skip or self._quality.skip(model, provider)
+                skip = self.why_not(model, provider, request.missing.instruction)
                 if skip is None:
-                    steps.append(self._step(request, model, client))
+                    steps.append(self._step(request, model, self._clients[provider]))
                     continue
                 if skip.kind in ("breaker_open", "quality"):
                     self._guard.note_skip(skip)
@@ -219,10 +226,7 @@ class Router:
 def unavailable(
     client: ProviderClient, breaker: CircuitBreaker, instruction: str | None, over_budget: bool = False
 ) -> ProviderFailure | None:
-    """Why a provider cannot be planned for now, or None: the one rule the router and /readyz share.
-
-    `over_budget` is what a report of the ledger says; the router learns it by reserving instead.
-    """
+    """Why a provider cannot be called now, whatever the model: its config, key, breaker or budget."""
     reason = client.unusable_reason(instruction)
     if reason is not None:
         return ProviderFailure(client.name, reason, kind="unusable")

@@ -86,6 +86,7 @@ class Generation:
         self.router = Router(config, self.clients, guard, shared.health, shared.metrics, self.quality)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
         self.in_flight = 0
+        self._stopping_quality: asyncio.Task[None] | None = None
         self._retired = False
         self._closed = False
 
