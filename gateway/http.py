@@ -219,18 +219,18 @@ async def _read_json(request: web.Request, max_bytes: int) -> Any:
 # The keys any dialect reads. JSON parsers disagree on a repeated key (orjson keeps the last,
 # others the first), so a body that repeats one could mean one thing to a proxy or WAF in front
 # and another here: refuse it rather than guess.
-_MEANINGFUL_KEYS = tuple(
-    f'"{key}"'.encode()
-    for key in ("query", "queries", "documents", "passages", "texts", "text", "model", "top_n",
-                "instruction", "task", "return_documents", "raw_scores", "return_text", "rank_fields")
-)
+_MEANINGFUL_KEYS = ("query", "queries", "documents", "passages", "texts", "text", "model", "top_n",
+                    "instruction", "task", "return_documents", "raw_scores", "return_text", "rank_fields")
+# Any of them in quotes, found at every `"`, overlapping ones too: one pass over the body.
+_QUOTED_KEY = re.compile(rb'"(?=(' + b"|".join(re.escape(key.encode()) for key in _MEANINGFUL_KEYS) + rb')")')
 
 
 def reject_duplicate_keys(body: bytes) -> None:
     """422 when an object repeats a key the gateway reads; a key inside a string cannot match."""
     # Cheap filter first: inside a JSON string a quote is escaped, so `"query"` appears in the
     # raw bytes only as a key (or a string value exactly "query"). Most bodies stop here.
-    if all(body.count(key) < 2 for key in _MEANINGFUL_KEYS):
+    quoted = _QUOTED_KEY.findall(body)
+    if len(quoted) == len(set(quoted)):
         return
     json.loads(body, object_pairs_hook=_unique_object)
 
