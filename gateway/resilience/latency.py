@@ -9,6 +9,7 @@ a 20-passage one without being any less healthy.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 
@@ -24,6 +25,10 @@ class LatencyTracker:
             raise ValueError(f"min_samples must be in [1, capacity={capacity}], got {min_samples}")
         self._samples: deque[float] = deque(maxlen=capacity)
         self._pairs: deque[int] = deque(maxlen=capacity)
+        # The same values kept sorted as they come and go: every attempt asks for a quantile and
+        # a median, and sorting the window for each took more than the rest of the guard.
+        self._sorted_samples: list[float] = []
+        self._sorted_pairs: list[int] = []
         self._min_samples = min_samples
 
     def __len__(self) -> int:
@@ -32,8 +37,14 @@ class LatencyTracker:
     def record(self, seconds: float, pairs: int = 1) -> None:
         if not (seconds >= 0 and math.isfinite(seconds)):
             raise ValueError(f"a latency is a finite, non-negative number of seconds, got {seconds!r}")
+        pairs = max(1, pairs)
+        if len(self._samples) == self._samples.maxlen:
+            _remove_sorted(self._sorted_samples, self._samples[0])
+            _remove_sorted(self._sorted_pairs, self._pairs[0])
         self._samples.append(seconds)
-        self._pairs.append(max(1, pairs))
+        self._pairs.append(pairs)
+        bisect.insort(self._sorted_samples, seconds)
+        bisect.insort(self._sorted_pairs, pairs)
 
     def slow_after(self, pairs: int, multiple: float, floor_seconds: float) -> float | None:
         """Seconds past which a call of `pairs` pairs is a failure, not a slow answer; None until known.
@@ -45,7 +56,7 @@ class LatencyTracker:
         p99 = self.quantile(0.99)
         if p99 is None:
             return None
-        typical_pairs = sorted(self._pairs)[len(self._pairs) // 2]
+        typical_pairs = self._sorted_pairs[len(self._sorted_pairs) // 2]
         stretch = max(1.0, pairs / typical_pairs)
         return max(floor_seconds, p99 * multiple * stretch)
 
@@ -64,4 +75,8 @@ class LatencyTracker:
         if count < self._min_samples:
             return None
         rank = math.ceil(q * count)  # 1-based
-        return sorted(self._samples)[rank - 1]
+        return self._sorted_samples[rank - 1]
+
+
+def _remove_sorted(values: list, value: float) -> None:
+    del values[bisect.bisect_left(values, value)]
