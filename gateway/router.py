@@ -26,8 +26,9 @@ the other call is cancelled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.budget import utc_now
 from gateway.config import GatewayConfig
@@ -145,6 +146,12 @@ class Router:
         pending = list(steps)
         while pending:
             first = pending.pop(0)
+            if self._hedge_delay(first.client) is None:
+                # No hedge can join this step: await it here, without a task and a race to set up.
+                answer = self._accept(request, first, await _outcome(self._call(request, first, pending)), failures)
+                if answer is not None:
+                    return answer
+                continue
             calls = {self._start(request, first, pending): first}
             try:
                 answer = await self._race(request, calls, pending, failures)
@@ -172,25 +179,38 @@ class Router:
                 continue
             for task in done:
                 step = calls.pop(task)
-                try:
-                    scores, usage = task.result()
-                except ProviderFailure as failure:
-                    if not failure.fallback_allowed:
-                        raise UpstreamRejected(failure) from None
-                    failures.append(failure)
-                    continue
-                self._note_fallback(request.model, failures, step.client.name)
-                if step.model == request.model:
-                    self._quality.maybe_shadow(step.model, step.client.name, _pairs_of(request, step), scores)
-                return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
+                answer = self._accept(request, step, await _outcome(task), failures)
+                if answer is not None:
+                    return answer
         return None
 
+    def _accept(
+        self, request: ScoreRequest, step: Step, outcome: tuple[list[float], Usage] | ProviderFailure,
+        failures: list[ProviderFailure],
+    ) -> ScoredPairs | None:
+        """A step's answer; None when it failed (noted) and the next step may follow."""
+        if isinstance(outcome, ProviderFailure):
+            if not outcome.fallback_allowed:
+                raise UpstreamRejected(outcome) from None
+            failures.append(outcome)
+            return None
+        scores, usage = outcome
+        self._note_fallback(request.model, failures, step.client.name)
+        if step.model == request.model:
+            self._quality.maybe_shadow(step.model, step.client.name, _pairs_of(request, step), scores)
+        return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
+
     def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> Attempt:
+        return asyncio.ensure_future(self._call(request, step, later))
+
+    def _call(
+        self, request: ScoreRequest, step: Step, later: Sequence[Step]
+    ) -> Coroutine[Any, Any, tuple[list[float], Usage]]:
         pairs = _pairs_of(request, step)
         ends_at = self._attempt_end(request, pairs, step, later)
         if step.panic:
             self._metrics.record_panic_call(model=request.model, provider=step.client.name)
-        return asyncio.ensure_future(self._guard.score(step.client, pairs, ends_at, panic=step.panic))
+        return self._guard.score(step.client, pairs, ends_at, panic=step.panic)
 
     def _attempt_end(self, request: ScoreRequest, pairs: Batch, step: Step, later: Sequence[Step]) -> float | None:
         """When this attempt must give up, leaving the steps after it their share of the deadline."""
@@ -275,6 +295,13 @@ def _lexical(request: ScoreRequest) -> ScoredPairs:
         for position, score in zip(positions, lexical_scores(query, [whole.documents[p] for p in positions])):
             scores[position] = score
     return ScoredPairs(scores, Usage(), DEGRADED_LEXICAL, request.model, DEGRADED_LEXICAL, whole=True, degraded=True)
+
+
+async def _outcome(call: Awaitable[tuple[list[float], Usage]]) -> tuple[list[float], Usage] | ProviderFailure:
+    try:
+        return await call
+    except ProviderFailure as failure:
+        return failure
 
 
 async def _cancel_all(calls: Mapping[Attempt, Step]) -> None:
