@@ -487,6 +487,25 @@ def test_latency_window_follows_recent_samples() -> None:
     assert tracker.p95() == pytest.approx(0.2)
 
 
+def test_latency_quantiles_match_the_window_sorted_afresh() -> None:
+    # The tracker keeps its window sorted as samples come and go; the answer must be that of
+    # sorting the last `capacity` samples, evictions and repeated values included.
+    rng = random.Random(11)
+    for capacity in (1, 5, 200):
+        tracker = LatencyTracker(capacity=capacity, min_samples=1)
+        seconds: list[float] = []
+        pairs: list[int] = []
+        for _ in range(1500):
+            sample, size = rng.choice([0.01, 0.02, rng.random()]), rng.choice([0, 1, 20, 20, 1000])
+            tracker.record(sample, size)
+            seconds, pairs = (seconds + [sample])[-capacity:], (pairs + [max(1, size)])[-capacity:]
+            for q in (0.5, 0.95, 1.0):
+                assert tracker.quantile(q) == sorted(seconds)[math.ceil(q * len(seconds)) - 1]
+            p99 = sorted(seconds)[math.ceil(0.99 * len(seconds)) - 1]
+            typical = sorted(pairs)[len(pairs) // 2]
+            assert tracker.slow_after(40, 3.0, 0.001) == max(0.001, p99 * 3.0 * max(1.0, 40 / typical))
+
+
 def test_latency_rejects_impossible_samples() -> None:
     tracker = LatencyTracker()
     for bad in (-0.1, math.nan, math.inf):
