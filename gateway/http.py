@@ -11,9 +11,9 @@ import hmac
 import json
 import logging
 import math
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,7 +59,7 @@ def request_id_of(request: web.Request) -> str:
     given = request.headers.get("X-Request-ID")
     if given and _CLIENT_REQUEST_ID.fullmatch(given):
         return given
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits as uuid4().hex gives, without building a UUID
 
 
 @dataclass(slots=True)

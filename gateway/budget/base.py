@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -178,7 +178,7 @@ def unheld_reservation(limits: Sequence[Limit], now: datetime) -> Reservation:
     """A reservation for windows that have no limit: nothing to hold, so no ledger round trip
     before the call; settle still records the spend and tokens for reporting."""
     day, month = labels(now)
-    return Reservation(uuid.uuid4().hex, tuple(limits), 0.0, day, month, now)
+    return Reservation(os.urandom(16).hex(), tuple(limits), 0.0, day, month, now)
 
 
 def windows_of(limits: Sequence[Limit], day: str, month: str) -> list[Window]:

@@ -101,14 +101,16 @@ class ProviderClient:
     def _plan_batches(self, pairs: Batch) -> list[tuple[list[int], Batch]]:
         """Calls to make: each with the request positions it scores."""
         queries, documents = pairs.queries, pairs.documents
+        size = self.config.max_batch
         if self.adapter.multi_query:
+            if len(documents) <= size:
+                return [(list(range(len(documents))), pairs)]  # one call as it stands: nothing to copy
             groups = [list(range(len(documents)))]
         else:
             by_query: dict[str, list[int]] = {}
             for position, query in enumerate(queries):
                 by_query.setdefault(query, []).append(position)
             groups = list(by_query.values())
-        size = self.config.max_batch
         plan = []
         for group in groups:
             for start in range(0, len(group), size):
