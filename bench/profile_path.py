@@ -41,7 +41,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("request log line", ("(gateway/observability/logs.py", "(logging/", "_observe (gateway/http.py")),
     ("provider HTTP (aiohttp client)", ("_post (gateway/providers/client.py", "(aiohttp/client", "(aiohttp/connector")),
     ("provider wire + JSON + checks", ("(gateway/providers/",)),
-    ("redis-py client", ("/redis/",)),
+    ("redis-py client", ("(redis/", "/redis/")),
     ("score cache", ("(gateway/cache/",)),
     ("single flight", ("(gateway/flights.py",)),
     ("budget ledger", ("(gateway/budget/",)),
