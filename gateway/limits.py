@@ -11,10 +11,11 @@ def check_limits(request: RerankRequest, limits: ServerConfig) -> None:
     count = len(request.documents)
     if count > limits.max_documents:
         raise PayloadTooLarge(f"documents: {count} documents exceed server.max_documents = {limits.max_documents}")
-    longest = max(range(count), key=lambda i: len(request.documents[i]))
-    if len(request.documents[longest]) > limits.max_document_chars:
+    longest_chars = max(map(len, request.documents))
+    if longest_chars > limits.max_document_chars:
+        longest = next(i for i, document in enumerate(request.documents) if len(document) == longest_chars)
         raise PayloadTooLarge(
-            f"documents[{longest}]: {len(request.documents[longest])} characters exceed "
+            f"documents[{longest}]: {longest_chars} characters exceed "
             f"server.max_document_chars = {limits.max_document_chars}"
         )
     distinct_queries = set(request.queries)

@@ -136,6 +136,8 @@ def redacted(name: str, value: Any, depth: int = 0) -> Any:
 
 def mask_secrets(text: str) -> str:
     """text with bearer tokens and `api_key=...` values masked."""
+    if "=" not in text and "bearer" not in text.lower():
+        return text  # neither pattern can match: most lines, the request line's "rerank" among them
     text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     return _KEY_ASSIGNMENT.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
 
