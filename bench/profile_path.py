@@ -27,8 +27,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from harness import (
-    HEADERS, ProcessGroup, Server, cache_header_is, client_session, drive, exit_on_sigterm, fill_cache,
-    pin_self, plan_pinning, redis_url, start_emulator, start_gateway, start_redis,
+    HEADERS,
+    ProcessGroup,
+    Server,
+    cache_header_is,
+    client_session,
+    drive,
+    exit_on_sigterm,
+    fill_cache,
+    pin_self,
+    plan_pinning,
+    redis_url,
+    start_emulator,
+    start_gateway,
+    start_redis,
 )
 from workload import DOCUMENTS_PER_REQUEST, FreshBodies
 
@@ -147,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         gateway = start_gateway(group, pinning.proxy, emulator, cache_url=cache, cache_timeout_ms=1000)
         group.wait_ready()
         raw = Path(args.raw or Path(tmp) / "profile.txt")
-        base = [py_spy(), "record", *(["--nonblocking"] if args.nonblocking else []), "--pid", str(gateway.proc.pid), "--rate", str(args.rate),
-                "--duration", f"{args.seconds:g}"]
+        base = [py_spy(), "record", *(["--nonblocking"] if args.nonblocking else []), "--pid", str(gateway.proc.pid),
+                "--rate", str(args.rate), "--duration", f"{args.seconds:g}"]
         record = [*base, "--format", "raw", "-o", str(raw)]
         asyncio.run(load(gateway, args.path, args.concurrency, args.seconds, record))
         print(summarize(raw))

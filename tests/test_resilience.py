@@ -498,7 +498,7 @@ def test_latency_quantiles_match_the_window_sorted_afresh() -> None:
         for _ in range(1500):
             sample, size = rng.choice([0.01, 0.02, rng.random()]), rng.choice([0, 1, 20, 20, 1000])
             tracker.record(sample, size)
-            seconds, pairs = (seconds + [sample])[-capacity:], (pairs + [max(1, size)])[-capacity:]
+            seconds, pairs = [*seconds, sample][-capacity:], [*pairs, max(1, size)][-capacity:]
             for q in (0.5, 0.95, 1.0):
                 assert tracker.quantile(q) == sorted(seconds)[math.ceil(q * len(seconds)) - 1]
             p99 = sorted(seconds)[math.ceil(0.99 * len(seconds)) - 1]

@@ -78,5 +78,5 @@ class LatencyTracker:
         return self._sorted_samples[rank - 1]
 
 
-def _remove_sorted(values: list, value: float) -> None:
+def _remove_sorted(values: list[float] | list[int], value: float) -> None:
     del values[bisect.bisect_left(values, value)]
