@@ -70,6 +70,7 @@ class GuardedCall:
         except BaseException:
             health.breaker.record_cancelled()  # a claimed probe slot goes back unused
             raise
+        called_at = _now()
         try:
             scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic)
         except ProviderFailure as failure:
@@ -84,7 +85,7 @@ class GuardedCall:
                 # Cut by the request's deadline: slow is a failure, or a hanging provider would
                 # be called by every request until each one ran out of time.
                 self._record_failure(client.name, health, "no answer before the request's deadline")
-                self._observe_call(client.name, 0.0, "timeout", panic)
+                self._observe_call(client.name, _now() - called_at, "timeout", panic)
             else:
                 health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
             await asyncio.shield(self._ledger.release(reservation))
