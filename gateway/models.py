@@ -42,6 +42,13 @@ class Batch:
     def __len__(self) -> int:
         return len(self.documents)
 
+    def positions_by_query(self) -> dict[str, list[int]]:
+        """Each distinct query with the positions of its pairs, in first-seen order."""
+        positions: dict[str, list[int]] = {}
+        for position, query in enumerate(self.queries):
+            positions.setdefault(query, []).append(position)
+        return positions
+
 
 @dataclass(frozen=True, slots=True)
 class ScoreRequest:

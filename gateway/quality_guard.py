@@ -204,7 +204,7 @@ class QualityGuard:
         else:
             return  # neither side is the reference: nothing to measure against
         tracker = self._board.entry(model, tracked).agreement
-        for positions in _by_query(pairs.queries):
+        for positions in pairs.positions_by_query().values():
             tracker.add([reference_scores[i] for i in positions], [other_scores[i] for i in positions])
         self.publish(model)
 
@@ -229,10 +229,4 @@ def _fingerprint(config: GatewayConfig, provider: str) -> tuple[str, str, str, s
     p = config.providers[provider]
     return (p.base_url, p.model, p.kind, p.path, p.score_transform)
 
-
-def _by_query(queries: Sequence[str]) -> list[list[int]]:
-    positions: dict[str, list[int]] = {}
-    for position, query in enumerate(queries):
-        positions.setdefault(query, []).append(position)
-    return list(positions.values())
 

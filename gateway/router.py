@@ -287,11 +287,8 @@ def _lexical(request: ScoreRequest) -> ScoredPairs:
     of it is cached, and the result says so.
     """
     whole = request.whole
-    by_query: dict[str, list[int]] = {}
-    for position, query in enumerate(whole.queries):
-        by_query.setdefault(query, []).append(position)
     scores = [0.0] * len(whole)
-    for query, positions in by_query.items():
+    for query, positions in whole.positions_by_query().items():
         for position, score in zip(positions, lexical_scores(query, [whole.documents[p] for p in positions])):
             scores[position] = score
     return ScoredPairs(scores, Usage(), DEGRADED_LEXICAL, request.model, DEGRADED_LEXICAL, whole=True, degraded=True)

@@ -107,10 +107,7 @@ class ProviderClient:
                 return [(list(range(len(documents))), pairs)]  # one call as it stands: nothing to copy
             groups = [list(range(len(documents)))]
         else:
-            by_query: dict[str, list[int]] = {}
-            for position, query in enumerate(queries):
-                by_query.setdefault(query, []).append(position)
-            groups = list(by_query.values())
+            groups = list(pairs.positions_by_query().values())
         plan = []
         for group in groups:
             for start in range(0, len(group), size):
