@@ -57,7 +57,8 @@ async def test_a_failed_owner_does_not_fail_the_requests_waiting_on_it(make_gate
     gateway = await make_gateway(fallback=["deepinfra"], edit=quick_timeout)
     docs = documents("orphan", 5)
     owner = asyncio.ensure_future(gateway.post(DI, json={"queries": [QUERY], "documents": docs}))
-    await asyncio.sleep(0.1)  # the owner's call is hanging upstream now
+    while (await emulator_requests(emulator)).get("deepinfra", 0) == 0:
+        await asyncio.sleep(0.01)  # until the owner's call is hanging upstream
     waiters = [gateway.post(DI, json={"queries": [QUERY], "documents": docs}) for _ in range(3)]
     responses = await asyncio.gather(owner, *waiters)
     assert responses[0].status == 504

@@ -99,18 +99,24 @@ async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, co
 
 async def test_requests_in_flight_finish_on_the_config_they_started_with(aiohttp_client, emulator, config_file):
     gateway = await gateway_from(aiohttp_client, config_file)
-    await add_fault(emulator, "deepinfra", "slow", delay_ms=400, count=1)
+    # Long enough that a reload and one more request on a busy CI machine end well before it does.
+    await add_fault(emulator, "deepinfra", "slow", delay_ms=1500, count=1)
     in_flight = asyncio.ensure_future(gateway.post("/v1/rerank", json=fresh(5)))
     await asyncio.sleep(0.1)
     first_generation = gateway.app[LIVE].current
     write_config(config_file, emulator.server.port, '["fireworks"]')
     assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
     assert (await gateway.post("/v1/rerank", json=fresh(6))).headers["X-Rerank-Provider"] == "fireworks"
+    assert not in_flight.done() and first_generation.in_flight == 1
     assert not first_generation.clients["deepinfra"]._session.closed  # still serving its request
     response = await in_flight
     assert response.status == 200 and response.headers["X-Rerank-Provider"] == "deepinfra"
-    await asyncio.sleep(0.05)
-    assert all(client._session.closed for client in first_generation.clients.values())
+    for _ in range(100):  # the retired generation closes in a task of its own once idle
+        if all(client._session.closed for client in first_generation.clients.values()):
+            break
+        await asyncio.sleep(0.02)
+    else:
+        pytest.fail("the retired generation kept its upstream sessions open after its last request")
 
 
 async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_file):
