@@ -1,9 +1,10 @@
-"""The Redis client the score cache and the spend ledger each use: one server, or a Cluster.
+"""The redis-py client behind the score cache and the spend ledger: one server, or a Cluster.
 
-One server: a blocking pool, so a burst waits briefly for one of a few connections (a pipelined
-read or a script takes well under a millisecond) instead of failing: redis-py's default pool
-raises past its size. Warmed at start-up, because opening a connection costs far more than the
-small per-call timeout allows, and a burst of cold connects would otherwise all time out.
+One server: the client's settings (URL, TLS, credentials, timeouts) make the connections that
+gateway/redis_commands.py sends the hot path's commands on. Its own blocking pool serves the rest,
+so a burst waits briefly for one of a few connections instead of failing: redis-py's default
+pool raises past its size. Warmed at start-up, because opening a connection costs far more than
+the small per-call timeout allows, and a burst of cold connects would otherwise all time out.
 
 A Cluster (`redis+cluster://host:port,host:port`, `rediss+cluster://` for TLS, credentials as in
 `redis://`): any reachable nodes of it, from which redis-py's cluster client learns the rest and
@@ -30,7 +31,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError, RedisClusterException, RedisError
 
 # Opening a connection (TCP, maybe TLS and AUTH) may take longer than one call is allowed.
-_CONNECT_TIMEOUT_SECONDS = 2.0
+CONNECT_TIMEOUT_SECONDS = 2.0
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -44,7 +45,7 @@ RedisClient = aioredis.Redis | RedisCluster
 def redis_client(url: str, timeout_seconds: float, max_connections: int) -> RedisClient:
     timeouts = {
         "socket_timeout": timeout_seconds,
-        "socket_connect_timeout": max(timeout_seconds, _CONNECT_TIMEOUT_SECONDS),
+        "socket_connect_timeout": max(timeout_seconds, CONNECT_TIMEOUT_SECONDS),
     }
     if is_cluster_url(url):
         return _cluster_client(url, max_connections, timeouts)
@@ -113,7 +114,7 @@ async def warm_up(client: RedisClient, connections: int) -> None:
     try:
         for _ in range(connections):
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                connection = await asyncio.wait_for(pool.get_connection(), _CONNECT_TIMEOUT_SECONDS)
+                connection = await asyncio.wait_for(pool.get_connection(), CONNECT_TIMEOUT_SECONDS)
                 opened.append(connection)
     finally:
         for connection in opened:
@@ -124,7 +125,7 @@ async def _warm_up_cluster(client: RedisCluster, connections: int) -> None:
     """Learn the cluster's layout, then open up to `connections` connections to each primary."""
     try:
         # Each configured node is asked in turn until one answers.
-        budget = _CONNECT_TIMEOUT_SECONDS * len(client.nodes_manager.startup_nodes)
+        budget = CONNECT_TIMEOUT_SECONDS * len(client.nodes_manager.startup_nodes)
         await asyncio.wait_for(client.initialize(), budget)
     except REDIS_FAILURES:
         return
@@ -134,7 +135,7 @@ async def _warm_up_cluster(client: RedisCluster, connections: int) -> None:
             for _ in range(min(connections, node.max_connections)):
                 connection = node.acquire_connection()
                 opened.append(connection)
-                await asyncio.wait_for(connection.connect(), _CONNECT_TIMEOUT_SECONDS)
+                await asyncio.wait_for(connection.connect(), CONNECT_TIMEOUT_SECONDS)
         except REDIS_FAILURES:
             pass  # this node is down or slow: it connects on first use
         finally:

@@ -27,6 +27,7 @@ from gateway.budget import (
 )
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
+from gateway.redis_commands import ClientCommands, DirectConnections
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -63,7 +64,7 @@ async def ledger(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncItera
             pytest.skip("fakeredis runs Lua only with lupa installed")
         # One connection: redis-py's default pool would refuse the concurrency test's 200 at once.
         client = fakeredis.FakeAsyncRedis(single_connection_client=True)
-        built = RedisLedger(client, timeout_seconds=2.0, clock=clock)
+        built = RedisLedger(ClientCommands(client), timeout_seconds=2.0, clock=clock)
     yield built
     if isinstance(built, RedisLedger):
         # Every contract test must have run in Redis itself, not in the fallback.
@@ -408,7 +409,8 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
     server = RedisServer(tmp_path)
     now = [0.0]
     client = aioredis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    ledger = RedisLedger(client, timeout_seconds=0.5, clock=clock, retry_after_seconds=1.0, monotonic=lambda: now[0])
+    ledger = RedisLedger(DirectConnections(client, 4), timeout_seconds=0.5, clock=clock, retry_after_seconds=1.0,
+                         monotonic=lambda: now[0])
     limit = Limit("deepinfra", 1.0, None)
     for _ in range(3):
         assert (await ledger.reserve([limit], 0.1, HOLD)).fallback  # not started yet

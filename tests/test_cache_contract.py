@@ -16,6 +16,7 @@ from gateway.cache import MemoryScoreCache, ScoreCache, pair_keys
 from gateway.cache.base import passage_digest
 from gateway.cache.redis import QUERY_HASH_FIELDS, SPILL_BUCKETS, RedisScoreCache, redis_key
 from gateway.flights import await_elsewhere
+from gateway.redis_commands import ClientCommands, DirectConnections
 
 TTL = 3600
 K = pair_keys
@@ -34,7 +35,7 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
     else:
         if not _fakeredis_runs_lua():
             pytest.skip("fakeredis runs the cache's Lua scripts only with lupa installed (fakeredis[lua])")
-        built = RedisScoreCache(fakeredis.FakeAsyncRedis(), ttl_seconds=TTL, timeout_seconds=1.0)
+        built = RedisScoreCache(ClientCommands(fakeredis.FakeAsyncRedis()), ttl_seconds=TTL, timeout_seconds=1.0)
     yield built
     await built.close()
 
@@ -186,7 +187,8 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
     server = RedisServer(tmp_path)
     now = [0.0]
     client = aioredis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    cache = RedisScoreCache(client, ttl_seconds=TTL, timeout_seconds=0.5, retry_after_seconds=1.0, clock=lambda: now[0])
+    cache = RedisScoreCache(DirectConnections(client, 4), ttl_seconds=TTL, timeout_seconds=0.5,
+                            retry_after_seconds=1.0, clock=lambda: now[0])
     for _ in range(3):
         await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])  # not started yet: fails, backs off
     assert not cache.available
@@ -258,7 +260,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
     def build(lease_seconds: float = 30.0) -> RedisScoreCache:
         if url is None:
-            cache = RedisScoreCache(fakeredis.FakeAsyncRedis(server=server), TTL, 1.0, lease_seconds)
+            cache = RedisScoreCache(ClientCommands(fakeredis.FakeAsyncRedis(server=server)), TTL, 1.0, lease_seconds)
         else:
             cache = RedisScoreCache.from_url(url, TTL, timeout_seconds=1.0, lease_seconds=lease_seconds)
         built.append(cache)
@@ -437,6 +439,11 @@ async def test_a_passage_lives_in_one_place_so_a_newer_score_always_wins(redis_u
 async def test_scripts_flushed_from_redis_are_loaded_again(store: Store):
     cache = store()
     await cache.put_many(PAIRS, SCORES)
-    await cache._redis.script_flush()  # a restarted or new node knows no scripts
+    # A restarted or new node knows no scripts (a cluster client flushes every primary).
+    commands = cache._redis
+    if isinstance(commands, ClientCommands):
+        await commands.client.script_flush()
+    else:
+        await commands.execute([("SCRIPT", "FLUSH")])
     assert await cache.get_many(K("m", None, [Q, R, Q, Q], DOCS)) == [SCORES[0], None, *SCORES[2:]]
     assert cache.available

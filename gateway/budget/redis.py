@@ -51,8 +51,9 @@ from gateway.budget.base import (
     windows_of,
 )
 from gateway.budget.memory import MemoryLedger
+from gateway.redis_commands import Commands, Script, commands_for, run_scripts
 from gateway.redis_outage import RedisOutage
-from gateway.redis_pool import REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
+from gateway.redis_pool import REDIS_FAILURES
 
 WARM_CONNECTIONS = 8
 
@@ -70,6 +71,7 @@ for i = 1, #KEYS / 2 do
 end
 return result
 """
+_RESERVE_SCRIPT, _SETTLE_SCRIPT, _REPORT_SCRIPT = Script(lua.RESERVE), Script(lua.SETTLE), Script(_REPORT)
 
 
 def window_keys(window: Window) -> tuple[str, str]:
@@ -80,7 +82,7 @@ def window_keys(window: Window) -> tuple[str, str]:
 class RedisLedger:
     def __init__(
         self,
-        client: RedisClient,
+        commands: Commands,
         timeout_seconds: float,
         clock: Clock = utc_now,
         warn_fraction: float = WARN_FRACTION,
@@ -89,7 +91,7 @@ class RedisLedger:
         monotonic: Callable[[], float] = time.monotonic,
         failures_before_backoff: int = 3,
     ) -> None:
-        self._redis = client
+        self._redis = commands
         self._timeout = timeout_seconds
         self._clock = clock
         self._warn_fraction = warn_fraction
@@ -97,17 +99,14 @@ class RedisLedger:
             log, "redis budget ledger", "enforcing budgets per process", monotonic,
             retry_after_seconds, warn_interval_seconds, failures_before_backoff,
         )
-        self._reserve_script = client.register_script(lua.RESERVE)
-        self._settle_script = client.register_script(lua.SETTLE)
-        self._report_script = client.register_script(_REPORT)
         self.fallback = MemoryLedger(clock, warn_fraction)
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float, max_connections: int = 32, **options: Any) -> RedisLedger:
-        return cls(redis_client(url, timeout_seconds, max_connections), timeout_seconds, **options)
+        return cls(commands_for(url, timeout_seconds, max_connections), timeout_seconds, **options)
 
     async def start(self) -> None:
-        await warm_up(self._redis, WARM_CONNECTIONS)
+        await self._redis.warm_up(WARM_CONNECTIONS)
 
     @property
     def available(self) -> bool:
@@ -127,7 +126,7 @@ class RedisLedger:
             for window in windows:
                 args += [-1 if window.limit_nano is None else window.limit_nano, _ttl(window, now)]
             try:
-                reply = await asyncio.wait_for(self._reserve_script(keys=_keys(windows), args=args), self._timeout)
+                reply = await self._run(_RESERVE_SCRIPT, _keys(windows), args)
             except REDIS_FAILURES as exc:
                 self._outage.failed("reserve", exc)
             else:
@@ -179,7 +178,7 @@ class RedisLedger:
             now = aware_utc(self._clock)
             windows = windows_of(limits, *labels(now))
             try:
-                figures = await asyncio.wait_for(self._read(windows, now), self._timeout)
+                figures = await self._read(windows, now)
             except REDIS_FAILURES as exc:
                 self._outage.failed("report", exc)
             else:
@@ -188,7 +187,7 @@ class RedisLedger:
         return await self.fallback.report(limits)
 
     async def ping(self) -> bool:
-        return await ping(self._redis, self._timeout)
+        return await self._redis.ping(self._timeout)
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -201,11 +200,16 @@ class RedisLedger:
         now = aware_utc(self._clock)
         for window, line in zip(windows, lines):
             args += [_ttl(window, now), -1 if line is None else line]
-        reply = await asyncio.wait_for(self._settle_script(keys=_keys(windows), args=args), self._timeout)
+        reply = await self._run(_SETTLE_SCRIPT, _keys(windows), args)
         return [int(value) for value in reply]
 
+    async def _run(self, script: Script, keys: list[str], args: list[int | str]) -> Any:
+        async with asyncio.timeout(self._timeout):
+            [reply] = await run_scripts(self._redis, [(script, keys, args)])
+        return reply
+
     async def _read(self, windows: list[Window], now: datetime) -> list[WindowReport]:
-        replies = await self._report_script(keys=_keys(windows), args=[_ms(now)])
+        replies = await self._run(_REPORT_SCRIPT, _keys(windows), [_ms(now)])
         reports = []
         for i, window in enumerate(windows):
             spent, reserved, tokens = (int(value or 0) for value in replies[2 * i])

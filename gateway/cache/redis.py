@@ -28,9 +28,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.cache.base import Lookup, PairKey, query_group
-from gateway.cache.scripts import LOOKUP, PUT, RELEASE, Script, ScriptCall, run_scripts
+from gateway.cache.scripts import LOOKUP, PUT, RELEASE
+from gateway.redis_commands import Commands, Script, ScriptCall, commands_for, run_scripts
 from gateway.redis_outage import RedisOutage
-from gateway.redis_pool import REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
+from gateway.redis_pool import REDIS_FAILURES
 
 log = logging.getLogger("gateway.cache")
 
@@ -52,7 +53,7 @@ _LOOKUP, _PUT, _RELEASE = Script(LOOKUP), Script(PUT), Script(RELEASE)
 class RedisScoreCache:
     def __init__(
         self,
-        client: RedisClient,
+        commands: Commands,
         ttl_seconds: int,
         timeout_seconds: float,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -61,7 +62,7 @@ class RedisScoreCache:
         failures_before_backoff: int = 3,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis = client
+        self._redis = commands
         self._ttl = ttl_seconds
         self._timeout = timeout_seconds
         self._lease = lease_seconds
@@ -78,10 +79,10 @@ class RedisScoreCache:
         cls, url: str, ttl_seconds: int, timeout_seconds: float, max_connections: int = 32,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
     ) -> RedisScoreCache:
-        return cls(redis_client(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds, lease_seconds)
+        return cls(commands_for(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds, lease_seconds)
 
     async def start(self) -> None:
-        await warm_up(self._redis, WARM_CONNECTIONS)
+        await self._redis.warm_up(WARM_CONNECTIONS)
 
     @property
     def available(self) -> bool:
@@ -154,7 +155,7 @@ class RedisScoreCache:
         return replies
 
     async def ping(self) -> bool:
-        return await ping(self._redis, self._timeout)
+        return await self._redis.ping(self._timeout)
 
     async def close(self) -> None:
         await self._redis.aclose()

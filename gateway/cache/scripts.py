@@ -1,4 +1,4 @@
-"""The Lua scripts of the Redis score cache, and running a batch of them in one round trip.
+"""The Lua scripts of the Redis score cache (gateway/redis_commands.py runs them).
 
 Every script gets one query's keys, all under the query's hash tag (one slot, one node):
 KEYS[1] its hash of scores, KEYS[2] its leases, KEYS[3..] its spill buckets. A query's first
@@ -14,15 +14,6 @@ read from the server's clock, so processes on different machines agree on it.
 """
 
 from __future__ import annotations
-
-import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-from redis.exceptions import NoScriptError
-
-from gateway.redis_pool import RedisClient
 
 # Reads every digest's score; with a lease length, also claims each missing one not leased to
 # another owner. ARGV: owner, lease ms (0 = claim nothing), then the digests.
@@ -106,43 +97,3 @@ for i = 2, #ARGV do
 end
 return 0
 """
-
-
-@dataclass(frozen=True)
-class Script:
-    source: str
-    sha: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
-
-
-ScriptCall = tuple[Script, Sequence[str], Sequence[Any]]  # (script, keys, args)
-
-
-async def run_scripts(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Every call's reply, in one round trip: EVALSHA, loading the scripts only when Redis lacks one.
-
-    Not redis-py's pipelined scripts: they ask SCRIPT EXISTS before every pipeline, a round trip
-    more. A restarted or new node answers NOSCRIPT once; the calls are then sent again, which is
-    safe because each script stores the same result when run twice.
-    """
-    try:
-        return await _evalsha_all(client, calls)
-    except NoScriptError:
-        for script in {call[0] for call in calls}:
-            await client.script_load(script.source)  # a cluster client loads it on every primary
-        return await _evalsha_all(client, calls)
-
-
-async def _evalsha_all(client: RedisClient, calls: Sequence[ScriptCall]) -> list[Any]:
-    if len(calls) == 1:
-        # One query, the common case: a plain command skips the pipeline's bookkeeping.
-        [(script, keys, args)] = calls
-        return [await client.evalsha(script.sha, len(keys), *keys, *args)]
-    async with client.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            # Not pipe.evalsha: redis-py's cluster pipeline refuses it, unsure the script is on
-            # every node; NOSCRIPT is handled above, where the script is loaded on all of them.
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        return await pipe.execute()
