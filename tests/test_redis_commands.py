@@ -123,3 +123,12 @@ async def test_ping_says_false_when_redis_is_away(unused_tcp_port):
         await commands.warm_up(2)  # a Redis that is down is fine at start-up
     finally:
         await commands.aclose()
+
+
+def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
+    from gateway.redis_commands import _packed
+
+    connection = aioredis.Redis().connection_pool.make_connection()  # never connected
+    commands = [("EVALSHA", "f" * 40, 2, "rr:{q}", "rr:{q}:leases", "owner", 5000, bytes(range(16)), -1),
+                ("SCRIPT", "LOAD", "return 1"), ("SET", "big", b"\x00" * 70_000)]  # past redis-py's buffer cutoff
+    assert _packed(commands) == b"".join(connection.pack_commands(commands))
