@@ -35,6 +35,7 @@ async def reload(request: web.Request) -> web.Response:
         reloaded = await live.reload()
     except (ConfigError, FileNotFoundError) as exc:
         raise ReloadRefused(f"config not reloaded; the running config stays: {exc}") from None
+    live.on_admin_reload()
     return json_response({
         "status": "reloaded",
         "loaded_at": live.current.loaded_at,

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -30,10 +30,13 @@ def create_app(
     config_path: str | os.PathLike[str] | None = None,
     *,
     ledger: Ledger | None = None,
+    on_admin_reload: Callable[[], None] | None = None,
 ) -> web.Application:
     """The gateway app; with config_path it reloads that file on SIGHUP, /admin/reload and change.
 
     `ledger` replaces the one the config would build (tests give one with their own clock).
+    `on_admin_reload` runs after /admin/reload reloaded this process (a worker tells its
+    supervisor, which reloads the other workers).
     """
     app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[http.edge_middleware])
     shared = Shared(
@@ -42,7 +45,7 @@ def create_app(
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
     )
-    app[http.LIVE] = LiveGateway(config, shared, config_path)
+    app[http.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload)
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, http.rerank_handler(choose_dialect))

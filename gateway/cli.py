@@ -89,7 +89,8 @@ def _serve_one(
     def ready() -> None:
         logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port)
 
-    app = create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+    app = create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH,
+                     on_admin_reload=report.reloaded)
 
     def serve(announce: Callable[[], None]) -> None:
         # run_gateway rather than web.run_app: the same loop and signals, but requests aiohttp's
@@ -120,6 +121,13 @@ class StartupReport:
             from gateway.workers import READY
 
             os.write(self._fd, READY + b"\n")
+
+    def reloaded(self) -> None:
+        """After /admin/reload: the supervisor reloads the other workers (alone: nothing to do)."""
+        if self._fd is not None:
+            from gateway.workers import RELOADED
+
+            os.write(self._fd, RELOADED + b"\n")
 
     def failed(self, line: str) -> NoReturn:
         if self._fd is None:

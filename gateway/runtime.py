@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,9 +151,14 @@ class Reloaded:
 
 
 class LiveGateway:
-    def __init__(self, config: GatewayConfig, shared: Shared, config_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self, config: GatewayConfig, shared: Shared, config_path: str | os.PathLike[str] | None = None,
+        on_admin_reload: Callable[[], None] | None = None,
+    ) -> None:
         self.shared = shared
         self.config_path = Path(config_path) if config_path is not None else None
+        # /admin/reload reaches one process of several (the kernel picks the worker): this tells the rest.
+        self.on_admin_reload = on_admin_reload or (lambda: None)
         self.current = Generation(config, shared)
         self._reload_lock = asyncio.Lock()
 

@@ -181,3 +181,40 @@ def test_workers_that_keep_dying_are_replaced_with_backoff_then_given_up_on():
     calm.next_start(0.0)
     calm.next_start(1.0)
     assert calm.next_start(200.0) == 200.5  # a quiet minute starts the back-off over
+
+
+async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
+    """/admin/reload lands on one worker (the kernel picks it); the others follow through the supervisor."""
+    emulator_port, port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    server = 'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0'  # no file watcher: only the admin call
+    config.write_text(gateway_toml(emulator_port, fallback='["deepinfra", "fireworks"]', server=server))
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin-secret"}
+
+    async def providers_on_fresh_connections(first: int) -> list[str]:
+        seen = []
+        for i in range(first, first + 24):  # a new connection each time, so the kernel spreads them over workers
+            body = {"query": f"question {i}", "documents": [f"passage {i}", "another passage"]}
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+                session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response,
+            ):
+                assert response.status == 200
+                seen.append(response.headers["X-Rerank-Provider"])
+        return seen
+
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), \
+         running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
+        await wait_for(lambda: len(children_of(supervisor.pid)) == 2)
+        await asyncio.sleep(1.0)  # both workers listening
+        assert set(await providers_on_fresh_connections(0)) == {"deepinfra"}
+
+        config.write_text(gateway_toml(emulator_port, fallback='["fireworks", "deepinfra"]', server=server))
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"http://127.0.0.1:{port}/admin/reload", headers={"Authorization": "Bearer admin-secret"}) as answer,
+        ):
+            assert answer.status == 200, await answer.text()
+        await asyncio.sleep(1.0)  # the supervisor looks at its workers' reports every 0.2 s
+        assert set(await providers_on_fresh_connections(100)) == {"fireworks"}
+        assert len(children_of(supervisor.pid)) == 2  # the same two workers, reloaded, not restarted
