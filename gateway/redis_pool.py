@@ -1,10 +1,11 @@
 """The redis-py client behind the score cache and the spend ledger: one server, or a Cluster.
 
-One server: the client's settings (URL, TLS, credentials, timeouts) make the connections that
-gateway/redis_commands.py sends the hot path's commands on. Its own blocking pool serves the rest,
-so a burst waits briefly for one of a few connections instead of failing: redis-py's default
-pool raises past its size. Warmed at start-up, because opening a connection costs far more than
-the small per-call timeout allows, and a burst of cold connects would otherwise all time out.
+One server: the gateway sends its commands over connections made from this client's settings
+(URL, TLS, credentials, timeouts) by gateway/redis_commands.py, not through the client's pool.
+Whoever uses the client itself gets a blocking pool, so a burst waits briefly for one of a few
+connections instead of failing (redis-py's default pool raises past its size). Connections are
+opened at start-up (warm_up), because opening one costs far more than the small per-call timeout
+allows, and a burst of cold connects would otherwise all time out.
 
 A Cluster (`redis+cluster://host:port,host:port`, `rediss+cluster://` for TLS, credentials as in
 `redis://`): any reachable nodes of it, from which redis-py's cluster client learns the rest and
