@@ -2,9 +2,10 @@
 
     python bench/profile_path.py miss            # fresh pairs, in-process cache, c=64
     python bench/profile_path.py hit             # every pair cached in a private Redis
+    python bench/profile_path.py miss-redis      # fresh pairs, with that Redis as the cache
     python bench/profile_path.py miss --svg out.svg --seconds 20
 
-Starts the emulator (20 ms), a private redis-server for `hit`, and one gateway pinned to the
+Starts the emulator (20 ms), a private redis-server for `hit` and `miss-redis`, and one gateway pinned to the
 first CPU (the harness on the other, as in bench_core.py), drives it at `--concurrency`, and
 records it with `py-spy record` (`--nonblocking` where ptrace may not stop it) (py-spy must be on PATH or beside the Python).
 Prints each part of the request path's share of the samples (every sample counted once, in
@@ -53,7 +54,7 @@ PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("request log line", ("(gateway/observability/logs.py", "(logging/", "_observe (gateway/http.py")),
     ("provider HTTP (aiohttp client)", ("_post (gateway/providers/client.py", "(aiohttp/client", "(aiohttp/connector")),
     ("provider wire + JSON + checks", ("(gateway/providers/",)),
-    ("redis-py client", ("(redis/", "/redis/")),
+    ("Redis client (redis_commands.py, redis-py)", ("(gateway/redis_commands.py", "(redis/", "/redis/", "(hiredis")),
     ("score cache", ("(gateway/cache/",)),
     ("single flight", ("(gateway/flights.py",)),
     ("budget ledger", ("(gateway/budget/",)),
@@ -137,7 +138,7 @@ async def load(gateway: Server, path: str, concurrency: int, seconds: float, rec
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", choices=["miss", "hit"])
+    parser.add_argument("path", choices=["miss", "hit", "miss-redis"])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -152,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp, ProcessGroup(Path(tmp)) as group:
         emulator = start_emulator(group, pinning.emulator, 20.0)
         cache = ""
-        if args.path == "hit":
+        if args.path in ("hit", "miss-redis"):
             redis = start_redis(group, pinning.emulator)
             group.wait_ready()
             cache = redis_url(redis)
