@@ -132,3 +132,21 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
     commands = [("EVALSHA", "f" * 40, 2, "rr:{q}", "rr:{q}:leases", "owner", 5000, bytes(range(16)), -1),
                 ("SCRIPT", "LOAD", "return 1"), ("SET", "big", b"\x00" * 70_000)]  # past redis-py's buffer cutoff
     assert _packed(commands) == b"".join(connection.pack_commands(commands))
+
+
+async def test_a_unix_socket_url_is_served_by_direct_connections(tmp_path):
+    from tests.redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path, extra_args=["--unixsocket", str(socket_path)])
+    server.start()
+    commands = direct(f"unix://{socket_path}")
+    try:
+        assert await commands.execute([("SET", "k", "v"), ("GET", "k")]) == [b"OK", b"v"]
+        with server.client() as over_tcp:
+            assert over_tcp.get("k") == b"v"  # the same server, reached by its socket file
+    finally:
+        await commands.aclose()
+        server.stop()
