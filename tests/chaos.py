@@ -424,7 +424,7 @@ class LoopErrors:
         future = context.get("future")
         where = ""
         if isinstance(future, asyncio.Task):
-            where = f" in {future.get_coro().__qualname__}"
+            where = f" in {getattr(future.get_coro(), '__qualname__', future.get_name())}"
         exception = context.get("exception")
         return f"{context.get('message')}{where}: {exception!r}"[:200]
 

@@ -85,7 +85,7 @@ class RedisCluster:
         found = []
         for node in self.nodes():
             with node:
-                found.append(node.keys("*"))
+                found.append([key if isinstance(key, bytes) else key.encode() for key in node.keys("*")])
         return found
 
     def _wait(self, node: redis.Redis, ready) -> None:

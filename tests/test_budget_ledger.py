@@ -52,6 +52,13 @@ def clock() -> FakeClock:
 pytest_plugins = ["tests.redis_cluster"]
 
 
+async def held(ledger: Ledger, limits: list[Limit], amount_usd: float) -> Reservation:
+    """A reservation the test needs granted: a refusal fails the test here, naming it."""
+    made = await ledger.reserve(limits, amount_usd, HOLD)
+    assert isinstance(made, Reservation), made
+    return made
+
+
 @pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
 async def ledger(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Ledger]:
     if request.param == "memory":
@@ -81,7 +88,7 @@ GATEWAY = Limit(GATEWAY_SCOPE, daily_usd=5.0, monthly_usd=None)
 
 
 async def test_a_reservation_within_every_limit_is_held_in_every_window(ledger: Ledger):
-    reservation = await ledger.reserve([PROVIDER, GATEWAY], 0.3, HOLD)
+    reservation = await held(ledger, [PROVIDER, GATEWAY], 0.3)
     assert isinstance(reservation, Reservation)
     assert reservation.scopes == ("deepinfra", GATEWAY_SCOPE)
     assert (reservation.day, reservation.month, reservation.amount_usd) == ("2025-03-10", "2025-03", 0.3)
@@ -112,7 +119,7 @@ async def test_refused_when_any_window_would_overflow_and_nothing_is_held_anywhe
 
 async def test_a_monthly_limit_refuses_too_and_the_later_reset_is_reported(ledger: Ledger, clock: FakeClock):
     limit = Limit("deepinfra", daily_usd=1.0, monthly_usd=1.0)
-    reservation = await ledger.reserve([limit], 1.0, HOLD)
+    reservation = await held(ledger, [limit], 1.0)
     await ledger.settle(reservation, 1.0, 20_000)
     refusal = await ledger.reserve([limit], 0.01, HOLD)
     assert isinstance(refusal, Refusal)
@@ -124,14 +131,14 @@ async def test_a_monthly_limit_refuses_too_and_the_later_reset_is_reported(ledge
 
 
 async def test_settle_turns_the_hold_into_the_real_cost_and_tokens(ledger: Ledger):
-    reservation = await ledger.reserve([PROVIDER, GATEWAY], 0.3, HOLD)
+    reservation = await held(ledger, [PROVIDER, GATEWAY], 0.3)
     assert await ledger.settle(reservation, 0.25, 5_000) == ()
     reports = by_window(await ledger.report([PROVIDER, GATEWAY]))
     day = reports["deepinfra", "day"]
     assert (day.spent_usd, day.reserved_usd, day.tokens, day.remaining_usd) == (0.25, 0.0, 5_000, 0.75)
     assert reports[GATEWAY_SCOPE, "month"].spent_usd == 0.25
     # A second settle of the same reservation adds its cost but cannot free the hold twice.
-    other = await ledger.reserve([PROVIDER], 0.5, HOLD)
+    other = await held(ledger, [PROVIDER], 0.5)
     await ledger.settle(reservation, 0.05, 100)
     day = by_window(await ledger.report([PROVIDER]))["deepinfra", "day"]
     assert (day.spent_usd, day.reserved_usd, day.tokens) == (0.3, 0.5, 5_100)
@@ -140,7 +147,7 @@ async def test_settle_turns_the_hold_into_the_real_cost_and_tokens(ledger: Ledge
 
 async def test_release_frees_the_hold(ledger: Ledger):
     limit = Limit("deepinfra", 1.0, None)
-    reservation = await ledger.reserve([limit], 1.0, HOLD)
+    reservation = await held(ledger, [limit], 1.0)
     assert isinstance(await ledger.reserve([limit], 0.01, HOLD), Refusal)
     await ledger.release(reservation)
     day = by_window(await ledger.report([limit]))["deepinfra", "day"]
@@ -150,14 +157,14 @@ async def test_release_frees_the_hold(ledger: Ledger):
 
 async def test_expired_holds_stop_counting(ledger: Ledger, clock: FakeClock):
     limit = Limit("deepinfra", 1.0, 5.0)
-    abandoned = await ledger.reserve([limit], 0.9, HOLD)  # its holder dies and never settles
+    abandoned = await held(ledger, [limit], 0.9)  # its holder dies and never settles
     assert isinstance(abandoned, Reservation)
     clock.advance(seconds=HOLD - 1)
     assert isinstance(await ledger.reserve([limit], 0.2, HOLD), Refusal)
     assert by_window(await ledger.report([limit]))["deepinfra", "day"].reserved_usd == 0.9
     clock.advance(seconds=1)
     assert by_window(await ledger.report([limit]))["deepinfra", "day"].reserved_usd == 0.0
-    fresh = await ledger.reserve([limit], 0.2, HOLD)
+    fresh = await held(ledger, [limit], 0.2)
     assert isinstance(fresh, Reservation)
     # A late settle of the expired hold still records the spend, and frees nothing it no longer holds.
     await ledger.settle(abandoned, 0.5, 1_000)
@@ -168,7 +175,7 @@ async def test_expired_holds_stop_counting(ledger: Ledger, clock: FakeClock):
 async def test_the_day_rolls_over_at_utc_midnight(ledger: Ledger, clock: FakeClock):
     clock.now = datetime(2025, 3, 10, 23, 59, 59, tzinfo=UTC)
     limit = Limit("deepinfra", daily_usd=1.0, monthly_usd=10.0)
-    await ledger.settle(await ledger.reserve([limit], 1.0, HOLD), 1.0, 10_000)
+    await ledger.settle(await held(ledger, [limit], 1.0), 1.0, 10_000)
     refusal = await ledger.reserve([limit], 0.5, HOLD)
     assert isinstance(refusal, Refusal)
     assert (refusal.period, refusal.resets_at) == ("day", datetime(2025, 3, 11, tzinfo=UTC))
@@ -183,12 +190,12 @@ async def test_the_day_rolls_over_at_utc_midnight(ledger: Ledger, clock: FakeClo
 async def test_the_month_rolls_over_from_january_31_to_february_1(ledger: Ledger, clock: FakeClock):
     clock.now = datetime(2025, 1, 31, 23, 30, tzinfo=UTC)
     limit = Limit("deepinfra", daily_usd=None, monthly_usd=2.0)
-    await ledger.settle(await ledger.reserve([limit], 2.0, HOLD), 2.0, 1)
+    await ledger.settle(await held(ledger, [limit], 2.0), 2.0, 1)
     refusal = await ledger.reserve([limit], 0.01, HOLD)
     assert isinstance(refusal, Refusal)
     assert (refusal.period, refusal.window, refusal.resets_at) == ("month", "2025-01", datetime(2025, 2, 1, tzinfo=UTC))
     clock.now = datetime(2025, 2, 1, tzinfo=UTC)
-    reservation = await ledger.reserve([limit], 2.0, HOLD)
+    reservation = await held(ledger, [limit], 2.0)
     assert isinstance(reservation, Reservation) and (reservation.day, reservation.month) == ("2025-02-01", "2025-02")
     month = by_window(await ledger.report([limit]))["deepinfra", "month"]
     assert (month.spent_usd, month.reserved_usd, month.resets_at) == (0.0, 2.0, datetime(2025, 3, 1, tzinfo=UTC))
@@ -197,11 +204,11 @@ async def test_the_month_rolls_over_from_january_31_to_february_1(ledger: Ledger
 async def test_the_year_rolls_over_from_december_31_to_january_1(ledger: Ledger, clock: FakeClock):
     clock.now = datetime(2025, 12, 31, 23, 59, 59, 999_000, tzinfo=UTC)
     limit = Limit("deepinfra", daily_usd=1.0, monthly_usd=1.0)
-    await ledger.settle(await ledger.reserve([limit], 1.0, HOLD), 1.0, 1)
+    await ledger.settle(await held(ledger, [limit], 1.0), 1.0, 1)
     refusal = await ledger.reserve([limit], 1.0, HOLD)
     assert isinstance(refusal, Refusal) and refusal.resets_at == datetime(2026, 1, 1, tzinfo=UTC)
     clock.now = datetime(2026, 1, 1, tzinfo=UTC)
-    reservation = await ledger.reserve([limit], 1.0, HOLD)
+    reservation = await held(ledger, [limit], 1.0)
     assert isinstance(reservation, Reservation) and (reservation.day, reservation.month) == ("2026-01-01", "2026-01")
     reports = await ledger.report([limit])
     assert [(r.window, r.resets_at) for r in reports] == [
@@ -212,7 +219,7 @@ async def test_the_year_rolls_over_from_december_31_to_january_1(ledger: Ledger,
 async def test_spend_lands_in_the_windows_the_call_was_reserved_in(ledger: Ledger, clock: FakeClock):
     clock.now = datetime(2025, 3, 31, 23, 59, 58, tzinfo=UTC)
     limit = Limit("deepinfra", 1.0, 1.0)
-    reservation = await ledger.reserve([limit], 0.5, HOLD)
+    reservation = await held(ledger, [limit], 0.5)
     clock.advance(seconds=5)  # the call finishes in April
     await ledger.settle(reservation, 0.4, 800)
     reports = await ledger.report([limit])
@@ -226,7 +233,7 @@ async def test_spend_lands_in_the_windows_the_call_was_reserved_in(ledger: Ledge
 
 async def test_reports_give_every_figure_and_track_unlimited_windows(ledger: Ledger):
     provider, gateway = Limit("deepinfra", 2.0, 20.0), Limit(GATEWAY_SCOPE, None, None)
-    await ledger.settle(await ledger.reserve([provider, gateway], 0.6, HOLD), 0.5, 12_345)
+    await ledger.settle(await held(ledger, [provider, gateway], 0.6), 0.5, 12_345)
     await ledger.reserve([provider, gateway], 0.25, HOLD)
     reports = by_window(await ledger.report([provider, gateway, Limit("idle", 1.0, None)]))
     day = reports["deepinfra", "day"]
@@ -244,7 +251,7 @@ async def test_reports_give_every_figure_and_track_unlimited_windows(ledger: Led
 
 async def test_an_exhausted_window_reports_nothing_remaining(ledger: Ledger):
     limit = Limit("deepinfra", 1.0, None)
-    await ledger.settle(await ledger.reserve([limit], 0.9, HOLD), 1.2, 30_000)  # the estimate ran short
+    await ledger.settle(await held(ledger, [limit], 0.9), 1.2, 30_000)  # the estimate ran short
     day = by_window(await ledger.report([limit]))["deepinfra", "day"]
     assert (day.spent_usd, day.remaining_usd, day.exhausted) == (1.2, 0.0, True)
 
@@ -252,15 +259,15 @@ async def test_an_exhausted_window_reports_nothing_remaining(ledger: Ledger):
 async def test_the_80_percent_alert_fires_once_per_window(ledger: Ledger, clock: FakeClock, caplog):
     limit = Limit("deepinfra", daily_usd=1.0, monthly_usd=100.0)
     caplog.set_level(logging.WARNING, logger="gateway.budget")
-    assert await ledger.settle(await ledger.reserve([limit], 0.5, HOLD), 0.5, 1) == ()
-    assert await ledger.settle(await ledger.reserve([limit], 0.2, HOLD), 0.29, 1) == ()
-    alerts = await ledger.settle(await ledger.reserve([limit], 0.2, HOLD), 0.01, 1)
+    assert await ledger.settle(await held(ledger, [limit], 0.5), 0.5, 1) == ()
+    assert await ledger.settle(await held(ledger, [limit], 0.2), 0.29, 1) == ()
+    alerts = await ledger.settle(await held(ledger, [limit], 0.2), 0.01, 1)
     assert alerts == (BudgetAlert("deepinfra", "day", "2025-03-10", limit_usd=1.0, spent_usd=0.8, fraction=0.8),)
-    assert await ledger.settle(await ledger.reserve([limit], 0.1, HOLD), 0.1, 1) == ()
+    assert await ledger.settle(await held(ledger, [limit], 0.1), 0.1, 1) == ()
     warnings = [r for r in caplog.records if r.name == "gateway.budget" and r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "deepinfra day 2025-03-10" in warnings[0].getMessage()
     clock.advance(days=1)  # a new window can cross again
-    alerts = await ledger.settle(await ledger.reserve([limit], 0.9, HOLD), 0.9, 1)
+    alerts = await ledger.settle(await held(ledger, [limit], 0.9), 0.9, 1)
     assert [(a.period, a.window) for a in alerts] == [("day", "2025-03-11")]
 
 
@@ -301,7 +308,7 @@ async def test_two_instances_share_one_limit_exactly(redis_url, clock: FakeClock
 async def test_the_ledger_survives_a_restart_and_an_instance_that_died_holding(redis_url, clock: FakeClock):
     limit = Limit("deepinfra", 1.0, None)
     before = RedisLedger.from_url(redis_url, timeout_seconds=2.0, clock=clock)
-    await before.settle(await before.reserve([limit], 0.5, HOLD), 0.5, 7_000)
+    await before.settle(await held(before, [limit], 0.5), 0.5, 7_000)
     assert isinstance(await before.reserve([limit], 0.5, HOLD), Reservation)  # then the process is killed
     await before.close()
     after = RedisLedger.from_url(redis_url, timeout_seconds=2.0, clock=clock)
@@ -317,8 +324,8 @@ async def test_the_alert_fires_once_across_instances(redis_url, clock: FakeClock
     first = RedisLedger.from_url(redis_url, timeout_seconds=2.0, clock=clock)
     second = RedisLedger.from_url(redis_url, timeout_seconds=2.0, clock=clock)
     limit = Limit("deepinfra", 1.0, None)
-    assert len(await first.settle(await first.reserve([limit], 0.9, HOLD), 0.9, 1)) == 1
-    assert await second.settle(await second.reserve([limit], 0.05, HOLD), 0.05, 1) == ()
+    assert len(await first.settle(await held(first, [limit], 0.9), 0.9, 1)) == 1
+    assert await second.settle(await held(second, [limit], 0.05), 0.05, 1) == ()
     await first.close()
     await second.close()
 
@@ -326,12 +333,12 @@ async def test_the_alert_fires_once_across_instances(redis_url, clock: FakeClock
 async def test_redis_layout_one_hash_tag_and_windows_expire_after_weeks_and_months(redis_url, clock: FakeClock):
     ledger = RedisLedger.from_url(redis_url, timeout_seconds=2.0, clock=clock)
     limits = [Limit("deepinfra", 1.0, None), Limit(GATEWAY_SCOPE, None, 10.0)]
-    reservation = await ledger.reserve(limits, 0.125, HOLD)
+    reservation = await held(ledger, limits, 0.125)
     assert isinstance(reservation, Reservation)
     raw = aioredis.Redis.from_url(redis_url)
     windows = windows_of(limits, "2025-03-10", "2025-03")
     expected = {key for window in windows for key in window_keys(window)}
-    assert {key.decode() for key in await raw.keys("*")} == expected
+    assert {key if isinstance(key, str) else key.decode() for key in await raw.keys("*")} == expected
     assert all(key.startswith("rb:{budget}:") for key in expected)
     assert await raw.hgetall("rb:{budget}:t:2025-03-10:deepinfra") == {b"reserved": b"125000000"}
     assert await raw.zrange("rb:{budget}:h:2025-03-10:deepinfra", 0, -1, withscores=True) == [
@@ -364,7 +371,7 @@ async def test_redis_down_falls_back_to_memory_and_still_enforces(unused_tcp_por
     url = f"redis://127.0.0.1:{unused_tcp_port}/0"
     ledger = RedisLedger.from_url(url, timeout_seconds=0.2, clock=clock, retry_after_seconds=0.0)
     limit = Limit("deepinfra", 1.0, None)
-    first = await ledger.reserve([limit], 0.6, HOLD)
+    first = await held(ledger, [limit], 0.6)
     assert isinstance(first, Reservation) and first.fallback
     assert isinstance(await ledger.reserve([limit], 0.6, HOLD), Refusal)
     await ledger.settle(first, 0.5, 900)
@@ -387,7 +394,7 @@ async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, c
     ledger = RedisLedger.from_url(server.url, timeout_seconds=0.5, clock=clock)
     limit = Limit("deepinfra", 1.0, None)
     try:
-        await ledger.settle(await ledger.reserve([limit], 0.9, HOLD), 0.9, 1)
+        await ledger.settle(await held(ledger, [limit], 0.9), 0.9, 1)
         in_flight = await ledger.reserve([limit], 0.05, HOLD)
         assert isinstance(in_flight, Reservation) and not in_flight.fallback
     finally:
@@ -413,12 +420,12 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
                          monotonic=lambda: now[0])
     limit = Limit("deepinfra", 1.0, None)
     for _ in range(3):
-        assert (await ledger.reserve([limit], 0.1, HOLD)).fallback  # not started yet
+        assert (await held(ledger, [limit], 0.1)).fallback  # not started yet
     assert not ledger.available
     server.start()
     try:
         now[0] += 1.5
-        reservation = await ledger.reserve([limit], 0.2, HOLD)
+        reservation = await held(ledger, [limit], 0.2)
         assert isinstance(reservation, Reservation) and not reservation.fallback
         await ledger.settle(reservation, 0.2, 10)
         with server.client() as raw:
@@ -436,7 +443,7 @@ async def test_hung_redis_is_bounded_by_the_timeout(clock: FakeClock):
     port = server.sockets[0].getsockname()[1]
     ledger = RedisLedger.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.1, clock=clock)
     started = time.monotonic()
-    reservation = await ledger.reserve([Limit("deepinfra", 1.0, None)], 0.1, HOLD)
+    reservation = await held(ledger, [Limit("deepinfra", 1.0, None)], 0.1)
     elapsed = time.monotonic() - started
     server.close()
     await ledger.close()

@@ -53,6 +53,7 @@ def test_reload_command_reloads_the_gateway_on_the_configs_address(tmp_path):
         refused = run_cli("reload", "--config", str(config), "--url", f"http://127.0.0.1:{gateway_port}", env=env)
         assert refused.returncode == 1
         assert "'fireworx' is not one of" in json.loads(refused.stdout)["error"]["message"]
+    assert gateway.stderr is not None
     log_lines = [json.loads(line) for line in gateway.stderr.read().splitlines() if line.startswith("{")]
     unserved = [line for line in log_lines if line["message"].endswith("NO USABLE PROVIDER")]
     assert unserved and {line["level"] for line in unserved} == {"WARNING"}
@@ -166,5 +167,6 @@ def test_requests_aiohttp_refuses_get_the_gateways_json_error(tmp_path, request_
     error = json.loads(body)["error"]
     assert error["type"] == "bad_request" and error["message"].startswith("malformed HTTP request: ")
     assert error["request_id"] == headers["x-request-id"]
+    assert gateway.stderr is not None
     log = gateway.stderr.read()
     assert "Traceback" not in log and "malformed HTTP request" in log

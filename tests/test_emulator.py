@@ -342,7 +342,7 @@ async def test_shuffle_fault_leaves_deepinfra_untouched(client: Any) -> None:
 @pytest.mark.parametrize("provider", ["fireworks", "cohere", "tei"])
 async def test_cut_fault_answers_the_top_half(client: Any, provider: str) -> None:
     await add_fault(client, provider=provider, mode="cut")
-    extra = {} if provider == "tei" else {"top_n": len(DOCS)}
+    extra: dict[str, Any] = {} if provider == "tei" else {"top_n": len(DOCS)}
     _, answer = await post_json(client, provider, request_body(provider, **extra))
     best = sorted(range(len(DOCS)), key=lambda i: emulated_score(QUERY, DOCS[i]), reverse=True)
     assert indices(answer, provider) == best[: len(DOCS) // 2]

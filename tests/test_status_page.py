@@ -15,12 +15,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.health import RecentError
 from gateway.observability.status_page import (
     BudgetBar,
     CacheStatus,
     ModelStatus,
     ProviderStatus,
-    RecentError,
     StatusSnapshot,
     render_status_page,
 )
@@ -174,6 +174,7 @@ async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awa
     screenshot = ARTIFACTS / "status_page.png"
     screenshot.unlink(missing_ok=True)
 
+    assert CHROMIUM is not None
     process = await asyncio.create_subprocess_exec(
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ProviderConfig
+from gateway.config import ProviderConfig, ProviderKind
 from gateway.dialects import COHERE_V2, DEEPINFRA, FIREWORKS, TEI
 from gateway.models import RerankRequest, RerankResult, Usage
 from gateway.providers import PROVIDER_KINDS
@@ -33,7 +33,7 @@ def test_golden_copies_match_the_shared_samples():
         assert json.loads(sample.read_text()) == golden(sample.name), sample.name
 
 
-def provider(kind: str, **overrides: Any) -> ProviderConfig:
+def provider(kind: ProviderKind, **overrides: Any) -> ProviderConfig:
     models = {
         "deepinfra": "Qwen/Qwen3-Reranker-8B",
         "fireworks": "accounts/fireworks/models/qwen3-reranker-8b",
