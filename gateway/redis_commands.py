@@ -29,7 +29,7 @@ Command = tuple[str | bytes | int, ...]  # ("EVALSHA", sha, 2, key, ...)
 
 
 class Commands(Protocol):
-    """Where the score cache sends its commands: one round trip for a batch of them."""
+    """Where the score cache and the ledger send their commands: one round trip for a batch of them."""
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]: ...
     async def load_script(self, source: str) -> None: ...
