@@ -49,11 +49,19 @@ PR_SET_PDEATHSIG = 1
 
 # --- processes --------------------------------------------------------------------------
 
+# The kernel may offer a port again once its probe socket is closed (two calls in a row named
+# one port about once in 10,000 tries here): never hand one out twice in a run.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _stat_fields(pid: int) -> list[bytes]:

@@ -15,10 +15,20 @@ REPO = Path(__file__).parents[1]
 STARTUP_SECONDS = 15.0
 
 
+# Ports already handed out in this test session. The kernel may offer a port again as soon as
+# its probe socket is closed (two calls in a row named one port about once in 10,000 tries here),
+# and then a gateway fails to bind while its readiness check reaches the emulator listening there.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> None:

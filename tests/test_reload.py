@@ -157,6 +157,7 @@ async def test_sighup_reloads_a_running_process(tmp_path):
         url = f"http://127.0.0.1:{gateway_port}/v1/rerank"
         async with aiohttp.ClientSession() as session:
             async with session.post(url, json=fresh(1)) as response:
+                assert response.status == 200, await response.text()
                 assert response.headers["X-Rerank-Provider"] == "deepinfra"
             write_config(path, emulator_port, '["fireworks"]')
             gateway.send_signal(signal.SIGHUP)
