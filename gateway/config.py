@@ -59,7 +59,8 @@ class CacheConfig(_Section):
     ttl_seconds: PositiveInt = 30 * 24 * 3600
     max_entries: PositiveInt = 1_000_000
     timeout_ms: PositiveFloat = 150.0  # bound on every Redis call; past it the request goes uncached
-    # How long another process waits for a pair this one leased before scoring it itself (Redis only).
+    # How long another process waits for a pair this one leased, if this one dies, before scoring it
+    # itself (Redis only); renewed every half lease while this one is still scoring.
     lease_ms: PositiveFloat = 5000.0
     # Bound on the spend ledger's Redis calls; past it budgets are enforced per process for a while.
     ledger_timeout_ms: PositiveFloat = 500.0

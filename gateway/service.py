@@ -130,15 +130,20 @@ class RerankService:
         return await await_elsewhere(self._cache, [job.keys[slot] for slot in slots], until, job.deadline)
 
     async def _score_leased(self, job: _Job, slots: list[int]) -> ScoredPairs:
-        """_score_slots for leased slots: a lease that no stored score ends is released at once,
-        so a process waiting for these pairs scores them itself without waiting for it to run out."""
+        """_score_slots for leased slots. The leases are renewed while the call runs, so a process
+        waiting for these pairs keeps waiting rather than paying for them too; a lease that no stored
+        score ends is released at once, so it scores them itself without waiting for it to run out."""
+        keys = [job.keys[slot] for slot in slots]
+        leases = self._cache.keep_leases(keys, job.deadline)  # for a call slower than a lease
         try:
             scored = await self._score_slots(job, slots)
         except BaseException:
-            await self._cache.release([job.keys[slot] for slot in slots])
+            await self._cache.release(keys)
             raise
+        finally:
+            leases.stop()
         if scored.whole:
-            await self._cache.release([job.keys[slot] for slot in slots])
+            await self._cache.release(keys)
         return scored
 
     async def _score_slots(self, job: _Job, slots: list[int]) -> ScoredPairs:

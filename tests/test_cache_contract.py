@@ -315,6 +315,42 @@ async def test_an_owner_that_dies_holds_its_pairs_only_until_its_lease_runs_out(
     assert (await owner.lookup(PAIRS)).elsewhere == frozenset(range(4))  # ... under your own lease now
 
 
+async def test_an_owner_still_scoring_keeps_its_leases_past_their_length(store: Store):
+    owner, waiter = store(lease_seconds=0.5), store()
+    await owner.lookup(PAIRS)
+    kept = owner.keep_leases(PAIRS, deadline=None)  # a provider call slower than the lease
+    try:
+        await asyncio.sleep(1.2)  # more than two leases long; renewed every 0.25 s
+        assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))  # still the owner's
+        waiting = asyncio.ensure_future(await_elsewhere(waiter, PAIRS, _until(), None))
+        await asyncio.sleep(0.5)
+        await owner.put_many(PAIRS, SCORES)
+    finally:
+        kept.stop()
+    assert await asyncio.wait_for(waiting, NO_WAIT_PAST) == SCORES  # waited for them: paid once
+
+
+async def test_renewing_never_brings_back_a_lease_that_ended(store: Store):
+    owner, other = store(lease_seconds=0.3), store()
+    await owner.lookup(PAIRS)
+    await owner.release(PAIRS[:2])
+    await owner.put_many(PAIRS[2:], SCORES[2:])
+    await owner.renew(PAIRS, 30_000)
+    found = await other.lookup(PAIRS)
+    assert found.scores == [None, None, *SCORES[2:]] and found.elsewhere == frozenset()  # free to claim
+
+
+async def test_renewing_stops_at_the_owners_deadline(store: Store):
+    owner, waiter = store(lease_seconds=0.2), store()
+    await owner.lookup(PAIRS, deadline=_until(0.5))
+    kept = owner.keep_leases(PAIRS, deadline=_until(0.5))
+    try:
+        found = await asyncio.wait_for(await_elsewhere(waiter, PAIRS, _until(), None), NO_WAIT_PAST)
+        assert found == [None] * 4  # the owner's deadline passed: the waiter scores them
+    finally:
+        kept.stop()
+
+
 async def test_an_owner_whose_call_failed_releases_and_the_waiter_takes_over_at_once(store: Store):
     owner, waiter = store(lease_seconds=60.0), store()
     await owner.lookup(PAIRS)

@@ -26,6 +26,12 @@ class Lookup:
     elsewhere: frozenset[int] = frozenset()
 
 
+class LeaseKeeper(Protocol):
+    """Keeps leases alive while their owner scores the pairs; stop() once they are stored or released."""
+
+    def stop(self) -> None: ...
+
+
 class ScoreCache(Protocol):
     """Batch-shaped on purpose: one round trip reads all of a request's pairs.
 
@@ -49,6 +55,10 @@ class ScoreCache(Protocol):
 
     async def release(self, keys: Sequence[PairKey]) -> None:
         """End this process's leases on these keys (it will not store their scores)."""
+        ...
+
+    def keep_leases(self, keys: Sequence[PairKey], deadline: float | None) -> LeaseKeeper:
+        """Renew this process's leases on these keys while it scores them, never past `deadline`."""
         ...
 
     async def ping(self) -> bool:

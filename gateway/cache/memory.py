@@ -6,7 +6,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from gateway.cache.base import Lookup, PairKey
+from gateway.cache.base import LeaseKeeper, Lookup, PairKey
+
+
+class _NoLeases:
+    def stop(self) -> None:
+        """Nothing was kept."""
+
+
+_NO_LEASES = _NoLeases()
 
 
 class MemoryScoreCache:
@@ -40,6 +48,9 @@ class MemoryScoreCache:
 
     async def release(self, keys: Sequence[PairKey]) -> None:
         """No leases to end."""
+
+    def keep_leases(self, keys: Sequence[PairKey], deadline: float | None) -> LeaseKeeper:
+        return _NO_LEASES  # no leases to keep
 
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
         expires = self._clock() + self._ttl

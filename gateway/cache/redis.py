@@ -11,7 +11,9 @@ each query is one script call. The scripts are in gateway/cache/scripts.py.
 Leases: a read also claims the missing pairs for this process, in the same call, unless another
 process holds them; that one is scoring them, and the caller waits for its scores
 (gateway/flights.py) instead of paying too. The write ends the leases. A lease runs out by
-itself after `lease_seconds`, so an owner that died costs its waiters that long at most.
+itself after `lease_seconds`, so an owner that died costs its waiters that long at most; an owner
+still scoring renews its leases every half lease (keep_leases), so a slow provider call does not
+let waiters take its pairs over and pay for them too.
 
 Every call is bounded by a short timeout; on any Redis failure the request is served uncached
 (gateway/redis_outage.py decides when to leave Redis alone for a moment, and says so).
@@ -27,8 +29,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gateway.cache.base import Lookup, PairKey, query_group
-from gateway.cache.scripts import LOOKUP, PUT, RELEASE
+from gateway.cache.base import LeaseKeeper, Lookup, PairKey, query_group
+from gateway.cache.scripts import LOOKUP, PUT, RELEASE, RENEW
 from gateway.redis_commands import Commands, Script, ScriptCall, commands_for, run_scripts
 from gateway.redis_outage import RedisOutage
 from gateway.redis_pool import REDIS_FAILURES
@@ -47,7 +49,7 @@ SPILL_BUCKETS = 8
 _BUCKET_SUFFIXES = tuple(f":{bucket}" for bucket in range(SPILL_BUCKETS))
 _LEASES_SUFFIX = ":leases"
 DEFAULT_LEASE_SECONDS = 5.0
-_LOOKUP, _PUT, _RELEASE = Script(LOOKUP), Script(PUT), Script(RELEASE)
+_LOOKUP, _PUT, _RELEASE, _RENEW = Script(LOOKUP), Script(PUT), Script(RELEASE), Script(RENEW)
 
 
 class RedisScoreCache:
@@ -142,6 +144,19 @@ class RedisScoreCache:
         ]
         await self._run("release", calls)
 
+    def keep_leases(self, keys: Sequence[PairKey], deadline: float | None) -> LeaseKeeper:
+        return _LeaseRenewal(self, keys, deadline)
+
+    async def renew(self, keys: Sequence[PairKey], lease_ms: int) -> None:
+        """Extend this process's leases on these keys to `lease_ms` from now (see scripts.RENEW)."""
+        if not self.available:
+            return
+        calls: list[ScriptCall] = [
+            (_RENEW, [_hash_name(group) + _LEASES_SUFFIX], [self._owner, lease_ms, *digests])
+            for group, (digests, _) in _group_by_query(keys).items()
+        ]
+        await self._run("renew", calls)
+
     async def _run(self, operation: str, calls: list[ScriptCall]) -> list[Any] | None:
         """The scripts' replies in one bounded round trip, or None when Redis failed (logged)."""
         try:
@@ -159,6 +174,30 @@ class RedisScoreCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class _LeaseRenewal:
+    """Renews a call's leases every half lease until stopped: a timer, and a task only when it fires.
+
+    Most calls end before the first renewal is due, so what they pay is one timer handle.
+    """
+
+    def __init__(self, cache: RedisScoreCache, keys: Sequence[PairKey], deadline: float | None) -> None:
+        self._cache, self._keys, self._deadline = cache, keys, deadline
+        self._loop = asyncio.get_running_loop()
+        self._renewing: asyncio.Task[None] | None = None
+        self._timer = self._loop.call_later(cache._lease / 2, self._renew)
+
+    def _renew(self) -> None:
+        if self._deadline is not None and self._deadline <= self._loop.time():
+            return  # a lease past its owner's deadline would only keep waiters waiting for nothing
+        self._renewing = asyncio.ensure_future(self._cache.renew(self._keys, self._cache._lease_ms(self._deadline)))
+        self._timer = self._loop.call_later(self._cache._lease / 2, self._renew)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._renewing is not None:
+            self._renewing.cancel()
 
 
 def redis_key(model: str, instruction: str | None, query: str) -> str:

@@ -85,6 +85,27 @@ end
 return size
 """
 
+# Extends the caller's leases on digests it is still scoring (a slow provider call) to lease ms from
+# now. Never creates one: a lease its owner's write or release ended, or another owner claimed
+# after it ran out, stays as it is. KEYS: the query's leases only. ARGV: owner, lease ms, digests.
+RENEW = """
+local mine, lease_ms = ARGV[1] .. '|', tonumber(ARGV[2])
+local time = redis.call('TIME')
+local expiry = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) + lease_ms
+local renewed = 0
+for i = 3, #ARGV do
+  local lease = redis.call('HGET', KEYS[1], ARGV[i])
+  if lease and string.sub(lease, 1, #mine) == mine then
+    redis.call('HSET', KEYS[1], ARGV[i], mine .. string.format('%d', expiry))
+    renewed = renewed + 1
+  end
+end
+if renewed > 0 and redis.call('PTTL', KEYS[1]) < lease_ms then
+  redis.call('PEXPIRE', KEYS[1], lease_ms)
+end
+return renewed
+"""
+
 # Ends the caller's leases on digests it will not store a score for, so waiters take over at once.
 # KEYS: the query's leases only. ARGV: owner, then the digests.
 RELEASE = """
