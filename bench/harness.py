@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 # module makes `import gateway` work for the few that use its code in-process.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from tests.processes import free_port  # noqa: E402  # one rule for tests and benches: never a port twice
+
 UPSTREAM_MODEL = "Qwen/Qwen3-Reranker-8B"
 GATEWAY_MODEL = "qwen3-reranker-8b"
 PATH = f"/v1/inference/{UPSTREAM_MODEL}"
@@ -49,19 +52,6 @@ PR_SET_PDEATHSIG = 1
 
 # --- processes --------------------------------------------------------------------------
 
-# The kernel may offer a port again once its probe socket is closed (two calls in a row named
-# one port about once in 10,000 tries here): never hand one out twice in a run.
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
 
 
 def _stat_fields(pid: int) -> list[bytes]:
