@@ -136,26 +136,24 @@ class RedisScoreCache:
         await self._run("write", calls)
 
     async def release(self, keys: Sequence[PairKey]) -> None:
-        if not self.available:
-            return
-        calls: list[ScriptCall] = [
-            (_RELEASE, [_hash_name(group) + _LEASES_SUFFIX], [self._owner, *digests])
-            for group, (digests, _) in _group_by_query(keys).items()
-        ]
-        await self._run("release", calls)
+        await self._on_own_leases("release", _RELEASE, keys)
 
     def keep_leases(self, keys: Sequence[PairKey], deadline: float | None) -> LeaseKeeper:
         return _LeaseRenewal(self, keys, deadline)
 
     async def renew(self, keys: Sequence[PairKey], lease_ms: int) -> None:
         """Extend this process's leases on these keys to `lease_ms` from now (see scripts.RENEW)."""
+        await self._on_own_leases("renew", _RENEW, keys, lease_ms)
+
+    async def _on_own_leases(self, operation: str, script: Script, keys: Sequence[PairKey], *args: int) -> None:
+        """Run a script on this process's leases of these keys: one call per query, on its leases hash."""
         if not self.available:
             return
         calls: list[ScriptCall] = [
-            (_RENEW, [_hash_name(group) + _LEASES_SUFFIX], [self._owner, lease_ms, *digests])
+            (script, [_hash_name(group) + _LEASES_SUFFIX], [self._owner, *args, *digests])
             for group, (digests, _) in _group_by_query(keys).items()
         ]
-        await self._run("renew", calls)
+        await self._run(operation, calls)
 
     async def _run(self, operation: str, calls: list[ScriptCall]) -> list[Any] | None:
         """The scripts' replies in one bounded round trip, or None when Redis failed (logged)."""
