@@ -316,11 +316,12 @@ async def test_an_owner_that_dies_holds_its_pairs_only_until_its_lease_runs_out(
 
 
 async def test_an_owner_still_scoring_keeps_its_leases_past_their_length(store: Store):
-    owner, waiter = store(lease_seconds=0.5), store()
+    # Renewed every half lease: a lease of 1 s leaves half a second for a busy machine's stalls.
+    owner, waiter = store(lease_seconds=1.0), store()
     await owner.lookup(PAIRS)
     kept = owner.keep_leases(PAIRS, deadline=None)  # a provider call slower than the lease
     try:
-        await asyncio.sleep(1.2)  # more than two leases long; renewed every 0.25 s
+        await asyncio.sleep(2.2)  # more than two leases long
         assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))  # still the owner's
         waiting = asyncio.ensure_future(await_elsewhere(waiter, PAIRS, _until(), None))
         await asyncio.sleep(0.5)
