@@ -199,7 +199,7 @@ async def _measure_concurrency(session: aiohttp.ClientSession, plan: Plan, serve
         target = by_key[key]
         gateway = servers.gateways[target.workers]
         # Each worker's CPU is counted on its own too, to show how the kernel shared the load.
-        others: list[CpuMeter] = [servers.emulator, servers.redis, *gateway.workers, *machine]
+        others: list[CpuMeter] = [servers.emulator, servers.redis, *gateway.process.workers, *machine]
         warmup = streams.take(target.path, max(20, 2 * concurrency))
         with loadgen_cores(target.placement.loadgen):
             return await measure_cell(session, key, gateway.url(), gateway, others,
@@ -221,9 +221,9 @@ def _clean(cell: Cell) -> bool:
 
 
 def _split(cell: Cell, gateway: Server) -> str:
-    if not gateway.workers:
+    if not gateway.process.workers:
         return "—"
-    shares = [cell.other_cpu_s[w.name] for w in gateway.workers]
+    shares = [cell.other_cpu_s[w.name] for w in gateway.process.workers]
     total = sum(shares) or 1.0
     return "/".join(f"{100 * s / total:.0f}" for s in shares)
 

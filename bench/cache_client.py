@@ -30,8 +30,8 @@ if str(REPO) not in sys.path:
 
 from gateway.cache import pair_keys  # noqa: E402
 from gateway.cache.redis import RedisScoreCache  # noqa: E402
-from gateway.redis_commands import ClientCommands, Commands, DirectConnections  # noqa: E402
-from gateway.redis_pool import redis_client  # noqa: E402
+from gateway.redisio.client import redis_client  # noqa: E402
+from gateway.redisio.commands import ClientCommands, Commands, DirectConnections  # noqa: E402
 from harness import ProcessGroup, load_average, plan_pinning, redis_url, start_redis  # noqa: E402
 
 PATHS = ("direct connections", "redis-py execute_command")

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.processes import free_port  # noqa: E402  # one rule for tests and benches: never a port twice
+from tests.support.processes import free_port  # noqa: E402  # one rule for tests and benches: never a port twice
 
 UPSTREAM_MODEL = "Qwen/Qwen3-Reranker-8B"
 GATEWAY_MODEL = "qwen3-reranker-8b"

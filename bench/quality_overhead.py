@@ -24,8 +24,8 @@ if str(REPO) not in sys.path:
 
 from gateway.app import create_app  # noqa: E402
 from gateway.config import parse_config  # noqa: E402
-from gateway.http import LIVE  # noqa: E402
 from gateway.models import Batch, ScoreRequest  # noqa: E402
+from gateway.web.edge import LIVE  # noqa: E402
 
 MODEL = "qwen3-reranker-8b"
 ROUNDS = 20_000

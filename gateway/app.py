@@ -10,15 +10,15 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from gateway import admin, http, ops
 from gateway.budget import Ledger, MemoryLedger, RedisLedger
 from gateway.cache import MemoryScoreCache, ScoreCache
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
-from gateway.health import HealthBoard
 from gateway.observability.metrics import GatewayMetrics
+from gateway.resilience.health import HealthBoard
 from gateway.runtime import LiveGateway, Shared, watch_config_file
+from gateway.web import admin, edge, ops, rerank
 
 # Bodies are checked against the live server.max_body_bytes while they are read; this only
 # keeps aiohttp's own, fixed limit out of the way of a reload that raises ours.
@@ -38,19 +38,19 @@ def create_app(
     `on_admin_reload` runs after /admin/reload reloaded this process (a worker tells its
     supervisor, which reloads the other workers).
     """
-    app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[http.edge_middleware])
+    app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[edge.edge_middleware])
     shared = Shared(
         cache=build_cache(config.cache),
         ledger=ledger or build_ledger(config.cache),
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
     )
-    app[http.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload)
+    app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload)
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
-        app.router.add_post(path, http.rerank_handler(choose_dialect))
-    app.router.add_get("/v1/models", http.list_models)
-    app.router.add_get("/healthz", http.healthz)
+        app.router.add_post(path, rerank.rerank_handler(choose_dialect))
+    app.router.add_get("/v1/models", rerank.list_models)
+    app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/status", ops.status_page)
@@ -61,7 +61,7 @@ def create_app(
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
-    live = app[http.LIVE]
+    live = app[edge.LIVE]
     await live.start()
     watcher = None
     if live.config_path is not None:
@@ -98,7 +98,7 @@ async def _reload_logging_errors(live: LiveGateway) -> None:
     try:
         await live.reload()
     except ConfigError as exc:
-        http.log.error("SIGHUP: config not reloaded; the running config stays: %s", exc)
+        edge.log.error("SIGHUP: config not reloaded; the running config stays: %s", exc)
 
 
 def build_ledger(config: CacheConfig) -> Ledger:

@@ -51,7 +51,7 @@ def serve(
     port = config.server.port if port is None else port
     count = _worker_count(workers, shared_state=bool(config.cache.url))
     if count > 1:
-        from gateway.workers import Supervisor
+        from gateway.process.workers import Supervisor
 
         args = ["--host", host, "--port", str(port), "--workers", "1", "--reuse-port"]
         if config_path:
@@ -79,7 +79,7 @@ def _serve_one(
     config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool, report: StartupReport
 ) -> None:
     from gateway.app import create_app
-    from gateway.serving import run_gateway
+    from gateway.process.server import run_gateway
 
     for line in describe_providers(config):
         # A model nobody can serve answers every request with 502: say so above the info lines.
@@ -94,7 +94,7 @@ def _serve_one(
 
     def serve(announce: Callable[[], None]) -> None:
         # run_gateway rather than web.run_app: the same loop and signals, but requests aiohttp's
-        # parser refuses get the gateway's JSON error too (see gateway/serving.py).
+        # parser refuses get the gateway's JSON error too (see gateway/process/server.py).
         run_gateway(
             app, host=host, port=port, reuse_port=reuse_port,
             # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
@@ -118,14 +118,14 @@ class StartupReport:
 
     def ready(self) -> None:
         if self._fd is not None:
-            from gateway.workers import READY
+            from gateway.process.workers import READY
 
             os.write(self._fd, READY + b"\n")
 
     def reloaded(self) -> None:
         """After /admin/reload: the supervisor reloads the other workers (alone: nothing to do)."""
         if self._fd is not None:
-            from gateway.workers import RELOADED
+            from gateway.process.workers import RELOADED
 
             os.write(self._fd, RELOADED + b"\n")
 
@@ -133,7 +133,7 @@ class StartupReport:
         if self._fd is None:
             click.echo(f"rerank-gateway: {line}", err=True)
             sys.exit(1)
-        from gateway.workers import FAILED, STARTUP_FAILED_EXIT
+        from gateway.process.workers import FAILED, STARTUP_FAILED_EXIT
 
         os.write(self._fd, FAILED + line.encode() + b"\n")
         sys.exit(STARTUP_FAILED_EXIT)

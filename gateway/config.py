@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.quality.canary import CanaryError, load_canary
-from gateway.redis_pool import cluster_nodes, is_cluster_url
+from gateway.redisio.client import cluster_nodes, is_cluster_url
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]

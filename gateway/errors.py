@@ -179,6 +179,15 @@ class DeadlineExceeded(UpstreamError):
 SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open", "quality"})
 
 
+# Worth another try on the same provider: rate limited, or a gateway/proxy in front of it
+# failed. A 500 is the provider's own bug, and another 4xx is about the request; neither
+# improves by asking the same provider again (the next provider may still be tried).
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+def is_transient_status(status: int) -> bool:
+    return status in TRANSIENT_STATUSES
+
+
 @dataclass
 class ProviderFailure(Exception):
     provider: str

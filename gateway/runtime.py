@@ -23,16 +23,16 @@ from pathlib import Path
 from gateway.budget import Ledger
 from gateway.cache import ScoreCache
 from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.flights import Flights
-from gateway.guard import GuardedCall
-from gateway.health import HealthBoard
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import build_clients
 from gateway.quality.board import QualityBoard
-from gateway.quality_guard import QualityGuard
-from gateway.router import Router
+from gateway.quality.guard import QualityGuard
+from gateway.resilience.guarded_call import GuardedCall
+from gateway.resilience.health import HealthBoard
+from gateway.scoring.flights import Flights
+from gateway.scoring.router import Router
+from gateway.scoring.service import RerankService
 from gateway.secrets import Secrets
-from gateway.service import RerankService
 
 log = logging.getLogger("gateway")
 

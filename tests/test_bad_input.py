@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GatewayFactory, emulator_requests
+from tests.support.gateway import GatewayFactory, emulator_requests
 
 DI = "/v1/inference/Qwen/Qwen3-Reranker-8B"
 LIMITS = {"max_documents": 4, "max_document_chars": 50, "max_query_chars": 40, "max_queries": 2,

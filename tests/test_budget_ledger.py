@@ -27,7 +27,7 @@ from gateway.budget import (
 )
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
-from gateway.redis_commands import ClientCommands, DirectConnections
+from gateway.redisio.commands import ClientCommands, DirectConnections
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -49,7 +49,7 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-pytest_plugins = ["tests.redis_cluster"]
+pytest_plugins = ["tests.support.redis_cluster"]
 
 
 async def held(ledger: Ledger, limits: list[Limit], amount_usd: float) -> Reservation:
@@ -385,7 +385,7 @@ async def test_redis_down_falls_back_to_memory_and_still_enforces(unused_tcp_por
 
 
 async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, clock: FakeClock):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found")
@@ -409,7 +409,7 @@ async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, c
 
 
 async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found")

@@ -7,7 +7,7 @@ import itertools
 
 import aiohttp
 
-from tests.processes import free_port, gateway_toml, running
+from tests.support.processes import free_port, gateway_toml, running
 
 BUDGET_USD = 0.0005
 CONCURRENCY = 64

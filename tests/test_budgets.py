@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.budget import MemoryLedger
-from tests.conftest import GatewayFactory, emulator_requests
+from tests.support.gateway import GatewayFactory, emulator_requests
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 TINY = 0.00001  # a few requests' worth at the emulator's prices

@@ -15,14 +15,14 @@ import redis.asyncio as aioredis
 from gateway.cache import MemoryScoreCache, ScoreCache, pair_keys
 from gateway.cache.base import passage_digest
 from gateway.cache.redis import QUERY_HASH_FIELDS, SPILL_BUCKETS, RedisScoreCache, redis_key
-from gateway.flights import await_elsewhere
-from gateway.redis_commands import ClientCommands, DirectConnections
+from gateway.redisio.commands import ClientCommands, DirectConnections
+from gateway.scoring.flights import await_elsewhere
 
 TTL = 3600
 K = pair_keys
 
 
-pytest_plugins = ["tests.redis_cluster"]
+pytest_plugins = ["tests.support.redis_cluster"]
 
 
 @pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
@@ -180,7 +180,7 @@ async def test_hung_redis_is_bounded_by_the_timeout():
 
 
 async def test_redis_is_used_again_once_it_is_back(tmp_path):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found")
@@ -204,7 +204,7 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
 
 
 async def test_a_password_in_the_url_is_used(tmp_path):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found")

@@ -9,20 +9,9 @@ import aiohttp
 import pytest
 
 from gateway.cache.redis import redis_key
-from gateway.emulator import emulated_score
-from tests.conftest import MODEL, GatewayFactory, add_fault, emulator_requests
-from tests.processes import free_port, gateway_toml, running
-
-DI = "/v1/inference/Qwen/Qwen3-Reranker-8B"
-QUERY = "what does out-of-court bankruptcy cost?"
-
-
-def documents(tag: str, count: int = 20) -> list[str]:
-    return [f"passage {tag}-{i}: bankruptcy through the MFC costs {i} rubles" for i in range(count)]
-
-
-def expected(docs: list[str], query: str = QUERY) -> list[float]:
-    return [emulated_score(query, d) for d in docs]
+from tests.support.cache_requests import DI, QUERY, documents, expected
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.processes import free_port, gateway_toml, running
 
 
 async def test_concurrent_identical_requests_share_one_upstream_call(make_gateway: GatewayFactory, emulator):
@@ -114,7 +103,7 @@ async def test_two_gateway_processes_share_one_redis(tmp_path, redis_url):
 
 
 async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory, emulator, tmp_path):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")

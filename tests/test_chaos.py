@@ -40,9 +40,19 @@ import pytest
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
-from tests.chaos import LoadReport, LoopErrors, Row, Snapshot, Workload, judge, markdown_table, run_load, settled
-from tests.conftest import EMULATOR_KEY, gateway_settings
-from tests.processes import free_port
+from tests.support.chaos import (
+    LoadReport,
+    LoopErrors,
+    Row,
+    Snapshot,
+    Workload,
+    judge,
+    markdown_table,
+    run_load,
+    settled,
+)
+from tests.support.gateway import EMULATOR_KEY, gateway_settings
+from tests.support.processes import free_port
 
 CONCURRENCY = 32
 REQUESTS = 240  # per scenario; 13 scenarios
@@ -158,7 +168,7 @@ async def _control(url: str, method: str = "POST", body: Any = None) -> None:
 async def test_chaos(scenario: Scenario, aiohttp_server, tmp_path: Path, chaos_table: Table) -> None:
     redis_server = None
     if scenario.redis_killed:
-        from tests.redis_server import REDIS_SERVER, RedisServer
+        from tests.support.redis_server import REDIS_SERVER, RedisServer
 
         if REDIS_SERVER is None:
             pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")

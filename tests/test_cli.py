@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.emulator import emulated_score
-from tests.processes import REPO, free_port, gateway_toml, running
+from tests.support.processes import REPO, free_port, gateway_toml, running
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:

@@ -29,8 +29,8 @@ import pytest
 from cohere.core.api_error import ApiError
 
 from gateway.emulator import emulated_score
-from tests.conftest import MODEL, GatewayFactory
-from tests.processes import free_port, gateway_toml, running
+from tests.support.gateway import MODEL, GatewayFactory
+from tests.support.processes import free_port, gateway_toml, running
 
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = [

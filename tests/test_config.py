@@ -4,33 +4,13 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
+from tests.support.config_edit import BASE, with_change
 
 REPO = Path(__file__).parents[1]
-
-BASE: dict[str, Any] = {
-    "server": {"default_model": "m"},
-    "models": {"m": {"aliases": ["M"], "fallback": ["a"]}},
-    "providers": {
-        "a": {"kind": "deepinfra", "base_url": "https://api.example", "model": "X/Y"},
-        "b": {"kind": "tei", "base_url": "http://tei.internal:8080", "model": "Z"},
-    },
-}
-
-
-def with_change(path: str, value: Any) -> dict[str, Any]:
-    raw = copy.deepcopy(BASE)
-    *parents, last = path.split(".")
-    node = raw
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[last] = value
-    return raw
-
 
 def test_shipped_config_is_valid():
     config = load_config(REPO / "config.toml")

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.emulator import EmulatorConfig, create_emulator_app, emulated_score, misbehaving_score
-from tests.test_emulator import (
+from tests.support.emulator_calls import (
     DOCS,
     INSTRUCTION,
     PATHS,

@@ -21,8 +21,8 @@ from gateway.evaluation.bm25 import Bm25Index
 from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
 from gateway.evaluation.run import EvalSettings, evaluate
 from gateway.evaluation.table import format_report
-from tests.conftest import MODEL, add_fault, emulator_url, gateway_settings
-from tests.processes import REPO, free_port, running
+from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
+from tests.support.processes import REPO, free_port, running
 
 SAMPLE = REPO / "examples" / "eval"
 PROVIDER_KEYS = {"p@1", "p@5", "ndcg@10", "mrr@10", "latency_p50_ms", "latency_p95_ms",

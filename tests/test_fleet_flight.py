@@ -18,9 +18,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import GatewayFactory, emulator_requests
-from tests.processes import free_port, running
-from tests.test_cache_gateway import DI, QUERY, documents, expected
+from tests.support.cache_requests import DI, QUERY, documents, expected
+from tests.support.gateway import GatewayFactory, emulator_requests
+from tests.support.processes import free_port, running
 
 EMULATOR_KEY = "k"
 STILL_WAITING_CHECK_SECONDS = 0.5  # how long the waiter is watched not paying, well inside its lease
@@ -190,7 +190,7 @@ async def test_waiting_keeps_to_the_request_deadline(tmp_path, redis_url):
 
 async def test_requests_in_one_process_share_one_call_with_redis_configured(make_gateway: GatewayFactory, emulator,
                                                                             redis_url):
-    from tests.conftest import add_fault
+    from tests.support.gateway import add_fault
 
     await add_fault(emulator, "deepinfra", "slow", delay_ms=300, count=1)
     gateway = await make_gateway(fallback=["deepinfra"], cache={"url": redis_url})

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 
 from gateway.emulator import emulated_score
-from tests.conftest import EMULATOR_KEY, MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.gateway import EMULATOR_KEY, MODEL, GatewayFactory, add_fault, emulator_requests
 
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = [

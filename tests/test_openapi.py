@@ -19,9 +19,9 @@ from referencing.jsonschema import DRAFT202012
 
 from gateway.app import create_app
 from gateway.config import load_config, parse_config
-from gateway.openapi import openapi_spec
-from tests.conftest import MODEL, GatewayFactory, add_fault, gateway_settings
-from tests.processes import gateway_toml
+from gateway.web.openapi import openapi_spec
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, gateway_settings
+from tests.support.processes import gateway_toml
 
 SPEC_URI = "urn:rerank-gateway:openapi"
 QUERY = "how much does bankruptcy through the MFC cost?"

@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability.logs import REQUEST_LOGGER, JsonFormatter
-from tests.conftest import EMULATOR_KEY, GatewayFactory, add_fault
+from tests.support.gateway import EMULATOR_KEY, GatewayFactory, add_fault
 
 BODY: dict[str, Any] = {"query": "what does the MFC charge?", "documents": ["it is free", "it opens at eight", "it is in Kazan"]}
 

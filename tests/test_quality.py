@@ -30,7 +30,7 @@ from gateway.quality import (
     parse_canary,
     run_canary,
 )
-from tests.conftest import EMULATOR_KEY, add_fault, emulator_url, provider_entries
+from tests.support.gateway import EMULATOR_KEY, add_fault, emulator_url, provider_entries
 
 LINE = '{"query": "q", "relevant": ["r1", "r2"], "irrelevant": ["i1"]}'
 

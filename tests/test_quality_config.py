@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
-from tests.test_config import with_change
+from tests.support.config_edit import with_change
 
 CANARY_LINE = '{"query": "q w", "relevant": ["q w"], "irrelevant": ["x"]}\n'
 TOML = """

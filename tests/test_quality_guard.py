@@ -20,7 +20,7 @@ from gateway.quality import builtin_canary
 from gateway.quality.board import QualityBoard
 from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome
-from tests.conftest import MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
 
 QUERY = "bankruptcy through the MFC cost"
 OLD = [f"passage {i}: bankruptcy MFC note {i}" if i % 2 else f"passage {i}: weather in Kazan {i}" for i in range(10)]
@@ -244,7 +244,7 @@ async def test_shutdown_cancels_shadow_calls_in_flight(make_gateway: GatewayFact
 async def test_a_reload_probes_again(aiohttp_client, emulator, tmp_path, monkeypatch):
     from gateway.app import create_app
     from gateway.config import load_config
-    from tests.processes import gateway_toml
+    from tests.support.processes import gateway_toml
 
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
     path = tmp_path / "config.toml"

@@ -18,10 +18,10 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import ResilienceConfig, load_config
-from gateway.http import LIVE
 from gateway.observability.logs import REQUEST_LOGGER
-from tests.conftest import GatewayFactory, add_fault
-from tests.processes import gateway_toml
+from gateway.web.edge import LIVE
+from tests.support.gateway import GatewayFactory, add_fault
+from tests.support.processes import gateway_toml
 
 MODEL = "qwen3-reranker-8b"
 

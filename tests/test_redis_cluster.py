@@ -18,13 +18,13 @@ from gateway.budget import Limit, RedisLedger, Reservation
 from gateway.cache import pair_keys
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import ConfigError, parse_config
-from gateway.redis_pool import cluster_nodes, redis_client, warm_up
-from tests.conftest import GatewayFactory, emulator_requests, gateway_settings
+from gateway.redisio.client import cluster_nodes, redis_client, warm_up
+from tests.support.gateway import GatewayFactory, emulator_requests, gateway_settings
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
-    from tests.redis_cluster import RedisCluster
+    from tests.support.redis_cluster import RedisCluster
 
-pytest_plugins = ["tests.redis_cluster"]
+pytest_plugins = ["tests.support.redis_cluster"]
 
 DI = "/v1/inference/Qwen/Qwen3-Reranker-8B"
 QUERY = "what does out-of-court bankruptcy cost?"

@@ -12,8 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError, ResponseError
 
-from gateway.redis_commands import DirectConnections, Script, run_scripts
-from gateway.redis_pool import redis_client
+from gateway.redisio.client import redis_client
+from gateway.redisio.commands import DirectConnections, Script, run_scripts
 
 ECHO_KEY = Script("return {KEYS[1], ARGV[1]}")
 
@@ -90,7 +90,7 @@ async def test_never_more_connections_than_allowed(redis_url):
 
 
 async def test_after_redis_restarts_one_call_fails_at_most_then_every_call_is_served(tmp_path):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
@@ -126,7 +126,7 @@ async def test_ping_says_false_when_redis_is_away(unused_tcp_port):
 
 
 def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
-    from gateway.redis_commands import _packed
+    from gateway.redisio.commands import _packed
 
     connection = aioredis.Redis().connection_pool.make_connection()  # never connected
     commands = [("EVALSHA", "f" * 40, 2, "rr:{q}", "rr:{q}:leases", "owner", 5000, bytes(range(16)), -1),
@@ -135,7 +135,7 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
 
 
 async def test_a_unix_socket_url_is_served_by_direct_connections(tmp_path):
-    from tests.redis_server import REDIS_SERVER, RedisServer
+    from tests.support.redis_server import REDIS_SERVER, RedisServer
 
     if REDIS_SERVER is None:
         pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")

@@ -11,9 +11,9 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import load_config
-from gateway.http import LIVE
-from tests.conftest import add_fault, emulator_requests
-from tests.processes import free_port, gateway_toml, running
+from gateway.web.edge import LIVE
+from tests.support.gateway import add_fault, emulator_requests
+from tests.support.processes import free_port, gateway_toml, running
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 BODY = {"query": "what does it cost?", "documents": ["it is free", "it opens at eight"]}

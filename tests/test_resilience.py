@@ -10,13 +10,13 @@ from email.utils import format_datetime
 
 import pytest
 
+from gateway.errors import is_transient_status
 from gateway.resilience.breaker import BreakerConfig, CircuitBreaker
 from gateway.resilience.latency import LatencyTracker
 from gateway.resilience.lexical import lexical_scores
 from gateway.resilience.retry import (
     RetryBudget,
     full_jitter_backoff,
-    is_transient_status,
     parse_retry_after,
 )
 from gateway.resilience.tokens import forms, stem, tokenize

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.emulator import emulated_score
-from tests.conftest import GatewayFactory, add_fault, emulator_requests
+from tests.support.gateway import GatewayFactory, add_fault, emulator_requests
 
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCS = ["Out-of-court bankruptcy through the MFC is free.", "The MFC in Kazan opens at 8:00.", "Weather in May."]

@@ -15,8 +15,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from gateway.openapi import openapi_spec
-from tests.processes import free_port, gateway_toml, running
+from gateway.web.openapi import openapi_spec
+from tests.support.processes import free_port, gateway_toml, running
 
 CONFIG = schemathesis.Config.from_dict({
     # Unknown headers are not invalid requests: every HTTP server ignores them, by RFC 9110.

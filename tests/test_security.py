@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from gateway.dialects import COHERE_V1, COHERE_V2, DEEPINFRA, FIREWORKS, TEI
 from gateway.errors import ClientError
 from gateway.models import RerankRequest
-from tests.conftest import EMULATOR_KEY, GatewayFactory, add_fault
+from tests.support.gateway import EMULATOR_KEY, GatewayFactory, add_fault
 
 BODY = {"query": "what does it cost?", "documents": ["it is free", "it opens at eight"]}
 

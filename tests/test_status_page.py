@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from gateway.health import RecentError
-from gateway.observability.status_page import (
+from gateway.resilience.health import RecentError
+from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
     ModelStatus,

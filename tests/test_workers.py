@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import free_port, gateway_toml, running
+from tests.support.processes import free_port, gateway_toml, running
 
 
 def children_of(pid: int) -> list[int]:
@@ -85,7 +85,7 @@ def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_pat
     import subprocess
     import sys
 
-    from tests.processes import REPO
+    from tests.support.processes import REPO
 
     config = tmp_path / "config.toml"
     config.write_text(gateway_toml(9))
@@ -106,7 +106,7 @@ def test_workers_must_be_positive(tmp_path):
     import subprocess
     import sys
 
-    from tests.processes import REPO
+    from tests.support.processes import REPO
 
     config = tmp_path / "config.toml"
     config.write_text(gateway_toml(9))
@@ -127,7 +127,7 @@ def test_a_taken_port_stops_the_gateway_with_one_line(tmp_path, workers):
     import subprocess
     import sys
 
-    from tests.processes import REPO
+    from tests.support.processes import REPO
 
     config = tmp_path / "config.toml"
     config.write_text(gateway_toml(9))
@@ -152,7 +152,7 @@ def test_the_emulator_on_a_taken_port_says_so_in_one_line():
     import subprocess
     import sys
 
-    from tests.processes import REPO
+    from tests.support.processes import REPO
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -165,7 +165,7 @@ def test_the_emulator_on_a_taken_port_says_so_in_one_line():
 
 
 def test_workers_that_keep_dying_are_replaced_with_backoff_then_given_up_on():
-    from gateway.workers import MAX_RESTARTS_PER_MINUTE, StartupFailed, _Restarts
+    from gateway.process.workers import MAX_RESTARTS_PER_MINUTE, StartupFailed, _Restarts
 
     restarts = _Restarts()
     now = 1000.0

@@ -51,9 +51,9 @@ from gateway.budget.base import (
     windows_of,
 )
 from gateway.budget.memory import MemoryLedger
-from gateway.redis_commands import Commands, Script, commands_for, run_scripts
-from gateway.redis_outage import RedisOutage
-from gateway.redis_pool import REDIS_FAILURES
+from gateway.redisio.client import REDIS_FAILURES
+from gateway.redisio.commands import Commands, Script, commands_for, run_scripts
+from gateway.redisio.outage import RedisOutage
 
 WARM_CONNECTIONS = 8
 

@@ -10,13 +10,13 @@ each query is one script call. The scripts are in gateway/cache/scripts.py.
 
 Leases: a read also claims the missing pairs for this process, in the same call, unless another
 process holds them; that one is scoring them, and the caller waits for its scores
-(gateway/flights.py) instead of paying too. The write ends the leases. A lease runs out by
+(gateway/scoring/flights.py) instead of paying too. The write ends the leases. A lease runs out by
 itself after `lease_seconds`, so an owner that died costs its waiters that long at most; an owner
 still scoring renews its leases every half lease (keep_leases), so a slow provider call does not
 let waiters take its pairs over and pay for them too.
 
 Every call is bounded by a short timeout; on any Redis failure the request is served uncached
-(gateway/redis_outage.py decides when to leave Redis alone for a moment, and says so).
+(gateway/redisio/outage.py decides when to leave Redis alone for a moment, and says so).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from typing import Any
 
 from gateway.cache.base import LeaseKeeper, Lookup, PairKey, query_group
 from gateway.cache.scripts import LOOKUP, PUT, RELEASE, RENEW
-from gateway.redis_commands import Commands, Script, ScriptCall, commands_for, run_scripts
-from gateway.redis_outage import RedisOutage
-from gateway.redis_pool import REDIS_FAILURES
+from gateway.redisio.client import REDIS_FAILURES
+from gateway.redisio.commands import Commands, Script, ScriptCall, commands_for, run_scripts
+from gateway.redisio.outage import RedisOutage
 
 log = logging.getLogger("gateway.cache")
 
@@ -69,7 +69,7 @@ class RedisScoreCache:
         self._timeout = timeout_seconds
         self._lease = lease_seconds
         # This process's name on its leases: a process re-reading a pair it leased is granted it
-        # again, and its single flight (gateway/flights.py) decides which request scores it.
+        # again, and its single flight (gateway/scoring/flights.py) decides which request scores it.
         self._owner = os.urandom(8).hex()
         self._outage = RedisOutage(
             log, "redis cache", "serving uncached", clock,

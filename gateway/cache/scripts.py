@@ -1,4 +1,4 @@
-"""The Lua scripts of the Redis score cache (gateway/redis_commands.py runs them).
+"""The Lua scripts of the Redis score cache (gateway/redisio/commands.py runs them).
 
 Every script gets one query's keys, all under the query's hash tag (one slot, one node):
 KEYS[1] its hash of scores, KEYS[2] its leases, KEYS[3..] its spill buckets. A query's first

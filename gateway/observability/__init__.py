@@ -2,5 +2,7 @@
 
     metrics.py       GatewayMetrics: Prometheus counters, histograms and gauges; render() for /metrics
     logs.py          JSON / text log formatting with redaction; the fields of a request's log line
-    status_page.py   GET /status: an HTML page rendered from a snapshot
+    trace.py         the provider attempts of the request being served, for its log line
+
+May import: nothing of the gateway's but itself: every layer reports through it.
 """

@@ -15,11 +15,10 @@ import aiohttp
 import orjson
 
 from gateway.config import ConfigError, GatewayConfig, ProviderConfig
-from gateway.errors import ProviderFailure
+from gateway.errors import ProviderFailure, is_transient_status
 from gateway.models import Usage
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
-from gateway.resilience import is_transient_status
 from gateway.secrets import Secrets
 
 # Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they

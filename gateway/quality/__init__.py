@@ -1,4 +1,7 @@
-"""The quality guard's pure parts: is a provider serving the model it claims, and do two agree?
+"""The quality guard: is a provider serving the model it claims, and do two agree?
+
+    guard.py      QualityGuard: probes, shadow calls, and which providers may share cached scores
+    board.py      QualityBoard: verdicts and agreement per provider, kept across reloads
 
     canary.py     CanaryLine, load_canary, builtin_canary: queries with known answers
     judge.py      judge: every relevant passage above every irrelevant one, on every line
@@ -6,8 +9,11 @@
     tracker.py    AgreementTracker: rolling agreement with the reference, in bounded memory
     probe.py      run_canary: a canary through any scoring function, judged
 
-No network in here: scoring is a function the caller passes, so the router decides how a probe
-is sent (budgets, breakers) and tests drive these parts directly.
+Only guard.py calls providers (through resilience's GuardedCall); in the other modules scoring
+is a function the caller passes, so tests drive them directly.
+
+May import: resilience, providers, budget, observability, config, models, errors. Not scoring,
+which asks this package while it plans.
 """
 
 from gateway.quality.agreement import Agreement, agreement, kendall_tau_b, mean_absolute_difference

@@ -16,16 +16,7 @@ from email.utils import parsedate_to_datetime
 
 from gateway.resilience.window import Clock, SlidingCounts
 
-# Worth another try on the same provider: rate limited, or a gateway/proxy in front of it
-# failed. A 500 is the provider's own bug, and another 4xx is about the request; neither
-# improves by asking the same provider again (the next provider may still be tried).
-TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
-
 _DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")  # RFC 9110 says digits only; some servers send a fraction
-
-
-def is_transient_status(status: int) -> bool:
-    return status in TRANSIENT_STATUSES
 
 
 def full_jitter_backoff(attempt: int, base_seconds: float, cap_seconds: float, rng: random.Random) -> float:

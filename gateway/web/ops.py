@@ -8,8 +8,12 @@ from aiohttp import web
 
 from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit, scope_label
 from gateway.errors import BadRequest
-from gateway.http import LIVE, json_response
-from gateway.observability.status_page import (
+from gateway.redisio.client import is_cluster_url
+from gateway.runtime import Generation, LiveGateway
+from gateway.scoring.router import first_opened
+from gateway.web.edge import LIVE, json_response
+from gateway.web.openapi import openapi_spec
+from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
     ModelStatus,
@@ -17,10 +21,6 @@ from gateway.observability.status_page import (
     StatusSnapshot,
     render_status_page,
 )
-from gateway.openapi import openapi_spec
-from gateway.redis_pool import is_cluster_url
-from gateway.router import first_opened
-from gateway.runtime import Generation, LiveGateway
 
 STATUS_REFRESH_SECONDS = 10
 
@@ -157,3 +157,7 @@ def _bars(reports: list[WindowReport], scope: str) -> tuple[BudgetBar, ...]:
         for report in reports
         if report.scope == scope
     )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})

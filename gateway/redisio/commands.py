@@ -23,7 +23,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError, NoScriptError
 
-from gateway.redis_pool import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
+from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, RedisClient, ping, redis_client, warm_up
 
 Command = tuple[str | bytes | int, ...]  # ("EVALSHA", sha, 2, key, ...)
 

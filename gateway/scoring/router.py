@@ -33,14 +33,14 @@ from typing import Any
 from gateway.budget import utc_now
 from gateway.config import GatewayConfig
 from gateway.errors import AllProvidersFailed, ProviderFailure, UpstreamRejected
-from gateway.guard import GuardedCall
-from gateway.health import HealthBoard
 from gateway.models import Batch, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
-from gateway.quality_guard import QualityGuard
+from gateway.quality.guard import QualityGuard
 from gateway.resilience import CircuitBreaker, lexical_scores
 from gateway.resilience.deadline import attempt_seconds
+from gateway.resilience.guarded_call import GuardedCall
+from gateway.resilience.health import HealthBoard
 
 DEGRADED_LEXICAL = "degraded-lexical"
 

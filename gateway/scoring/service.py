@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
 from gateway.config import GatewayConfig
 from gateway.errors import InvalidRequest, UnknownModel
-from gateway.flights import Flights, Scored, await_elsewhere, wait_shared
 from gateway.models import Batch, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
-from gateway.router import Router
+from gateway.scoring.flights import Flights, Scored, await_elsewhere, wait_shared
+from gateway.scoring.router import Router
 
 
 class RerankService:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis_server = pytest.mark.skipif(

@@ -2,7 +2,7 @@
 
 Never the machine's shared Redis on 6379: every node listens on a free port of 127.0.0.1 and
 keeps its cluster state under the test's temporary directory. The fixtures are a plugin
-(`pytest_plugins = ["tests.redis_cluster"]` in the modules that use them), so one cluster
+(`pytest_plugins = ["tests.support.redis_cluster"]` in the modules that use them), so one cluster
 serves the whole session whichever of those modules run.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.processes import free_port
+from tests.support.processes import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")

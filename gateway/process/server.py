@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
 from gateway.errors import BadRequest, GatewayError, HttpError
-from gateway.http import error_response
+from gateway.web.edge import error_response
 
 log = logging.getLogger("gateway")
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from gateway.budget.base import WARN_FRACTION
-from gateway.health import RecentError
 from gateway.quality.board import QualityReport
+from gateway.resilience.health import RecentError
 from gateway.resilience.latency import MIN_SAMPLES
 
 BreakerState = Literal["closed", "half_open", "open"]

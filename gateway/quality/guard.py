@@ -24,12 +24,12 @@ from typing import Any
 
 from gateway.config import GatewayConfig, ModelConfig
 from gateway.errors import ProviderFailure
-from gateway.guard import GuardedCall
 from gateway.models import Batch
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 from gateway.quality import CanaryLine, CanaryOutcome, builtin_canary, load_canary, run_canary
 from gateway.quality.board import QualityBoard, QualityReport, Transition
+from gateway.resilience.guarded_call import GuardedCall
 
 log = logging.getLogger("gateway.quality")
 

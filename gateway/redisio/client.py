@@ -1,7 +1,7 @@
 """The redis-py client behind the score cache and the spend ledger: one server, or a Cluster.
 
 One server: the gateway sends its commands over connections made from this client's settings
-(URL, TLS, credentials, timeouts) by gateway/redis_commands.py, not through the client's pool.
+(URL, TLS, credentials, timeouts) by gateway/redisio/commands.py, not through the client's pool.
 Whoever uses the client itself gets a blocking pool, so a burst waits briefly for one of a few
 connections instead of failing (redis-py's default pool raises past its size). Connections are
 opened at start-up (warm_up), because opening one costs far more than the small per-call timeout

@@ -10,7 +10,7 @@ from aiohttp import web
 from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit
 from gateway.config import ConfigError
 from gateway.errors import ClientError, NotFound, Unauthorized
-from gateway.http import LIVE, json_response
+from gateway.web.edge import LIVE, json_response
 
 
 class ReloadRefused(ClientError):

@@ -26,12 +26,12 @@ from gateway.budget import (
 )
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
-from gateway.health import HealthBoard, ProviderHealth
 from gateway.models import Batch, Usage
 from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, GatewayMetrics
 from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
 from gateway.resilience import full_jitter_backoff, parse_retry_after
+from gateway.resilience.health import HealthBoard, ProviderHealth
 
 # A reservation outlives its call by this much, so a slow settle never frees budget early.
 _HOLD_MARGIN_SECONDS = 30.0

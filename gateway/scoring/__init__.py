@@ -1,0 +1,10 @@
+"""Who scores a request: the service (cache, single flight, merge) and the router's plan.
+
+    service.py   rerank(request) -> result: model resolution, score cache, single flight, merge
+    flights.py   single flight: concurrent requests missing one pair share one upstream call
+    router.py    one ordered plan per request (own providers, fallback models, panic rule, lexical
+                 last resort), walked with hedging until a step answers
+
+May import: quality, resilience, providers, budget, cache, redisio, observability, config, models,
+errors. Not web, process, runtime or app: no HTTP in here.
+"""

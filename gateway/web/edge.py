@@ -1,0 +1,134 @@
+"""The HTTP edge every request passes: its id, its errors turned into one body, its log line and metrics.
+
+Errors are raised where they happen and turned into a response here, once, with the same
+`{"error": {"type", "message", "request_id"}}` body everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.dialects import RERANK_ROUTES
+from gateway.errors import (
+    GatewayError,
+    HttpError,
+    MethodNotAllowed,
+    NotFound,
+)
+from gateway.models import RerankResult
+from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_extra
+from gateway.observability.trace import start_trace
+from gateway.runtime import LiveGateway
+
+log = logging.getLogger("gateway")
+request_log = logging.getLogger(REQUEST_LOGGER)
+
+LIVE = web.AppKey("live", LiveGateway)
+REQUEST_ID = web.RequestKey("request_id", str)
+
+_CLIENT_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_JSON = "application/json"
+
+
+def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(payload), status=status, content_type=_JSON, headers=headers)
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's X-Request-ID when it is a sane token, else a fresh one."""
+    given = request.headers.get("X-Request-ID")
+    if given and _CLIENT_REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(16).hex()  # 128 random bits as uuid4().hex gives, without building a UUID
+
+
+@dataclass(slots=True)
+class RerankTrace:
+    """What the request log and metrics need to know about one rerank request."""
+
+    dialect: str = "none"
+    model: str = "none"  # the resolved model only: a client's string must not become a label
+    documents: int = 0
+    result: RerankResult | None = None
+
+
+RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
+
+
+@web.middleware
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every request's edge: its id, its errors turned into the one error body, its log and metrics."""
+    request_id = request[REQUEST_ID] = request_id_of(request)
+    started = time.perf_counter()
+    attempts = start_trace()
+    error_type = None
+    try:
+        response = await handler(request)
+    except GatewayError as exc:
+        response, error_type = error_response(exc, request_id), exc.error_type
+    except web.HTTPException as exc:
+        error = _from_aiohttp(exc, request)
+        response, error_type = error_response(error, request_id), error.error_type
+    except Exception:
+        # Never a traceback to the client; the log has it, tied to the request id.
+        log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)
+        response, error_type = error_response(GatewayError("internal error; see the gateway log"), request_id), "internal_error"
+    response.headers["X-Request-ID"] = request_id
+    trace = request.get(RERANK_TRACE)
+    if trace is not None and error_type is not None and trace.model != "none":
+        # An error after the model was resolved (429, 502, 504) still says which model it was for.
+        response.headers.setdefault("X-Rerank-Model", trace.model)
+    if trace is not None:
+        _observe(request, trace, response.status, time.perf_counter() - started, attempts, error_type)
+    return response
+
+
+def _observe(
+    request: web.Request, trace: RerankTrace, status: int, seconds: float, attempts: list[ProviderAttempt], error_type: str | None
+) -> None:
+    """One metrics update and one log line per rerank request, whatever its outcome."""
+    result = trace.result
+    upstream_ms = result.upstream_ms if result is not None else sum(a.ms for a in attempts)
+    metrics = request.app[LIVE].shared.metrics
+    metrics.record_request(dialect=trace.dialect, model=trace.model, status=status, seconds=seconds,
+                           upstream_seconds=upstream_ms / 1000)
+    if result is not None:
+        metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
+        request.app[LIVE].shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
+    request_log.info("rerank", extra=request_log_extra(
+        request_id=request[REQUEST_ID],
+        dialect=trace.dialect,
+        model=trace.model,
+        status=status,
+        documents=trace.documents,
+        cache_hits=result.cache_hits if result else 0,
+        cache_misses=result.cache_misses if result else 0,
+        upstream_ms=upstream_ms,
+        total_ms=seconds * 1000,
+        attempts=attempts,
+        error_type=error_type,
+    ))
+
+
+def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    """The one error body, with the headers the error's class carries."""
+    body = {"error": {"type": exc.error_type, "message": exc.message, "request_id": request_id}}
+    return json_response(body, status=exc.status, headers={"X-Rerank-Provider": "none", **exc.headers})
+
+
+def _from_aiohttp(exc: web.HTTPException, request: web.Request) -> GatewayError:
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = tuple(sorted(exc.allowed_methods))
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}", allowed)
+    if exc.status == 404:
+        return NotFound(f"no endpoint at {request.path}; rerank endpoints: {', '.join(RERANK_ROUTES)}")
+    return HttpError(exc.reason, exc.status)
