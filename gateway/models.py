@@ -73,10 +73,15 @@ class Usage:
 
     tokens: int = 0
     cost_usd: float = 0.0
+    # The part of tokens and cost_usd the gateway estimated, because the answer reported no usage.
+    estimated_tokens: int = 0
+    estimated_cost_usd: float = 0.0
 
     def add(self, other: Usage) -> None:
         self.tokens += other.tokens
         self.cost_usd += other.cost_usd
+        self.estimated_tokens += other.estimated_tokens
+        self.estimated_cost_usd += other.estimated_cost_usd
 
 
 @dataclass(slots=True)
