@@ -1,0 +1,132 @@
+"""Every upstream call billed, every answered call kept: TEI's usage-less answers, split requests failing part-way."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from gateway.emulator.wire import Call
+from gateway.observability.logs import REQUEST_LOGGER
+from tests.support.gateway import MODEL, GatewayFactory, add_fault
+
+ADMIN = {"Authorization": "Bearer admin-secret"}
+QUERY = "what does bankruptcy through the MFC cost"
+TEI_PRICE = 1.0  # $/M tokens: the issue's figure
+
+
+@pytest.fixture(autouse=True)
+def _admin_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADMIN_KEY", "admin-secret")
+
+
+def passages(count: int, tag: str = "p") -> list[str]:
+    """Passages of one length, so every batch of a split request bills the same tokens."""
+    return [f"{tag} passage {i:05d} about the fees and costs of bankruptcy" for i in range(count)]
+
+
+def billed(**providers: dict[str, Any]) -> Any:
+    def edit(raw: dict[str, Any]) -> None:
+        raw["server"]["admin_key_env"] = "ADMIN_KEY"
+        for name, values in providers.items():
+            raw["providers"][name].update(values)
+    return edit
+
+
+async def spend_of(gateway, provider: str) -> dict[str, Any]:
+    return (await (await gateway.get("/admin/spend", headers=ADMIN)).json())["providers"][provider]["today"]
+
+
+async def stats(emulator) -> dict[str, Any]:
+    return await (await emulator.get("/_emulator/stats")).json()
+
+
+async def rerank(gateway, documents: list[str], query: str = QUERY):
+    return await gateway.post("/v1/rerank", json={"model": MODEL, "query": query, "documents": documents})
+
+
+def tokens_of(query: str, documents: list[str]) -> int:
+    """What the emulator bills one call of these pairs (DeepInfra and Fireworks report it)."""
+    return Call([query] * len(documents), documents).tokens()
+
+
+# --- every call billed ---------------------------------------------------------------------
+
+async def test_a_tei_provider_is_billed_by_estimate_and_refused_at_its_limit(make_gateway: GatewayFactory, emulator):
+    # Billed by the estimate reservations use: 4 characters a token, the query once per text.
+    per_request = -(-sum(len(QUERY) + len(d) for d in passages(10, tag="r0")) // 4)
+    limit = 5.5 * per_request * TEI_PRICE / 1e6  # five requests' worth
+    gateway = await make_gateway(
+        fallback=["tei"], edit=billed(tei={"price_per_million_tokens": TEI_PRICE, "budget": {"daily_usd": limit}})
+    )
+    served = 0
+    for i in range(200):
+        response = await rerank(gateway, passages(10, tag=f"r{i}"))
+        if response.status != 200:
+            break
+        served += 1
+    else:
+        pytest.fail("a TEI provider's budget never refused: its calls are not billed")
+    assert response.status == 429 and int(response.headers["Retry-After"]) > 0
+    assert (await response.json())["error"]["type"] == "budget_exhausted"
+    today = await spend_of(gateway, "tei")
+    assert 0 < today["usd"] <= limit and today["tokens"] > 0
+    assert served == 5 and today["tokens"] == served * per_request
+    assert (await stats(emulator))["requests"]["tei"] == served  # the refused request called nothing
+
+
+async def test_an_exhausted_tei_budget_moves_on_to_the_next_provider(make_gateway: GatewayFactory):
+    gateway = await make_gateway(
+        fallback=["tei", "deepinfra"],
+        edit=billed(tei={"price_per_million_tokens": TEI_PRICE, "budget": {"daily_usd": 0.002}}),
+    )
+    providers = [(await rerank(gateway, passages(10, tag=f"r{i}"))).headers["X-Rerank-Provider"] for i in range(40)]
+    assert providers[0] == "tei" and providers[-1] == "deepinfra"
+    assert 0 < (await spend_of(gateway, "tei"))["usd"] <= 0.002
+
+
+async def test_estimated_usage_shows_in_the_request_log_and_the_metrics(make_gateway: GatewayFactory, caplog):
+    gateway = await make_gateway(fallback=["tei"], edit=billed(tei={"price_per_million_tokens": TEI_PRICE}))
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER):
+        assert (await rerank(gateway, passages(8))).status == 200
+    line = next(r for r in caplog.records if r.getMessage() == "rerank")
+    fields = line.vetted_fields
+    assert fields["tokens"] > 0 and fields["estimated_tokens"] == fields["tokens"]
+    assert fields["cost_usd"] == pytest.approx(fields["tokens"] * TEI_PRICE / 1e6)
+    assert fields["estimated_cost_usd"] == fields["cost_usd"]
+    metrics = await (await gateway.get("/metrics")).text()
+    estimated = f'rerank_gateway_upstream_estimated_tokens_total{{provider="tei"}} {float(fields["tokens"])}'
+    assert estimated in metrics
+    assert f'rerank_gateway_upstream_tokens_total{{provider="tei"}} {float(fields["tokens"])}' in metrics
+
+
+async def test_reported_usage_is_not_marked_estimated(make_gateway: GatewayFactory, caplog):
+    gateway = await make_gateway(fallback=["fireworks"])
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER):
+        assert (await rerank(gateway, passages(8))).status == 200
+    fields = next(r for r in caplog.records if r.getMessage() == "rerank").vetted_fields
+    assert fields["tokens"] == tokens_of(QUERY, passages(8)) and fields["estimated_tokens"] == 0
+    assert fields["estimated_cost_usd"] == 0
+
+
+async def test_tei_is_billed_at_the_ratio_learned_from_providers_that_report(make_gateway: GatewayFactory, emulator):
+    """A provider that never reports usage is billed by the chars-per-token the others' reports teach."""
+    gateway = await make_gateway(
+        fallback=["fireworks", "tei"], edit=billed(tei={"price_per_million_tokens": TEI_PRICE}),
+        resilience={"max_retries": 0},
+    )
+    # One-character passages: the emulator bills a token a pair at least, so 2 characters a token.
+    tiny = {"model": MODEL, "query": "q", "documents": [chr(ord("a") + d) for d in range(20)]}
+    for _ in range(30):
+        response = await gateway.post("/v1/rerank", json=tiny, headers={"Cache-Control": "no-store"})
+        assert response.status == 200
+    report = await (await gateway.get("/admin/spend", headers=ADMIN)).json()
+    assert report["providers"]["fireworks"]["chars_per_token"] < 3.0
+    await add_fault(emulator, "fireworks", "status", status=500, count=1)
+    documents = [chr(ord("A") + d) for d in range(26)]
+    response = await rerank(gateway, documents, query="q")
+    assert response.headers["X-Rerank-Provider"] == "tei"
+    chars = sum(len("q") + len(d) for d in documents)
+    # More than the 4-characters-a-token guess would bill: the learned ratio is nearer the truth.
+    assert (await spend_of(gateway, "tei"))["tokens"] > chars / 4 * 1.2
