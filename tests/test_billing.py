@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -130,3 +132,112 @@ async def test_tei_is_billed_at_the_ratio_learned_from_providers_that_report(mak
     chars = sum(len("q") + len(d) for d in documents)
     # More than the 4-characters-a-token guess would bill: the learned ratio is nearer the truth.
     assert (await spend_of(gateway, "tei"))["tokens"] > chars / 4 * 1.2
+
+
+# --- answered calls are kept -----------------------------------------------------------------
+
+DEEPINFRA_PRICE = 0.05  # $/M, as tests.support.gateway configures it (and the emulator bills)
+FIREWORKS_PRICE = 0.10
+PASSAGES = passages(100)
+BATCH = 10
+
+
+def split(raw: dict[str, Any], retries: int = 0) -> None:
+    """DeepInfra splits a request into calls of 10 pairs; no retries, so a failed call moves on."""
+    raw["server"]["admin_key_env"] = "ADMIN_KEY"
+    raw["providers"]["deepinfra"]["max_batch"] = BATCH
+    raw["resilience"] = {**raw.get("resilience", {}), "max_retries": retries}
+
+
+def per_batch() -> int:
+    return tokens_of(QUERY, PASSAGES[:BATCH])
+
+
+async def test_a_split_request_failing_part_way_settles_and_caches_the_answered_calls(
+        make_gateway: GatewayFactory, emulator):
+    """The issue's case, smaller: 10 calls, one fails. Before: all ten thrown away, the reservation
+    released, the next provider scoring all 100, and a repeat paying for all 100 again."""
+    gateway = await make_gateway(edit=split)
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200
+    # Fireworks is not known to agree with DeepInfra (no probes): it scores the whole request.
+    assert response.headers["X-Rerank-Provider"] == "fireworks"
+    deepinfra = await spend_of(gateway, "deepinfra")
+    assert deepinfra["tokens"] == 9 * per_batch()
+    assert deepinfra["usd"] == pytest.approx(9 * per_batch() * DEEPINFRA_PRICE / 1e6, rel=1e-6)
+    assert deepinfra["reserved_usd"] == 0
+    counts = await stats(emulator)
+    assert counts["requests"]["deepinfra"] == 10 and counts["documents"]["deepinfra"] == 90
+
+    again = await rerank(gateway, PASSAGES)
+    assert again.status == 200 and again.headers["X-Rerank-Provider"] == "deepinfra"
+    assert again.headers["X-Rerank-Cache"] == "hits=90; misses=10"  # the 9 answered calls were cached
+    counts = await stats(emulator)
+    assert counts["documents"]["deepinfra"] == 100  # only the failed call's 10 pairs were paid again
+    assert (await spend_of(gateway, "deepinfra"))["tokens"] == 10 * per_batch()
+
+
+async def test_the_next_provider_of_the_same_group_gets_only_the_failed_calls_pairs(
+        make_gateway: GatewayFactory, emulator):
+    def probed_split(raw: dict[str, Any]) -> None:
+        split(raw)
+        raw["models"][MODEL]["quality"] = {"probe_interval_seconds": 3600}  # probes at start: agreement
+
+    gateway = await make_gateway(edit=probed_split)
+    await wait_until_shared(gateway, "fireworks")
+    before = (await stats(emulator))["documents"]
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200 and response.headers["X-Rerank-Cache"] == "hits=0; misses=100"
+    after = (await stats(emulator))["documents"]
+    assert after["deepinfra"] - before["deepinfra"] == 90
+    assert after["fireworks"] - before["fireworks"] == BATCH  # not 100: the answered 90 were kept
+    scores = [item["relevance_score"] for item in sorted((await response.json())["results"], key=lambda r: r["index"])]
+    again = await rerank(gateway, PASSAGES)
+    assert again.headers["X-Rerank-Cache"] == "hits=100; misses=0"
+    assert [r["relevance_score"] for r in sorted((await again.json())["results"], key=lambda r: r["index"])] == scores
+
+
+async def test_a_retry_sends_only_the_pairs_no_call_answered(make_gateway: GatewayFactory, emulator):
+    gateway = await make_gateway(fallback=["deepinfra"], edit=lambda raw: split(raw, retries=1))
+    await add_fault(emulator, "deepinfra", "status", status=503, count=1)
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200 and response.headers["X-Rerank-Provider"] == "deepinfra"
+    counts = await stats(emulator)
+    assert counts["requests"]["deepinfra"] == 11 and counts["documents"]["deepinfra"] == 100
+    assert (await spend_of(gateway, "deepinfra"))["tokens"] == 10 * per_batch()
+
+
+async def test_a_call_cut_by_its_timeout_keeps_its_answered_siblings(make_gateway: GatewayFactory, emulator):
+    def slow_split(raw: dict[str, Any]) -> None:
+        split(raw)
+        raw["providers"]["deepinfra"]["timeout_seconds"] = 1
+
+    gateway = await make_gateway(edit=slow_split)
+    await add_fault(emulator, "deepinfra", "hang", count=1)
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200 and response.headers["X-Rerank-Provider"] == "fireworks"
+    assert (await spend_of(gateway, "deepinfra"))["tokens"] == 9 * per_batch()
+    again = await rerank(gateway, PASSAGES)
+    assert again.headers["X-Rerank-Cache"] == "hits=90; misses=10"
+
+
+async def test_when_every_provider_fails_the_answered_calls_are_still_kept(make_gateway: GatewayFactory, emulator):
+    gateway = await make_gateway(fallback=["deepinfra"], edit=split)
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)
+    failed = await rerank(gateway, PASSAGES)
+    assert failed.status == 502
+    assert (await spend_of(gateway, "deepinfra"))["tokens"] == 9 * per_batch()
+    again = await rerank(gateway, PASSAGES)
+    assert again.status == 200 and again.headers["X-Rerank-Cache"] == "hits=90; misses=10"
+
+
+async def wait_until_shared(gateway, provider: str) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        quality = (await (await gateway.get("/readyz")).json())["quality"][MODEL]
+        if quality[provider]["shares_cache"]:
+            return
+        assert time.monotonic() < deadline, f"{provider} never found to agree: {quality}"
+        await asyncio.sleep(0.05)
