@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
 import pytest
 
+from gateway.config import load_config
 from gateway.emulator.wire import Call
 from gateway.observability.logs import REQUEST_LOGGER
 from tests.support.gateway import MODEL, GatewayFactory, add_fault
+from tests.support.processes import REPO, gateway_toml
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 QUERY = "what does bankruptcy through the MFC cost"
@@ -132,6 +137,33 @@ async def test_tei_is_billed_at_the_ratio_learned_from_providers_that_report(mak
     chars = sum(len("q") + len(d) for d in documents)
     # More than the 4-characters-a-token guess would bill: the learned ratio is nearer the truth.
     assert (await spend_of(gateway, "tei"))["tokens"] > chars / 4 * 1.2
+
+
+def test_an_implausible_price_is_a_warning_naming_the_unit(tmp_path, caplog):
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_toml(9).replace("price_per_million_tokens = 0.10", "price_per_million_tokens = 2500"))
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        config = load_config(path)  # a warning, not a refusal
+    assert config.providers["fireworks"].price_per_million_tokens == 2500
+    warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.config"]
+    assert len(warnings) == 1
+    assert "providers.fireworks.price_per_million_tokens = 2500 is read as US dollars per million tokens" in warnings[0]
+    caplog.clear()
+    path.write_text(gateway_toml(9))
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        load_config(path)
+    assert not [r for r in caplog.records if r.name == "gateway.config"]
+
+
+def test_check_config_shows_the_price_warning(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_toml(9).replace("price_per_million_tokens = 0.05", "price_per_million_tokens = 150"))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)], cwd=REPO, capture_output=True,
+        text=True, timeout=60, env={**os.environ, "EMULATOR_KEY": "k"},
+    )
+    assert result.returncode == 0  # still a valid config
+    assert "providers.deepinfra.price_per_million_tokens = 150 is read as US dollars per million tokens" in result.stderr
 
 
 # --- answered calls are kept -----------------------------------------------------------------
