@@ -12,10 +12,13 @@ from typing import Any
 
 import pytest
 
-from gateway.config import load_config
+from gateway.budget import GATEWAY_SCOPE, MemoryLedger, every_limit
+from gateway.config import load_config, parse_config
 from gateway.emulator.wire import Call
+from gateway.evaluation.beir import load_beir
+from gateway.evaluation.run import EvalSettings, evaluate
 from gateway.observability.logs import REQUEST_LOGGER
-from tests.support.gateway import MODEL, GatewayFactory, add_fault
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_url, gateway_settings
 from tests.support.processes import REPO, gateway_toml
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -137,6 +140,23 @@ async def test_tei_is_billed_at_the_ratio_learned_from_providers_that_report(mak
     chars = sum(len("q") + len(d) for d in documents)
     # More than the 4-characters-a-token guess would bill: the learned ratio is nearer the truth.
     assert (await spend_of(gateway, "tei"))["tokens"] > chars / 4 * 1.2
+
+
+async def test_eval_calls_are_billed_in_the_ledger_and_refused_by_its_budget(emulator):
+    raw = gateway_settings(emulator_url(emulator), ["deepinfra", "tei"])
+    raw["providers"]["tei"]["price_per_million_tokens"] = TEI_PRICE
+    config = parse_config(raw)
+    ledger = MemoryLedger()
+    report = await evaluate(config, MODEL, load_beir(REPO / "examples" / "eval"), EvalSettings(), ledger=ledger)
+    assert report["providers"]["tei"]["usd_per_1k_queries"] > 0
+    spend = {r.scope: r for r in await ledger.report(every_limit(config)) if r.period == "day"}
+    assert spend["tei"].spent_usd > 0 and spend["deepinfra"].spent_usd > 0
+    assert spend[GATEWAY_SCOPE].spent_usd == pytest.approx(spend["tei"].spent_usd + spend["deepinfra"].spent_usd)
+
+    raw["providers"]["tei"]["budget"] = {"daily_usd": spend["tei"].spent_usd / 3}  # a third of a run
+    refused = await evaluate(parse_config(raw), MODEL, load_beir(REPO / "examples" / "eval"), EvalSettings(),
+                             ledger=MemoryLedger())
+    assert "tei daily budget" in refused["providers"]["tei"]["error"]
 
 
 def test_an_implausible_price_is_a_warning_naming_the_unit(tmp_path, caplog):
