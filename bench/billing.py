@@ -25,12 +25,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.app import create_app  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
-from gateway.emulator import EmulatorConfig, create_emulator_app  # noqa: E402
-from gateway.emulator.wire import Call  # noqa: E402
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.emulator import EmulatorConfig, create_emulator_app
+from gateway.emulator.wire import Call
 
 MODEL = "qwen3-reranker-8b"
 KEY = "bench"

@@ -129,6 +129,8 @@ class KeptAnswers:
             usage.add(carried.usage)
             entries = (*carried.entries, entry)
         rest = [position for position in range(len(batch)) if position not in scores]
+        if not rest:
+            return  # every call answered before the step was cut off: cached, nothing left to send on
         self._carried = _Carried(
             step.model, step.group, step.whole, len(batch), scores, usage, entries, rest, batch.select(rest)
         )
