@@ -14,6 +14,7 @@ import pytest
 
 from gateway.budget import GATEWAY_SCOPE, MemoryLedger, every_limit
 from gateway.config import load_config, parse_config
+from gateway.emulator import emulated_score
 from gateway.emulator.wire import Call
 from gateway.evaluation.beir import load_beir
 from gateway.evaluation.run import EvalSettings, evaluate
@@ -293,3 +294,42 @@ async def wait_until_shared(gateway, provider: str) -> None:
             return
         assert time.monotonic() < deadline, f"{provider} never found to agree: {quality}"
         await asyncio.sleep(0.05)
+
+
+async def test_the_unanswered_rest_is_carried_down_a_chain_of_agreeing_providers(make_gateway: GatewayFactory, emulator):
+    """DeepInfra answers 90 of 100, Fireworks 5 of the 10 left, Cohere the last 5: one answer, nothing paid twice."""
+    def three_agreeing(raw: dict[str, Any]) -> None:
+        split(raw)
+        raw["models"][MODEL]["fallback"] = ["deepinfra", "fireworks", "cohere"]
+        raw["models"][MODEL]["quality"] = {"probe_interval_seconds": 3600}
+        raw["providers"]["fireworks"]["max_batch"] = 5
+
+    gateway = await make_gateway(edit=three_agreeing)
+    await wait_until_shared(gateway, "fireworks")
+    await wait_until_shared(gateway, "cohere")
+    before = (await stats(emulator))["documents"]
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)
+    await add_fault(emulator, "fireworks", "status", status=500, count=1)
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200 and response.headers["X-Rerank-Provider"] == "cohere"
+    after = (await stats(emulator))["documents"]
+    assert {p: after[p] - before[p] for p in ("deepinfra", "fireworks", "cohere")} == {
+        "deepinfra": 90, "fireworks": 5, "cohere": 5}
+    scores = {r["index"]: r["relevance_score"] for r in (await response.json())["results"]}
+    assert [scores[i] for i in range(100)] == pytest.approx([emulated_score(QUERY, d) for d in PASSAGES], abs=1e-12)
+    again = await rerank(gateway, PASSAGES)
+    assert again.headers["X-Rerank-Cache"] == "hits=100; misses=0"
+
+
+async def test_a_hedge_that_lost_keeps_what_its_calls_answered(make_gateway: GatewayFactory, emulator):
+    gateway = await make_gateway(edit=split, resilience={"hedge": 500})
+    await add_fault(emulator, "deepinfra", "slow", delay_ms=5000, count=1)  # one call of ten lags
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200 and response.headers["X-Rerank-Provider"] == "fireworks"  # the hedge won
+    # DeepInfra's lagging call was cancelled; the calls that had answered (all nine, unless this
+    # machine stalled for the hedge's 500 ms) are paid for and cached: the two figures agree.
+    tokens = (await spend_of(gateway, "deepinfra"))["tokens"]
+    kept = tokens // per_batch()
+    assert tokens == kept * per_batch() and 1 <= kept <= 9
+    again = await rerank(gateway, PASSAGES)
+    assert again.headers["X-Rerank-Cache"] == f"hits={kept * BATCH}; misses={100 - kept * BATCH}"
