@@ -11,7 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 import orjson
@@ -274,8 +274,18 @@ def eval_command(config_path: str | None, data_dir: str, model: str | None, k: i
         sys.exit(2)
     settings = EvalSettings(k=k, candidates=candidates, concurrency=concurrency)
     total = len(dataset.judged_queries()) * len(config.models[model_name].fallback)
+    from gateway.app import build_ledger
+
+    async def billed_run(progress: Callable[[int], None]) -> dict[str, Any]:
+        ledger = build_ledger(config.cache)  # the gateway's own: an eval spends the budgets traffic does
+        await ledger.start()
+        try:
+            return await evaluate(config, model_name, dataset, settings, progress, ledger)
+        finally:
+            await ledger.close()
+
     with click.progressbar(length=total, label="scoring", file=sys.stderr) as bar:
-        report = asyncio.run(evaluate(config, model_name, dataset, settings, bar.update))
+        report = asyncio.run(billed_run(bar.update))
     click.echo(format_report(report))
     if out:
         with open(out, "wb") as file:

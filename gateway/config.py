@@ -7,6 +7,7 @@ refuses to start rather than run on a half-understood config.
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 import tomllib
@@ -23,6 +24,11 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 PositiveInt = Annotated[int, Field(gt=0)]
 
 DEFAULT_CONFIG_PATH = "config.toml"
+# Hosted rerankers cost cents to a few dollars per million tokens; above this a price was most
+# likely written per thousand tokens or per call. A warning, not a refusal: it may be meant.
+PLAUSIBLE_PRICE_PER_MILLION_USD = 100.0
+
+log = logging.getLogger("gateway.config")
 
 
 class ConfigError(Exception):
@@ -231,7 +237,21 @@ def expand_env(text: str) -> str:
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Read and validate config: --config, else $GATEWAY_CONFIG, else ./config.toml."""
     source, raw = read_config_file(path)
-    return resolve_canaries(parse_config(raw, source=source), Path(source).parent, source=source)
+    config = resolve_canaries(parse_config(raw, source=source), Path(source).parent, source=source)
+    for warning in price_warnings(config):
+        log.warning("%s: %s", source, warning)
+    return config
+
+
+def price_warnings(config: GatewayConfig) -> list[str]:
+    """Prices implausible for the unit they are read in: US dollars per million tokens."""
+    return [
+        f"providers.{name}.price_per_million_tokens = {provider.price_per_million_tokens:g} is read as US dollars "
+        f"per million tokens (above ${PLAUSIBLE_PRICE_PER_MILLION_USD:g} per million is implausible for a "
+        "reranker): was it written per thousand tokens or per call? Budgets and spend use it as written"
+        for name, provider in config.providers.items()
+        if provider.price_per_million_tokens > PLAUSIBLE_PRICE_PER_MILLION_USD
+    ]
 
 
 def load_server_section(path: str | os.PathLike[str] | None = None) -> ServerConfig:

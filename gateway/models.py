@@ -42,6 +42,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.documents)
 
+    def select(self, positions: Sequence[int]) -> Batch:
+        """The pairs at these positions, in their order."""
+        return Batch([self.queries[p] for p in positions], [self.documents[p] for p in positions], self.instruction)
+
     def positions_by_query(self) -> dict[str, list[int]]:
         """Each distinct query with the positions of its pairs, in first-seen order."""
         positions: dict[str, list[int]] = {}
@@ -82,6 +86,49 @@ class Usage:
         self.cost_usd += other.cost_usd
         self.estimated_tokens += other.estimated_tokens
         self.estimated_cost_usd += other.estimated_cost_usd
+
+
+@dataclass(slots=True)
+class AnsweredCall:
+    """One upstream call that answered: the scores of `positions` of the Batch it was split from."""
+
+    positions: list[int]
+    scores: list[float]
+    usage: Usage
+
+
+@dataclass(slots=True, eq=False)  # each one is its own: compared and found by identity
+class KeptScores:
+    """A plan step's answered calls, kept whatever became of the step: they were paid for.
+
+    `calls` grows while the step runs (positions index `pairs`), so a step that failed part-way,
+    lost a hedge or was cut by the deadline still leaves its answers to be cached and counted.
+    """
+
+    provider: str
+    model: str
+    group: str  # the cache namespace the scores belong to
+    pairs: Batch
+    calls: list[AnsweredCall] = field(default_factory=list)
+
+    def usage(self) -> Usage:
+        return total_usage(self.calls)
+
+
+def total_usage(calls: Sequence[AnsweredCall]) -> Usage:
+    total = Usage()
+    for call in calls:
+        total.add(call.usage)
+    return total
+
+
+def merge_answered(calls: Sequence[AnsweredCall], count: int) -> tuple[list[float], Usage]:
+    """The scores of `count` pairs put together from calls that answered all of them, and their cost."""
+    scores = [0.0] * count
+    for call in calls:
+        for position, score in zip(call.positions, call.scores):
+            scores[position] = score
+    return scores, total_usage(calls)
 
 
 @dataclass(slots=True)

@@ -4,6 +4,11 @@ Providers are scored one after another (so one's latency is not another's queuei
 a few queries in flight. A provider that fails a query beyond its retries is stopped and its
 error reported; the others still are. The reference for agreement is the first provider in the
 model's fallback order that scored, as the quality guard has it.
+
+Eval calls are billed like any call: each goes through the gateway's GuardedCall, which reserves
+against the provider's and the gateway's budgets, bills answers without usage by estimate and
+settles what answered. The CLI passes the gateway's own ledger, so an eval spends the same
+budgets the traffic does; a budget that refuses stops that provider like any other failure.
 """
 
 from __future__ import annotations
@@ -16,14 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.budget import Ledger, MemoryLedger
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.evaluation.beir import Dataset
 from gateway.evaluation.bm25 import Bm25Index
 from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
 from gateway.models import Batch, Usage
+from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient, build_clients
 from gateway.quality.tracker import AgreementTracker
+from gateway.resilience.guarded_call import GuardedCall
+from gateway.resilience.health import HealthBoard
 from gateway.resilience.latency import LatencyTracker
 from gateway.resilience.retry import full_jitter_backoff
 from gateway.secrets import Secrets
@@ -68,8 +77,11 @@ def ranking_metrics(rankings: dict[str, list[str]], dataset: Dataset, k: int) ->
 
 
 async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings: EvalSettings,
-                   on_progress: Progress = lambda done: None) -> dict[str, Any]:
-    """The report: {"lexical": metrics, "providers": {name: metrics, costs, agreement | error}, ...}."""
+                   on_progress: Progress = lambda done: None, ledger: Ledger | None = None) -> dict[str, Any]:
+    """The report: {"lexical": metrics, "providers": {name: metrics, costs, agreement | error}, ...}.
+
+    `ledger` bills the calls (started and closed by the caller); None: one of the run's own.
+    """
     query_ids = dataset.judged_queries()
     candidates = first_stage(dataset, query_ids, settings.candidates)
     lexical = ranking_metrics(candidates, dataset, settings.k)
@@ -79,6 +91,7 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
     providers: dict[str, dict[str, Any]] = {}
     scored: dict[str, _Scored] = {}
     clients = build_clients(config, Secrets.resolve(config))
+    guard = _billing_guard(config, ledger or MemoryLedger())
     for name in config.models[model].fallback:
         client = clients[name]
         if (reason := client.unusable_reason(None)) is not None:
@@ -86,7 +99,7 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
             on_progress(len(query_ids))
             continue
         try:
-            scored[name] = await _score_provider(client, dataset, candidates, settings, on_progress)
+            scored[name] = await _score_provider(guard, client, dataset, candidates, settings, on_progress)
         except ProviderFailure as failure:
             providers[name] = {"error": failure.reason}
     reference = next(iter(scored), None)
@@ -139,7 +152,13 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-async def _score_provider(client: ProviderClient, dataset: Dataset, candidates: dict[str, list[str]],
+def _billing_guard(config: GatewayConfig, ledger: Ledger) -> GuardedCall:
+    """The gateway's guarded call, retrying nothing itself: this run's own retries are per query."""
+    once = config.model_copy(update={"resilience": config.resilience.model_copy(update={"max_retries": 0})})
+    return GuardedCall(once, ledger, HealthBoard(once.resilience), GatewayMetrics())
+
+
+async def _score_provider(guard: GuardedCall, client: ProviderClient, dataset: Dataset, candidates: dict[str, list[str]],
                           settings: EvalSettings, on_progress: Progress) -> _Scored:
     result, rng = _Scored(), random.Random()
     semaphore = asyncio.Semaphore(settings.concurrency)
@@ -151,7 +170,7 @@ async def _score_provider(client: ProviderClient, dataset: Dataset, candidates: 
         if documents:  # the first stage found nothing: nothing to rerank
             async with semaphore:
                 started = time.perf_counter()
-                scores, usage = await _score_with_retries(client, dataset.queries[query_id], documents,
+                scores, usage = await _score_with_retries(guard, client, dataset.queries[query_id], documents,
                                                           settings.max_retries, rng)
                 result.latencies.append(time.perf_counter() - started)
             result.scores[query_id] = scores
@@ -173,11 +192,11 @@ async def _score_provider(client: ProviderClient, dataset: Dataset, candidates: 
     return result
 
 
-async def _score_with_retries(client: ProviderClient, query: str, documents: list[str], retries: int,
+async def _score_with_retries(guard: GuardedCall, client: ProviderClient, query: str, documents: list[str], retries: int,
                               rng: random.Random) -> tuple[list[float], Usage]:
     for attempt in itertools.count():
         try:
-            return await client.score(Batch([query] * len(documents), documents, None))
+            return await guard.score(client, Batch([query] * len(documents), documents, None), None)
         except ProviderFailure as failure:
             if not failure.transient or attempt >= retries:
                 raise

@@ -26,6 +26,8 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from gateway.models import Usage
+
 REQUEST_LOGGER: Final = "gateway.requests"
 REDACTED: Final = "[redacted]"
 _HANDLER_NAME: Final = "rerank-gateway"
@@ -88,6 +90,7 @@ def request_log_fields(
     total_ms: float,
     attempts: Sequence[ProviderAttempt] = (),
     error_type: str | None = None,
+    usage: Usage | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
     fields: dict[str, Any] = {
@@ -102,6 +105,13 @@ def request_log_fields(
         "upstream_ms": round(upstream_ms, 3),
         "total_ms": round(total_ms, 3),
     }
+    if usage is not None:
+        # What the request's upstream calls billed; estimated_*: the part priced from the
+        # gateway's own token count because the answers reported none (TEI's never do).
+        fields["tokens"] = usage.tokens
+        fields["cost_usd"] = round(usage.cost_usd, 9)
+        fields["estimated_tokens"] = usage.estimated_tokens
+        fields["estimated_cost_usd"] = round(usage.estimated_cost_usd, 9)
     if error_type is not None:
         fields["error_type"] = error_type
     return fields

@@ -114,6 +114,17 @@ class GatewayMetrics:
             "rerank_gateway_upstream_cost_usd", "What provider calls cost, in US dollars.", ["provider"],
             registry=registry,
         )
+        # The part of the two above the gateway estimated, for answers that reported no usage (TEI's never do).
+        self._estimated_tokens = Counter(
+            "rerank_gateway_upstream_estimated_tokens",
+            "Of rerank_gateway_upstream_tokens, those the gateway estimated: the answer reported none.",
+            ["provider"], registry=registry,
+        )
+        self._estimated_cost_usd = Counter(
+            "rerank_gateway_upstream_estimated_cost_usd",
+            "Of rerank_gateway_upstream_cost_usd, what was priced from the gateway's token estimate.",
+            ["provider"], registry=registry,
+        )
         self._fallbacks = Counter(
             "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
             ["model", "from_provider", "to_provider"], registry=registry,
@@ -181,9 +192,14 @@ class GatewayMetrics:
             raise ValueError(f"upstream error reason {reason!r} is not one of {sorted(UPSTREAM_ERROR_REASONS)}")
         self._child(self._upstream_errors, provider, reason).inc()
 
-    def record_usage(self, *, provider: str, tokens: int, cost_usd: float) -> None:
+    def record_usage(
+        self, *, provider: str, tokens: int, cost_usd: float, estimated_tokens: int = 0, estimated_cost_usd: float = 0.0
+    ) -> None:
+        """What answered calls billed; the estimated_* part is also in tokens and cost_usd."""
         self._child(self._tokens, provider).inc(tokens)
         self._child(self._cost_usd, provider).inc(cost_usd)
+        self._child(self._estimated_tokens, provider).inc(estimated_tokens)
+        self._child(self._estimated_cost_usd, provider).inc(estimated_cost_usd)
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()

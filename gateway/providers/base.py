@@ -13,7 +13,10 @@ from typing import Any, Protocol
 from gateway.config import ProviderConfig
 from gateway.models import Batch
 
-__all__ = ["Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "dig", "first_count", "scores_by_index"]
+__all__ = [
+    "Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "dig", "first_count", "pair_chars",
+    "scores_by_index",
+]
 
 
 class InvalidAnswer(ValueError):
@@ -38,6 +41,17 @@ class ProviderAdapter(Protocol):
     def to_wire(self, batch: Batch, config: ProviderConfig) -> dict[str, Any]: ...
 
     def from_wire(self, payload: Any, count: int) -> WireScores: ...
+
+    def billed_chars(self, batch: Batch) -> int:
+        """The characters a call of `batch` is billed for: what a token estimate of an answer
+        without usage (and the budget hold before any call) counts."""
+        ...
+
+
+def pair_chars(batch: Batch) -> int:
+    """A cross-encoder reads each pair whole: its query, its document and the instruction, per pair."""
+    per_pair_instruction = len(batch.instruction) if batch.instruction else 0
+    return sum(map(len, batch.queries)) + sum(map(len, batch.documents)) + per_pair_instruction * len(batch.documents)
 
 
 def scores_by_index(items: Any, count: int, score_key: str) -> list[float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -16,7 +16,7 @@ import orjson
 
 from gateway.config import ConfigError, GatewayConfig, ProviderConfig
 from gateway.errors import ProviderFailure, is_transient_status
-from gateway.models import Usage
+from gateway.models import AnsweredCall, Usage, merge_answered
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
 from gateway.secrets import Secrets
@@ -25,6 +25,8 @@ from gateway.secrets import Secrets
 # say the request itself is wrong, and every provider would say so again.
 _NO_FALLBACK_STATUSES = frozenset({400, 422})
 _ERROR_TEXT_LIMIT = 300
+
+TokenCount = Callable[[int], int]  # characters -> the tokens a provider would bill for them
 
 
 def build_clients(config: GatewayConfig, secrets: Secrets) -> dict[str, ProviderClient]:
@@ -82,20 +84,29 @@ class ProviderClient:
             return f"kind {self.config.kind!r} cannot take an instruction"
         return None
 
-    async def score(self, pairs: Batch) -> tuple[list[float], Usage]:
-        """Scores for the pairs in input order, splitting into as many calls as the kind needs."""
+    async def score(
+        self, pairs: Batch, answered: list[AnsweredCall] | None = None, estimate_tokens: TokenCount | None = None
+    ) -> tuple[list[float], Usage]:
+        """Scores for the pairs in input order, splitting into as many calls as the kind needs.
+
+        Each call that answers goes into `answered` as it does, so a caller whose other calls
+        failed, or that was cut off, still has (and pays for) what came back. A failed call lets
+        its siblings finish, since they are paid for either way; the first failure is then raised.
+        `estimate_tokens` counts the tokens of an answer that reports none (characters -> tokens).
+        """
+        answered = [] if answered is None else answered
+        count = estimate_tokens or _default_token_count
         plan = self._plan_batches(pairs)
         if len(plan) == 1:
-            results = [await self._call(plan[0][1])]
+            await self._answer(plan[0], answered, count)
         else:
-            results = await _gather_or_cancel([self._call(batch) for _, batch in plan])
-        scores = [0.0] * len(pairs.documents)
-        usage = Usage()
-        for (positions, _), result in zip(plan, results):
-            for position, score in zip(positions, result.scores):
-                scores[position] = score
-            usage.add(self._price(result))
-        return scores, usage
+            await _gather_all([self._answer(call, answered, count) for call in plan])
+        return merge_answered(answered, len(pairs))
+
+    async def _answer(self, call: tuple[list[int], Batch], answered: list[AnsweredCall], count: TokenCount) -> None:
+        positions, batch = call
+        result = await self._call(batch)
+        answered.append(AnsweredCall(positions, result.scores, self._price(result, batch, count)))
 
     def _plan_batches(self, pairs: Batch) -> list[tuple[list[int], Batch]]:
         """Calls to make: each with the request positions it scores."""
@@ -119,11 +130,15 @@ class ProviderClient:
                 plan.append((positions, batch))
         return plan
 
-    def _price(self, result: WireScores) -> Usage:
-        tokens = result.tokens or 0
+    def _price(self, result: WireScores, batch: Batch, count: TokenCount) -> Usage:
+        """The call's cost: the provider's own figures where it gave them, the gateway's estimate where not."""
+        tokens, estimated_tokens = result.tokens, 0
+        if tokens is None:
+            tokens = estimated_tokens = count(self.adapter.billed_chars(batch))
         if result.cost_usd is not None:
-            return Usage(tokens=tokens, cost_usd=result.cost_usd)
-        return Usage(tokens=tokens, cost_usd=tokens * self.config.price_per_million_tokens / 1e6)
+            return Usage(tokens=tokens, cost_usd=result.cost_usd, estimated_tokens=estimated_tokens)
+        cost = tokens * self.config.price_per_million_tokens / 1e6
+        return Usage(tokens, cost, estimated_tokens, cost if estimated_tokens else 0.0)
 
     async def _call(self, batch: Batch) -> WireScores:
         body = orjson.dumps(self.adapter.to_wire(batch, self.config))
@@ -212,11 +227,18 @@ def _dumps_str(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-async def _gather_or_cancel(calls: list[Coroutine[Any, Any, WireScores]]) -> list[WireScores]:
-    """All results, or the first failure with the sibling calls cancelled (they would be wasted)."""
-    tasks = [asyncio.ensure_future(call) for call in calls]
-    try:
-        return await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
+def _default_token_count(chars: int) -> int:
+    # The ledger's starting ratio of 4 characters a token (gateway.budget.estimator, a layer
+    # beside this one): for callers that have learned no better one.
+    return math.ceil(chars / 4)
+
+
+async def _gather_all(calls: list[Coroutine[Any, Any, None]]) -> None:
+    """Every call to its end, then the first failure; a cancellation still cancels them all."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, ProviderFailure):
+            raise outcome
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

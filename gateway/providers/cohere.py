@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import ProviderConfig
-from gateway.providers.base import Batch, InvalidAnswer, WireScores, dig, first_count, scores_by_index
+from gateway.providers.base import Batch, InvalidAnswer, WireScores, dig, first_count, pair_chars, scores_by_index
 
 
 class CohereAdapter:
@@ -41,3 +41,6 @@ class CohereAdapter:
                 ("tokens", "input_tokens"),
             ),
         )
+
+    def billed_chars(self, batch: Batch) -> int:
+        return pair_chars(batch)

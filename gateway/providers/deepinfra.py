@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from gateway.config import ProviderConfig
-from gateway.providers.base import Batch, InvalidAnswer, WireScores, as_score, dig, first_count
+from gateway.providers.base import Batch, InvalidAnswer, WireScores, as_score, dig, first_count, pair_chars
 
 
 class DeepInfraAdapter:
@@ -35,3 +35,6 @@ class DeepInfraAdapter:
             tokens=first_count(payload, ("input_tokens",), ("inference_status", "tokens_input")),
             cost_usd=reported_cost,
         )
+
+    def billed_chars(self, batch: Batch) -> int:
+        return pair_chars(batch)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import ProviderConfig
-from gateway.providers.base import Batch, InvalidAnswer, WireScores, dig, first_count, scores_by_index
+from gateway.providers.base import Batch, InvalidAnswer, WireScores, dig, first_count, pair_chars, scores_by_index
 
 
 class FireworksAdapter:
@@ -38,3 +38,6 @@ class FireworksAdapter:
             scores=scores_by_index(items, count, "relevance_score"),
             tokens=first_count(payload, ("usage", "total_tokens"), ("usage", "prompt_tokens")),
         )
+
+    def billed_chars(self, batch: Batch) -> int:
+        return pair_chars(batch)

@@ -29,3 +29,8 @@ class TeiAdapter:
         if not isinstance(payload, list):
             raise InvalidAnswer("the answer is not a list")
         return WireScores(scores=scores_by_index(payload, count, "score"))
+
+    def billed_chars(self, batch: Batch) -> int:
+        # TEI tokenizes each text together with the query: the query counts once per text.
+        # Its answers carry no usage at all, so this count is what a TEI provider is billed.
+        return sum(len(query) + len(text) for query, text in zip(batch.queries, batch.documents))

@@ -26,7 +26,7 @@ from gateway.budget import (
 )
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
-from gateway.models import Batch, Usage
+from gateway.models import AnsweredCall, Batch, Usage, merge_answered, total_usage
 from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, GatewayMetrics
 from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
@@ -56,14 +56,18 @@ class GuardedCall:
         return ceiling if slow is None else min(ceiling, slow)
 
     async def score(
-        self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False
+        self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False,
+        answered: list[AnsweredCall] | None = None,
     ) -> tuple[list[float], Usage]:
         """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
 
         `panic`: every provider's breaker is open and this one opened first; call it anyway.
+        `answered` receives each upstream call that answers (positions index `pairs`) as it does:
+        what answered is settled at its cost however the rest ends, never released.
         """
         health = self._health[client.name]
-        chars = _chars(pairs)
+        answered = [] if answered is None else answered
+        chars = client.adapter.billed_chars(pairs)
         self._admit(client, health, panic)
         try:
             reservation = await self._reserve(client, chars, ends_at)
@@ -72,9 +76,9 @@ class GuardedCall:
             raise
         called_at = _now()
         try:
-            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic)
+            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic, answered)
         except ProviderFailure as failure:
-            await self._ledger.release(reservation)
+            await self._account(client, reservation, pairs, chars, answered)
             if failure.fallback_allowed:
                 self._record_failure(client.name, health, failure.reason)
             else:
@@ -88,15 +92,39 @@ class GuardedCall:
                 self._observe_call(client.name, _now() - called_at, "timeout", panic)
             else:
                 health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
-            await asyncio.shield(self._ledger.release(reservation))
+            await asyncio.shield(self._account(client, reservation, pairs, chars, answered))
             raise
         health.breaker.record_success()
         self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
-        await self._ledger.settle(reservation, usage.cost_usd, usage.tokens)
-        self._metrics.record_usage(provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd)
-        if usage.tokens:
-            health.estimator.observe(chars, usage.tokens)
+        await self._account(client, reservation, pairs, chars, answered)
         return scores, usage
+
+    async def _account(
+        self, client: ProviderClient, reservation: Reservation, pairs: Batch, chars: int, answered: list[AnsweredCall]
+    ) -> None:
+        """Settle the reservation to what the calls that answered cost; release it only when none did."""
+        if not answered:
+            await self._ledger.release(reservation)
+            return
+        usage = total_usage(answered)
+        await self._ledger.settle(reservation, usage.cost_usd, usage.tokens)
+        self._metrics.record_usage(
+            provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd,
+            estimated_tokens=usage.estimated_tokens, estimated_cost_usd=usage.estimated_cost_usd,
+        )
+        self._learn(client, pairs, chars, answered)
+
+    def _learn(self, client: ProviderClient, pairs: Batch, chars: int, answered: list[AnsweredCall]) -> None:
+        """Weigh the calls that reported usage into the provider's estimate and the pooled one."""
+        health = self._health[client.name]
+        for call in answered:
+            if call.usage.estimated_tokens or not call.usage.tokens:
+                continue  # an estimate taught nothing
+            whole = len(call.positions) == len(pairs)
+            call_chars = chars if whole else client.adapter.billed_chars(pairs.select(call.positions))
+            health.estimator.observe(call_chars, call.usage.tokens)
+            self._health.pooled_estimator.observe(call_chars, call.usage.tokens)
+            health.reported_calls += 1
 
     def _admit(self, client: ProviderClient, health: ProviderHealth, panic: bool) -> None:
         if panic:
@@ -125,7 +153,7 @@ class GuardedCall:
         if all(limit.daily_usd is None and limit.monthly_usd is None for limit in limits):
             return unheld_reservation(limits, utc_now())  # nothing to enforce: track spend only
         price = client.config.price_per_million_tokens
-        estimate = self._health[client.name].estimator.estimate_tokens(chars) * price / 1e6
+        estimate = self._health.billing_estimator(client.name).estimate_tokens(chars) * price / 1e6
         hold = _HOLD_MARGIN_SECONDS + (ends_at - _now() if ends_at is not None else client.config.timeout_seconds * 3)
         outcome = await self._ledger.reserve(limits, estimate, hold_seconds=max(hold, 1.0))
         if isinstance(outcome, Refusal):
@@ -142,14 +170,18 @@ class GuardedCall:
         return outcome
 
     async def _call_with_retries(
-        self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool
+        self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool,
+        answered: list[AnsweredCall],
     ) -> tuple[list[float], Usage]:
+        """The provider's scores of `pairs`; a retry sends only the pairs no call has answered yet."""
         health.retry_budget.record_call()
         attempt = 0
         while True:
             started = _now()
+            todo = _unanswered(answered, len(pairs))
+            batch = pairs if len(todo) == len(pairs) else pairs.select(todo)
             try:
-                result = await self._bounded_call(client, pairs, ends_at)
+                await self._bounded_call(client, batch, todo, ends_at, answered)
             except ProviderFailure as failure:
                 self._observe_call(client.name, _now() - started, failure.kind, panic)
                 wait = self._retry_wait(failure, attempt, health, ends_at)
@@ -160,19 +192,26 @@ class GuardedCall:
                 await asyncio.sleep(wait)
                 continue
             elapsed = _now() - started
-            health.latency.record(elapsed, len(pairs))
+            health.latency.record(elapsed, len(batch))
             self._observe_call(client.name, elapsed, "ok", panic)
-            return result
+            return merge_answered(answered, len(pairs))
 
-    async def _bounded_call(self, client: ProviderClient, pairs: Batch, ends_at: float | None) -> tuple[list[float], Usage]:
-        limit = self.own_limit(client, len(pairs))
+    async def _bounded_call(
+        self, client: ProviderClient, batch: Batch, positions: list[int], ends_at: float | None,
+        answered: list[AnsweredCall],
+    ) -> None:
+        """One try at `batch` (the pairs at `positions`); its answered calls go into `answered`, by position in the whole."""
+        limit = self.own_limit(client, len(batch))
         if ends_at is not None:
             limit = min(limit, ends_at - _now())
+        got: list[AnsweredCall] = []
         try:
             async with asyncio.timeout(max(0.0, limit)):
-                return await client.score(pairs)
+                await client.score(batch, got, self._health.billing_estimator(client.name).estimate_tokens)
         except TimeoutError:
             raise ProviderFailure(client.name, f"timed out after {limit:.3g}s", kind="timeout") from None
+        finally:  # cut off or not, what answered is kept
+            answered.extend(AnsweredCall([positions[p] for p in call.positions], call.scores, call.usage) for call in got)
 
     def _observe_call(self, provider: str, seconds: float, outcome: str, panic: bool) -> None:
         self._metrics.record_upstream_call(provider=provider, seconds=seconds)
@@ -194,9 +233,9 @@ class GuardedCall:
         return wait
 
 
-def _chars(pairs: Batch) -> int:
-    per_pair_instruction = len(pairs.instruction) if pairs.instruction else 0
-    return sum(map(len, pairs.queries)) + sum(map(len, pairs.documents)) + per_pair_instruction * len(pairs.documents)
+def _unanswered(answered: list[AnsweredCall], count: int) -> list[int]:
+    done = {position for call in answered for position in call.positions}
+    return [position for position in range(count) if position not in done]
 
 
 def _now() -> float:

@@ -31,6 +31,7 @@ class ProviderHealth:
     latency: LatencyTracker
     retry_budget: RetryBudget
     estimator: TokenEstimator
+    reported_calls: int = 0  # answers that carried usage: until one does, the pooled estimate bills it
 
 
 class HealthBoard:
@@ -41,6 +42,9 @@ class HealthBoard:
         self.rng = rng or random.Random()
         self._providers: dict[str, ProviderHealth] = {}
         self.recent_errors: deque[RecentError] = deque(maxlen=RECENT_ERRORS)
+        # Learned from every provider's reported usage: how a provider whose answers never carry
+        # usage (TEI) is billed, calibrated against those that do rather than a fixed guess.
+        self.pooled_estimator = TokenEstimator()
 
     def __getitem__(self, provider: str) -> ProviderHealth:
         health = self._providers.get(provider)
@@ -50,6 +54,11 @@ class HealthBoard:
 
     def known(self) -> dict[str, ProviderHealth]:
         return dict(self._providers)
+
+    def billing_estimator(self, provider: str) -> TokenEstimator:
+        """The token estimate a provider's calls are reserved and, when it reports no usage, billed by."""
+        health = self[provider]
+        return health.estimator if health.reported_calls else self.pooled_estimator
 
     def note_error(self, provider: str, reason: str) -> None:
         self.recent_errors.append(RecentError(time.time(), provider, reason))

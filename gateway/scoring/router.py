@@ -33,7 +33,7 @@ from typing import Any
 from gateway.budget import utc_now
 from gateway.config import GatewayConfig
 from gateway.errors import AllProvidersFailed, ProviderFailure, UpstreamRejected
-from gateway.models import Batch, ScoredPairs, ScoreRequest, Usage
+from gateway.models import Batch, KeptScores, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 from gateway.quality.guard import QualityGuard
@@ -41,6 +41,7 @@ from gateway.resilience import CircuitBreaker, lexical_scores
 from gateway.resilience.deadline import attempt_seconds
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
+from gateway.scoring.kept import KeptAnswers, pairs_of
 
 DEGRADED_LEXICAL = "degraded-lexical"
 
@@ -82,14 +83,20 @@ class Router:
                 return self._quality.group_of(model, provider)
         return self._quality.group_of(model, self._quality.reference(model) or self._config.models[model].fallback[0])
 
-    async def score(self, request: ScoreRequest) -> ScoredPairs:
-        """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does."""
+    async def score(self, request: ScoreRequest, kept: list[KeptScores] | None = None) -> ScoredPairs:
+        """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does.
+
+        `kept` receives, as they come, the answered calls of steps that did not give the answer (a
+        split call that failed part-way, a hedge that lost, a call cut by the deadline): they were
+        paid for, and the caller caches them whatever this returns or raises.
+        """
         failures: list[ProviderFailure] = []
-        answer = await self._walk(request, self._provider_steps(request, failures), failures)
+        answers = KeptAnswers([] if kept is None else kept)
+        answer = await self._walk(request, self._provider_steps(request, failures), failures, answers)
         if answer is None:
             panic = self._panic_step(request, failures)
             if panic is not None:
-                answer = await self._walk(request, [panic], failures)
+                answer = await self._walk(request, [panic], failures, answers)
         if answer is not None:
             return answer
         if self._config.resilience.last_resort == "lexical":
@@ -142,19 +149,22 @@ class Router:
                 return self._step(request, candidate_model, self._clients[target], panic=True)
         return None
 
-    async def _walk(self, request: ScoreRequest, steps: list[Step], failures: list[ProviderFailure]) -> ScoredPairs | None:
+    async def _walk(
+        self, request: ScoreRequest, steps: list[Step], failures: list[ProviderFailure], kept: KeptAnswers
+    ) -> ScoredPairs | None:
         pending = list(steps)
         while pending:
             first = pending.pop(0)
             if self._hedge_delay(first.client) is None:
                 # No hedge can join this step: await it here, without a task and a race to set up.
-                answer = self._accept(request, first, await _outcome(self._call(request, first, pending)), failures)
+                outcome = await _outcome(self._call(request, first, pending, kept))
+                answer = self._accept(request, first, outcome, failures, kept)
                 if answer is not None:
                     return answer
                 continue
-            calls = {self._start(request, first, pending): first}
+            calls = {self._start(request, first, pending, kept): first}
             try:
-                answer = await self._race(request, calls, pending, failures)
+                answer = await self._race(request, calls, pending, failures, kept)
             finally:
                 # Also when this request is cancelled (its deadline passed, its client left): no
                 # provider call may outlive it, holding a connection, a reservation and a breaker slot.
@@ -164,53 +174,55 @@ class Router:
         return None
 
     async def _race(
-        self, request: ScoreRequest, calls: dict[Attempt, Step], pending: list[Step], failures: list[ProviderFailure]
+        self, request: ScoreRequest, calls: dict[Attempt, Step], pending: list[Step], failures: list[ProviderFailure],
+        kept: KeptAnswers,
     ) -> ScoredPairs | None:
         """The first valid answer among `calls`, hedging to the next step on a delay; None if all failed."""
         first = next(iter(calls.values()))
         hedge_delay = self._hedge_delay(first.client)
         while calls:
-            hedge_to = pending[0] if pending and len(calls) == 1 and _interchangeable(request, first, pending[0]) else None
+            hedge_to = pending[0] if pending and len(calls) == 1 and kept.interchangeable(request, first, pending[0]) else None
             timeout = hedge_delay if hedge_to is not None else None
             done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # the hedge delay passed with no answer: ask the next provider too
                 hedge = pending.pop(0)  # hedge_to, which a timeout implies was set
-                calls[self._start(request, hedge, pending)] = hedge
+                calls[self._start(request, hedge, pending, kept)] = hedge
                 continue
             for task in done:
                 step = calls.pop(task)
-                answer = self._accept(request, step, await _outcome(task), failures)
+                answer = self._accept(request, step, await _outcome(task), failures, kept)
                 if answer is not None:
                     return answer
         return None
 
     def _accept(
         self, request: ScoreRequest, step: Step, outcome: tuple[list[float], Usage] | ProviderFailure,
-        failures: list[ProviderFailure],
+        failures: list[ProviderFailure], kept: KeptAnswers,
     ) -> ScoredPairs | None:
         """A step's answer; None when it failed (noted) and the next step may follow."""
         if isinstance(outcome, ProviderFailure):
+            kept.failed(request, step)
             if not outcome.fallback_allowed:
                 raise UpstreamRejected(outcome) from None
             failures.append(outcome)
             return None
-        scores, usage = outcome
         self._note_fallback(request.model, failures, step.client.name)
         if step.model == request.model:
-            self._quality.maybe_shadow(step.model, step.client.name, _pairs_of(request, step), scores)
+            self._quality.maybe_shadow(step.model, step.client.name, kept.pairs_sent(step), outcome[0])
+        scores, usage = kept.answered(step, *outcome)
         return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
 
-    def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> Attempt:
-        return asyncio.ensure_future(self._call(request, step, later))
+    def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers) -> Attempt:
+        return asyncio.ensure_future(self._call(request, step, later, kept))
 
     def _call(
-        self, request: ScoreRequest, step: Step, later: Sequence[Step]
+        self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers
     ) -> Coroutine[Any, Any, tuple[list[float], Usage]]:
-        pairs = _pairs_of(request, step)
-        ends_at = self._attempt_end(request, pairs, step, later)
+        entry = kept.open(request, step)
+        ends_at = self._attempt_end(request, entry.pairs, step, later)
         if step.panic:
             self._metrics.record_panic_call(model=request.model, provider=step.client.name)
-        return self._guard.score(step.client, pairs, ends_at, panic=step.panic)
+        return self._guard.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls)
 
     def _attempt_end(self, request: ScoreRequest, pairs: Batch, step: Step, later: Sequence[Step]) -> float | None:
         """When this attempt must give up, leaving the steps after it their share of the deadline."""
@@ -218,7 +230,7 @@ class Router:
             return None
         now = asyncio.get_running_loop().time()
         later_limits = [
-            self._guard.own_limit(s.client, len(_pairs_of(request, s)))
+            self._guard.own_limit(s.client, len(pairs_of(request, s)))
             for s in later
             if self._health[s.client.name].breaker.state != "open"
         ]
@@ -265,19 +277,6 @@ def first_opened(providers: Sequence[str], health: HealthBoard) -> str | None:
         if (status := health[provider].breaker.status()).state != "closed" and status.opened_at is not None
     ]
     return min(opened)[1] if opened else None
-
-
-def _interchangeable(request: ScoreRequest, first: Step, other: Step) -> bool:
-    """A hedge must score the same pairs with the same model, or its answer could not stand in.
-
-    A provider of another cache group scores the whole request; that is the same pairs when
-    nothing was cached (the answer says which group its scores belong to).
-    """
-    return other.model == first.model and not other.panic and _pairs_of(request, other) is _pairs_of(request, first)
-
-
-def _pairs_of(request: ScoreRequest, step: Step) -> Batch:
-    return request.whole if step.whole else request.missing
 
 
 def _lexical(request: ScoreRequest) -> ScoredPairs:

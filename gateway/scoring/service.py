@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
 from gateway.config import GatewayConfig
 from gateway.errors import InvalidRequest, UnknownModel
-from gateway.models import Batch, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
+from gateway.models import Batch, KeptScores, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
 from gateway.scoring.flights import Flights, Scored, await_elsewhere, wait_shared
 from gateway.scoring.router import Router
 
@@ -149,12 +149,14 @@ class RerankService:
     async def _score_slots(self, job: _Job, slots: list[int]) -> ScoredPairs:
         """One upstream round for these slots; cached when scored by the requested model itself."""
         started = time.perf_counter()
+        kept: list[KeptScores] = []
         try:
             scored = await self._router.score(
-                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline)
+                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline), kept
             )
         finally:
             job.result.upstream_ms += (time.perf_counter() - started) * 1000
+            await self._keep(job, kept)
         covered = range(len(job.keys)) if scored.whole else slots
         job.rescored_whole |= scored.whole
         for slot, score in zip(covered, scored.scores):
@@ -169,6 +171,22 @@ class RerankService:
         if job.policy.write and scored.model == job.model:
             await self._cache.put_many(self._keys_in(scored.group, job, covered), scored.scores)
         return scored
+
+    async def _keep(self, job: _Job, kept: list[KeptScores]) -> None:
+        """Calls that answered for a step that gave no answer (part of a split call, a lost hedge):
+        paid for, so counted in the request's usage and cached in their provider's group."""
+        keys: list[PairKey] = []
+        scores: list[float] = []
+        for entry in kept:
+            job.result.usage.add(entry.usage())
+            if not (job.policy.write and entry.model == job.model):
+                continue  # another model's scores are not cached under this one
+            for call in entry.calls:
+                pairs = entry.pairs.select(call.positions)
+                keys += pair_keys(entry.group, pairs.instruction, pairs.queries, pairs.documents)
+                scores += call.scores
+        if keys:
+            await self._cache.put_many(keys, scores)
 
     def _keys_in(self, group: str, job: _Job, slots: Sequence[int]) -> list[PairKey]:
         """The request's keys for these slots, in another cache group when a provider of another group scored them."""

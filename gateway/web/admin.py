@@ -56,7 +56,7 @@ async def spend(request: web.Request) -> web.Response:
         target = gateway if report.scope == GATEWAY_SCOPE else providers[report.scope]
         target["today" if report.period == "day" else "month"] = _window(report)
     for name in config.providers:
-        providers[name]["chars_per_token"] = round(live.shared.health[name].estimator.chars_per_token, 3)
+        providers[name]["chars_per_token"] = round(live.shared.health.billing_estimator(name).chars_per_token, 3)
     return json_response({"providers": providers, "gateway": gateway})
 
 
