@@ -50,6 +50,11 @@ class ServerConfig(_Section):
     admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
     reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
     shutdown_grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: time for requests in flight to finish
+    # An idle keep-alive connection is closed after this (aiohttp's own default is an hour).
+    keepalive_timeout_seconds: PositiveFloat = 75.0
+    # A connection that has not sent a whole request head this long after connecting is closed:
+    # silent and trickling clients cannot hold descriptors for the keep-alive timeout.
+    header_timeout_seconds: PositiveFloat = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 

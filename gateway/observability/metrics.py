@@ -146,6 +146,12 @@ class GatewayMetrics:
             ["provider"], registry=registry, multiprocess_mode="livemax",
         )
 
+        self._accept_errors = Counter(
+            "rerank_gateway_accept_errors",
+            "Connections the server could not accept for lack of resources (file descriptors, memory).",
+            registry=registry,
+        )
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), remembered: prometheus-client validates labels on every call."""
         key = (id(metric), labels)
@@ -187,6 +193,9 @@ class GatewayMetrics:
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()
+
+    def record_accept_error(self) -> None:
+        self._accept_errors.inc()
 
     def record_panic_call(self, *, model: str, provider: str) -> None:
         self._child(self._panic_calls, model, provider).inc()
