@@ -62,7 +62,10 @@ class ServerConfig(_Section):
 class CacheConfig(_Section):
     url: str = ""  # "" keeps the in-process memory cache
     ttl_seconds: PositiveInt = 30 * 24 * 3600
-    max_entries: PositiveInt = 1_000_000
+    # Bound of the in-process cache, in bytes of this process's memory (about 25-40 B per pair at
+    # 20-1,000 passages per query: bench/memory_cache.py); least recently used queries go first.
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    max_entries: PositiveInt | None = None  # an extra bound in pairs, for configs that set one
     timeout_ms: PositiveFloat = 150.0  # bound on every Redis call; past it the request goes uncached
     # How long another process waits for a pair this one leased, if this one dies, before scoring it
     # itself (Redis only); renewed every half lease while this one is still scoring.

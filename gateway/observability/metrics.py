@@ -141,6 +141,10 @@ class GatewayMetrics:
             "rerank_gateway_budget_remaining_usd", "Budget left in a scope's current window, in US dollars.",
             ["scope", "window"], registry=registry, multiprocess_mode="livemostrecent",
         )
+        self._cache_bytes = Gauge(
+            "rerank_gateway_cache_bytes", "Bytes the in-process score cache holds (what cache.max_bytes bounds).",
+            registry=registry, multiprocess_mode="livesum",
+        )
         self._breaker_state = Gauge(
             "rerank_gateway_breaker_state", "A provider's circuit breaker: 0 closed, 1 half open, 2 open.",
             ["provider"], registry=registry, multiprocess_mode="livemax",
@@ -213,6 +217,9 @@ class GatewayMetrics:
     def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:
         """Budget left; window is the period ("day", "month"). Leave unlimited windows unset."""
         self._child(self._budget_remaining, scope, window).set(usd)
+
+    def set_cache_bytes(self, stored: int) -> None:
+        self._cache_bytes.set(stored)
 
     # -- exposition -------------------------------------------------------------------------
 
