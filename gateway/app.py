@@ -110,7 +110,7 @@ def build_ledger(config: CacheConfig) -> Ledger:
 
 def build_cache(config: CacheConfig) -> ScoreCache:
     if not config.url:
-        return MemoryScoreCache(max_entries=config.max_entries, ttl_seconds=config.ttl_seconds)
+        return MemoryScoreCache(max_bytes=config.max_bytes, ttl_seconds=config.ttl_seconds, max_entries=config.max_entries)
     return RedisScoreCache.from_url(
         config.url, config.ttl_seconds, config.timeout_ms / 1000, lease_seconds=config.lease_ms / 1000
     )

@@ -47,6 +47,7 @@ def serve(
     """Run the gateway."""
     config = _load_or_exit(config_path)
     configure_logging(config.server.log_level, config.server.log_format)
+    _raise_open_files_limit(quiet=reuse_port)  # workers inherit what their supervisor raised
     host = host or config.server.host
     port = config.server.port if port is None else port
     count = _worker_count(workers, shared_state=bool(config.cache.url))
@@ -56,8 +57,19 @@ def serve(
         args = ["--host", host, "--port", str(port), "--workers", "1", "--reuse-port"]
         if config_path:
             args += ["--config", config_path]
-        sys.exit(Supervisor(args, count, config.server.shutdown_grace_seconds, f"http://{host}:{port}").run())
+        sys.exit(Supervisor(args, count, config.server.shutdown_grace_seconds, host, port).run())
     _serve_one(config, config_path, host, port, reuse_port, StartupReport(report_fd))
+
+
+def _raise_open_files_limit(quiet: bool) -> None:
+    from gateway.process.server import raise_open_files_limit
+
+    before, after = raise_open_files_limit()
+    if not quiet:
+        if after > before:
+            logging.getLogger("gateway").info("open files limit raised from %d to %d (the hard limit)", before, after)
+        else:
+            logging.getLogger("gateway").info("open files limit: %d", after)
 
 
 def _worker_count(asked: int | None, shared_state: bool) -> int:
@@ -79,7 +91,8 @@ def _serve_one(
     config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool, report: StartupReport
 ) -> None:
     from gateway.app import create_app
-    from gateway.process.server import run_gateway
+    from gateway.process.server import ConnectionLimits, run_gateway
+    from gateway.web.edge import LIVE
 
     for line in describe_providers(config):
         # A model nobody can serve answers every request with 502: say so above the info lines.
@@ -100,6 +113,8 @@ def _serve_one(
             # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
             # then runs the app's cleanup, which closes the upstream sessions and Redis.
             shutdown_timeout=config.server.shutdown_grace_seconds,
+            limits=ConnectionLimits(config.server.keepalive_timeout_seconds, config.server.header_timeout_seconds),
+            on_accept_error=app[LIVE].shared.metrics.record_accept_error,
             announce=announce,
         )
 

@@ -56,6 +56,11 @@ class ServerConfig(_Section):
     admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
     reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
     shutdown_grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: time for requests in flight to finish
+    # An idle keep-alive connection is closed after this (aiohttp's own default is an hour).
+    keepalive_timeout_seconds: PositiveFloat = 75.0
+    # A connection that has not sent a whole request head this long after connecting is closed:
+    # silent and trickling clients cannot hold descriptors for the keep-alive timeout.
+    header_timeout_seconds: PositiveFloat = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
@@ -63,7 +68,10 @@ class ServerConfig(_Section):
 class CacheConfig(_Section):
     url: str = ""  # "" keeps the in-process memory cache
     ttl_seconds: PositiveInt = 30 * 24 * 3600
-    max_entries: PositiveInt = 1_000_000
+    # Bound of the in-process cache, in bytes of this process's memory (about 25-40 B per pair at
+    # 20-1,000 passages per query: bench/memory_cache.py); least recently used queries go first.
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+    max_entries: PositiveInt | None = None  # an extra bound in pairs, for configs that set one
     timeout_ms: PositiveFloat = 150.0  # bound on every Redis call; past it the request goes uncached
     # How long another process waits for a pair this one leased, if this one dies, before scoring it
     # itself (Redis only); renewed every half lease while this one is still scoring.

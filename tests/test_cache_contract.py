@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from gateway.cache import MemoryScoreCache, ScoreCache, pair_keys
 from gateway.cache.base import passage_digest
+from gateway.cache.memory import BUCKET_BYTES, PAIR_BYTES
 from gateway.cache.redis import QUERY_HASH_FIELDS, SPILL_BUCKETS, RedisScoreCache, redis_key
 from gateway.redisio.commands import ClientCommands, DirectConnections
 from gateway.scoring.flights import await_elsewhere
@@ -28,7 +29,7 @@ pytest_plugins = ["tests.support.redis_cluster"]
 @pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
     if request.param == "memory":
-        built: ScoreCache = MemoryScoreCache(max_entries=10_000, ttl_seconds=TTL)
+        built: ScoreCache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=TTL)
     elif request.param in ("redis", "redis-cluster"):
         url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
         built = RedisScoreCache.from_url(url, ttl_seconds=TTL, timeout_seconds=1.0)
@@ -98,18 +99,40 @@ async def test_unicode_text(cache: ScoreCache):
 # --- what only one implementation has
 
 
-async def test_memory_cache_is_bounded_least_recently_used_first():
-    cache = MemoryScoreCache(max_entries=3, ttl_seconds=TTL)
-    await cache.put_many(K("m", None, [Q] * 3, DOCS[:3]), [0.1, 0.2, 0.3])
-    await cache.get_many(K("m", None, [Q], [DOCS[0]]))  # touch: DOCS[1] is now the oldest
-    await cache.put_many(K("m", None, [Q], [DOCS[3]]), [0.4])
+async def test_memory_cache_is_bounded_by_pairs_least_recently_used_query_first():
+    cache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=TTL, max_entries=3)
+    await cache.put_many(K("m", None, ["q1", "q2", "q3"], DOCS[:3]), [0.1, 0.2, 0.3])
+    await cache.get_many(K("m", None, ["q1"], [DOCS[0]]))  # touch: q2 is now the oldest
+    await cache.put_many(K("m", None, ["q4"], [DOCS[3]]), [0.4])
     assert len(cache) == 3
-    assert await cache.get_many(K("m", None, [Q] * 4, DOCS)) == [0.1, None, 0.3, 0.4]
+    assert await cache.get_many(K("m", None, ["q1", "q2", "q3", "q4"], DOCS)) == [0.1, None, 0.3, 0.4]
+
+
+async def test_memory_cache_is_bounded_by_bytes_whole_queries_at_a_time():
+    one_query = BUCKET_BYTES + len(K("m", None, ["q0"], [""])[0][0]) + 20 * PAIR_BYTES
+    cache = MemoryScoreCache(max_bytes=3 * one_query, ttl_seconds=TTL)
+    docs = [f"passage {i}" for i in range(20)]
+    for query in ("q0", "q1", "q2", "q3"):
+        await cache.put_many(K("m", None, [query] * 20, docs), [0.5] * 20)
+    assert cache.stored_bytes() == 3 * one_query and len(cache) == 60
+    assert await cache.get_many(K("m", None, ["q0", "q1", "q3"], docs[:3])) == [None, 0.5, 0.5]
+
+
+async def test_memory_cache_finds_a_passage_only_at_a_pair_boundary():
+    # A digest's bytes may also stand across a neighbour's digest and score: only a pair's own offset counts.
+    cache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=TTL)
+    group = "m:q"
+    first, second = bytes(range(16)), bytes(range(100, 116))
+    straddling = first[8:] + bytes(8)  # the tail of `first` and the head of its score (0.0)
+    await cache.put_many([(group, first), (group, second)], [0.0, 0.7])
+    assert await cache.get_many([(group, straddling), (group, second), (group, first)]) == [None, 0.7, 0.0]
+    await cache.put_many([(group, second)], [0.9])  # a rewrite replaces, it does not append
+    assert len(cache) == 2 and await cache.get_many([(group, second)]) == [0.9]
 
 
 async def test_memory_cache_expires_after_the_ttl():
     now = [1000.0]
-    cache = MemoryScoreCache(max_entries=10, ttl_seconds=60, clock=lambda: now[0])
+    cache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=60, clock=lambda: now[0])
     await cache.put_many(K("m", None, [Q], [DOCS[0]]), [0.5])
     now[0] += 59
     assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [0.5]
@@ -386,7 +409,7 @@ async def test_a_write_ends_only_the_writers_leases(store: Store):
 
 
 async def test_memory_cache_grants_every_claim():
-    cache = MemoryScoreCache(max_entries=100, ttl_seconds=TTL)
+    cache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=TTL)
     assert (await cache.lookup(PAIRS)).elsewhere == frozenset()
     assert (await cache.lookup(PAIRS)).elsewhere == frozenset()
     await cache.release(PAIRS)

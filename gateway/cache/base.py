@@ -65,6 +65,10 @@ class ScoreCache(Protocol):
         """Whether the store answers (for /readyz)."""
         ...
 
+    def stored_bytes(self) -> int | None:
+        """What this process's memory holds of the cache (what cache.max_bytes bounds); None for Redis."""
+        ...
+
     async def close(self) -> None: ...
 
 

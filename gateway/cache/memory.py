@@ -1,12 +1,31 @@
-"""The in-process score cache: an LRU bounded by entry count, with a TTL."""
+"""The in-process score cache: one compact bucket per query, least recently used queries evicted
+first, bounded by bytes, with a TTL.
+
+The layout mirrors the Redis one (a hash per query group, README "Redis layout and memory"): a
+query's bucket is one bytearray, its expiry time (a double) and then, per passage, the 16-byte
+digest and the score (a double) end to end. A pair costs 24 bytes plus its share of the bucket,
+instead of the four Python objects (key tuple, digest bytes, value tuple, float) an entry per pair
+cost (~250 B). A passage is found by searching the bucket with bytearray.find, at a pair's offset:
+a scan in C over a few kilobytes for the tens of passages a query has. The TTL is per query,
+renewed on write, as in Redis.
+"""
 
 from __future__ import annotations
 
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from gateway.cache.base import LeaseKeeper, Lookup, PairKey
+from gateway.cache.base import DIGEST_BYTES, LeaseKeeper, Lookup, PairKey
+
+# What the bound counts, measured with tracemalloc (bench/memory_cache.py; tests/test_memory_cache.py
+# holds the bound at 1,000,000 pairs): a pair with the bytearray's spare capacity as it grows, and a
+# bucket's own objects (its slot in the LRU, the bytearray, the group name's str beyond its length).
+PAIR_BYTES = 27  # 16 + 8, and up to 1/8 spare capacity
+BUCKET_BYTES = 230  # besides the length of its group name
+_STAMP = struct.Struct("<d")  # expiry (a bucket's first 8 bytes) and each score
+_PAIR = DIGEST_BYTES + _STAMP.size
 
 
 class _NoLeases:
@@ -17,30 +36,82 @@ class _NoLeases:
 _NO_LEASES = _NoLeases()
 
 
+def _new_bucket(expires: float) -> bytearray:
+    return bytearray(_STAMP.pack(expires))
+
+
+def _expires(bucket: bytearray) -> float:
+    expires: float = _STAMP.unpack_from(bucket)[0]
+    return expires
+
+
+def _pairs_in(bucket: bytearray) -> int:
+    return (len(bucket) - _STAMP.size) // _PAIR
+
+
+def _offset_of(bucket: bytearray, digest: bytes) -> int:
+    """Where the passage's pair starts in the bucket, or -1."""
+    start = _STAMP.size
+    while (at := bucket.find(digest, start)) >= 0:
+        if (at - _STAMP.size) % _PAIR == 0:
+            return at
+        start = at + 1  # a match straddling a digest and a score: not this passage
+    return -1
+
+
+def _put(bucket: bytearray, digest: bytes, score: float) -> bool:
+    """Store a score; True when the passage is new to the bucket."""
+    at = _offset_of(bucket, digest)
+    if at >= 0:
+        _STAMP.pack_into(bucket, at + DIGEST_BYTES, score)
+        return False
+    bucket += digest
+    bucket += _STAMP.pack(score)
+    return True
+
+
 class MemoryScoreCache:
-    def __init__(self, max_entries: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._entries: OrderedDict[PairKey, tuple[float, float]] = OrderedDict()
+    def __init__(
+        self, max_bytes: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic,
+        max_entries: int | None = None,
+    ) -> None:
+        self._buckets: OrderedDict[str, bytearray] = OrderedDict()
+        self._max_bytes = max_bytes
         self._max_entries = max_entries
         self._ttl = ttl_seconds
         self._clock = clock
+        self._pairs = 0
+        self._bytes = 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._pairs
+
+    def stored_bytes(self) -> int | None:
+        """What the bound counts: about what the cache holds in this process's memory."""
+        return self._bytes
 
     async def start(self) -> None:
         """Nothing to open: the in-process cache is ready when built."""
 
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
         now = self._clock()
+        buckets: dict[str, bytearray | None] = {}
         found: list[float | None] = []
-        for key in keys:
-            entry = self._entries.get(key)
-            if entry is None or entry[1] <= now:
-                found.append(None)
-                continue
-            self._entries.move_to_end(key)
-            found.append(entry[0])
+        for group, digest in keys:
+            bucket = buckets[group] if group in buckets else buckets.setdefault(group, self._live(group, now))
+            at = -1 if bucket is None else _offset_of(bucket, digest)
+            found.append(None if bucket is None or at < 0 else _STAMP.unpack_from(bucket, at + DIGEST_BYTES)[0])
         return found
+
+    def _live(self, group: str, now: float) -> bytearray | None:
+        bucket = self._buckets.get(group)
+        if bucket is None:
+            return None
+        if _expires(bucket) <= now:
+            self._drop(group)
+            return None
+        self._buckets.move_to_end(group)
+        return bucket
 
     async def lookup(self, keys: Sequence[PairKey], deadline: float | None = None) -> Lookup:
         # Nobody else reads this cache: every claim is granted, and flights.py shares the calls.
@@ -53,15 +124,36 @@ class MemoryScoreCache:
         return _NO_LEASES  # no leases to keep
 
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
-        expires = self._clock() + self._ttl
-        for key, score in zip(keys, scores):
-            self._entries[key] = (score, expires)
-            self._entries.move_to_end(key)
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        now = self._clock()
+        expires = now + self._ttl
+        for (group, digest), score in zip(keys, scores):
+            bucket = self._buckets.get(group)
+            if bucket is None or _expires(bucket) <= now:
+                if bucket is not None:
+                    self._drop(group)
+                bucket = self._buckets[group] = _new_bucket(expires)
+                self._bytes += BUCKET_BYTES + len(group)
+            else:
+                _STAMP.pack_into(bucket, 0, expires)
+                self._buckets.move_to_end(group)
+            if _put(bucket, digest, score):
+                self._pairs += 1
+                self._bytes += PAIR_BYTES
+        self._evict()
+
+    def _evict(self) -> None:
+        while self._buckets and (self._bytes > self._max_bytes
+                                 or (self._max_entries is not None and self._pairs > self._max_entries)):
+            self._drop(next(iter(self._buckets)))
+
+    def _drop(self, group: str) -> None:
+        pairs = _pairs_in(self._buckets.pop(group))
+        self._pairs -= pairs
+        self._bytes -= BUCKET_BYTES + len(group) + PAIR_BYTES * pairs
 
     async def ping(self) -> bool:
         return True  # in this process: there whenever the gateway is
 
     async def close(self) -> None:
-        self._entries.clear()
+        self._buckets.clear()
+        self._pairs = self._bytes = 0

@@ -170,6 +170,9 @@ class RedisScoreCache:
     async def ping(self) -> bool:
         return await self._redis.ping(self._timeout)
 
+    def stored_bytes(self) -> int | None:
+        return None  # Redis' own INFO memory says; this process holds none of it
+
     async def close(self) -> None:
         await self._redis.aclose()
 

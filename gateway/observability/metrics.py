@@ -152,9 +152,19 @@ class GatewayMetrics:
             "rerank_gateway_budget_remaining_usd", "Budget left in a scope's current window, in US dollars.",
             ["scope", "window"], registry=registry, multiprocess_mode="livemostrecent",
         )
+        self._cache_bytes = Gauge(
+            "rerank_gateway_cache_bytes", "Bytes the in-process score cache holds (what cache.max_bytes bounds).",
+            registry=registry, multiprocess_mode="livesum",
+        )
         self._breaker_state = Gauge(
             "rerank_gateway_breaker_state", "A provider's circuit breaker: 0 closed, 1 half open, 2 open.",
             ["provider"], registry=registry, multiprocess_mode="livemax",
+        )
+
+        self._accept_errors = Counter(
+            "rerank_gateway_accept_errors",
+            "Connections the server could not accept for lack of resources (file descriptors, memory).",
+            registry=registry,
         )
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -204,6 +214,9 @@ class GatewayMetrics:
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()
 
+    def record_accept_error(self) -> None:
+        self._accept_errors.inc()
+
     def record_panic_call(self, *, model: str, provider: str) -> None:
         self._child(self._panic_calls, model, provider).inc()
 
@@ -220,6 +233,9 @@ class GatewayMetrics:
     def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:
         """Budget left; window is the period ("day", "month"). Leave unlimited windows unset."""
         self._child(self._budget_remaining, scope, window).set(usd)
+
+    def set_cache_bytes(self, stored: int) -> None:
+        self._cache_bytes.set(stored)
 
     # -- exposition -------------------------------------------------------------------------
 

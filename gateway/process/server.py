@@ -7,9 +7,16 @@ issues #3287, #9882), so this module gives the server a request handler whose `h
 answers `{"error": {"type", "message", "request_id"}}` and logs one line. It is used by
 `rerank-gateway serve` through `run_gateway`, and by tests through `GatewayRunner`.
 
+Descriptors are what a crowd of idle clients exhausts first, so connections are bounded in time:
+idle keep-alive ones close after `server.keepalive_timeout_seconds`, and one that has not sent a
+whole request head `server.header_timeout_seconds` after connecting closes then. The soft open
+files limit is raised to the hard one at start; when accept still fails for lack of descriptors,
+asyncio's traceback per attempt becomes one warning per interval and a metric.
+
     GatewayRunner(app)         an AppRunner whose connections use JsonErrorRequestHandler
     run_gateway(app, ...)      web.run_app's loop, signals and shutdown, with that runner, and
                                the garbage collector settled once it listens
+    raise_open_files_limit()   the soft RLIMIT_NOFILE up to the hard limit
 """
 
 from __future__ import annotations
@@ -18,8 +25,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import resource
+import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -35,7 +45,34 @@ _MESSAGE_CHARS = 200  # aiohttp's message may quote the offending bytes: enough 
 
 
 class JsonErrorRequestHandler(web.RequestHandler):
-    """aiohttp's per-connection handler, answering its own errors in the gateway's JSON."""
+    """aiohttp's per-connection handler, answering its own errors in the gateway's JSON, and
+    closing a connection whose first request head does not arrive within `header_timeout`."""
+
+    header_timeout: float = 0.0  # seconds; 0 = only aiohttp's keep-alive timeout applies
+    _head_deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.header_timeout > 0:
+            self._head_deadline = self._loop.call_later(self.header_timeout, self._head_too_slow)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # aiohttp queues a request once its whole head is parsed; from then on its keep-alive
+        # timeout governs the connection.
+        if self._head_deadline is not None and self._messages:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_deadline is not None:
+            self._head_deadline.cancel()
+            self._head_deadline = None
+        super().connection_lost(exc)
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        self.force_close()
 
     def handle_error(
         self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
@@ -76,18 +113,76 @@ def _reason(status: int, message: str | None) -> str:
 
 
 class _JsonErrorServer(web.Server):
+    header_timeout: float = 0.0
+
     def __call__(self) -> web.RequestHandler:
-        return JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler = JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
+        handler.header_timeout = self.header_timeout
+        return handler
 
 
 class GatewayRunner(web.AppRunner):
-    """web.AppRunner, but its connections answer aiohttp's own refusals in the gateway's JSON."""
+    """web.AppRunner, but its connections answer aiohttp's own refusals in the gateway's JSON
+    and give up on a request head that does not arrive within `header_timeout` seconds."""
+
+    def __init__(self, app: web.Application, *, header_timeout: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
 
     async def _make_server(self) -> web.Server:
         # The app builds its server as usual; only the class of the per-connection handler differs.
         server = await super()._make_server()
         server.__class__ = _JsonErrorServer
+        assert isinstance(server, _JsonErrorServer)
+        server.header_timeout = self._header_timeout
         return server
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    keepalive_timeout: float  # seconds an idle keep-alive connection stays open
+    header_timeout: float  # seconds a new connection has to send a whole request head
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """(before, after): the soft limit on open files raised to the hard one, where it is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return soft, hard
+    return soft, soft
+
+
+# asyncio's message when accept() fails with EMFILE/ENFILE/ENOBUFS/ENOMEM; it then pauses
+# accepting for a second and tries again (selector_events, ACCEPT_RETRY_DELAY).
+_ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
+ACCEPT_WARNING_INTERVAL_SECONDS = 10.0
+
+
+class AcceptErrorReporter:
+    """One warning per interval for failed accepts (with how many since the last), not a traceback each."""
+
+    def __init__(self, record: Callable[[], None], interval: float = ACCEPT_WARNING_INTERVAL_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._record = record
+        self._interval = interval
+        self._clock = clock
+        self._last_warning = -float("inf")
+        self._unreported = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != _ACCEPT_OUT_OF_RESOURCES:
+            loop.default_exception_handler(context)
+            return
+        self._record()
+        self._unreported += 1
+        now = self._clock()
+        if now - self._last_warning < self._interval:
+            return
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        log.warning("cannot accept connections: %s (%d times since the last warning; open files limit %d); "
+                    "service resumes as idle connections close", context.get("exception"), self._unreported, soft)
+        self._last_warning, self._unreported = now, 0
 
 
 def run_gateway(
@@ -97,12 +192,15 @@ def run_gateway(
     port: int,
     reuse_port: bool,
     shutdown_timeout: float,
+    limits: ConnectionLimits,
+    on_accept_error: Callable[[], None],
     announce: Callable[[], None],
 ) -> None:
     """What web.run_app does for one TCP site (signals, graceful shutdown), with GatewayRunner."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(app, host, port, reuse_port, shutdown_timeout, announce))
+    loop.set_exception_handler(AcceptErrorReporter(on_accept_error))
+    main = loop.create_task(_serve(app, host, port, reuse_port, shutdown_timeout, limits, announce))
     try:
         loop.run_until_complete(main)
     except (GracefulExit, KeyboardInterrupt):
@@ -118,9 +216,11 @@ def run_gateway(
 
 
 async def _serve(
-    app: web.Application, host: str, port: int, reuse_port: bool, shutdown_timeout: float, announce: Callable[[], None]
+    app: web.Application, host: str, port: int, reuse_port: bool, shutdown_timeout: float, limits: ConnectionLimits,
+    announce: Callable[[], None],
 ) -> None:
-    runner = GatewayRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = GatewayRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout,
+                           keepalive_timeout=limits.keepalive_timeout, header_timeout=limits.header_timeout)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()

@@ -12,14 +12,25 @@ new config within a tick (0.2 s) of the answer. A worker that dies before it ser
 would die again however often it is restarted, so the supervisor stops every worker and exits
 with that one line. A worker that dies after serving is replaced after a back-off that doubles
 with each death; past `MAX_RESTARTS_PER_MINUTE` the supervisor gives up rather than spin.
+
+Workers bind with SO_REUSEPORT, which would also let a second gateway of the same user join the
+port and take a share of its traffic. So the supervisor first binds the port itself, without
+SO_REUSEPORT: that fails while any other process listens there, and the gateway refuses to start
+with one line. (A stranger binding in the moment between that check and the workers' binds is not
+caught; one started later is.) The metrics folder the supervisor makes is removed when it exits,
+and folders left by supervisors that died without cleaning up are removed when the next one starts.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +53,8 @@ _FIRST_BACKOFF_SECONDS = 0.5
 _MAX_BACKOFF_SECONDS = 30.0
 _TICK_SECONDS = 0.2
 _PR_SET_PDEATHSIG = 1
+_METRICS_DIR_PREFIX = "rerank-gateway-metrics-"
+_OWNED_METRICS_DIR = re.compile(re.escape(_METRICS_DIR_PREFIX) + r"(\d+)-")  # ...-<supervisor pid>-<random>
 
 
 def _die_with_parent() -> None:
@@ -101,20 +114,68 @@ class _Restarts:
         return now + delay
 
 
+def claim_port(host: str, port: int) -> None:
+    """StartupFailed unless host:port is free: bound without SO_REUSEPORT, so no listener may hold it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the workers do: TIME_WAIT is no owner
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            held = exc.errno == errno.EADDRINUSE
+            reason = "another process is listening there" if held else (exc.strerror or str(exc))
+            raise StartupFailed(f"cannot serve on http://{host}:{port}: {reason}") from None
+
+
+def remove_stale_metrics_dirs(parent: str) -> None:
+    """Metrics folders of supervisors that are gone (killed before they could remove their own)."""
+    for entry in os.scandir(parent):
+        owner = _OWNED_METRICS_DIR.match(entry.name)
+        if owner and entry.is_dir(follow_symlinks=False) and not _process_alive(int(owner.group(1))):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
 class Supervisor:
-    def __init__(self, worker_args: Sequence[str], count: int, grace_seconds: float, address: str) -> None:
+    def __init__(self, worker_args: Sequence[str], count: int, grace_seconds: float, host: str, port: int) -> None:
         self._worker_args = list(worker_args)
         self._count = count
         self._grace = grace_seconds
-        self._address = address
+        self._host, self._port = host, port
+        self._address = f"http://{host}:{port}"
         self._workers: list[_Worker | None] = []
         self._start_at: dict[int, float] = {}  # slot -> when its replacement may start
         self._restarts = _Restarts()
         self._stopping = False
-        self._metrics_dir = os.environ.get(MULTIPROC_DIR_ENV) or tempfile.mkdtemp(prefix="rerank-gateway-metrics-")
+        self._own_metrics_dir = MULTIPROC_DIR_ENV not in os.environ  # else whoever set it owns it
+        self._metrics_dir = os.environ.get(MULTIPROC_DIR_ENV, "")
 
     def run(self) -> int:
         """0 after a graceful stop; 1 when the workers could not start or kept dying (the line is printed)."""
+        try:
+            claim_port(self._host, self._port)
+        except StartupFailed as failure:
+            print(f"rerank-gateway: {failure}", file=sys.stderr)
+            return 1
+        if self._own_metrics_dir:
+            remove_stale_metrics_dirs(tempfile.gettempdir())
+            self._metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
+        try:
+            return self._supervise()
+        finally:
+            if self._own_metrics_dir:
+                shutil.rmtree(self._metrics_dir, ignore_errors=True)
+
+    def _supervise(self) -> int:
         clear_multiprocess_dir(self._metrics_dir)
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)

@@ -56,6 +56,8 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     await _refresh_budget_gauges(live)
+    if (stored := live.shared.cache.stored_bytes()) is not None:
+        live.shared.metrics.set_cache_bytes(stored)
     body, content_type = live.shared.metrics.render()
     # content_type= would refuse the charset parameter prometheus-client includes.
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -77,6 +79,8 @@ async def status_page(request: web.Request) -> web.Response:
             hits=stats.hits,
             misses=stats.misses,
             saved_usd=stats.saved_usd,
+            stored_bytes=live.shared.cache.stored_bytes(),
+            max_bytes=generation.config.cache.max_bytes,
         ),
         recent_errors=tuple(reversed(live.shared.health.recent_errors)),
         gateway_budget=_bars(reports, GATEWAY_SCOPE),

@@ -60,6 +60,8 @@ class CacheStatus:
     hits: int
     misses: int
     saved_usd: float  # what the hits would have cost upstream
+    stored_bytes: int | None = None  # the in-process cache's bytes; None for Redis
+    max_bytes: int | None = None
 
     @property
     def hit_rate(self) -> float | None:
@@ -141,8 +143,18 @@ def _cache_card(cache: CacheStatus) -> str:
         "Score cache",
         f"<div class=\"big\">{_e(headline)}</div>"
         f"<div class=\"muted\">{_e(f'{cache.hits:,} hits · {cache.misses:,} misses · {cache.backend}')}</div>"
-        f"<div class=\"saved\">saved {_e(_usd(cache.saved_usd))}</div>",
+        f"<div class=\"saved\">saved {_e(_usd(cache.saved_usd))}</div>"
+        + _cache_memory(cache),
     )
+
+
+def _cache_memory(cache: CacheStatus) -> str:
+    if cache.stored_bytes is None:
+        return ""
+    held = f"{cache.stored_bytes / 2**20:,.1f} MiB"
+    if cache.max_bytes:
+        held += f" of {cache.max_bytes / 2**20:,.0f} MiB (cache.max_bytes)"
+    return f"<div class=\"muted\">{_e(held)} in this process</div>"
 
 
 def _gateway_budget_card(bars: tuple[BudgetBar, ...]) -> str:

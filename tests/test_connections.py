@@ -1,0 +1,146 @@
+"""Idle and silent connections are closed on time, so a crowd of them cannot starve the gateway
+of file descriptors; when accept() still runs out, the log says so once, not once per attempt."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import REPO, free_port, gateway_toml, running, wait_for_port
+
+OPEN_FILES = 128  # soft and hard: the gateway cannot raise it, and 200 silent clients exhaust it
+SILENT_CLIENTS = 200
+WITHIN_SECONDS = 30.0  # a bound for a hung test, not a performance claim
+
+
+def poll(condition: Callable[[], bool], seconds: float = WITHIN_SECONDS) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read
+    except ConnectionResetError:
+        return True
+
+
+def rerank_over(sock: socket.socket) -> bytes:
+    body = b'{"query": "q", "documents": ["a q", "b"]}'
+    sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock.settimeout(WITHIN_SECONDS)
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def fresh_request_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            return rerank_over(sock).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def _few_open_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (OPEN_FILES, OPEN_FILES))
+
+
+@contextmanager
+def gateway_with_few_files(config: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port)],
+            cwd=REPO, env={**os.environ, "EMULATOR_KEY": "k"}, stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=_few_open_files,
+        )
+    try:
+        wait_for_port(port, process)
+        yield process
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> tuple[Path, int]:
+    emulator_port = free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_toml(emulator_port, server="keepalive_timeout_seconds = 2\nheader_timeout_seconds = 1"))
+    return path, emulator_port
+
+
+def test_silent_clients_beyond_the_descriptor_limit_are_closed_and_service_resumes(tmp_path, config):
+    path, emulator_port = config
+    port, log = free_port(), tmp_path / "gateway.log"
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), gateway_with_few_files(path, port, log):
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(SILENT_CLIENTS)]
+        try:
+            # More clients than descriptors: some wait in the listen backlog until others are closed.
+            poll(lambda: all(closed_by_server(sock) for sock in silent))
+            poll(lambda: fresh_request_answers(port))
+        finally:
+            for sock in silent:
+                sock.close()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            metrics = b""
+            while chunk := sock.recv(65536):
+                metrics += chunk
+    accept_errors = [line for line in metrics.decode().splitlines() if line.startswith("rerank_gateway_accept_errors_total")]
+    assert accept_errors and float(accept_errors[0].split()[-1]) >= 1, "the limit was never reached: the test proves nothing"
+    lines = log.read_text().splitlines()
+    warnings = [line for line in lines if "cannot accept connections" in line]
+    assert 1 <= len(warnings) <= 1 + WITHIN_SECONDS // 10  # one per 10 s interval at most
+    assert not any("Traceback" in line for line in lines)
+    assert len(lines) < 40, "\n".join(lines[-20:])
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(tmp_path, config):
+    path, emulator_port = config
+    port, log = free_port(), tmp_path / "gateway.log"
+    with (
+        running(["emulate", "--port", str(emulator_port)], emulator_port),
+        gateway_with_few_files(path, port, log),
+        socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+    ):
+        assert rerank_over(sock).startswith(b"HTTP/1.1 200")  # a whole request: the head timeout is over
+        started = time.monotonic()
+        poll(lambda: closed_by_server(sock))
+        idle = time.monotonic() - started
+    # Closed by the keep-alive timeout (2 s), not by the head timeout (1 s) that ended with the request.
+    assert idle >= 1.5, f"closed after {idle:.2f}s: before the keep-alive timeout"
+
+
+def test_a_trickling_request_head_is_cut_at_the_head_timeout_not_the_keep_alive_one(tmp_path):
+    emulator_port, port = free_port(), free_port()
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_toml(emulator_port, server="keepalive_timeout_seconds = 25\nheader_timeout_seconds = 1"))
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), \
+         gateway_with_few_files(path, port, tmp_path / "gateway.log"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/rerank HTTP/1.1\r\nHost: x\r\nContent-Ty")  # and nothing more
+            started = time.monotonic()
+            poll(lambda: closed_by_server(sock))
+            waited = time.monotonic() - started
+        assert fresh_request_answers(port)
+    assert waited < 25, f"held for {waited:.1f}s: only the keep-alive timeout cut it"
