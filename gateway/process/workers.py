@@ -122,8 +122,8 @@ def claim_port(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            held = exc.errno == errno.EADDRINUSE
-            reason = "another process is listening there" if held else (exc.strerror or str(exc))
+            # The words a single `serve` refused on a taken port says (aiohttp's bind error).
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
             raise StartupFailed(f"cannot serve on http://{host}:{port}: {reason}") from None
 
 
