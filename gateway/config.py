@@ -104,6 +104,8 @@ class ResilienceConfig(_Section):
     retry_base_ms: PositiveFloat = 50.0
     retry_cap_ms: PositiveFloat = 1000.0
     retry_budget_ratio: float = Field(0.2, ge=0, le=1)  # retries at most this share of calls
+    # A 429 without Retry-After keeps its provider out this long (one with it: as long as it says).
+    rate_limit_seconds: PositiveFloat = 1.0
     breaker_consecutive_failures: PositiveInt = 5
     breaker_error_rate: float = Field(0.5, gt=0, le=1)
     breaker_window_seconds: PositiveFloat = 30.0

@@ -176,7 +176,7 @@ class DeadlineExceeded(UpstreamError):
 
 
 # Kinds of failure where the provider was never called; the rest are calls that failed.
-SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open", "quality"})
+SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open", "quality", "rate_limited"})
 
 
 # Worth another try on the same provider: rate limited, or a gateway/proxy in front of it
@@ -194,7 +194,8 @@ class ProviderFailure(Exception):
     reason: str
     # One of a closed set, for metrics and logs. Calls that failed: timeout, connect, http_5xx,
     # http_429, http_4xx, invalid_answer. Never called (SKIP_KINDS): unusable (no key, disabled,
-    # cannot take an instruction), budget, breaker_open, quality (fails its canary).
+    # cannot take an instruction), budget, breaker_open, quality (fails its canary), rate_limited
+    # (a 429's Retry-After has not passed).
     kind: str
     fallback_allowed: bool = True
     transient: bool = False  # worth retrying on the same provider (connect error, 429, 502-504)

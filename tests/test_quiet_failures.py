@@ -118,6 +118,7 @@ NEW_VALUES: dict[str, Any] = {
     "hedge": 77.0,
     "hedge_min_ms": 5.0,
     "last_resort": "lexical",
+    "rate_limit_seconds": 2.5,
 }
 _BREAKER_FIELDS = {
     "breaker_consecutive_failures": "consecutive_failures",

@@ -7,6 +7,12 @@
              full-jitter backoff or its Retry-After, within the attempt and the retry budget
     account  settle the reservation to the real cost (or release it), tell the breaker: a call
              cut by its time limit or by the request's deadline is a timeout like any other
+
+A 429 is the provider's word on when to come back, not a failure: it sets the provider's "not
+before" time (its Retry-After, else `resilience.rate_limit_seconds`), which every request of the
+process respects (admit skips it as `rate_limited`); it is not retried here, so the request moves
+to the next provider at once (the router waits it out only when nobody else can answer), and it
+never counts towards the breaker, which would keep the provider out past its Retry-After.
 """
 
 from __future__ import annotations
@@ -79,7 +85,10 @@ class GuardedCall:
             scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic, answered)
         except ProviderFailure as failure:
             await self._account(client, reservation, pairs, chars, answered)
-            if failure.fallback_allowed:
+            if failure.kind == "http_429":
+                health.breaker.record_cancelled()  # no verdict on its health: it said when to come back
+                self._health.note_error(client.name, failure.reason)
+            elif failure.fallback_allowed:
                 self._record_failure(client.name, health, failure.reason)
             else:
                 health.breaker.record_cancelled()  # the request was at fault, not the provider
@@ -127,6 +136,11 @@ class GuardedCall:
             health.reported_calls += 1
 
     def _admit(self, client: ProviderClient, health: ProviderHealth, panic: bool) -> None:
+        if (wait := health.rate_limited_for()) > 0:
+            skip = ProviderFailure(client.name, f"rate limited for {wait:.1f}s more (its 429's Retry-After)",
+                                   kind="rate_limited")
+            self.note_skip(skip)
+            raise skip
         if panic:
             health.breaker.admit_panic()
             return
@@ -138,8 +152,8 @@ class GuardedCall:
         raise skip
 
     def note_skip(self, skip: ProviderFailure) -> None:
-        """A provider passed over for its breaker or its budget, in the metrics and the request log."""
-        # A skip's kind is "breaker_open" or "budget", both reasons; record_upstream_error checks it.
+        """A provider passed over for its breaker, budget, rate limit or quality, in the metrics and the request log."""
+        # A skip's kind is one of SKIP_KINDS, all of them reasons; record_upstream_error checks it.
         self._metrics.record_upstream_error(provider=skip.provider, reason=skip.kind)  # type: ignore[arg-type]
         note_attempt(skip.provider, skip.kind, 0.0)
 
@@ -184,6 +198,10 @@ class GuardedCall:
                 await self._bounded_call(client, batch, todo, ends_at, answered)
             except ProviderFailure as failure:
                 self._observe_call(client.name, _now() - started, failure.kind, panic)
+                if failure.kind == "http_429":
+                    asked = parse_retry_after(failure.retry_after, time.time())
+                    health.rate_limit(self._config.resilience.rate_limit_seconds if asked is None else asked)
+                    raise  # every request now passes it over until then, this one included
                 wait = self._retry_wait(failure, attempt, health, ends_at)
                 if wait is None:
                     raise

@@ -32,6 +32,15 @@ class ProviderHealth:
     retry_budget: RetryBudget
     estimator: TokenEstimator
     reported_calls: int = 0  # answers that carried usage: until one does, the pooled estimate bills it
+    limited_until: float = 0.0  # monotonic: a 429 asked for no call before then
+
+    def rate_limited_for(self, now: float | None = None) -> float:
+        """Seconds until the provider's rate limit lifts; 0 when it may be called."""
+        return max(0.0, self.limited_until - (time.monotonic() if now is None else now))
+
+    def rate_limit(self, seconds: float, now: float | None = None) -> None:
+        """No call before `seconds` from now; a later 429 may lengthen the wait, never shorten it."""
+        self.limited_until = max(self.limited_until, (time.monotonic() if now is None else now) + seconds)
 
 
 class HealthBoard:

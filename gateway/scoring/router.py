@@ -97,6 +97,8 @@ class Router:
             panic = self._panic_step(request, failures)
             if panic is not None:
                 answer = await self._walk(request, [panic], failures, answers)
+        if answer is None and await self._waited_out_rate_limits(request, failures):
+            answer = await self._walk(request, self._provider_steps(request, failures), failures, answers)
         if answer is not None:
             return answer
         if self._config.resilience.last_resort == "lexical":
@@ -110,7 +112,8 @@ class Router:
 
         `over_budget` is what a report of the ledger says; the router learns it by reserving instead.
         """
-        skip = unavailable(self._clients[provider], self._health[provider].breaker, instruction, over_budget)
+        health = self._health[provider]
+        skip = unavailable(self._clients[provider], health.breaker, instruction, over_budget, health.rate_limited_for())
         return skip or self._quality.skip(model, provider)
 
     def _provider_steps(self, request: ScoreRequest, failures: list[ProviderFailure]) -> list[Step]:
@@ -122,7 +125,7 @@ class Router:
                 if skip is None:
                     steps.append(self._step(request, model, self._clients[provider]))
                     continue
-                if skip.kind in ("breaker_open", "quality"):
+                if skip.kind in ("breaker_open", "quality", "rate_limited"):
                     self._guard.note_skip(skip)
                 failures.append(skip)
         return steps
@@ -148,6 +151,19 @@ class Router:
             if target is not None:
                 return self._step(request, candidate_model, self._clients[target], panic=True)
         return None
+
+    async def _waited_out_rate_limits(self, request: ScoreRequest, failures: Sequence[ProviderFailure]) -> bool:
+        """Step 3b: nobody answered and a rate limit kept some provider out: wait until the first one
+        lifts when that fits well inside the deadline (half the time left), so the plan can run again."""
+        limited = {f.provider for f in failures if f.kind in ("rate_limited", "http_429")}
+        if not limited or request.deadline is None:
+            return False
+        wait = min(self._health[provider].rate_limited_for() for provider in limited)
+        left = request.deadline - asyncio.get_running_loop().time()
+        if wait > left / 2:
+            return False
+        await asyncio.sleep(wait)
+        return True
 
     async def _walk(
         self, request: ScoreRequest, steps: list[Step], failures: list[ProviderFailure], kept: KeptAnswers
@@ -256,12 +272,16 @@ class Router:
 
 
 def unavailable(
-    client: ProviderClient, breaker: CircuitBreaker, instruction: str | None, over_budget: bool = False
+    client: ProviderClient, breaker: CircuitBreaker, instruction: str | None, over_budget: bool = False,
+    rate_limited_for: float = 0.0,
 ) -> ProviderFailure | None:
-    """Why a provider cannot be called now, whatever the model: its config, key, breaker or budget."""
+    """Why a provider cannot be called now, whatever the model: its config, key, rate limit, breaker or budget."""
     reason = client.unusable_reason(instruction)
     if reason is not None:
         return ProviderFailure(client.name, reason, kind="unusable")
+    if rate_limited_for > 0:
+        return ProviderFailure(client.name, f"rate limited for {rate_limited_for:.1f}s more (its 429's Retry-After)",
+                               kind="rate_limited")
     if breaker.state == "open":
         return ProviderFailure(client.name, "circuit open after repeated failures", kind="breaker_open")
     if over_budget:

@@ -43,6 +43,8 @@ async def readyz(request: web.Request) -> web.Response:
         elif model.panic_provider is not None:
             # Still ready: taking this gateway out of rotation would make the outage total.
             warnings.append(f"model {model.name}: every breaker is open; panic rule routing to {model.panic_provider}")
+        # A rate limit lifts by itself within its Retry-After: a warning, never a reason to be unready.
+        warnings += [f"model {model.name}: {p.name} {p.reason}" for p in model.fallback if p.rate_limited]
     quality = {
         model.name: {p.name: p.quality.as_json() for p in model.fallback if p.quality is not None} for model in statuses
     }
@@ -138,6 +140,7 @@ async def _model_statuses(
                 kind=client.config.kind,
                 usable=skip is None,
                 reason=None if skip is None else skip.reason,
+                rate_limited=skip is not None and skip.kind == "rate_limited",
                 breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,

@@ -39,6 +39,8 @@ class ProviderStatus:
     budget: tuple[BudgetBar, ...]
     p95_ms: float | None  # None until enough answers were seen
     quality: QualityReport | None = None
+    # Out only until its 429's Retry-After passes: requests wait for it when nobody else can answer.
+    rate_limited: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +53,7 @@ class ModelStatus:
 
     @property
     def servable(self) -> bool:
-        return any(provider.usable for provider in self.fallback) or self.panic_provider is not None
+        return any(p.usable or p.rate_limited for p in self.fallback) or self.panic_provider is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +192,8 @@ def _model_section(model: ModelStatus) -> str:
 def _provider_row(position: int, provider: ProviderStatus) -> str:
     if provider.usable:
         health = "<span class=\"pill ok\">usable</span>"
+    elif provider.rate_limited:
+        health = f"<span class=\"pill warn\">rate limited</span><div class=\"reason\">{_e(provider.reason or '')}</div>"
     else:
         reason = f"<div class=\"reason\">{_e(provider.reason)}</div>" if provider.reason else ""
         health = f"<span class=\"pill bad\">not usable</span>{reason}"
