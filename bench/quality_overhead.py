@@ -57,7 +57,7 @@ async def main() -> None:
     live = app[LIVE]
     router = live.current.router
     pairs = Batch(["q"] * 20, [f"passage {i}" for i in range(20)], None)
-    request = ScoreRequest(MODEL, pairs, pairs, f"{MODEL}@deepinfra", None)
+    request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None), None)
 
     unknown = per_request_us(router, request)
     tracker = live.shared.quality.entry(MODEL, "fireworks").agreement

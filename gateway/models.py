@@ -95,6 +95,8 @@ class ScoredPairs:
     group: str  # the cache namespace these scores belong to
     whole: bool = False  # the scores are of ScoreRequest.whole, not of .missing
     degraded: bool = False  # the lexical last resort, not a model
+    # The provider's own scores when `scores` are them mapped onto the group's scale (calibrated).
+    raw_scores: list[float] | None = None
 
 
 @dataclass(slots=True)
@@ -110,6 +112,9 @@ class RerankResult:
     runtime_ms: float = 0.0
     upstream_ms: float = 0.0  # wall time spent waiting on providers (or on another request's call)
     degraded: bool = False  # scored by the local lexical last resort, not by a model
+    # Per request position, the serving provider's own score where `scores` holds it mapped onto
+    # the reference's scale (None elsewhere); None when nothing was mapped. For the request log.
+    raw_scores: list[float | None] | None = None
 
     def ranking(self, top_n: int | None) -> list[int]:
         """Document indices, best first, cut to top_n; ties keep request order."""

@@ -88,6 +88,7 @@ def request_log_fields(
     total_ms: float,
     attempts: Sequence[ProviderAttempt] = (),
     error_type: str | None = None,
+    raw_scores: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
     fields: dict[str, Any] = {
@@ -104,6 +105,10 @@ def request_log_fields(
     }
     if error_type is not None:
         fields["error_type"] = error_type
+    if raw_scores is not None:
+        # The answer's scores were mapped onto the reference's scale; these are the provider's own
+        # (per document, null where the score came from the cache).
+        fields["raw_scores"] = list(raw_scores)
     return fields
 
 

@@ -36,6 +36,7 @@ from gateway.errors import AllProvidersFailed, ProviderFailure, UpstreamRejected
 from gateway.models import Batch, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
+from gateway.quality.calibration import Calibration
 from gateway.quality.guard import QualityGuard
 from gateway.resilience import CircuitBreaker, lexical_scores
 from gateway.resilience.deadline import attempt_seconds
@@ -56,6 +57,7 @@ class Step:
     group: str  # the cache namespace its scores belong to
     whole: bool  # scores every pair of the request, not only the missing ones
     panic: bool = False  # called although its breaker is open (the panic rule)
+    scale: Calibration | None = None  # maps its scores onto its group's scale; None: taken as they are
 
 
 class Router:
@@ -74,13 +76,14 @@ class Router:
         self._health = health
         self._metrics = metrics
         self._quality = quality
+        self._groups = quality.groups
 
     def cache_group(self, model: str, instruction: str | None) -> str:
         """Where the request's cached scores are read: the group of the provider the plan would call first."""
         for provider in self._config.models[model].fallback:
             if self.why_not(model, provider, instruction) is None:
-                return self._quality.group_of(model, provider)
-        return self._quality.group_of(model, self._quality.reference(model) or self._config.models[model].fallback[0])
+                return self._groups.group_of(model, provider)
+        return self._groups.group_of(model, self._groups.reference(model) or self._config.models[model].fallback[0])
 
     async def score(self, request: ScoreRequest) -> ScoredPairs:
         """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does."""
@@ -121,8 +124,9 @@ class Router:
         return steps
 
     def _step(self, request: ScoreRequest, model: str, client: ProviderClient, panic: bool = False) -> Step:
-        group = self._quality.group_of(model, client.name)
-        return Step(model, client, group, whole=model != request.model or group != request.group, panic=panic)
+        group, scale = self._groups.placement(model, client.name)
+        whole = model != request.model or group != request.group
+        return Step(model, client, group, whole=whole, panic=panic, scale=scale)
 
     def _panic_step(self, request: ScoreRequest, failures: Sequence[ProviderFailure]) -> Step | None:
         """Step 3: when no provider was called and open breakers kept some out, the one opened first.
@@ -197,8 +201,12 @@ class Router:
         scores, usage = outcome
         self._note_fallback(request.model, failures, step.client.name)
         if step.model == request.model:
-            self._quality.maybe_shadow(step.model, step.client.name, _pairs_of(request, step), scores)
-        return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
+            self._quality.maybe_shadow(step.model, step.client.name, _pairs_of(request, step), scores)  # raw: agreement
+        if step.scale is None:
+            return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
+        # On the group's scale before they are cached beside its scores, ranked, or returned.
+        return ScoredPairs(step.scale.apply(scores), usage, step.client.name, step.model, step.group,
+                           whole=step.whole, raw_scores=scores)
 
     def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step]) -> Attempt:
         return asyncio.ensure_future(self._call(request, step, later))

@@ -116,6 +116,7 @@ def _observe(
         total_ms=seconds * 1000,
         attempts=attempts,
         error_type=error_type,
+        raw_scores=result.raw_scores if result else None,
     ))
 
 
