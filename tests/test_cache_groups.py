@@ -225,6 +225,10 @@ def test_agreeing_providers_name_one_group_in_any_order() -> None:
     backward = groups_of(["fireworks", "deepinfra"], board)  # the board re-measures against the new reference
     assert backward.reference(MODEL) == "fireworks"
     assert backward.group_of(MODEL, "deepinfra") == backward.group_of(MODEL, "fireworks") == shared
+    board.entry(MODEL, "deepinfra").state = "failing"  # one failing for a while does not rename the others' group
+    assert backward.group_of(MODEL, "fireworks") == shared
+    apart = backward.group_of(MODEL, "deepinfra")
+    assert apart != shared and apart.endswith("!")  # its own, written while failing, never read as the shared one
 
 
 def test_a_provider_on_another_scale_shares_only_once_calibrated_and_in_order() -> None:

@@ -14,9 +14,10 @@ verdict says otherwise, in either direction.
 Providers that agree with the model's reference share one group: the reference, and every
 provider whose scores agree with the reference's as they are (MAE within `agreement_tolerance`)
 or once mapped onto its scale (gateway.quality.calibration: calibrated MAE within the tolerance
-and Kendall's tau at least `min_rank_correlation`). The shared group is named after the smallest
-identity among the reference and the providers that agree as they are: the same set of
-providers names the same group in any fallback order. A calibrated provider's fresh scores are
+and Kendall's tau at least `min_rank_correlation`); a provider failing its canary shares nothing.
+The shared group is named after the smallest identity among the reference and the providers
+known to agree with it as they are, whatever their verdicts: the same set of providers names
+the same group in any fallback order, and one failing for a while does not rename it. A calibrated provider's fresh scores are
 mapped onto the reference's scale before they are cached, ranked or returned (its Placement's
 `scale`). Every other provider has a group of its own and scores whole requests.
 """
@@ -82,7 +83,9 @@ class CacheGroups:
         sharing = self._sharing(model, provider, reference)
         if reference is None or not sharing.shares:
             return Placement(self._name(model, self._identities[provider], self._board.entry(model, provider).state))
-        members = [p for p in self._config.models[model].fallback if self._sharing(model, p, reference) is _AS_IS]
+        # Agreement alone names the group, whatever the verdicts: a member failing its canary for
+        # a while (it then writes to a group of its own) does not rename the group the others read.
+        members = [p for p in self._config.models[model].fallback if self._agrees_as_is(model, p)]
         anchor = min(self._identities[p] for p in (reference, *members))
         return Placement(self._name(model, anchor, self._board.entry(model, reference).state), sharing.scale)
 
@@ -115,21 +118,24 @@ class CacheGroups:
         entry = self._board.entry(model, provider)
         if entry.state == "failing":
             return _APART
+        if self._agrees_as_is(model, provider):
+            return _AS_IS
         quality = self._config.models[model].quality
         measured = entry.agreement.current()
-        if measured is None:
-            return _APART
-        if measured.within(quality.agreement_tolerance):
-            return _AS_IS
         calibration = entry.agreement.calibration()
         if (
-            calibration is not None
+            measured is not None
+            and calibration is not None
             and calibration.mae_after <= quality.agreement_tolerance
             and measured.kendall_tau is not None
             and measured.kendall_tau >= quality.min_rank_correlation
         ):
             return _Sharing(True, calibration)
         return _APART
+
+    def _agrees_as_is(self, model: str, provider: str) -> bool:
+        """Known to agree with the reference as its scores are (the reference's agreement is unmeasured)."""
+        return self._board.entry(model, provider).agreement.within(self._config.models[model].quality.agreement_tolerance)
 
     @staticmethod
     def _name(model: str, identity: str, state: QualityState) -> str:
