@@ -23,6 +23,7 @@ from gateway.quality import builtin_canary, judge
 from gateway.quality.board import QualityBoard
 from gateway.quality.groups import CacheGroups, scoring_identity
 from gateway.quality.probe import CanaryOutcome
+from tests.support.canaries import word_overlap_canary
 from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, emulator_url, gateway_settings
 
 QUERY = "bankruptcy through the MFC cost"
@@ -33,6 +34,7 @@ FIREWORKS = {"kind": "fireworks", "model": "accounts/fireworks/models/qwen3-rera
 
 
 def config_text(providers: dict[str, dict[str, Any]], fallback: list[str], redis_url: str, **quality: Any) -> str:
+    """Probes at start and after a reload only, with the canary `quality` names (see `start`)."""
     quality = {"probe_interval_seconds": 3600, **quality}
     lines = [
         '[server]\ndefault_model = "qwen3-reranker-8b"\nadmin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0',
@@ -53,13 +55,13 @@ def _toml(value: Any) -> str:
 class Setup:
     """A gateway from a config file, its emulator, and the file to edit."""
 
-    def __init__(self, path: Path, gateway: Any, redis_url: str, base: dict[str, Any]) -> None:
-        self.path, self.gateway, self.redis_url, self.base = path, gateway, redis_url, base
+    def __init__(self, path: Path, gateway: Any, redis_url: str, base: dict[str, Any], canary: Path) -> None:
+        self.path, self.gateway, self.redis_url, self.base, self.canary = path, gateway, redis_url, base, canary
 
     def write(self, providers: dict[str, dict[str, Any]], fallback: list[str], **quality: Any) -> None:
         """The config file with these providers (each over the emulator, unless it says otherwise)."""
         providers = {name: {**self.base, **entry} for name, entry in providers.items()}
-        self.path.write_text(config_text(providers, fallback, self.redis_url, **quality))
+        self.path.write_text(config_text(providers, fallback, self.redis_url, canary=str(self.canary), **quality))
 
     async def reload(self, providers: dict[str, dict[str, Any]], fallback: list[str], **quality: Any) -> None:
         self.write(providers, fallback, **quality)
@@ -93,7 +95,7 @@ async def start(aiohttp_client, emulator, tmp_path, monkeypatch, redis_url):
 
     async def build(providers: dict[str, dict[str, Any]], fallback: list[str], **quality: Any) -> Setup:
         path = tmp_path / "config.toml"
-        setup = Setup(path, None, redis_url, base)
+        setup = Setup(path, None, redis_url, base, word_overlap_canary(tmp_path))
         setup.write(providers, fallback, **quality)
         setup.gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
         return setup
