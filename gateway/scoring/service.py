@@ -205,11 +205,11 @@ class _Job:
 
     def note_raw(self, slots: Sequence[int], raw_scores: Sequence[float] | None) -> None:
         """Keep the provider's own scores of slots whose scores were mapped onto the group's scale."""
-        for position, slot in enumerate(slots):
-            if raw_scores is None:
+        if raw_scores is not None:
+            self.raw.update(zip(slots, raw_scores))
+        elif self.raw:  # scored again, unmapped (a whole rescoring): nothing of theirs was mapped
+            for slot in slots:
                 self.raw.pop(slot, None)
-            else:
-                self.raw[slot] = raw_scores[position]
 
 
 class _UniquePairs:
