@@ -96,3 +96,16 @@ def test_the_tracker_fits_from_distinct_pairs_and_forgets_them_on_clear() -> Non
     assert calibration is not None and calibration.pairs == 50  # the newest 50 kept
     tracker.clear()
     assert tracker.calibration() is None and tracker.current() is None
+
+
+def test_the_tracker_fits_again_only_once_a_tenth_of_its_pairs_is_new() -> None:
+    tracker = AgreementTracker(max_pairs=400)
+    grid = [0.01 + 0.98 * i / 599 for i in range(600)]
+    tracker.add(grid[:400], [p**3 for p in grid[:400]])
+    first = tracker.calibration()
+    assert first is not None and first.pairs == 400
+    tracker.add(grid[400:430], [p**3 for p in grid[400:430]])  # 30 new: under a tenth (40)
+    assert tracker.calibration() is first
+    tracker.add(grid[430:450], [p**3 for p in grid[430:450]])  # 50 new in all
+    again = tracker.calibration()
+    assert again is not first and again is not None and again.pairs == 400

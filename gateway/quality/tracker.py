@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.quality.agreement import Agreement, agreement
-from gateway.quality.calibration import Calibration, calibrate
+from gateway.quality.calibration import MIN_PAIRS, Calibration, calibrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,7 @@ class AgreementTracker:
         # The router asks on every request; samples arrive a few times a minute at most.
         self._current: Agreement | None = None
         self._calibration: Calibration | None = None
+        self._unfitted = 0  # distinct pairs added since the last fit
         self._stale = False
 
     def add(self, reference: Sequence[float], other: Sequence[float]) -> None:
@@ -50,7 +51,10 @@ class AgreementTracker:
         measured = agreement(reference, other)
         self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
         for pair in zip(reference, other):
-            self._pairs.pop(pair, None)  # seen again: now among the newest
+            if pair in self._pairs:
+                del self._pairs[pair]  # seen again: now among the newest, and nothing new to fit
+            else:
+                self._unfitted += 1
             self._pairs[pair] = None
         while len(self._pairs) > self._max_pairs:
             del self._pairs[next(iter(self._pairs))]
@@ -58,21 +62,23 @@ class AgreementTracker:
 
     def current(self) -> Agreement | None:
         """Agreement over the samples kept, or None while fewer than `min_pairs` pairs were seen."""
-        self._refresh()
+        if self._stale:
+            self._current = self._measure()
+            self._stale = False
         return self._current
 
     def calibration(self) -> Calibration | None:
         """The map from the tracked provider's scores onto the reference's, or None (too few
-        pairs, or no increasing relation between them)."""
-        self._refresh()
-        return self._calibration
+        pairs, or no increasing relation between them).
 
-    def _refresh(self) -> None:
-        if self._stale:
-            self._current = self._measure()
+        Fitted again only once a tenth of the pairs is new (at least MIN_PAIRS): a fit of 1,024
+        pairs takes a few milliseconds, and shadow traffic adds pairs with every sampled request.
+        """
+        if self._unfitted >= max(MIN_PAIRS, len(self._pairs) // 10):
             pairs = list(self._pairs)
-            self._calibration = calibrate([o for _, o in pairs], [r for r, _ in pairs]) if pairs else None
-            self._stale = False
+            self._calibration = calibrate([o for _, o in pairs], [r for r, _ in pairs])
+            self._unfitted = 0
+        return self._calibration
 
     def _measure(self) -> Agreement | None:
         pairs = sum(sample.pairs for sample in self._samples)
@@ -90,6 +96,7 @@ class AgreementTracker:
         """Forget every sample, e.g. when the provider's config changed."""
         self._samples.clear()
         self._pairs.clear()
+        self._calibration, self._unfitted = None, 0
         self._stale = True
 
     def _pooled_tau(self) -> float | None:
