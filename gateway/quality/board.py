@@ -79,10 +79,10 @@ class QualityBoard:
         (a fresh one when nothing is known of it)."""
         if fingerprint is not None:
             self._identities[(model, provider)] = fingerprint
-        identity = self._identity(model, provider)
-        found = self._entries.get((model, identity))
+        key = (model, self._identities.get((model, provider), provider))
+        found = self._entries.get(key)
         if found is None:
-            found = self._entries[(model, identity)] = ProviderQuality(fingerprint=fingerprint)
+            found = self._entries[key] = ProviderQuality(fingerprint=fingerprint)
         return found
 
     def _identity(self, model: str, provider: str) -> object:

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import orjson
 
 from gateway.config import GatewayConfig, ProviderConfig
-from gateway.quality.board import QualityBoard, QualityReport, QualityState
+from gateway.quality.board import ProviderQuality, QualityBoard, QualityReport, QualityState
 from gateway.quality.calibration import Calibration
 
 IDENTITY_BYTES = 6  # 12 hex digits: a handful of identities per model, kept short in every key
@@ -70,9 +70,12 @@ class CacheGroups:
         self._board = board
         self._plannable = plannable
         self._identities = {name: scoring_identity(provider) for name, provider in config.providers.items()}
+        # The board never replaces an identity's entry, so this generation may hold on to them:
+        # the router asks for a group several times per request.
+        self._entries: dict[tuple[str, str], ProviderQuality] = {}
         for name, model in config.models.items():
             for provider in model.fallback:
-                board.entry(name, provider, fingerprint=self._identities[provider])
+                self._entries[(name, provider)] = board.entry(name, provider, fingerprint=self._identities[provider])
             board.note_reference(name, self.reference(name))
 
     def reference(self, model: str) -> str | None:
@@ -82,18 +85,18 @@ class CacheGroups:
         reference = self.reference(model)
         sharing = self._sharing(model, provider, reference)
         if reference is None or not sharing.shares:
-            return Placement(self._name(model, self._identities[provider], self._board.entry(model, provider).state))
+            return Placement(self._name(model, self._identities[provider], self._entries[(model, provider)].state))
         # Agreement alone names the group, whatever the verdicts: a member failing its canary for
         # a while (it then writes to a group of its own) does not rename the group the others read.
         members = [p for p in self._config.models[model].fallback if self._agrees_as_is(model, p)]
         anchor = min(self._identities[p] for p in (reference, *members))
-        return Placement(self._name(model, anchor, self._board.entry(model, reference).state), sharing.scale)
+        return Placement(self._name(model, anchor, self._entries[(model, reference)].state), sharing.scale)
 
     def group_of(self, model: str, provider: str) -> str:
         return self.placement(model, provider).group
 
     def report(self, model: str, provider: str) -> QualityReport:
-        entry = self._board.entry(model, provider)
+        entry = self._entries[(model, provider)]
         reference = self.reference(model)
         measured = entry.agreement.current()
         sharing = self._sharing(model, provider, reference)
@@ -115,7 +118,7 @@ class CacheGroups:
             return _APART
         if self._identities[provider] == self._identities[reference]:
             return _AS_IS  # the reference itself, perhaps under another name
-        entry = self._board.entry(model, provider)
+        entry = self._entries[(model, provider)]
         if entry.state == "failing":
             return _APART
         if self._agrees_as_is(model, provider):
@@ -135,7 +138,7 @@ class CacheGroups:
 
     def _agrees_as_is(self, model: str, provider: str) -> bool:
         """Known to agree with the reference as its scores are (the reference's agreement is unmeasured)."""
-        return self._board.entry(model, provider).agreement.within(self._config.models[model].quality.agreement_tolerance)
+        return self._entries[(model, provider)].agreement.within(self._config.models[model].quality.agreement_tolerance)
 
     @staticmethod
     def _name(model: str, identity: str, state: QualityState) -> str:
