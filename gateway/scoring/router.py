@@ -10,7 +10,10 @@
 Another model's scores, or lexical ones, are never ranked beside the model's cached scores, so
 steps 2 to 4 score the whole request (ScoreRequest.whole). Nor are the scores of a provider of the
 same model that the quality guard has not found to agree with the provider whose scores the cache
-held (another cache group): it too scores the whole request. A provider failing its canary is
+held (another cache group): it too scores the whole request. One that shares the group only
+through a map onto the reference's scale (gateway.quality.groups) has its answer mapped in
+`_accept`, so everything after the router sees scores on the group's scale; the raw ones ride
+along for the request log. A provider failing its canary is
 skipped when the model's quality `action` says so. A provider that cannot take the
 request is noted as skipped; one that fails is noted with its reason, and the next step follows
 unless the failure says the request itself is wrong. Every failure ends up in the one error the
