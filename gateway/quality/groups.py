@@ -17,9 +17,10 @@ or once mapped onto its scale (gateway.quality.calibration: calibrated MAE withi
 and Kendall's tau at least `min_rank_correlation`); a provider failing its canary shares nothing.
 The shared group is named after the smallest identity among the reference and the providers
 known to agree with it as they are, whatever their verdicts: the same set of providers names
-the same group in any fallback order, and one failing for a while does not rename it. A calibrated provider's fresh scores are
-mapped onto the reference's scale before they are cached, ranked or returned (its Placement's
-`scale`). Every other provider has a group of its own and scores whole requests.
+the same group in any fallback order, and one failing for a while does not rename it. A
+calibrated provider's fresh scores are mapped onto the reference's scale before they are
+cached, ranked or returned (its Placement's `scale`). Every other provider has a group of its
+own and scores whole requests.
 """
 
 from __future__ import annotations
