@@ -6,8 +6,10 @@ Per request the router now asks which cache group the request reads (the first u
 provider's) and which group each step of its plan writes. This times exactly that work, in
 process, on a gateway built from the shipped two-provider shape (DeepInfra, Fireworks), with
 Fireworks' agreement known and within tolerance (the case where it shares DeepInfra's cache)
-and unknown (the case where it would score whole requests), and prints it beside the miss
-path's whole CPU cost per request that bench_core.py measures. It asserts nothing.
+and unknown (the case where it would score whole requests), and on another scale, calibrated
+(it shares through the map onto DeepInfra's scale); then what fitting the map and mapping a
+score cost. It prints them beside the miss path's whole CPU cost per request that bench_core.py
+measures, and asserts nothing about them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ async def main() -> None:
     live = app[LIVE]
     router = live.current.router
     pairs = Batch(["q"] * 20, [f"passage {i}" for i in range(20)], None)
-    request = ScoreRequest(MODEL, pairs, pairs, f"{MODEL}@deepinfra", None)
+    request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None), None)
 
     unknown = per_request_us(router, request)
     tracker = live.shared.quality.entry(MODEL, "fireworks").agreement
@@ -66,12 +68,24 @@ async def main() -> None:
     for _ in range(255):  # a full window of samples: the figure is remembered, not recomputed
         tracker.add([0.5] * 20, [0.51] * 20)
     full_window = per_request_us(router, request)
+    tracker.clear()  # another scale: shares only through the map onto DeepInfra's
+    grid = [0.01 + 0.98 * i / 1023 for i in range(1024)]
+    tracker.add(grid, [p**3 for p in grid])
+    fit_ms = timeit.timeit(tracker.calibration, number=1) * 1000  # the first call fits
+    calibrated = per_request_us(router, request)
+    scale = router._groups.placement(MODEL, "fireworks").scale
+    assert scale is not None, "the bench's rescaled pairs did not calibrate"
+    scores = [p**3 for p in grid[::10]]
+    map_us = min(timeit.repeat(lambda: scale.apply(scores), number=2_000, repeat=5)) / 2_000 / len(scores) * 1e6
 
     print("| Fireworks' agreement | cache group + plan, µs per request |")
     print("|---|---|")
     print(f"| unknown (scores whole requests) | {unknown:.2f} |")
     print(f"| known, within tolerance (shares the cache) | {agreeing:.2f} |")
     print(f"| known, 256 samples in the window | {full_window:.2f} |")
+    print(f"| another scale, calibrated on 1,024 pairs (shares through the map) | {calibrated:.2f} |")
+    print(f"\nFitting the map on 1,024 pairs: {fit_ms:.1f} ms (again once a tenth of the pairs is new); "
+          f"mapping a fresh score: {map_us:.2f} µs.")
     print("\nCompare with the miss path's CPU per request in bench_core.py (0.45-0.70 ms on this machine).")
 
 

@@ -171,6 +171,8 @@ class QualityConfig(_Section):
     canary: Annotated[Path | None, Field(strict=False)] = None
     probe_interval_seconds: float = Field(600.0, ge=0)  # also at start and after a reload; 0 = never
     agreement_tolerance: PositiveFloat = 0.05  # most mean |score difference| for sharing cached scores
+    # Least Kendall tau-b with the reference for a provider on another scale to share once calibrated.
+    min_rank_correlation: float = Field(0.9, ge=-1, le=1)
     shadow_rate: float = Field(0.0, ge=0, le=1)  # share of upstream scorings also sent to the next provider
     action: Literal["skip", "warn"] = "skip"  # a provider failing its canary: skipped, or only reported
 

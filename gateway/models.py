@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,9 +110,15 @@ class KeptScores:
     group: str  # the cache namespace the scores belong to
     pairs: Batch
     calls: list[AnsweredCall] = field(default_factory=list)
+    # A provider calibrated onto its group's scale: maps its raw scores; None, taken as they are.
+    scale: Callable[[Sequence[float]], list[float]] | None = None
 
     def usage(self) -> Usage:
         return total_usage(self.calls)
+
+    def scores_of(self, call: AnsweredCall) -> list[float]:
+        """A call's scores on the group's scale, as they are cached and carried."""
+        return call.scores if self.scale is None else self.scale(call.scores)
 
 
 def total_usage(calls: Sequence[AnsweredCall]) -> Usage:
@@ -142,6 +148,8 @@ class ScoredPairs:
     group: str  # the cache namespace these scores belong to
     whole: bool = False  # the scores are of ScoreRequest.whole, not of .missing
     degraded: bool = False  # the lexical last resort, not a model
+    # The provider's own scores when `scores` are them mapped onto the group's scale (calibrated).
+    raw_scores: list[float] | None = None
 
 
 @dataclass(slots=True)
@@ -157,6 +165,9 @@ class RerankResult:
     runtime_ms: float = 0.0
     upstream_ms: float = 0.0  # wall time spent waiting on providers (or on another request's call)
     degraded: bool = False  # scored by the local lexical last resort, not by a model
+    # Per request position, the serving provider's own score where `scores` holds it mapped onto
+    # the reference's scale (None elsewhere); None when nothing was mapped. For the request log.
+    raw_scores: list[float | None] | None = None
 
     def ranking(self, top_n: int | None) -> list[int]:
         """Document indices, best first, cut to top_n; ties keep request order."""

@@ -9,6 +9,9 @@ import aiohttp
 import pytest
 
 from gateway.cache.redis import redis_key
+from gateway.config import GatewayConfig
+from gateway.quality.groups import scoring_identity
+from gateway.web.edge import LIVE
 from tests.support.cache_requests import DI, QUERY, documents, expected
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
 from tests.support.processes import free_port, gateway_toml, running
@@ -102,6 +105,10 @@ async def test_two_gateway_processes_share_one_redis(tmp_path, redis_url):
                 assert (await response.json())["requests"]["deepinfra"] == 1
 
 
+def live_config(gateway: Any) -> GatewayConfig:
+    return gateway.server.app[LIVE].config
+
+
 async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory, emulator, tmp_path):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -129,7 +136,9 @@ async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory,
         assert response.headers["X-Rerank-Provider"] == "cache"
         with server.client() as client:
             # Rounds 20..29 wrote 5 pairs each into the query's hash (the restart lost 0..9).
-            # The cache group of DeepInfra, the model's reference: its scores are kept under its name.
-            assert client.hlen(redis_key(f"{MODEL}@deepinfra", None, QUERY)) == 50
+            # The cache group of DeepInfra, the model's reference: named by what scores (its scoring
+            # identity), marked `?` since no canary has judged it (probes are off here).
+            group = f"{MODEL}@{scoring_identity(live_config(gateway).providers['deepinfra'])}?"
+            assert client.hlen(redis_key(group, None, QUERY)) == 50
     finally:
         server.stop()

@@ -139,7 +139,8 @@ def test_upstream_calls_errors_and_usage() -> None:
 def test_upstream_error_reason_is_a_closed_set() -> None:
     metrics = GatewayMetrics()
     assert UPSTREAM_ERROR_REASONS == {
-        "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality"
+        "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality",
+        "rate_limited",
     }
     with pytest.raises(ValueError, match="not one of"):
         metrics.record_upstream_error(provider="p", reason="HTTP 503: upstream said no")  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ def test_defaults_are_the_issue_s() -> None:
     assert quality.agreement_tolerance == 0.05
     assert quality.shadow_rate == 0.0
     assert quality.action == "skip"
+    assert quality.min_rank_correlation == 0.9
 
 
 def test_every_key_is_read() -> None:
@@ -45,6 +46,7 @@ def test_every_key_is_read() -> None:
     ("shadow_rate", 1.5, "models.m.quality.shadow_rate: Input should be less than or equal to 1"),
     ("shadow_rate", -0.1, "models.m.quality.shadow_rate: Input should be greater than or equal to 0"),
     ("action", "block", "models.m.quality.action: 'block' is not one of 'skip' or 'warn'"),
+    ("min_rank_correlation", 1.5, "models.m.quality.min_rank_correlation: Input should be less than or equal to 1"),
     ("canary_file", "x.jsonl", "models.m.quality.canary_file: unknown key 'canary_file'; did you mean 'canary'?"),
 ])
 def test_bad_values_name_the_key(key: str, value: Any, message: str) -> None:

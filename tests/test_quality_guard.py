@@ -16,10 +16,12 @@ import pytest
 
 from gateway.emulator import emulated_score, misbehaving_score
 from gateway.models import Usage
+from gateway.observability.logs import REQUEST_LOGGER
 from gateway.quality import builtin_canary
 from gateway.quality.board import QualityBoard
 from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome
+from tests.support.canaries import word_overlap_canary
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
 
 QUERY = "bankruptcy through the MFC cost"
@@ -88,18 +90,23 @@ async def test_warn_only_reports_and_keeps_the_provider_apart(make_gateway: Gate
     assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
 
 
-@pytest.mark.parametrize("mode", ["rescale", "template"])
-async def test_disagreeing_providers_are_never_mixed(make_gateway: GatewayFactory, emulator, mode):
+@pytest.mark.parametrize(("mode", "quality_settings"), [
+    ("template", {}),
+    ("rescale", {"min_rank_correlation": 1.0, "agreement_tolerance": 0.001}),  # calibration held to more than it gives
+])
+async def test_disagreeing_providers_are_never_mixed(make_gateway: GatewayFactory, emulator, mode, quality_settings):
     """The issue's case: 10 passages cached from DeepInfra, DeepInfra down, 10 new ones: Fireworks
-    (another scale, or another template) scores all 20, so the answer is one provider's order."""
+    (another template; or another scale no map brings close enough) scores all 20, so the answer
+    is one provider's order."""
     await add_fault(emulator, "fireworks", mode)
-    gateway = await make_gateway(edit=probing(action="warn"),
+    gateway = await make_gateway(edit=probing(action="warn", **quality_settings),
                                  resilience={"max_retries": 0, "breaker_consecutive_failures": 1})
     quality = await probed(gateway)
-    assert not quality["fireworks"]["shares_cache"]
+    assert not quality["fireworks"]["shares_cache"] and not quality["fireworks"]["calibrated"]
     if mode == "rescale":
         assert quality["fireworks"]["state"] == "passing" and quality["fireworks"]["mae"] > 0.05
         assert quality["fireworks"]["kendall_tau"] > 0.9  # the same order: only the scale differs
+        assert quality["fireworks"]["calibration"]["mae_after"] > 0.001
 
     response, _ = await rerank(gateway, OLD)
     assert response.headers["X-Rerank-Provider"] == "deepinfra"
@@ -132,6 +139,53 @@ async def test_agreeing_providers_still_pay_only_for_missing_pairs(make_gateway:
     assert scores == pytest.approx([emulated_score(QUERY, d) for d in OLD + NEW], abs=1e-12)
     stats = await (await emulator.get("/_emulator/stats")).json()
     assert stats["documents"]["fireworks"] - stats_before["documents"].get("fireworks", 0) == 10
+
+
+def ranking(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+
+
+async def test_a_provider_on_another_scale_pays_only_missing_pairs_once_calibrated(
+    make_gateway: GatewayFactory, emulator, caplog, tmp_path
+):
+    """One scale: Fireworks ranks like DeepInfra on another scale (`rescale` cubes every
+    probability). Mapped onto DeepInfra's scale from the canary pairs, it shares DeepInfra's cache:
+    a half-cached request pays only its missing pairs, and the answer's order and scale are
+    DeepInfra's. Run with -s for the figures.
+
+    The canary is one the emulator's word overlap passes whatever the built-in set asks of a model:
+    what is shown here is the map, not the canary."""
+    await add_fault(emulator, "fireworks", "rescale")
+    gateway = await make_gateway(edit=probing(canary=str(word_overlap_canary(tmp_path))),
+                                 resilience={"max_retries": 0, "breaker_consecutive_failures": 1})
+    fireworks = (await probed(gateway))["fireworks"]
+    calibration = fireworks["calibration"]
+    assert fireworks["state"] == "passing" and fireworks["shares_cache"] and fireworks["calibrated"]
+    assert calibration["mae_before"] > 0.05 >= calibration["mae_after"]  # 0.05: the agreement_tolerance
+    await rerank(gateway, OLD)  # DeepInfra's scores of OLD, cached
+    await add_fault(emulator, "deepinfra", "status", status=500)
+    before = (await (await emulator.get("/_emulator/stats")).json())["documents"].get("fireworks", 0)
+
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER):
+        response, scores = await rerank(gateway, OLD + NEW)
+    paid = (await (await emulator.get("/_emulator/stats")).json())["documents"]["fireworks"] - before
+    reference = [emulated_score(QUERY, d) for d in OLD + NEW]
+    worst = max(abs(a - b) for a, b in zip(scores, reference))
+    print(f"\ncalibrated on {calibration['pairs']} canary pairs: MAE {calibration['mae_before']:.4f} before, "
+          f"{calibration['mae_after']:.4f} after (out of sample); half-cached request of {len(OLD + NEW)} pairs: "
+          f"{paid} paid, {response.headers['X-Rerank-Cache']}; answer vs the reference: worst |difference| {worst:.4f}, "
+          f"order {'the same' if ranking(scores) == ranking(reference) else 'DIFFERENT'}")
+    assert response.headers["X-Rerank-Provider"] == "fireworks"
+    assert response.headers["X-Rerank-Cache"] == "hits=10; misses=10" and paid == 10
+    assert scores[:10] == pytest.approx(reference[:10], abs=1e-12)  # the cached ones, as DeepInfra gave them
+    assert ranking(scores) == ranking(reference) and worst < 0.02  # the fresh ones on DeepInfra's scale
+    logged = [r for r in caplog.records if r.name == REQUEST_LOGGER][-1].vetted_fields["raw_scores"]
+    assert logged[:10] == [None] * 10  # the provider's own scores, in the request log
+    assert logged[10:] == pytest.approx([misbehaving_score("rescale", QUERY, d) for d in NEW], abs=1e-12)
+
+    metrics = await (await gateway.get("/metrics")).text()
+    assert f'rerank_gateway_provider_agreement{{measure="mae_calibrated",model="{MODEL}",provider="fireworks"}}' in metrics
+    assert "calibrated on" in await (await gateway.get("/status")).text()
 
 
 async def test_without_a_verdict_the_fallback_provider_scores_whole_requests(make_gateway: GatewayFactory, emulator):
@@ -179,8 +233,8 @@ async def test_probes_are_real_calls_under_budgets(make_gateway: GatewayFactory,
 
 # --- the board's rules, without I/O ------------------------------------------------------------------
 
-def outcome(passed: bool) -> CanaryOutcome:
-    lines = builtin_canary()[:2]
+def outcome(passed: bool, count: int = 2) -> CanaryOutcome:
+    lines = builtin_canary()[:count]
     scores = tuple(tuple((0.9 if passed else 0.1) if i < len(line.relevant) else 0.5 for i in range(len(line.documents)))
                    for line in lines)
     return CanaryOutcome(lines, scores, judge(lines, scores), Usage())
@@ -196,18 +250,26 @@ def test_the_reference_is_the_first_passing_provider_else_the_first_not_known_to
     assert board.reference("m", fallback, lambda p: True) == "c"  # the first that passes wins
 
 
-def test_only_a_measured_agreement_within_tolerance_shares() -> None:
+def test_another_reference_measures_agreement_again() -> None:
     board = QualityBoard()
     assert board.note_reference("m", "a") and not board.note_reference("m", "a")
-    assert board.shares_with_reference("m", "a", "a", 0.05)
-    assert not board.shares_with_reference("m", "b", "a", 0.05)  # unknown
     board.entry("m", "b").agreement.add([0.5] * 10, [0.52] * 10)
-    assert board.shares_with_reference("m", "b", "a", 0.05)
-    board.record_verdict("m", "b", outcome(False))
-    assert not board.shares_with_reference("m", "b", "a", 0.05)  # failing its canary never shares
     assert board.entry("m", "b").agreement.current() is not None
     board.note_reference("m", "c")  # another reference: measured against the old one, forgotten
     assert board.entry("m", "b").agreement.current() is None
+    board.record_verdict("m", "b", outcome(True, count=6))
+    board.record_verdict("m", "a", outcome(True, count=6))
+    board.note_reference("m", "a")  # and measured again from the last canary scores, where both ran one
+    measured = board.entry("m", "b").agreement.current()
+    assert measured is not None and measured.mae == 0.0
+
+
+def test_a_renamed_provider_keeps_its_entry() -> None:
+    board = QualityBoard()
+    board.entry("m", "a", fingerprint="identity-1")
+    board.record_verdict("m", "a", outcome(False))
+    assert board.entry("m", "renamed", fingerprint="identity-1").state == "failing"
+    assert board.note_reference("m", "a") and not board.note_reference("m", "renamed")  # the same reference
 
 
 def test_a_changed_provider_config_forgets_its_verdict() -> None:

@@ -91,6 +91,7 @@ def request_log_fields(
     attempts: Sequence[ProviderAttempt] = (),
     error_type: str | None = None,
     usage: Usage | None = None,
+    raw_scores: Sequence[float | None] | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
     fields: dict[str, Any] = {
@@ -114,6 +115,10 @@ def request_log_fields(
         fields["estimated_cost_usd"] = round(usage.estimated_cost_usd, 9)
     if error_type is not None:
         fields["error_type"] = error_type
+    if raw_scores is not None:
+        # The answer's scores were mapped onto the reference's scale; these are the provider's own
+        # (per document, null where the score came from the cache).
+        fields["raw_scores"] = list(raw_scores)
     return fields
 
 

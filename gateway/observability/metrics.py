@@ -143,8 +143,10 @@ class GatewayMetrics:
         )
         self._provider_agreement = Gauge(
             "rerank_gateway_provider_agreement",
-            "A provider's agreement with its model's reference: measure mae (mean |score difference|) "
-            "or kendall_tau (rank correlation), from canary probes and shadow traffic.",
+            "A provider's agreement with its model's reference: measure mae (mean |score difference|), "
+            "kendall_tau (rank correlation), mae_calibrated (mean |difference| once mapped onto the "
+            "reference's scale, out of sample) or calibration_pairs (pairs the map was fitted on), "
+            "from canary probes and shadow traffic.",
             ["model", "provider", "measure"], registry=registry, multiprocess_mode="livemostrecent",
         )
         # Across workers: budgets are read from one shared ledger, so the latest reading is the
@@ -225,7 +227,7 @@ class GatewayMetrics:
         self._child(self._provider_quality, model, provider).set(1 if passing else 0)
 
     def set_provider_agreement(self, *, model: str, provider: str, measure: str, value: float) -> None:
-        """measure is "mae" or "kendall_tau"."""
+        """measure is "mae", "kendall_tau", "mae_calibrated" or "calibration_pairs"."""
         self._child(self._provider_agreement, model, provider, measure).set(value)
 
     def set_breaker_state(self, *, provider: str, state: BreakerStateName) -> None:

@@ -1,12 +1,15 @@
 """The quality guard: is a provider serving the model it claims, and do two agree?
 
-    guard.py      QualityGuard: probes, shadow calls, and which providers may share cached scores
-    board.py      QualityBoard: verdicts and agreement per provider, kept across reloads
+    guard.py      QualityGuard: probes, shadow calls, quality metrics
+    groups.py     CacheGroups: the cache group of a provider's scores, named by what scores, and
+                  the map onto the reference's scale for a provider that shares it calibrated
+    board.py      QualityBoard: verdicts and agreement per scoring identity, kept across reloads
 
     canary.py     CanaryLine, load_canary, builtin_canary: queries with known answers
     judge.py      judge: every relevant passage above every irrelevant one, on every line
     agreement.py  agreement, kendall_tau_b, mean_absolute_difference: two score lists compared
     tracker.py    AgreementTracker: rolling agreement with the reference, in bounded memory
+    calibration.py  calibrate: a strictly increasing map from one provider's scale onto another's
     probe.py      run_canary: a canary through any scoring function, judged
 
 Only guard.py calls providers (through resilience's GuardedCall); in the other modules scoring

@@ -5,9 +5,10 @@
     agreement   rolling agreement with the model's reference (canary rounds and shadow samples)
 
 Which provider is the reference and which providers may share its cached scores follows from
-these and from the config's fallback order (`reference`, `shares_with_reference`); the board
-itself only remembers. An entry is forgotten when its provider's config changes (another URL,
-model or kind is another provider as far as quality goes).
+these and from the config's fallback order (`reference`; gateway.quality.groups); the board
+itself only remembers. Entries are kept per scoring identity (the provider's fingerprint: URL,
+upstream model, kind, path, score transform), not per name: a provider renamed in the config
+keeps what was learned of it, one re-pointed elsewhere starts afresh.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.quality.calibration import Calibration
 from gateway.quality.probe import CanaryOutcome
 from gateway.quality.tracker import AgreementTracker
 
@@ -43,11 +45,16 @@ class QualityReport:
     shares_cache: bool  # its fresh scores are ranked beside the reference's cached ones
     mae: float | None  # agreement with the reference; None until measured
     kendall_tau: float | None
+    group: str  # the cache group its fresh scores are written to
+    calibrated: bool = False  # shares the reference's cache through the map onto its scale
+    calibration: Calibration | None = None  # the map's figures, whether or not they allow sharing
 
     def as_json(self) -> dict[str, object]:
         return {
             "state": self.state, "reason": self.reason, "reference": self.reference,
             "shares_cache": self.shares_cache, "mae": self.mae, "kendall_tau": self.kendall_tau,
+            "group": self.group, "calibrated": self.calibrated,
+            "calibration": None if self.calibration is None else self.calibration.as_json(),
         }
 
 
@@ -63,18 +70,23 @@ class Transition:
 
 class QualityBoard:
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], ProviderQuality] = {}
-        self._references: dict[str, str | None] = {}
+        self._entries: dict[tuple[str, object], ProviderQuality] = {}
+        self._identities: dict[tuple[str, str], object] = {}  # (model, provider name) -> fingerprint
+        self._references: dict[str, object] = {}  # model -> the reference's identity
 
     def entry(self, model: str, provider: str, fingerprint: object = None) -> ProviderQuality:
-        """The provider's entry; a fresh one when `fingerprint` says its config changed."""
-        key = (model, provider)
+        """The provider's entry; with `fingerprint`, the entry of that scoring identity from now on
+        (a fresh one when nothing is known of it)."""
+        if fingerprint is not None:
+            self._identities[(model, provider)] = fingerprint
+        key = (model, self._identities.get((model, provider), provider))
         found = self._entries.get(key)
-        if found is None or (fingerprint is not None and found.fingerprint not in (None, fingerprint)):
+        if found is None:
             found = self._entries[key] = ProviderQuality(fingerprint=fingerprint)
-        elif found.fingerprint is None:
-            found.fingerprint = fingerprint
         return found
+
+    def _identity(self, model: str, provider: str) -> object:
+        return self._identities.get((model, provider), provider)
 
     def record_verdict(self, model: str, provider: str, outcome: CanaryOutcome) -> Transition | None:
         entry = self.entry(model, provider)
@@ -106,20 +118,25 @@ class QualityBoard:
                 return provider
         return None
 
-    def shares_with_reference(self, model: str, provider: str, reference: str | None, tolerance: float) -> bool:
-        """May this provider's fresh scores be ranked beside the reference's cached ones?"""
-        if provider == reference:
-            return True
-        entry = self.entry(model, provider)
-        return reference is not None and entry.state != "failing" and entry.agreement.within(tolerance)
-
     def note_reference(self, model: str, reference: str | None) -> bool:
-        """Remember the model's reference; True when it changed. Agreement was measured against
-        the one before, so every provider's figures start over."""
-        if self._references.get(model) == reference:
+        """Remember the model's reference; True when it changed (another scoring identity, not
+        another name). Agreement was measured against the one before, so every provider's figures
+        start over, from its last canary scores beside the new reference's."""
+        identity = None if reference is None else self._identity(model, reference)
+        if model in self._references and self._references[model] == identity:
             return False
-        self._references[model] = reference
-        for (entry_model, _), entry in self._entries.items():
-            if entry_model == model:
-                entry.agreement.clear()
+        self._references[model] = identity
+        anchor = None if identity is None else self._entries.get((model, identity))
+        for (entry_model, entry_identity), entry in self._entries.items():
+            if entry_model != model:
+                continue
+            entry.agreement.clear()
+            if anchor is not None and entry_identity != identity:
+                _refeed(entry, anchor.canary)
         return True
+
+
+def _refeed(entry: ProviderQuality, reference: CanaryOutcome | None) -> None:
+    """The entry's last canary scores against the reference's, when both ran the same set."""
+    if entry.canary is not None and reference is not None and entry.canary.lines == reference.lines:
+        entry.canary.feed(entry.agreement, reference)

@@ -6,8 +6,8 @@
     verdicts   a provider failing its canary is skipped (`action = "skip"`) or only reported
                ("warn"); one warning line when it starts failing, one when it recovers
     reference  the first provider in `fallback` that passes (gateway.quality.board)
-    groups     the cache namespace a provider's scores belong to: the reference's, shared by every
-               provider that agrees with it within `agreement_tolerance`, or the provider's own
+    groups     the cache group a provider's scores belong to, and the map onto the reference's
+               scale: answered by gateway.quality.groups (`QualityGuard.groups`), not here
     shadow     a share (`shadow_rate`) of upstream scorings also goes to the next provider in the
                background, never delaying the answer; the difference feeds the agreement figures
 
@@ -28,7 +28,8 @@ from gateway.models import Batch
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 from gateway.quality import CanaryLine, CanaryOutcome, builtin_canary, load_canary, run_canary
-from gateway.quality.board import QualityBoard, QualityReport, Transition
+from gateway.quality.board import QualityBoard, Transition
+from gateway.quality.groups import CacheGroups
 from gateway.resilience.guarded_call import GuardedCall
 
 log = logging.getLogger("gateway.quality")
@@ -52,10 +53,7 @@ class QualityGuard:
         self._rng = rng
         self._canaries = {name: _canary_of(model) for name, model in config.models.items()}
         self._tasks: set[asyncio.Task[None]] = set()
-        for name, model in config.models.items():
-            for provider in model.fallback:
-                board.entry(name, provider, fingerprint=_fingerprint(config, provider))
-            board.note_reference(name, self.reference(name))
+        self.groups = CacheGroups(config, board, self._plannable)
 
     # -- what the router asks while it plans ------------------------------------------------------
 
@@ -67,33 +65,7 @@ class QualityGuard:
         return ProviderFailure(provider, f"failed its canary: {entry.reason}", kind="quality")
 
     def reference(self, model: str) -> str | None:
-        return self._board.reference(model, self._config.models[model].fallback, self._plannable)
-
-    def group_of(self, model: str, provider: str) -> str:
-        """The cache namespace for this provider's scores of this model.
-
-        Named after the provider whose scores it holds, so a new reference (or a reordered
-        fallback) never reads scores another provider wrote under the old one.
-        """
-        reference = self.reference(model)
-        tolerance = self._config.models[model].quality.agreement_tolerance
-        owner = reference if self._board.shares_with_reference(model, provider, reference, tolerance) else provider
-        return f"{model}@{owner}"
-
-    def report(self, model: str, provider: str) -> QualityReport:
-        entry = self._board.entry(model, provider)
-        reference = self.reference(model)
-        measured = entry.agreement.current()
-        return QualityReport(
-            state=entry.state,
-            reason=entry.reason,
-            reference=provider == reference,
-            shares_cache=self._board.shares_with_reference(
-                model, provider, reference, self._config.models[model].quality.agreement_tolerance
-            ),
-            mae=None if measured is None else measured.mae,
-            kendall_tau=None if measured is None else measured.kendall_tau,
-        )
+        return self.groups.reference(model)
 
     # -- probes -----------------------------------------------------------------------------------
 
@@ -171,6 +143,14 @@ class QualityGuard:
                     self._metrics.set_provider_agreement(
                         model=model, provider=provider, measure="kendall_tau", value=measured.kendall_tau
                     )
+            calibration = entry.agreement.calibration()
+            if calibration is not None:
+                self._metrics.set_provider_agreement(
+                    model=model, provider=provider, measure="mae_calibrated", value=calibration.mae_after
+                )
+                self._metrics.set_provider_agreement(
+                    model=model, provider=provider, measure="calibration_pairs", value=calibration.pairs
+                )
 
     # -- shadow traffic ---------------------------------------------------------------------------
 
@@ -222,11 +202,3 @@ class QualityGuard:
 def _canary_of(model: ModelConfig) -> tuple[CanaryLine, ...]:
     canary = model.quality.canary
     return builtin_canary() if canary is None else load_canary(canary)
-
-
-def _fingerprint(config: GatewayConfig, provider: str) -> tuple[str, str, str, str | None, str]:
-    """What a verdict is about: another URL, upstream model, kind, path or transform is another provider."""
-    p = config.providers[provider]
-    return (p.base_url, p.model, p.kind, p.path, p.score_transform)
-
-

@@ -4,6 +4,9 @@ Each sample is one query's pairs scored by both. Only a summary per sample is ke
 of |differences|, tau), the last `max_samples` of them, so memory is fixed however long the
 gateway runs and old evidence ages out as providers change. MAE is pooled over pairs; tau is
 the pair-weighted mean of the samples' taus, since ranks only compare within one query.
+
+The scores themselves are kept too, the last `max_pairs` distinct (reference, other) pairs, to
+fit the map from the provider's scale onto the reference's (gateway.quality.calibration).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.quality.agreement import Agreement, agreement
+from gateway.quality.calibration import MIN_PAIRS, Calibration, calibrate
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +28,20 @@ class _Sample:
 
 
 class AgreementTracker:
-    def __init__(self, max_samples: int = 256, min_pairs: int = 10) -> None:
+    def __init__(self, max_samples: int = 256, min_pairs: int = 10, max_pairs: int = 1024) -> None:
         if max_samples < 1:
             raise ValueError(f"max_samples must be at least 1, got {max_samples}")
         if min_pairs < 1:
             raise ValueError(f"min_pairs must be at least 1, got {min_pairs}")
         self._samples: deque[_Sample] = deque(maxlen=max_samples)
         self._min_pairs = min_pairs
+        # Insertion-ordered and distinct: a canary scored alike every round adds its pairs once.
+        self._pairs: dict[tuple[float, float], None] = {}
+        self._max_pairs = max_pairs
         # The router asks on every request; samples arrive a few times a minute at most.
         self._current: Agreement | None = None
+        self._calibration: Calibration | None = None
+        self._unfitted = 0  # distinct pairs added since the last fit
         self._stale = False
 
     def add(self, reference: Sequence[float], other: Sequence[float]) -> None:
@@ -41,6 +50,14 @@ class AgreementTracker:
             return  # nothing was compared; an empty sample would only push out real ones
         measured = agreement(reference, other)
         self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
+        for pair in zip(reference, other):
+            if pair in self._pairs:
+                del self._pairs[pair]  # seen again: now among the newest, and nothing new to fit
+            else:
+                self._unfitted += 1
+            self._pairs[pair] = None
+        while len(self._pairs) > self._max_pairs:
+            del self._pairs[next(iter(self._pairs))]
         self._stale = True
 
     def current(self) -> Agreement | None:
@@ -49,6 +66,19 @@ class AgreementTracker:
             self._current = self._measure()
             self._stale = False
         return self._current
+
+    def calibration(self) -> Calibration | None:
+        """The map from the tracked provider's scores onto the reference's, or None (too few
+        pairs, or no increasing relation between them).
+
+        Fitted again only once a tenth of the pairs is new (at least MIN_PAIRS): a fit of 1,024
+        pairs takes a few milliseconds, and shadow traffic adds pairs with every sampled request.
+        """
+        if self._unfitted >= max(MIN_PAIRS, len(self._pairs) // 10):
+            pairs = list(self._pairs)
+            self._calibration = calibrate([o for _, o in pairs], [r for r, _ in pairs])
+            self._unfitted = 0
+        return self._calibration
 
     def _measure(self) -> Agreement | None:
         pairs = sum(sample.pairs for sample in self._samples)
@@ -65,6 +95,8 @@ class AgreementTracker:
     def clear(self) -> None:
         """Forget every sample, e.g. when the provider's config changed."""
         self._samples.clear()
+        self._pairs.clear()
+        self._calibration, self._unfitted = None, 0
         self._stale = True
 
     def _pooled_tau(self) -> float | None:

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from gateway.models import Batch, KeptScores, ScoreRequest, Usage
 from gateway.providers.client import ProviderClient
+from gateway.quality.calibration import Calibration
 
 
 class PlanStep(Protocol):
@@ -40,6 +41,9 @@ class PlanStep(Protocol):
 
     @property
     def panic(self) -> bool: ...
+
+    @property
+    def scale(self) -> Calibration | None: ...
 
 
 def pairs_of(request: ScoreRequest, step: PlanStep) -> Batch:
@@ -103,7 +107,8 @@ class KeptAnswers:
         """The entry a call of this step fills as its upstream calls answer; in the sink from the start."""
         carried = self._carried if self._carried is not None and self._carried.serves(step) else None
         pairs = carried.rest if carried is not None else pairs_of(request, step)
-        entry = KeptScores(step.client.name, step.model, step.group, pairs)
+        entry = KeptScores(step.client.name, step.model, step.group, pairs,
+                           scale=None if step.scale is None else step.scale.apply)
         self._sink.append(entry)
         self._open[step] = (entry, carried)
         return entry
@@ -122,7 +127,7 @@ class KeptAnswers:
         # A carried step was sent only the rest: its positions index that, not the whole batch.
         positions = carried.rest_positions if carried is not None else range(len(batch))
         for call in entry.calls:
-            scores.update((positions[p], score) for p, score in zip(call.positions, call.scores))
+            scores.update((positions[p], score) for p, score in zip(call.positions, entry.scores_of(call)))
         usage = entry.usage()
         entries: tuple[KeptScores, ...] = (entry,)
         if carried is not None:

@@ -10,7 +10,10 @@
 Another model's scores, or lexical ones, are never ranked beside the model's cached scores, so
 steps 2 to 4 score the whole request (ScoreRequest.whole). Nor are the scores of a provider of the
 same model that the quality guard has not found to agree with the provider whose scores the cache
-held (another cache group): it too scores the whole request. A provider failing its canary is
+held (another cache group): it too scores the whole request. One that shares the group only
+through a map onto the reference's scale (gateway.quality.groups) has its answer mapped in
+`_accept`, so everything after the router sees scores on the group's scale; the raw ones ride
+along for the request log. A provider failing its canary is
 skipped when the model's quality `action` says so. A provider that cannot take the
 request is noted as skipped; one that fails is noted with its reason, and the next step follows
 unless the failure says the request itself is wrong. Every failure ends up in the one error the
@@ -36,6 +39,7 @@ from gateway.errors import AllProvidersFailed, ProviderFailure, UpstreamRejected
 from gateway.models import Batch, KeptScores, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
+from gateway.quality.calibration import Calibration
 from gateway.quality.guard import QualityGuard
 from gateway.resilience import CircuitBreaker, lexical_scores
 from gateway.resilience.deadline import attempt_seconds
@@ -57,6 +61,7 @@ class Step:
     group: str  # the cache namespace its scores belong to
     whole: bool  # scores every pair of the request, not only the missing ones
     panic: bool = False  # called although its breaker is open (the panic rule)
+    scale: Calibration | None = None  # maps its scores onto its group's scale; None: taken as they are
 
 
 class Router:
@@ -75,13 +80,14 @@ class Router:
         self._health = health
         self._metrics = metrics
         self._quality = quality
+        self._groups = quality.groups
 
     def cache_group(self, model: str, instruction: str | None) -> str:
         """Where the request's cached scores are read: the group of the provider the plan would call first."""
         for provider in self._config.models[model].fallback:
             if self.why_not(model, provider, instruction) is None:
-                return self._quality.group_of(model, provider)
-        return self._quality.group_of(model, self._quality.reference(model) or self._config.models[model].fallback[0])
+                return self._groups.group_of(model, provider)
+        return self._groups.group_of(model, self._groups.reference(model) or self._config.models[model].fallback[0])
 
     async def score(self, request: ScoreRequest, kept: list[KeptScores] | None = None) -> ScoredPairs:
         """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does.
@@ -131,8 +137,9 @@ class Router:
         return steps
 
     def _step(self, request: ScoreRequest, model: str, client: ProviderClient, panic: bool = False) -> Step:
-        group = self._quality.group_of(model, client.name)
-        return Step(model, client, group, whole=model != request.model or group != request.group, panic=panic)
+        group, scale = self._groups.placement(model, client.name)
+        whole = model != request.model or group != request.group
+        return Step(model, client, group, whole=whole, panic=panic, scale=scale)
 
     def _panic_step(self, request: ScoreRequest, failures: Sequence[ProviderFailure]) -> Step | None:
         """Step 3: when no provider was called and open breakers kept some out, the one opened first.
@@ -224,9 +231,15 @@ class Router:
             return None
         self._note_fallback(request.model, failures, step.client.name)
         if step.model == request.model:
-            self._quality.maybe_shadow(step.model, step.client.name, kept.pairs_sent(step), outcome[0])
-        scores, usage = kept.answered(step, *outcome)
-        return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole)
+            self._quality.maybe_shadow(step.model, step.client.name, kept.pairs_sent(step), outcome[0])  # raw: agreement
+        raw, usage = outcome
+        # On the group's scale before they are cached beside its scores, ranked, or returned; scores
+        # carried from earlier calls of this group are on it already (KeptScores.scores_of).
+        mapped = raw if step.scale is None else step.scale.apply(raw)
+        scores, usage = kept.answered(step, mapped, usage)
+        carried = len(scores) != len(raw)
+        raw_scores = None if step.scale is None or carried else raw
+        return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole, raw_scores=raw_scores)
 
     def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers) -> Attempt:
         return asyncio.ensure_future(self._call(request, step, later, kept))

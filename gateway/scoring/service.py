@@ -62,6 +62,8 @@ class RerankService:
             await self._fill(job, missing)
         result = job.result
         result.scores = pairs.spread(job.scores)
+        if job.raw:
+            result.raw_scores = [job.raw.get(slot) for slot in pairs.slots]
         result.cache_misses = len(job.sent)
         result.cache_hits = len(job.scores) - len(job.sent)
         result.runtime_ms = (time.perf_counter() - started) * 1000
@@ -161,6 +163,7 @@ class RerankService:
         job.rescored_whole |= scored.whole
         for slot, score in zip(covered, scored.scores):
             job.scores[slot] = score
+        job.note_raw(covered, scored.raw_scores)
         job.result.model, job.result.provider = scored.model, scored.provider
         job.result.usage.add(scored.usage)
         if scored.degraded:
@@ -184,7 +187,7 @@ class RerankService:
             for call in entry.calls:
                 pairs = entry.pairs.select(call.positions)
                 keys += pair_keys(entry.group, pairs.instruction, pairs.queries, pairs.documents)
-                scores += call.scores
+                scores += entry.scores_of(call)
         if keys:
             await self._cache.put_many(keys, scores)
 
@@ -212,10 +215,19 @@ class _Job:
     # A step of the router's plan scored every slot anew (another model, or lexically): no slot
     # may then take a score from the cache, a waiter or another process.
     rescored_whole: bool = False
+    raw: dict[int, float] = field(default_factory=dict)  # slot -> the provider's score, where mapped
     result: RerankResult = field(init=False)
 
     def __post_init__(self) -> None:
         self.result = RerankResult(scores=[], model=self.model, provider="cache")
+
+    def note_raw(self, slots: Sequence[int], raw_scores: Sequence[float] | None) -> None:
+        """Keep the provider's own scores of slots whose scores were mapped onto the group's scale."""
+        if raw_scores is not None:
+            self.raw.update(zip(slots, raw_scores))
+        elif self.raw:  # scored again, unmapped (a whole rescoring): nothing of theirs was mapped
+            for slot in slots:
+                self.raw.pop(slot, None)
 
 
 class _UniquePairs:

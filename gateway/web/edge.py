@@ -117,6 +117,7 @@ def _observe(
         attempts=attempts,
         error_type=error_type,
         usage=result.usage if result else None,
+        raw_scores=result.raw_scores if result else None,
     ))
 
 

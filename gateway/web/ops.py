@@ -144,7 +144,7 @@ async def _model_statuses(
                 breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,
-                quality=generation.quality.report(name, provider),
+                quality=generation.quality.groups.report(name, provider),
             ))
         panic = None
         if not any(p.usable for p in providers):

@@ -217,6 +217,8 @@ def _quality(quality: QualityReport | None) -> str:
     label = {"passing": "canary passing", "failing": "canary failing"}.get(quality.state, "canary unknown")
     if quality.reference:
         cache = "the reference: its scores are the cached ones"
+    elif quality.calibrated:
+        cache = "agrees with the reference once mapped onto its scale: shares its cached scores"
     elif quality.shares_cache:
         cache = "agrees with the reference: shares its cached scores"
     else:
@@ -224,6 +226,10 @@ def _quality(quality: QualityReport | None) -> str:
     if quality.mae is not None:
         tau = "—" if quality.kendall_tau is None else f"{quality.kendall_tau:.2f}"
         cache += f" · MAE {quality.mae:.3f}, τ {tau}"
+    if quality.calibration is not None:
+        c = quality.calibration
+        cache += f" · calibrated on {c.pairs} pairs: MAE {c.mae_before:.3f} → {c.mae_after:.3f}"
+    cache += f" · group {quality.group}"
     return (
         f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
         f"<div class=\"reason\">{_e(cache)}</div>"
