@@ -126,7 +126,7 @@ async def test_ping_says_false_when_redis_is_away(unused_tcp_port):
 
 
 def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
-    from gateway.redisio.commands import _packed
+    from gateway.redisio.direct import _packed
 
     connection = aioredis.Redis().connection_pool.make_connection()  # never connected
     commands = [("EVALSHA", "f" * 40, 2, "rr:{q}", "rr:{q}:leases", "owner", 5000, bytes(range(16)), -1),
