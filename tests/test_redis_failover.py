@@ -107,7 +107,8 @@ async def _master_of_each_query(cluster: RedisCluster) -> dict[str, int]:
     for master in masters:
         async with aioredis.Redis(port=master) as node:
             for key in await node.keys("rr:{*"):
-                model = key.decode()[len("rr:{"):].rpartition(":")[0]  # rr:{MODEL:DIGEST}
+                name = key.decode() if isinstance(key, bytes) else key
+                model = name[len("rr:{"):].rpartition(":")[0]  # rr:{MODEL:DIGEST}
     assert model is not None, "the warm-up stored nothing"
     owner = await _slot_owners(masters[0])
     return {query: owner[key_slot(f"rr:{{{query_group(model, None, query)}}}".encode())] for query in QUERIES}
