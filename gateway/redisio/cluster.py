@@ -33,12 +33,11 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import AskError, ClusterDownError, ConnectionError as RedisConnectionError, MovedError
 
-from gateway.redisio.client import CLUSTER_SCHEMES, CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes
+from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes, node_url
 from gateway.redisio.direct import Command, DirectConnections
 from gateway.redisio.outage import Backoff
 
@@ -60,7 +59,7 @@ class NodeFailure(RedisConnectionError):
         if cause is None:
             detail = f"node {node} is left alone after failing"
         else:
-            detail = f"node {node}: {type(cause).__name__}: {cause or 'timed out'}"
+            detail = f"node {node}: {type(cause).__name__}: {str(cause) or 'timed out'}"
             if backing_off:
                 detail += ", leaving it alone for a moment"
         super().__init__(detail)
@@ -215,7 +214,7 @@ class ClusterConnections:
         node = self._nodes.get(name)
         if node is None:
             host, _, port = name.rpartition(":")
-            url = _node_url(self._url, host.strip("[]"), int(port))
+            url = node_url(self._url, host.strip("[]"), int(port))
             node = self._nodes[name] = _Node(
                 DirectConnections.from_url(url, self._timeout, self._max_connections), self._new_backoff()
             )
@@ -294,14 +293,6 @@ def _encoded(key: str | bytes) -> bytes:
 
 def _name(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _node_url(url: str, host: str, port: int) -> str:
-    """The cluster URL's credentials, TLS and options, for one node: `redis://user:pw@host:port/0?...`."""
-    parts = urlsplit(url)
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    netloc = f"{userinfo}{at}{_name(host, port)}"
-    return urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme], netloc=netloc))
 
 
 def _quietly(task: asyncio.Task[None]) -> None:

@@ -70,7 +70,7 @@ class RedisOutage(Backoff):
         if self._warning_due():
             self._log.warning(
                 "%s %s failed (%s: %s); %s%s",
-                self._what, operation, type(exc).__name__, exc or "timed out", self._fallback,
+                self._what, operation, type(exc).__name__, str(exc) or "timed out", self._fallback,
                 f", leaving Redis alone for {self._retry_after:.1f}s" if backing_off else "",
             )
 
