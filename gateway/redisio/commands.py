@@ -126,6 +126,11 @@ async def run_scripts_each(commands: Commands, calls: Sequence[ScriptCall]) -> l
     except NoScriptError:  # one server: the whole batch
         await _load(commands, calls)
         return await commands.execute_each(batch)
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            break
+    else:
+        return replies  # the usual case, in one cheap pass: every call answered
     unknown = [index for index, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if unknown:
         await _load(commands, [calls[index] for index in unknown])
