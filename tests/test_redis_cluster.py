@@ -123,6 +123,32 @@ async def test_a_slot_found_elsewhere_is_followed_there_and_the_map_corrected(re
     await commands.aclose()
 
 
+async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(redis_cluster_url, redis_cluster: RedisCluster):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{asked}")
+    source_name = commands._owners[slot]
+    by_name = {f"127.0.0.1:{port}": node for (port, _), node in zip(redis_cluster.ports, redis_cluster.nodes())}
+    source = by_name[source_name]
+    target = next(node for name, node in by_name.items() if name != source_name)
+    source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        # The key is not on the source: it answers ASK, and the command goes to the target with ASKING.
+        assert await commands.execute([("SET", "{asked}k", "v"), ("GET", "{asked}k")]) == [b"OK", b"v"]
+        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+        assert commands._owners[slot] == source_name  # an ASK moves one key, not the slot
+        assert await commands.execute([("DEL", "{asked}k")]) == [1]
+    finally:
+        for node in (source, target):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        for node in by_name.values():
+            node.close()
+        await commands.aclose()
+
+
 async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
     redis_cluster_url, caplog: pytest.LogCaptureFixture,
 ):

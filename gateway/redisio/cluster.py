@@ -247,9 +247,9 @@ class ClusterConnections:
             try:
                 async with asyncio.timeout(max(self._timeout, CONNECT_TIMEOUT_SECONDS)):
                     [reply] = await self._node(name).connections.execute([("CLUSTER", "SLOTS")])
-            except REDIS_FAILURES:
-                continue
-            layout = _parse_slots(reply, default_host=name.rpartition(":")[0])
+                layout = _parse_slots(reply, default_host=name.rpartition(":")[0])
+            except (*REDIS_FAILURES, ValueError, IndexError, TypeError):
+                continue  # down, or an answer that is no slot map: ask the next node
             if layout is not None:
                 self._owners, self._primaries = layout
                 return
