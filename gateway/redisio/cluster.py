@@ -135,8 +135,7 @@ class ClusterConnections:
     async def aclose(self) -> None:
         if self._refreshing is not None:
             self._refreshing.cancel()
-            with contextlib.suppress(BaseException):
-                await self._refreshing
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         for node in self._nodes.values():
             await node.connections.aclose()
         self._nodes.clear()
