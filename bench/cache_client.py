@@ -6,8 +6,8 @@
 Times, in this process, `RedisScoreCache.lookup` of one query's cached pairs (the read a fully
 cached request makes) against a private redis-server on a free port, pinned to the other core
 where there are two. The same cache is built twice, once on DirectConnections (what `serve` uses
-for one server) and once on ClientCommands (redis-py's `execute_command`, what it used before and
-still uses for a Cluster); the two take turns, `--rounds` times, and the table gives this
+for one server) and once on ClientCommands (redis-py's `execute_command`, what it used before;
+a Cluster uses DirectConnections per node now, see cluster_client.py); the two take turns, `--rounds` times, and the table gives this
 process's CPU per lookup (user + system), so Redis' own time is not in it. It asserts nothing:
 only the ratio within one run compares.
 """

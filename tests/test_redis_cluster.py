@@ -12,13 +12,14 @@ import re
 from typing import TYPE_CHECKING
 
 import pytest
-from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+from redis.crc import key_slot
 
 from gateway.budget import Limit, RedisLedger, Reservation
 from gateway.cache import pair_keys
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import ConfigError, parse_config
-from gateway.redisio.client import cluster_nodes, redis_client, warm_up
+from gateway.redisio.client import cluster_nodes, node_url
+from gateway.redisio.cluster import ClusterConnections
 from tests.support.gateway import GatewayFactory, emulator_requests, gateway_settings
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
@@ -56,40 +57,39 @@ def test_a_bad_cluster_url_stops_the_gateway_with_the_reason(url, problem):
         parse_config(gateway_settings("http://127.0.0.1:1", ["deepinfra"], cache={"url": url}))
 
 
-async def test_the_cluster_client_keeps_the_single_server_bounds():
-    client = redis_client("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001", timeout_seconds=0.15, max_connections=8)
-    assert isinstance(client, AsyncRedisCluster)
-    assert sorted(client.nodes_manager.startup_nodes) == ["127.0.0.1:7000", "127.0.0.1:7001"]
-    node = client.nodes_manager.startup_nodes["127.0.0.1:7000"]
-    assert node.max_connections == 8  # per node
-    assert node.connection_kwargs["socket_timeout"] == 0.15
-    assert node.connection_kwargs["socket_connect_timeout"] == 2.0
-    assert node.connection_kwargs["password"] == "pw"
-    assert client.retry.get_retries() == 0  # callers fall back instead
-    await client.aclose()
-    single = redis_client("redis://127.0.0.1:7000/0", timeout_seconds=0.15, max_connections=8)
-    assert not isinstance(single, AsyncRedisCluster)
-    await single.aclose()
+def test_each_node_is_reached_with_the_cluster_urls_credentials_tls_and_options():
+    url = "rediss+cluster://user:pw@[::1]:7000,h:7001/0?ssl_cert_reqs=none"
+    assert node_url(url, "10.0.0.9", 7002) == "rediss://user:pw@10.0.0.9:7002/0?ssl_cert_reqs=none"
+    assert node_url(url, "::1", 7000) == "rediss://user:pw@[::1]:7000/0?ssl_cert_reqs=none"
+    assert node_url("redis+cluster://a:1,b:2", "b", 2) == "redis://b:2"
+
+
+async def test_the_cluster_connections_keep_the_single_server_bounds():
+    commands = ClusterConnections("redis+cluster://:pw@127.0.0.1:7000,127.0.0.1:7001", 0.15, max_connections=8)
+    node = commands._node("127.0.0.1:7000").connections
+    settings = node._client.connection_pool.connection_kwargs
+    assert (settings["password"], settings["port"], settings["socket_connect_timeout"]) == ("pw", 7000, 2.0)
+    assert node._turns._value == 8  # per node
+    await commands.aclose()
 
 
 # --- the client on a real cluster
 
 
 async def test_warm_up_opens_connections_to_every_primary(redis_cluster_url, redis_cluster: RedisCluster):
-    client = redis_client(redis_cluster_url, timeout_seconds=1.0, max_connections=8)
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=1.0, max_connections=8)
     before = _connections_per_node(redis_cluster)
-    await warm_up(client, 5)
+    await commands.warm_up(5)
     opened = [now - then for now, then in zip(_connections_per_node(redis_cluster), before)]
-    # Five for calls on each node, and on the node first asked one more: it told the client the layout.
-    assert sorted(opened) == [5, 5, 6]
-    await client.aclose()
+    assert opened == [5, 5, 5]  # the one that told the layout is one of them
+    await commands.aclose()
 
 
 async def test_warm_up_of_an_unreachable_cluster_is_quiet(unused_tcp_port, caplog: pytest.LogCaptureFixture):
-    client = redis_client(f"redis+cluster://127.0.0.1:{unused_tcp_port}", timeout_seconds=0.2, max_connections=8)
+    commands = ClusterConnections(f"redis+cluster://127.0.0.1:{unused_tcp_port}", timeout_seconds=0.2, max_connections=8)
     with caplog.at_level(logging.DEBUG):
-        await warm_up(client, 5)  # neither raises nor logs: callers report a dead Redis once, later
-        await client.aclose()
+        await commands.warm_up(5)  # neither raises nor logs: callers report a dead Redis once, later
+        await commands.aclose()
         await asyncio.sleep(0)  # let a failed background task, if any, be reported
     loud = [f"{r.name} {r.levelname}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
     assert loud == []
@@ -98,7 +98,7 @@ async def test_warm_up_of_an_unreachable_cluster_is_quiet(unused_tcp_port, caplo
 async def test_a_burst_beyond_the_pool_size_waits_and_no_node_sees_more_connections(
     redis_cluster_url, redis_cluster: RedisCluster,
 ):
-    # redis-py's cluster pools raise when full; the gateway's callers wait for a turn instead.
+    # Every node's connections wait for a turn when all are in use, as one server's do.
     cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=2.0, max_connections=4)
     before = _connections_per_node(redis_cluster)
     queries = [f"query {i}" for i in range(12)]  # on every node, each request touching several
@@ -106,9 +106,87 @@ async def test_a_burst_beyond_the_pool_size_waits_and_no_node_sees_more_connecti
     results = await asyncio.gather(*[cache.get_many(pair_keys("m", None, queries, DOCS * 3)) for _ in range(200)])
     assert results == [[0.5] * 12] * 200
     assert cache.available
-    # At most 4 a node for calls, and one more where the client learnt the layout.
-    assert all(now - then <= 4 + 1 for now, then in zip(_connections_per_node(redis_cluster), before))
+    # At most 4 a node; the layout is asked over one of them.
+    assert all(now - then <= 4 for now, then in zip(_connections_per_node(redis_cluster), before))
     await cache.close()
+
+
+async def test_a_slot_found_elsewhere_is_followed_there_and_the_map_corrected(redis_cluster_url):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{moved}")
+    right = commands._owners[slot]
+    commands._owners[slot] = next(name for name in commands._primaries if name != right)  # a stale map
+    assert await commands.execute([("SET", "{moved}a", "1"), ("GET", "{moved}a")]) == [b"OK", b"1"]
+    assert commands._owners[slot] == right
+    await commands.aclose()
+
+
+async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(redis_cluster_url, redis_cluster: RedisCluster):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{asked}")
+    source_name = commands._owners[slot]
+    by_name = {f"127.0.0.1:{port}": node for (port, _), node in zip(redis_cluster.ports, redis_cluster.nodes())}
+    source = by_name[source_name]
+    target = next(node for name, node in by_name.items() if name != source_name)
+    source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
+    target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    try:
+        # The key is not on the source: it answers ASK, and the command goes to the target with ASKING.
+        assert await commands.execute([("SET", "{asked}k", "v"), ("GET", "{asked}k")]) == [b"OK", b"v"]
+        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+        assert commands._owners[slot] == source_name  # an ASK moves one key, not the slot
+        assert await commands.execute([("DEL", "{asked}k")]) == [1]
+    finally:
+        for node in (source, target):
+            node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+        for node in by_name.values():
+            node.close()
+        await commands.aclose()
+
+
+async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
+    redis_cluster_url, caplog: pytest.LogCaptureFixture,
+):
+    connects = 0
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connects
+        connects += 1
+        await reader.read()  # reads, never answers
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    hung = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.5)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    owners = commands._owners
+
+    def slot_of(query: str) -> int:
+        return key_slot(f"rr:{{{pair_keys('m', None, [query], DOCS[:1])[0][0]}}}".encode())
+
+    healthy = "on a healthy node"
+    other = next(q for q in (f"on the hung node {i}" for i in range(50)) if owners[slot_of(q)] != owners[slot_of(healthy)])
+    keys = pair_keys("m", None, [healthy, other], DOCS[:2])
+    await cache.put_many(keys, [0.25, 0.75])
+    hung_slot = slot_of(other)
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        for _ in range(5):
+            commands._owners[hung_slot] = hung  # as if it owned the slot (a refresh may have corrected it)
+            assert await cache.get_many(keys) == [0.25, None]  # the healthy node's score, in time
+            assert cache.available  # the cache as a whole is not backed off
+    assert connects == 3  # three failures in a row; then the node is left alone, no more I/O
+    assert [r.getMessage() for r in caplog.records] == [
+        f"redis cache read failed in part (NodeFailure: node {hung}: TimeoutError: timed out); "
+        "serving uncached for that node's keys"
+    ]
+    await cache.close()
+    server.close()
 
 
 async def test_credentials_in_the_url_are_used(redis_cluster_url, redis_cluster: RedisCluster):

@@ -62,6 +62,21 @@ async def test_an_error_reply_fails_its_call_and_not_the_next(redis_url):
         await commands.aclose()
 
 
+async def test_replies_keep_an_error_reply_in_its_place_and_the_connection_in_step(redis_url):
+    # A Cluster node's batch: a MOVED or NOSCRIPT concerns one command, not the ones after it.
+    # This relies on redis-py reading an error reply whole before raising it (read_response).
+    commands = direct(redis_url, max_connections=1)
+    try:
+        await commands.execute([("SET", "text", "not a hash")])
+        first, error, after = await commands.replies([("ECHO", "a"), ("HGET", "text", "f"), ("ECHO", "b")])
+        assert (first, after) == (b"a", b"b")
+        assert isinstance(error, ResponseError) and "WRONGTYPE" in str(error)
+        assert await commands.execute([("ECHO", "next")]) == [b"next"]  # the same connection, in step
+        assert len(commands._idle) == 1
+    finally:
+        await commands.aclose()
+
+
 async def test_scripts_unknown_to_redis_are_loaded_and_run(redis_url):
     commands = direct(redis_url)
     try:
@@ -126,7 +141,7 @@ async def test_ping_says_false_when_redis_is_away(unused_tcp_port):
 
 
 def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
-    from gateway.redisio.commands import _packed
+    from gateway.redisio.direct import _packed
 
     connection = aioredis.Redis().connection_pool.make_connection()  # never connected
     commands = [("EVALSHA", "f" * 40, 2, "rr:{q}", "rr:{q}:leases", "owner", 5000, bytes(range(16)), -1),

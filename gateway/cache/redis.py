@@ -16,7 +16,9 @@ still scoring renews its leases every half lease (keep_leases), so a slow provid
 let waiters take its pairs over and pay for them too.
 
 Every call is bounded by a short timeout; on any Redis failure the request is served uncached
-(gateway/redisio/outage.py decides when to leave Redis alone for a moment, and says so).
+(gateway/redisio/outage.py decides when to leave Redis alone for a moment, and says so). On a
+Cluster a failing node costs only the queries whose keys it owns: they are misses, the rest of
+the request is read and written as usual, and only that node is left alone for a moment.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 from gateway.cache.base import LeaseKeeper, Lookup, PairKey, query_group
 from gateway.cache.scripts import LOOKUP, PUT, RELEASE, RENEW
 from gateway.redisio.client import REDIS_FAILURES
-from gateway.redisio.commands import Commands, Script, ScriptCall, commands_for, run_scripts
+from gateway.redisio.commands import Commands, Script, ScriptCall, commands_for, run_scripts_each
 from gateway.redisio.outage import RedisOutage
 
 log = logging.getLogger("gateway.cache")
@@ -117,6 +119,8 @@ class RedisScoreCache:
         scores = misses.scores
         elsewhere = []
         for (_, positions), values in zip(groups.values(), replies):
+            if isinstance(values, BaseException):
+                continue  # its node failed (logged by _run): this query's pairs are misses
             for position, value in zip(positions, values):
                 if isinstance(value, bytes):
                     scores[position] = _decode_score(value)
@@ -156,15 +160,23 @@ class RedisScoreCache:
         await self._run(operation, calls)
 
     async def _run(self, operation: str, calls: list[ScriptCall]) -> list[Any] | None:
-        """The scripts' replies in one bounded round trip, or None when Redis failed (logged)."""
+        """The scripts' replies in one bounded round trip, or None when Redis failed (logged).
+
+        On a Cluster one node may fail alone: its calls then hold the failure in their places, the
+        other nodes' replies stand, and only that node backs off (gateway/redisio/cluster.py).
+        """
         try:
             # A cluster client may learn its layout on the first call: the bound covers it.
             async with asyncio.timeout(self._timeout):
-                replies = await run_scripts(self._redis, calls)
+                replies = await run_scripts_each(self._redis, calls)
         except REDIS_FAILURES as exc:
             self._outage.failed(operation, exc)
             return None
         self._outage.succeeded()
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                self._outage.failed_in_part(operation, reply)
+                break
         return replies
 
     async def ping(self) -> bool:

@@ -1,55 +1,47 @@
-"""The redis-py client behind the score cache and the spend ledger: one server, or a Cluster.
+"""The redis-py client behind the score cache and the spend ledger's connections, URLs, warm-up, ping.
 
 One server: the gateway sends its commands over connections made from this client's settings
-(URL, TLS, credentials, timeouts) by gateway/redisio/commands.py, not through the client's pool.
+(URL, TLS, credentials, timeouts) by gateway/redisio/direct.py, not through the client's pool.
 Whoever uses the client itself gets a blocking pool, so a burst waits briefly for one of a few
 connections instead of failing (redis-py's default pool raises past its size). Connections are
 opened at start-up (warm_up), because opening one costs far more than the small per-call timeout
 allows, and a burst of cold connects would otherwise all time out.
 
 A Cluster (`redis+cluster://host:port,host:port`, `rediss+cluster://` for TLS, credentials as in
-`redis://`): any reachable nodes of it, from which redis-py's cluster client learns the rest and
-routes each command to the node owning its key's slot. Its per-node pools raise when full rather
-than wait, so callers here wait instead for one of `max_connections` turns: a call uses at most
-one connection per node at a time, so no node holds more than that many (plus one on a node the
-client asks for the layout). The same timeouts as for one server; nothing is retried inside
-redis-py, though a MOVED or ASK is still followed.
+`redis://`): any reachable nodes of it. gateway/redisio/cluster.py talks to it, one such client's
+settings per node (node_url); why not redis-py's cluster client is said there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, ClusterPipeline, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError, RedisClusterException, RedisError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 # Opening a connection (TCP, maybe TLS and AUTH) may take longer than one call is allowed.
 CONNECT_TIMEOUT_SECONDS = 2.0
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
-# Everything a Redis call may raise when Redis, not the caller, is at fault. The cluster client
-# raises RedisClusterException (not a RedisError) when no node answers or slots are uncovered.
+# Everything a Redis call may raise when Redis, not the caller, is at fault. redis-py's cluster
+# client (a caller's own, in ClientCommands) raises RedisClusterException, not a RedisError.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
-RedisClient = aioredis.Redis | RedisCluster
+RedisClient = aioredis.Redis | RedisCluster  # what ClientCommands takes
 
 
-def redis_client(url: str, timeout_seconds: float, max_connections: int) -> RedisClient:
+def redis_client(url: str, timeout_seconds: float, max_connections: int) -> aioredis.Redis:
+    """A client of one server (`redis://`, `rediss://`, `unix://`), for its settings and its blocking pool."""
     timeouts = {
         "socket_timeout": timeout_seconds,
         "socket_connect_timeout": max(timeout_seconds, CONNECT_TIMEOUT_SECONDS),
     }
     if is_cluster_url(url):
-        return _cluster_client(url, max_connections, timeouts)
+        raise ValueError("a redis+cluster:// URL names several servers: ClusterConnections talks to each (node_url)")
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -63,6 +55,14 @@ def redis_client(url: str, timeout_seconds: float, max_connections: int) -> Redi
 
 def is_cluster_url(url: str) -> bool:
     return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def node_url(url: str, host: str, port: int) -> str:
+    """A `redis+cluster://` URL's credentials, TLS and options, for one of its nodes: `redis://user:pw@host:port/0?...`."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme], netloc=f"{userinfo}{at}{address}"))
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -86,30 +86,10 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
     return nodes
 
 
-def _cluster_client(url: str, max_connections: int, timeouts: dict[str, float]) -> RedisCluster:
-    nodes = cluster_nodes(url)
-    # Credentials, TLS and options are read from the URL with its first node alone.
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    first_node = parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme], netloc=userinfo + at + hosts.split(",")[0].strip())
-    return _TurnTakingCluster.from_url(
-        urlunsplit(first_node),
-        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
-        max_connections=max_connections,
-        # No retries inside redis-py (they would stretch the bound); a MOVED or ASK is still followed.
-        retry=Retry(NoBackoff(), 0),
-        # A MOVED updates the slot's owner (a whole shard's after a failover). By default every
-        # fifth one also closes every connection, under the calls still using them.
-        reinitialize_steps=0,
-        **timeouts,
-    )
-
-
 async def warm_up(client: RedisClient, connections: int) -> None:
     """Open `connections` pooled connections now; a Redis that is down is fine (logged by callers later)."""
     if isinstance(client, RedisCluster):
-        await _warm_up_cluster(client, connections)
-        return
+        return  # a caller's own cluster client (ClientCommands) connects on first use
     pool = client.connection_pool
     opened = []
     try:
@@ -120,93 +100,6 @@ async def warm_up(client: RedisClient, connections: int) -> None:
     finally:
         for connection in opened:
             await pool.release(connection)
-
-
-async def _warm_up_cluster(client: RedisCluster, connections: int) -> None:
-    """Learn the cluster's layout, then open up to `connections` connections to each primary."""
-    try:
-        # Each configured node is asked in turn until one answers.
-        budget = CONNECT_TIMEOUT_SECONDS * len(client.nodes_manager.startup_nodes)
-        await asyncio.wait_for(client.initialize(), budget)
-    except REDIS_FAILURES:
-        return
-    for node in client.get_primaries():
-        opened = []
-        try:
-            for _ in range(min(connections, node.max_connections)):
-                connection = node.acquire_connection()
-                opened.append(connection)
-                await asyncio.wait_for(connection.connect(), CONNECT_TIMEOUT_SECONDS)
-        except REDIS_FAILURES:
-            pass  # this node is down or slow: it connects on first use
-        finally:
-            for connection in opened:
-                node.release(connection)
-
-
-# Set while a task holds a turn, so a call made inside another (a pipeline following a MOVED)
-# does not wait for a second turn, which could deadlock once every turn is taken.
-_holding_turn: contextvars.ContextVar[bool] = contextvars.ContextVar("holding_redis_turn", default=False)
-
-
-class _TurnTakingCluster(RedisCluster):
-    """redis-py's cluster client, whose callers wait for a turn instead of failing on a full pool."""
-
-    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
-        super().__init__(*args, **{**kwargs, "max_connections": max_connections})
-        self._turns = asyncio.Semaphore(max_connections)
-
-    @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        if _holding_turn.get():
-            yield
-            return
-        async with self._turns:
-            token = _holding_turn.set(True)
-            try:
-                yield
-            finally:
-                _holding_turn.reset(token)
-
-    async def initialize(self, *args: Any, **kwargs: Any) -> RedisCluster:
-        async with self.turn():
-            return await super().initialize(*args, **kwargs)
-
-    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        async with self.turn():
-            if self.get_default_node() is None:
-                # Until it knows the layout, redis-py sends a keyed command to a random node and
-                # chases the MOVED replies: learn it first, as a pipeline does.
-                await self.initialize()
-            with _closed_under_the_call():
-                return await super().execute_command(*args, **kwargs)
-
-    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
-        if shard_hint:
-            raise RedisClusterException("shard_hint is deprecated in cluster mode")
-        # redis-py declares `_event_dispatcher` on a Protocol its ClusterPipeline never assigns, so
-        # mypy takes the class as abstract; redis-py's own pipeline() makes this same call.
-        return _TurnTakingPipeline(self, transaction)  # type: ignore[abstract]
-
-
-class _TurnTakingPipeline(ClusterPipeline):
-    cluster_client: _TurnTakingCluster
-
-    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
-        async with self.cluster_client.turn():
-            with _closed_under_the_call():
-                return await super().execute(raise_on_error, allow_redirections)
-
-
-@contextlib.contextmanager
-def _closed_under_the_call() -> Iterator[None]:
-    # After a CLUSTERDOWN redis-py closes every connection, also those other calls are still
-    # using; such a call may then fail inside redis-py with an AttributeError. It is a lost
-    # connection, and the callers treat it as one instead of failing the request.
-    try:
-        yield
-    except AttributeError as exc:
-        raise RedisConnectionError("connection closed under the call by a cluster layout refresh") from exc
 
 
 async def ping(client: RedisClient, timeout_seconds: float) -> bool:
