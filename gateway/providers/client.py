@@ -97,6 +97,13 @@ class ProviderClient:
             usage.add(self._price(result))
         return scores, usage
 
+    def http_calls(self, pairs: Batch) -> int:
+        """How many HTTP calls `score(pairs)` makes: one per batch _plan_batches would build."""
+        size = self.config.max_batch
+        if self.adapter.multi_query:
+            return max(1, -(-len(pairs.documents) // size))
+        return sum(-(-len(group) // size) for group in pairs.positions_by_query().values()) or 1
+
     def _plan_batches(self, pairs: Batch) -> list[tuple[list[int], Batch]]:
         """Calls to make: each with the request positions it scores."""
         queries, documents = pairs.queries, pairs.documents

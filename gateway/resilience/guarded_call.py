@@ -27,7 +27,7 @@ from gateway.budget import (
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.models import Batch, Usage
-from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, GatewayMetrics
+from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, CallPurpose, GatewayMetrics
 from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
 from gateway.resilience import full_jitter_backoff, parse_retry_after
@@ -56,11 +56,13 @@ class GuardedCall:
         return ceiling if slow is None else min(ceiling, slow)
 
     async def score(
-        self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False
+        self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False,
+        purpose: CallPurpose = "request",
     ) -> tuple[list[float], Usage]:
         """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
 
         `panic`: every provider's breaker is open and this one opened first; call it anyway.
+        `purpose` labels the HTTP calls in the metrics (a probe's are not a client's).
         """
         health = self._health[client.name]
         chars = _chars(pairs)
@@ -72,7 +74,7 @@ class GuardedCall:
             raise
         called_at = _now()
         try:
-            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic)
+            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic, purpose)
         except ProviderFailure as failure:
             await self._ledger.release(reservation)
             if failure.fallback_allowed:
@@ -85,7 +87,7 @@ class GuardedCall:
                 # Cut by the request's deadline: slow is a failure, or a hanging provider would
                 # be called by every request until each one ran out of time.
                 self._record_failure(client.name, health, "no answer before the request's deadline")
-                self._observe_call(client.name, _now() - called_at, "timeout", panic)
+                self._observe_call(client, pairs, _now() - called_at, "timeout", panic, purpose)
             else:
                 health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
             await asyncio.shield(self._ledger.release(reservation))
@@ -142,7 +144,8 @@ class GuardedCall:
         return outcome
 
     async def _call_with_retries(
-        self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool
+        self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool,
+        purpose: CallPurpose,
     ) -> tuple[list[float], Usage]:
         health.retry_budget.record_call()
         attempt = 0
@@ -151,7 +154,7 @@ class GuardedCall:
             try:
                 result = await self._bounded_call(client, pairs, ends_at)
             except ProviderFailure as failure:
-                self._observe_call(client.name, _now() - started, failure.kind, panic)
+                self._observe_call(client, pairs, _now() - started, failure.kind, panic, purpose)
                 wait = self._retry_wait(failure, attempt, health, ends_at)
                 if wait is None:
                     raise
@@ -161,7 +164,7 @@ class GuardedCall:
                 continue
             elapsed = _now() - started
             health.latency.record(elapsed, len(pairs))
-            self._observe_call(client.name, elapsed, "ok", panic)
+            self._observe_call(client, pairs, elapsed, "ok", panic, purpose)
             return result
 
     async def _bounded_call(self, client: ProviderClient, pairs: Batch, ends_at: float | None) -> tuple[list[float], Usage]:
@@ -174,8 +177,13 @@ class GuardedCall:
         except TimeoutError:
             raise ProviderFailure(client.name, f"timed out after {limit:.3g}s", kind="timeout") from None
 
-    def _observe_call(self, provider: str, seconds: float, outcome: str, panic: bool) -> None:
-        self._metrics.record_upstream_call(provider=provider, seconds=seconds)
+    def _observe_call(
+        self, client: ProviderClient, pairs: Batch, seconds: float, outcome: str, panic: bool, purpose: CallPurpose
+    ) -> None:
+        provider = client.name
+        self._metrics.record_upstream_call(
+            provider=provider, seconds=seconds, purpose=purpose, calls=client.http_calls(pairs)
+        )
         if outcome in UPSTREAM_ERROR_REASONS:
             # The check above makes it a reason; mypy does not narrow a str by frozenset membership.
             self._metrics.record_upstream_error(provider=provider, reason=outcome)  # type: ignore[arg-type]
