@@ -88,6 +88,7 @@ def request_log_fields(
     total_ms: float,
     attempts: Sequence[ProviderAttempt] = (),
     error_type: str | None = None,
+    quality: str | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
     fields: dict[str, Any] = {
@@ -104,6 +105,8 @@ def request_log_fields(
     }
     if error_type is not None:
         fields["error_type"] = error_type
+    if quality is not None:
+        fields["quality"] = quality  # "failing": the serving provider fails its canary
     return fields
 
 

@@ -59,6 +59,7 @@ class RerankTrace:
     model: str = "none"  # the resolved model only: a client's string must not become a label
     documents: int = 0
     result: RerankResult | None = None
+    quality: str | None = None  # "failing": served by a provider failing its canary
 
 
 RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
@@ -116,6 +117,7 @@ def _observe(
         total_ms=seconds * 1000,
         attempts=attempts,
         error_type=error_type,
+        quality=trace.quality,
     ))
 
 

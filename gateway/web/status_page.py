@@ -39,6 +39,7 @@ class ProviderStatus:
     budget: tuple[BudgetBar, ...]
     p95_ms: float | None  # None until enough answers were seen
     quality: QualityReport | None = None
+    skipped_for_quality: bool = False  # unusable only because its canary verdict keeps it out
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,9 @@ def _quality(quality: QualityReport | None) -> str:
         return ""
     tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "warn")
     label = {"passing": "canary passing", "failing": "canary failing"}.get(quality.state, "canary unknown")
+    if quality.state == "failing":
+        tone = "warn" if quality.serves else "bad"
+        label += " · serves, flagged, when nothing better can" if quality.serves else " · not served"
     if quality.reference:
         cache = "the reference: its scores are the cached ones"
     elif quality.shares_cache:
