@@ -1,0 +1,113 @@
+"""Probes once per fleet: workers and replicas on one real redis-server share canary verdicts.
+
+Real processes (`serve --workers 2`, and two `serve --workers 1` on their own ports, as two
+replicas run) over the emulator, whose request counts show how often the canary was run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.quality import builtin_canary
+from tests.support.processes import free_port, gateway_toml, running
+
+MODEL = "qwen3-reranker-8b"
+VERDICT_WITHIN_SECONDS = 30.0  # a bound for a hung test, not a performance claim
+
+
+async def get_json(port: int, path: str) -> Any:
+    # A new connection each time, so the kernel spreads them over a port's workers.
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return await response.json()
+
+
+async def verdicts(port: int) -> dict[str, Any]:
+    """/readyz's quality section, once both providers have a verdict there."""
+    deadline = time.monotonic() + VERDICT_WITHIN_SECONDS
+    while True:
+        quality = (await get_json(port, "/readyz"))["quality"][MODEL]
+        if all(provider["state"] != "unknown" for provider in quality.values()):
+            return quality
+        assert time.monotonic() < deadline, f"no verdict on port {port}: {quality}"
+        await asyncio.sleep(0.1)
+
+
+@contextmanager
+def emulator_with_a_failing_fireworks() -> Iterator[int]:
+    port = free_port()
+    with running(["emulate", "--port", str(port)], port):
+        import urllib.request
+
+        fault = b'{"provider": "fireworks", "mode": "template"}'
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/_emulator/faults", data=fault, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        yield port
+
+
+def config_file(tmp_path: Path, emulator_port: int) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(gateway_toml(emulator_port, probe_interval_seconds=3600))
+    return path
+
+
+async def probe_calls(emulator_port: int) -> dict[str, int]:
+    stats = await get_json(emulator_port, "/_emulator/stats")
+    return {provider: stats["requests"].get(provider, 0) for provider in ("deepinfra", "fireworks")}
+
+
+def one_probe_each() -> dict[str, int]:
+    # DeepInfra scores the whole canary in one call; Fireworks takes one query per call.
+    return {"deepinfra": 1, "fireworks": len(builtin_canary())}
+
+
+async def test_two_replicas_on_one_redis_probe_once_and_answer_one_verdict(tmp_path, redis_url):
+    ports = (free_port(), free_port())
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
+    with emulator_with_a_failing_fireworks() as emulator_port, ExitStack() as stack:
+        config = config_file(tmp_path, emulator_port)
+        for port in ports:
+            stack.enter_context(running(["serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+                                        port, env=env))
+        first, second = await verdicts(ports[0]), await verdicts(ports[1])
+        assert first["fireworks"]["state"] == "failing" and first["deepinfra"]["state"] == "passing"
+        # The reader judged the prober's scores itself: the same verdict, standing and agreement.
+        deadline = time.monotonic() + VERDICT_WITHIN_SECONDS
+        while first != second:  # the second provider's record may reach one replica a tick later
+            assert time.monotonic() < deadline, f"the replicas disagree: {first} vs {second}"
+            await asyncio.sleep(0.1)
+            first, second = await verdicts(ports[0]), await verdicts(ports[1])
+        assert first["fireworks"]["mae"] is not None
+        assert await probe_calls(emulator_port) == one_probe_each()
+
+
+async def test_two_workers_answer_readyz_alike(tmp_path, redis_url):
+    port = free_port()
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
+    with emulator_with_a_failing_fireworks() as emulator_port:
+        config = config_file(tmp_path, emulator_port)
+        with running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env):
+            await verdicts(port)
+            deadline = time.monotonic() + VERDICT_WITHIN_SECONDS
+            while True:
+                # Twenty answers over new connections: both workers answer some, and all alike.
+                answers = [await get_json(port, "/readyz") for _ in range(20)]
+                seen = {repr(answer["quality"]) for answer in answers}
+                if len(seen) == 1:
+                    break
+                assert time.monotonic() < deadline, f"the workers disagree: {seen}"
+                await asyncio.sleep(0.1)
+            quality = answers[0]["quality"][MODEL]
+            assert quality["fireworks"]["state"] == "failing" and quality["fireworks"]["serves"]
+            assert answers[0]["status"] == "ready"
+            assert await probe_calls(emulator_port) == one_probe_each()
