@@ -1,7 +1,12 @@
 """The quality guard: is a provider serving the model it claims, and do two agree?
 
-    guard.py      QualityGuard: probes, shadow calls, and which providers may share cached scores
+    guard.py      QualityGuard: the router's answers (may a failing provider serve, the plan
+                  order, which providers share cached scores); starts the prober and shadower
+    prober.py     Prober: canary probes when due, once per fleet through fleet.py
+    fleet.py      VerdictStore: leases and published canary scores in Redis (or nothing shared)
+    shadower.py   Shadower: a share of upstream scorings also to the next provider
     board.py      QualityBoard: verdicts and agreement per provider, kept across reloads
+    standing.py   standing: a failing provider against chance and BM25 on its canary
 
     canary.py     CanaryLine, load_canary, builtin_canary: queries with known answers
     judge.py      judge: every relevant passage above every irrelevant one, on every line
@@ -9,10 +14,10 @@
     tracker.py    AgreementTracker: rolling agreement with the reference, in bounded memory
     probe.py      run_canary: a canary through any scoring function, judged
 
-Only guard.py calls providers (through resilience's GuardedCall); in the other modules scoring
-is a function the caller passes, so tests drive them directly.
+Only prober.py and shadower.py call providers (through resilience's GuardedCall); in the other
+modules scoring is a function the caller passes, so tests drive them directly.
 
-May import: resilience, providers, budget, observability, config, models, errors. Not scoring,
+May import: resilience, providers, budget, observability, redisio, config, models, errors. Not scoring,
 which asks this package while it plans.
 """
 
