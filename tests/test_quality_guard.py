@@ -380,3 +380,25 @@ async def test_an_explicit_reload_after_the_watcher_reloaded_rebuilds_nothing(ai
     answer = await gateway.post("/admin/reload", headers=ADMIN)  # `rerank-gateway reload` right after the edit
     assert answer.status == 200 and (await answer.json())["status"] == "unchanged"
     assert live.current is watched and watched.config.models[MODEL].fallback == ["fireworks"]
+
+
+@pytest.mark.parametrize(("mode", "noise"), [("template", False), ("random", True), ("rescale", False)])
+def test_standing_tells_a_noisy_ranker_from_noise(mode: str, noise: bool) -> None:
+    from gateway.quality.standing import standing
+
+    lines = builtin_canary()
+    scores = [[misbehaving_score(mode, line.query, d) for d in line.documents] for line in lines]
+    found = standing(lines, scores)
+    assert found.pairs == 66 and found.like_noise is noise
+    # Word overlap orders every line of the built-in set: no provider does better than BM25 there.
+    assert found.lexical_correct == 66 and found.no_better_than_lexical
+
+
+def test_standing_counts_ties_as_half_and_reversed_order_as_worse_than_chance() -> None:
+    from gateway.quality.standing import standing
+
+    lines = builtin_canary()[:4]
+    flat = standing(lines, [[0.5] * len(line.documents) for line in lines])
+    assert flat.correct == flat.pairs / 2 and flat.like_noise
+    reversed_ = standing(lines, [[0.1] * len(line.relevant) + [0.9] * len(line.irrelevant) for line in lines])
+    assert reversed_.correct == 0 and reversed_.chance_p > 0.99
