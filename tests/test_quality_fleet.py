@@ -111,3 +111,32 @@ async def test_two_workers_answer_readyz_alike(tmp_path, redis_url):
             assert quality["fireworks"]["state"] == "failing" and quality["fireworks"]["serves"]
             assert answers[0]["status"] == "ready"
             assert await probe_calls(emulator_port) == one_probe_each()
+
+
+async def test_shadow_samples_reach_every_replica(tmp_path, redis_url):
+    """One replica's shadow call measures agreement; the other decides cache sharing from the same figures."""
+    ports = (free_port(), free_port())
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
+    emulator_port = free_port()
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), ExitStack() as stack:
+        path = tmp_path / "config.toml"
+        path.write_text(gateway_toml(emulator_port).replace(
+            "quality = { probe_interval_seconds = 0 }", "quality = { probe_interval_seconds = 0, shadow_rate = 1.0 }"))
+        for port in ports:
+            stack.enter_context(running(["serve", "--config", str(path), "--port", str(port), "--workers", "1"],
+                                        port, env=env))
+        async with aiohttp.ClientSession() as session:
+            # Ten pairs: the fewest the agreement figures are reported from.
+            body = {"query": "shadowed question", "documents": [f"passage {i} on a shadowed question" for i in range(10)]}
+            async with session.post(f"http://127.0.0.1:{ports[0]}/v1/rerank", json=body) as response:
+                assert response.status == 200 and response.headers["X-Rerank-Provider"] == "deepinfra"
+        deadline = time.monotonic() + VERDICT_WITHIN_SECONDS
+        while True:
+            seen = [(await get_json(port, "/readyz"))["quality"][MODEL]["fireworks"] for port in ports]
+            if all(quality["mae"] is not None for quality in seen):
+                break
+            assert time.monotonic() < deadline, f"the shadow sample did not reach both replicas: {seen}"
+            await asyncio.sleep(0.1)
+        assert seen[0] == seen[1] and seen[1]["mae"] == 0.0 and seen[1]["shares_cache"]
+        # Probes are off: the only calls are the request and its shadow.
+        assert await probe_calls(emulator_port) == {"deepinfra": 1, "fireworks": 1}

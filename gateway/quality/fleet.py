@@ -6,6 +6,9 @@
                per model, field `provider|fingerprint`, so two configs of a rolling change never
                overwrite each other's verdicts
     records    every record of a model, read by each worker about once a second
+    samples    agreement samples (canary and shadow) per provider and reference fingerprint, the
+               last 256, pushed by whichever worker measured them; every worker keeps exactly
+               these, so all decide alike which providers share the reference's cached scores
 
 A record carries scores, not a verdict: each worker judges them with its own canary (the same
 for one config), so every worker reaches the same verdict, agreement and standing.
@@ -28,6 +31,7 @@ log = logging.getLogger("gateway.quality")
 
 KEY_PREFIX = "rq:{quality}:"  # one hash slot, so a Cluster serves every key from one node
 LEASE_SECONDS = 60.0  # a prober that dies mid-probe holds the others off this long at most
+MAX_SAMPLES = 256  # agreement samples kept per provider and reference, as AgreementTracker keeps
 RECORD_TTL_SECONDS = 7 * 86_400  # a model's records outlive any probe interval; dropped models age out
 
 
@@ -37,6 +41,8 @@ class VerdictStore(Protocol):
     async def claim(self, model: str, provider: str, fingerprint: str, seconds: float) -> bool: ...
     async def publish(self, model: str, provider: str, fingerprint: str, record: bytes) -> None: ...
     async def records(self, model: str) -> dict[tuple[str, str], bytes]: ...
+    async def push_samples(self, model: str, tracked: str, against: str, samples: list[bytes]) -> None: ...
+    async def samples(self, model: str, series: list[tuple[str, str]]) -> list[list[bytes]] | None: ...
     async def close(self) -> None: ...
 
 
@@ -53,6 +59,12 @@ class LocalVerdicts:
 
     async def records(self, model: str) -> dict[tuple[str, str], bytes]:
         return {}
+
+    async def push_samples(self, model: str, tracked: str, against: str, samples: list[bytes]) -> None:
+        return None
+
+    async def samples(self, model: str, series: list[tuple[str, str]]) -> list[list[bytes]] | None:
+        return None
 
     async def close(self) -> None:
         return None
@@ -92,6 +104,25 @@ class RedisVerdicts:
             found[(provider, fingerprint)] = value if isinstance(value, bytes) else str(value).encode()
         return found
 
+    async def push_samples(self, model: str, tracked: str, against: str, samples: list[bytes]) -> None:
+        """Agreement samples of provider fingerprint `tracked` with reference fingerprint `against`."""
+        if not samples:
+            return
+        key = _samples_key(model, tracked, against)
+        await self._run("push samples", [
+            ("RPUSH", key, *samples), ("LTRIM", key, -MAX_SAMPLES, -1), ("EXPIRE", key, int(RECORD_TTL_SECONDS)),
+        ])
+
+    async def samples(self, model: str, series: list[tuple[str, str]]) -> list[list[bytes]] | None:
+        """Each (tracked, against) series' samples, oldest first; None when Redis could not say."""
+        if not series:
+            return []
+        answer = await self._run("read samples", [("LRANGE", _samples_key(model, *one), 0, -1) for one in series])
+        if answer is None:
+            return None
+        rows: list[Any] = answer
+        return [[v if isinstance(v, bytes) else str(v).encode() for v in values] for values in rows]
+
     async def close(self) -> None:
         await self._redis.aclose()
 
@@ -106,6 +137,10 @@ class RedisVerdicts:
             return None
         self._outage.succeeded()
         return answer
+
+
+def _samples_key(model: str, tracked: str, against: str) -> str:
+    return f"{KEY_PREFIX}agreement:{model}|{tracked}|{against}"
 
 
 def _text(value: object) -> str:

@@ -61,7 +61,8 @@ class QualityGuard:
         self._prober = Prober(config, clients, guard, board, store or LocalVerdicts(), canaries, fingerprints,
                               self.reference, self.publish)
         self._shadower = Shadower(config, clients, guard, board, rng, self._next_provider, self.reference,
-                                  self.publish, self._spawn)
+                                  self.publish, self._spawn, self._prober.share_samples)
+        self._shared = self._prober.shared
 
     # -- what the router asks while it plans ------------------------------------------------------
 
@@ -130,7 +131,9 @@ class QualityGuard:
 
     def start(self) -> None:
         for name, model in self._config.models.items():
-            if model.quality.probe_interval_seconds > 0:
+            # Probes off, shadow calls on: with Redis the loop still reads what the fleet measured.
+            reads = self._shared and model.quality.shadow_rate > 0
+            if model.quality.probe_interval_seconds > 0 or reads:
                 self._spawn(self._prober.run(name))
 
     async def close(self) -> None:

@@ -31,6 +31,7 @@ from gateway.quality.canary import CanaryLine
 from gateway.quality.fleet import LEASE_SECONDS, VerdictStore
 from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome, run_canary
+from gateway.quality.tracker import AgreementTracker
 from gateway.resilience.guarded_call import GuardedCall
 
 log = logging.getLogger("gateway.quality")
@@ -61,6 +62,11 @@ class Prober:
         self._reference = reference
         self._publish = publish
 
+    @property
+    def shared(self) -> bool:
+        """Whether other workers' probes and samples count here (Redis configured)."""
+        return self._store.shared
+
     async def run(self, model: str) -> None:
         """Probe the model's providers when due, for as long as this generation serves."""
         interval = self._config.models[model].quality.probe_interval_seconds
@@ -75,6 +81,7 @@ class Prober:
         """Read the fleet's verdicts, probe the providers still due, then the reference and agreement."""
         interval = self._config.models[model].quality.probe_interval_seconds
         fresh = await self._read_shared(model)
+        probed = {}
         for provider in self._config.models[model].fallback:
             if not self._due(model, provider, interval):
                 continue
@@ -83,18 +90,22 @@ class Prober:
                 continue  # another worker probes it now; its record arrives with a later read
             outcome = await self._probe_one(model, provider)
             if outcome is not None:
-                fresh[provider] = outcome
-        self._settle(model, fresh)
+                probed[provider] = outcome
+        await self._settle(model, fresh, probed)
 
     def _pause(self, model: str, interval: float) -> float:
         """Until the next provider is due; at most SYNC_SECONDS when other workers' probes count."""
         now = time.time()
+        if interval <= 0:
+            return SYNC_SECONDS
         checked = [self._board.entry(model, p).checked_at for p in self._config.models[model].fallback]
         waits = [interval if at is None else at + interval - now for at in checked]
         pause = max(0.05, min(waits, default=interval))
         return min(pause, SYNC_SECONDS) if self._store.shared else pause
 
     def _due(self, model: str, provider: str, interval: float) -> bool:
+        if interval <= 0:
+            return False  # probes off: this loop only reads what the fleet measured
         checked_at = self._board.entry(model, provider).checked_at
         return checked_at is None or time.time() - checked_at >= interval
 
@@ -161,15 +172,47 @@ class Prober:
         self._announce(self._board.record_verdict(model, provider, outcome, at))
         return outcome
 
-    def _settle(self, model: str, fresh: Mapping[str, CanaryOutcome]) -> None:
-        """After new verdicts: the reference, the agreement of the new canary scores with its, the metrics."""
+    async def _settle(
+        self, model: str, fresh: Mapping[str, CanaryOutcome], probed: Mapping[str, CanaryOutcome]
+    ) -> None:
+        """After new verdicts: the reference, the agreement of the new canary scores with its, the metrics.
+
+        Shared, the worker that probed measures and pushes the samples, and every worker then keeps
+        the fleet's; alone, a worker measures what it probed itself.
+        """
         reference = self._reference(model)
         self._board.note_reference(model, reference)
         reference_outcome = None if reference is None else self._board.entry(model, reference).canary
-        for provider, outcome in fresh.items():
+        measured = probed if self._store.shared else {**fresh, **probed}
+        for provider, outcome in measured.items():
             if reference_outcome is not None and provider != reference and outcome.lines == reference_outcome.lines:
-                outcome.feed(self._board.entry(model, provider).agreement, reference_outcome)
+                tracker = AgreementTracker()  # this round's samples alone, to share
+                outcome.feed(tracker, reference_outcome)
+                await self.share_samples(model, provider, tracker.export())
+        if self._store.shared and reference is not None:
+            await self._read_agreement(model, reference)
         self._publish(model)
+
+    async def share_samples(self, model: str, provider: str, samples: list[tuple[int, float, float | None]]) -> None:
+        """Agreement samples of `provider` with the model's reference: to the board, and to the fleet."""
+        tracker = self._board.entry(model, provider).agreement
+        for sample in samples:
+            tracker.append(sample)
+        reference = self._reference(model)
+        if self._store.shared and reference is not None and samples:
+            await self._store.push_samples(model, self._fingerprints[provider], self._fingerprints[reference],
+                                           [orjson.dumps(sample) for sample in samples])
+
+    async def _read_agreement(self, model: str, reference: str) -> None:
+        """Every provider's agreement with the reference, as the fleet measured it."""
+        others = [p for p in self._config.models[model].fallback if p != reference]
+        series = [(self._fingerprints[p], self._fingerprints[reference]) for p in others]
+        found = await self._store.samples(model, series)
+        if found is None:
+            return  # Redis could not say: keep what this worker knows
+        for provider, raw in zip(others, found):
+            samples = [sample for sample in map(_sample, raw) if sample is not None]
+            self._board.entry(model, provider).agreement.replace(samples)
 
     def _lines(self, model: str, provider: str) -> tuple[CanaryLine, ...]:
         takes_instruction = self._clients[provider].adapter.takes_instruction
@@ -193,6 +236,14 @@ def digest(fingerprint: object) -> str:
 def canary_digest(lines: Sequence[CanaryLine]) -> str:
     content = [(line.query, line.relevant, line.irrelevant, line.instruction) for line in lines]
     return hashlib.sha256(orjson.dumps(content)).hexdigest()[:16]
+
+
+def _sample(raw: bytes) -> tuple[int, float, float | None] | None:
+    try:
+        pairs, total, tau = orjson.loads(raw)
+        return int(pairs), float(total), None if tau is None else float(tau)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
 
 
 def _fits(lines: Sequence[CanaryLine], scores: object) -> bool:

@@ -3,14 +3,14 @@
 In the background, never delaying the answer, under budgets and breakers like any call (counted
 as purpose="shadow"), never cached, cancelled when its generation retires. Per query, the
 difference between the reference's scores and the other provider's feeds the agreement figures.
-Shadow samples stay in the worker that made them; the canary's are the same in every worker.
+With Redis, the samples go to every worker (gateway.quality.fleet), like the canary's.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from gateway.config import GatewayConfig
@@ -18,6 +18,7 @@ from gateway.errors import ProviderFailure
 from gateway.models import Batch
 from gateway.providers.client import ProviderClient
 from gateway.quality.board import QualityBoard
+from gateway.quality.tracker import AgreementTracker
 from gateway.resilience.guarded_call import GuardedCall
 
 log = logging.getLogger("gateway.quality")
@@ -35,6 +36,7 @@ class Shadower:
         reference: Callable[[str], str | None],
         publish: Callable[[str], None],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        share: Callable[[str, str, list[tuple[int, float, float | None]]], Awaitable[None]],
     ) -> None:
         self._config = config
         self._clients = clients
@@ -45,6 +47,7 @@ class Shadower:
         self._reference = reference
         self._publish = publish
         self._spawn = spawn
+        self._share = share  # Prober.share_samples: to the board, and through Redis to every worker
 
     def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
         """With probability `shadow_rate`, the same pairs to the next provider, in the background."""
@@ -68,7 +71,8 @@ class Shadower:
             tracked, reference_scores, other_scores = primary, shadow_scores, scores
         else:
             return  # neither side is the reference: nothing to measure against
-        tracker = self._board.entry(model, tracked).agreement
+        tracker = AgreementTracker()  # this call's samples alone, for the board and the fleet
         for positions in pairs.positions_by_query().values():
             tracker.add([reference_scores[i] for i in positions], [other_scores[i] for i in positions])
+        await self._share(model, tracked, tracker.export())
         self._publish(model)

@@ -43,6 +43,22 @@ class AgreementTracker:
         self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
         self._stale = True
 
+    def export(self) -> list[tuple[int, float, float | None]]:
+        """The samples kept, oldest first, as `append` and `replace` take them."""
+        return [(s.pairs, s.absolute_difference_sum, s.kendall_tau) for s in self._samples]
+
+    def append(self, sample: tuple[int, float, float | None]) -> None:
+        """One sample another tracker measured (see `export`)."""
+        if sample[0] > 0:
+            self._samples.append(_Sample(*sample))
+            self._stale = True
+
+    def replace(self, samples: Sequence[tuple[int, float, float | None]]) -> None:
+        """Keep exactly these samples (the last `max_samples`): the fleet's, read from Redis."""
+        self._samples.clear()
+        self._samples.extend(_Sample(*sample) for sample in samples if sample[0] > 0)
+        self._stale = True
+
     def current(self) -> Agreement | None:
         """Agreement over the samples kept, or None while fewer than `min_pairs` pairs were seen."""
         if self._stale:
