@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from gateway.quality import builtin_canary
+from tests.support.gateway import add_fault, emulator_requests
 from tests.support.processes import free_port, gateway_toml, running
 
 MODEL = "qwen3-reranker-8b"
@@ -46,8 +48,6 @@ async def verdicts(port: int) -> dict[str, Any]:
 def emulator_with_a_failing_fireworks() -> Iterator[int]:
     port = free_port()
     with running(["emulate", "--port", str(port)], port):
-        import urllib.request
-
         fault = b'{"provider": "fireworks", "mode": "template"}'
         request = urllib.request.Request(f"http://127.0.0.1:{port}/_emulator/faults", data=fault, method="POST")
         with urllib.request.urlopen(request, timeout=10) as answer:
@@ -140,3 +140,21 @@ async def test_shadow_samples_reach_every_replica(tmp_path, redis_url):
         assert seen[0] == seen[1] and seen[1]["mae"] == 0.0 and seen[1]["shares_cache"]
         # Probes are off: the only calls are the request and its shadow.
         assert await probe_calls(emulator_port) == {"deepinfra": 1, "fireworks": 1}
+
+
+async def test_with_redis_down_each_worker_probes_on_its_own(make_gateway, emulator):
+    """A lease nobody can grant is granted: a probe too many costs tokens, one too few hides a fault."""
+    await add_fault(emulator, "deepinfra", "template")
+    dead = free_port()  # nothing listens there
+
+    def probing(raw: dict[str, Any]) -> None:
+        raw["models"][MODEL]["quality"] = {"probe_interval_seconds": 3600}
+
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing, cache={"url": f"redis://127.0.0.1:{dead}"})
+    deadline = time.monotonic() + VERDICT_WITHIN_SECONDS
+    while (await (await gateway.get("/readyz")).json())["quality"][MODEL]["deepinfra"]["state"] != "failing":
+        assert time.monotonic() < deadline, "no probe while Redis was down"
+        await asyncio.sleep(0.05)
+    assert (await emulator_requests(emulator))["deepinfra"] == 1
+    response = await gateway.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
+    assert response.status == 200 and response.headers["X-Rerank-Quality"] == "failing"

@@ -20,10 +20,11 @@ probe too few would leave a failing provider unseen.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, Protocol
 
-from gateway.redisio.client import REDIS_FAILURES
+from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES
 from gateway.redisio.commands import Commands, commands_for
 from gateway.redisio.outage import RedisOutage
 
@@ -73,13 +74,15 @@ class LocalVerdicts:
 class RedisVerdicts:
     shared = True
 
-    def __init__(self, commands: Commands) -> None:
+    def __init__(self, commands: Commands, timeout_seconds: float) -> None:
         self._redis = commands
+        # Off the request path, once a second: room for a connect, which the cache's bound has not.
+        self._timeout = max(timeout_seconds, CONNECT_TIMEOUT_SECONDS)
         self._outage = RedisOutage(log, "redis quality verdicts", "probing in this process alone")
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float) -> RedisVerdicts:
-        return cls(commands_for(url, timeout_seconds, max_connections=2))
+        return cls(commands_for(url, timeout_seconds, max_connections=2), timeout_seconds)
 
     async def claim(self, model: str, provider: str, fingerprint: str, seconds: float) -> bool:
         key = f"{KEY_PREFIX}lease:{model}|{provider}|{fingerprint}"
@@ -131,7 +134,8 @@ class RedisVerdicts:
         if not self._outage.available:
             return None
         try:
-            answer = await self._redis.execute(commands)
+            async with asyncio.timeout(self._timeout):  # the connections have no timeout of their own
+                answer = await self._redis.execute(commands)
         except REDIS_FAILURES as exc:
             self._outage.failed(operation, exc)
             return None
