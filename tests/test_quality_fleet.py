@@ -17,8 +17,11 @@ from typing import Any
 import aiohttp
 
 from gateway.quality import builtin_canary
+from gateway.quality.fleet import RedisVerdicts
 from tests.support.gateway import add_fault, emulator_requests
 from tests.support.processes import free_port, gateway_toml, running
+
+pytest_plugins = ["tests.support.redis_cluster"]  # redis_cluster_url: a real three-node cluster
 
 MODEL = "qwen3-reranker-8b"
 VERDICT_WITHIN_SECONDS = 30.0  # a bound for a hung test, not a performance claim
@@ -158,3 +161,25 @@ async def test_with_redis_down_each_worker_probes_on_its_own(make_gateway, emula
     assert (await emulator_requests(emulator))["deepinfra"] == 1
     response = await gateway.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
     assert response.status == 200 and response.headers["X-Rerank-Quality"] == "failing"
+
+
+async def exercise_the_store(url: str) -> None:
+    store = RedisVerdicts.from_url(url, timeout_seconds=2.0)
+    try:
+        assert await store.claim(MODEL, "deepinfra", "fp1", 60) and not await store.claim(MODEL, "deepinfra", "fp1", 60)
+        assert await store.claim(MODEL, "deepinfra", "fp2", 60)  # another config of it: its own lease
+        await store.publish(MODEL, "deepinfra", "fp1", b'{"at": 1}')
+        await store.publish(MODEL, "fireworks", "fp3", b'{"at": 2}')
+        assert await store.records(MODEL) == {("deepinfra", "fp1"): b'{"at": 1}', ("fireworks", "fp3"): b'{"at": 2}'}
+        await store.push_samples(MODEL, "fp3", "fp1", [b"[10, 0.5, 1.0]", b"[5, 0.0, null]"])
+        assert await store.samples(MODEL, [("fp3", "fp1"), ("fp1", "fp3")]) == [[b"[10, 0.5, 1.0]", b"[5, 0.0, null]"], []]
+    finally:
+        await store.close()
+
+
+async def test_the_verdict_store_on_one_server(redis_url):
+    await exercise_the_store(redis_url)
+
+
+async def test_the_verdict_store_on_a_cluster(redis_cluster_url):
+    await exercise_the_store(redis_cluster_url)
