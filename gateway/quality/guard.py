@@ -143,10 +143,6 @@ class QualityGuard:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def probe(self, model: str) -> None:
-        """One round of probes now: the providers due, then the reference and agreement."""
-        await self._prober.round(model)
-
     def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
         self._shadower.maybe_shadow(model, scored_by, pairs, scores)
 
