@@ -16,6 +16,7 @@ from gateway.cache.redis import RedisScoreCache
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.observability.metrics import GatewayMetrics
+from gateway.quality.fleet import LocalVerdicts, RedisVerdicts, VerdictStore
 from gateway.resilience.health import HealthBoard
 from gateway.runtime import LiveGateway, Shared, watch_config_file
 from gateway.web import admin, edge, ops, rerank
@@ -44,6 +45,7 @@ def create_app(
         ledger=ledger or build_ledger(config.cache),
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
+        verdicts=build_verdicts(config.cache),
     )
     app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload)
     app.cleanup_ctx.append(_lifetime)
@@ -106,6 +108,13 @@ def build_ledger(config: CacheConfig) -> Ledger:
     if not config.url:
         return MemoryLedger()
     return RedisLedger.from_url(config.url, config.ledger_timeout_ms / 1000)
+
+
+def build_verdicts(config: CacheConfig) -> VerdictStore:
+    """Canary verdicts are shared where the cache is: one prober per fleet, else one per process."""
+    if not config.url:
+        return LocalVerdicts()
+    return RedisVerdicts.from_url(config.url, config.timeout_ms / 1000)
 
 
 def build_cache(config: CacheConfig) -> ScoreCache:

@@ -26,6 +26,7 @@ from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import build_clients
 from gateway.quality.board import QualityBoard
+from gateway.quality.fleet import LocalVerdicts, VerdictStore
 from gateway.quality.guard import QualityGuard
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
@@ -45,6 +46,7 @@ class Shared:
     metrics: GatewayMetrics
     flights: Flights = field(default_factory=Flights)
     quality: QualityBoard = field(default_factory=QualityBoard)
+    verdicts: VerdictStore = field(default_factory=LocalVerdicts)  # canary verdicts, shared through Redis
     cache_stats: CacheStats = field(default_factory=lambda: CacheStats())
 
     async def start(self) -> None:
@@ -54,6 +56,7 @@ class Shared:
     async def close(self) -> None:
         await self.cache.close()
         await self.ledger.close()
+        await self.verdicts.close()
 
 
 @dataclass
@@ -82,7 +85,9 @@ class Generation:
         self.secrets = Secrets.resolve(config)
         self.clients = build_clients(config, self.secrets)
         guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics)
-        self.quality = QualityGuard(config, self.clients, guard, shared.quality, shared.metrics, shared.health.rng)
+        self.quality = QualityGuard(
+            config, self.clients, guard, shared.quality, shared.metrics, shared.health.rng, shared.verdicts
+        )
         self.router = Router(config, self.clients, guard, shared.health, shared.metrics, self.quality)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
         self.in_flight = 0
@@ -148,6 +153,7 @@ def keys_needing_restart(running: GatewayConfig, loaded: GatewayConfig) -> list[
 class Reloaded:
     config: GatewayConfig
     needs_restart: list[str]  # keys that changed in the file but apply only after a restart
+    unchanged: bool = False  # the file and the secrets it names were loaded already: nothing rebuilt
 
 
 class LiveGateway:
@@ -161,6 +167,9 @@ class LiveGateway:
         self.on_admin_reload = on_admin_reload or (lambda: None)
         self.current = Generation(config, shared)
         self._reload_lock = asyncio.Lock()
+        # What the running generation was loaded from: an edit fires the file watcher and, often,
+        # an explicit reload right after; the second finds nothing new and rebuilds nothing.
+        self.loaded_signature = file_signature(self.config_path) if self.config_path is not None else None
 
     @property
     def config(self) -> GatewayConfig:
@@ -190,12 +199,17 @@ class LiveGateway:
         if self.config_path is None:
             raise FileNotFoundError("this gateway was started without a config file")
         async with self._reload_lock:
+            signature = file_signature(self.config_path)  # before reading: an edit while we read is seen next time
             config = load_config(self.config_path)
+            if signature is not None and signature == self.loaded_signature and Secrets.resolve(config) == self.current.secrets:
+                log.info("config reload: %s is the one already loaded; nothing to do", self.config_path)
+                return Reloaded(self.config, [], unchanged=True)
             needs_restart = keys_needing_restart(self.config, config)
             nxt = Generation(config, self.shared)
             await nxt.start()
             self.shared.health.apply(config.resilience)
             previous, self.current = self.current, nxt
+            self.loaded_signature = signature
             previous.retire()
             if needs_restart:
                 log.warning("config reloaded from %s; these changes take effect on restart: %s",
@@ -232,6 +246,8 @@ async def watch_config_file(live: LiveGateway, interval_seconds: float) -> None:
         if current is None or current == seen:
             continue
         seen = current
+        if current == live.loaded_signature:
+            continue  # an explicit reload got there first
         try:
             await live.reload()
         except ConfigError as exc:

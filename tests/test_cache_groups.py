@@ -24,7 +24,7 @@ from gateway.quality.board import QualityBoard
 from gateway.quality.groups import CacheGroups, scoring_identity
 from gateway.quality.probe import CanaryOutcome
 from tests.support.canaries import word_overlap_canary
-from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, emulator_url, gateway_settings
+from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, emulator_requests, emulator_url, gateway_settings
 
 QUERY = "bankruptcy through the MFC cost"
 DOCS = [f"passage {i}: bankruptcy MFC note {i}" if i % 2 else f"passage {i}: weather in Kazan {i}" for i in range(10)]
@@ -158,6 +158,10 @@ async def test_scores_from_before_the_first_verdict_are_not_served_once_it_fails
     await add_fault(emulator, "deepinfra", "template")
     setup = await start({"deepinfra": {**DEEPINFRA, "timeout_seconds": 2}}, ["deepinfra"],
                         probe_interval_seconds=1, action="warn")
+    deadline = time.monotonic() + 20
+    while (await emulator_requests(emulator))["deepinfra"] < 1:  # the probe holds the hang, not a request
+        assert time.monotonic() < deadline, "the first probe never reached the provider"
+        await asyncio.sleep(0.02)
     template = [misbehaving_score("template", QUERY, d) for d in DOCS]
     response, scores = await setup.rerank()
     assert response.headers["X-Rerank-Cache"] == "hits=0; misses=10" and scores == pytest.approx(template, abs=1e-12)

@@ -124,8 +124,8 @@ def test_upstream_calls_errors_and_usage() -> None:
     metrics.record_usage(provider="deepinfra", tokens=800, cost_usd=0.00004)
 
     s = rendered(metrics)
-    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
-    assert value(s, "rerank_gateway_upstream_calls_total", provider="fireworks") == 1
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra", purpose="request") == 2
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="fireworks", purpose="request") == 1
     assert value(s, "rerank_gateway_upstream_duration_seconds_sum", provider="deepinfra") == pytest.approx(1.0)
     assert value(s, "rerank_gateway_upstream_duration_seconds_bucket", provider="fireworks", le="0.005") == 1
     for reason in UPSTREAM_ERROR_REASONS:
@@ -260,7 +260,7 @@ def test_multiprocess_sums_every_worker(multiproc_dir: Path) -> None:
     assert value(s, "rerank_gateway_request_duration_seconds_count", dialect="cohere", model="m") == 2
     assert value(s, "rerank_gateway_request_duration_seconds_bucket", dialect="cohere", model="m", le="0.25") == 2
     assert value(s, "rerank_gateway_overhead_seconds_bucket", le="0.005") == 2
-    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra", purpose="request") == 2
     assert value(s, "rerank_gateway_upstream_errors_total", provider="deepinfra", reason="timeout") == 2
     assert value(s, "rerank_gateway_cache_hits_total", model="m") == 4
     assert value(s, "rerank_gateway_cache_misses_total", model="m") == 2
@@ -281,7 +281,7 @@ def test_multiprocess_sums_every_worker(multiproc_dir: Path) -> None:
     s = parse(render_multiprocess(multiproc_dir)[0])
     assert value(s, "rerank_gateway_breaker_state", provider="deepinfra") is None
     assert value(s, "rerank_gateway_budget_remaining_usd", scope="@gateway", window="day") is None
-    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
+    assert value(s, "rerank_gateway_upstream_calls_total", provider="deepinfra", purpose="request") == 2
 
 
 def test_multiprocess_render_from_a_worker_includes_the_others(multiproc_dir: Path) -> None:

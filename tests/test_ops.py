@@ -41,7 +41,7 @@ async def test_metrics_count_requests_cache_upstream_and_fallbacks(make_gateway:
     assert value(found, "rerank_gateway_requests_total", dialect="cohere-v1", model="none", status="422") == 1
     assert value(found, "rerank_gateway_cache_hits_total", model=model) == 3
     assert value(found, "rerank_gateway_cache_misses_total", model=model) == 6
-    assert value(found, "rerank_gateway_upstream_calls_total", provider="deepinfra") == 2
+    assert value(found, "rerank_gateway_upstream_calls_total", provider="deepinfra", purpose="request") == 2
     assert value(found, "rerank_gateway_upstream_errors_total", provider="deepinfra", reason="http_5xx") == 1
     assert value(found, "rerank_gateway_fallbacks_total", model=model, from_provider="deepinfra", to_provider="fireworks") == 1
     assert value(found, "rerank_gateway_upstream_tokens_total", provider="deepinfra") > 0

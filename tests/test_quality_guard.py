@@ -57,19 +57,26 @@ async def rerank(gateway, documents: list[str]):
     return response, (await response.json())["scores"]
 
 
-async def test_a_mis_served_provider_is_skipped_and_says_why(make_gateway: GatewayFactory, emulator, caplog):
+async def test_a_mis_served_provider_is_passed_over_while_one_that_passes_answers(
+    make_gateway: GatewayFactory, emulator, caplog
+):
     await add_fault(emulator, "deepinfra", "template")
     with caplog.at_level(logging.WARNING, logger="gateway.quality"):
         gateway = await make_gateway(edit=probing())
         quality = await probed(gateway)
     assert quality["deepinfra"]["state"] == "failing" and "margin" in quality["deepinfra"]["reason"]
+    assert quality["deepinfra"]["serves"] and "54 of 66 canary pairs in order" in quality["deepinfra"]["standing"]
     assert quality["fireworks"] == {**quality["fireworks"], "state": "passing", "reference": True}
-    assert (await readiness(gateway))["models"][MODEL]["deepinfra"].startswith("failed its canary: failed ")
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200 and body["problems"] == []
+    assert any(w.startswith("model qwen3-reranker-8b: provider deepinfra fails its canary and serves, flagged")
+               for w in body["warnings"])
     warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.quality"]
     assert len(warnings) == 1 and warnings[0].startswith("provider deepinfra of model qwen3-reranker-8b fails its canary")
 
     response, scores = await rerank(gateway, OLD)
-    assert response.headers["X-Rerank-Provider"] == "fireworks"
+    assert response.headers["X-Rerank-Provider"] == "fireworks" and "X-Rerank-Quality" not in response.headers
     assert scores == pytest.approx([emulated_score(QUERY, d) for d in OLD], abs=1e-12)
     assert (await emulator_requests(emulator)).get("deepinfra", 0) == 1  # the probe, nothing since
 
@@ -77,7 +84,69 @@ async def test_a_mis_served_provider_is_skipped_and_says_why(make_gateway: Gatew
     assert 'rerank_gateway_provider_quality{model="qwen3-reranker-8b",provider="deepinfra"} 0.0' in metrics
     assert 'rerank_gateway_provider_quality{model="qwen3-reranker-8b",provider="fireworks"} 1.0' in metrics
     page = await (await gateway.get("/status")).text()
-    assert "canary failing" in page and "canary passing" in page
+    assert "canary failing · serves, flagged, when nothing better can" in page and "canary passing" in page
+
+
+async def test_the_only_provider_failing_its_canary_still_answers_flagged(make_gateway: GatewayFactory, emulator, caplog):
+    """The issue's outage: one provider, a few canary lines lost. Before the guard it served; it still does, flagged."""
+    await add_fault(emulator, "deepinfra", "template")
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing())
+    quality = await probed(gateway, providers=("deepinfra",))
+    assert quality["deepinfra"]["state"] == "failing" and quality["deepinfra"]["serves"]
+    with caplog.at_level(logging.INFO, logger="gateway.requests"):
+        response, scores = await rerank(gateway, OLD)
+    assert response.headers["X-Rerank-Provider"] == "deepinfra" and response.headers["X-Rerank-Quality"] == "failing"
+    assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
+    logged = [r.vetted_fields for r in caplog.records if hasattr(r, "vetted_fields")]
+    assert logged and logged[-1]["quality"] == "failing"
+
+    cached, _ = await rerank(gateway, OLD)  # the failing provider's own cached scores: flagged as well
+    assert cached.headers["X-Rerank-Provider"] == "cache" and cached.headers["X-Rerank-Quality"] == "failing"
+
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200 and body["status"] == "ready" and body["models"][MODEL]["deepinfra"] == "usable"
+    assert any("deepinfra fails its canary and serves" in w for w in body["warnings"])
+    metrics = await (await gateway.get("/metrics")).text()
+    assert 'rerank_gateway_quality_failing_answers_total{model="qwen3-reranker-8b",provider="deepinfra"} 2.0' in metrics
+
+
+async def test_a_failing_provider_answers_when_the_passing_one_cannot(make_gateway: GatewayFactory, emulator):
+    await add_fault(emulator, "fireworks", "template")
+    gateway = await make_gateway(edit=probing(), resilience={"max_retries": 0})
+    quality = await probed(gateway)
+    assert quality["fireworks"]["state"] == "failing" and quality["deepinfra"]["state"] == "passing"
+    await add_fault(emulator, "deepinfra", "status", status=500)
+    response, scores = await rerank(gateway, OLD)
+    assert response.headers["X-Rerank-Provider"] == "fireworks" and response.headers["X-Rerank-Quality"] == "failing"
+    assert response.headers["X-Rerank-Cache"] == "hits=0; misses=10"  # its own group: never mixed
+    assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
+
+
+async def test_random_scores_are_still_refused_and_the_replica_stays_ready(make_gateway: GatewayFactory, emulator):
+    await add_fault(emulator, "deepinfra", "random")
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing())
+    quality = await probed(gateway, providers=("deepinfra",))
+    assert quality["deepinfra"]["state"] == "failing" and not quality["deepinfra"]["serves"]
+    response = await gateway.post("/v1/rerank", json={"query": QUERY, "documents": OLD})
+    assert response.status == 502 and (await response.json())["error"]["type"] == "all_providers_failed"
+    assert "ranks like noise" in (await response.json())["error"]["message"]
+    assert (await emulator_requests(emulator))["deepinfra"] == 1  # the probe alone
+    ready = await gateway.get("/readyz")
+    body = await ready.json()
+    assert ready.status == 200 and body["problems"] == []
+    assert "model qwen3-reranker-8b: no provider serves; those left fail their canary" in body["warnings"]
+    assert "ranks like noise" in body["models"][MODEL]["deepinfra"]
+
+
+async def test_the_lexical_last_resort_wins_over_a_provider_no_better_than_bm25(make_gateway: GatewayFactory, emulator):
+    """On the built-in set word overlap orders every line: a provider that fails it ranks worse than BM25."""
+    await add_fault(emulator, "deepinfra", "template")
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing(), resilience={"last_resort": "lexical"})
+    quality = await probed(gateway, providers=("deepinfra",))
+    assert not quality["deepinfra"]["serves"]
+    response, _ = await rerank(gateway, OLD)
+    assert response.headers["X-Rerank-Provider"] == "degraded-lexical" and "X-Rerank-Quality" not in response.headers
 
 
 async def test_warn_only_reports_and_keeps_the_provider_apart(make_gateway: GatewayFactory, emulator):
@@ -87,6 +156,7 @@ async def test_warn_only_reports_and_keeps_the_provider_apart(make_gateway: Gate
     assert quality["deepinfra"]["state"] == "failing" and not quality["deepinfra"]["shares_cache"]
     response, scores = await rerank(gateway, OLD)
     assert response.headers["X-Rerank-Provider"] == "deepinfra"  # reported, not skipped
+    assert response.headers["X-Rerank-Quality"] == "failing"
     assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
 
 
@@ -231,6 +301,17 @@ async def test_probes_are_real_calls_under_budgets(make_gateway: GatewayFactory,
     assert 'rerank_gateway_upstream_errors_total{provider="fireworks",reason="budget"} 1.0' in metrics
 
 
+async def test_a_probe_counts_every_http_call_it_makes_as_a_probe(make_gateway: GatewayFactory, emulator):
+    """Fireworks takes one query per call: the built-in canary's 15 queries are 15 HTTP calls, not 1."""
+    gateway = await make_gateway(fallback=["fireworks"], edit=probing())
+    await probed(gateway, providers=("fireworks",))
+    calls = (await emulator_requests(emulator))["fireworks"]
+    assert calls == len(builtin_canary())
+    metrics = await (await gateway.get("/metrics")).text()
+    assert f'rerank_gateway_upstream_calls_total{{provider="fireworks",purpose="probe"}} {calls:.1f}' in metrics
+    assert 'provider="fireworks",purpose="request"' not in metrics
+
+
 # --- the board's rules, without I/O ------------------------------------------------------------------
 
 def outcome(passed: bool, count: int = 2) -> CanaryOutcome:
@@ -295,7 +376,7 @@ async def test_shutdown_cancels_shadow_calls_in_flight(make_gateway: GatewayFact
     gateway = await make_gateway(edit=probing(shadow_rate=1.0, probe_interval_seconds=0))
     await rerank(gateway, OLD)
     await asyncio.sleep(0.1)
-    shadows = [t for t in asyncio.all_tasks() if "QualityGuard._shadow" in repr(t.get_coro())]
+    shadows = [t for t in asyncio.all_tasks() if "Shadower._shadow" in repr(t.get_coro())]
     assert len(shadows) == 1
     started = time.perf_counter()
     await gateway.close()
@@ -303,22 +384,83 @@ async def test_shutdown_cancels_shadow_calls_in_flight(make_gateway: GatewayFact
     assert shadows[0].cancelled()
 
 
-async def test_a_reload_probes_again(aiohttp_client, emulator, tmp_path, monkeypatch):
+ADMIN = {"Authorization": "Bearer admin-secret"}
+
+
+async def test_a_reload_probes_only_the_providers_it_changed(aiohttp_client, emulator, tmp_path, monkeypatch):
     from gateway.app import create_app
     from gateway.config import load_config
     from tests.support.processes import gateway_toml
 
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
     path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(emulator.server.port, server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0',
-                                 probe_interval_seconds=3600))
+    text = gateway_toml(emulator.server.port, fallback='["fireworks", "deepinfra"]',
+                        server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0', probe_interval_seconds=3600)
+    path.write_text(text)
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     await probed(gateway)
-    probes = (await emulator_requests(emulator))["deepinfra"]
+    before = await emulator_requests(emulator)
     await add_fault(emulator, "deepinfra", "random")
-    assert (await gateway.post("/admin/reload", headers={"Authorization": "Bearer admin-secret"})).status == 200
+    await add_fault(emulator, "fireworks", "random")
+
+    # Nothing a verdict is about changed: a timeout, and the order. No probe, though both would fail now.
+    path.write_text(text.replace('["fireworks", "deepinfra"]', '["deepinfra", "fireworks"]') + "\n[resilience]\nmax_retries = 1\n")
+    answer = await gateway.post("/admin/reload", headers=ADMIN)
+    assert (await answer.json())["status"] == "reloaded"
+    # Re-pointed at another model: DeepInfra is another provider as far as quality goes; Fireworks is not.
+    path.write_text(text.replace('model = "Qwen/Qwen3-Reranker-8B"\napi_key_env', 'model = "Qwen/Qwen3-Reranker-4B"\napi_key_env', 1))
+    assert (await (await gateway.post("/admin/reload", headers=ADMIN)).json())["status"] == "reloaded"
     deadline = time.monotonic() + 10
     while (await readiness(gateway))["quality"][MODEL]["deepinfra"]["state"] != "failing":
-        assert time.monotonic() < deadline, "no probe after the reload"
+        assert time.monotonic() < deadline, "no probe of the re-pointed provider after the reload"
         await asyncio.sleep(0.05)
-    assert (await emulator_requests(emulator))["deepinfra"] == probes + 1
+    # Fireworks comes first in this order, so its turn in the round came before DeepInfra's probe.
+    assert (await readiness(gateway))["quality"][MODEL]["fireworks"]["state"] == "passing"
+    after = await emulator_requests(emulator)
+    assert after["fireworks"] == before["fireworks"] and after["deepinfra"] == before["deepinfra"] + 1
+
+
+async def test_an_explicit_reload_after_the_watcher_reloaded_rebuilds_nothing(aiohttp_client, emulator, tmp_path, monkeypatch):
+    from gateway.app import create_app
+    from gateway.config import load_config
+    from gateway.web.edge import LIVE
+    from tests.support.processes import gateway_toml
+
+    monkeypatch.setenv("ADMIN_KEY", "admin-secret")
+    path = tmp_path / "config.toml"
+    server = 'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0.05'
+    path.write_text(gateway_toml(emulator.server.port, server=server))
+    gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
+    live = gateway.app[LIVE]
+    first = live.current
+    path.write_text(gateway_toml(emulator.server.port, fallback='["fireworks"]', server=server))
+    deadline = time.monotonic() + 10
+    while live.current is first:
+        assert time.monotonic() < deadline, "the watcher never reloaded the edited file"
+        await asyncio.sleep(0.02)
+    watched = live.current
+    answer = await gateway.post("/admin/reload", headers=ADMIN)  # `rerank-gateway reload` right after the edit
+    assert answer.status == 200 and (await answer.json())["status"] == "unchanged"
+    assert live.current is watched and watched.config.models[MODEL].fallback == ["fireworks"]
+
+
+@pytest.mark.parametrize(("mode", "noise"), [("template", False), ("random", True), ("rescale", False)])
+def test_standing_tells_a_noisy_ranker_from_noise(mode: str, noise: bool) -> None:
+    from gateway.quality.standing import standing
+
+    lines = builtin_canary()
+    scores = [[misbehaving_score(mode, line.query, d) for d in line.documents] for line in lines]
+    found = standing(lines, scores)
+    assert found.pairs == 66 and found.like_noise is noise
+    # Word overlap orders every line of the built-in set: no provider does better than BM25 there.
+    assert found.lexical_correct == 66 and found.no_better_than_lexical
+
+
+def test_standing_counts_ties_as_half_and_reversed_order_as_worse_than_chance() -> None:
+    from gateway.quality.standing import standing
+
+    lines = builtin_canary()[:4]
+    flat = standing(lines, [[0.5] * len(line.documents) for line in lines])
+    assert flat.correct == flat.pairs / 2 and flat.like_noise
+    reversed_ = standing(lines, [[0.1] * len(line.relevant) + [0.9] * len(line.irrelevant) for line in lines])
+    assert reversed_.correct == 0 and reversed_.chance_p > 0.99

@@ -92,6 +92,7 @@ def request_log_fields(
     error_type: str | None = None,
     usage: Usage | None = None,
     raw_scores: Sequence[float | None] | None = None,
+    quality: str | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
     fields: dict[str, Any] = {
@@ -119,6 +120,8 @@ def request_log_fields(
         # The answer's scores were mapped onto the reference's scale; these are the provider's own
         # (per document, null where the score came from the cache).
         fields["raw_scores"] = list(raw_scores)
+    if quality is not None:
+        fields["quality"] = quality  # "failing": the serving provider fails its canary
     return fields
 
 

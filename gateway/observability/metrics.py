@@ -47,6 +47,9 @@ UpstreamErrorReason = Literal[
 ]
 UPSTREAM_ERROR_REASONS: Final[frozenset[str]] = frozenset(get_args(UpstreamErrorReason))
 
+# Why the gateway called a provider: a client's request, a canary probe, or a shadow comparison.
+CallPurpose = Literal["request", "probe", "shadow"]
+
 BreakerStateName = Literal["closed", "half_open", "open"]
 BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -89,8 +92,9 @@ class GatewayMetrics:
             buckets=OVERHEAD_BUCKETS, registry=registry,
         )
         self._upstream_calls = Counter(
-            "rerank_gateway_upstream_calls", "HTTP calls made to a provider, whatever their outcome.",
-            ["provider"], registry=registry,
+            "rerank_gateway_upstream_calls",
+            "HTTP calls made to a provider, whatever their outcome, by purpose: request, probe (canary) or shadow.",
+            ["provider", "purpose"], registry=registry,
         )
         self._upstream_seconds = Histogram(
             "rerank_gateway_upstream_duration_seconds", "Time one HTTP call to a provider took.",
@@ -129,6 +133,12 @@ class GatewayMetrics:
         self._fallbacks = Counter(
             "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
             ["model", "from_provider", "to_provider"], registry=registry,
+        )
+        self._failing_answers = Counter(
+            "rerank_gateway_quality_failing_answers",
+            "Answers served by a provider that fails its canary, because nothing better could answer "
+            "(or the model's quality action is warn); each carries X-Rerank-Quality: failing.",
+            ["model", "provider"], registry=registry,
         )
         self._panic_calls = Counter(
             "rerank_gateway_panic_calls",
@@ -195,9 +205,12 @@ class GatewayMetrics:
 
     # -- providers --------------------------------------------------------------------------
 
-    def record_upstream_call(self, *, provider: str, seconds: float) -> None:
-        """One HTTP call to a provider, successful or not."""
-        self._child(self._upstream_calls, provider).inc()
+    def record_upstream_call(
+        self, *, provider: str, seconds: float, purpose: CallPurpose = "request", calls: int = 1
+    ) -> None:
+        """One try at a provider, successful or not: `calls` HTTP calls (a kind that takes one query
+        per call splits a many-query batch), `seconds` for all of them together."""
+        self._child(self._upstream_calls, provider, purpose).inc(calls)
         self._child(self._upstream_seconds, provider).observe(seconds)
 
     def record_upstream_error(self, *, provider: str, reason: UpstreamErrorReason) -> None:
@@ -219,6 +232,9 @@ class GatewayMetrics:
 
     def record_accept_error(self) -> None:
         self._accept_errors.inc()
+
+    def record_failing_answer(self, *, model: str, provider: str) -> None:
+        self._child(self._failing_answers, model, provider).inc()
 
     def record_panic_call(self, *, model: str, provider: str) -> None:
         self._child(self._panic_calls, model, provider).inc()

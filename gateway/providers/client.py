@@ -108,6 +108,13 @@ class ProviderClient:
         result = await self._call(batch)
         answered.append(AnsweredCall(positions, result.scores, self._price(result, batch, count)))
 
+    def http_calls(self, pairs: Batch) -> int:
+        """How many HTTP calls `score(pairs)` makes: one per batch _plan_batches would build."""
+        size = self.config.max_batch
+        if self.adapter.multi_query:
+            return max(1, -(-len(pairs.documents) // size))
+        return sum(-(-len(group) // size) for group in pairs.positions_by_query().values()) or 1
+
     def _plan_batches(self, pairs: Batch) -> list[tuple[list[int], Batch]]:
         """Calls to make: each with the request positions it scores."""
         queries, documents = pairs.queries, pairs.documents

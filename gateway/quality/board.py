@@ -20,6 +20,7 @@ from typing import Literal
 
 from gateway.quality.calibration import Calibration
 from gateway.quality.probe import CanaryOutcome
+from gateway.quality.standing import CanaryStanding, standing
 from gateway.quality.tracker import AgreementTracker
 
 QualityState = Literal["unknown", "passing", "failing"]
@@ -30,7 +31,9 @@ class ProviderQuality:
     state: QualityState = "unknown"
     reason: str = "not probed yet"
     probed_at: float | None = None  # wall-clock time of the last verdict
+    checked_at: float | None = None  # wall-clock time of the last probe, whether or not it could run
     canary: CanaryOutcome | None = None  # the last verdict's scores, to compare with the reference's
+    standing: CanaryStanding | None = None  # the last verdict against chance and BM25
     agreement: AgreementTracker = field(default_factory=AgreementTracker)
     fingerprint: object = None  # the provider config the evidence is about
 
@@ -48,6 +51,8 @@ class QualityReport:
     group: str  # the cache group its fresh scores are written to
     calibrated: bool = False  # shares the reference's cache through the map onto its scale
     calibration: Calibration | None = None  # the map's figures, whether or not they allow sharing
+    serves: bool = True  # failing, it still serves (flagged) when nothing better can answer
+    standing: str | None = None  # a failing provider against chance and BM25 (CanaryStanding.describe)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -55,6 +60,7 @@ class QualityReport:
             "shares_cache": self.shares_cache, "mae": self.mae, "kendall_tau": self.kendall_tau,
             "group": self.group, "calibrated": self.calibrated,
             "calibration": None if self.calibration is None else self.calibration.as_json(),
+            "serves": self.serves, "standing": self.standing,
         }
 
 
@@ -88,23 +94,29 @@ class QualityBoard:
     def _identity(self, model: str, provider: str) -> object:
         return self._identities.get((model, provider), provider)
 
-    def record_verdict(self, model: str, provider: str, outcome: CanaryOutcome) -> Transition | None:
+    def record_verdict(
+        self, model: str, provider: str, outcome: CanaryOutcome, at: float | None = None
+    ) -> Transition | None:
+        """A verdict probed at `at` (now by default; another worker's time when it probed)."""
         entry = self.entry(model, provider)
         before = entry.state
         entry.state = "passing" if outcome.verdict.passed else "failing"
         entry.reason = outcome.verdict.reason()
-        entry.probed_at = time.time()
+        entry.probed_at = entry.checked_at = time.time() if at is None else at
         entry.canary = outcome
+        entry.standing = None if outcome.verdict.passed else standing(outcome.lines, outcome.scores)
         if (before == "failing") != (entry.state == "failing"):
             if before == "unknown" and entry.state == "passing":
                 return None  # a first pass is news to nobody
             return Transition(model, provider, entry.state, entry.reason)
         return None
 
-    def record_unprobed(self, model: str, provider: str, reason: str) -> None:
+    def record_unprobed(self, model: str, provider: str, reason: str, at: float | None = None) -> None:
         """The probe could not run; what was known stays, with the reason it was not renewed."""
         entry = self.entry(model, provider)
-        entry.reason = reason if entry.state == "unknown" else f"{entry.reason} (last probe could not run: {reason})"
+        entry.checked_at = time.time() if at is None else at
+        known = entry.reason.partition(" (last probe could not run: ")[0]
+        entry.reason = reason if entry.state == "unknown" else f"{known} (last probe could not run: {reason})"
 
     def reference(self, model: str, fallback: Sequence[str], plannable: Callable[[str], bool]) -> str | None:
         """The first provider in `fallback` that passes its canary; before any verdict, the first

@@ -1,15 +1,17 @@
-"""The quality guard at work: canary probes, shadow calls, and which providers may share cached scores.
+"""The quality guard's answers to the router, and the probes and shadow calls that inform them.
 
-    probes     every provider of a model runs the model's canary at start, after a reload and
-               every `probe_interval_seconds`, as real calls through the guarded path (budgets,
-               breaker, token counts; never cached)
-    verdicts   a provider failing its canary is skipped (`action = "skip"`) or only reported
-               ("warn"); one warning line when it starts failing, one when it recovers
+    verdicts   a provider failing its canary (`action = "skip"`) is passed over only while
+               something better can answer: it goes after the model's other providers, so it
+               serves when none of them does, flagged (`failing_serves`); it is skipped outright
+               when it ranks like noise (no better than chance on the canary), or when the
+               lexical last resort is on and ranks the canary at least as well
+               (gateway.quality.standing); "warn" only reports
     reference  the first provider in `fallback` that passes (gateway.quality.board)
     groups     the cache group a provider's scores belong to, and the map onto the reference's
                scale: answered by gateway.quality.groups (`QualityGuard.groups`), not here
-    shadow     a share (`shadow_rate`) of upstream scorings also goes to the next provider in the
-               background, never delaying the answer; the difference feeds the agreement figures
+    probes     gateway.quality.prober: at start, after a reload (changed providers only) and every
+               `probe_interval_seconds`, once per fleet when Redis is configured
+    shadow     gateway.quality.shadower: a share of upstream scorings also to the next provider
 
 One QualityGuard per config generation; what it learns lives in the shared QualityBoard.
 """
@@ -17,7 +19,7 @@ One QualityGuard per config generation; what it learns lives in the shared Quali
 from __future__ import annotations
 
 import asyncio
-import logging
+import dataclasses
 import random
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
@@ -27,12 +29,13 @@ from gateway.errors import ProviderFailure
 from gateway.models import Batch
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
-from gateway.quality import CanaryLine, CanaryOutcome, builtin_canary, load_canary, run_canary
-from gateway.quality.board import QualityBoard, Transition
-from gateway.quality.groups import CacheGroups
+from gateway.quality import CanaryLine, builtin_canary, load_canary
+from gateway.quality.board import QualityBoard, QualityReport
+from gateway.quality.fleet import LocalVerdicts, VerdictStore
+from gateway.quality.groups import CacheGroups, scoring_identity
+from gateway.quality.prober import Prober
+from gateway.quality.shadower import Shadower
 from gateway.resilience.guarded_call import GuardedCall
-
-log = logging.getLogger("gateway.quality")
 
 
 class QualityGuard:
@@ -44,35 +47,75 @@ class QualityGuard:
         board: QualityBoard,
         metrics: GatewayMetrics,
         rng: random.Random,
+        store: VerdictStore | None = None,
     ) -> None:
         self._config = config
         self._clients = clients
-        self._guard = guard
         self._board = board
         self._metrics = metrics
-        self._rng = rng
-        self._canaries = {name: _canary_of(model) for name, model in config.models.items()}
         self._tasks: set[asyncio.Task[None]] = set()
         self.groups = CacheGroups(config, board, self._plannable)
+        canaries = {name: _canary_of(model) for name, model in config.models.items()}
+        # What a verdict is about, in Redis keys too: the identity cache groups are named by.
+        fingerprints = {name: scoring_identity(provider) for name, provider in config.providers.items()}
+        self._prober = Prober(config, clients, guard, board, store or LocalVerdicts(), canaries, fingerprints,
+                              self.reference, self.publish)
+        self._shadower = Shadower(config, clients, guard, board, rng, self._next_provider, self.reference,
+                                  self.publish, self._spawn, self._prober.share_samples)
+        self._shared = self._prober.shared
 
     # -- what the router asks while it plans ------------------------------------------------------
 
     def skip(self, model: str, provider: str) -> ProviderFailure | None:
-        """A provider failing its canary, when the model's `action` is "skip"."""
+        """A provider failing its canary that must not serve even when nothing else can (`action = "skip"`):
+        it ranks like noise, or the lexical last resort is on and ranks the canary as well."""
         entry = self._board.entry(model, provider)
         if entry.state != "failing" or self._config.models[model].quality.action != "skip":
             return None
-        return ProviderFailure(provider, f"failed its canary: {entry.reason}", kind="quality")
+        standing = entry.standing
+        if standing is None:
+            return None
+        if standing.like_noise:
+            why = f"ranks like noise ({standing.describe()})"
+        elif standing.no_better_than_lexical and self._config.resilience.last_resort == "lexical":
+            why = f"no better than the lexical last resort ({standing.describe()})"
+        else:
+            return None
+        return ProviderFailure(provider, f"failed its canary and {why}: {entry.reason}", kind="quality")
+
+    def failing_serves(self, model: str, provider: str) -> bool:
+        """Fails its canary yet may serve: its answers say so (X-Rerank-Quality: failing)."""
+        return self._board.entry(model, provider).state == "failing" and self.skip(model, provider) is None
+
+    def plan_order(self, model: str) -> list[str]:
+        """The model's fallback, with providers failing their canary after the others (`action = "skip"`):
+        a provider that passes, or is not probed yet, answers first while it can."""
+        fallback = self._config.models[model].fallback
+        if self._config.models[model].quality.action != "skip":
+            return list(fallback)
+        failing = [p for p in fallback if self._board.entry(model, p).state == "failing"]
+        return [p for p in fallback if p not in failing] + failing
 
     def reference(self, model: str) -> str | None:
         return self.groups.reference(model)
 
-    # -- probes -----------------------------------------------------------------------------------
+    def report(self, model: str, provider: str) -> QualityReport:
+        """The cache-group figures, and whether a failing provider still serves and why."""
+        entry = self._board.entry(model, provider)
+        return dataclasses.replace(
+            self.groups.report(model, provider),
+            serves=entry.state != "failing" or self.skip(model, provider) is None,
+            standing=None if entry.standing is None else entry.standing.describe(),
+        )
+
+    # -- probes and shadow calls ------------------------------------------------------------------
 
     def start(self) -> None:
         for name, model in self._config.models.items():
-            if model.quality.probe_interval_seconds > 0:
-                self._spawn(self._probe_every(name, model.quality.probe_interval_seconds))
+            # Probes off, shadow calls on: with Redis the loop still reads what the fleet measured.
+            reads = self._shared and model.quality.shadow_rate > 0
+            if model.quality.probe_interval_seconds > 0 or reads:
+                self._spawn(self._prober.run(name))
 
     async def close(self) -> None:
         """Stop probes and shadow calls: at shutdown, and when this generation retires."""
@@ -81,54 +124,8 @@ class QualityGuard:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def probe(self, model: str) -> None:
-        """One round: every provider of the model runs the canary; then the reference and agreement."""
-        outcomes = {}
-        for provider in self._config.models[model].fallback:
-            outcome = await self._probe_one(model, provider)
-            if outcome is not None:
-                outcomes[provider] = outcome
-        reference = self.reference(model)
-        self._board.note_reference(model, reference)
-        reference_outcome = None if reference is None else self._board.entry(model, reference).canary
-        for provider, outcome in outcomes.items():
-            if reference_outcome is not None and provider != reference and outcome.lines == reference_outcome.lines:
-                outcome.feed(self._board.entry(model, provider).agreement, reference_outcome)
-        self.publish(model)
-
-    async def _probe_every(self, model: str, interval: float) -> None:
-        while True:
-            try:
-                await self.probe(model)
-            except Exception:  # a probe round must never end the loop, or probing stops for good
-                log.exception("canary probe round for model %s failed", model)
-            await asyncio.sleep(interval)
-
-    async def _probe_one(self, model: str, provider: str) -> CanaryOutcome | None:
-        client = self._clients[provider]
-        reason = client.unusable_reason(None)
-        lines = [line for line in self._canaries[model] if line.instruction is None or client.adapter.takes_instruction]
-        if reason is None and not lines:
-            reason = f"every canary line carries an instruction, which kind {client.config.kind!r} cannot take"
-        if reason is not None:
-            self._board.record_unprobed(model, provider, f"not probed: {reason}")
-            return None
-        try:
-            outcome = await run_canary(lines, lambda pairs: self._guard.score(client, pairs, None))
-        except ProviderFailure as failure:
-            self._board.record_unprobed(model, provider, f"probe failed: {failure}")
-            return None
-        self._announce(self._board.record_verdict(model, provider, outcome))
-        return outcome
-
-    def _announce(self, transition: Transition | None) -> None:
-        if transition is None:
-            return
-        if transition.state == "failing":
-            log.warning("provider %s of model %s fails its canary: %s", transition.provider, transition.model, transition.reason)
-        else:
-            log.warning("provider %s of model %s passes its canary again: %s", transition.provider, transition.model,
-                        transition.reason)
+    def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
+        self._shadower.maybe_shadow(model, scored_by, pairs, scores)
 
     def publish(self, model: str) -> None:
         """The model's quality figures in /metrics."""
@@ -152,41 +149,13 @@ class QualityGuard:
                     model=model, provider=provider, measure="calibration_pairs", value=calibration.pairs
                 )
 
-    # -- shadow traffic ---------------------------------------------------------------------------
-
-    def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
-        """With probability `shadow_rate`, the same pairs to the next provider, in the background."""
-        rate = self._config.models[model].quality.shadow_rate
-        if rate <= 0 or self._rng.random() >= rate:
-            return
-        shadow = self._next_provider(model, scored_by)
-        if shadow is not None:
-            self._spawn(self._shadow(model, scored_by, shadow, pairs, list(scores)))
-
     def _next_provider(self, model: str, after: str) -> str | None:
+        """The shadow of `after`: the next provider that can be called and does not fail its canary."""
         fallback = self._config.models[model].fallback
         for provider in fallback[fallback.index(after) + 1:]:
-            if self._plannable(provider) and self.skip(model, provider) is None:
+            if self._plannable(provider) and self._board.entry(model, provider).state != "failing":
                 return provider
         return None
-
-    async def _shadow(self, model: str, primary: str, shadow: str, pairs: Batch, scores: list[float]) -> None:
-        try:
-            shadow_scores, _ = await self._guard.score(self._clients[shadow], pairs, None)
-        except ProviderFailure as failure:
-            log.info("shadow call to %s for model %s failed: %s", shadow, model, failure)
-            return
-        reference = self.reference(model)
-        if primary == reference:
-            tracked, reference_scores, other_scores = shadow, scores, shadow_scores
-        elif shadow == reference:
-            tracked, reference_scores, other_scores = primary, shadow_scores, scores
-        else:
-            return  # neither side is the reference: nothing to measure against
-        tracker = self._board.entry(model, tracked).agreement
-        for positions in pairs.positions_by_query().values():
-            tracker.add([reference_scores[i] for i in positions], [other_scores[i] for i in positions])
-        self.publish(model)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -202,3 +171,4 @@ class QualityGuard:
 def _canary_of(model: ModelConfig) -> tuple[CanaryLine, ...]:
     canary = model.quality.canary
     return builtin_canary() if canary is None else load_canary(canary)
+

@@ -50,6 +50,11 @@ class AgreementTracker:
             return  # nothing was compared; an empty sample would only push out real ones
         measured = agreement(reference, other)
         self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
+        self.add_pairs(reference, other)
+
+    def add_pairs(self, reference: Sequence[float], other: Sequence[float]) -> None:
+        """Score pairs for the calibration alone: the agreement figures come as samples (`append`),
+        measured by whichever worker scored them, while each worker fits its map on the pairs it saw."""
         for pair in zip(reference, other):
             if pair in self._pairs:
                 del self._pairs[pair]  # seen again: now among the newest, and nothing new to fit
@@ -58,6 +63,22 @@ class AgreementTracker:
             self._pairs[pair] = None
         while len(self._pairs) > self._max_pairs:
             del self._pairs[next(iter(self._pairs))]
+        self._stale = True
+
+    def export(self) -> list[tuple[int, float, float | None]]:
+        """The samples kept, oldest first, as `append` and `replace` take them."""
+        return [(s.pairs, s.absolute_difference_sum, s.kendall_tau) for s in self._samples]
+
+    def append(self, sample: tuple[int, float, float | None]) -> None:
+        """One sample another tracker measured (see `export`)."""
+        if sample[0] > 0:
+            self._samples.append(_Sample(*sample))
+            self._stale = True
+
+    def replace(self, samples: Sequence[tuple[int, float, float | None]]) -> None:
+        """Keep exactly these samples (the last `max_samples`): the fleet's, read from Redis."""
+        self._samples.clear()
+        self._samples.extend(_Sample(*sample) for sample in samples if sample[0] > 0)
         self._stale = True
 
     def current(self) -> Agreement | None:

@@ -33,7 +33,7 @@ from gateway.budget import (
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.models import AnsweredCall, Batch, Usage, merge_answered, total_usage
-from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, GatewayMetrics
+from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, CallPurpose, GatewayMetrics
 from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
 from gateway.resilience import full_jitter_backoff, parse_retry_after
@@ -64,12 +64,14 @@ class GuardedCall:
     async def score(
         self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False,
         answered: list[AnsweredCall] | None = None,
+        purpose: CallPurpose = "request",
     ) -> tuple[list[float], Usage]:
         """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
 
         `panic`: every provider's breaker is open and this one opened first; call it anyway.
         `answered` receives each upstream call that answers (positions index `pairs`) as it does:
         what answered is settled at its cost however the rest ends, never released.
+        `purpose` labels the HTTP calls in the metrics (a probe's are not a client's).
         """
         health = self._health[client.name]
         answered = [] if answered is None else answered
@@ -82,7 +84,7 @@ class GuardedCall:
             raise
         called_at = _now()
         try:
-            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic, answered)
+            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic, answered, purpose)
         except ProviderFailure as failure:
             await self._account(client, reservation, pairs, chars, answered)
             if failure.kind == "http_429":
@@ -98,7 +100,7 @@ class GuardedCall:
                 # Cut by the request's deadline: slow is a failure, or a hanging provider would
                 # be called by every request until each one ran out of time.
                 self._record_failure(client.name, health, "no answer before the request's deadline")
-                self._observe_call(client.name, _now() - called_at, "timeout", panic)
+                self._observe_call(client, pairs, _now() - called_at, "timeout", panic, purpose)
             else:
                 health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
             await asyncio.shield(self._account(client, reservation, pairs, chars, answered))
@@ -186,6 +188,7 @@ class GuardedCall:
     async def _call_with_retries(
         self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool,
         answered: list[AnsweredCall],
+        purpose: CallPurpose,
     ) -> tuple[list[float], Usage]:
         """The provider's scores of `pairs`; a retry sends only the pairs no call has answered yet."""
         health.retry_budget.record_call()
@@ -197,7 +200,7 @@ class GuardedCall:
             try:
                 await self._bounded_call(client, batch, todo, ends_at, answered)
             except ProviderFailure as failure:
-                self._observe_call(client.name, _now() - started, failure.kind, panic)
+                self._observe_call(client, batch, _now() - started, failure.kind, panic, purpose)
                 if failure.kind == "http_429":
                     asked = parse_retry_after(failure.retry_after, time.time())
                     health.rate_limit(self._config.resilience.rate_limit_seconds if asked is None else asked)
@@ -211,7 +214,7 @@ class GuardedCall:
                 continue
             elapsed = _now() - started
             health.latency.record(elapsed, len(batch))
-            self._observe_call(client.name, elapsed, "ok", panic)
+            self._observe_call(client, batch, elapsed, "ok", panic, purpose)
             return merge_answered(answered, len(pairs))
 
     async def _bounded_call(
@@ -231,8 +234,13 @@ class GuardedCall:
         finally:  # cut off or not, what answered is kept
             answered.extend(AnsweredCall([positions[p] for p in call.positions], call.scores, call.usage) for call in got)
 
-    def _observe_call(self, provider: str, seconds: float, outcome: str, panic: bool) -> None:
-        self._metrics.record_upstream_call(provider=provider, seconds=seconds)
+    def _observe_call(
+        self, client: ProviderClient, pairs: Batch, seconds: float, outcome: str, panic: bool, purpose: CallPurpose
+    ) -> None:
+        provider = client.name
+        self._metrics.record_upstream_call(
+            provider=provider, seconds=seconds, purpose=purpose, calls=client.http_calls(pairs)
+        )
         if outcome in UPSTREAM_ERROR_REASONS:
             # The check above makes it a reason; mypy does not narrow a str by frozenset membership.
             self._metrics.record_upstream_error(provider=provider, reason=outcome)  # type: ignore[arg-type]

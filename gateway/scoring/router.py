@@ -14,7 +14,9 @@ held (another cache group): it too scores the whole request. One that shares the
 through a map onto the reference's scale (gateway.quality.groups) has its answer mapped in
 `_accept`, so everything after the router sees scores on the group's scale; the raw ones ride
 along for the request log. A provider failing its canary is
-skipped when the model's quality `action` says so. A provider that cannot take the
+planned after the model's other providers (`action = "skip"`), so it serves only when none of
+them does, and skipped when it ranks like noise or no better than the lexical last resort
+(QualityGuard.skip). A provider that cannot take the
 request is noted as skipped; one that fails is noted with its reason, and the next step follows
 unless the failure says the request itself is wrong. Every failure ends up in the one error the
 client sees when the plan runs out.
@@ -84,10 +86,14 @@ class Router:
 
     def cache_group(self, model: str, instruction: str | None) -> str:
         """Where the request's cached scores are read: the group of the provider the plan would call first."""
-        for provider in self._config.models[model].fallback:
+        return self._groups.group_of(model, self.first_choice(model, instruction))
+
+    def first_choice(self, model: str, instruction: str | None) -> str:
+        """The provider of the model the plan would call first (else its reference, else its first)."""
+        for provider in self._quality.plan_order(model):
             if self.why_not(model, provider, instruction) is None:
-                return self._groups.group_of(model, provider)
-        return self._groups.group_of(model, self._groups.reference(model) or self._config.models[model].fallback[0])
+                return provider
+        return self._groups.reference(model) or self._config.models[model].fallback[0]
 
     async def score(self, request: ScoreRequest, kept: list[KeptScores] | None = None) -> ScoredPairs:
         """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does.
@@ -126,7 +132,7 @@ class Router:
         """Steps 1 and 2 of the plan; providers that cannot take the request are noted as skipped."""
         steps = []
         for model in (request.model, *self._config.models[request.model].fallback_models):
-            for provider in self._config.models[model].fallback:
+            for provider in self._quality.plan_order(model):  # failing canaries last
                 skip = self.why_not(model, provider, request.missing.instruction)
                 if skip is None:
                     steps.append(self._step(request, model, self._clients[provider]))

@@ -35,9 +35,10 @@ async def reload(request: web.Request) -> web.Response:
         reloaded = await live.reload()
     except (ConfigError, FileNotFoundError) as exc:
         raise ReloadRefused(f"config not reloaded; the running config stays: {exc}") from None
-    live.on_admin_reload()
+    live.on_admin_reload()  # the other workers skip it too when they have this file already
     return json_response({
-        "status": "reloaded",
+        # "unchanged": the file (and the secrets it names) was loaded already, by the watcher say.
+        "status": "unchanged" if reloaded.unchanged else "reloaded",
         "loaded_at": live.current.loaded_at,
         "models": {name: model.fallback for name, model in reloaded.config.models.items()},
         "needs_restart": reloaded.needs_restart,

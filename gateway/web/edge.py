@@ -59,6 +59,7 @@ class RerankTrace:
     model: str = "none"  # the resolved model only: a client's string must not become a label
     documents: int = 0
     result: RerankResult | None = None
+    quality: str | None = None  # "failing": served by a provider failing its canary
 
 
 RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
@@ -118,6 +119,7 @@ def _observe(
         error_type=error_type,
         usage=result.usage if result else None,
         raw_scores=result.raw_scores if result else None,
+        quality=trace.quality,
     ))
 
 

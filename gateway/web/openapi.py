@@ -480,8 +480,10 @@ def _ops_schemas() -> dict[str, Schema]:
             "properties": {"status": {"type": "string", "description": "`ready`, or why not."}},
         },
         "ReloadAnswer": _closed(["status", "loaded_at", "models", "needs_restart"], {
-            "status": {"const": "reloaded"},
-            "loaded_at": {"type": "number", "description": "Unix time the new config was loaded."},
+            "status": {"enum": ["reloaded", "unchanged"],
+                       "description": "`unchanged`: the file, and the secrets it names, were loaded already "
+                                      "(the file watcher got there first); nothing was rebuilt."},
+            "loaded_at": {"type": "number", "description": "Unix time the running config was loaded."},
             "models": {"type": "object", "additionalProperties": names, "description": "Each model's fallback order."},
             "needs_restart": {**names, "description": "Keys that changed in the file but take effect only after a "
                                                       "restart (listening address, logging, [cache]); every other key "

@@ -38,8 +38,13 @@ async def readyz(request: web.Request) -> web.Response:
     statuses = await _model_statuses(live, generation, exhausted)
     for model in statuses:
         models[model.name] = {p.name: "usable" if p.usable else p.reason for p in model.fallback}
-        if not model.servable:
+        warnings.extend(_quality_warnings(model))
+        if not model.servable and not any(p.skipped_for_quality for p in model.fallback):
             problems.append(f"model {model.name}: no usable provider")
+        elif not model.servable:
+            # A quality verdict never makes a replica unready: every replica judges alike, so
+            # pulling this one would only move the same answers elsewhere, or leave none.
+            warnings.append(f"model {model.name}: no provider serves; those left fail their canary")
         elif model.panic_provider is not None:
             # Still ready: taking this gateway out of rotation would make the outage total.
             warnings.append(f"model {model.name}: every breaker is open; panic rule routing to {model.panic_provider}")
@@ -53,6 +58,21 @@ async def readyz(request: web.Request) -> web.Response:
         "quality": quality,
     }
     return json_response(body, status=503 if problems else 200)
+
+
+def _quality_warnings(model: ModelStatus) -> list[str]:
+    warnings = []
+    for provider in model.fallback:
+        quality = provider.quality
+        if quality is None or quality.state != "failing":
+            continue
+        if quality.serves:
+            warnings.append(f"model {model.name}: provider {provider.name} fails its canary and serves, flagged "
+                            f"(X-Rerank-Quality: failing), when no provider that passes can answer: {quality.reason}")
+        else:
+            warnings.append(f"model {model.name}: provider {provider.name} fails its canary and is not served: "
+                            f"{provider.reason or quality.reason}")
+    return warnings
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -144,7 +164,8 @@ async def _model_statuses(
                 breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,
-                quality=generation.quality.groups.report(name, provider),
+                quality=generation.quality.report(name, provider),
+                skipped_for_quality=skip is not None and skip.kind == "quality",
             ))
         panic = None
         if not any(p.usable for p in providers):

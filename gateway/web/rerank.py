@@ -18,6 +18,8 @@ from aiohttp import web
 from gateway.cache import CachePolicy
 from gateway.dialects import DialectChooser
 from gateway.errors import BadRequest, DeadlineExceeded, InvalidRequest, PayloadTooLarge, Unauthorized
+from gateway.models import RerankResult
+from gateway.runtime import Generation
 from gateway.web.edge import LIVE, REQUEST_ID, RERANK_TRACE, RerankTrace, json_response
 from gateway.web.request_limits import check_limits
 
@@ -43,14 +45,32 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
                     result = trace.result = await generation.service.rerank(rerank, policy, deadline)
             except TimeoutError:
                 raise DeadlineExceeded(f"no answer within the request's deadline of {seconds:g}s") from None
+            failing = _failing_provider(generation, result, rerank.instruction)
         headers = {
             "X-Rerank-Provider": result.provider,
             "X-Rerank-Model": result.model,
             "X-Rerank-Cache": f"hits={result.cache_hits}; misses={result.cache_misses}",
         }
+        if failing is not None:
+            # Served because nothing better could answer (or action = "warn"): the client may discount it.
+            headers["X-Rerank-Quality"] = trace.quality = "failing"
+            request.app[LIVE].shared.metrics.record_failing_answer(model=result.model, provider=failing)
         return json_response(dialect.encode(rerank, result, request[REQUEST_ID]), headers=headers)
 
     return handle
+
+
+def _failing_provider(generation: Generation, result: RerankResult, instruction: str | None) -> str | None:
+    """The provider failing its canary whose scores this answer carries, if any.
+
+    A cached answer carries the scores of the provider whose group it read: the plan's first.
+    """
+    if result.degraded:
+        return None
+    provider = result.provider
+    if provider == "cache":
+        provider = generation.router.first_choice(result.model, instruction)
+    return provider if generation.quality.failing_serves(result.model, provider) else None
 
 
 def require_client_key(request: web.Request, keys: tuple[bytes, ...], keys_env: str | None) -> None:

@@ -41,6 +41,7 @@ class ProviderStatus:
     quality: QualityReport | None = None
     # Out only until its 429's Retry-After passes: requests wait for it when nobody else can answer.
     rate_limited: bool = False
+    skipped_for_quality: bool = False  # unusable only because its canary verdict keeps it out
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,9 @@ def _quality(quality: QualityReport | None) -> str:
         return ""
     tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "warn")
     label = {"passing": "canary passing", "failing": "canary failing"}.get(quality.state, "canary unknown")
+    if quality.state == "failing":
+        tone = "warn" if quality.serves else "bad"
+        label += " · serves, flagged, when nothing better can" if quality.serves else " · not served"
     if quality.reference:
         cache = "the reference: its scores are the cached ones"
     elif quality.calibrated:
