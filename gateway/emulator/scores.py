@@ -3,14 +3,39 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
+from collections.abc import Mapping
+from pathlib import Path
+from types import MappingProxyType
 
 # Faults that answer well-formed, in-range scores that are quietly wrong: only a quality check
 # (canary, agreement with another provider) can tell them from honest answers.
 QUIET_FAULT_MODES = frozenset({"rescale", "template", "random"})
 
 _WORD = re.compile(r"[^\W_]+")  # Unicode letters and digits: queries are often not English
+
+
+# The built-in canary is written so that word overlap fails it (paraphrased answers, hard
+# negatives sharing the query's words). A provider the emulator plays honestly stands in for a
+# model that reads, so on the canary's own pairs it answers as one does: every relevant passage
+# fully "overlapping", every irrelevant one not at all. Read as data, not imported: the emulator
+# shares no code with the gateway. Real models are run against the set in tests/test_canary_models.py.
+_BUILTIN_CANARY = Path(__file__).resolve().parent.parent / "quality" / "builtin_canary.jsonl"
+
+
+def _read_canary_answers(path: Path) -> Mapping[tuple[str, str], float]:
+    answers: dict[tuple[str, str], float] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if raw.strip():
+            line = json.loads(raw)
+            answers.update({(line["query"], passage): 1.0 for passage in line["relevant"]})
+            answers.update({(line["query"], passage): 0.0 for passage in line["irrelevant"]})
+    return MappingProxyType(answers)
+
+
+_CANARY_ANSWERS = _read_canary_answers(_BUILTIN_CANARY)
 
 
 # --- scoring -------------------------------------------------------------------------
@@ -21,7 +46,9 @@ def words(text: str) -> frozenset[str]:
 
 def logit(query_words: frozenset[str], query: str, document: str,
            instruction: str | None) -> float:
-    overlap = len(query_words & words(document)) / max(1, len(query_words))
+    overlap = _CANARY_ANSWERS.get((query, document))
+    if overlap is None:
+        overlap = len(query_words & words(document)) / max(1, len(query_words))
     # A hash-derived jitter keeps pairs with equal overlap from tying and lets the
     # instruction move the score a little, like a real instruction-aware reranker.
     key = "\x1f".join((query, document, instruction or "")).encode()

@@ -13,7 +13,7 @@ model or kind is another provider as far as quality goes).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,11 +43,14 @@ class QualityReport:
     shares_cache: bool  # its fresh scores are ranked beside the reference's cached ones
     mae: float | None  # agreement with the reference; None until measured
     kendall_tau: float | None
+    # the last verdict graded: rule, ordered pairs, worst margin, per language (Verdict.as_json)
+    canary: Mapping[str, object] | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
             "state": self.state, "reason": self.reason, "reference": self.reference,
             "shares_cache": self.shares_cache, "mae": self.mae, "kendall_tau": self.kendall_tau,
+            "canary": self.canary,
         }
 
 

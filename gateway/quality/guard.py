@@ -93,6 +93,7 @@ class QualityGuard:
             ),
             mae=None if measured is None else measured.mae,
             kendall_tau=None if measured is None else measured.kendall_tau,
+            canary=None if entry.canary is None else entry.canary.verdict.as_json(),
         )
 
     # -- probes -----------------------------------------------------------------------------------
@@ -142,7 +143,8 @@ class QualityGuard:
             self._board.record_unprobed(model, provider, f"not probed: {reason}")
             return None
         try:
-            outcome = await run_canary(lines, lambda pairs: self._guard.score(client, pairs, None))
+            outcome = await run_canary(lines, lambda pairs: self._guard.score(client, pairs, None),
+                                       self._config.models[model].quality.canary_pass_share)
         except ProviderFailure as failure:
             self._board.record_unprobed(model, provider, f"probe failed: {failure}")
             return None
