@@ -16,10 +16,9 @@ for each model's figures:
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
 from typing import Any
 
 import pytest
@@ -27,8 +26,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from tests.support.embedding_reranker import missing_for
-from tests.support.processes import REPO, free_port, wait_for_port
+from tests.support.embedding_reranker import missing_for, serving
 
 MODEL = "embedding-reranker"
 PROBE_SECONDS = 120.0  # 18 lines through a CPU model on a shared machine
@@ -37,28 +35,17 @@ PROBE_SECONDS = 120.0  # 18 lines through a CPU model on a shared machine
 @pytest.fixture(scope="module")
 def served() -> Iterator[Callable[[str], str]]:
     """Start (once per module) the reranker server of a scorer; its base URL."""
-    processes: dict[str, tuple[subprocess.Popen[str], str]] = {}
+    with ExitStack() as stack:
+        urls: dict[str, str] = {}
 
-    def start(scorer: str) -> str:
-        if (reason := missing_for(scorer)) is not None:
-            pytest.skip(reason)
-        if scorer not in processes:
-            port = free_port()
-            process = subprocess.Popen(
-                [sys.executable, "-m", "tests.support.embedding_reranker", "--scorer", scorer, "--port", str(port)],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            processes[scorer] = (process, f"http://127.0.0.1:{port}")
-            wait_for_port(port, process, seconds=60)
-        return processes[scorer][1]
+        def start(scorer: str) -> str:
+            if (reason := missing_for(scorer)) is not None:
+                pytest.skip(reason)
+            if scorer not in urls:
+                urls[scorer] = stack.enter_context(serving(scorer))
+            return urls[scorer]
 
-    yield start
-    for process, _ in processes.values():
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        yield start
 
 
 async def canary_verdict(aiohttp_client: Callable[..., Awaitable[TestClient]], url: str) -> dict[str, Any]:

