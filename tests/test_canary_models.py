@@ -26,7 +26,7 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
-from tests.support.embedding_reranker import missing_for, serving
+from tests.support.embedding_reranker import require, serving
 
 MODEL = "embedding-reranker"
 PROBE_SECONDS = 120.0  # 18 lines through a CPU model on a shared machine
@@ -39,8 +39,7 @@ def served() -> Iterator[Callable[[str], str]]:
         urls: dict[str, str] = {}
 
         def start(scorer: str) -> str:
-            if (reason := missing_for(scorer)) is not None:
-                pytest.skip(reason)
+            require(scorer)
             if scorer not in urls:
                 urls[scorer] = stack.enter_context(serving(scorer))
             return urls[scorer]
@@ -49,7 +48,8 @@ def served() -> Iterator[Callable[[str], str]]:
 
 
 async def canary_verdict(aiohttp_client: Callable[..., Awaitable[TestClient]], url: str) -> dict[str, Any]:
-    """A gateway with the one provider, probed at start; its quality entry from /readyz."""
+    """A gateway with the one provider, probed at start; its quality entry from /readyz, once
+    /status shows the same per-language figures."""
     raw = {
         "server": {"default_model": MODEL},
         "models": {MODEL: {"fallback": ["local"], "quality": {"probe_interval_seconds": 3600, "action": "warn"}}},
@@ -60,6 +60,11 @@ async def canary_verdict(aiohttp_client: Callable[..., Awaitable[TestClient]], u
     while True:
         quality = (await (await gateway.get("/readyz")).json())["quality"][MODEL]["local"]
         if quality["state"] != "unknown":
+            page = await (await gateway.get("/status")).text()
+            for language, grade in quality["canary"]["languages"].items():
+                mark = "✓" if grade["passed"] else "✗"
+                assert f"{mark} {language} {grade['ordered_pairs']}/{grade['pairs']} " in page
+            assert f"pass: {quality['canary']['rule']}" in page
             return quality
         assert time.monotonic() < deadline, f"never probed: {quality}"
         await asyncio.sleep(0.1)

