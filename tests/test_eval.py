@@ -290,7 +290,8 @@ async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> No
     assert 'fallback = ["cohere", "deepinfra"]' in result.stdout.splitlines()  # unpriced cohere first; random out
     assert "scoring" in result.stderr  # the progress bar's label
     report = json.loads(out.read_text())
-    assert set(report) >= {"providers", "lexical"}
+    assert set(report) >= {"providers", "lexical", "candidates", "recommendation"}
+    assert report["recommendation"]["fallback"] == ["cohere", "deepinfra"]
     assert set(report["providers"]) == {"deepinfra", "fireworks", "cohere"}
     assert set(report["providers"]["deepinfra"]) == PROVIDER_KEYS
     assert set(report["lexical"]) == {"p@1", "p@5", "ndcg@10", "mrr@10", "candidate_recall"}

@@ -22,6 +22,7 @@ from gateway.quality import (
     AgreementTracker,
     CanaryError,
     CanaryLine,
+    CanaryOutcome,
     agreement,
     builtin_canary,
     judge,
@@ -210,6 +211,8 @@ def test_the_verdict_is_graded_per_language_against_the_share_threshold() -> Non
     assert (figures["passed"], figures["pass_share"], figures["worst_margin"]) == (False, 0.8, -0.4)
     with pytest.raises(ValueError, match="pass_share"):
         judge(lines, scores, 0)
+    outcome = CanaryOutcome(lines, tuple(map(tuple, scores)), strict, Usage())
+    assert outcome.rejudged(0.5).verdict == lax and outcome.rejudged(0.5).scores == outcome.scores
 
 
 def test_a_line_without_a_language_is_graded_by_its_script() -> None:

@@ -4,7 +4,7 @@
     board.py      QualityBoard: verdicts and agreement per provider, kept across reloads
 
     canary.py     CanaryLine, load_canary, builtin_canary: queries with known answers
-    judge.py      judge: every relevant passage above every irrelevant one, on every line
+    judge.py      judge: the share of (relevant, irrelevant) pairs ordered, per language, graded
     agreement.py  agreement, kendall_tau_b, mean_absolute_difference: two score lists compared
     tracker.py    AgreementTracker: rolling agreement with the reference, in bounded memory
     probe.py      run_canary: a canary through any scoring function, judged

@@ -27,6 +27,10 @@ class CanaryOutcome:
     verdict: Verdict
     usage: Usage
 
+    def rejudged(self, pass_share: float) -> CanaryOutcome:
+        """The same scores held to another threshold: a changed `canary_pass_share` needs no new calls."""
+        return CanaryOutcome(self.lines, self.scores, judge(self.lines, self.scores, pass_share), self.usage)
+
     def feed(self, tracker: AgreementTracker, reference: CanaryOutcome) -> None:
         """Add this provider's canary scores against the reference's, one sample per line."""
         if reference.lines != self.lines:
