@@ -268,9 +268,11 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
               help="BM25 candidates per query when DIR has no candidates.jsonl")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="queries in flight per provider")
+@click.option("--ndcg-margin", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="recommend the cheapest fallback among providers this close to the best NDCG@k")
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
 def eval_command(config_path: str | None, data_dir: str, model: str | None, k: int, candidates: int,
-                 concurrency: int, out: str | None) -> None:
+                 concurrency: int, ndcg_margin: float, out: str | None) -> None:
     """Rank a labelled set with every usable provider of a model, beside BM25, and compare."""
     import asyncio
 
@@ -287,7 +289,7 @@ def eval_command(config_path: str | None, data_dir: str, model: str | None, k: i
     except DatasetError as exc:
         click.echo(f"invalid data: {exc}", err=True)
         sys.exit(2)
-    settings = EvalSettings(k=k, candidates=candidates, concurrency=concurrency)
+    settings = EvalSettings(k=k, candidates=candidates, concurrency=concurrency, ndcg_margin=ndcg_margin)
     total = len(dataset.judged_queries()) * len(config.models[model_name].fallback)
     from gateway.app import build_ledger
 

@@ -175,6 +175,9 @@ class QualityConfig(_Section):
     min_rank_correlation: float = Field(0.9, ge=-1, le=1)
     shadow_rate: float = Field(0.0, ge=0, le=1)  # share of upstream scorings also sent to the next provider
     action: Literal["skip", "warn"] = "skip"  # a provider failing its canary: skipped, or only reported
+    # Least share of (relevant, irrelevant) canary pairs a provider must order right in every
+    # language of the canary to pass (gateway.quality.judge); 1.0 = every pair of every line.
+    canary_pass_share: float = Field(0.9, gt=0, le=1)
 
 
 class ModelConfig(_Section):

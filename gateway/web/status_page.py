@@ -10,9 +10,10 @@ carry text from upstream answers).
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.budget.base import WARN_FRACTION
 from gateway.quality.board import QualityReport
@@ -236,8 +237,21 @@ def _quality(quality: QualityReport | None) -> str:
     cache += f" · group {quality.group}"
     return (
         f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
-        f"<div class=\"reason\">{_e(cache)}</div>"
+        f"{_canary_grades(quality.canary)}<div class=\"reason\">{_e(cache)}</div>"
     )
+
+
+def _canary_grades(canary: Mapping[str, Any] | None) -> str:
+    """Per language: pairs ordered and the worst margin; then the rule they are held to."""
+    if canary is None:
+        return ""
+    grades = []
+    for language, grade in canary["languages"].items():
+        mark = "✓" if grade["passed"] else "✗"
+        grades.append(f"{mark} {language} {grade['ordered_pairs']}/{grade['pairs']} "
+                      f"(worst {grade['worst_margin']:+.3f})")
+    return (f"<div class=\"reason\">{_e(' · '.join(grades))}</div>"
+            f"<div class=\"reason muted\">{_e('pass: ' + str(canary['rule']))}</div>")
 
 
 def _budget_bar(bar: BudgetBar) -> str:
