@@ -90,17 +90,16 @@ def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_pat
     config = tmp_path / "config.toml"
     config.write_text(gateway_toml(9))
     port = free_port()
-    process = subprocess.Popen(
+    with subprocess.Popen(  # leaving the block closes the pipe and waits for the process
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
         cwd=REPO, env={**os.environ, "EMULATOR_KEY": "k", "REDIS_URL": ""}, stderr=subprocess.PIPE, text=True,
-    )
-    assert process.stderr is not None
-    stderr = LineLog(process.stderr)
-    try:
-        eventually_sync(lambda: stderr.count("budgets hold per worker") > 0, what="the per-worker budgets warning")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    ) as process:
+        assert process.stderr is not None
+        stderr = LineLog(process.stderr)
+        try:
+            eventually_sync(lambda: stderr.count("budgets hold per worker") > 0, what="the per-worker budgets warning")
+        finally:
+            process.terminate()
 
 
 def test_workers_must_be_positive(tmp_path):

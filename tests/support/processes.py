@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -62,8 +63,11 @@ class LineLog:
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self.lines.append(line)  # list.append is atomic: the test thread reads a consistent list
+        try:
+            for line in stream:
+                self.lines.append(line)  # list.append is atomic: the test thread reads a consistent list
+        except (ValueError, OSError):
+            pass  # the pipe was closed under us once the process was stopped: nothing more to read
 
     def count(self, text: str) -> int:
         return sum(text in line for line in list(self.lines))
@@ -103,6 +107,20 @@ def running(args: list[str], port: int, env: dict[str, str] | None = None) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        _keep_output_close_pipes(process)
+
+
+def _keep_output_close_pipes(process: subprocess.Popen) -> None:
+    """What the stopped process wrote stays readable (tests read its log after the block), from memory.
+
+    The pipes themselves are closed here: left to the garbage collector they are a ResourceWarning.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(process, name)
+        if stream is not None:
+            rest = stream.read()  # the process is gone: up to end of file
+            stream.close()
+            setattr(process, name, io.StringIO(rest))
 
 
 def gateway_toml(
