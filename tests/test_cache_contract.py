@@ -335,8 +335,9 @@ async def test_an_owner_still_scoring_keeps_its_leases_past_their_length(store: 
     try:
         await asyncio.sleep(2.2)  # more than two leases long
         assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))  # still the owner's
-        waiting = asyncio.ensure_future(await_elsewhere(waiter, PAIRS, _until(), None))
-        await asyncio.sleep(0.5)
+        polled = CountingLookups(waiter)
+        waiting = asyncio.ensure_future(await_elsewhere(cast(ScoreCache, polled), PAIRS, _until(), None))
+        await eventually(lambda: polled.lookups >= 2, what="the waiter polling again")  # it waits, not scores
         await owner.put_many(PAIRS, SCORES)
     finally:
         kept.stop()

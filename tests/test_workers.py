@@ -44,7 +44,7 @@ async def two_workers_listening(supervisor, port: int, gone: int | None = None) 
         workers = children_of(supervisor.pid)
         return len(workers) == 2 and gone not in workers and all(listens_on(pid, port) for pid in workers)
 
-    await eventually(ready, what="two workers listening")
+    await eventually(ready, what="two workers listening", every=0.05)  # a look reads /proc/net/tcp: not too often
     return children_of(supervisor.pid)
 
 

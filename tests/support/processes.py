@@ -36,14 +36,18 @@ def free_port() -> int:
 
 def listens_on(pid: int, port: int) -> bool:
     """Whether process `pid` holds a socket listening on TCP `port` (Linux /proc), e.g. one worker of several."""
-    inodes = set()
     try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:["):-1])
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False  # gone, or not started yet
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed since the listing (the listing's own fd, when pid is this process)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as rows:
             next(rows)
