@@ -38,13 +38,15 @@ def requests_total(metrics_text: str) -> float:
     return total
 
 
-async def two_workers_listening(supervisor, port: int, gone: int | None = None) -> list[int]:
-    """The supervisor's two workers, once each has its own socket listening on `port` (none of them `gone`)."""
-    def ready() -> bool:
-        workers = children_of(supervisor.pid)
-        return len(workers) == 2 and gone not in workers and all(listens_on(pid, port) for pid in workers)
+def listening_workers(supervisor_pid: int, port: int, gone: int | None = None) -> bool:
+    """Whether the supervisor has two workers, none of them `gone`, each with its own socket listening on `port`."""
+    workers = children_of(supervisor_pid)
+    return len(workers) == 2 and gone not in workers and all(listens_on(pid, port) for pid in workers)
 
-    await eventually(ready, what="two workers listening", every=0.05)  # a look reads /proc/net/tcp: not too often
+
+async def two_workers_listening(supervisor, port: int, gone: int | None = None) -> list[int]:
+    # A look reads /proc/net/tcp: not too often.
+    await eventually(lambda: listening_workers(supervisor.pid, port, gone), what="two workers listening", every=0.05)
     return children_of(supervisor.pid)
 
 
@@ -98,6 +100,9 @@ def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_pat
         stderr = LineLog(process.stderr)
         try:
             eventually_sync(lambda: stderr.count("budgets hold per worker") > 0, what="the per-worker budgets warning")
+            # Stopped only once both workers serve: a SIGTERM while the supervisor is still starting
+            # them can miss a worker (Supervisor.run), and the supervisor then waits out its grace period.
+            eventually_sync(lambda: listening_workers(process.pid, port), what="two workers listening", every=0.05)
         finally:
             process.terminate()
 
