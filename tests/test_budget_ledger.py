@@ -28,6 +28,7 @@ from gateway.budget import (
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
 from gateway.redisio.commands import ClientCommands, DirectConnections
+from tests.support.hung_server import hung_server
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -436,17 +437,12 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
 
 
 async def test_hung_redis_is_bounded_by_the_timeout(clock: FakeClock):
-    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
-
-    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ledger = RedisLedger.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.1, clock=clock)
-    started = time.monotonic()
-    reservation = await held(ledger, [Limit("deepinfra", 1.0, None)], 0.1)
-    elapsed = time.monotonic() - started
-    server.close()
-    await ledger.close()
+    async with hung_server() as port:
+        ledger = RedisLedger.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.1, clock=clock)
+        started = time.monotonic()
+        reservation = await held(ledger, [Limit("deepinfra", 1.0, None)], 0.1)
+        elapsed = time.monotonic() - started
+        await ledger.close()
     assert isinstance(reservation, Reservation) and reservation.fallback
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
 

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from gateway.emulator import emulated_score
+from tests.support.polling import eventually
 from tests.support.processes import REPO, free_port, gateway_toml, running
 
 
@@ -126,12 +127,22 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
             body = {"queries": ["slow question"], "passages": ["a", "b"]}
             url = f"http://127.0.0.1:{gateway_port}/v1/inference/Qwen/Qwen3-Reranker-8B"
             in_flight = asyncio.ensure_future(session.post(url, json=body))
-            await asyncio.sleep(0.5)
+
+            async def upstream_call_started() -> bool:
+                async with session.get(f"http://127.0.0.1:{emulator_port}/_emulator/stats") as stats:
+                    return bool((await stats.json())["requests"]["deepinfra"])
+
+            await eventually(upstream_call_started, what="the slow call reaching the emulator")
             gateway.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
-                async with aiohttp.ClientSession() as fresh:
-                    await fresh.get(f"http://127.0.0.1:{gateway_port}/healthz")
+
+            async def refuses_new_connections() -> bool:
+                try:
+                    async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{gateway_port}/healthz"):
+                        return False
+                except aiohttp.ClientConnectionError:
+                    return True
+
+            await eventually(refuses_new_connections, what="the gateway no longer accepting")
             response = await in_flight
             assert response.status == 200
             assert len((await response.json())["scores"]) == 2

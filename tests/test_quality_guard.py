@@ -23,6 +23,7 @@ from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome
 from tests.support.canaries import word_overlap_canary
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.polling import eventually
 
 QUERY = "bankruptcy through the MFC cost"
 OLD = [f"passage {i}: bankruptcy MFC note {i}" if i % 2 else f"passage {i}: weather in Kazan {i}" for i in range(10)]
@@ -383,7 +384,11 @@ async def test_shutdown_cancels_shadow_calls_in_flight(make_gateway: GatewayFact
     await add_fault(emulator, "fireworks", "slow", delay_ms=4000)
     gateway = await make_gateway(edit=probing(shadow_rate=1.0, probe_interval_seconds=0))
     await rerank(gateway, OLD)
-    await asyncio.sleep(0.1)
+
+    async def shadow_call_upstream() -> bool:
+        return (await emulator_requests(emulator)).get("fireworks", 0) > 0
+
+    await eventually(shadow_call_upstream, what="the shadow call reaching fireworks")
     shadows = [t for t in asyncio.all_tasks() if "Shadower._shadow" in repr(t.get_coro())]
     assert len(shadows) == 1
     started = time.perf_counter()

@@ -13,14 +13,14 @@ import html
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from gateway.budget.base import WARN_FRACTION
+from gateway.observability.metrics import BreakerState
 from gateway.quality.board import QualityReport
 from gateway.resilience.health import RecentError
 from gateway.resilience.latency import MIN_SAMPLES
 
-BreakerState = Literal["closed", "half_open", "open"]
 
 @dataclass(frozen=True, slots=True)
 class BudgetBar:
