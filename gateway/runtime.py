@@ -125,7 +125,7 @@ class Generation:
 # and ledger connections, and the watcher's poll. Everything else applies to the next request.
 RESTART_KEYS = (
     "server.host", "server.port", "server.log_level", "server.log_format", "server.reload_poll_seconds",
-    "server.shutdown_grace_seconds", "cache",
+    "server.shutdown_grace_seconds", "cache", "budget.url",
 )
 
 

@@ -114,6 +114,12 @@ class GatewayMetrics:
             "rerank_gateway_upstream_cost_usd", "What provider calls cost, in US dollars.", ["provider"],
             registry=registry,
         )
+        # What the ledger was billed, split by where the figure came from: the provider's usage
+        # ("reported") or the gateway's own estimate for an answer without usage ("estimated").
+        self._spend_usd = Counter(
+            "rerank_gateway_spend_usd", "Spend billed to the ledger, in US dollars, by where the figure came from.",
+            ["provider", "source"], registry=registry,
+        )
         self._fallbacks = Counter(
             "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
             ["model", "from_provider", "to_provider"], registry=registry,
@@ -181,9 +187,13 @@ class GatewayMetrics:
             raise ValueError(f"upstream error reason {reason!r} is not one of {sorted(UPSTREAM_ERROR_REASONS)}")
         self._child(self._upstream_errors, provider, reason).inc()
 
-    def record_usage(self, *, provider: str, tokens: int, cost_usd: float) -> None:
+    def record_usage(self, *, provider: str, tokens: int, cost_usd: float, estimated_cost_usd: float = 0.0) -> None:
+        """One answered call's usage; `estimated_cost_usd` is the part of the cost the gateway estimated."""
         self._child(self._tokens, provider).inc(tokens)
         self._child(self._cost_usd, provider).inc(cost_usd)
+        estimated = min(max(0.0, estimated_cost_usd), cost_usd)
+        self._child(self._spend_usd, provider, "reported").inc(max(0.0, cost_usd - estimated))
+        self._child(self._spend_usd, provider, "estimated").inc(estimated)
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()

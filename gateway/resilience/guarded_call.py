@@ -92,8 +92,13 @@ class GuardedCall:
             raise
         health.breaker.record_success()
         self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
-        await self._ledger.settle(reservation, usage.cost_usd, usage.tokens)
-        self._metrics.record_usage(provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd)
+        await self._ledger.settle(
+            reservation, usage.cost_usd, usage.tokens,
+            estimated_usd=usage.estimated_cost_usd, estimated_tokens=usage.estimated_tokens,
+        )
+        self._metrics.record_usage(
+            provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd, estimated_cost_usd=usage.estimated_cost_usd
+        )
         if usage.tokens:
             health.estimator.observe(chars, usage.tokens)
         return scores, usage
