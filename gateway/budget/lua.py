@@ -13,9 +13,9 @@ round them; the one sum computed in Lua (expired holds) stays far below 2^53.
 # Purges expired holds (their holders may have died), then holds `amount` in every window or in none.
 # KEYS: per window, its totals hash then its holds set.
 # ARGV: now ms, expiry ms, hold member, amount; then per window: limit (-1 = unlimited), ttl seconds.
-# Returns {1, spent of each window} when held, else {0, spent of each window, then window index,
-# spent, reserved for each window that would overflow}: a refusal carries the figures too, so a
-# process that was only ever refused falls back from what is spent, not from 0.
+# Returns {1, spent of each window, tokens of each window} when held, else {0, the same figures,
+# then window index, spent, reserved for each window that would overflow}: a refusal carries the
+# figures too, so a process that was only ever refused falls back from what is spent, not from 0.
 RESERVE = """
 local function live_reserved(totals, holds, now)
   local counted = tonumber(redis.call('HGET', totals, 'reserved') or '0')
@@ -38,7 +38,7 @@ local function live_reserved(totals, holds, now)
 end
 
 local amount = tonumber(ARGV[4])
-local spent, over = {1}, {}
+local spent, over, tokens = {1}, {}, {}
 for i = 1, #KEYS / 2 do
   local totals = KEYS[2 * i - 1]
   local reserved = live_reserved(totals, KEYS[2 * i], ARGV[1])
@@ -50,6 +50,10 @@ for i = 1, #KEYS / 2 do
     table.insert(over, reserved)
   end
   table.insert(spent, window_spent)
+  table.insert(tokens, tonumber(redis.call('HGET', totals, 'tokens') or '0'))
+end
+for _, value in ipairs(tokens) do
+  table.insert(spent, value)
 end
 if #over > 0 then
   spent[1] = 0
@@ -74,7 +78,8 @@ return spent
 # KEYS: as for RESERVE.
 # ARGV: hold member, minus its amount, cost, tokens, estimated cost, estimated tokens; then per
 # window: ttl seconds, alert line (-1 = none).
-# Returns {spent of each window, then the index of each window that just crossed its line}.
+# Returns {spent of each window, tokens of each window, then the index of each window that just
+# crossed its line}.
 SETTLE = """
 local member, unhold, cost, tokens, est_cost, est_tokens = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local windows = #KEYS / 2
@@ -85,7 +90,7 @@ for i = 1, windows do
     redis.call('HINCRBY', totals, 'reserved', unhold)
   end
   result[i] = redis.call('HINCRBY', totals, 'spent', cost)
-  redis.call('HINCRBY', totals, 'tokens', tokens)
+  result[windows + i] = redis.call('HINCRBY', totals, 'tokens', tokens)
   if est_cost ~= '0' or est_tokens ~= '0' then
     redis.call('HINCRBY', totals, 'est_spent', est_cost)
     redis.call('HINCRBY', totals, 'est_tokens', est_tokens)

@@ -164,15 +164,18 @@ class MemoryLedger:
     async def close(self) -> None:
         self._totals.clear()
 
-    def mirror_shared_spend(self, windows: Sequence[Window], spent: Sequence[int]) -> None:
-        """Remember what the shared ledger says these windows have spent (nano-dollars).
+    def mirror_shared_spend(self, windows: Sequence[Window], figures: Sequence[int]) -> None:
+        """Remember what the shared ledger says these windows have spent: nano-dollars of each
+        window, then tokens of each.
 
         The largest figure seen wins: replies to concurrent calls arrive in any order, and a
         window's spend only grows (a shared ledger that lost it is no reason to spend it again).
         """
-        for window, amount in zip(windows, spent):
-            figures = self._totals_of(window)
-            figures.shared_spent = max(figures.shared_spent, amount)
+        count = len(windows)
+        for window, spent, tokens in zip(windows, figures[:count], figures[count:]):
+            totals = self._totals_of(window)
+            totals.shared_spent = max(totals.shared_spent, spent)
+            totals.shared_tokens = max(totals.shared_tokens, tokens)
 
     def mirror_shared_report(self, window: Window, report: WindowReport) -> None:
         """Remember a shared report's tokens and estimated part too, for reports made from here."""

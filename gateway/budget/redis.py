@@ -163,10 +163,11 @@ class RedisLedger:
             else:
                 self._succeeded()
                 # Granted or refused, the reply says what is spent: the fallback starts from it.
-                self.fallback.mirror_shared_spend(windows, [int(spent) for spent in reply[1 : 1 + len(windows)]])
+                count = len(windows)
+                self.fallback.mirror_shared_spend(windows, [int(value) for value in reply[1 : 1 + 2 * count]])
                 if reply[0] == 1:
                     return reservation
-                over = reply[1 + len(windows) :]
+                over = reply[1 + 2 * count :]
                 return binding_refusal([
                     windows[int(over[i]) - 1].refusal(int(over[i + 1]), int(over[i + 2]), amount)
                     for i in range(0, len(over), 3)
@@ -188,8 +189,8 @@ class RedisLedger:
                 self._outage.failed("settle", exc)
             else:
                 self._succeeded()
-                self.fallback.mirror_shared_spend(windows, spent[: len(windows)])
-                alerts = tuple(windows[i - 1].alert(spent[i - 1], self._warn_fraction) for i in spent[len(windows):])
+                self.fallback.mirror_shared_spend(windows, spent[: 2 * len(windows)])
+                alerts = tuple(windows[i - 1].alert(spent[i - 1], self._warn_fraction) for i in spent[2 * len(windows) :])
                 log_alerts(alerts)
                 return alerts
         # The spend counts here at once, and goes to Redis when it answers (a hold left there
@@ -236,9 +237,13 @@ class RedisLedger:
         return [self._with_pending(window, report, add=False) for window, report in zip(windows, reports)]
 
     @property
-    def pending(self) -> Spend:
-        """Every window's spend settled while Redis was away and not yet written back, summed."""
-        return sum((settled.total for _, settled in self._pending_deltas()), Spend())
+    def pending(self) -> dict[tuple[str, str], Spend]:
+        """Spend settled while Redis was away and not yet written back, per (scope, window label)."""
+        pending: dict[tuple[str, str], Spend] = {}
+        for window, settled in self._pending_deltas():
+            key = (window.scope, window.label)
+            pending[key] = pending.get(key, Spend()) + settled.total
+        return pending
 
     async def ping(self) -> bool:
         return await self._redis.ping(self._timeout)
@@ -266,8 +271,11 @@ class RedisLedger:
         return [*(self._batch.deltas if self._batch else ()), *self._pending.values()]
 
     def _pending_in(self, window: Window) -> Settled:
-        found = [settled for pending, settled in self._pending_deltas() if (pending.scope, pending.label) == (window.scope, window.label)]
-        return sum(found[1:], found[0]) if found else Settled(Spend(), Spend())
+        found = Settled(Spend(), Spend())
+        for pending, settled in self._pending_deltas():
+            if (pending.scope, pending.label) == (window.scope, window.label):
+                found += settled
+        return found
 
     def _with_pending(self, window: Window, report: WindowReport, add: bool) -> WindowReport:
         """`report` with this window's pending spend shown apart, and added in when it comes from Redis
