@@ -272,6 +272,17 @@ async def test_the_80_percent_alert_fires_once_per_window(ledger: Ledger, clock:
     assert [(a.period, a.window) for a in alerts] == [("day", "2025-03-11")]
 
 
+async def test_the_part_the_gateway_estimated_is_kept_apart(ledger: Ledger):
+    await ledger.settle(await held(ledger, [PROVIDER, GATEWAY], 0.3), 0.25, 5_000, estimated_usd=0.1, estimated_tokens=2_000)
+    await ledger.settle(await held(ledger, [PROVIDER, GATEWAY], 0.1), 0.05, 100)  # all of it reported
+    # An estimate above the whole (a caller's slip) counts as all of it, never more.
+    await ledger.settle(await held(ledger, [PROVIDER, GATEWAY], 0.1), 0.01, 10, estimated_usd=5.0, estimated_tokens=99)
+    for report in await ledger.report([PROVIDER, GATEWAY]):
+        assert (report.tokens, report.estimated_tokens, report.reported_tokens) == (5_110, 2_010, 3_100)
+        assert report.spent_usd == pytest.approx(0.31)
+        assert (report.estimated_usd, report.reported_usd) == (pytest.approx(0.11), pytest.approx(0.2))
+
+
 async def test_200_concurrent_reserves_fill_the_limit_exactly(ledger: Ledger):
     limit = Limit("deepinfra", 1.0, None)
     results = await asyncio.gather(*(ledger.reserve([limit], 0.01, HOLD) for _ in range(200)))

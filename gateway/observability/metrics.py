@@ -134,6 +134,12 @@ class GatewayMetrics:
             "Of rerank_gateway_upstream_cost_usd, what was priced from the gateway's token estimate.",
             ["provider"], registry=registry,
         )
+        # What the ledger was billed, split by where the figure came from: the provider's usage
+        # ("reported") or the gateway's own estimate for an answer without usage ("estimated").
+        self._spend_usd = Counter(
+            "rerank_gateway_spend_usd", "Spend billed to the ledger, in US dollars, by where the figure came from.",
+            ["provider", "source"], registry=registry,
+        )
         self._fallbacks = Counter(
             "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
             ["model", "from_provider", "to_provider"], registry=registry,
@@ -230,6 +236,9 @@ class GatewayMetrics:
         self._child(self._cost_usd, provider).inc(cost_usd)
         self._child(self._estimated_tokens, provider).inc(estimated_tokens)
         self._child(self._estimated_cost_usd, provider).inc(estimated_cost_usd)
+        estimated = min(max(0.0, estimated_cost_usd), cost_usd)
+        self._child(self._spend_usd, provider, "reported").inc(max(0.0, cost_usd - estimated))
+        self._child(self._spend_usd, provider, "estimated").inc(estimated)
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()

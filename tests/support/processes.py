@@ -91,11 +91,16 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP
 
 
 @contextmanager
-def running(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """`python -m gateway ARGS` until the block ends; stopped with SIGTERM, then killed."""
+def running(
+    args: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> Iterator[subprocess.Popen]:
+    """`python -m gateway ARGS` until the block ends; stopped with SIGTERM, then killed.
+
+    `cwd`: the source tree to run (a bench runs an older checkout with PYTHONPATH set to it).
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", *args],
-        cwd=REPO,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
