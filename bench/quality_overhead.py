@@ -47,7 +47,7 @@ def settings() -> dict[str, object]:
 def per_request_us(router, request: ScoreRequest) -> float:
     def plan() -> None:
         router.cache_group(MODEL, None)
-        router._provider_steps(request, [])
+        router.planner.steps(request, [])
 
     seconds = min(timeit.repeat(plan, number=ROUNDS, repeat=5))
     return seconds / ROUNDS * 1e6
@@ -73,7 +73,7 @@ async def main() -> None:
     tracker.add(grid, [p**3 for p in grid])
     fit_ms = timeit.timeit(tracker.calibration, number=1) * 1000  # the first call fits
     calibrated = per_request_us(router, request)
-    scale = router._groups.placement(MODEL, "fireworks").scale
+    scale = live.current.quality.groups.placement(MODEL, "fireworks").scale
     assert scale is not None, "the bench's rescaled pairs did not calibrate"
     scores = [p**3 for p in grid[::10]]
     map_us = min(timeit.repeat(lambda: scale.apply(scores), number=2_000, repeat=5)) / 2_000 / len(scores) * 1e6
