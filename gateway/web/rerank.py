@@ -42,7 +42,7 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
             deadline = asyncio.get_running_loop().time() + seconds
             try:
                 async with asyncio.timeout_at(deadline):
-                    result = trace.result = await generation.service.rerank(rerank, policy, deadline)
+                    result = trace.result = await generation.service.rerank(rerank, policy, deadline, trace.model)
             except TimeoutError:
                 raise DeadlineExceeded(f"no answer within the request's deadline of {seconds:g}s") from None
             failing = _failing_provider(generation, result, rerank.instruction)

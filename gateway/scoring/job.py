@@ -1,0 +1,76 @@
+"""One rerank request on its way through the service: its distinct pairs, their keys, scores and result."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+from gateway.cache import CachePolicy, PairKey
+from gateway.models import Batch, RerankResult
+
+
+@dataclass(slots=True)
+class Job:
+    """One request on its way through the service."""
+
+    model: str
+    group: str  # the cache namespace the request's scores are read from
+    pairs: UniquePairs
+    policy: CachePolicy
+    keys: list[PairKey]  # per unique slot
+    deadline: float | None
+    elsewhere: frozenset[int] = frozenset()  # slots another process is scoring (its lease)
+    scores: list[float | None] = field(default_factory=list)  # per unique slot
+    sent: set[int] = field(default_factory=set)  # slots this request sent upstream
+    # A step of the router's plan scored every slot anew (another model, or lexically): no slot
+    # may then take a score from the cache, a waiter or another process.
+    rescored_whole: bool = False
+    raw: dict[int, float] = field(default_factory=dict)  # slot -> the provider's score, where mapped
+    result: RerankResult = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.result = RerankResult(scores=[], model=self.model, provider="cache")
+
+    def filled(self, slots: Sequence[int]) -> list[float]:
+        """The scores of these slots, every one of them known by now."""
+        scores = [self.scores[slot] for slot in slots]
+        missing = [slot for slot, score in zip(slots, scores) if score is None]
+        if missing:
+            raise AssertionError(f"slots {missing} have no score yet")
+        return cast(list[float], scores)  # checked just above
+
+    def note_raw(self, slots: Sequence[int], raw_scores: Sequence[float] | None) -> None:
+        """Keep the provider's own scores of slots whose scores were mapped onto the group's scale."""
+        if raw_scores is not None:
+            self.raw.update(zip(slots, raw_scores))
+        elif self.raw:  # scored again, unmapped (a whole rescoring): nothing of theirs was mapped
+            for slot in slots:
+                self.raw.pop(slot, None)
+
+
+
+class UniquePairs:
+    """The distinct (query, document) pairs of a request: a repeated passage is scored once."""
+
+    def __init__(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> None:
+        slot_of: dict[tuple[str, str], int] = {}
+        self.slots = [slot_of.setdefault(pair, len(slot_of)) for pair in zip(queries, documents)]
+        self.queries: Sequence[str] = queries
+        self.documents: Sequence[str] = documents
+        if len(slot_of) < len(documents):
+            self.queries = [pair[0] for pair in slot_of]
+            self.documents = [pair[1] for pair in slot_of]
+        self.all = Batch(self.queries, self.documents, instruction)
+
+    def select(self, slots: Sequence[int]) -> Batch:
+        if list(slots) == list(range(len(self.documents))):
+            return self.all  # every slot, in order: the usual miss, without copying
+        return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction)
+
+    def spread(self, slot_scores: Sequence[float | None]) -> list[float]:
+        """Scores back at every request position, repeats included."""
+        scores = [slot_scores[slot] for slot in self.slots]
+        if None in scores:
+            raise AssertionError("a request position has no score")
+        return cast(list[float], scores)  # checked just above
