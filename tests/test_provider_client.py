@@ -17,7 +17,7 @@ import pytest
 
 from gateway.config import ProviderConfig
 from gateway.errors import ProviderFailure
-from gateway.models import Batch
+from gateway.models import AnsweredCall, Batch
 from gateway.providers.client import ProviderClient
 
 KEY = "sk-secret-key"
@@ -206,20 +206,19 @@ async def test_a_timeout_and_a_lost_connection_are_told_apart():
     assert (refused.kind, refused.reason, refused.transient) == ("connect", "connection error: ClientConnectionError", True)
 
 
-async def test_one_failed_call_of_a_split_batch_cancels_its_siblings():
-    cancelled = asyncio.Event()
-
-    async def first_fails_second_hangs(url: str, body: bytes, headers: Mapping[str, str], timeout: Any) -> Answer:
-        if orjson.loads(body)["documents"] == ["a"]:
+async def test_one_failed_call_of_a_split_batch_lets_its_siblings_answer_and_keeps_them():
+    """A sibling of a failed call is paid for either way: it runs to its answer, which is kept
+    (and cached by the service); then the first failure is raised."""
+    async def first_fails_second_answers_later(url: str, body: bytes, headers: Mapping[str, str], timeout: Any) -> Answer:
+        documents = orjson.loads(body)["documents"]
+        if documents == ["a"]:
             return 500, b"boom", None
-        try:
-            await asyncio.Event().wait()  # a call that would run to its timeout
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        raise AssertionError("unreachable")
+        await asyncio.sleep(0)  # answers after the failure was seen
+        return 200, orjson.dumps({"scores": [0.25] * len(documents), "input_tokens": 3}), None
 
-    call = ProviderClient("upstream", provider(max_batch=1), KEY, post=first_fails_second_hangs)
-    failure = await failure_of(call, pairs("q", "a", "b"))
-    assert failure.reason == "HTTP 500: boom"
-    await asyncio.wait_for(cancelled.wait(), 5)  # the hanging sibling was cancelled, not left running
+    call = ProviderClient("upstream", provider(max_batch=1), KEY, post=first_fails_second_answers_later)
+    answered: list[AnsweredCall] = []
+    with pytest.raises(ProviderFailure) as caught:
+        await asyncio.wait_for(call.score(pairs("q", "a", "b"), answered), 5)
+    assert caught.value.reason == "HTTP 500: boom"
+    assert [(c.positions, c.scores, c.usage.tokens) for c in answered] == [([1], [0.25], 3)]
