@@ -40,6 +40,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import AllProvidersFailed, ProviderFailure, UpstreamRejected
 from gateway.models import Batch, KeptScores, ScoredPairs, ScoreRequest, Usage
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
 from gateway.quality.calibration import Calibration
 from gateway.quality.guard import QualityGuard
@@ -139,6 +140,8 @@ class Router:
                     continue
                 if skip.kind in ("breaker_open", "quality", "rate_limited"):
                     self._guard.note_skip(skip)
+                else:
+                    note_attempt(skip.provider, skip.kind, 0.0)  # the request log lists every provider passed over
                 failures.append(skip)
         return steps
 
