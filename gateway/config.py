@@ -177,8 +177,14 @@ class QualityConfig(_Section):
     action: Literal["skip", "warn"] = "skip"  # a provider failing its canary: skipped, or only reported
 
 
+# An alias that routes every model name no model claims here, for clients that send their own
+# default (LlamaIndex `rerank-english-v3.0`, Haystack and the Cohere SDK `rerank-v3.5`). Off unless
+# one model lists it; the name the client sent stays in the request log.
+CATCH_ALL_ALIAS = "*"
+
+
 class ModelConfig(_Section):
-    aliases: list[str] = []
+    aliases: list[str] = []  # other names clients may use; CATCH_ALL_ALIAS for every unclaimed name
     fallback: list[str] = Field(min_length=1)
     # Scores of different models are not comparable, so crossing to another model is opt-in.
     fallback_models: list[str] = []
@@ -224,6 +230,9 @@ class GatewayConfig(_Section):
         owner: dict[str, str] = {name: name for name in self.models}
         for name, model in self.models.items():
             for alias in model.aliases:
+                if CATCH_ALL_ALIAS in alias and alias != CATCH_ALL_ALIAS:
+                    raise ValueError(f"models.{name}.aliases: {alias!r}: names are matched whole; "
+                                     f"only {CATCH_ALL_ALIAS!r} alone is special (every name no model claims)")
                 if owner.setdefault(alias, name) != name:
                     raise ValueError(f"models.{name}.aliases: {alias!r} already names model {owner[alias]!r}")
 

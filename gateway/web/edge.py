@@ -57,6 +57,7 @@ class RerankTrace:
 
     dialect: str = "none"
     model: str = "none"  # the resolved model only: a client's string must not become a label
+    requested_model: str | None = None  # what the client named, for the log line only
     documents: int = 0
     result: RerankResult | None = None
     quality: str | None = None  # "failing": served by a provider failing its canary
@@ -120,6 +121,7 @@ def _observe(
         usage=result.usage if result else None,
         raw_scores=result.raw_scores if result else None,
         quality=trace.quality,
+        requested_model=trace.requested_model,
     ))
 
 

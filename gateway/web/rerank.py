@@ -38,6 +38,7 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
             check_limits(rerank, server)
             # Read before the model is resolved: a 400 for the header carries no X-Rerank-Model.
             seconds = request_deadline(request, server.request_timeout_seconds)
+            trace.requested_model = rerank.model
             trace.model = generation.service.resolve_model(rerank.model)
             policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
             deadline = asyncio.get_running_loop().time() + seconds
