@@ -191,12 +191,21 @@ class ModelConfig(_Section):
     quality: QualityConfig = QualityConfig()
 
 
+class TracingConfig(_Section):
+    """OpenTelemetry traces (the `otel` extra); read at start, a reload does not change them."""
+
+    enabled: bool | None = None  # None: on when the standard OTEL_* variables say so
+    otlp_endpoint: str | None = None  # OTLP/HTTP base URL (…:4318); else OTEL_EXPORTER_OTLP_ENDPOINT
+    service_name: str = "rerank-gateway"  # OTEL_SERVICE_NAME wins
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
     budget: BudgetConfig = BudgetConfig()  # gateway-wide, over every provider
     resilience: ResilienceConfig = ResilienceConfig()
     models: dict[str, ModelConfig] = Field(min_length=1)
+    tracing: TracingConfig = TracingConfig()
     providers: dict[str, ProviderConfig] = Field(min_length=1)
 
     @model_validator(mode="after")

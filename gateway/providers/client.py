@@ -17,6 +17,7 @@ import orjson
 from gateway.config import ConfigError, GatewayConfig, ProviderConfig
 from gateway.errors import ProviderFailure, is_transient_status
 from gateway.models import AnsweredCall, Usage, merge_answered
+from gateway.observability.tracing import with_trace_context
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
 from gateway.secrets import Secrets
@@ -163,7 +164,7 @@ class ProviderClient:
     async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         assert self._session is not None, "ProviderClient.start() was not called"
         try:
-            async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
+            async with self._session.post(self._url, data=body, headers=with_trace_context(self._headers), timeout=self._timeout) as resp:
                 return resp.status, await resp.read(), resp.headers.get("Retry-After")
         except TimeoutError:
             raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
