@@ -33,6 +33,9 @@ from gateway.emulator import emulated_score
 from gateway.observability.logs import REQUEST_LOGGER
 from tests.support.gateway import MODEL, GatewayFactory
 
+# LiteLLM's types trip a pydantic warning as they are first used (its code, not the gateway's).
+pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = [
     "The MFC in Kazan opens at 8:00.",

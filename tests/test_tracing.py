@@ -144,6 +144,22 @@ async def test_a_hedged_try_says_so_and_the_slow_one_is_cancelled(aiohttp_client
     assert tries["deepinfra"]["rerank.hedged"] is False and tries["deepinfra"]["rerank.outcome"] == "cancelled"
 
 
+async def test_a_canary_probe_is_traced_as_a_root_span_marked_probe(aiohttp_client, upstream):
+    _, upstream_client = upstream
+    raw = gateway_settings(str(upstream_client.make_url("")).rstrip("/"), ["deepinfra"])
+    raw["models"][MODEL]["quality"]["probe_interval_seconds"] = 600  # probes once at start
+    exporter = InMemorySpanExporter()
+    await aiohttp_client(create_app(parse_config(raw), tracing=Tracing.exporting_to(exporter, batch=False)))
+    deadline = asyncio.get_running_loop().time() + 20
+    while not exporter.get_finished_spans() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    probes = by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
+    assert probes, "no probe span within 20 s"
+    attributes = probes[0].attributes or {}
+    assert attributes["rerank.probe"] is True and attributes["rerank.purpose"] == "probe"
+    assert attributes["rerank.provider"] == "deepinfra" and probes[0].parent is None
+
+
 async def test_an_error_answer_is_a_failed_server_span(aiohttp_client, upstream):
     _, upstream_client = upstream
     exporter = InMemorySpanExporter()

@@ -133,7 +133,7 @@ def _paths() -> dict[str, Any]:
             "Cohere's request (`raw_scores` gives logits); the answer's `document` is the bare string, as "
             "Infinity's. Its own base URL, `<gateway>/infinity`, because Infinity's and vLLM's clients send "
             "the same request to `/rerank` and parse the answer differently.",
-            _schema("CohereRequest"), _schema("InfinityResponse"),
+            _schema("InfinityRequest"), _schema("InfinityResponse"),
         )},
         "/v1/models": {"get": _get(
             "models", "The models served", "With their aliases and fallback order.", _json(_schema("ModelList")),
@@ -379,6 +379,17 @@ def _request_schemas() -> dict[str, Schema]:
             "examples": [{"model": "accounts/fireworks/models/qwen3-reranker-8b", "query": "cost of bankruptcy?",
                           "documents": ["The MFC opens at 8:00.", "Bankruptcy through the MFC is free."], "top_n": 1,
                           "return_documents": True}],
+        },
+        "InfinityRequest": {
+            "type": "object", "required": ["query", "documents"],
+            "description": "Infinity's rerank body; other fields are accepted and ignored.",
+            "properties": {
+                "query": _QUERY, "documents": _strings(_LIMITS, text_or_object), "model": _MODEL,
+                "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+                "raw_scores": _optional({"type": "boolean"}),
+            },
+            "examples": [{"model": "qwen3-reranker-8b", "query": "cost of bankruptcy?",
+                          "documents": ["The MFC opens at 8:00.", "Bankruptcy is free."], "return_documents": True}],
         },
         "CohereRequest": {
             "type": "object", "required": ["query", "documents"],
