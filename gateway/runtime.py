@@ -59,7 +59,8 @@ class Shared:
         await self.cache.close()
         await self.ledger.close()
         await self.verdicts.close()
-        self.tracing.shutdown()  # flushes the spans still queued
+        # Flushes the spans still queued: a blocking export, so off the event loop.
+        await asyncio.to_thread(self.tracing.shutdown)
 
 
 @dataclass

@@ -231,3 +231,14 @@ async def test_spans_reach_a_real_otlp_http_receiver(aiohttp_client, aiohttp_ser
     assert server.attributes["rerank.model"] == MODEL and server.attributes["http.response.status_code"] == 200
     assert attempt.attributes["rerank.provider"] == "deepinfra" and attempt.attributes["rerank.outcome"] == "ok"
     assert server.resource["service.name"] == "kb-rerank"
+
+
+def test_without_the_extra_installed_it_warns_and_serves_untraced(monkeypatch, caplog):
+    import sys
+
+    # None in sys.modules makes the import fail as a missing package does.
+    monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
+    with caplog.at_level("WARNING", logger="gateway.tracing"):
+        tracing = build_tracing(True, None, "rerank-gateway", {})
+    assert not tracing.enabled
+    assert "pip install 'rerank-gateway[otel]'" in caplog.text
