@@ -16,6 +16,7 @@ from gateway.cache.redis import RedisScoreCache
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracing, build_tracing
 from gateway.quality.fleet import LocalVerdicts, RedisVerdicts, VerdictStore
 from gateway.resilience.health import HealthBoard
 from gateway.runtime import LiveGateway, Shared, watch_config_file
@@ -32,10 +33,12 @@ def create_app(
     *,
     ledger: Ledger | None = None,
     on_admin_reload: Callable[[], None] | None = None,
+    tracing: Tracing | None = None,
 ) -> web.Application:
     """The gateway app; with config_path it reloads that file on SIGHUP, /admin/reload and change.
 
     `ledger` replaces the one the config would build (tests give one with their own clock).
+    `tracing` replaces the one config and OTEL_* would build (tests give an in-memory exporter).
     `on_admin_reload` runs after /admin/reload reloaded this process (a worker tells its
     supervisor, which reloads the other workers).
     """
@@ -46,6 +49,8 @@ def create_app(
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
         verdicts=build_verdicts(config.cache),
+        tracing=tracing or build_tracing(
+            config.tracing.enabled, config.tracing.otlp_endpoint, config.tracing.service_name, os.environ),
     )
     app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload)
     app.cleanup_ctx.append(_lifetime)

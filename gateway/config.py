@@ -197,12 +197,26 @@ class QualityConfig(_Section):
     canary_pass_share: float = Field(0.9, gt=0, le=1)
 
 
+# An alias that routes every model name no model claims here, for clients that send their own
+# default (LlamaIndex `rerank-english-v3.0`, Haystack and the Cohere SDK `rerank-v3.5`). Off unless
+# one model lists it; the name the client sent stays in the request log.
+CATCH_ALL_ALIAS = "*"
+
+
 class ModelConfig(_Section):
-    aliases: list[str] = []
+    aliases: list[str] = []  # other names clients may use; CATCH_ALL_ALIAS for every unclaimed name
     fallback: list[str] = Field(min_length=1)
     # Scores of different models are not comparable, so crossing to another model is opt-in.
     fallback_models: list[str] = []
     quality: QualityConfig = QualityConfig()
+
+
+class TracingConfig(_Section):
+    """OpenTelemetry traces (the `otel` extra); read at start, a reload does not change them."""
+
+    enabled: bool | None = None  # None: on when the standard OTEL_* variables say so
+    otlp_endpoint: str | None = None  # OTLP/HTTP base URL (…:4318); else OTEL_EXPORTER_OTLP_ENDPOINT
+    service_name: str = "rerank-gateway"  # OTEL_SERVICE_NAME wins
 
 
 class GatewayConfig(_Section):
@@ -216,6 +230,7 @@ class GatewayConfig(_Section):
         return self.cache.url if self.budget.url is None else self.budget.url
     resilience: ResilienceConfig = ResilienceConfig()
     models: dict[str, ModelConfig] = Field(min_length=1)
+    tracing: TracingConfig = TracingConfig()
     providers: dict[str, ProviderConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -249,6 +264,9 @@ class GatewayConfig(_Section):
         owner: dict[str, str] = {name: name for name in self.models}
         for name, model in self.models.items():
             for alias in model.aliases:
+                if CATCH_ALL_ALIAS in alias and alias != CATCH_ALL_ALIAS:
+                    raise ValueError(f"models.{name}.aliases: {alias!r}: names are matched whole; "
+                                     f"only {CATCH_ALL_ALIAS!r} alone is special (every name no model claims)")
                 if owner.setdefault(alias, name) != name:
                     raise ValueError(f"models.{name}.aliases: {alias!r} already names model {owner[alias]!r}")
 

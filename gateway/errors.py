@@ -95,6 +95,11 @@ class Unauthorized(ClientError):
     status = 401
     error_type = "unauthorized"
 
+    @property
+    def headers(self) -> Mapping[str, str]:
+        # RFC 9110 15.5.2: a 401 names the scheme that would be accepted (RFC 6750's Bearer).
+        return {"WWW-Authenticate": "Bearer"}
+
 
 class UnknownModel(ClientError):
     status = 404

@@ -24,6 +24,7 @@ from gateway.budget import Ledger
 from gateway.cache import ScoreCache
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.tracing import Tracing
 from gateway.providers.client import build_clients
 from gateway.quality.board import QualityBoard
 from gateway.quality.fleet import LocalVerdicts, VerdictStore
@@ -48,6 +49,7 @@ class Shared:
     quality: QualityBoard = field(default_factory=QualityBoard)
     verdicts: VerdictStore = field(default_factory=LocalVerdicts)  # canary verdicts, shared through Redis
     cache_stats: CacheStats = field(default_factory=lambda: CacheStats())
+    tracing: Tracing = field(default_factory=Tracing.off)  # read at start; a reload keeps it
 
     async def start(self) -> None:
         await self.cache.start()
@@ -57,6 +59,8 @@ class Shared:
         await self.cache.close()
         await self.ledger.close()
         await self.verdicts.close()
+        # Flushes the spans still queued: a blocking export, so off the event loop.
+        await asyncio.to_thread(self.tracing.shutdown)
 
 
 @dataclass
@@ -84,7 +88,7 @@ class Generation:
         self.loaded_at = time.time()
         self.secrets = Secrets.resolve(config)
         self.clients = build_clients(config, self.secrets)
-        guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics)
+        guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics, shared.tracing)
         self.quality = QualityGuard(
             config, self.clients, guard, shared.quality, shared.metrics, shared.health.rng, shared.verdicts
         )

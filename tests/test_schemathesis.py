@@ -29,6 +29,9 @@ CONFIG = schemathesis.Config.from_dict({
         # bodies fit the schema and get a 422 that names the rule (tests/test_bad_input.py).
         "include-path": "/v1/inference/{model}",
         "checks": {"positive_data_acceptance": {"enabled": False}},
+    }, {
+        "include-path": "/inference/{model}",  # the same operation at DeepInfra's root path
+        "checks": {"positive_data_acceptance": {"enabled": False}},
     }],
 })
 # The document the gateway serves; the fixture below checks that it is this one.

@@ -31,13 +31,14 @@ class TeiDialect:
         answer = []
         for index in result.ranking(None):
             score = result.scores[index]
-            item: dict[str, Any] = {"index": index, "score": _logit(score) if request.raw_scores else score}
+            item: dict[str, Any] = {"index": index, "score": logit(score) if request.raw_scores else score}
             if request.return_documents:
                 item["text"] = request.documents[index]
             answer.append(item)
         return answer
 
 
-def _logit(probability: float) -> float:
+def logit(probability: float) -> float:
+    """A score in (0, 1) as the logit a model's raw output would be; shared with Infinity's raw_scores."""
     clamped = min(max(probability, _EPSILON), 1 - _EPSILON)
     return math.log(clamped / (1 - clamped))

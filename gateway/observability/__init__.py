@@ -3,6 +3,7 @@
     metrics.py       GatewayMetrics: Prometheus counters, histograms and gauges; render() for /metrics
     logs.py          JSON / text log formatting with redaction; the fields of a request's log line
     trace.py         the provider attempts of the request being served, for its log line
+    tracing.py       OpenTelemetry spans and `traceparent` upstream (optional extra); a no-op when off
 
 May import: nothing of the gateway's but itself: every layer reports through it.
 """

@@ -77,6 +77,9 @@ def request_log_extra(**fields: Any) -> dict[str, Any]:
     return {VETTED_FIELDS: _RequestFields(request_log_fields(**fields))}
 
 
+_REQUESTED_MODEL_CHARS = 200
+
+
 def request_log_fields(
     *,
     request_id: str,
@@ -93,6 +96,7 @@ def request_log_fields(
     usage: Usage | None = None,
     raw_scores: Sequence[float | None] | None = None,
     quality: str | None = None,
+    requested_model: str | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line; pass them as `extra=`. Counts and names only."""
     fields: dict[str, Any] = {
@@ -122,6 +126,9 @@ def request_log_fields(
         fields["raw_scores"] = list(raw_scores)
     if quality is not None:
         fields["quality"] = quality  # "failing": the serving provider fails its canary
+    if requested_model is not None and requested_model != model:
+        # The name the client sent, when an alias (or the catch-all) mapped it: capped, it is the client's string.
+        fields["requested_model"] = requested_model[:_REQUESTED_MODEL_CHARS]
     return fields
 
 

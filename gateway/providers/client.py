@@ -17,6 +17,7 @@ import orjson
 from gateway.config import ConfigError, GatewayConfig, ProviderConfig
 from gateway.errors import ProviderFailure, is_transient_status
 from gateway.models import AnsweredCall, Usage, merge_answered
+from gateway.observability.tracing import with_trace_context
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
 from gateway.secrets import Secrets
@@ -178,7 +179,7 @@ class ProviderClient:
 
     async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         try:
-            return await self._send(self._url, body, self._headers, self._timeout)
+            return await self._send(self._url, body, with_trace_context(self._headers), self._timeout)
         except TimeoutError:
             raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
         except aiohttp.ClientError as exc:

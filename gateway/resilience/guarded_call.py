@@ -35,6 +35,7 @@ from gateway.errors import ProviderFailure
 from gateway.models import AnsweredCall, Batch, Usage, merge_answered, total_usage
 from gateway.observability.metrics import UPSTREAM_ERROR_REASONS, CallPurpose, GatewayMetrics
 from gateway.observability.trace import note_attempt
+from gateway.observability.tracing import Tracing
 from gateway.providers.client import ProviderClient
 from gateway.resilience import full_jitter_backoff, parse_retry_after
 from gateway.resilience.health import HealthBoard, ProviderHealth
@@ -46,11 +47,15 @@ _DEADLINE_SLACK_SECONDS = 0.005
 
 
 class GuardedCall:
-    def __init__(self, config: GatewayConfig, ledger: Ledger, health: HealthBoard, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, config: GatewayConfig, ledger: Ledger, health: HealthBoard, metrics: GatewayMetrics,
+        tracing: Tracing | None = None,
+    ) -> None:
         self._config = config
         self._ledger = ledger
         self._health = health
         self._metrics = metrics
+        self._tracing = tracing or Tracing.off()
 
     def own_limit(self, client: ProviderClient, pairs: int) -> float:
         """The most one try at this provider may take: its timeout, or less once it is known to be faster."""
@@ -65,13 +70,15 @@ class GuardedCall:
         self, client: ProviderClient, pairs: Batch, ends_at: float | None, panic: bool = False,
         answered: list[AnsweredCall] | None = None,
         purpose: CallPurpose = "request",
+        hedged: bool = False,
     ) -> tuple[list[float], Usage]:
         """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
 
         `panic`: every provider's breaker is open and this one opened first; call it anyway.
         `answered` receives each upstream call that answers (positions index `pairs`) as it does:
         what answered is settled at its cost however the rest ends, never released.
-        `purpose` labels the HTTP calls in the metrics (a probe's are not a client's).
+        `purpose` labels the HTTP calls in the metrics (a probe's are not a client's); `hedged`: the
+        router started this call beside a slow one (both only describe the call, in its trace span).
         """
         health = self._health[client.name]
         answered = [] if answered is None else answered
@@ -84,7 +91,8 @@ class GuardedCall:
             raise
         called_at = _now()
         try:
-            scores, usage = await self._call_with_retries(client, health, pairs, ends_at, panic, answered, purpose)
+            scores, usage = await self._call_with_retries(
+                client, health, pairs, ends_at, panic, answered, purpose, hedged)
         except ProviderFailure as failure:
             await self._account(client, reservation, pairs, chars, answered)
             if failure.kind == "http_429":
@@ -192,6 +200,7 @@ class GuardedCall:
         self, client: ProviderClient, health: ProviderHealth, pairs: Batch, ends_at: float | None, panic: bool,
         answered: list[AnsweredCall],
         purpose: CallPurpose,
+        hedged: bool = False,
     ) -> tuple[list[float], Usage]:
         """The provider's scores of `pairs`; a retry sends only the pairs no call has answered yet."""
         health.retry_budget.record_call()
@@ -201,7 +210,12 @@ class GuardedCall:
             todo = _unanswered(answered, len(pairs))
             batch = pairs if len(todo) == len(pairs) else pairs.select(todo)
             try:
-                await self._bounded_call(client, batch, todo, ends_at, answered)
+                before = len(answered)
+                with self._tracing.attempt(client.name, len(batch), panic, hedged, purpose) as span:
+                    try:
+                        await self._bounded_call(client, batch, todo, ends_at, answered)
+                    finally:  # what this try's answered calls billed, cut off or not
+                        span.tokens(sum(call.usage.tokens for call in answered[before:]))
             except ProviderFailure as failure:
                 self._observe_call(client, batch, _now() - started, failure.kind, panic, purpose)
                 if failure.kind == "http_429":

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.models import ScoreRequest
+from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
 from gateway.quality.calibration import Calibration
 from gateway.quality.guard import QualityGuard
@@ -91,6 +92,8 @@ class Planner:
                     continue
                 if skip.kind in ("breaker_open", "quality", "rate_limited"):
                     self._guard.note_skip(skip)
+                else:
+                    note_attempt(skip.provider, skip.kind, 0.0)  # the request log lists every provider passed over
                 failures.append(skip)
         return steps
 

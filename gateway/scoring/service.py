@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
-from gateway.config import GatewayConfig
+from gateway.config import CATCH_ALL_ALIAS, GatewayConfig
 from gateway.errors import InvalidRequest, UnknownModel
 from gateway.models import KeptScores, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
 from gateway.scoring.coordinator import FlightCoordinator
@@ -36,7 +36,7 @@ class RerankService:
             if default is None:
                 raise InvalidRequest("model: required (this gateway has no server.default_model)")
             return default
-        model = self._model_by_name.get(requested)
+        model = self._model_by_name.get(requested) or self._model_by_name.get(CATCH_ALL_ALIAS)
         if model is None:
             raise UnknownModel(f"model {requested!r} is not served here; models: {', '.join(self.model_names())}")
         return model

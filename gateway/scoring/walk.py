@@ -80,7 +80,7 @@ class PlanWalk:
             done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:  # the hedge delay passed with no answer: ask the next provider too
                 hedge = pending.pop(0)  # hedge_to, which a timeout implies was set
-                calls[self._start(request, hedge, pending, kept)] = hedge
+                calls[self._start(request, hedge, pending, kept, hedged=True)] = hedge
                 continue
             for task in done:
                 step = calls.pop(task)
@@ -112,17 +112,19 @@ class PlanWalk:
         raw_scores = None if step.scale is None or carried else raw
         return ScoredPairs(scores, usage, step.client.name, step.model, step.group, whole=step.whole, raw_scores=raw_scores)
 
-    def _start(self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers) -> Attempt:
-        return asyncio.ensure_future(self._call(request, step, later, kept))
+    def _start(
+        self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers, hedged: bool = False
+    ) -> Attempt:
+        return asyncio.ensure_future(self._call(request, step, later, kept, hedged))
 
     def _call(
-        self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers
+        self, request: ScoreRequest, step: Step, later: Sequence[Step], kept: KeptAnswers, hedged: bool = False
     ) -> Coroutine[Any, Any, tuple[list[float], Usage]]:
         entry = kept.open(request, step)
         ends_at = self._attempt_end(request, entry.pairs, step, later)
         if step.panic:
             self._metrics.record_panic_call(model=request.model, provider=step.client.name)
-        return self._guard.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls)
+        return self._guard.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls, hedged=hedged)
 
     def _attempt_end(self, request: ScoreRequest, pairs: Batch, step: Step, later: Sequence[Step]) -> float | None:
         """When this attempt must give up, leaving the steps after it their share of the deadline."""

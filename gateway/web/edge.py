@@ -27,6 +27,7 @@ from gateway.errors import (
 from gateway.models import RerankResult
 from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_extra
 from gateway.observability.trace import start_trace
+from gateway.observability.tracing import end_server_span
 from gateway.runtime import LiveGateway
 
 log = logging.getLogger("gateway")
@@ -57,6 +58,7 @@ class RerankTrace:
 
     dialect: str = "none"
     model: str = "none"  # the resolved model only: a client's string must not become a label
+    requested_model: str | None = None  # what the client named, for the log line only
     documents: int = 0
     result: RerankResult | None = None
     quality: str | None = None  # "failing": served by a provider failing its canary
@@ -68,6 +70,31 @@ RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request's edge: its id, its errors turned into the one error body, its log and metrics."""
+    tracing = request.app[LIVE].shared.tracing
+    if not tracing.enabled:
+        return await _serve(request, handler)
+    route = request.match_info.route.resource
+    with tracing.server_span(request.method, route.canonical if route else "unmatched", request.path,
+                             request.headers) as span:
+        response = await _serve(request, handler)
+        end_server_span(span, response.status, _span_attributes(request))
+    return response
+
+
+def _span_attributes(request: web.Request) -> dict[str, Any]:
+    """What a request's span says beyond HTTP: its id and, for a rerank, what its log line says."""
+    attributes: dict[str, Any] = {"rerank.request_id": request.get(REQUEST_ID)}
+    trace = request.get(RERANK_TRACE)
+    if trace is not None:
+        attributes.update({"rerank.dialect": trace.dialect, "rerank.model": trace.model,
+                           "rerank.documents": trace.documents})
+        if trace.result is not None:
+            attributes.update({"rerank.provider": trace.result.provider, "rerank.cache_hits": trace.result.cache_hits,
+                               "rerank.cache_misses": trace.result.cache_misses, "rerank.tokens": trace.result.usage.tokens})
+    return attributes
+
+
+async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
     request_id = request[REQUEST_ID] = request_id_of(request)
     started = time.perf_counter()
     attempts = start_trace()
@@ -120,6 +147,7 @@ def _observe(
         usage=result.usage if result else None,
         raw_scores=result.raw_scores if result else None,
         quality=trace.quality,
+        requested_model=trace.requested_model,
     ))
 
 

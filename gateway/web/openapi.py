@@ -97,6 +97,17 @@ def _paths() -> dict[str, Any]:
                 "schema": {"type": "string", "minLength": 1}, "example": "Qwen/Qwen3-Reranker-8B",
             }],
         )},
+        "/inference/{model}": {"post": _rerank_operation(
+            "deepinfra-root", "DeepInfra inference format (root base URL)",
+            "The same as `/v1/inference/{model}`, at the path DeepInfra's root base URL gives "
+            "(LiteLLM's `deepinfra/` route with the gateway root as `api_base`).",
+            _schema("DeepInfraRequest"), _schema("DeepInfraResponse"),
+            parameters=[{
+                "name": "model", "in": "path", "required": True,
+                "description": "A served model's name or alias; may contain `/`.",
+                "schema": {"type": "string", "minLength": 1}, "example": "Qwen/Qwen3-Reranker-8B",
+            }],
+        )},
         "/inference/v1/rerank": {"post": _rerank_operation(
             "fireworks", "Fireworks rerank format",
             "`task` is the instruction. The answer lists `data` best first, cut to `top_n`, and the same list "
@@ -116,6 +127,13 @@ def _paths() -> dict[str, Any]:
             "A body with `texts` is text-embeddings-inference's and gets TEI's bare list, sorted by score; "
             "any other body is Cohere's and gets a Cohere v1 answer.",
             cohere_or_tei_request, {"oneOf": [_schema("TeiResponse"), _schema("CohereResponse")]},
+        )},
+        "/infinity/rerank": {"post": _rerank_operation(
+            "infinity", "Infinity rerank format",
+            "Cohere's request (`raw_scores` gives logits); the answer's `document` is the bare string, as "
+            "Infinity's. Its own base URL, `<gateway>/infinity`, because Infinity's and vLLM's clients send "
+            "the same request to `/rerank` and parse the answer differently.",
+            _schema("InfinityRequest"), _schema("InfinityResponse"),
         )},
         "/v1/models": {"get": _get(
             "models", "The models served", "With their aliases and fallback order.", _json(_schema("ModelList")),
@@ -363,6 +381,17 @@ def _request_schemas() -> dict[str, Schema]:
                           "documents": ["The MFC opens at 8:00.", "Bankruptcy through the MFC is free."], "top_n": 1,
                           "return_documents": True}],
         },
+        "InfinityRequest": {
+            "type": "object", "required": ["query", "documents"],
+            "description": "Infinity's rerank body; other fields are accepted and ignored.",
+            "properties": {
+                "query": _QUERY, "documents": _strings(_LIMITS, text_or_object), "model": _MODEL,
+                "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+                "raw_scores": _optional({"type": "boolean"}),
+            },
+            "examples": [{"model": "qwen3-reranker-8b", "query": "cost of bankruptcy?",
+                          "documents": ["The MFC opens at 8:00.", "Bankruptcy is free."], "return_documents": True}],
+        },
         "CohereRequest": {
             "type": "object", "required": ["query", "documents"],
             "description": "`model` may be left out for server.default_model. Documents are strings or objects; an "
@@ -432,6 +461,20 @@ def _answer_schemas() -> dict[str, Schema]:
         }),
         "FireworksResult": _closed(["index", "relevance_score"], {
             "index": _INDEX, "relevance_score": _SCORE,
+            "document": {"type": "string", "description": "Only with return_documents."},
+        }),
+        "InfinityResponse": _closed(["object", "results", "model", "usage", "id", "created"], {
+            "object": {"const": "rerank"},
+            "results": {"type": "array", "items": _schema("InfinityResult"), "description": ranked},
+            "model": {"type": "string", "description": "The model as the client named it, else the canonical name."},
+            "usage": _closed(["prompt_tokens", "total_tokens"], {"prompt_tokens": _COUNT, "total_tokens": _COUNT}),
+            "id": {"type": "string", "description": "The request id."},
+            "created": {**_COUNT, "description": "Unix time of the answer."},
+            "degraded": _DEGRADED,
+        }),
+        "InfinityResult": _closed(["index", "relevance_score"], {
+            "index": _INDEX,
+            "relevance_score": {"type": "number", "description": "Relevance in [0, 1]; a logit with raw_scores."},
             "document": {"type": "string", "description": "Only with return_documents."},
         }),
         "CohereResponse": _closed(["id", "results", "meta"], {

@@ -36,8 +36,10 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
             rerank = dialect.decode(payload, request.match_info)
             trace.documents = len(rerank.documents)
             check_limits(rerank, server)
-            trace.model = generation.service.resolve_model(rerank.model)
+            # Read before the model is resolved: a 400 for the header carries no X-Rerank-Model.
             seconds = request_deadline(request, server.request_timeout_seconds)
+            trace.requested_model = rerank.model
+            trace.model = generation.service.resolve_model(rerank.model)
             policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
             deadline = asyncio.get_running_loop().time() + seconds
             try:
@@ -101,8 +103,13 @@ def request_deadline(request: web.Request, configured: float) -> float:
     return min(seconds, configured)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 async def _read_json(request: web.Request, max_bytes: int) -> Any:
     body = await _read_body(request, max_bytes)
+    # RFC 8259 8.1 lets a parser ignore a byte order mark; Windows tools (PowerShell 5) write one.
+    body = body.removeprefix(_UTF8_BOM)
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

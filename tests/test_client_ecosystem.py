@@ -1,0 +1,214 @@
+"""LiteLLM's rerank routes and the client libraries' default model names, over real sockets.
+
+Each client is used the way its docs tell users to point it elsewhere, with nothing else changed
+(issue 18 item 1): LiteLLM's `infinity/` with `api_base = <gateway>/infinity`, `deepinfra/` with the
+gateway root (DeepInfra's own base URL convention: LiteLLM posts to `/inference/{model}`),
+`hosted_vllm/` with the gateway root (`/rerank`, which must keep vLLM's answer shape). Client
+default model names (LlamaIndex `rerank-english-v3.0`, Haystack and the Cohere SDK `rerank-v3.5`)
+404 unless ops route them: an alias, or the catch-all `aliases = ["*"]`.
+
+LlamaIndex's and Haystack's Cohere rerankers are driven too when installed; they are not in the
+`test` extra because both pin the Cohere SDK below 7, which would change the SDK every other client
+test runs against. Kept passing by hand with llama-index-postprocessor-cohere-rerank 0.10.0 and
+cohere-haystack 11.0.0 (Cohere SDK 6.1.0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import pytest
+
+# LiteLLM fetches its model price map from the network at import unless told to use its bundled copy.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import cohere
+import litellm
+from cohere.core.api_error import ApiError
+
+from gateway.emulator import emulated_score
+from gateway.observability.logs import REQUEST_LOGGER
+from tests.support.gateway import MODEL, GatewayFactory
+
+# LiteLLM's types trip a pydantic warning as they are first used (its code, not the gateway's).
+pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+
+QUERY = "how much does bankruptcy through the MFC cost?"
+DOCUMENTS = [
+    "The MFC in Kazan opens at 8:00.",
+    "Out-of-court bankruptcy through the MFC is free.",
+    "Bankruptcy through a court costs about 25,000 rubles.",
+    "Weather in Kazan is mild in May.",
+]
+KEY = "any-key-the-gateway-ignores"
+
+
+def base_url(gateway: Any) -> str:
+    return str(gateway.make_url("")).rstrip("/")
+
+
+def best_first(top_n: int) -> list[int]:
+    scores = [emulated_score(QUERY, document) for document in DOCUMENTS]
+    return sorted(range(len(DOCUMENTS)), key=lambda index: scores[index], reverse=True)[:top_n]
+
+
+def with_catch_all(raw: dict[str, Any]) -> None:
+    raw["models"][MODEL]["aliases"].append("*")
+
+
+def assert_litellm_ranked(response: Any, top_n: int, with_documents: bool) -> None:
+    results = response.results
+    assert [item["index"] for item in results] == best_first(top_n)
+    for item in results:
+        assert item["relevance_score"] == pytest.approx(emulated_score(QUERY, DOCUMENTS[item["index"]]), abs=1e-12)
+        if with_documents:
+            assert item["document"]["text"] == DOCUMENTS[item["index"]]
+
+
+# --- LiteLLM ---------------------------------------------------------------------------------
+
+async def test_litellm_infinity_route_with_documents(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    response = await litellm.arerank(
+        model=f"infinity/{MODEL}", api_base=f"{base_url(gateway)}/infinity", api_key=KEY,
+        query=QUERY, documents=DOCUMENTS, top_n=3, return_documents=True,
+    )
+    assert_litellm_ranked(response, 3, with_documents=True)
+    assert response.meta["tokens"]["input_tokens"] > 0
+
+
+async def test_infinity_answers_in_infinitys_shape(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    response = await gateway.post("/infinity/rerank", json={
+        "model": MODEL, "query": QUERY, "documents": DOCUMENTS, "return_documents": True, "top_n": 2})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert body["object"] == "rerank" and body["model"] == MODEL
+    assert body["id"] == response.headers["X-Request-ID"] and isinstance(body["created"], int)
+    assert [item["document"] for item in body["results"]] == [DOCUMENTS[i] for i in best_first(2)]
+    raw = await (await gateway.post("/infinity/rerank", json={
+        "model": MODEL, "query": QUERY, "documents": DOCUMENTS, "raw_scores": True})).json()
+    # Logits: same order, outside [0, 1] for a confident model.
+    assert [item["index"] for item in raw["results"]] == best_first(len(DOCUMENTS))
+    assert any(not 0 <= item["relevance_score"] <= 1 for item in raw["results"])
+
+
+async def test_litellm_hosted_vllm_keeps_the_object_document_on_rerank(make_gateway: GatewayFactory):
+    """vLLM's clients send the very bytes Infinity's do to `/rerank`; its answer shape stays."""
+    gateway = await make_gateway()
+    response = await litellm.arerank(
+        model=f"hosted_vllm/{MODEL}", api_base=base_url(gateway), api_key=KEY,
+        query=QUERY, documents=DOCUMENTS, top_n=2, return_documents=True,
+    )
+    assert_litellm_ranked(response, 2, with_documents=True)
+
+
+async def test_litellm_deepinfra_route_with_the_gateway_root(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    response = await litellm.arerank(
+        model="deepinfra/Qwen/Qwen3-Reranker-8B", api_base=base_url(gateway), api_key=KEY,
+        query=QUERY, documents=DOCUMENTS,
+    )
+    # DeepInfra's format has no ranking: LiteLLM lists every document's score in request order.
+    assert [item["index"] for item in response.results] == list(range(len(DOCUMENTS)))
+    assert [item["relevance_score"] for item in response.results] == [
+        pytest.approx(emulated_score(QUERY, document), abs=1e-12) for document in DOCUMENTS]
+
+
+async def test_deepinfra_root_path_keeps_fireworks_path(make_gateway: GatewayFactory):
+    """`/inference/{model}` must not swallow Fireworks' `/inference/v1/rerank`."""
+    gateway = await make_gateway()
+    fireworks = await gateway.post("/inference/v1/rerank", json={"model": MODEL, "query": QUERY, "documents": DOCUMENTS})
+    assert fireworks.status == 200 and "data" in await fireworks.json()
+    deepinfra = await gateway.post(f"/inference/{MODEL}", json={"queries": [QUERY], "documents": DOCUMENTS})
+    assert deepinfra.status == 200
+    assert (await deepinfra.json())["scores"] == [pytest.approx(emulated_score(QUERY, d), abs=1e-12) for d in DOCUMENTS]
+
+
+async def test_litellm_cohere_route_with_its_default_model_name(make_gateway: GatewayFactory):
+    gateway = await make_gateway(edit=with_catch_all)
+    response = await litellm.arerank(
+        model="cohere/rerank-v3.5", api_base=base_url(gateway), api_key=KEY, query=QUERY, documents=DOCUMENTS, top_n=2,
+    )
+    assert_litellm_ranked(response, 2, with_documents=False)
+
+
+# --- client default model names ---------------------------------------------------------------
+
+async def test_a_client_default_name_is_a_404_unless_ops_route_it(make_gateway: GatewayFactory):
+    gateway = await make_gateway()
+    async with cohere.AsyncClientV2(api_key=KEY, base_url=base_url(gateway)) as co:
+        with pytest.raises(ApiError) as refused:
+            await co.rerank(model="rerank-v3.5", query=QUERY, documents=DOCUMENTS)
+    assert refused.value.status_code == 404
+
+
+async def test_an_alias_routes_one_client_default(make_gateway: GatewayFactory):
+    gateway = await make_gateway(edit=lambda raw: raw["models"][MODEL]["aliases"].append("rerank-english-v3.0"))
+    async with cohere.AsyncClientV2(api_key=KEY, base_url=base_url(gateway)) as co:
+        served = await co.rerank(model="rerank-english-v3.0", query=QUERY, documents=DOCUMENTS, top_n=1)
+        assert [item.index for item in served.results] == best_first(1)
+        with pytest.raises(ApiError) as refused:
+            await co.rerank(model="rerank-v3.5", query=QUERY, documents=DOCUMENTS)
+    assert refused.value.status_code == 404
+
+
+@pytest.mark.parametrize("name", ["rerank-v3.5", "rerank-english-v3.0"])
+async def test_the_catch_all_routes_any_name_and_logs_what_was_sent(make_gateway: GatewayFactory, caplog, name: str):
+    gateway = await make_gateway(edit=with_catch_all)
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER):
+        async with cohere.AsyncClientV2(api_key=KEY, base_url=base_url(gateway)) as co:
+            response = await co.rerank(model=name, query=QUERY, documents=DOCUMENTS, top_n=2)
+    assert [item.index for item in response.results] == best_first(2)
+    fields = next(r for r in caplog.records if r.getMessage() == "rerank").vetted_fields
+    assert fields["model"] == MODEL and fields["requested_model"] == name
+
+
+async def test_a_named_model_wins_over_the_catch_all(make_gateway: GatewayFactory, caplog):
+    gateway = await make_gateway(edit=with_catch_all)
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER):
+        response = await gateway.post("/v1/rerank", json={"model": MODEL, "query": QUERY, "documents": DOCUMENTS})
+    assert response.status == 200 and response.headers["X-Rerank-Model"] == MODEL
+    fields = next(r for r in caplog.records if r.getMessage() == "rerank").vetted_fields
+    assert "requested_model" not in fields
+
+
+# --- LlamaIndex and Haystack, when installed --------------------------------------------------
+
+async def test_llamaindex_cohere_rerank_with_its_default_model(make_gateway: GatewayFactory):
+    pytest.importorskip("llama_index.postprocessor.cohere_rerank", reason="llama-index-postprocessor-cohere-rerank")
+    from llama_index.core.schema import NodeWithScore, TextNode
+    from llama_index.postprocessor.cohere_rerank import CohereRerank
+
+    gateway = await make_gateway(edit=with_catch_all)
+    reranker = CohereRerank(api_key=KEY, base_url=base_url(gateway), top_n=2)  # model left at its default
+    nodes = [NodeWithScore(node=TextNode(text=document, id_=str(i))) for i, document in enumerate(DOCUMENTS)]
+    ranked = await asyncio.to_thread(reranker.postprocess_nodes, nodes, query_str=QUERY)
+    assert [int(node.node.node_id) for node in ranked] == best_first(2)
+
+
+async def test_haystack_cohere_ranker_with_its_default_model(make_gateway: GatewayFactory, monkeypatch):
+    pytest.importorskip("haystack_integrations.components.rankers.cohere", reason="cohere-haystack")
+    from haystack import Document
+    from haystack.utils import Secret
+    from haystack_integrations.components.rankers.cohere import CohereRanker
+
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
+    gateway = await make_gateway(edit=with_catch_all)
+    ranker = CohereRanker(api_key=Secret.from_token(KEY), api_base_url=base_url(gateway), top_k=2)
+    documents = [Document(content=document) for document in DOCUMENTS]
+    result = await asyncio.to_thread(ranker.run, query=QUERY, documents=documents)
+    assert [document.content for document in result["documents"]] == [DOCUMENTS[i] for i in best_first(2)]
+
+
+def test_a_star_inside_an_alias_is_refused_not_taken_as_a_pattern():
+    from gateway.config import ConfigError, parse_config
+    from tests.support.gateway import gateway_settings
+
+    raw = gateway_settings("http://127.0.0.1:9", ["deepinfra"])
+    raw["models"][MODEL]["aliases"].append("rerank-*")
+    with pytest.raises(ConfigError, match=r"'rerank-\*': names are matched whole"):
+        parse_config(raw)
