@@ -105,6 +105,11 @@ def _observe(
     if result is not None:
         metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
         request.app[LIVE].shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
+    metrics.history.record_request(
+        "error" if error_type is not None or result is None else "cache" if result.cache_misses == 0 else "provider",
+        result.cache_hits if result else 0, result.cache_misses if result else 0,
+        ((a.provider, a.ms / 1000) for a in attempts if a.outcome == "ok"),
+    )
     request_log.info("rerank", extra=request_log_extra(
         request_id=request[REQUEST_ID],
         dialect=trace.dialect,

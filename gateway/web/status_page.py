@@ -10,14 +10,17 @@ carry text from upstream answers).
 from __future__ import annotations
 
 import html
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
 from gateway.budget.base import WARN_FRACTION
+from gateway.observability.history import HistoryView
 from gateway.quality.board import QualityReport
 from gateway.resilience.health import RecentError
 from gateway.resilience.latency import MIN_SAMPLES
+from gateway.web.status_charts import CHART_CSS, history_section
 
 BreakerState = Literal["closed", "half_open", "open"]
 
@@ -82,6 +85,8 @@ class StatusSnapshot:
     recent_errors: tuple[RecentError, ...]
     gateway_budget: tuple[BudgetBar, ...]
     refresh_seconds: int = 0  # the page reloads itself this often; 0 = never (`/status?refresh=0`)
+    history: HistoryView | None = None  # the last hour per minute; None: no charts
+    history_scope: str = "this process"  # whose hour it is: with several workers, one worker's own
 
 
 def render_status_page(snapshot: StatusSnapshot) -> str:
@@ -91,12 +96,13 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"{_refresh_meta(snapshot.refresh_seconds)}"
-        f"<title>rerank-gateway status</title><style>{_CSS}</style></head><body><main>"
+        f"<title>rerank-gateway status</title><style>{_CSS}{CHART_CSS}</style></head><body><main>"
         f"<header><h1>rerank-gateway</h1><span class=\"muted\">status at {_e(generated)} · "
         f"{_refresh_switch(snapshot.refresh_seconds)}</span>"
         f"{_verdict(snapshot.models)}</header>"
         f"<section class=\"cards\">{_config_card(snapshot)}{_cache_card(snapshot.cache)}"
         f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
+        f"{history_section(snapshot.history, snapshot.history_scope, _usd)}"
         f"{''.join(_model_section(model) for model in snapshot.models)}"
         f"{_errors_section(snapshot.recent_errors, snapshot.generated_at)}"
         "</main></body></html>\n"
@@ -194,7 +200,7 @@ def _provider_row(position: int, provider: ProviderStatus) -> str:
     if provider.usable:
         health = "<span class=\"pill ok\">usable</span>"
     elif provider.rate_limited:
-        health = f"<span class=\"pill warn\">rate limited</span><div class=\"reason\">{_e(provider.reason or '')}</div>"
+        health = f"<span class=\"pill warn\">rate limited</span><div class=\"note warn\">{_e(provider.reason or '')}</div>"
     else:
         reason = f"<div class=\"reason\">{_e(provider.reason)}</div>" if provider.reason else ""
         health = f"<span class=\"pill bad\">not usable</span>{reason}"
@@ -219,6 +225,8 @@ def _quality(quality: QualityReport | None) -> str:
     if quality.state == "failing":
         tone = "warn" if quality.serves else "bad"
         label += " · serves, flagged, when nothing better can" if quality.serves else " · not served"
+    # The cache note is news only when the provider cannot share the reference's scores.
+    note_tone = "muted"
     if quality.reference:
         cache = "the reference: its scores are the cached ones"
     elif quality.calibrated:
@@ -226,6 +234,7 @@ def _quality(quality: QualityReport | None) -> str:
     elif quality.shares_cache:
         cache = "agrees with the reference: shares its cached scores"
     else:
+        note_tone = "warn"
         cache = "scores whole requests, cached apart (agreement unknown or outside the tolerance)"
     if quality.mae is not None:
         tau = "—" if quality.kendall_tau is None else f"{quality.kendall_tau:.2f}"
@@ -236,7 +245,7 @@ def _quality(quality: QualityReport | None) -> str:
     cache += f" · group {quality.group}"
     return (
         f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
-        f"<div class=\"reason\">{_e(cache)}</div>"
+        f"<div class=\"note {note_tone}\">{_e(cache)}</div>"
     )
 
 
@@ -303,8 +312,12 @@ def _utc(timestamp: float) -> str:
 
 
 def _usd(amount: float) -> str:
-    # Rerank calls cost fractions of a cent: small figures keep enough digits to be non-zero.
-    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.4f}"
+    # Rerank calls cost fractions of a cent: small figures keep three significant digits, so
+    # what is non-zero never prints as $0.0000.
+    if amount >= 1 or amount <= 0:
+        return f"${amount:,.2f}"
+    decimals = max(4, 2 - math.floor(math.log10(amount)))
+    return f"${amount:.{decimals}f}"
 
 
 def _ago(seconds: float) -> str:
@@ -363,6 +376,8 @@ table.errors{table-layout:fixed}.c-at{width:190px}.c-ago{width:96px}
 .pill.warn{background:var(--warn-bg);color:var(--warn)}
 .pill.bad{background:var(--bad-bg);color:var(--bad)}
 .reason{color:var(--bad);font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
+.note{font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
+.note.muted{color:var(--muted)}.note.warn{color:var(--warn)}
 .budget{display:grid;grid-template-columns:44px minmax(60px,1fr) 40px 218px;column-gap:8px;align-items:center;
 min-height:20px}
 .budget .period{font-size:12px;color:var(--muted)}
