@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
+import os
 import re
 import shutil
 import struct
@@ -15,7 +17,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.observability.history import MinuteHistory
 from gateway.resilience.health import RecentError
+from gateway.web.edge import LIVE
 from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
@@ -26,6 +30,9 @@ from gateway.web.status_page import (
 )
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+DOCS = Path(__file__).parent.parent / "docs"
+# RERANK_GATEWAY_UPDATE_DOCS=1: the live-traffic test also writes the README's screenshot.
+UPDATE_DOCS = os.environ.get("RERANK_GATEWAY_UPDATE_DOCS") == "1"
 NOW = 1_767_225_600.0 + 13 * 3600 + 37 * 60  # 2026-01-01 13:37:00 UTC
 SCRIPT_REASON = "upstream said <script>alert('x')</script> & gave up"
 
@@ -248,3 +255,129 @@ async def test_status_refresh_parameter(make_gateway):
     assert 'http-equiv="refresh"' not in off
     bad = await gateway.get("/status?refresh=soon")
     assert bad.status == 400 and "refresh: expected whole seconds" in (await bad.json())["error"]["message"]
+
+
+def test_healthy_notes_are_not_red_and_small_money_is_not_zero():
+    from gateway.quality.board import QualityReport
+
+    fields = {f.name for f in dataclasses.fields(QualityReport)}
+    assert {"state", "reference", "shares_cache"} <= fields
+    snapshot = sample_snapshot()
+    page = render_status_page(dataclasses.replace(
+        snapshot, cache=CacheStatus("redis", 46, 12, 0.0000046),
+    ))
+    text = " ".join(visible_text(page).split())
+    assert "saved $0.00000460" in text
+    # Every red note on the sample page names a failure; none is a healthy state.
+    red = [html.unescape(re.sub(r"<[^>]+>", "", n)) for n in re.findall(r'<div class="reason">(.*?)</div>', page)]
+    assert red and all("agrees" not in note and "reference" not in note for note in red)
+
+
+# --- the live page in a real browser, after traffic ---------------------------------------------
+
+CONSOLE_LINE = re.compile(r"CONSOLE|Uncaught|console\.(error|warn)", re.IGNORECASE)
+
+
+async def run_chromium(url: str, profile: Path, *options: str) -> tuple[bytes, str]:
+    """Chromium's stdout and its stderr log (console messages included) for one page load."""
+    assert CHROMIUM is not None
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", "--hide-scrollbars", *options, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        # The page is served from this event loop, so wait without blocking it.
+        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=90)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"chromium took over 90 s on {url}")
+    return stdout, stderr.decode(errors="replace")
+
+
+def console_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if CONSOLE_LINE.search(line)]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+async def test_the_console_check_sees_a_console_error(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
+    """The check the live test relies on can fail: a page that logs an error is caught."""
+
+    async def noisy(request: web.Request) -> web.Response:
+        return web.Response(text="<!DOCTYPE html><p>x<script>console.error('boom-42'); undefinedCall();</script>",
+                            content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", noisy)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    _, log = await run_chromium(str(server.make_url("/")), tmp_path / "profile", "--dump-dom")
+    assert any("boom-42" in line for line in console_lines(log)), log[-2000:]
+
+
+class MovableClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+async def test_the_page_after_mixed_traffic_in_headless_chromium(make_gateway, emulator, tmp_path: Path):
+    """Real requests through the gateway and the emulator over 20 minutes of the history's clock."""
+    from tests.support.gateway import add_fault
+
+    def edit(raw: dict) -> None:
+        raw["models"]["qwen3-reranker-8b"]["quality"]["shadow_rate"] = 0.5
+        raw["providers"]["deepinfra"]["budget"] = {"daily_usd": 0.0004, "monthly_usd": 0.05}
+        raw["budget"] = {"daily_usd": 0.001}
+
+    gateway = await make_gateway(["deepinfra", "fireworks", "cohere"], edit=edit)
+    history: MinuteHistory = gateway.app[LIVE].shared.metrics.history
+    clock = history.clock = MovableClock((history.clock() // 60 - 20) * 60 + 1)
+    await add_fault(emulator, "fireworks", "rescale")  # its shadow scores drift off the reference's
+    documents = ["The MFC in Kazan opens at 8:00.", "Out-of-court bankruptcy through the MFC is free.", "Weather."]
+    for minute in range(20):
+        for _repeat in range(3 + minute % 4):  # the same query again: served from the cache
+            assert (await gateway.post("/v1/rerank", json={"query": "mfc hours", "documents": documents})).status == 200
+        for fresh in range(1 + minute // 5):  # new pairs: the providers answer, and spend
+            body = {"query": f"question {minute}.{fresh}", "documents": [*documents, f"passage {minute}"]}
+            assert (await gateway.post("/v1/rerank", json=body)).status == 200
+        if minute in (6, 7, 13):  # a burst of upstream refusals
+            await add_fault(emulator, "deepinfra", "status", status=400, count=2)
+            for attempt in range(2):
+                body = {"query": f"refused {minute}.{attempt}", "documents": documents}
+                assert (await gateway.post("/v1/rerank", json=body)).status == 502
+        await wait_for_shadow_calls(gateway)
+        clock.now += 60
+    clock.now -= 60
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    url = str(gateway.make_url("/status?refresh=0"))
+    dom, log = await run_chromium(url, tmp_path / "dom", "--dump-dom")
+    assert console_lines(log) == [], console_lines(log)
+    page = dom.decode()
+    drawn = {name: int(points) for name, points in re.findall(r'data-chart="([a-z0-9_]+)" data-points="(\d+)"', page)}
+    # Each chart holds the traffic above: 20 minutes of requests, hit rate and p95; spend; agreement.
+    assert drawn["requests"] >= 20 + 3 and drawn["cache_hit_rate"] == 20 and drawn["p95"] >= 20, drawn
+    assert drawn["spend"] >= 20 and drawn.get("agreement", 0) > 0, drawn
+    assert "<script" not in page.lower()
+
+    screenshot = ARTIFACTS / "status_page_live.png"
+    screenshot.unlink(missing_ok=True)
+    _, log = await run_chromium(url, tmp_path / "shot", "--window-size=1200,1400", f"--screenshot={screenshot}")
+    assert screenshot.exists(), f"no screenshot: {log[-2000:]}"
+    width, height, pixels = decode_png(screenshot.read_bytes())
+    assert (width, height) == (1200, 1400) and len(set(pixels)) > 50
+    if UPDATE_DOCS:
+        (DOCS / "status-page.png").write_bytes(screenshot.read_bytes())
+
+
+async def wait_for_shadow_calls(gateway) -> None:
+    """Shadow calls run in the background: let those of this minute land in it."""
+    quality = gateway.app[LIVE].current.quality
+    deadline = asyncio.get_running_loop().time() + 10
+    while quality._tasks and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)

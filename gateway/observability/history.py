@@ -63,10 +63,10 @@ class HistoryView:
 
 
 class MinuteHistory:
-    """Per-minute counters of the last hour; `clock` is injectable so tests can move time."""
+    """Per-minute counters of the last hour; `clock` (Unix seconds) is public so tests can move time."""
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+        self.clock = clock
         self._ring: list[_Minute | None] = [None] * MINUTES
 
     def record_request(self, outcome: Outcome, cache_hits: int, cache_misses: int,
@@ -107,14 +107,15 @@ class MinuteHistory:
             minutes=tuple(minute * 60 for minute in minutes),
             requests={o: [float(b.requests[o]) if b else 0.0 for b in buckets] for o in OUTCOMES},
             cache_hit_rate=[_rate(b) for b in buckets],
-            p95_ms={p: [_p95_ms(b.latency.get(p)) if b else None for b in buckets] for p in providers},
+            p95_ms={p: [_p95_ms(b.latency.get(p)) if b else None for b in buckets] for p in providers
+                    if any(b and p in b.latency for b in buckets)},
             spend_usd={p: [b.spend_usd.get(p, 0.0) if b else 0.0 for b in buckets] for p in providers
                        if any(b and b.spend_usd.get(p) for b in buckets)},
             agreement_mae=agreement,
         )
 
     def _minute(self) -> int:
-        return int(self._clock() // 60)
+        return int(self.clock() // 60)
 
     def _now(self) -> _Minute:
         minute = self._minute()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from gateway.observability.history import MINUTES, HistoryView, Series
 
 _WIDTH, _HEIGHT = 320, 104
-_LEFT, _TOP, _RIGHT, _BOTTOM = 44, 8, 8, 18  # room for the y labels and the time axis
+_LEFT, _TOP, _RIGHT, _BOTTOM = 14, 8, 4, 18  # room for the y labels and the time axis
 _PLOT_W, _PLOT_H = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
 _OUTCOME_COLOURS = {"cache": "#1a7f37", "provider": "#0969da", "error": "#cf222e"}
 _PALETTE = ("#0969da", "#8250df", "#bf3989", "#1b7c83", "#9a6700", "#57606a")
@@ -98,7 +98,8 @@ def _figure(name: str, title: str, shapes: str, drawn: int, top: float, fmt: For
         f"<line x1=\"{_LEFT}\" y1=\"{_TOP}\" x2=\"{_LEFT + _PLOT_W}\" y2=\"{_TOP}\" class=\"grid\"/>"
         f"<line x1=\"{_LEFT}\" y1=\"{_TOP + _PLOT_H / 2}\" x2=\"{_LEFT + _PLOT_W}\" y2=\"{_TOP + _PLOT_H / 2}\" class=\"grid\"/>"
         f"<line x1=\"{_LEFT}\" y1=\"{bottom}\" x2=\"{_LEFT + _PLOT_W}\" y2=\"{bottom}\" class=\"axis\"/>"
-        f"<text x=\"{_LEFT - 4}\" y=\"{_TOP + 4}\" text-anchor=\"end\">{_e(fmt(top))}</text>"
+        # The top of the scale inside the plot, where a long figure ($0.0000200) has room.
+        f"<text x=\"{_LEFT + 3}\" y=\"{_TOP + 9}\" class=\"top\">{_e(fmt(top))}</text>"
         f"<text x=\"{_LEFT - 4}\" y=\"{bottom}\" text-anchor=\"end\">0</text>"
         f"<text x=\"{_LEFT}\" y=\"{_HEIGHT - 4}\">60 min ago</text>"
         f"<text x=\"{_LEFT + _PLOT_W}\" y=\"{_HEIGHT - 4}\" text-anchor=\"end\">now</text>"
@@ -170,7 +171,7 @@ CHART_CSS = """
 .chart figcaption{font-size:12px;font-weight:600;color:var(--muted);margin-bottom:2px}
 .chart svg{width:100%;height:auto;display:block}
 .chart svg text{font-size:9px;fill:var(--muted);font-family:inherit}
-.chart svg text.empty{font-size:11px}
+.chart svg text.empty{font-size:11px}.chart svg text.top{font-weight:600}
 .chart .grid{stroke:#eaeef2;stroke-width:1}.chart .axis{stroke:var(--line);stroke-width:1}
 .legend{display:flex;flex-wrap:wrap;gap:2px 10px;font-size:11.5px;color:var(--muted);font-variant-numeric:tabular-nums}
 .legend i{display:inline-block;width:9px;height:9px;border-radius:2px;margin-right:4px;vertical-align:-1px}

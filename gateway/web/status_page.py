@@ -337,7 +337,7 @@ body{margin:0;background:var(--page);color:var(--ink);
 font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
 main{max-width:1160px;margin:0 auto;padding:16px 24px 28px}
 header{display:flex;align-items:center;gap:14px;margin-bottom:14px}
-h1{font-size:22px;margin:0}
+h1{font-size:22px;margin:0;white-space:nowrap}
 h2{font-size:13px;margin:0;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
 .model h2{font-size:16px;text-transform:none;letter-spacing:0;color:var(--ink);display:flex;align-items:center;gap:8px}
 .muted{color:var(--muted)}
