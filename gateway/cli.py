@@ -269,8 +269,10 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="queries in flight per provider")
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False),
+              help="also write the report as one self-contained HTML file with its charts")
 def eval_command(config_path: str | None, data_dir: str, model: str | None, k: int, candidates: int,
-                 concurrency: int, out: str | None) -> None:
+                 concurrency: int, out: str | None, html_out: str | None) -> None:
     """Rank a labelled set with every usable provider of a model, beside BM25, and compare."""
     import asyncio
 
@@ -305,6 +307,11 @@ def eval_command(config_path: str | None, data_dir: str, model: str | None, k: i
     if out:
         with open(out, "wb") as file:
             file.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if html_out:
+        from gateway.evaluation.html import render_report_html
+
+        with open(html_out, "w", encoding="utf-8") as page:
+            page.write(render_report_html(report))
     sys.exit(0 if report["reference"] is not None else 1)
 
 

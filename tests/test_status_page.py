@@ -7,13 +7,9 @@ import dataclasses
 import html
 import os
 import re
-import shutil
-import struct
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -28,6 +24,7 @@ from gateway.web.status_page import (
     StatusSnapshot,
     render_status_page,
 )
+from tests.support.browser import NEEDS_CHROMIUM, console_lines, decode_png, run_chromium
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 DOCS = Path(__file__).parent.parent / "docs"
@@ -163,11 +160,9 @@ def test_bars_never_overflow_their_track():
 
 # --- a real browser ---------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+@NEEDS_CHROMIUM
 async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
     page = render_status_page(sample_snapshot())
 
@@ -181,22 +176,9 @@ async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awa
     screenshot = ARTIFACTS / "status_page.png"
     screenshot.unlink(missing_ok=True)
 
-    assert CHROMIUM is not None
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--hide-scrollbars", "--window-size=1200,900",
-        f"--screenshot={screenshot}", str(server.make_url("/status")),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        # The page is served from this event loop, so wait without blocking it.
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail("chromium took over 60 s to take a screenshot")
-    assert screenshot.exists(), f"chromium exited {process.returncode} without a screenshot: {stderr.decode()[-2000:]}"
+    _, log = await run_chromium(str(server.make_url("/status")), tmp_path / "chromium-profile",
+                                "--window-size=1200,900", f"--screenshot={screenshot}")
+    assert screenshot.exists(), f"chromium wrote no screenshot: {log[-2000:]}"
 
     width, height, pixels = decode_png(screenshot.read_bytes())
     assert (width, height) == (1200, 900)
@@ -204,33 +186,6 @@ async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awa
     assert len(set(pixels)) > 50, "the screenshot is (nearly) one colour: the page did not render"
 
 
-def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and RGB(A) pixels of an 8-bit truecolour PNG, enough to tell a blank image."""
-    assert data[:8] == PNG_SIGNATURE, "not a PNG"
-    position, chunks, header = 8, [], b""
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position:position + 4])
-        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
-        crc = struct.unpack(">I", data[position + 8 + length:position + 12 + length])[0]
-        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r} chunk"
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            chunks.append(body)
-        position += 12 + length
-    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
-    assert depth == 8 and colour in (2, 6), f"unexpected PNG format: depth {depth}, colour type {colour}"
-    channels = 3 if colour == 2 else 4
-    raw = zlib.decompress(b"".join(chunks))
-    stride = width * channels + 1
-    assert len(raw) == stride * height, "PNG image data is truncated"
-    # Filters are not undone: distinct filtered pixels still tell a flat image from a rendered one.
-    pixels = [
-        raw[row * stride + 1 + x:row * stride + 1 + x + channels]
-        for row in range(height)
-        for x in range(0, width * channels, channels)
-    ]
-    return width, height, pixels
 
 
 def test_the_page_refreshes_itself_unless_told_not_to():
@@ -275,33 +230,7 @@ def test_healthy_notes_are_not_red_and_small_money_is_not_zero():
 
 # --- the live page in a real browser, after traffic ---------------------------------------------
 
-CONSOLE_LINE = re.compile(r"CONSOLE|Uncaught|console\.(error|warn)", re.IGNORECASE)
-
-
-async def run_chromium(url: str, profile: Path, *options: str) -> tuple[bytes, str]:
-    """Chromium's stdout and its stderr log (console messages included) for one page load."""
-    assert CHROMIUM is not None
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}", "--hide-scrollbars", *options, url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        # The page is served from this event loop, so wait without blocking it.
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=90)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"chromium took over 90 s on {url}")
-    return stdout, stderr.decode(errors="replace")
-
-
-def console_lines(log: str) -> list[str]:
-    return [line for line in log.splitlines() if CONSOLE_LINE.search(line)]
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+@NEEDS_CHROMIUM
 async def test_the_console_check_sees_a_console_error(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
     """The check the live test relies on can fail: a page that logs an error is caught."""
 
@@ -324,7 +253,7 @@ class MovableClock:
         return self.now
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+@NEEDS_CHROMIUM
 async def test_the_page_after_mixed_traffic_in_headless_chromium(make_gateway, emulator, tmp_path: Path):
     """Real requests through the gateway and the emulator over 20 minutes of the history's clock."""
     from tests.support.gateway import add_fault

@@ -5,4 +5,5 @@
     metrics.py  precision, NDCG, MRR, recall of one ranked list against its qrels
     run.py      evaluate: every usable provider scores the candidates, no cache; the report
     table.py    the report as a table for a terminal
+    html.py     the report as one self-contained HTML file with inline SVG charts (`eval --html`)
 """
