@@ -215,17 +215,50 @@ async def test_status_refresh_parameter(make_gateway):
 def test_healthy_notes_are_not_red_and_small_money_is_not_zero():
     from gateway.quality.board import QualityReport
 
-    fields = {f.name for f in dataclasses.fields(QualityReport)}
-    assert {"state", "reference", "shares_cache"} <= fields
-    snapshot = sample_snapshot()
+    def quality(**fields: object) -> QualityReport:
+        base: dict = {"state": "passing", "reason": "passed 15 of 15", "reference": False, "shares_cache": False,
+                      "mae": None, "kendall_tau": None, "group": "g"}
+        return QualityReport(**{**base, **fields})
+
+    reference = ProviderStatus("a", "deepinfra", True, None, "closed", (), 90.0, quality(reference=True, shares_cache=True))
+    agreeing = ProviderStatus("b", "fireworks", True, None, "closed", (), 90.0,
+                              quality(shares_cache=True, mae=0.0, kendall_tau=1.0))
+    apart = ProviderStatus("c", "cohere", True, None, "closed", (), 90.0, quality(mae=0.3, kendall_tau=0.2))
+    failing = ProviderStatus("d", "tei", False, "fails its canary", "closed", (), 90.0,
+                             quality(state="failing", serves=False))
     page = render_status_page(dataclasses.replace(
-        snapshot, cache=CacheStatus("redis", 46, 12, 0.0000046),
+        sample_snapshot(), models=(ModelStatus("m", (), (reference, agreeing, apart, failing)),),
+        cache=CacheStatus("redis", 46, 12, 0.0000046),
     ))
-    text = " ".join(visible_text(page).split())
-    assert "saved $0.00000460" in text
-    # Every red note on the sample page names a failure; none is a healthy state.
-    red = [html.unescape(re.sub(r"<[^>]+>", "", n)) for n in re.findall(r'<div class="reason">(.*?)</div>', page)]
-    assert red and all("agrees" not in note and "reference" not in note for note in red)
+
+    def notes(css: str) -> list[str]:
+        return [html.unescape(note) for note in re.findall(rf'<div class="{css}">([^<]*)</div>', page)]
+
+    assert "saved $0.00000460" in " ".join(visible_text(page).split())
+    assert [n.split(" · ")[0] for n in notes("note muted")] == [
+        "the reference: its scores are the cached ones", "agrees with the reference: shares its cached scores"]
+    assert [n.split(" · ")[0] for n in notes("note warn")][:1] == [
+        "scores whole requests, cached apart (agreement unknown or outside the tolerance)"]
+    assert notes("reason") == ["fails its canary"]  # red: the one failure
+    assert '<span class="pill ok" title="passed 15 of 15">canary passing</span>' in page
+    assert "canary failing · not served" in page and 'class="pill bad"' in page
+
+
+def test_the_last_hour_is_drawn_and_says_whose_it_is():
+    from gateway.observability.history import MinuteHistory
+
+    history = MinuteHistory(lambda: NOW)
+    history.record_request("cache", 20, 0)
+    history.record_request("provider", 0, 20, [("deepinfra", 0.04)])
+    history.record_spend("deepinfra", 0.0000123)
+    page = render_status_page(dataclasses.replace(
+        sample_snapshot(), history=history.view(), history_scope="this worker's own (pid 7) <of 2>"))
+    drawn = dict(re.findall(r'data-chart="([a-z0-9_]+)" data-points="(\d+)"', page))
+    assert drawn == {"requests": "2", "cache_hit_rate": "1", "p95": "1", "spend": "1"}  # no shadow: no agreement
+    assert "this worker&#x27;s own (pid 7) &lt;of 2&gt;" in page
+    assert "deepinfra $0.0000123" in " ".join(visible_text(page).split())
+    empty = render_status_page(dataclasses.replace(sample_snapshot(), history=MinuteHistory(lambda: NOW).view()))
+    assert empty.count("no data yet") == 4
 
 
 # --- the live page in a real browser, after traffic ---------------------------------------------
