@@ -42,7 +42,7 @@ def create_app(
     app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[edge.edge_middleware])
     shared = Shared(
         cache=build_cache(config.cache),
-        ledger=ledger or build_ledger(config.cache),
+        ledger=ledger or build_ledger(config),
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
         verdicts=build_verdicts(config.cache),
@@ -104,11 +104,11 @@ async def _reload_logging_errors(live: LiveGateway) -> None:
         edge.log.error("SIGHUP: config not reloaded; the running config stays: %s", exc)
 
 
-def build_ledger(config: CacheConfig) -> Ledger:
-    """The spend ledger lives where the cache does: shared through Redis, else in this process."""
-    if not config.url:
+def build_ledger(config: GatewayConfig) -> Ledger:
+    """The spend ledger lives in [budget] url's Redis, else the cache's, shared; else in this process."""
+    if not config.ledger_url:
         return MemoryLedger()
-    return RedisLedger.from_url(config.url, config.ledger_timeout_ms / 1000)
+    return RedisLedger.from_url(config.ledger_url, config.cache.ledger_timeout_ms / 1000)
 
 
 def build_verdicts(config: CacheConfig) -> VerdictStore:

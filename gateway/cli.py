@@ -1,4 +1,4 @@
-"""rerank-gateway serve | check-config | reload | emulate | eval.
+"""rerank-gateway serve | check-config | reload | spend | emulate | eval.
 
 click rather than argparse: subcommands, env-var defaults and clean usage errors come with it.
 """
@@ -209,16 +209,47 @@ def reload(config_path: str | None, url: str | None) -> None:
     except ConfigError as exc:
         click.echo(f"invalid config: {exc}", err=True)
         sys.exit(2)
-    admin_env = server.admin_key_env
+    key = _admin_key_or_exit(server.admin_key_env, "cannot reload", "; send SIGHUP to the gateway instead")
+    base = (url or _local_url(server.host, server.port)).rstrip("/")
+    status, answer = _admin_call("POST", f"{base}/admin/reload", key)
+    click.echo(answer)
+    sys.exit(0 if status == 200 else 1)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
+@click.option("--url", help="the gateway's base URL (default: http://server.host:server.port from the config)")
+@click.option("--json", "as_json", is_flag=True, help="print GET /admin/spend's answer as it came")
+def spend(config_path: str | None, url: str | None, as_json: bool) -> None:
+    """Show what the gateway spent today and this month, through GET /admin/spend.
+
+    Per provider and gateway-wide: billed tokens and USD, split into what providers reported and
+    what the gateway estimated for answers without usage; and whether the figures are the shared
+    ledger's or one process's (while the ledger's Redis is away), with what awaits write-back.
+    """
+    from gateway.web.spend_table import format_spend
+
+    try:
+        server = load_server_section(config_path)
+    except ConfigError as exc:
+        click.echo(f"invalid config: {exc}", err=True)
+        sys.exit(2)
+    key = _admin_key_or_exit(server.admin_key_env, "cannot read spend")
+    base = (url or _local_url(server.host, server.port)).rstrip("/")
+    status, answer = _admin_call("GET", f"{base}/admin/spend", key)
+    if status != 200 or as_json:
+        click.echo(answer, err=status != 200)
+        sys.exit(0 if status == 200 else 1)
+    click.echo(format_spend(orjson.loads(answer)))
+
+
+def _admin_key_or_exit(admin_env: str | None, what: str, hint: str = "") -> str:
     key = read_env(admin_env)
     if key is None:
         where = f"${admin_env} is empty or not set" if admin_env else "[server] admin_key_env is not set"
-        click.echo(f"cannot reload: the admin endpoints are off ({where}); send SIGHUP to the gateway instead", err=True)
+        click.echo(f"{what}: the admin endpoints are off ({where}){hint}", err=True)
         sys.exit(2)
-    base = (url or _local_url(server.host, server.port)).rstrip("/")
-    status, answer = _post_reload(f"{base}/admin/reload", key)
-    click.echo(answer)
-    sys.exit(0 if status == 200 else 1)
+    return key
 
 
 def _local_url(host: str, port: int) -> str:
@@ -227,8 +258,8 @@ def _local_url(host: str, port: int) -> str:
     return f"http://[{reachable}]:{port}" if ":" in reachable else f"http://{reachable}:{port}"
 
 
-def _post_reload(url: str, key: str) -> tuple[int, str]:
-    request = urllib.request.Request(url, method="POST", headers={"Authorization": f"Bearer {key}"})
+def _admin_call(method: str, url: str, key: str) -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {key}"})
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, answer.read().decode()
@@ -268,11 +299,13 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
               help="BM25 candidates per query when DIR has no candidates.jsonl")
 @click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
               help="queries in flight per provider")
+@click.option("--ndcg-margin", type=click.FloatRange(min=0), default=0.02, show_default=True,
+              help="recommend the cheapest fallback among providers this close to the best NDCG@k")
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False),
               help="also write the report as one self-contained HTML file with its charts")
 def eval_command(config_path: str | None, data_dir: str, model: str | None, k: int, candidates: int,
-                 concurrency: int, out: str | None, html_out: str | None) -> None:
+                 concurrency: int, ndcg_margin: float, out: str | None, html_out: str | None) -> None:
     """Rank a labelled set with every usable provider of a model, beside BM25, and compare."""
     import asyncio
 
@@ -289,12 +322,12 @@ def eval_command(config_path: str | None, data_dir: str, model: str | None, k: i
     except DatasetError as exc:
         click.echo(f"invalid data: {exc}", err=True)
         sys.exit(2)
-    settings = EvalSettings(k=k, candidates=candidates, concurrency=concurrency)
+    settings = EvalSettings(k=k, candidates=candidates, concurrency=concurrency, ndcg_margin=ndcg_margin)
     total = len(dataset.judged_queries()) * len(config.models[model_name].fallback)
     from gateway.app import build_ledger
 
     async def billed_run(progress: Callable[[int], None]) -> dict[str, Any]:
-        ledger = build_ledger(config.cache)  # the gateway's own: an eval spends the budgets traffic does
+        ledger = build_ledger(config)  # the gateway's own: an eval spends the budgets traffic does
         await ledger.start()
         try:
             return await evaluate(config, model_name, dataset, settings, progress, ledger)

@@ -65,6 +65,17 @@ class ServerConfig(_Section):
     log_format: Literal["json", "text"] = "json"
 
 
+def _redis_url_or_empty(url: str) -> str:
+    if is_cluster_url(url):
+        cluster_nodes(url)  # raises ValueError naming what is wrong
+    elif url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(
+            "must be empty (in-process cache) or a redis://, rediss://, unix://, "
+            "redis+cluster://host:port,host:port,... or rediss+cluster:// URL"
+        )
+    return url
+
+
 class CacheConfig(_Section):
     url: str = ""  # "" keeps the in-process memory cache
     ttl_seconds: PositiveInt = 30 * 24 * 3600
@@ -82,14 +93,7 @@ class CacheConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        if is_cluster_url(url):
-            cluster_nodes(url)  # raises ValueError naming what is wrong
-        elif url and not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(
-                "must be empty (in-process cache) or a redis://, rediss://, unix://, "
-                "redis+cluster://host:port,host:port,... or rediss+cluster:// URL"
-            )
-        return url
+        return _redis_url_or_empty(url)
 
 
 class BudgetConfig(_Section):
@@ -97,6 +101,19 @@ class BudgetConfig(_Section):
 
     daily_usd: float | None = Field(None, ge=0)
     monthly_usd: float | None = Field(None, ge=0)
+
+
+class GatewayBudgetConfig(BudgetConfig):
+    """The gateway-wide budget, and where the spend ledger lives."""
+
+    # None: the cache's Redis ([cache] url). A Redis of its own keeps spend apart from what a
+    # cache may evict or lose on restart; "" keeps the ledger in each process.
+    url: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str | None) -> str | None:
+        return None if url is None else _redis_url_or_empty(url)
 
 
 class ResilienceConfig(_Section):
@@ -175,6 +192,9 @@ class QualityConfig(_Section):
     min_rank_correlation: float = Field(0.9, ge=-1, le=1)
     shadow_rate: float = Field(0.0, ge=0, le=1)  # share of upstream scorings also sent to the next provider
     action: Literal["skip", "warn"] = "skip"  # a provider failing its canary: skipped, or only reported
+    # Least share of (relevant, irrelevant) canary pairs a provider must order right in every
+    # language of the canary to pass (gateway.quality.judge); 1.0 = every pair of every line.
+    canary_pass_share: float = Field(0.9, gt=0, le=1)
 
 
 class ModelConfig(_Section):
@@ -188,7 +208,12 @@ class ModelConfig(_Section):
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
-    budget: BudgetConfig = BudgetConfig()  # gateway-wide, over every provider
+    budget: GatewayBudgetConfig = GatewayBudgetConfig()  # gateway-wide, over every provider
+
+    @property
+    def ledger_url(self) -> str:
+        """Where the spend ledger lives: [budget] url, else the cache's Redis; "" = in each process."""
+        return self.cache.url if self.budget.url is None else self.budget.url
     resilience: ResilienceConfig = ResilienceConfig()
     models: dict[str, ModelConfig] = Field(min_length=1)
     providers: dict[str, ProviderConfig] = Field(min_length=1)
@@ -309,10 +334,13 @@ def resolve_canaries(config: GatewayConfig, base: Path, source: str = "config") 
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> GatewayConfig:
-    """Validate a config mapping, applying environment overrides ($REDIS_URL)."""
+    """Validate a config mapping, applying environment overrides ($REDIS_URL, $LEDGER_REDIS_URL)."""
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         raw = {**raw, "cache": {**raw.get("cache", {}), "url": redis_url}}
+    ledger_url = os.environ.get("LEDGER_REDIS_URL")
+    if ledger_url:
+        raw = {**raw, "budget": {**raw.get("budget", {}), "url": ledger_url}}
     try:
         return GatewayConfig.model_validate(raw)
     except ValidationError as exc:

@@ -131,6 +131,7 @@ class Generation:
 RESTART_KEYS = (
     "server.host", "server.port", "server.log_level", "server.log_format", "server.reload_poll_seconds",
     "server.shutdown_grace_seconds", "server.keepalive_timeout_seconds", "server.header_timeout_seconds", "cache",
+    "budget.url",
 )
 
 

@@ -28,6 +28,7 @@ from gateway.budget import (
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
 from gateway.redisio.commands import ClientCommands, DirectConnections
+from tests.support.hung_server import hung_server
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -271,6 +272,17 @@ async def test_the_80_percent_alert_fires_once_per_window(ledger: Ledger, clock:
     assert [(a.period, a.window) for a in alerts] == [("day", "2025-03-11")]
 
 
+async def test_the_part_the_gateway_estimated_is_kept_apart(ledger: Ledger):
+    await ledger.settle(await held(ledger, [PROVIDER, GATEWAY], 0.3), 0.25, 5_000, estimated_usd=0.1, estimated_tokens=2_000)
+    await ledger.settle(await held(ledger, [PROVIDER, GATEWAY], 0.1), 0.05, 100)  # all of it reported
+    # An estimate above the whole (a caller's slip) counts as all of it, never more.
+    await ledger.settle(await held(ledger, [PROVIDER, GATEWAY], 0.1), 0.01, 10, estimated_usd=5.0, estimated_tokens=99)
+    for report in await ledger.report([PROVIDER, GATEWAY]):
+        assert (report.tokens, report.estimated_tokens, report.reported_tokens) == (5_110, 2_010, 3_100)
+        assert report.spent_usd == pytest.approx(0.31)
+        assert (report.estimated_usd, report.reported_usd) == (pytest.approx(0.11), pytest.approx(0.2))
+
+
 async def test_200_concurrent_reserves_fill_the_limit_exactly(ledger: Ledger):
     limit = Limit("deepinfra", 1.0, None)
     results = await asyncio.gather(*(ledger.reserve([limit], 0.01, HOLD) for _ in range(200)))
@@ -436,17 +448,12 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
 
 
 async def test_hung_redis_is_bounded_by_the_timeout(clock: FakeClock):
-    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
-
-    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    ledger = RedisLedger.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.1, clock=clock)
-    started = time.monotonic()
-    reservation = await held(ledger, [Limit("deepinfra", 1.0, None)], 0.1)
-    elapsed = time.monotonic() - started
-    server.close()
-    await ledger.close()
+    async with hung_server() as port:
+        ledger = RedisLedger.from_url(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.1, clock=clock)
+        started = time.monotonic()
+        reservation = await held(ledger, [Limit("deepinfra", 1.0, None)], 0.1)
+        elapsed = time.monotonic() - started
+        await ledger.close()
     assert isinstance(reservation, Reservation) and reservation.fallback
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
 

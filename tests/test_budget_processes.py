@@ -1,4 +1,5 @@
-"""Two gateway processes sharing one Redis ledger under 64 concurrent requests do not overspend."""
+"""Gateway processes sharing one Redis ledger: under 64 concurrent requests they do not overspend,
+and through a Redis killed under them they spend at most what remained and lose no spend."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ import itertools
 
 import aiohttp
 
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.ledger_outage import (
+    PERSISTENT,
+    admin_spend,
+    gateways,
+    ledger_tokens,
+    refused_replicas_through_an_outage,
+    settled_everywhere,
+    write_back_through_an_outage,
+)
+from tests.support.processes import REPO, free_port, gateway_toml, running
+from tests.support.redis_server import RedisServer, needs_redis_server
 
 BUDGET_USD = 0.0005
 CONCURRENCY = 64
@@ -61,3 +72,62 @@ async def test_two_processes_under_load_stay_within_the_overshoot_bound(tmp_path
     # The bound: reservations hold the budget while calls are in flight, so spend passes it only
     # by what the estimates undershot, never by a burst of 64 calls' worth.
     assert overshoot <= 2 * most_per_call
+
+
+# --- through a Redis outage: real redis-servers, killed with SIGKILL under the gateways
+
+
+@needs_redis_server
+async def test_two_replicas_through_a_redis_outage_spend_at_most_twice_what_remained(tmp_path):
+    # A budget of ~30 calls: a replica that fell back from spent = 0 would make ~30 more.
+    figures = await refused_replicas_through_an_outage(tmp_path, budget_usd=0.0001)
+    print("\n" + figures.summary())
+    # Each replica's fallback holds what remained at its last reply; a call's estimate may fall
+    # short of its cost, by at most that call's worth, once per replica.
+    assert figures.outage_spend_usd <= 2 * figures.remaining_usd + 2 * figures.most_per_call_usd
+    assert figures.remaining_usd < figures.budget_usd / 4  # the budget was spent before the kill
+
+
+@needs_redis_server
+async def test_spend_made_while_redis_was_away_is_written_back(tmp_path):
+    figures = await write_back_through_an_outage(tmp_path, outage_seconds=4.0)
+    print("\n" + figures.summary())
+    assert figures.answered > 0 and figures.emulator_tokens > 0
+    assert figures.failed == figures.unanswered == 0  # a dying Redis costs no request
+    assert figures.kept >= 0.98
+    assert figures.ledger_tokens <= figures.emulator_tokens  # written back once, never twice
+
+
+@needs_redis_server
+async def test_a_persistent_ledger_redis_restarted_mid_month_keeps_the_spend_and_the_decisions(tmp_path, redis_url):
+    ledger = RedisServer(tmp_path, extra_args=[*PERSISTENT, "--maxmemory-policy", "noeviction"])
+    ledger.start()
+    budget = f'\n[budget]\nurl = "{ledger.url}"\n\n[providers.deepinfra.budget]\ndaily_usd = {BUDGET_USD / 10}\n'
+    counter = itertools.count()
+    try:
+        with gateways(REPO, tmp_path, redis_url, 1, budget) as (_, [port]):
+            async with aiohttp.ClientSession() as session:
+
+                async def status_of_a_miss() -> int:
+                    async with session.post(f"http://127.0.0.1:{port}{DI}", json=body(next(counter))) as response:
+                        return response.status
+
+                answered = 0
+                while await status_of_a_miss() == 200:
+                    answered += 1
+                before = await admin_spend(session, port)
+                ledger.stop()  # SIGKILL
+                await asyncio.to_thread(ledger.start)  # same port, same directory: its AOF
+                await settled_everywhere(session, [port])
+                after = await admin_spend(session, port)
+                assert await status_of_a_miss() == 429  # the budget is still spent
+                assert (await admin_spend(session, port))["ledger"]["figures"] == "shared"  # decided by Redis
+        day_before, day_after = before["providers"]["deepinfra"]["today"], after["providers"]["deepinfra"]["today"]
+        assert answered > 1 and day_before["tokens"] > 0
+        for key in ("tokens", "usd", "reported"):
+            assert day_after[key] == day_before[key]
+        assert after["gateway"]["month"]["usd"] == before["gateway"]["month"]["usd"]
+        assert ledger_tokens(ledger)[0] == day_before["tokens"]
+        # The cache's Redis is the tests' default (no persistence), the ledger's keeps: no warning on start.
+    finally:
+        ledger.stop()

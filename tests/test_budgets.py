@@ -115,6 +115,30 @@ async def test_admin_spend_reports_every_window_and_the_learned_ratio(make_gatew
     assert (await gateway.get("/admin/spend")).status == 401
 
 
+async def test_admin_spend_splits_reported_and_estimated_spend_and_says_where_figures_come_from(
+    make_gateway: GatewayFactory,
+):
+    from gateway.budget import GATEWAY_SCOPE, Limit, unheld_reservation, utc_now
+
+    ledger = MemoryLedger()
+    gateway = await make_gateway(edit=budgets(fireworks=1.0), app_options={"ledger": ledger})
+    limits = [Limit("deepinfra"), Limit(GATEWAY_SCOPE)]
+    # What the guarded call settles: a call with usage, and one the gateway had to estimate.
+    await ledger.settle(unheld_reservation(limits, utc_now()), 0.002, 40_000)
+    await ledger.settle(unheld_reservation(limits, utc_now()), 0.001, 20_000, estimated_usd=0.001, estimated_tokens=20_000)
+    await ledger.settle(unheld_reservation([Limit("fireworks"), Limit(GATEWAY_SCOPE)], utc_now()), 0.0005, 5_000)
+    report = await (await gateway.get("/admin/spend", headers=ADMIN)).json()
+    today = report["providers"]["deepinfra"]["today"]
+    assert (today["tokens"], today["usd"]) == (60_000, 0.003)
+    assert today["reported"] == {"tokens": 40_000, "usd": 0.002}
+    assert today["estimated"] == {"tokens": 20_000, "usd": 0.001}
+    total = report["gateway"]["month"]
+    assert (total["tokens"], total["reported"]["tokens"], total["estimated"]["tokens"]) == (65_000, 45_000, 20_000)
+    assert total["estimated"]["usd"] == 0.001 and total["usd"] == pytest.approx(0.0035)
+    # An in-process ledger: the figures are this process's, and nothing waits for a write-back.
+    assert report["ledger"] == {"figures": "per_process", "pending_usd": 0, "pending_tokens": 0}
+
+
 async def test_crossing_80_percent_logs_a_warning(make_gateway: GatewayFactory, caplog):
     # Room for several requests, so one settles between 80% and 100% of the budget.
     gateway = await make_gateway(fallback=["deepinfra"], edit=budgets(deepinfra=TINY * 5))

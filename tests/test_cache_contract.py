@@ -6,18 +6,21 @@ import asyncio
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import cast
 
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.cache import MemoryScoreCache, ScoreCache, pair_keys
+from gateway.cache import Lookup, MemoryScoreCache, PairKey, ScoreCache, pair_keys
 from gateway.cache.base import passage_digest
 from gateway.cache.memory import BUCKET_BYTES, PAIR_BYTES
 from gateway.cache.redis import QUERY_HASH_FIELDS, SPILL_BUCKETS, RedisScoreCache, redis_key
 from gateway.redisio.commands import ClientCommands, DirectConnections
 from gateway.scoring.flights import await_elsewhere
+from tests.support.hung_server import hung_server
+from tests.support.polling import eventually
 
 TTL = 3600
 K = pair_keys
@@ -188,17 +191,12 @@ async def test_redis_down_means_uncached_not_failed(unused_tcp_port):
 
 
 async def test_hung_redis_is_bounded_by_the_timeout():
-    async def accept_and_say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(30)
-
-    server = await asyncio.start_server(accept_and_say_nothing, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    cache = RedisScoreCache.from_url(f"redis://127.0.0.1:{port}/0", ttl_seconds=TTL, timeout_seconds=0.1)
-    started = time.monotonic()
-    assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [None]
-    elapsed = time.monotonic() - started
-    server.close()
-    await cache.close()
+    async with hung_server() as port:
+        cache = RedisScoreCache.from_url(f"redis://127.0.0.1:{port}/0", ttl_seconds=TTL, timeout_seconds=0.1)
+        started = time.monotonic()
+        assert await cache.get_many(K("m", None, [Q], [DOCS[0]])) == [None]
+        elapsed = time.monotonic() - started
+        await cache.close()
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
 
 
@@ -294,6 +292,18 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         await cache.close()
 
 
+class CountingLookups:
+    """A cache whose lookups are counted, so a test knows the waiter has polled rather than guessing from a sleep."""
+
+    def __init__(self, cache: ScoreCache) -> None:
+        self.cache = cache
+        self.lookups = 0
+
+    async def lookup(self, keys: Sequence[PairKey], deadline: float | None = None) -> Lookup:
+        self.lookups += 1
+        return await self.cache.lookup(keys, deadline)
+
+
 PAIRS = K("m", None, [Q] * 4, DOCS)
 SCORES = [0.9531, 1 / 3, 0.0, 1.0]
 NO_WAIT_PAST = 10.0  # seconds: a wait test that gets this far waited for `until`, not for a lease
@@ -309,8 +319,10 @@ async def test_two_claimers_of_one_pair_one_owns_the_other_waits_for_its_score(s
     assert first.scores == [None] * 4 and first.elsewhere == frozenset()  # leased to the owner
     second = await other.lookup(PAIRS)
     assert second.scores == [None] * 4 and second.elsewhere == frozenset(range(4))
-    waiting = asyncio.ensure_future(await_elsewhere(other, PAIRS, _until(), None))
-    await asyncio.sleep(0.05)
+    polled = CountingLookups(other)
+    waiting = asyncio.ensure_future(await_elsewhere(cast(ScoreCache, polled), PAIRS, _until(), None))
+    # A second poll started: the first found the pairs still leased elsewhere and the waiter kept waiting.
+    await eventually(lambda: polled.lookups >= 2, what="the waiter polling again")
     assert not waiting.done()
     await owner.put_many(PAIRS, SCORES)
     assert await asyncio.wait_for(waiting, NO_WAIT_PAST) == SCORES
@@ -346,8 +358,9 @@ async def test_an_owner_still_scoring_keeps_its_leases_past_their_length(store: 
     try:
         await asyncio.sleep(2.2)  # more than two leases long
         assert (await waiter.lookup(PAIRS)).elsewhere == frozenset(range(4))  # still the owner's
-        waiting = asyncio.ensure_future(await_elsewhere(waiter, PAIRS, _until(), None))
-        await asyncio.sleep(0.5)
+        polled = CountingLookups(waiter)
+        waiting = asyncio.ensure_future(await_elsewhere(cast(ScoreCache, polled), PAIRS, _until(), None))
+        await eventually(lambda: polled.lookups >= 2, what="the waiter polling again")  # it waits, not scores
         await owner.put_many(PAIRS, SCORES)
     finally:
         kept.stop()

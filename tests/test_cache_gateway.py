@@ -14,6 +14,7 @@ from gateway.quality.groups import scoring_identity
 from gateway.web.edge import LIVE
 from tests.support.cache_requests import DI, QUERY, documents, expected
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.polling import eventually
 from tests.support.processes import free_port, gateway_toml, running
 
 
@@ -49,8 +50,10 @@ async def test_a_failed_owner_does_not_fail_the_requests_waiting_on_it(make_gate
     gateway = await make_gateway(fallback=["deepinfra"], edit=quick_timeout)
     docs = documents("orphan", 5)
     owner = asyncio.ensure_future(gateway.post(DI, json={"queries": [QUERY], "documents": docs}))
-    while (await emulator_requests(emulator)).get("deepinfra", 0) == 0:
-        await asyncio.sleep(0.01)  # until the owner's call is hanging upstream
+    async def owner_hanging_upstream() -> bool:
+        return (await emulator_requests(emulator)).get("deepinfra", 0) > 0
+
+    await eventually(owner_hanging_upstream, what="the owner's call reaching the provider")
     waiters = [gateway.post(DI, json={"queries": [QUERY], "documents": docs}) for _ in range(3)]
     responses = await asyncio.gather(owner, *waiters)
     assert responses[0].status == 504

@@ -26,6 +26,7 @@ module and written to tests/artifacts/chaos.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -52,6 +53,7 @@ from tests.support.chaos import (
     settled,
 )
 from tests.support.gateway import EMULATOR_KEY, gateway_settings
+from tests.support.polling import ConditionNotMet, eventually
 from tests.support.processes import free_port
 
 CONCURRENCY = 32
@@ -192,7 +194,7 @@ async def _run(scenario: Scenario, aiohttp_server, chaos_table: Table, redis_ser
     gateway_url = str(gateway.make_url("")).rstrip("/")
     for fault in scenario.faults:
         await _control(f"{emulator_url}/_emulator/faults", body=fault)
-    await asyncio.sleep(0.2)  # the control connection's server side closes
+    await _control_connection_closed(emulator.port)
     baseline = Snapshot.take()
 
     milestones = []
@@ -336,6 +338,11 @@ async def _seconds_until_redis_serves_again(gateway_url: str, workload: Workload
             await asyncio.sleep(0.1)
 
 
+async def _control_connection_closed(emulator_port: int) -> None:
+    """Until both ends of the control calls' connection to the emulator are gone: the baseline must not count them."""
+    await eventually(lambda: not Snapshot.take().peers(emulator_port), what="the control connection closing")
+
+
 def _assert_back_to_baseline(baseline: Snapshot, after: Snapshot, gateway_port: int, pooled: list[int]) -> None:
     """Tasks and fds back to what they were after start-up.
 
@@ -369,7 +376,7 @@ async def test_a_deadline_cancels_the_provider_calls_it_abandons(aiohttp_server)
         provider["timeout_seconds"] = 5
     gateway = await aiohttp_server(create_app(parse_config(raw)))
     await _control(f"{emulator_url}/_emulator/faults", body={"provider": "*", "mode": "hang"})
-    await asyncio.sleep(0.2)
+    await _control_connection_closed(emulator.port)
     baseline, tasks_before = Snapshot.take(), asyncio.all_tasks()
     with LoopErrors():
         try:
@@ -379,7 +386,13 @@ async def test_a_deadline_cancels_the_provider_calls_it_abandons(aiohttp_server)
             ) as response:
                 assert response.status == 504
                 assert (await response.json())["error"]["type"] == "deadline_exceeded"
-            await asyncio.sleep(0.3)  # well within the 5 s the abandoned call would otherwise run on
+            def abandoned_call_gone() -> bool:
+                now = Snapshot.take()
+                return not now.peers(emulator.port) and now.tasks <= baseline.tasks
+
+            # Well within the 5 s the abandoned call would otherwise run on; the asserts below say what was left.
+            with contextlib.suppress(ConditionNotMet):
+                await eventually(abandoned_call_gone, timeout=2.0)
             after = Snapshot.take()
             assert not after.peers(emulator.port), f"the provider call outlived its request: {after.describe()}"
             assert after.tasks <= baseline.tasks, f"tasks {baseline.tasks} -> {after.tasks}"

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 
 from gateway.emulator import emulated_score
+from tests.support.polling import eventually
 from tests.support.processes import REPO, free_port, gateway_toml, running
 
 
@@ -57,6 +59,40 @@ def test_reload_command_reloads_the_gateway_on_the_configs_address(tmp_path):
     log_lines = [json.loads(line) for line in gateway.stderr.read().splitlines() if line.startswith("{")]
     unserved = [line for line in log_lines if line["message"].endswith("NO USABLE PROVIDER")]
     assert unserved and {line["level"] for line in unserved} == {"WARNING"}
+
+
+def test_spend_command_prints_each_window_reported_and_estimated_and_the_gateway_total(tmp_path):
+    emulator_port, gateway_port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(emulator_port, server=f'port = {gateway_port}\nadmin_key_env = "TEST_ADMIN_KEY"'))
+    env = {"EMULATOR_KEY": "k", "TEST_ADMIN_KEY": "admin-secret"}
+    with running(["emulate", "--port", str(emulator_port)], emulator_port), \
+         running(["serve", "--config", str(config)], gateway_port, env=env):
+        body = json.dumps({"query": "fees", "documents": ["the fees of the MFC", "opening hours"]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{gateway_port}/v1/rerank", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        table = run_cli("spend", "--config", str(config), env=env)
+        raw = run_cli("spend", "--config", str(config), "--json", env=env)
+    assert table.returncode == 0, table.stderr
+    spent = json.loads(raw.stdout)
+    tokens = spent["providers"]["deepinfra"]["today"]["tokens"]
+    assert tokens > 0 and spent["providers"]["deepinfra"]["today"]["reported"]["tokens"] == tokens
+    lines = table.stdout.splitlines()
+    assert lines[0].split()[:5] == ["scope", "window", "tokens", "reported", "estimated"]
+    deepinfra_today = next(line.split() for line in lines if line.startswith("deepinfra "))
+    assert deepinfra_today[2:5] == [str(tokens), str(tokens), "0"]
+    assert [line.split()[3] for line in lines if line.startswith("gateway (total)")] == [str(tokens)] * 2
+    assert lines[-1] == "figures: THIS PROCESS ONLY (in-process ledger, or the shared ledger is unreachable)"
+
+
+def test_spend_command_without_an_admin_key_says_why(tmp_path):
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9, server='admin_key_env = "TEST_ADMIN_KEY"'))
+    result = run_cli("spend", "--config", str(config), env={"TEST_ADMIN_KEY": ""})
+    assert result.returncode == 2
+    assert "cannot read spend" in result.stderr and "$TEST_ADMIN_KEY is empty or not set" in result.stderr
 
 
 def test_reload_command_without_an_admin_key_says_why(tmp_path):
@@ -126,12 +162,22 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
             body = {"queries": ["slow question"], "passages": ["a", "b"]}
             url = f"http://127.0.0.1:{gateway_port}/v1/inference/Qwen/Qwen3-Reranker-8B"
             in_flight = asyncio.ensure_future(session.post(url, json=body))
-            await asyncio.sleep(0.5)
+
+            async def upstream_call_started() -> bool:
+                async with session.get(f"http://127.0.0.1:{emulator_port}/_emulator/stats") as stats:
+                    return bool((await stats.json())["requests"]["deepinfra"])
+
+            await eventually(upstream_call_started, what="the slow call reaching the emulator")
             gateway.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
-            with pytest.raises(aiohttp.ClientConnectionError):  # no longer accepting
-                async with aiohttp.ClientSession() as fresh:
-                    await fresh.get(f"http://127.0.0.1:{gateway_port}/healthz")
+
+            async def refuses_new_connections() -> bool:
+                try:
+                    async with aiohttp.ClientSession() as fresh, fresh.get(f"http://127.0.0.1:{gateway_port}/healthz"):
+                        return False
+                except aiohttp.ClientConnectionError:
+                    return True
+
+            await eventually(refuses_new_connections, what="the gateway no longer accepting")
             response = await in_flight
             assert response.status == 200
             assert len((await response.json())["scores"]) == 2

@@ -107,3 +107,22 @@ def test_config_path_from_the_environment(tmp_path, monkeypatch):
 def test_redis_url_from_the_environment(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6390/0")
     assert parse_config(copy.deepcopy(BASE)).cache.url == "redis://127.0.0.1:6390/0"
+
+
+def test_the_ledger_lives_in_the_caches_redis_unless_budget_url_names_its_own(monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
+    assert parse_config(copy.deepcopy(BASE)).ledger_url == "redis://cache:6379/0"
+    own = parse_config({**copy.deepcopy(BASE), "budget": {"url": "redis://ledger:6379/0", "daily_usd": 5.0}})
+    assert (own.ledger_url, own.cache.url, own.budget.daily_usd) == ("redis://ledger:6379/0", "redis://cache:6379/0", 5.0)
+    assert parse_config({**copy.deepcopy(BASE), "budget": {"url": ""}}).ledger_url == ""  # in each process
+    monkeypatch.setenv("LEDGER_REDIS_URL", "redis://from-env:6379/0")
+    assert parse_config(copy.deepcopy(BASE)).ledger_url == "redis://from-env:6379/0"
+
+
+def test_a_ledger_url_that_is_not_redis_names_the_key():
+    with pytest.raises(ConfigError, match=r"budget\.url: must be empty .* redis://"):
+        parse_config({**copy.deepcopy(BASE), "budget": {"url": "http://ledger:6379"}})
+    with pytest.raises(ConfigError, match=r"providers\.a\.budget\.url"):
+        edited = copy.deepcopy(BASE)
+        edited["providers"]["a"]["budget"] = {"url": "redis://x:1/0"}  # a provider's budget has none
+        parse_config(edited)

@@ -381,6 +381,11 @@ async def test_stats_count_requests_documents_and_keep_the_last_body(client: Any
     stats = await (await client.get("/_emulator/stats")).json()
     assert stats["requests"] == {"deepinfra": 1, "fireworks": 0, "cohere": 2, "tei": 1}
     assert stats["documents"] == {"deepinfra": 3, "fireworks": 0, "cohere": len(DOCS) + 2, "tei": 0}
+    # The tokens its answers billed: the deepinfra answer's input_tokens, for one.
+    deepinfra = (await post_json(client, "deepinfra", request_body("deepinfra", DOCS[:3])))[1]
+    stats_after = await (await client.get("/_emulator/stats")).json()
+    assert stats_after["tokens"]["deepinfra"] == 2 * deepinfra["input_tokens"] > 0
+    assert stats_after["tokens"]["fireworks"] == stats_after["tokens"]["tei"] == 0 < stats_after["tokens"]["cohere"]
     assert stats["last_body"] == {
         "deepinfra": request_body("deepinfra", DOCS[:3]), "fireworks": None,
         "cohere": request_body("cohere", DOCS[:2]), "tei": request_body("tei", DOCS[:1]),
@@ -406,6 +411,8 @@ async def test_apps_do_not_share_state(aiohttp_client: Any) -> None:
     assert (await (await second.get("/_emulator/stats")).json())["requests"]["tei"] == 1
 
 
+# aiohttp warns about any raw body over 1 MiB (it suggests a stream); this one is that large on purpose.
+@pytest.mark.filterwarnings("ignore:Sending a large body directly with raw bytes:ResourceWarning")
 async def test_takes_bodies_as_large_as_the_gateway_sends(client: Any) -> None:
     # The gateway's default server.max_body_bytes is 8 MiB; aiohttp's own default would refuse
     # anything over 1 MiB with 413 and fail a large request through the gateway.

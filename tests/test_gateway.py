@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from aiohttp import web
 
+from gateway.config import ProviderKind
 from gateway.emulator import emulated_score
 from tests.support.gateway import EMULATOR_KEY, MODEL, GatewayFactory, add_fault, emulator_requests
 
@@ -56,7 +57,7 @@ DIALECTS: dict[str, tuple[str, dict[str, Any], Any]] = {
     "cohere-root": ("/rerank", {"query": QUERY, "documents": DOCUMENTS}, scores_from_ranked("results")),
     "tei": ("/rerank", {"query": QUERY, "texts": DOCUMENTS}, scores_from_ranked("", "score")),
 }
-PROVIDER_KINDS = ["deepinfra", "fireworks", "cohere", "tei"]
+PROVIDER_KINDS = get_args(ProviderKind)  # the emulator serves every kind config.toml may name
 
 
 @pytest.mark.parametrize("provider", PROVIDER_KINDS)

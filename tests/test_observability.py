@@ -133,6 +133,18 @@ def test_upstream_calls_errors_and_usage() -> None:
     assert value(s, "rerank_gateway_upstream_errors_total", provider="fireworks", reason="http_429") == 2
     assert value(s, "rerank_gateway_upstream_tokens_total", provider="deepinfra") == 2000
     assert value(s, "rerank_gateway_upstream_cost_usd_total", provider="deepinfra") == pytest.approx(0.0001)
+    assert value(s, "rerank_gateway_spend_usd_total", provider="deepinfra", source="reported") == pytest.approx(0.0001)
+    assert value(s, "rerank_gateway_spend_usd_total", provider="deepinfra", source="estimated") == 0
+
+
+def test_spend_is_counted_by_where_its_figure_came_from():
+    metrics = GatewayMetrics()
+    metrics.record_usage(provider="tei", tokens=1000, cost_usd=0.001, estimated_cost_usd=0.001)
+    metrics.record_usage(provider="tei", tokens=500, cost_usd=0.002, estimated_cost_usd=0.0005)
+    s = rendered(metrics)
+    assert value(s, "rerank_gateway_spend_usd_total", provider="tei", source="estimated") == pytest.approx(0.0015)
+    assert value(s, "rerank_gateway_spend_usd_total", provider="tei", source="reported") == pytest.approx(0.0015)
+    assert value(s, "rerank_gateway_upstream_cost_usd_total", provider="tei") == pytest.approx(0.003)
 
 
 @single_process_only

@@ -9,10 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, strategies as st
 
-from gateway.config import ProviderConfig
+from gateway.config import ProviderConfig, QualityConfig
 from gateway.emulator import emulated_score, misbehaving_score
 from gateway.errors import ProviderFailure
 from gateway.models import Batch, Usage
@@ -21,6 +22,7 @@ from gateway.quality import (
     AgreementTracker,
     CanaryError,
     CanaryLine,
+    CanaryOutcome,
     agreement,
     builtin_canary,
     judge,
@@ -30,6 +32,7 @@ from gateway.quality import (
     parse_canary,
     run_canary,
 )
+from gateway.resilience.lexical import lexical_scores
 from tests.support.gateway import EMULATOR_KEY, add_fault, emulator_url, provider_entries
 
 LINE = '{"query": "q", "relevant": ["r1", "r2"], "irrelevant": ["i1"]}'
@@ -96,6 +99,36 @@ def test_builtin_set_has_a_dozen_lines_in_russian_english_and_chinese() -> None:
               for name, p in scripts.items()}
     assert counts["ru"] >= 5 and counts["en"] >= 3 and counts["zh"] >= 3
     assert all(line.instruction is None for line in lines)  # so cohere and tei kinds can run it
+    assert {line.language for line in lines} == {"ru", "en", "zh"}
+
+
+def _bigrams(text: str) -> set[str]:
+    text = text.lower()
+    return {text[i:i + 2] for i in range(len(text) - 1) if text[i:i + 2].isalnum()}
+
+
+def test_builtin_set_cannot_be_passed_by_word_overlap() -> None:
+    """Answers paraphrase the query, and hard negatives share more of its words than answers do."""
+    lines = builtin_canary()
+    for line in lines:
+        assert not any(line.query.rstrip("?\uff1f") in passage for passage in line.relevant), line.where()
+    # a hard negative: an irrelevant passage sharing at least as many of the query's character
+    # pairs as some relevant passage (character pairs, so Chinese without spaces counts too)
+    hard = [line for line in lines
+            if max(len(_bigrams(line.query) & _bigrams(p)) for p in line.irrelevant)
+            >= min(len(_bigrams(line.query) & _bigrams(p)) for p in line.relevant)]
+    assert len(hard) >= 2 * len(lines) // 3
+    def judged(scorer: Any) -> Any:
+        return judge(lines, [scorer(line.query, list(line.documents)) for line in lines],
+                     QualityConfig().canary_pass_share)
+
+    # BM25 and shared words order no more pairs than a coin would, in any language
+    for scorer in (lexical_scores, lambda q, docs: [len(set(q.lower().split()) & set(d.lower().split())) for d in docs]):
+        verdict = judged(scorer)
+        assert all(lang.share <= 0.5 for lang in verdict.languages), verdict.reason()
+    # shared character pairs credit Russian word forms, yet fail every language too
+    verdict = judged(lambda q, docs: [len(_bigrams(q) & _bigrams(d)) for d in docs])
+    assert not any(lang.passes(verdict.pass_share) for lang in verdict.languages), verdict.reason()
 
 
 def test_builtin_set_passes_on_honest_emulator_scores() -> None:
@@ -138,7 +171,8 @@ def test_judge_margins_and_the_failing_line() -> None:
     assert not verdict.passed
     assert [failure.line.line for failure in verdict.failures] == [2]
     assert verdict.worst.line.line == 2
-    assert "failed 1 of 2" in verdict.reason()
+    assert "failed in latin: 3 of 4 canary pairs ordered (latin 3/4;" in verdict.reason()
+    assert "1 of 2 lines with a pair out of order" in verdict.reason()
     assert "set.jsonl line 2 ('other'): margin -0.150" in verdict.reason()
 
 
@@ -146,7 +180,47 @@ def test_a_tie_fails_and_a_pass_reports_the_narrowest_line() -> None:
     lines = parse_canary(LINE, "s")
     assert not judge(lines, [[0.5, 0.6, 0.5]]).passed
     passed = judge(lines, [[0.5, 0.6, 0.4]])
-    assert passed.passed and passed.reason() == "passed 1 canary lines; narrowest s line 1 ('q'): margin +0.100"
+    assert passed.passed and passed.reason() == (
+        "passed 1 canary lines: 2 of 2 canary pairs ordered (latin 2/2; rule: at least 100% of "
+        "(relevant, irrelevant) pairs ordered in every language); narrowest s line 1 ('q'): margin +0.100")
+
+
+def _line(language: str, query: str) -> str:
+    return orjson.dumps({"query": query, "relevant": ["r1", "r2"], "irrelevant": ["i1", "i2"],
+                         "language": language}).decode()
+
+
+def test_the_verdict_is_graded_per_language_against_the_share_threshold() -> None:
+    lines = parse_canary("\n".join([_line("en", "a"), _line("en", "b"), _line("ru", "c")]), "s")
+    # en: 4/4 then 3/4 ordered; ru: 2/4 (a good English model that cannot read Russian)
+    scores = [[0.9, 0.8, 0.1, 0.2], [0.9, 0.3, 0.1, 0.5], [0.9, 0.1, 0.5, 0.2]]
+    strict, graded, lax = (judge(lines, scores, share) for share in (1.0, 0.8, 0.5))
+    assert (strict.ordered, strict.pairs) == (9, 12) and strict.share == pytest.approx(0.75)
+    by_language = {lang.language: lang for lang in graded.languages}
+    assert (by_language["en"].ordered, by_language["en"].pairs, by_language["en"].lines) == (7, 8, 2)
+    assert by_language["en"].worst_margin == pytest.approx(-0.2)
+    assert (by_language["ru"].ordered, by_language["ru"].pairs) == (2, 4)
+    assert by_language["ru"].worst_margin == pytest.approx(-0.4)
+    assert not strict.passed and not graded.passed and lax.passed  # ru 50% holds only the lax rule
+    assert graded.reason().startswith("failed in ru: 9 of 12 canary pairs ordered (en 7/8, ru 2/4; rule: at least 80%")
+    figures = graded.as_json()
+    assert figures["languages"] == {
+        "en": {"passed": True, "lines": 2, "ordered_pairs": 7, "pairs": 8, "share": 0.875, "worst_margin": -0.2},
+        "ru": {"passed": False, "lines": 1, "ordered_pairs": 2, "pairs": 4, "share": 0.5, "worst_margin": -0.4},
+    }
+    assert (figures["passed"], figures["pass_share"], figures["worst_margin"]) == (False, 0.8, -0.4)
+    with pytest.raises(ValueError, match="pass_share"):
+        judge(lines, scores, 0)
+    outcome = CanaryOutcome(lines, tuple(map(tuple, scores)), strict, Usage())
+    assert outcome.rejudged(0.5).verdict == lax and outcome.rejudged(0.5).scores == outcome.scores
+
+
+def test_a_line_without_a_language_is_graded_by_its_script() -> None:
+    rows = [{"query": q, "relevant": ["r"], "irrelevant": ["i"]} for q in ("Сколько стоит", "多长时间", "how long", "42")]
+    lines = parse_canary("\n".join(orjson.dumps(row).decode() for row in rows), "s")
+    assert [line.language for line in lines] == ["cyrillic", "han", "latin", "other"]
+    with pytest.raises(CanaryError, match="'language' must be a non-empty string"):
+        parse_canary(orjson.dumps({**rows[0], "language": ""}).decode(), "s")
 
 
 def test_judge_refuses_scores_that_do_not_fit() -> None:

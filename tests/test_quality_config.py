@@ -31,13 +31,15 @@ def test_defaults_are_the_issue_s() -> None:
     assert quality.shadow_rate == 0.0
     assert quality.action == "skip"
     assert quality.min_rank_correlation == 0.9
+    assert quality.canary_pass_share == 0.9
 
 
 def test_every_key_is_read() -> None:
-    values = {"probe_interval_seconds": 0, "agreement_tolerance": 0.1, "shadow_rate": 1, "action": "warn"}
+    values = {"probe_interval_seconds": 0, "agreement_tolerance": 0.1, "shadow_rate": 1, "action": "warn",
+              "canary_pass_share": 1}
     quality = parse_config(with_change("models.m.quality", values)).models["m"].quality
     assert (quality.probe_interval_seconds, quality.agreement_tolerance, quality.shadow_rate,
-            quality.action) == (0, 0.1, 1.0, "warn")
+            quality.action, quality.canary_pass_share) == (0, 0.1, 1.0, "warn", 1.0)
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
@@ -45,6 +47,8 @@ def test_every_key_is_read() -> None:
     ("agreement_tolerance", 0, "models.m.quality.agreement_tolerance: Input should be greater than 0"),
     ("shadow_rate", 1.5, "models.m.quality.shadow_rate: Input should be less than or equal to 1"),
     ("shadow_rate", -0.1, "models.m.quality.shadow_rate: Input should be greater than or equal to 0"),
+    ("canary_pass_share", 0, "models.m.quality.canary_pass_share: Input should be greater than 0"),
+    ("canary_pass_share", 1.2, "models.m.quality.canary_pass_share: Input should be less than or equal to 1"),
     ("action", "block", "models.m.quality.action: 'block' is not one of 'skip' or 'warn'"),
     ("min_rank_correlation", 1.5, "models.m.quality.min_rank_correlation: Input should be less than or equal to 1"),
     ("canary_file", "x.jsonl", "models.m.quality.canary_file: unknown key 'canary_file'; did you mean 'canary'?"),

@@ -23,6 +23,7 @@ from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome
 from tests.support.canaries import word_overlap_canary
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.polling import eventually
 
 QUERY = "bankruptcy through the MFC cost"
 OLD = [f"passage {i}: bankruptcy MFC note {i}" if i % 2 else f"passage {i}: weather in Kazan {i}" for i in range(10)]
@@ -65,7 +66,7 @@ async def test_a_mis_served_provider_is_passed_over_while_one_that_passes_answer
         gateway = await make_gateway(edit=probing())
         quality = await probed(gateway)
     assert quality["deepinfra"]["state"] == "failing" and "margin" in quality["deepinfra"]["reason"]
-    assert quality["deepinfra"]["serves"] and "54 of 66 canary pairs in order" in quality["deepinfra"]["standing"]
+    assert quality["deepinfra"]["serves"] and "64 of 72 canary pairs in order" in quality["deepinfra"]["standing"]
     assert quality["fireworks"] == {**quality["fireworks"], "state": "passing", "reference": True}
     ready = await gateway.get("/readyz")
     body = await ready.json()
@@ -139,10 +140,14 @@ async def test_random_scores_are_still_refused_and_the_replica_stays_ready(make_
     assert "ranks like noise" in body["models"][MODEL]["deepinfra"]
 
 
-async def test_the_lexical_last_resort_wins_over_a_provider_no_better_than_bm25(make_gateway: GatewayFactory, emulator):
-    """On the built-in set word overlap orders every line: a provider that fails it ranks worse than BM25."""
+async def test_the_lexical_last_resort_wins_over_a_provider_no_better_than_bm25(
+    make_gateway: GatewayFactory, emulator, tmp_path
+):
+    """On a canary word overlap orders line by line (the built-in one is written so it cannot),
+    a provider that fails it ranks worse than BM25, and the lexical last resort answers instead."""
     await add_fault(emulator, "deepinfra", "template")
-    gateway = await make_gateway(fallback=["deepinfra"], edit=probing(), resilience={"last_resort": "lexical"})
+    canary = str(word_overlap_canary(tmp_path))
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing(canary=canary), resilience={"last_resort": "lexical"})
     quality = await probed(gateway, providers=("deepinfra",))
     assert not quality["deepinfra"]["serves"]
     response, _ = await rerank(gateway, OLD)
@@ -164,12 +169,16 @@ async def test_warn_only_reports_and_keeps_the_provider_apart(make_gateway: Gate
     ("template", {}),
     ("rescale", {"min_rank_correlation": 1.0, "agreement_tolerance": 0.001}),  # calibration held to more than it gives
 ])
-async def test_disagreeing_providers_are_never_mixed(make_gateway: GatewayFactory, emulator, mode, quality_settings):
+async def test_disagreeing_providers_are_never_mixed(
+    make_gateway: GatewayFactory, emulator, mode, quality_settings, tmp_path
+):
     """The issue's case: 10 passages cached from DeepInfra, DeepInfra down, 10 new ones: Fireworks
     (another template; or another scale no map brings close enough) scores all 20, so the answer
-    is one provider's order."""
+    is one provider's order. The canary spreads scores over the whole range (the built-in one's
+    answers sit at both ends, where any monotone map fits), so the map's error is measurable."""
     await add_fault(emulator, "fireworks", mode)
-    gateway = await make_gateway(edit=probing(action="warn", **quality_settings),
+    canary = str(word_overlap_canary(tmp_path))
+    gateway = await make_gateway(edit=probing(action="warn", canary=canary, **quality_settings),
                                  resilience={"max_retries": 0, "breaker_consecutive_failures": 1})
     quality = await probed(gateway)
     assert not quality["fireworks"]["shares_cache"] and not quality["fireworks"]["calibrated"]
@@ -375,7 +384,11 @@ async def test_shutdown_cancels_shadow_calls_in_flight(make_gateway: GatewayFact
     await add_fault(emulator, "fireworks", "slow", delay_ms=4000)
     gateway = await make_gateway(edit=probing(shadow_rate=1.0, probe_interval_seconds=0))
     await rerank(gateway, OLD)
-    await asyncio.sleep(0.1)
+
+    async def shadow_call_upstream() -> bool:
+        return (await emulator_requests(emulator)).get("fireworks", 0) > 0
+
+    await eventually(shadow_call_upstream, what="the shadow call reaching fireworks")
     shadows = [t for t in asyncio.all_tasks() if "Shadower._shadow" in repr(t.get_coro())]
     assert len(shadows) == 1
     started = time.perf_counter()
@@ -420,6 +433,30 @@ async def test_a_reload_probes_only_the_providers_it_changed(aiohttp_client, emu
     assert after["fireworks"] == before["fireworks"] and after["deepinfra"] == before["deepinfra"] + 1
 
 
+async def test_a_reload_that_changes_the_pass_share_judges_the_same_scores_again(
+    aiohttp_client, emulator, tmp_path, monkeypatch
+):
+    """No provider changed, so nothing is probed again; the stored canary scores meet the new rule."""
+    from gateway.app import create_app
+    from gateway.config import load_config
+    from tests.support.processes import gateway_toml
+
+    monkeypatch.setenv("ADMIN_KEY", "admin-secret")
+    await add_fault(emulator, "deepinfra", "template")  # 20 of 24 pairs in ru and en, 24 of 24 in zh
+    path = tmp_path / "config.toml"
+    text = gateway_toml(emulator.server.port, server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0',
+                        probe_interval_seconds=3600)
+    path.write_text(text)
+    gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
+    assert (await probed(gateway))["deepinfra"]["state"] == "failing"  # under 90% in ru and en
+    before = await emulator_requests(emulator)
+    path.write_text(text.replace("probe_interval_seconds = 3600", "probe_interval_seconds = 3600, canary_pass_share = 0.8"))
+    assert (await (await gateway.post("/admin/reload", headers=ADMIN)).json())["status"] == "reloaded"
+    deepinfra = (await readiness(gateway))["quality"][MODEL]["deepinfra"]
+    assert deepinfra["state"] == "passing" and deepinfra["canary"]["pass_share"] == 0.8
+    assert await emulator_requests(emulator) == before
+
+
 async def test_an_explicit_reload_after_the_watcher_reloaded_rebuilds_nothing(aiohttp_client, emulator, tmp_path, monkeypatch):
     from gateway.app import create_app
     from gateway.config import load_config
@@ -451,9 +488,10 @@ def test_standing_tells_a_noisy_ranker_from_noise(mode: str, noise: bool) -> Non
     lines = builtin_canary()
     scores = [[misbehaving_score(mode, line.query, d) for d in line.documents] for line in lines]
     found = standing(lines, scores)
-    assert found.pairs == 66 and found.like_noise is noise
-    # Word overlap orders every line of the built-in set: no provider does better than BM25 there.
-    assert found.lexical_correct == 66 and found.no_better_than_lexical
+    assert found.pairs == 72 and found.like_noise is noise
+    # The built-in set is written so word overlap fails it: BM25 orders fewer than half its pairs
+    # (ties count half), and even the random provider happens to do better on this seed.
+    assert found.lexical_correct == 34.5 and not found.no_better_than_lexical
 
 
 def test_standing_counts_ties_as_half_and_reversed_order_as_worse_than_chance() -> None:

@@ -14,6 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, ResponseEr
 
 from gateway.redisio.client import redis_client
 from gateway.redisio.commands import DirectConnections, Script, run_scripts
+from tests.support.polling import eventually
 
 ECHO_KEY = Script("return {KEYS[1], ARGV[1]}")
 
@@ -28,6 +29,12 @@ async def connected_clients(url: str, name: str) -> int:
     """Connections named `name` (the URL's client_name): other tests' connections may come and go."""
     async with aioredis.Redis.from_url(url.partition("?")[0]) as observer:
         return sum(1 for client in await observer.client_list() if client["name"] == name)
+
+
+async def no_client_blocked(url: str) -> bool:
+    """Whether no client is blocked in a command (BLPOP) on the server at `url`."""
+    async with aioredis.Redis.from_url(url.partition("?")[0]) as observer:
+        return (await observer.info("clients"))["blocked_clients"] == 0
 
 
 async def test_a_batch_is_one_reply_per_command_in_order(redis_url):
@@ -45,7 +52,8 @@ async def test_a_call_cut_by_its_caller_never_hands_its_late_reply_to_the_next(r
             async with asyncio.timeout(0.1):
                 await commands.execute([("BLPOP", "nothing-here", "0.4")])  # answers nil 0.4 s later
         assert await commands.execute([("ECHO", "mine")]) == [b"mine"]
-        await asyncio.sleep(0.5)  # the cut call's reply has arrived by now, on a closed connection
+        # Redis has answered the cut call by now (or dropped it with its connection): nobody blocks in BLPOP.
+        await eventually(lambda: no_client_blocked(redis_url), what="the cut BLPOP ending")
         assert await commands.execute([("ECHO", "still mine")]) == [b"still mine"]
     finally:
         await commands.aclose()
@@ -96,12 +104,11 @@ async def test_never_more_connections_than_allowed(redis_url):
         assert await connected_clients(url, "bounded") == 3
     finally:
         await commands.aclose()
-    for _ in range(50):  # closed without waiting: Redis sees the connections go a moment later
-        if await connected_clients(url, "bounded") == 0:
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("closing left connections open")
+    # Closed without waiting: Redis sees the connections go a moment later.
+    async def none_left() -> bool:
+        return await connected_clients(url, "bounded") == 0
+
+    await eventually(none_left, what="closing every connection")
 
 
 async def test_after_redis_restarts_one_call_fails_at_most_then_every_call_is_served(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gateway.app import create_app
 from gateway.config import load_config
 from gateway.web.edge import LIVE
 from tests.support.gateway import add_fault, emulator_requests
+from tests.support.polling import eventually
 from tests.support.processes import free_port, gateway_toml, running
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
@@ -81,19 +83,25 @@ async def test_admin_needs_the_key_and_is_off_without_one(aiohttp_client, emulat
     assert response.status == 404 and "admin endpoints are off" in (await response.json())["error"]["message"]
 
 
-async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, config_file):
+async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, config_file, caplog):
     write_config(config_file, emulator.server.port, '["deepinfra", "fireworks"]', poll=0.05)
     gateway = await gateway_from(aiohttp_client, config_file)
     write_config(config_file, emulator.server.port, '["fireworks"]', poll=0.05)
-    for attempt in range(100):
-        await asyncio.sleep(0.05)
-        if (await gateway.post("/v1/rerank", json=fresh(100 + attempt))).headers["X-Rerank-Provider"] == "fireworks":
-            break
-    else:
-        pytest.fail("the changed config file was not picked up")
+    attempts = iter(range(100, 1_000_000))
 
-    write_config(config_file, emulator.server.port, '["deepinfra"]', poll=0.05, broken=True)
-    await asyncio.sleep(0.3)
+    async def serves_from_fireworks() -> bool:
+        response = await gateway.post("/v1/rerank", json=fresh(next(attempts)))
+        return response.headers["X-Rerank-Provider"] == "fireworks"
+
+    await eventually(serves_from_fireworks, what="the changed config file being picked up", every=0.05)
+
+    def refused_the_broken_file() -> bool:
+        return any("config file changed but was not loaded" in r.getMessage() for r in caplog.records)
+
+    with caplog.at_level(logging.ERROR, logger="gateway"):
+        write_config(config_file, emulator.server.port, '["deepinfra"]', poll=0.05, broken=True)
+        # The watcher has demonstrably read the broken file (and refused it) before the check below.
+        await eventually(refused_the_broken_file, what="the watcher refusing the broken file")
     assert (await gateway.post("/v1/rerank", json=fresh(999))).headers["X-Rerank-Provider"] == "fireworks"
 
 
@@ -102,7 +110,7 @@ async def test_requests_in_flight_finish_on_the_config_they_started_with(aiohttp
     # Long enough that a reload and one more request on a busy CI machine end well before it does.
     await add_fault(emulator, "deepinfra", "slow", delay_ms=1500, count=1)
     in_flight = asyncio.ensure_future(gateway.post("/v1/rerank", json=fresh(5)))
-    await asyncio.sleep(0.1)
+    await eventually(lambda: gateway.app[LIVE].current.in_flight == 1, what="the slow request in flight")
     first_generation = gateway.app[LIVE].current
     write_config(config_file, emulator.server.port, '["fireworks"]')
     assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
@@ -111,12 +119,9 @@ async def test_requests_in_flight_finish_on_the_config_they_started_with(aiohttp
     assert not first_generation.clients["deepinfra"]._session.closed  # still serving its request
     response = await in_flight
     assert response.status == 200 and response.headers["X-Rerank-Provider"] == "deepinfra"
-    for _ in range(100):  # the retired generation closes in a task of its own once idle
-        if all(client._session.closed for client in first_generation.clients.values()):
-            break
-        await asyncio.sleep(0.02)
-    else:
-        pytest.fail("the retired generation kept its upstream sessions open after its last request")
+    # The retired generation closes in a task of its own once idle.
+    await eventually(lambda: all(client._session.closed for client in first_generation.clients.values()),
+                     what="the retired generation closing its upstream sessions after its last request")
 
 
 async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_file):
@@ -133,14 +138,20 @@ async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_
 
     workers = [asyncio.ensure_future(client(w)) for w in range(8)]
     orders = ['["fireworks", "deepinfra"]', '["deepinfra", "fireworks"]'] * 3 + ['["fireworks"]']
+
+    async def more_answers(count: int = 8) -> None:
+        """Until the load has had `count` more answers: each reload lands among requests in flight."""
+        seen = len(statuses)
+        await eventually(lambda: len(statuses) >= seen + count, what=f"{count} more answers under load")
+
     for order in orders:
-        await asyncio.sleep(0.1)
+        await more_answers()
         write_config(config_file, emulator.server.port, order)
         assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
-    await asyncio.sleep(0.1)
+    await more_answers()
     stop.set()
     await asyncio.gather(*workers)
-    assert len(statuses) > 50 and set(statuses) == {200}
+    assert set(statuses) == {200}
     before = (await emulator_requests(emulator))["deepinfra"]
     for i in range(5):
         assert (await gateway.post("/v1/rerank", json=fresh(900_000 + i))).headers["X-Rerank-Provider"] == "fireworks"
@@ -161,11 +172,11 @@ async def test_sighup_reloads_a_running_process(tmp_path):
                 assert response.headers["X-Rerank-Provider"] == "deepinfra"
             write_config(path, emulator_port, '["fireworks"]')
             gateway.send_signal(signal.SIGHUP)
-            for attempt in range(50):
-                await asyncio.sleep(0.1)
-                async with session.post(url, json=fresh(10 + attempt)) as response:
+            attempts = iter(range(10, 1_000_000))
+
+            async def serves_from_fireworks() -> bool:
+                async with session.post(url, json=fresh(next(attempts))) as response:
                     assert response.status == 200
-                    if response.headers["X-Rerank-Provider"] == "fireworks":
-                        break
-            else:
-                pytest.fail("SIGHUP did not reload the config")
+                    return response.headers["X-Rerank-Provider"] == "fireworks"
+
+            await eventually(serves_from_fireworks, what="SIGHUP reloading the config", every=0.1)

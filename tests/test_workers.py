@@ -12,7 +12,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.polling import eventually, eventually_sync
+from tests.support.processes import LineLog, free_port, gateway_toml, listens_on, running
 
 
 def children_of(pid: int) -> list[int]:
@@ -37,12 +38,16 @@ def requests_total(metrics_text: str) -> float:
     return total
 
 
-async def wait_for(predicate, seconds: float = 15.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
-        await asyncio.sleep(0.1)
+def listening_workers(supervisor_pid: int, port: int, gone: int | None = None) -> bool:
+    """Whether the supervisor has two workers, none of them `gone`, each with its own socket listening on `port`."""
+    workers = children_of(supervisor_pid)
+    return len(workers) == 2 and gone not in workers and all(listens_on(pid, port) for pid in workers)
+
+
+async def two_workers_listening(supervisor, port: int, gone: int | None = None) -> list[int]:
+    # A look reads /proc/net/tcp: not too often.
+    await eventually(lambda: listening_workers(supervisor.pid, port, gone), what="two workers listening", every=0.05)
+    return children_of(supervisor.pid)
 
 
 async def test_two_workers_share_one_port_redis_and_metrics(tmp_path, redis_url):
@@ -52,9 +57,7 @@ async def test_two_workers_share_one_port_redis_and_metrics(tmp_path, redis_url)
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
-        await wait_for(lambda: len(children_of(supervisor.pid)) == 2)
-        workers = children_of(supervisor.pid)
-        await asyncio.sleep(1.0)  # both workers listening
+        workers = await two_workers_listening(supervisor, port)
         body = {"query": "shared question", "documents": ["a passage", "another passage"]}
         providers = []
         for _ in range(30):  # a new connection each time, so the kernel spreads them over workers
@@ -70,8 +73,7 @@ async def test_two_workers_share_one_port_redis_and_metrics(tmp_path, redis_url)
             assert requests_total(await response.text()) == 30  # all workers, not just this one
 
         os.kill(workers[0], signal.SIGKILL)  # a worker dies: the supervisor starts another
-        await wait_for(lambda: len(children_of(supervisor.pid)) == 2 and workers[0] not in children_of(supervisor.pid))
-        await asyncio.sleep(1.5)
+        await two_workers_listening(supervisor, port, gone=workers[0])
         async with aiohttp.ClientSession() as session, session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response:
             assert response.status == 200
 
@@ -90,16 +92,19 @@ def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_pat
     config = tmp_path / "config.toml"
     config.write_text(gateway_toml(9))
     port = free_port()
-    process = subprocess.Popen(
+    with subprocess.Popen(  # leaving the block closes the pipe and waits for the process
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
         cwd=REPO, env={**os.environ, "EMULATOR_KEY": "k", "REDIS_URL": ""}, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        time.sleep(3)
-    finally:
-        process.terminate()
-        _, stderr = process.communicate(timeout=30)
-    assert "budgets hold per worker" in stderr
+    ) as process:
+        assert process.stderr is not None
+        stderr = LineLog(process.stderr)
+        try:
+            eventually_sync(lambda: stderr.count("budgets hold per worker") > 0, what="the per-worker budgets warning")
+            # Stopped only once both workers serve: a SIGTERM while the supervisor is still starting
+            # them can miss a worker (Supervisor.run), and the supervisor then waits out its grace period.
+            eventually_sync(lambda: listening_workers(process.pid, port), what="two workers listening", every=0.05)
+        finally:
+            process.terminate()
 
 
 def test_workers_must_be_positive(tmp_path):
@@ -205,8 +210,9 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
 
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
-        await wait_for(lambda: len(children_of(supervisor.pid)) == 2)
-        await asyncio.sleep(1.0)  # both workers listening
+        assert supervisor.stderr is not None
+        log = LineLog(supervisor.stderr)
+        await two_workers_listening(supervisor, port)
         assert set(await providers_on_fresh_connections(0)) == {"deepinfra"}
 
         config.write_text(gateway_toml(emulator_port, fallback='["fireworks", "deepinfra"]', server=server))
@@ -215,6 +221,8 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
             session.post(f"http://127.0.0.1:{port}/admin/reload", headers={"Authorization": "Bearer admin-secret"}) as answer,
         ):
             assert answer.status == 200, await answer.text()
-        await asyncio.sleep(1.0)  # the supervisor looks at its workers' reports every 0.2 s
+        # The worker that answered reloads, tells the supervisor, which sends the other one SIGHUP:
+        # each logs the reload once it serves the new config.
+        await eventually(lambda: log.count("config reloaded from") == 2, what="both workers reloaded")
         assert set(await providers_on_fresh_connections(100)) == {"fireworks"}
         assert len(children_of(supervisor.pid)) == 2  # the same two workers, reloaded, not restarted

@@ -5,7 +5,8 @@ touches has two windows, its UTC day and its UTC month, and `reserve` holds the 
 against all of them at once or against none. Holds count against the limits while the call is
 in flight, so a burst cannot overshoot: spend exceeds a limit by at most the estimation error of
 the calls in flight. A hold expires on its own (its holder may have died); `settle` turns it into
-the real cost and tokens, `release` drops it.
+the real cost and tokens (and the part of them the gateway estimated because the provider
+reported no usage), `release` drops it.
 
 Money is kept as integer nano-dollars inside the ledgers: a hundred $0.01 holds must fill a
 $1.00 limit exactly, which float sums do not.
@@ -34,6 +35,9 @@ MONTH_RETENTION = timedelta(days=100)
 NANO = 1_000_000_000
 
 Period = Literal["day", "month"]
+# Where a report's figures come from: the ledger every instance shares, or this process alone
+# (an in-process ledger, or a Redis ledger's fallback while Redis is away).
+FiguresSource = Literal["shared", "process"]
 Clock = Callable[[], datetime]
 
 
@@ -96,10 +100,26 @@ class WindowReport:
     limit_usd: float | None
     remaining_usd: float | None  # limit - spent - reserved, never below 0; None when unlimited
     resets_at: datetime
+    # The part of tokens and spent_usd the gateway estimated (answers without usage).
+    estimated_tokens: int = 0
+    estimated_usd: float = 0.0
+    source: FiguresSource = "shared"
+    # Spend this process settled while the shared ledger was away, not yet written back to it
+    # (already counted in tokens and spent_usd).
+    pending_tokens: int = 0
+    pending_usd: float = 0.0
 
     @property
     def exhausted(self) -> bool:
         return self.limit_usd is not None and self.spent_usd >= self.limit_usd
+
+    @property
+    def reported_tokens(self) -> int:
+        return self.tokens - self.estimated_tokens
+
+    @property
+    def reported_usd(self) -> float:
+        return self.spent_usd - self.estimated_usd
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +141,12 @@ class Ledger(Protocol):
         """Hold amount_usd against every window of every limit, or refuse and hold nothing."""
         ...
 
-    async def settle(self, reservation: Reservation, cost_usd: float, tokens: int) -> tuple[BudgetAlert, ...]:
-        """Replace the hold with the real cost and tokens; returns the windows that crossed the alert line."""
+    async def settle(
+        self, reservation: Reservation, cost_usd: float, tokens: int, *, estimated_usd: float = 0.0,
+        estimated_tokens: int = 0,
+    ) -> tuple[BudgetAlert, ...]:
+        """Replace the hold with the real cost and tokens, of which `estimated_*` is the part the
+        gateway estimated; returns the windows that crossed the alert line."""
         ...
 
     async def release(self, reservation: Reservation) -> None: ...
@@ -148,8 +172,9 @@ class Window:
     def keep_until(self) -> datetime:
         return self.resets_at + (DAY_RETENTION if self.period == "day" else MONTH_RETENTION)
 
-    def report(self, spent: int, reserved: int, tokens: int) -> WindowReport:
+    def report(self, spent: int, reserved: int, tokens: int, estimated: Spend | None = None) -> WindowReport:
         remaining = None if self.limit_nano is None else max(0, self.limit_nano - spent - reserved)
+        estimated = estimated or Spend()
         return WindowReport(
             scope=self.scope,
             period=self.period,
@@ -160,6 +185,8 @@ class Window:
             limit_usd=None if self.limit_nano is None else usd(self.limit_nano),
             remaining_usd=None if remaining is None else usd(remaining),
             resets_at=self.resets_at,
+            estimated_tokens=estimated.tokens,
+            estimated_usd=usd(estimated.nano),
         )
 
     def refusal(self, spent: int, reserved: int, requested: int) -> Refusal:
@@ -172,6 +199,42 @@ class Window:
     def alert(self, spent: int, fraction: float) -> BudgetAlert:
         assert self.limit_nano is not None
         return BudgetAlert(self.scope, self.period, self.label, usd(self.limit_nano), usd(spent), fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """An amount of spend: nano-dollars and tokens."""
+
+    nano: int = 0
+    tokens: int = 0
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(self.nano + other.nano, self.tokens + other.tokens)
+
+    def __sub__(self, other: Spend) -> Spend:
+        return Spend(self.nano - other.nano, self.tokens - other.tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What one settle adds to each of its windows: all of it, and the part the gateway estimated."""
+
+    total: Spend
+    estimated: Spend
+
+    @classmethod
+    def of(cls, cost_usd: float, tokens: int, estimated_usd: float, estimated_tokens: int) -> Settled:
+        # A provider's odd usage figure must not fail a call that already succeeded: clamp, don't
+        # raise; the estimated part is never more than the whole.
+        total = Spend(max(0, nano(cost_usd)), max(0, tokens))
+        estimated = Spend(min(total.nano, max(0, nano(estimated_usd))), min(total.tokens, max(0, estimated_tokens)))
+        return cls(total, estimated)
+
+    def __add__(self, other: Settled) -> Settled:
+        return Settled(self.total + other.total, self.estimated + other.estimated)
+
+    def __sub__(self, other: Settled) -> Settled:
+        return Settled(self.total - other.total, self.estimated - other.estimated)
 
 
 def unheld_reservation(limits: Sequence[Limit], now: datetime) -> Reservation:

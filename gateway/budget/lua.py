@@ -1,7 +1,9 @@
-"""The two scripts that keep the shared ledger atomic: one per reserve, one per settle or release.
+"""The scripts that keep the shared ledger atomic: one per reserve, one per settle or release, one
+per write-back of spend settled while the ledger was away.
 
 Each window is a pair of keys: a hash of totals (spent, reserved, tokens in nano-dollars and
-tokens; `warned` once the alert line was crossed) and a sorted set of holds, member
+tokens; est_spent and est_tokens, the part of spent and tokens the gateway estimated, written
+only once non-zero; `warned` once the alert line was crossed) and a sorted set of holds, member
 "<reservation id>:<amount>" scored by its expiry in epoch milliseconds. `reserved` is the sum of
 the live holds, kept as a counter so a reserve costs O(windows + expired holds), not O(in flight).
 Amounts arrive as decimal integer strings and are only added with HINCRBY, so Lua's doubles never
@@ -11,8 +13,9 @@ round them; the one sum computed in Lua (expired holds) stays far below 2^53.
 # Purges expired holds (their holders may have died), then holds `amount` in every window or in none.
 # KEYS: per window, its totals hash then its holds set.
 # ARGV: now ms, expiry ms, hold member, amount; then per window: limit (-1 = unlimited), ttl seconds.
-# Returns {1, spent of each window} when held, else {0, then window index, spent, reserved for each
-# window that would overflow}.
+# Returns {1, spent of each window, tokens of each window} when held, else {0, the same figures,
+# then window index, spent, reserved for each window that would overflow}: a refusal carries the
+# figures too, so a process that was only ever refused falls back from what is spent, not from 0.
 RESERVE = """
 local function live_reserved(totals, holds, now)
   local counted = tonumber(redis.call('HGET', totals, 'reserved') or '0')
@@ -35,7 +38,7 @@ local function live_reserved(totals, holds, now)
 end
 
 local amount = tonumber(ARGV[4])
-local spent, over = {1}, {0}
+local spent, over, tokens = {1}, {}, {}
 for i = 1, #KEYS / 2 do
   local totals = KEYS[2 * i - 1]
   local reserved = live_reserved(totals, KEYS[2 * i], ARGV[1])
@@ -47,9 +50,17 @@ for i = 1, #KEYS / 2 do
     table.insert(over, reserved)
   end
   table.insert(spent, window_spent)
+  table.insert(tokens, tonumber(redis.call('HGET', totals, 'tokens') or '0'))
 end
-if #over > 1 then
-  return over
+for _, value in ipairs(tokens) do
+  table.insert(spent, value)
+end
+if #over > 0 then
+  spent[1] = 0
+  for _, value in ipairs(over) do
+    table.insert(spent, value)
+  end
+  return spent
 end
 for i = 1, #KEYS / 2 do
   local totals, holds, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[4 + 2 * i]
@@ -65,26 +76,69 @@ return spent
 # counts), adds the cost and tokens, and flags each window whose spend reached its alert line for
 # the first time. Release is this with cost and tokens 0 and no alert lines.
 # KEYS: as for RESERVE.
-# ARGV: hold member, minus its amount, cost, tokens; then per window: ttl seconds, alert line (-1 = none).
-# Returns {spent of each window, then the index of each window that just crossed its line}.
+# ARGV: hold member, minus its amount, cost, tokens, estimated cost, estimated tokens; then per
+# window: ttl seconds, alert line (-1 = none).
+# Returns {spent of each window, tokens of each window, then the index of each window that just
+# crossed its line}.
 SETTLE = """
-local member, unhold, cost, tokens = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local member, unhold, cost, tokens, est_cost, est_tokens = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local windows = #KEYS / 2
 local result = {}
 for i = 1, windows do
-  local totals, holds, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[3 + 2 * i]
+  local totals, holds, ttl = KEYS[2 * i - 1], KEYS[2 * i], ARGV[5 + 2 * i]
   if redis.call('ZREM', holds, member) == 1 then
     redis.call('HINCRBY', totals, 'reserved', unhold)
   end
   result[i] = redis.call('HINCRBY', totals, 'spent', cost)
-  redis.call('HINCRBY', totals, 'tokens', tokens)
+  result[windows + i] = redis.call('HINCRBY', totals, 'tokens', tokens)
+  if est_cost ~= '0' or est_tokens ~= '0' then
+    redis.call('HINCRBY', totals, 'est_spent', est_cost)
+    redis.call('HINCRBY', totals, 'est_tokens', est_tokens)
+  end
   redis.call('EXPIRE', totals, ttl)
   redis.call('EXPIRE', holds, ttl)
 end
 for i = 1, windows do
-  local line = tonumber(ARGV[4 + 2 * i])
+  local line = tonumber(ARGV[6 + 2 * i])
   if line >= 0 and result[i] >= line and redis.call('HSETNX', KEYS[2 * i - 1], 'warned', 1) == 1 then
     table.insert(result, i)
+  end
+end
+return result
+"""
+
+# Adds what one process settled while the ledger was away, once: the batch's id is recorded in
+# the same call, so a retry after a lost reply (Redis ran it, the answer never came) adds nothing.
+# Flags the windows that reached their alert line for the first time, as SETTLE does.
+# KEYS: the batch's id key, then per window its totals hash.
+# ARGV: the id key's ttl seconds; then per window: cost, tokens, estimated cost, estimated tokens,
+# ttl seconds, alert line (-1 = none).
+# Returns {1 if added now else 0, spent of each window, then the index of each window that just
+# crossed its line}.
+WRITE_BACK = """
+local windows = #KEYS - 1
+local fresh = redis.call('SET', KEYS[1], 1, 'NX', 'EX', ARGV[1])
+local result = {fresh and 1 or 0}
+for i = 1, windows do
+  local totals, base = KEYS[i + 1], 1 + 6 * (i - 1)
+  if fresh then
+    result[i + 1] = redis.call('HINCRBY', totals, 'spent', ARGV[base + 1])
+    redis.call('HINCRBY', totals, 'tokens', ARGV[base + 2])
+    if ARGV[base + 3] ~= '0' or ARGV[base + 4] ~= '0' then
+      redis.call('HINCRBY', totals, 'est_spent', ARGV[base + 3])
+      redis.call('HINCRBY', totals, 'est_tokens', ARGV[base + 4])
+    end
+    redis.call('EXPIRE', totals, ARGV[base + 5])
+  else
+    result[i + 1] = tonumber(redis.call('HGET', totals, 'spent') or '0')
+  end
+end
+if fresh then
+  for i = 1, windows do
+    local line = tonumber(ARGV[1 + 6 * i])
+    if line >= 0 and result[i + 1] >= line and redis.call('HSETNX', KEYS[i + 1], 'warned', 1) == 1 then
+      table.insert(result, i)
+    end
   end
 end
 return result

@@ -1,10 +1,13 @@
 """The in-process ledger: the whole budget for one process, and RedisLedger's stand-in while Redis is away.
 
 Nothing in reserve/settle awaits, so on one event loop each call is atomic by construction.
+As a stand-in it starts from the shared figures last seen in Redis (mirrored on every reply,
+granted or refused) and counts what this process settled on top, until that is written back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import uuid
 from collections.abc import Sequence
@@ -18,6 +21,8 @@ from gateway.budget.base import (
     Limit,
     Refusal,
     Reservation,
+    Settled,
+    Spend,
     Window,
     WindowReport,
     aware_utc,
@@ -38,11 +43,15 @@ class _Totals:
     """One window's figures; money in nano-dollars."""
 
     keep_until: datetime
+    # Settled here (for a stand-in: not yet written back to the shared ledger).
     spent: int = 0
-    # Spend recorded elsewhere, as last seen there (a RedisLedger mirrors Redis's figure here so
+    tokens: int = 0
+    estimated: Spend = field(default_factory=Spend)
+    # Spend recorded elsewhere, as last seen there (a RedisLedger mirrors Redis's figures here so
     # its fallback starts from what is already spent); 0 for a ledger of its own.
     shared_spent: int = 0
-    tokens: int = 0
+    shared_tokens: int = 0
+    shared_estimated: Spend = field(default_factory=Spend)
     reserved: int = 0
     warned: bool = False
     holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (amount, expires at, epoch s)
@@ -51,6 +60,16 @@ class _Totals:
     @property
     def total_spent(self) -> int:
         return self.spent + self.shared_spent
+
+    def add(self, settled: Settled) -> None:
+        self.spent += settled.total.nano
+        self.tokens += settled.total.tokens
+        self.estimated += settled.estimated
+
+    def report(self, window: Window) -> WindowReport:
+        return window.report(
+            self.total_spent, self.reserved, self.tokens + self.shared_tokens, self.estimated + self.shared_estimated
+        )
 
     def purge(self, now: float) -> None:
         while self.expiries and self.expiries[0][0] <= now:
@@ -72,9 +91,11 @@ class _Totals:
 
 
 class MemoryLedger:
-    def __init__(self, clock: Clock = utc_now, warn_fraction: float = WARN_FRACTION) -> None:
+    def __init__(self, clock: Clock = utc_now, warn_fraction: float = WARN_FRACTION, log_crossings: bool = True) -> None:
+        """`log_crossings=False` for a stand-in: the shared ledger logs each crossing once for all processes."""
         self._clock = clock
         self._warn_fraction = warn_fraction
+        self._log_crossings = log_crossings
         self._totals: dict[tuple[str, str], _Totals] = {}  # (scope, window label)
         self._pruned_on = ""
 
@@ -103,20 +124,22 @@ class MemoryLedger:
             figures.hold(reservation.id, amount, reservation.expires_at.timestamp())
         return reservation
 
-    async def settle(self, reservation: Reservation, cost_usd: float, tokens: int) -> tuple[BudgetAlert, ...]:
-        # A provider's odd usage figure must not fail a call that already succeeded: clamp, don't raise.
-        cost, tokens = max(0, nano(cost_usd)), max(0, tokens)
+    async def settle(
+        self, reservation: Reservation, cost_usd: float, tokens: int, *, estimated_usd: float = 0.0,
+        estimated_tokens: int = 0,
+    ) -> tuple[BudgetAlert, ...]:
+        settled = Settled.of(cost_usd, tokens, estimated_usd, estimated_tokens)
         alerts = []
         for window in windows_of(reservation.limits, reservation.day, reservation.month):
             figures = self._totals_of(window)
             figures.unhold(reservation.id)
-            figures.spent += cost
-            figures.tokens += tokens
+            figures.add(settled)
             line = warn_line(window, self._warn_fraction)
-            if line is not None and cost > 0 and not figures.warned and figures.total_spent >= line:
+            if line is not None and settled.total.nano > 0 and not figures.warned and figures.total_spent >= line:
                 figures.warned = True
                 alerts.append(window.alert(figures.total_spent, self._warn_fraction))
-        log_alerts(alerts)
+        if self._log_crossings:
+            log_alerts(alerts)
         return tuple(alerts)
 
     async def release(self, reservation: Reservation) -> None:
@@ -135,16 +158,42 @@ class MemoryLedger:
                 reports.append(window.report(0, 0, 0))
                 continue
             figures.purge(now.timestamp())
-            reports.append(window.report(figures.total_spent, figures.reserved, figures.tokens))
-        return reports
+            reports.append(figures.report(window))
+        return [dataclasses.replace(report, source="process") for report in reports]
 
     async def close(self) -> None:
         self._totals.clear()
 
-    def mirror_shared_spend(self, windows: Sequence[Window], spent: Sequence[int]) -> None:
-        """Remember what the shared ledger says these windows have spent (nano-dollars)."""
-        for window, amount in zip(windows, spent):
-            self._totals_of(window).shared_spent = amount
+    def mirror_shared_spend(self, windows: Sequence[Window], figures: Sequence[int]) -> None:
+        """Remember what the shared ledger says these windows have spent: nano-dollars of each
+        window, then tokens of each.
+
+        The largest figure seen wins: replies to concurrent calls arrive in any order, and a
+        window's spend only grows (a shared ledger that lost it is no reason to spend it again).
+        """
+        count = len(windows)
+        for window, spent, tokens in zip(windows, figures[:count], figures[count:]):
+            totals = self._totals_of(window)
+            totals.shared_spent = max(totals.shared_spent, spent)
+            totals.shared_tokens = max(totals.shared_tokens, tokens)
+
+    def mirror_shared_report(self, window: Window, report: WindowReport) -> None:
+        """Remember a shared report's tokens and estimated part too, for reports made from here."""
+        figures = self._totals_of(window)
+        figures.shared_spent = max(figures.shared_spent, nano(report.spent_usd))
+        figures.shared_tokens = max(figures.shared_tokens, report.tokens)
+        figures.shared_estimated = Spend(
+            max(figures.shared_estimated.nano, nano(report.estimated_usd)),
+            max(figures.shared_estimated.tokens, report.estimated_tokens),
+        )
+
+    def written_back(self, window: Window, settled: Settled, shared_spent: int) -> None:
+        """`settled` went from this process's figures into the shared ledger, which now holds `shared_spent`."""
+        figures = self._totals_of(window)
+        figures.add(Settled(Spend(), Spend()) - settled)
+        figures.shared_spent = max(figures.shared_spent, shared_spent)
+        figures.shared_tokens += settled.total.tokens
+        figures.shared_estimated += settled.estimated
 
     def _totals_of(self, window: Window) -> _Totals:
         key = (window.scope, window.label)

@@ -1,20 +1,28 @@
 """The Redis ledger: one budget shared by every gateway instance, surviving restarts.
 
 Layout, all under the Cluster hash tag {budget} so the multi-key scripts run on one node:
-    rb:{budget}:t:<window>:<scope>   hash: spent, reserved (nano-dollars), tokens, warned
+    rb:{budget}:t:<window>:<scope>   hash: spent, reserved (nano-dollars), tokens, warned, and
+                                     est_spent, est_tokens (the gateway's estimates among them)
     rb:{budget}:h:<window>:<scope>   sorted set of holds: "<id>:<amount>" scored by expiry (ms)
+    rb:{budget}:w:<batch id>         a written-back batch of outage spend, so it counts once
 where <window> is "2025-01-31" or "2025-01". Day keys expire five weeks after their day ends,
-month keys a hundred days after theirs. One Lua script per reserve and one per settle/release
-(gateway/budget/lua.py), and a read-only one per report. Hold expiries and windows follow this
-process's clock, so the instances' clocks should agree to well within a hold time (NTP does).
+month keys a hundred days after theirs. One Lua script per reserve, one per settle/release and
+one per write-back (gateway/budget/lua.py), and a read-only one per report. Hold expiries and
+windows follow this process's clock, so the instances' clocks should agree to well within a
+hold time (NTP does).
 
 The ledger never fails a request. Every call is bounded by a short timeout; on any Redis failure
 a warning is logged at most once per interval, Redis is left alone for a short back-off, and
-budgets are enforced against an in-process MemoryLedger until Redis answers again. That fallback
-starts from the spend last seen in Redis, but while it is in charge the limits hold per process:
-N instances may together spend up to N times what remains. Spend recorded during an outage stays
-in the process (it still counts there) and is not written to Redis later. A reserve that timed out
-after Redis ran it leaves a hold there that counts until it expires.
+budgets are enforced against an in-process MemoryLedger until Redis answers again. Every reply,
+a granted reservation's, a refusal's or a settle's, copies the windows' spend into that fallback,
+so it starts from the spend last seen in Redis; while it is in charge the limits hold per
+process: N instances may together spend up to N times what remained. What a process settles
+meanwhile is kept as a pending delta per window and written back once Redis answers again, in
+one script per batch that records the batch's id, so a retry never counts it twice. A reserve
+that timed out after Redis ran it leaves a hold there that counts until it expires.
+
+The ledger's Redis should keep what it is given: no eviction (`maxmemory-policy noeviction`) and
+persistence (AOF). `start` reads both with CONFIG GET where allowed and warns when they are not.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,6 +46,8 @@ from gateway.budget.base import (
     Limit,
     Refusal,
     Reservation,
+    Settled,
+    Spend,
     Window,
     WindowReport,
     aware_utc,
@@ -46,6 +57,7 @@ from gateway.budget.base import (
     labels,
     log_alerts,
     nano,
+    usd,
     utc_now,
     warn_line,
     windows_of,
@@ -62,16 +74,30 @@ log = logging.getLogger("gateway.budget")
 KEY_PREFIX = "rb:{budget}:"
 # Every window's totals and its holds expired by ARGV[1] (ms), read at one instant: a script and
 # not a MULTI/EXEC pipeline, which redis-py's async cluster client runs a thread per command for.
-# KEYS: as for lua.RESERVE. Returns, per window, {spent, reserved, tokens} then {expired holds}.
+# KEYS: as for lua.RESERVE. Returns, per window, {spent, reserved, tokens, est_spent, est_tokens}
+# then {expired holds}.
 _REPORT = """
 local result = {}
 for i = 1, #KEYS / 2 do
-  table.insert(result, redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved', 'tokens'))
+  table.insert(result, redis.call('HMGET', KEYS[2 * i - 1], 'spent', 'reserved', 'tokens', 'est_spent', 'est_tokens'))
   table.insert(result, redis.call('ZRANGEBYSCORE', KEYS[2 * i], '-inf', ARGV[1]))
 end
 return result
 """
 _RESERVE_SCRIPT, _SETTLE_SCRIPT, _REPORT_SCRIPT = Script(lua.RESERVE), Script(lua.SETTLE), Script(_REPORT)
+_WRITE_BACK_SCRIPT = Script(lua.WRITE_BACK)
+
+# Any policy but noeviction may evict ledger keys under memory pressure: volatile-* ones too,
+# since every ledger key has a TTL.
+_KEEPS_KEYS = "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Pending deltas on their way to Redis under one id: a retry sends the same id."""
+
+    id: str
+    deltas: tuple[tuple[Window, Settled], ...]
 
 
 def window_keys(window: Window) -> tuple[str, str]:
@@ -99,7 +125,11 @@ class RedisLedger:
             log, "redis budget ledger", "enforcing budgets per process", monotonic,
             retry_after_seconds, warn_interval_seconds, failures_before_backoff,
         )
-        self.fallback = MemoryLedger(clock, warn_fraction)
+        self.fallback = MemoryLedger(clock, warn_fraction, log_crossings=False)
+        # Spend settled while Redis was away, per (scope, window label), not yet written back.
+        self._pending: dict[tuple[str, str], tuple[Window, Settled]] = {}
+        self._batch: _Batch | None = None  # sent, not yet acknowledged
+        self._write_back_task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, timeout_seconds: float, max_connections: int = 32, **options: Any) -> RedisLedger:
@@ -107,6 +137,7 @@ class RedisLedger:
 
     async def start(self) -> None:
         await self._redis.warm_up(WARM_CONNECTIONS)
+        await self._warn_unless_durable()
 
     @property
     def available(self) -> bool:
@@ -130,11 +161,13 @@ class RedisLedger:
             except REDIS_FAILURES as exc:
                 self._outage.failed("reserve", exc)
             else:
-                self._outage.succeeded()
+                self._succeeded()
+                # Granted or refused, the reply says what is spent: the fallback starts from it.
+                count = len(windows)
+                self.fallback.mirror_shared_spend(windows, [int(value) for value in reply[1 : 1 + 2 * count]])
                 if reply[0] == 1:
-                    self.fallback.mirror_shared_spend(windows, [int(spent) for spent in reply[1:]])
                     return reservation
-                over = reply[1:]
+                over = reply[1 + 2 * count :]
                 return binding_refusal([
                     windows[int(over[i]) - 1].refusal(int(over[i + 1]), int(over[i + 2]), amount)
                     for i in range(0, len(over), 3)
@@ -142,23 +175,33 @@ class RedisLedger:
         made = await self.fallback.reserve(limits, amount_usd, hold_seconds)
         return dataclasses.replace(made, fallback=True) if isinstance(made, Reservation) else made
 
-    async def settle(self, reservation: Reservation, cost_usd: float, tokens: int) -> tuple[BudgetAlert, ...]:
-        cost, tokens = max(0, nano(cost_usd)), max(0, tokens)
+    async def settle(
+        self, reservation: Reservation, cost_usd: float, tokens: int, *, estimated_usd: float = 0.0,
+        estimated_tokens: int = 0,
+    ) -> tuple[BudgetAlert, ...]:
+        settled = Settled.of(cost_usd, tokens, estimated_usd, estimated_tokens)
         if not reservation.fallback and self.available:
             windows = windows_of(reservation.limits, reservation.day, reservation.month)
-            lines = [warn_line(window, self._warn_fraction) if cost > 0 else None for window in windows]
+            lines = [warn_line(window, self._warn_fraction) if settled.total.nano > 0 else None for window in windows]
             try:
-                spent = await self._run_settle(reservation, windows, cost, tokens, lines)
+                spent = await self._run_settle(reservation, windows, settled, lines)
             except REDIS_FAILURES as exc:
                 self._outage.failed("settle", exc)
             else:
-                self._outage.succeeded()
-                self.fallback.mirror_shared_spend(windows, spent[: len(windows)])
-                alerts = tuple(windows[i - 1].alert(spent[i - 1], self._warn_fraction) for i in spent[len(windows):])
+                self._succeeded()
+                self.fallback.mirror_shared_spend(windows, spent[: 2 * len(windows)])
+                alerts = tuple(windows[i - 1].alert(spent[i - 1], self._warn_fraction) for i in spent[2 * len(windows) :])
                 log_alerts(alerts)
                 return alerts
-        # The spend still counts here; a hold left in Redis expires on its own.
-        return await self.fallback.settle(reservation, cost_usd, tokens)
+        # The spend counts here at once, and goes to Redis when it answers (a hold left there
+        # expires on its own).
+        self._keep_pending(reservation, settled)
+        await self.fallback.settle(
+            reservation, cost_usd, tokens, estimated_usd=estimated_usd, estimated_tokens=estimated_tokens
+        )
+        if self.available:
+            self._write_back_soon()
+        return ()  # its windows' crossings are told by the write-back, once for every process
 
     async def release(self, reservation: Reservation) -> None:
         if reservation.fallback:
@@ -166,37 +209,173 @@ class RedisLedger:
         elif self.available:
             windows = windows_of(reservation.limits, reservation.day, reservation.month)
             try:
-                await self._run_settle(reservation, windows, 0, 0, [None] * len(windows))
+                await self._run_settle(reservation, windows, Settled.of(0, 0, 0, 0), [None] * len(windows))
             except REDIS_FAILURES as exc:
                 self._outage.failed("release", exc)  # the hold expires on its own
             else:
-                self._outage.succeeded()
+                self._succeeded()
 
     async def report(self, limits: Sequence[Limit]) -> list[WindowReport]:
+        """The shared figures while Redis answers, else this process's (`source == "process"`);
+        either way with what is still pending write-back counted in, and shown apart."""
         check_limits(limits)
+        now = aware_utc(self._clock)
+        windows = windows_of(limits, *labels(now))
         if self.available:
-            now = aware_utc(self._clock)
-            windows = windows_of(limits, *labels(now))
+            await self._write_back_now()
+        if self.available:
             try:
                 figures = await self._read(windows, now)
             except REDIS_FAILURES as exc:
                 self._outage.failed("report", exc)
             else:
-                self._outage.succeeded()
-                return figures
-        return await self.fallback.report(limits)
+                self._succeeded()
+                for window, report in zip(windows, figures):
+                    self.fallback.mirror_shared_report(window, report)
+                return [self._with_pending(window, report, add=True) for window, report in zip(windows, figures)]
+        reports = await self.fallback.report(limits)
+        return [self._with_pending(window, report, add=False) for window, report in zip(windows, reports)]
+
+    @property
+    def pending(self) -> dict[tuple[str, str], Spend]:
+        """Spend settled while Redis was away and not yet written back, per (scope, window label)."""
+        pending: dict[tuple[str, str], Spend] = {}
+        for window, settled in self._pending_deltas():
+            key = (window.scope, window.label)
+            pending[key] = pending.get(key, Spend()) + settled.total
+        return pending
 
     async def ping(self) -> bool:
         return await self._redis.ping(self._timeout)
 
     async def close(self) -> None:
+        # A process stopped soon after an outage still writes back what it spent meanwhile.
+        if self.available:
+            await self._write_back_now()
+        if self._write_back_task is not None:
+            self._write_back_task.cancel()
         await self._redis.aclose()
         await self.fallback.close()
 
+    def _succeeded(self) -> None:
+        self._outage.succeeded()
+        self._write_back_soon()
+
+    def _keep_pending(self, reservation: Reservation, settled: Settled) -> None:
+        for window in windows_of(reservation.limits, reservation.day, reservation.month):
+            key = (window.scope, window.label)
+            kept = self._pending.get(key)
+            self._pending[key] = (window, settled if kept is None else kept[1] + settled)
+
+    def _pending_deltas(self) -> list[tuple[Window, Settled]]:
+        return [*(self._batch.deltas if self._batch else ()), *self._pending.values()]
+
+    def _pending_in(self, window: Window) -> Settled:
+        found = Settled(Spend(), Spend())
+        for pending, settled in self._pending_deltas():
+            if (pending.scope, pending.label) == (window.scope, window.label):
+                found += settled
+        return found
+
+    def _with_pending(self, window: Window, report: WindowReport, add: bool) -> WindowReport:
+        """`report` with this window's pending spend shown apart, and added in when it comes from Redis
+        (the fallback's figures hold it already)."""
+        pending = self._pending_in(window)
+        if add and pending.total.nano:
+            spent = nano(report.spent_usd) + pending.total.nano
+            reserved = nano(report.reserved_usd)
+            estimated = Spend(nano(report.estimated_usd), report.estimated_tokens) + pending.estimated
+            report = window.report(spent, reserved, report.tokens + pending.total.tokens, estimated)
+        return dataclasses.replace(
+            report, pending_usd=usd(pending.total.nano), pending_tokens=pending.total.tokens
+        )
+
+    def _write_back_soon(self) -> None:
+        """Write the pending spend back in the background, unless that is under way already."""
+        if not (self._pending or self._batch) or (self._write_back_task and not self._write_back_task.done()):
+            return
+        self._write_back_task = asyncio.ensure_future(self._write_back())
+
+    async def _write_back_now(self) -> None:
+        """Whatever is pending, written back before returning (or left pending if Redis fails again)."""
+        running = self._write_back_task
+        if running is not None and not running.done():
+            await asyncio.shield(running)
+        if self._pending or self._batch:
+            await self._write_back()
+
+    async def _write_back(self) -> None:
+        while self.available and (self._batch is not None or self._pending):
+            if self._batch is None:
+                self._batch = _Batch(uuid.uuid4().hex, tuple(self._pending.values()))
+                self._pending = {}
+            batch = self._batch
+            try:
+                reply = await self._run(*self._write_back_call(batch))
+            except REDIS_FAILURES as exc:
+                self._outage.failed("write-back", exc)  # kept, and sent again under the same id
+                return
+            self._outage.succeeded()
+            self._batch = None
+            self._wrote_back(batch, [int(value) for value in reply])
+
+    def _write_back_call(self, batch: _Batch) -> tuple[Script, list[str], list[int | str]]:
+        now = aware_utc(self._clock)
+        windows = [window for window, _ in batch.deltas]
+        keys = [f"{KEY_PREFIX}w:{batch.id}", *(window_keys(window)[0] for window in windows)]
+        args: list[int | str] = [max(_ttl(window, now) for window in windows)]
+        for window, settled in batch.deltas:
+            line = warn_line(window, self._warn_fraction) if settled.total.nano > 0 else None
+            args += [
+                settled.total.nano, settled.total.tokens, settled.estimated.nano, settled.estimated.tokens,
+                _ttl(window, now), -1 if line is None else line,
+            ]
+        return _WRITE_BACK_SCRIPT, keys, args
+
+    def _wrote_back(self, batch: _Batch, reply: list[int]) -> None:
+        count = len(batch.deltas)
+        spent = reply[1 : 1 + count]
+        for (window, settled), shared in zip(batch.deltas, spent):
+            self.fallback.written_back(window, settled, shared)
+        if reply[0] == 1:
+            total = sum((settled.total for _, settled in batch.deltas), Spend())
+            log.info(
+                "redis budget ledger: wrote back what this process settled while it was away "
+                "(%d windows, $%.6g in all windows together, %d tokens)", count, total.nano / 1e9, total.tokens,
+            )
+        alerts = tuple(batch.deltas[i - 1][0].alert(spent[i - 1], self._warn_fraction) for i in reply[1 + count :])
+        log_alerts(alerts)
+
+    async def _warn_unless_durable(self) -> None:
+        """A warning when this Redis may lose spend: it evicts keys under memory pressure, or keeps nothing across a restart."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                replies = await self._redis.execute(
+                    [("CONFIG", "GET", "maxmemory-policy"), ("CONFIG", "GET", "appendonly"), ("CONFIG", "GET", "save")]
+                )
+            policy, appendonly, save = (_config_value(reply) for reply in replies)
+        except (*REDIS_FAILURES, ValueError) as exc:
+            # Managed Redis often refuses CONFIG; a Redis that is down is told about by the calls.
+            log.info("redis budget ledger: could not read its eviction and persistence settings (%s)", exc or type(exc).__name__)
+            return
+        if policy != _KEEPS_KEYS:
+            log.warning(
+                "redis budget ledger: maxmemory-policy is %s, so memory pressure may evict spend figures and "
+                "budgets start over; give the ledger a Redis with maxmemory-policy noeviction ([budget] url)", policy,
+            )
+        if appendonly != "yes" and not save:
+            log.warning(
+                "redis budget ledger: no persistence (appendonly no, no save points), so a Redis restart "
+                "starts every budget over; give the ledger a Redis with appendonly yes ([budget] url)",
+            )
+
     async def _run_settle(
-        self, reservation: Reservation, windows: list[Window], cost: int, tokens: int, lines: list[int | None]
+        self, reservation: Reservation, windows: list[Window], settled: Settled, lines: list[int | None]
     ) -> list[int]:
-        args: list[int | str] = [_member(reservation), -nano(reservation.amount_usd), cost, tokens]
+        args: list[int | str] = [
+            _member(reservation), -nano(reservation.amount_usd), settled.total.nano, settled.total.tokens,
+            settled.estimated.nano, settled.estimated.tokens,
+        ]
         now = aware_utc(self._clock)
         for window, line in zip(windows, lines):
             args += [_ttl(window, now), -1 if line is None else line]
@@ -212,11 +391,20 @@ class RedisLedger:
         replies = await self._run(_REPORT_SCRIPT, _keys(windows), [_ms(now)])
         reports = []
         for i, window in enumerate(windows):
-            spent, reserved, tokens = (int(value or 0) for value in replies[2 * i])
+            spent, reserved, tokens, estimated_spent, estimated_tokens = (int(value or 0) for value in replies[2 * i])
             # Expired holds no longer count even before a script has purged them.
             reserved -= sum(int(member.rsplit(b":", 1)[1]) for member in replies[2 * i + 1])
-            reports.append(window.report(spent, max(0, reserved), tokens))
+            reports.append(window.report(spent, max(0, reserved), tokens, Spend(estimated_spent, estimated_tokens)))
         return reports
+
+
+def _config_value(reply: Any) -> str:
+    """The value of a one-parameter CONFIG GET: ["name", "value"] (RESP2) or {"name": "value"}."""
+    values = list(reply.values()) if isinstance(reply, dict) else list(reply)[1::2]
+    if len(values) != 1:
+        raise ValueError(f"unexpected CONFIG GET reply {reply!r}")
+    value = values[0]
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _keys(windows: Sequence[Window]) -> list[str]:

@@ -62,6 +62,7 @@ class EmulatorState:
     rules: list[FaultRule] = field(default_factory=list)
     requests: dict[str, int] = field(init=False)
     documents: dict[str, int] = field(init=False)
+    tokens: dict[str, int] = field(init=False)  # what the answers billed (or would have: TEI's carry no usage)
     last_body: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +73,7 @@ class EmulatorState:
         self.rules.clear()
         self.requests = dict.fromkeys(PROVIDERS, 0)
         self.documents = dict.fromkeys(PROVIDERS, 0)
+        self.tokens = dict.fromkeys(PROVIDERS, 0)
         self.last_body = dict.fromkeys(PROVIDERS)
 
     def take_fault(self, provider: str) -> FaultRule | None:
@@ -151,6 +153,7 @@ async def _serve(provider: Provider, request: web.Request) -> web.Response:
     except BadBody as exc:
         return _json(provider.error_body(str(exc)), 422)
     state.documents[provider.name] += len(call.documents)
+    state.tokens[provider.name] += call.tokens()
     mode = rule.mode if rule is not None else None
     runtime_ms = int((time.perf_counter() - started) * 1000)
     scores = (call.misbehaving_scores(mode, state.config.seed) if mode in QUIET_FAULT_MODES
@@ -208,7 +211,7 @@ async def _clear_faults(request: web.Request) -> web.Response:
 
 async def _stats(request: web.Request) -> web.Response:
     state = request.app[EMULATOR_STATE]
-    return _json({"requests": state.requests, "documents": state.documents,
+    return _json({"requests": state.requests, "documents": state.documents, "tokens": state.tokens,
                   "last_body": state.last_body})
 
 

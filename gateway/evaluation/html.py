@@ -12,6 +12,9 @@ import html
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from gateway.evaluation.recommend import format_recommendation
+from gateway.evaluation.table import first_stage_label
+
 _QUALITY_COLOURS = ("#0969da", "#8250df")  # NDCG@k, P@5
 _LEXICAL_COLOUR = "#8c959f"
 _ROW, _LABEL_W, _BAR_W, _VALUE_W = 22, 190, 420, 70
@@ -28,7 +31,7 @@ def render_report_html(report: Mapping[str, Any]) -> str:
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><main>"
         f"<h1>{_e(title)}</h1>"
         f"<p class=\"muted\">{_e(str(report.get('queries', '?')))} queries · first stage "
-        f"{_e(str(report.get('first_stage', '?')))} · reference {_e(str(report.get('reference') or 'none'))}</p>"
+        f"{_e(_first_stage(report))} · reference {_e(str(report.get('reference') or 'none'))}</p>"
         f"{_recommendation(report)}"
         f"<section><h2>Ranking quality, beside the first stage</h2>"
         f"{_quality_chart(rows, k)}</section>"
@@ -41,21 +44,35 @@ def render_report_html(report: Mapping[str, Any]) -> str:
     )
 
 
+def _first_stage(report: Mapping[str, Any]) -> str:
+    if "candidates" in report:
+        return first_stage_label(dict(report))
+    return str(report.get("first_stage", "bm25"))
+
+
 def _scored_rows(report: Mapping[str, Any]) -> list[tuple[str, Entry, bool]]:
-    """(label, metrics, is the first stage) for BM25 and each provider that scored, in fallback order."""
-    rows: list[tuple[str, Entry, bool]] = [(f"lexical ({report.get('first_stage', 'bm25')})", report.get("lexical", {}), True)]
+    """(label, metrics, is the first stage) for BM25 and each provider that scored, in fallback order.
+
+    A provider the recommendation keeps is labelled with its place in the recommended order."""
+    order = (report.get("recommendation") or {}).get("fallback", [])
+    rows: list[tuple[str, Entry, bool]] = [(f"lexical ({_first_stage(report)})", report.get("lexical", {}), True)]
     for name, entry in report.get("providers", {}).items():
         if "error" not in entry and "skipped" not in entry:
-            rows.append((f"{name} (reference)" if name == report.get("reference") else name, entry, False))
+            label = f"{name} (reference)" if name == report.get("reference") else name
+            rows.append((f"#{order.index(name) + 1} {label}" if name in order else label, entry, False))
     return rows
 
 
 def _recommendation(report: Mapping[str, Any]) -> str:
+    """The recommended fallback order as the terminal prints it: what was compared, the line to paste."""
     advice = report.get("recommendation")
     if not advice:
         return ""
-    text = advice if isinstance(advice, str) else " ".join(f"{key}: {value}" for key, value in dict(advice).items())
-    return f"<p class=\"advice\">{_e(text)}</p>"
+    costs = {name: entry["usd_per_1k_queries"] for name, entry in report.get("providers", {}).items()
+             if "usd_per_1k_queries" in entry}
+    lines = format_recommendation(str(report.get("model", "?")), advice, costs)
+    paste = [f"<code>{_e(line)}</code>" if line.startswith("fallback = ") else _e(line) for line in lines]
+    return f"<p class=\"advice\">{'<br>'.join(paste)}</p>"
 
 
 def _quality_chart(rows: Sequence[tuple[str, Entry, bool]], k: int) -> str:
@@ -119,7 +136,7 @@ def _svg(name: str, height: int, body: str, drawn: int, width: int | float = _LA
 
 # (title, key, format); {k} is the report's cut-off. The terminal table's columns, in its order.
 _COLUMNS = (("P@1", "p@1", ".3f"), ("P@5", "p@5", ".3f"), ("NDCG@{k}", "ndcg@{k}", ".3f"),
-            ("MRR@{k}", "mrr@{k}", ".3f"), ("p50 ms", "latency_p50_ms", ".1f"),
+            ("MRR@{k}", "mrr@{k}", ".3f"), ("cand. recall", "candidate_recall", ".3f"), ("p50 ms", "latency_p50_ms", ".1f"),
             ("p95 ms", "latency_p95_ms", ".1f"), ("tokens/1k q", "tokens_per_1k_queries", "d"),
             ("$/1k q", "usd_per_1k_queries", ".2g"), ("MAE", "agreement_mae", ".3f"),
             ("tau", "agreement_kendall_tau", ".3f"))
@@ -175,7 +192,8 @@ figure{margin:0}
 svg text{font-size:12px;fill:#1f2328}svg text.value{font-size:11px;fill:#656d76}
 .grid{stroke:#eaeef2}
 .muted{color:#656d76;margin-top:0}
-.advice{background:#ddf4ff;border:1px solid #80ccff;border-radius:8px;padding:8px 12px;font-weight:600}
+.advice{background:#ddf4ff;border:1px solid #80ccff;border-radius:8px;padding:8px 12px}
+.advice code{font:600 13px ui-monospace,"DejaVu Sans Mono",monospace}
 .bad{color:#cf222e}
 .legend{display:flex;gap:14px;font-size:12px;color:#656d76;margin-top:4px}
 .legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:-1px}

@@ -27,6 +27,7 @@ from gateway.errors import ProviderFailure
 from gateway.evaluation.beir import Dataset
 from gateway.evaluation.bm25 import Bm25Index
 from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
+from gateway.evaluation.recommend import DEFAULT_NDCG_MARGIN, recommend
 from gateway.models import Batch, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient, build_clients
@@ -47,6 +48,7 @@ class EvalSettings:
     candidates: int = 40  # BM25 depth when the set brings no candidates.jsonl
     concurrency: int = 4  # queries in flight per provider
     max_retries: int = 2  # extra tries of a query after a transient failure
+    ndcg_margin: float = DEFAULT_NDCG_MARGIN  # providers this close to the best NDCG@k are recommended
 
 
 @dataclass(slots=True)
@@ -106,13 +108,23 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
     for name, result in scored.items():
         assert reference is not None
         providers[name] = _provider_report(result, scored[reference], candidates, dataset, settings.k)
+    ordered = {name: providers[name] for name in config.models[model].fallback}
     return {
         "model": model, "queries": len(query_ids), "k": settings.k,
         "first_stage": "candidates.jsonl" if dataset.candidates is not None else f"bm25 top {settings.candidates}",
+        "candidates": candidate_counts(candidates),
         "reference": reference,
-        "providers": {name: providers[name] for name in config.models[model].fallback},
+        "providers": ordered,
         "lexical": lexical,
+        "recommendation": recommend(ordered, f"ndcg@{settings.k}", settings.ndcg_margin),
     }
+
+
+def candidate_counts(candidates: dict[str, list[str]]) -> dict[str, float]:
+    """How many candidates the queries really had: BM25 brings only passages sharing a term, and a
+    given candidates.jsonl may be short, so "top 40" alone can overstate what was reranked."""
+    counts = [len(ids) for ids in candidates.values()] or [0]
+    return {"min": min(counts), "mean": round(sum(counts) / len(counts), 1), "max": max(counts)}
 
 
 def _provider_report(result: _Scored, reference: _Scored, candidates: dict[str, list[str]],

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.evaluation.recommend import format_recommendation
+
 # (title, report key, format); {k} is the --k cut-off
 _COLUMNS = (("P@1", "p@1", ".3f"), ("P@5", "p@5", ".3f"), ("NDCG@{k}", "ndcg@{k}", ".3f"),
-            ("MRR@{k}", "mrr@{k}", ".3f"), ("p50 ms", "latency_p50_ms", ".1f"),
+            ("MRR@{k}", "mrr@{k}", ".3f"), ("cand. recall", "candidate_recall", ".3f"), ("p50 ms", "latency_p50_ms", ".1f"),
             ("p95 ms", "latency_p95_ms", ".1f"), ("tokens/1k q", "tokens_per_1k_queries", "d"),
             ("$/1k q", "usd_per_1k_queries", ".2g"), ("MAE", "agreement_mae", ".3f"),
             ("tau", "agreement_kendall_tau", ".3f"))
@@ -15,7 +17,7 @@ _COLUMNS = (("P@1", "p@1", ".3f"), ("P@5", "p@5", ".3f"), ("NDCG@{k}", "ndcg@{k}
 def format_report(report: dict[str, Any]) -> str:
     k = report["k"]
     header = ["provider", *(title.format(k=k) for title, _, _ in _COLUMNS)]
-    rows = [_cells(f"lexical ({report['first_stage']})", report["lexical"], k)]
+    rows = [_cells(f"lexical ({first_stage_label(report)})", report["lexical"], k)]
     notes = []
     for name, entry in report["providers"].items():
         if "error" in entry:
@@ -26,7 +28,18 @@ def format_report(report: dict[str, Any]) -> str:
             rows.append(_cells(f"{name} (reference)" if name == report["reference"] else name, entry, k))
     table = [_row(header), _row(["---"] * len(header)), *map(_row, rows)]
     summary = f"model {report['model']}, {report['queries']} queries"
-    return "\n".join([summary, "", *table, *(["", *notes] if notes else [])])
+    costs = {name: entry["usd_per_1k_queries"] for name, entry in report["providers"].items()
+             if "usd_per_1k_queries" in entry}
+    advice = format_recommendation(report["model"], report["recommendation"], costs)
+    return "\n".join([summary, "", *table, *(["", *notes] if notes else []), "", *advice])
+
+
+def first_stage_label(report: dict[str, Any]) -> str:
+    """"bm25 top 40: 9-40 per query, mean 23.4": what was reranked, not only what was asked for."""
+    counts = report["candidates"]
+    if counts["min"] == counts["max"]:
+        return f"{report['first_stage']}: {counts['max']:g} per query"
+    return f"{report['first_stage']}: {counts['min']:g}-{counts['max']:g} per query, mean {counts['mean']:g}"
 
 
 def _cells(label: str, entry: dict[str, Any], k: int) -> list[str]:

@@ -52,8 +52,12 @@ UPSTREAM_ERROR_REASONS: Final[frozenset[str]] = frozenset(get_args(UpstreamError
 # Why the gateway called a provider: a client's request, a canary probe, or a shadow comparison.
 CallPurpose = Literal["request", "probe", "shadow"]
 
-BreakerStateName = Literal["closed", "half_open", "open"]
-BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {"closed": 0, "half_open": 1, "open": 2}
+
+# The one list of a circuit breaker's states (gateway.resilience.breaker and the status page use
+# this one), in gauge order: a state's gauge value is its position, 0 closed .. 2 open. Defined at
+# this layer because metrics may import nothing of the gateway's and every layer reports here.
+BreakerState = Literal["closed", "half_open", "open"]
+BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {state: value for value, state in enumerate(get_args(BreakerState))}
 
 # 1 ms .. 30 s: a cache hit answers in about a millisecond, a slow provider in tens of seconds.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -133,6 +137,12 @@ class GatewayMetrics:
             "rerank_gateway_upstream_estimated_cost_usd",
             "Of rerank_gateway_upstream_cost_usd, what was priced from the gateway's token estimate.",
             ["provider"], registry=registry,
+        )
+        # What the ledger was billed, split by where the figure came from: the provider's usage
+        # ("reported") or the gateway's own estimate for an answer without usage ("estimated").
+        self._spend_usd = Counter(
+            "rerank_gateway_spend_usd", "Spend billed to the ledger, in US dollars, by where the figure came from.",
+            ["provider", "source"], registry=registry,
         )
         self._fallbacks = Counter(
             "rerank_gateway_fallbacks", "Times a request moved on from one provider to the next.",
@@ -230,6 +240,9 @@ class GatewayMetrics:
         self._child(self._cost_usd, provider).inc(cost_usd)
         self._child(self._estimated_tokens, provider).inc(estimated_tokens)
         self._child(self._estimated_cost_usd, provider).inc(estimated_cost_usd)
+        estimated = min(max(0.0, estimated_cost_usd), cost_usd)
+        self._child(self._spend_usd, provider, "reported").inc(max(0.0, cost_usd - estimated))
+        self._child(self._spend_usd, provider, "estimated").inc(estimated)
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()
@@ -250,7 +263,7 @@ class GatewayMetrics:
         """measure is "mae", "kendall_tau", "mae_calibrated" or "calibration_pairs"."""
         self._child(self._provider_agreement, model, provider, measure).set(value)
 
-    def set_breaker_state(self, *, provider: str, state: BreakerStateName) -> None:
+    def set_breaker_state(self, *, provider: str, state: BreakerState) -> None:
         self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])
 
     def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:

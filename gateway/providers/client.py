@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
@@ -27,6 +27,10 @@ _NO_FALLBACK_STATUSES = frozenset({400, 422})
 _ERROR_TEXT_LIMIT = 300
 
 TokenCount = Callable[[int], int]  # characters -> the tokens a provider would bill for them
+# The network as the client sees it: POST (url, body, headers, timeout), get (status, body,
+# Retry-After) back, or TimeoutError / aiohttp.ClientError as aiohttp raises them. The default is
+# the client's own keep-alive session; a test passes a fake provider here instead of a socket.
+Post = Callable[[str, bytes, Mapping[str, str], aiohttp.ClientTimeout], Awaitable[tuple[int, bytes, str | None]]]
 
 
 def build_clients(config: GatewayConfig, secrets: Secrets) -> dict[str, ProviderClient]:
@@ -47,10 +51,13 @@ class ProviderClient:
         name: str,
         config: ProviderConfig,
         api_key: str | None,
-        session: aiohttp.ClientSession | None = None,
+        post: Post | None = None,
         missing_key: str = "not set",
     ) -> None:
-        """`api_key` as Secrets resolved it; `missing_key` says why it is None ("not set", "empty")."""
+        """`api_key` as Secrets resolved it; `missing_key` says why it is None ("not set", "empty").
+
+        `post` replaces the HTTP session (no session is opened then): the transport, injected.
+        """
         self.name = name
         self.config = config
         self.adapter: ProviderAdapter = PROVIDER_KINDS[config.kind]
@@ -63,10 +70,12 @@ class ProviderClient:
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout_seconds, sock_connect=config.connect_timeout_seconds
         )
-        self._session = session
+        self._session: aiohttp.ClientSession | None = None
+        self._post_over_network = post is None
+        self._send: Post = post or self._session_post
 
     async def start(self) -> None:
-        if self._session is None:
+        if self._session is None and self._post_over_network:
             connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=30)
             self._session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps_str)
 
@@ -160,11 +169,16 @@ class ProviderClient:
         except InvalidAnswer as exc:
             raise ProviderFailure(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
 
-    async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
+    async def _session_post(
+        self, url: str, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout
+    ) -> tuple[int, bytes, str | None]:
         assert self._session is not None, "ProviderClient.start() was not called"
+        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            return resp.status, await resp.read(), resp.headers.get("Retry-After")
+
+    async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         try:
-            async with self._session.post(self._url, data=body, headers=self._headers, timeout=self._timeout) as resp:
-                return resp.status, await resp.read(), resp.headers.get("Retry-After")
+            return await self._send(self._url, body, self._headers, self._timeout)
         except TimeoutError:
             raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
         except aiohttp.ClientError as exc:

@@ -11,7 +11,7 @@
     standing.py   standing: a failing provider against chance and BM25 on its canary
 
     canary.py     CanaryLine, load_canary, builtin_canary: queries with known answers
-    judge.py      judge: every relevant passage above every irrelevant one, on every line
+    judge.py      judge: the share of (relevant, irrelevant) pairs ordered, per language, graded
     agreement.py  agreement, kendall_tau_b, mean_absolute_difference: two score lists compared
     tracker.py    AgreementTracker: rolling agreement with the reference, in bounded memory
     calibration.py  calibrate: a strictly increasing map from one provider's scale onto another's

@@ -14,7 +14,7 @@ keeps what was learned of it, one re-pointed elsewhere starts afresh.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,6 +53,8 @@ class QualityReport:
     calibration: Calibration | None = None  # the map's figures, whether or not they allow sharing
     serves: bool = True  # failing, it still serves (flagged) when nothing better can answer
     standing: str | None = None  # a failing provider against chance and BM25 (CanaryStanding.describe)
+    # the last verdict graded: rule, ordered pairs, worst margin, per language (Verdict.as_json)
+    canary: Mapping[str, object] | None = None
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -61,6 +63,7 @@ class QualityReport:
             "group": self.group, "calibrated": self.calibrated,
             "calibration": None if self.calibration is None else self.calibration.as_json(),
             "serves": self.serves, "standing": self.standing,
+            "canary": self.canary,
         }
 
 

@@ -2,10 +2,17 @@
 
 One JSON object per line:
 
-    {"query": "...", "relevant": ["...", ...], "irrelevant": ["...", ...], "instruction": "..."}
+    {"query": "...", "relevant": ["...", ...], "irrelevant": ["...", ...], "instruction": "...",
+     "language": "ru"}
 
-`instruction` is optional; blank lines are skipped; any other key is an error, as in the config.
-Errors name the source and the line, so ops can fix the file they wrote.
+`instruction` and `language` are optional; blank lines are skipped; any other key is an error,
+as in the config. Errors name the source and the line, so ops can fix the file they wrote.
+A line's language is what the verdict is graded by (gateway.quality.judge); left out, it is the
+script of the query ("cyrillic", "han", "latin", "other"), so a file's lines still group.
+
+A canary tells models apart only when word overlap cannot pass it: relevant passages that
+paraphrase the query rather than repeat it, and hard negatives (passages that share the query's
+words and do not answer it). The built-in set is built that way; see README "Quality guard".
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from typing import Any
 import orjson
 
 BUILTIN_SOURCE = "built-in canary"
-_KEYS = frozenset({"query", "relevant", "irrelevant", "instruction"})
+_KEYS = frozenset({"query", "relevant", "irrelevant", "instruction", "language"})
 
 
 class CanaryError(ValueError):
@@ -33,6 +40,7 @@ class CanaryLine:
     instruction: str | None = None
     line: int = 0  # 1-based line in its source, for messages
     source: str = BUILTIN_SOURCE
+    language: str = "other"  # what the verdict is graded by, per language
 
     @property
     def documents(self) -> tuple[str, ...]:
@@ -86,10 +94,27 @@ def _parse_line(raw: str, number: int, source: str) -> CanaryLine:
         raise CanaryError(f"{where}: 'query' must be a non-empty string")
     if instruction is not None and not isinstance(instruction, str):
         raise CanaryError(f"{where}: 'instruction' must be a string when given")
+    language = value.get("language")
+    if language is not None and (not isinstance(language, str) or not language.strip()):
+        raise CanaryError(f"{where}: 'language' must be a non-empty string when given")
     relevant, irrelevant = _passages(value, "relevant", where), _passages(value, "irrelevant", where)
     if both := set(relevant) & set(irrelevant):
         raise CanaryError(f"{where}: a passage is both relevant and irrelevant: {sorted(both)[0]!r}")
-    return CanaryLine(query, relevant, irrelevant, instruction, number, source)
+    return CanaryLine(query, relevant, irrelevant, instruction, number, source, language or script_of(query))
+
+
+def script_of(text: str) -> str:
+    """The script most of `text`'s letters are in: a language label for lines that name none."""
+    counts = {"cyrillic": 0, "han": 0, "latin": 0}
+    for char in text:
+        if "\u0400" <= char <= "\u04ff":
+            counts["cyrillic"] += 1
+        elif "\u4e00" <= char <= "\u9fff":
+            counts["han"] += 1
+        elif char.isascii() and char.isalpha():
+            counts["latin"] += 1
+    script, count = max(counts.items(), key=lambda item: item[1])
+    return script if count else "other"
 
 
 def _passages(value: dict[str, Any], key: str, where: str) -> tuple[str, ...]:

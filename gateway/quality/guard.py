@@ -63,6 +63,8 @@ class QualityGuard:
         self._shadower = Shadower(config, clients, guard, board, rng, self._next_provider, self.reference,
                                   self.publish, self._spawn, self._prober.share_samples, metrics.history)
         self._shared = self._prober.shared
+        for name in config.models:
+            self._prober.rejudge(name)
 
     # -- what the router asks while it plans ------------------------------------------------------
 
@@ -106,6 +108,7 @@ class QualityGuard:
             self.groups.report(model, provider),
             serves=entry.state != "failing" or self.skip(model, provider) is None,
             standing=None if entry.standing is None else entry.standing.describe(),
+            canary=None if entry.canary is None else entry.canary.verdict.as_json(),
         )
 
     # -- probes and shadow calls ------------------------------------------------------------------

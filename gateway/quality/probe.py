@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from gateway.models import Batch, Usage
 from gateway.quality.canary import CanaryLine
-from gateway.quality.judge import Verdict, judge
+from gateway.quality.judge import STRICT, Verdict, judge
 from gateway.quality.tracker import AgreementTracker
 
 # pairs -> (scores in input order, usage): ProviderClient.score's shape
@@ -27,6 +27,10 @@ class CanaryOutcome:
     verdict: Verdict
     usage: Usage
 
+    def rejudged(self, pass_share: float) -> CanaryOutcome:
+        """The same scores held to another threshold: a changed `canary_pass_share` needs no new calls."""
+        return CanaryOutcome(self.lines, self.scores, judge(self.lines, self.scores, pass_share), self.usage)
+
     def feed(self, tracker: AgreementTracker, reference: CanaryOutcome) -> None:
         """Add this provider's canary scores against the reference's, one sample per line."""
         if reference.lines != self.lines:
@@ -35,7 +39,7 @@ class CanaryOutcome:
             tracker.add(theirs, ours)
 
 
-async def run_canary(lines: Sequence[CanaryLine], score: ScoreFn) -> CanaryOutcome:
+async def run_canary(lines: Sequence[CanaryLine], score: ScoreFn, pass_share: float = STRICT) -> CanaryOutcome:
     lines = tuple(lines)
     per_line: list[tuple[float, ...]] = [()] * len(lines)
     usage = Usage()
@@ -49,7 +53,7 @@ async def run_canary(lines: Sequence[CanaryLine], score: ScoreFn) -> CanaryOutco
             end = start + len(lines[i].documents)
             per_line[i] = tuple(scores[start:end])
             start = end
-    return CanaryOutcome(lines, tuple(per_line), judge(lines, per_line), usage)
+    return CanaryOutcome(lines, tuple(per_line), judge(lines, per_line, pass_share), usage)
 
 
 def _by_instruction(lines: Sequence[CanaryLine]) -> dict[str | None, list[int]]:

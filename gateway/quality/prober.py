@@ -62,6 +62,18 @@ class Prober:
         self._reference = reference
         self._publish = publish
 
+    def rejudge(self, model: str) -> None:
+        """Verdicts judged under another `canary_pass_share` (a reload changed it): the same scores
+        judged again, with no new calls; a reload re-probes only providers whose identity changed."""
+        share = self._pass_share(model)
+        for provider in self._config.models[model].fallback:
+            entry = self._board.entry(model, provider)
+            if entry.canary is not None and entry.canary.verdict.pass_share != share:
+                self._announce(self._board.record_verdict(model, provider, entry.canary.rejudged(share), entry.checked_at))
+
+    def _pass_share(self, model: str) -> float:
+        return self._config.models[model].quality.canary_pass_share
+
     @property
     def shared(self) -> bool:
         """Whether other workers' probes and samples count here (Redis configured)."""
@@ -117,7 +129,8 @@ class Prober:
             reason = f"every canary line carries an instruction, which kind {client.config.kind!r} cannot take"
         if reason is None:
             try:
-                outcome = await run_canary(lines, lambda pairs: self._guard.score(client, pairs, None, purpose="probe"))
+                outcome = await run_canary(lines, lambda pairs: self._guard.score(client, pairs, None, purpose="probe"),
+                                           self._pass_share(model))
             except ProviderFailure as failure:
                 reason = f"probe failed: {failure}"
             else:
@@ -168,7 +181,7 @@ class Prober:
         if record.get("canary") != canary_digest(lines) or not _fits(lines, scores):
             return None  # another canary set: not evidence about this one
         per_line = tuple(tuple(float(s) for s in line) for line in scores)
-        outcome = CanaryOutcome(lines, per_line, judge(lines, per_line), Usage())
+        outcome = CanaryOutcome(lines, per_line, judge(lines, per_line, self._pass_share(model)), Usage())
         self._announce(self._board.record_verdict(model, provider, outcome, at))
         return outcome
 

@@ -20,7 +20,8 @@ rng, so tests drive them step by step. None of it is thread-safe: one event loop
 """
 
 from gateway.errors import is_transient_status
-from gateway.resilience.breaker import BreakerConfig, BreakerState, BreakerStatus, CircuitBreaker
+from gateway.observability.metrics import BreakerState
+from gateway.resilience.breaker import BreakerConfig, BreakerStatus, CircuitBreaker
 from gateway.resilience.latency import LatencyTracker
 from gateway.resilience.lexical import lexical_scores
 from gateway.resilience.retry import RetryBudget, full_jitter_backoff, parse_retry_after

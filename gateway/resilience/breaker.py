@@ -28,11 +28,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Literal
 
+from gateway.observability.metrics import BreakerState
 from gateway.resilience.window import Clock, SlidingCounts
-
-BreakerState = Literal["closed", "open", "half_open"]
 
 
 @dataclass(frozen=True, slots=True)

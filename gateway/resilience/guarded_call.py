@@ -118,7 +118,10 @@ class GuardedCall:
             await self._ledger.release(reservation)
             return
         usage = total_usage(answered)
-        await self._ledger.settle(reservation, usage.cost_usd, usage.tokens)
+        await self._ledger.settle(
+            reservation, usage.cost_usd, usage.tokens,
+            estimated_usd=usage.estimated_cost_usd, estimated_tokens=usage.estimated_tokens,
+        )
         self._metrics.record_usage(
             provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd,
             estimated_tokens=usage.estimated_tokens, estimated_cost_usd=usage.estimated_cost_usd,

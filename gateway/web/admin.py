@@ -46,7 +46,8 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def spend(request: web.Request) -> web.Response:
-    """Per provider and gateway-wide, today and this month: tokens, USD, budget, in flight."""
+    """Per provider and gateway-wide, today and this month: tokens, USD (reported and estimated),
+    budget, in flight; and whether the figures are the shared ledger's or this process's alone."""
     require_admin(request)
     live = request.app[LIVE]
     config = live.config
@@ -58,7 +59,7 @@ async def spend(request: web.Request) -> web.Response:
         target["today" if report.period == "day" else "month"] = _window(report)
     for name in config.providers:
         providers[name]["chars_per_token"] = round(live.shared.health.billing_estimator(name).chars_per_token, 3)
-    return json_response({"providers": providers, "gateway": gateway})
+    return json_response({"providers": providers, "gateway": gateway, "ledger": _ledger_state(reports)})
 
 
 def _window(report: WindowReport) -> dict[str, Any]:
@@ -66,8 +67,24 @@ def _window(report: WindowReport) -> dict[str, Any]:
         "window": report.window,
         "tokens": report.tokens,
         "usd": round(report.spent_usd, 9),
+        "reported": {"tokens": report.reported_tokens, "usd": round(report.reported_usd, 9)},
+        "estimated": {"tokens": report.estimated_tokens, "usd": round(report.estimated_usd, 9)},
         "budget_usd": report.limit_usd,
         "remaining_usd": None if report.remaining_usd is None else round(report.remaining_usd, 9),
         "reserved_usd": round(report.reserved_usd, 9),
+        "pending_usd": round(report.pending_usd, 9),
+        "pending_tokens": report.pending_tokens,
         "resets_at": report.resets_at.isoformat(),
+    }
+
+
+def _ledger_state(reports: list[WindowReport]) -> dict[str, Any]:
+    """Where the figures come from, and what this process has not yet written to the shared ledger."""
+    months = [report for report in reports if report.period == "month" and report.scope != GATEWAY_SCOPE]
+    per_process = any(report.source == "process" for report in reports)
+    return {
+        "figures": "per_process" if per_process else "shared",
+        # Every call counts in its provider's month once: their sum is what is pending.
+        "pending_usd": round(sum(report.pending_usd for report in months), 9),
+        "pending_tokens": sum(report.pending_tokens for report in months),
     }

