@@ -55,7 +55,8 @@ def _scored_rows(report: Mapping[str, Any]) -> list[tuple[str, Entry, bool]]:
 
     A provider the recommendation keeps is labelled with its place in the recommended order."""
     order = (report.get("recommendation") or {}).get("fallback", [])
-    rows: list[tuple[str, Entry, bool]] = [(f"lexical ({_first_stage(report)})", report.get("lexical", {}), True)]
+    # The first stage's full label ("bm25 top 40: 4-12 per query, mean 8.4") is in the heading.
+    rows: list[tuple[str, Entry, bool]] = [("lexical (first stage)", report.get("lexical", {}), True)]
     for name, entry in report.get("providers", {}).items():
         if "error" not in entry and "skipped" not in entry:
             label = f"{name} (reference)" if name == report.get("reference") else name
