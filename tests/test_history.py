@@ -23,7 +23,7 @@ def test_a_minute_counts_outcomes_pairs_latency_and_spend():
     history.record_spend("fireworks", 0.0)  # an answer that cost nothing draws no spend line
     view = history.view()
     assert len(view.minutes) == MINUTES and view.minutes[-1] == clock.now
-    assert {outcome: values[-1] for outcome, values in view.requests.items()} == {"cache": 1, "provider": 1, "error": 1}
+    assert {outcome: values[-1] for outcome, values in view.requests.items()} == {"cache": 1, "provider": 1, "lexical": 0, "error": 1}
     assert view.cache_hit_rate[-1] == 14 / 20
     assert view.cache_hit_rate[0] is None  # nothing looked up then: no point, not a zero
     # 19 of 20 answers took 100 ms: the p95 is in their bin (15% wide), not near the 2 s straggler.

@@ -1,7 +1,7 @@
 """The last hour, per minute, in this process: what /status draws and /status.json answers.
 
 A ring of MINUTES minute-buckets; a bucket is reused (cleared) when its minute comes round again,
-so memory stays bounded whatever the traffic: per bucket, three request counters, two cache
+so memory stays bounded whatever the traffic: per bucket, four request counters, two cache
 counters, and per provider a fixed latency histogram, a spend sum and an agreement sum. Recording
 is a few dict updates and one bisect (bench/history.py measures it against the request path).
 
@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from typing import Final, Literal
 
 MINUTES: Final = 60
-Outcome = Literal["cache", "provider", "error"]
-OUTCOMES: Final[tuple[Outcome, ...]] = ("cache", "provider", "error")
+# lexical: every provider failed and the local BM25 last resort answered (a 200, but no model scored it).
+Outcome = Literal["cache", "provider", "lexical", "error"]
+OUTCOMES: Final[tuple[Outcome, ...]] = ("cache", "provider", "lexical", "error")
 # 0.5 ms .. ~60 s in 15% steps; a sample above the last edge counts in the last bin.
 _LATENCY_EDGES: Final = tuple(0.0005 * 1.15**step for step in range(86))
 

@@ -549,9 +549,11 @@ def _status_history_schema() -> Schema:
             "pid": {"type": "integer"},
             "minute_seconds": {"const": 60},
             "minutes": {**minute, "items": {"type": "integer"}, "description": "Unix time each minute starts."},
-            "requests": _closed(["cache", "provider", "error"], {"cache": counts, "provider": counts, "error": counts},
+            "requests": _closed(["cache", "provider", "lexical", "error"],
+                                {"cache": counts, "provider": counts, "lexical": counts, "error": counts},
                                 description="Rerank requests per minute: every pair from the cache, some from a "
-                                            "provider, or answered with an error."),
+                                            "provider, the lexical last resort (every provider failed), or an "
+                                            "error answer."),
             "cache_hit_rate": {**measured, "description": "Pairs served from the cache over pairs looked up."},
             "p95_ms": {**per_provider, "description": "Per provider: p95 of its answers to requests (within 15%)."},
             "spend_usd": {"type": "object", "additionalProperties": counts,

@@ -16,7 +16,7 @@ from gateway.observability.history import MINUTES, HistoryView, Series
 _WIDTH, _HEIGHT = 320, 104
 _LEFT, _TOP, _RIGHT, _BOTTOM = 14, 8, 4, 18  # room for the y labels and the time axis
 _PLOT_W, _PLOT_H = _WIDTH - _LEFT - _RIGHT, _HEIGHT - _TOP - _BOTTOM
-_OUTCOME_COLOURS = {"cache": "#1a7f37", "provider": "#0969da", "error": "#cf222e"}
+_OUTCOME_COLOURS = {"cache": "#1a7f37", "provider": "#0969da", "lexical": "#d4a72c", "error": "#cf222e"}
 _PALETTE = ("#0969da", "#8250df", "#bf3989", "#1b7c83", "#9a6700", "#57606a")
 
 Format = Callable[[float], str]
