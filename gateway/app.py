@@ -61,6 +61,7 @@ def create_app(
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/status", ops.status_page)
+    app.router.add_get("/status.json", ops.status_json)
     app.router.add_get("/openapi.json", ops.openapi)
     app.router.add_post("/admin/reload", admin.reload)
     app.router.add_get("/admin/spend", admin.spend)

@@ -302,8 +302,10 @@ def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: 
 @click.option("--ndcg-margin", type=click.FloatRange(min=0), default=0.02, show_default=True,
               help="recommend the cheapest fallback among providers this close to the best NDCG@k")
 @click.option("--out", type=click.Path(dir_okay=False), help="also write the report as JSON here")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False),
+              help="also write the report as one self-contained HTML file with its charts")
 def eval_command(config_path: str | None, data_dir: str, model: str | None, k: int, candidates: int,
-                 concurrency: int, ndcg_margin: float, out: str | None) -> None:
+                 concurrency: int, ndcg_margin: float, out: str | None, html_out: str | None) -> None:
     """Rank a labelled set with every usable provider of a model, beside BM25, and compare."""
     import asyncio
 
@@ -338,6 +340,11 @@ def eval_command(config_path: str | None, data_dir: str, model: str | None, k: i
     if out:
         with open(out, "wb") as file:
             file.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    if html_out:
+        from gateway.evaluation.html import render_report_html
+
+        with open(html_out, "w", encoding="utf-8") as page:
+            page.write(render_report_html(report))
     sys.exit(0 if report["reference"] is not None else 1)
 
 

@@ -279,6 +279,22 @@ async def test_models_and_health_fit_the_spec(make_gateway: GatewayFactory, spec
     assert await spec.check_answer("/healthz", "get", await gateway.get("/healthz")) == {"status": "ok"}
 
 
+async def test_status_history_fits_the_spec(make_gateway: GatewayFactory, emulator, spec: Spec):
+    gateway = await make_gateway(resilience={"last_resort": "lexical", "max_retries": 0})
+    assert (await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})).status == 200
+    assert (await gateway.post("/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS})).status == 200
+    await add_fault(emulator, "deepinfra", "status", status=400, count=1)  # refused: no fallback, no last resort
+    assert (await gateway.post("/v1/rerank", json={"query": "another", "documents": DOCUMENTS})).status == 502
+    await add_fault(emulator, "*", "status", status=500)  # every provider down: BM25 answers
+    degraded = await gateway.post("/v1/rerank", json={"query": "a third", "documents": DOCUMENTS})
+    assert degraded.headers["X-Rerank-Provider"] == "degraded-lexical"
+    history = await spec.check_answer("/status.json", "get", await gateway.get("/status.json"))
+    # Summed over the hour: the requests may straddle a minute's turn.
+    assert {outcome: sum(counts) for outcome, counts in history["requests"].items()} == {
+        "cache": 1, "provider": 1, "lexical": 1, "error": 1}
+    assert any(history["p95_ms"]["deepinfra"]) and sum(history["spend_usd"]["deepinfra"]) > 0
+
+
 async def test_admin_endpoints_fit_the_spec(aiohttp_client, emulator, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
     config = tmp_path / "config.toml"

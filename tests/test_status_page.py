@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
+import os
 import re
-import shutil
-import struct
-import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.observability.history import MinuteHistory
 from gateway.resilience.health import RecentError
+from gateway.web.edge import LIVE
 from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
@@ -24,8 +24,12 @@ from gateway.web.status_page import (
     StatusSnapshot,
     render_status_page,
 )
+from tests.support.browser import NEEDS_CHROMIUM, console_lines, decode_png, run_chromium
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
+DOCS = Path(__file__).parent.parent / "docs"
+# RERANK_GATEWAY_UPDATE_DOCS=1: the live-traffic test also writes the README's screenshot.
+UPDATE_DOCS = os.environ.get("RERANK_GATEWAY_UPDATE_DOCS") == "1"
 NOW = 1_767_225_600.0 + 13 * 3600 + 37 * 60  # 2026-01-01 13:37:00 UTC
 SCRIPT_REASON = "upstream said <script>alert('x')</script> & gave up"
 
@@ -156,11 +160,9 @@ def test_bars_never_overflow_their_track():
 
 # --- a real browser ---------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (Debian: apt-get install -y chromium; CI installs it)")
+@NEEDS_CHROMIUM
 async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
     page = render_status_page(sample_snapshot())
 
@@ -174,22 +176,9 @@ async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awa
     screenshot = ARTIFACTS / "status_page.png"
     screenshot.unlink(missing_ok=True)
 
-    assert CHROMIUM is not None
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--hide-scrollbars", "--window-size=1200,900",
-        f"--screenshot={screenshot}", str(server.make_url("/status")),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        # The page is served from this event loop, so wait without blocking it.
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail("chromium took over 60 s to take a screenshot")
-    assert screenshot.exists(), f"chromium exited {process.returncode} without a screenshot: {stderr.decode()[-2000:]}"
+    _, log = await run_chromium(str(server.make_url("/status")), tmp_path / "chromium-profile",
+                                "--window-size=1200,900", f"--screenshot={screenshot}")
+    assert screenshot.exists(), f"chromium wrote no screenshot: {log[-2000:]}"
 
     width, height, pixels = decode_png(screenshot.read_bytes())
     assert (width, height) == (1200, 900)
@@ -197,33 +186,6 @@ async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awa
     assert len(set(pixels)) > 50, "the screenshot is (nearly) one colour: the page did not render"
 
 
-def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and RGB(A) pixels of an 8-bit truecolour PNG, enough to tell a blank image."""
-    assert data[:8] == PNG_SIGNATURE, "not a PNG"
-    position, chunks, header = 8, [], b""
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position:position + 4])
-        kind, body = data[position + 4:position + 8], data[position + 8:position + 8 + length]
-        crc = struct.unpack(">I", data[position + 8 + length:position + 12 + length])[0]
-        assert zlib.crc32(kind + body) == crc, f"bad CRC in {kind!r} chunk"
-        if kind == b"IHDR":
-            header = body
-        elif kind == b"IDAT":
-            chunks.append(body)
-        position += 12 + length
-    width, height, depth, colour = struct.unpack(">IIBB", header[:10])
-    assert depth == 8 and colour in (2, 6), f"unexpected PNG format: depth {depth}, colour type {colour}"
-    channels = 3 if colour == 2 else 4
-    raw = zlib.decompress(b"".join(chunks))
-    stride = width * channels + 1
-    assert len(raw) == stride * height, "PNG image data is truncated"
-    # Filters are not undone: distinct filtered pixels still tell a flat image from a rendered one.
-    pixels = [
-        raw[row * stride + 1 + x:row * stride + 1 + x + channels]
-        for row in range(height)
-        for x in range(0, width * channels, channels)
-    ]
-    return width, height, pixels
 
 
 def test_the_page_refreshes_itself_unless_told_not_to():
@@ -248,3 +210,136 @@ async def test_status_refresh_parameter(make_gateway):
     assert 'http-equiv="refresh"' not in off
     bad = await gateway.get("/status?refresh=soon")
     assert bad.status == 400 and "refresh: expected whole seconds" in (await bad.json())["error"]["message"]
+
+
+def test_healthy_notes_are_not_red_and_small_money_is_not_zero():
+    from gateway.quality.board import QualityReport
+
+    def quality(**fields: object) -> QualityReport:
+        base: dict = {"state": "passing", "reason": "passed 15 of 15", "reference": False, "shares_cache": False,
+                      "mae": None, "kendall_tau": None, "group": "g"}
+        return QualityReport(**{**base, **fields})
+
+    reference = ProviderStatus("a", "deepinfra", True, None, "closed", (), 90.0, quality(reference=True, shares_cache=True))
+    agreeing = ProviderStatus("b", "fireworks", True, None, "closed", (), 90.0,
+                              quality(shares_cache=True, mae=0.0, kendall_tau=1.0))
+    apart = ProviderStatus("c", "cohere", True, None, "closed", (), 90.0, quality(mae=0.3, kendall_tau=0.2))
+    failing = ProviderStatus("d", "tei", False, "fails its canary", "closed", (), 90.0,
+                             quality(state="failing", serves=False))
+    page = render_status_page(dataclasses.replace(
+        sample_snapshot(), models=(ModelStatus("m", (), (reference, agreeing, apart, failing)),),
+        cache=CacheStatus("redis", 46, 12, 0.0000046),
+    ))
+
+    def notes(css: str) -> list[str]:
+        return [html.unescape(note) for note in re.findall(rf'<div class="{css}">([^<]*)</div>', page)]
+
+    assert "saved $0.00000460" in " ".join(visible_text(page).split())
+    assert [n.split(" · ")[0] for n in notes("note muted")] == [
+        "the reference: its scores are the cached ones", "agrees with the reference: shares its cached scores"]
+    assert [n.split(" · ")[0] for n in notes("note warn")][:1] == [
+        "scores whole requests, cached apart (agreement unknown or outside the tolerance)"]
+    assert notes("reason") == ["fails its canary"]  # red: the one failure
+    assert '<span class="pill ok" title="passed 15 of 15">canary passing</span>' in page
+    assert "canary failing · not served" in page and 'class="pill bad"' in page
+
+
+def test_the_last_hour_is_drawn_and_says_whose_it_is():
+    from gateway.observability.history import MinuteHistory
+
+    history = MinuteHistory(lambda: NOW)
+    history.record_request("cache", 20, 0)
+    history.record_request("provider", 0, 20, [("deepinfra", 0.04)])
+    history.record_spend("deepinfra", 0.0000123)
+    page = render_status_page(dataclasses.replace(
+        sample_snapshot(), history=history.view(), history_scope="this worker's own (pid 7) <of 2>"))
+    drawn = dict(re.findall(r'data-chart="([a-z0-9_]+)" data-points="(\d+)"', page))
+    assert drawn == {"requests": "2", "cache_hit_rate": "1", "p95": "1", "spend": "1"}  # no shadow: no agreement
+    assert "this worker&#x27;s own (pid 7) &lt;of 2&gt;" in page
+    assert "deepinfra $0.0000123" in " ".join(visible_text(page).split())
+    empty = render_status_page(dataclasses.replace(sample_snapshot(), history=MinuteHistory(lambda: NOW).view()))
+    assert empty.count("no data yet") == 4
+
+
+# --- the live page in a real browser, after traffic ---------------------------------------------
+
+@NEEDS_CHROMIUM
+async def test_the_console_check_sees_a_console_error(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
+    """The check the live test relies on can fail: a page that logs an error is caught."""
+
+    async def noisy(request: web.Request) -> web.Response:
+        return web.Response(text="<!DOCTYPE html><p>x<script>console.error('boom-42'); undefinedCall();</script>",
+                            content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", noisy)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    _, log = await run_chromium(str(server.make_url("/")), tmp_path / "profile", "--dump-dom")
+    assert any("boom-42" in line for line in console_lines(log)), log[-2000:]
+
+
+class MovableClock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@NEEDS_CHROMIUM
+async def test_the_page_after_mixed_traffic_in_headless_chromium(make_gateway, emulator, tmp_path: Path):
+    """Real requests through the gateway and the emulator over 20 minutes of the history's clock."""
+    from tests.support.gateway import add_fault
+
+    def edit(raw: dict) -> None:
+        raw["models"]["qwen3-reranker-8b"]["quality"]["shadow_rate"] = 0.5
+        raw["providers"]["deepinfra"]["budget"] = {"daily_usd": 0.0004, "monthly_usd": 0.05}
+        raw["budget"] = {"daily_usd": 0.001}
+
+    gateway = await make_gateway(["deepinfra", "fireworks", "cohere"], edit=edit)
+    history: MinuteHistory = gateway.app[LIVE].shared.metrics.history
+    clock = history.clock = MovableClock((history.clock() // 60 - 20) * 60 + 1)
+    await add_fault(emulator, "fireworks", "rescale")  # its shadow scores drift off the reference's
+    documents = ["The MFC in Kazan opens at 8:00.", "Out-of-court bankruptcy through the MFC is free.", "Weather."]
+    for minute in range(20):
+        for _repeat in range(3 + minute % 4):  # the same query again: served from the cache
+            assert (await gateway.post("/v1/rerank", json={"query": "mfc hours", "documents": documents})).status == 200
+        for fresh in range(1 + minute // 5):  # new pairs: the providers answer, and spend
+            body = {"query": f"question {minute}.{fresh}", "documents": [*documents, f"passage {minute}"]}
+            assert (await gateway.post("/v1/rerank", json=body)).status == 200
+        if minute in (6, 7, 13):  # a burst of upstream refusals
+            await add_fault(emulator, "deepinfra", "status", status=400, count=2)
+            for attempt in range(2):
+                body = {"query": f"refused {minute}.{attempt}", "documents": documents}
+                assert (await gateway.post("/v1/rerank", json=body)).status == 502
+        await wait_for_shadow_calls(gateway)
+        clock.now += 60
+    clock.now -= 60
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    url = str(gateway.make_url("/status?refresh=0"))
+    dom, log = await run_chromium(url, tmp_path / "dom", "--dump-dom")
+    assert console_lines(log) == [], console_lines(log)
+    page = dom.decode()
+    drawn = {name: int(points) for name, points in re.findall(r'data-chart="([a-z0-9_]+)" data-points="(\d+)"', page)}
+    # Each chart holds the traffic above: 20 minutes of requests, hit rate and p95; spend; agreement.
+    assert drawn["requests"] >= 20 + 3 and drawn["cache_hit_rate"] == 20 and drawn["p95"] >= 20, drawn
+    assert drawn["spend"] >= 20 and drawn.get("agreement", 0) > 0, drawn
+    assert "<script" not in page.lower()
+
+    screenshot = ARTIFACTS / "status_page_live.png"
+    screenshot.unlink(missing_ok=True)
+    _, log = await run_chromium(url, tmp_path / "shot", "--window-size=1200,1400", f"--screenshot={screenshot}")
+    assert screenshot.exists(), f"no screenshot: {log[-2000:]}"
+    width, height, pixels = decode_png(screenshot.read_bytes())
+    assert (width, height) == (1200, 1400) and len(set(pixels)) > 50
+    if UPDATE_DOCS:
+        (DOCS / "status-page.png").write_bytes(screenshot.read_bytes())
+
+
+async def wait_for_shadow_calls(gateway) -> None:
+    """Shadow calls run in the background: let those of this minute land in it."""
+    quality = gateway.app[LIVE].current.quality
+    deadline = asyncio.get_running_loop().time() + 10
+    while quality._tasks and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)

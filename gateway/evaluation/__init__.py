@@ -6,4 +6,5 @@
     run.py        evaluate: every usable provider scores the candidates, no cache; the report
     recommend.py  recommend: the cheapest fallback order within an NDCG margin of the best
     table.py      the report as a table for a terminal, with the recommended `fallback = [...]` line
+    html.py       the report as one self-contained HTML file with inline SVG charts (`eval --html`)
 """

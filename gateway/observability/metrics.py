@@ -39,6 +39,8 @@ from prometheus_client import (
     values,
 )
 
+from gateway.observability.history import MinuteHistory
+
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 UpstreamErrorReason = Literal[
@@ -81,6 +83,8 @@ class GatewayMetrics:
         registry = None if self.multiprocess_dir else CollectorRegistry()
         self._registry = registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        # The last hour per minute for /status: this process's own, never merged through the dir.
+        self.history = MinuteHistory()
 
         self._requests = Counter(
             "rerank_gateway_requests", "Rerank requests answered, by dialect, model and HTTP status.",

@@ -61,7 +61,7 @@ class QualityGuard:
         self._prober = Prober(config, clients, guard, board, store or LocalVerdicts(), canaries, fingerprints,
                               self.reference, self.publish)
         self._shadower = Shadower(config, clients, guard, board, rng, self._next_provider, self.reference,
-                                  self.publish, self._spawn, self._prober.share_samples)
+                                  self.publish, self._spawn, self._prober.share_samples, metrics.history)
         self._shared = self._prober.shared
         for name in config.models:
             self._prober.rejudge(name)

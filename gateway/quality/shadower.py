@@ -16,7 +16,9 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.models import Batch
+from gateway.observability.history import MinuteHistory
 from gateway.providers.client import ProviderClient
+from gateway.quality.agreement import mean_absolute_difference
 from gateway.quality.board import QualityBoard
 from gateway.quality.tracker import AgreementTracker
 from gateway.resilience.guarded_call import GuardedCall
@@ -37,6 +39,7 @@ class Shadower:
         publish: Callable[[str], None],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
         share: Callable[[str, str, list[tuple[int, float, float | None]]], Awaitable[None]],
+        history: MinuteHistory | None = None,
     ) -> None:
         self._config = config
         self._clients = clients
@@ -48,6 +51,7 @@ class Shadower:
         self._publish = publish
         self._spawn = spawn
         self._share = share  # Prober.share_samples: to the board, and through Redis to every worker
+        self._history = history  # this call's agreement, for the last hour on /status
 
     def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
         """With probability `shadow_rate`, the same pairs to the next provider, in the background."""
@@ -75,5 +79,7 @@ class Shadower:
         for positions in pairs.positions_by_query().values():
             tracker.add([reference_scores[i] for i in positions], [other_scores[i] for i in positions])
         self._board.entry(model, tracked).agreement.add_pairs(reference_scores, other_scores)
+        if self._history is not None:
+            self._history.record_agreement(model, tracked, mean_absolute_difference(reference_scores, other_scores))
         await self._share(model, tracked, tracker.export())
         self._publish(model)

@@ -134,6 +134,7 @@ class GuardedCall:
             provider=client.name, tokens=usage.tokens, cost_usd=usage.cost_usd,
             estimated_tokens=usage.estimated_tokens, estimated_cost_usd=usage.estimated_cost_usd,
         )
+        self._metrics.history.record_spend(client.name, usage.cost_usd)
         self._learn(client, pairs, chars, answered)
 
     def _learn(self, client: ProviderClient, pairs: Batch, chars: int, answered: list[AnsweredCall]) -> None:

@@ -25,6 +25,7 @@ from gateway.errors import (
     NotFound,
 )
 from gateway.models import RerankResult
+from gateway.observability.history import Outcome
 from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_extra
 from gateway.observability.trace import start_trace
 from gateway.observability.tracing import end_server_span
@@ -132,6 +133,10 @@ def _observe(
     if result is not None:
         metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
         request.app[LIVE].shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
+    metrics.history.record_request(
+        _outcome(result, error_type), result.cache_hits if result else 0, result.cache_misses if result else 0,
+        ((a.provider, a.ms / 1000) for a in attempts if a.outcome == "ok"),
+    )
     request_log.info("rerank", extra=request_log_extra(
         request_id=request[REQUEST_ID],
         dialect=trace.dialect,
@@ -149,6 +154,14 @@ def _observe(
         quality=trace.quality,
         requested_model=trace.requested_model,
     ))
+
+
+def _outcome(result: RerankResult | None, error_type: str | None) -> Outcome:
+    if error_type is not None or result is None:
+        return "error"
+    if result.degraded:
+        return "lexical"
+    return "cache" if result.cache_misses == 0 else "provider"
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:

@@ -162,6 +162,12 @@ def _paths() -> dict[str, Any]:
             "description": "Seconds between the page's own reloads; 0 turns them off. Default 10.",
             "schema": {"type": "integer", "minimum": 0, "maximum": 86400},
         }]}},
+        "/status.json": {"get": _get(
+            "status_json", "The status page's last hour, for scripts",
+            "The series /status draws, per minute for the last hour, oldest minute first, kept in this process's "
+            "memory: with several workers, the answering worker's own (`scope`: `worker`).",
+            _json(_schema("StatusHistory")),
+        )},
         "/openapi.json": {"get": _get("openapi", "This document", "OpenAPI 3.1.", _json({"type": "object"}))},
         "/admin/reload": {"post": _admin_operation(
             "reload", "Reload the config file",
@@ -533,6 +539,7 @@ def _ops_schemas() -> dict[str, Schema]:
                                                       "restart (listening address, logging, [cache]); every other key "
                                                       "applies to the next request."},
         }),
+        "StatusHistory": _status_history_schema(),
         "SpendReport": _closed(["providers", "gateway", "ledger"], {
             "providers": {"type": "object", "additionalProperties": _closed(["today", "month", "chars_per_token"], {
                 "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
@@ -568,3 +575,33 @@ def _ops_schemas() -> dict[str, Schema]:
                              description="The part of a window's tokens and usd that providers reported (`reported`) "
                                          "or the gateway estimated for answers without usage (`estimated`)."),
     }
+
+
+def _status_history_schema() -> Schema:
+    minute: Schema = {"type": "array", "minItems": 60, "maxItems": 60}
+    counts: Schema = {**minute, "items": {"type": "number", "minimum": 0}}
+    measured: Schema = {**minute, "items": {"type": ["number", "null"], "minimum": 0},
+                        "description": "null: nothing measured that minute."}
+    per_provider = {"type": "object", "additionalProperties": measured}
+    return _closed(
+        ["generated_at", "scope", "pid", "minute_seconds", "minutes", "requests", "cache_hit_rate", "p95_ms",
+         "spend_usd", "agreement_mae"], {
+            "generated_at": {"type": "number", "description": "Unix time."},
+            "scope": {"enum": ["process", "worker"],
+                      "description": "`worker`: one of several workers on the port; each keeps its own hour."},
+            "pid": {"type": "integer"},
+            "minute_seconds": {"const": 60},
+            "minutes": {**minute, "items": {"type": "integer"}, "description": "Unix time each minute starts."},
+            "requests": _closed(["cache", "provider", "lexical", "error"],
+                                {"cache": counts, "provider": counts, "lexical": counts, "error": counts},
+                                description="Rerank requests per minute: every pair from the cache, some from a "
+                                            "provider, the lexical last resort (every provider failed), or an "
+                                            "error answer."),
+            "cache_hit_rate": {**measured, "description": "Pairs served from the cache over pairs looked up."},
+            "p95_ms": {**per_provider, "description": "Per provider: p95 of its answers to requests (within 15%)."},
+            "spend_usd": {"type": "object", "additionalProperties": counts,
+                          "description": "Per provider: USD settled that minute (requests, probes, shadow calls)."},
+            "agreement_mae": {"type": "object", "additionalProperties": per_provider,
+                              "description": "Per model and provider: mean absolute difference from the reference's "
+                                             "scores in that minute's shadow calls."},
+        })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from aiohttp import web
@@ -107,8 +108,28 @@ async def status_page(request: web.Request) -> web.Response:
         recent_errors=tuple(reversed(live.shared.health.recent_errors)),
         gateway_budget=_bars(reports, GATEWAY_SCOPE),
         refresh_seconds=_refresh_seconds(request),
+        history=live.shared.metrics.history.view(),
+        history_scope=_history_scope(live),
     )
     return web.Response(text=render_status_page(snapshot), content_type="text/html")
+
+
+async def status_json(request: web.Request) -> web.Response:
+    """The series /status draws, for scripts: the last hour per minute, oldest minute first."""
+    live = request.app[LIVE]
+    return json_response({
+        "generated_at": time.time(),
+        "scope": "worker" if live.shared.metrics.multiprocess_dir else "process",
+        "pid": os.getpid(),
+        **live.shared.metrics.history.view().as_json(),
+    })
+
+
+def _history_scope(live: LiveGateway) -> str:
+    # Several workers share the port (the metrics dir says so): each keeps its own hour in memory.
+    if live.shared.metrics.multiprocess_dir:
+        return f"this worker's own (pid {os.getpid()}); other workers keep theirs, /metrics merges them all"
+    return "since this process started, at most the last hour"
 
 
 def _refresh_seconds(request: web.Request) -> int:

@@ -10,16 +10,19 @@ carry text from upstream answers).
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.budget.base import WARN_FRACTION
+from gateway.observability.history import HistoryView
 from gateway.observability.metrics import BreakerState
 from gateway.quality.board import QualityReport
 from gateway.resilience.health import RecentError
 from gateway.resilience.latency import MIN_SAMPLES
+from gateway.web.status_charts import CHART_CSS, history_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class StatusSnapshot:
     recent_errors: tuple[RecentError, ...]
     gateway_budget: tuple[BudgetBar, ...]
     refresh_seconds: int = 0  # the page reloads itself this often; 0 = never (`/status?refresh=0`)
+    history: HistoryView | None = None  # the last hour per minute; None: no charts
+    history_scope: str = "this process"  # whose hour it is: with several workers, one worker's own
 
 
 def render_status_page(snapshot: StatusSnapshot) -> str:
@@ -92,12 +97,13 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
         f"{_refresh_meta(snapshot.refresh_seconds)}"
-        f"<title>rerank-gateway status</title><style>{_CSS}</style></head><body><main>"
+        f"<title>rerank-gateway status</title><style>{_CSS}{CHART_CSS}</style></head><body><main>"
         f"<header><h1>rerank-gateway</h1><span class=\"muted\">status at {_e(generated)} · "
         f"{_refresh_switch(snapshot.refresh_seconds)}</span>"
         f"{_verdict(snapshot.models)}</header>"
         f"<section class=\"cards\">{_config_card(snapshot)}{_cache_card(snapshot.cache)}"
         f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
+        f"{history_section(snapshot.history, snapshot.history_scope, _usd)}"
         f"{''.join(_model_section(model) for model in snapshot.models)}"
         f"{_errors_section(snapshot.recent_errors, snapshot.generated_at)}"
         "</main></body></html>\n"
@@ -195,7 +201,7 @@ def _provider_row(position: int, provider: ProviderStatus) -> str:
     if provider.usable:
         health = "<span class=\"pill ok\">usable</span>"
     elif provider.rate_limited:
-        health = f"<span class=\"pill warn\">rate limited</span><div class=\"reason\">{_e(provider.reason or '')}</div>"
+        health = f"<span class=\"pill warn\">rate limited</span><div class=\"note warn\">{_e(provider.reason or '')}</div>"
     else:
         reason = f"<div class=\"reason\">{_e(provider.reason)}</div>" if provider.reason else ""
         health = f"<span class=\"pill bad\">not usable</span>{reason}"
@@ -220,6 +226,8 @@ def _quality(quality: QualityReport | None) -> str:
     if quality.state == "failing":
         tone = "warn" if quality.serves else "bad"
         label += " · serves, flagged, when nothing better can" if quality.serves else " · not served"
+    # The cache note is news only when the provider cannot share the reference's scores.
+    note_tone = "muted"
     if quality.reference:
         cache = "the reference: its scores are the cached ones"
     elif quality.calibrated:
@@ -227,6 +235,7 @@ def _quality(quality: QualityReport | None) -> str:
     elif quality.shares_cache:
         cache = "agrees with the reference: shares its cached scores"
     else:
+        note_tone = "warn"
         cache = "scores whole requests, cached apart (agreement unknown or outside the tolerance)"
     if quality.mae is not None:
         tau = "—" if quality.kendall_tau is None else f"{quality.kendall_tau:.2f}"
@@ -237,7 +246,7 @@ def _quality(quality: QualityReport | None) -> str:
     cache += f" · group {quality.group}"
     return (
         f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
-        f"{_canary_grades(quality.canary)}<div class=\"reason\">{_e(cache)}</div>"
+        f"{_canary_grades(quality.canary)}<div class=\"note {note_tone}\">{_e(cache)}</div>"
     )
 
 
@@ -250,8 +259,10 @@ def _canary_grades(canary: Mapping[str, Any] | None) -> str:
         mark = "✓" if grade["passed"] else "✗"
         grades.append(f"{mark} {language} {grade['ordered_pairs']}/{grade['pairs']} "
                       f"(worst {grade['worst_margin']:+.3f})")
-    return (f"<div class=\"reason\">{_e(' · '.join(grades))}</div>"
-            f"<div class=\"reason muted\">{_e('pass: ' + str(canary['rule']))}</div>")
+    # Red only when a language fails: a passing canary's figures are context, not alarm.
+    tone = "muted" if all(grade["passed"] for grade in canary["languages"].values()) else "bad"
+    return (f"<div class=\"note {tone}\">{_e(' · '.join(grades))}</div>"
+            f"<div class=\"note muted\">{_e('pass: ' + str(canary['rule']))}</div>")
 
 
 def _budget_bar(bar: BudgetBar) -> str:
@@ -317,8 +328,12 @@ def _utc(timestamp: float) -> str:
 
 
 def _usd(amount: float) -> str:
-    # Rerank calls cost fractions of a cent: small figures keep enough digits to be non-zero.
-    return f"${amount:,.2f}" if amount >= 1 or amount == 0 else f"${amount:.4f}"
+    # Rerank calls cost fractions of a cent: small figures keep three significant digits, so
+    # what is non-zero never prints as $0.0000.
+    if amount >= 1 or amount <= 0:
+        return f"${amount:,.2f}"
+    decimals = max(4, 2 - math.floor(math.log10(amount)))
+    return f"${amount:.{decimals}f}"
 
 
 def _ago(seconds: float) -> str:
@@ -338,7 +353,7 @@ body{margin:0;background:var(--page);color:var(--ink);
 font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
 main{max-width:1160px;margin:0 auto;padding:16px 24px 28px}
 header{display:flex;align-items:center;gap:14px;margin-bottom:14px}
-h1{font-size:22px;margin:0}
+h1{font-size:22px;margin:0;white-space:nowrap}
 h2{font-size:13px;margin:0;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
 .model h2{font-size:16px;text-transform:none;letter-spacing:0;color:var(--ink);display:flex;align-items:center;gap:8px}
 .muted{color:var(--muted)}
@@ -377,6 +392,8 @@ table.errors{table-layout:fixed}.c-at{width:190px}.c-ago{width:96px}
 .pill.warn{background:var(--warn-bg);color:var(--warn)}
 .pill.bad{background:var(--bad-bg);color:var(--bad)}
 .reason{color:var(--bad);font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
+.note{font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
+.note.muted{color:var(--muted)}.note.warn{color:var(--warn)}.note.bad{color:var(--bad)}
 .budget{display:grid;grid-template-columns:44px minmax(60px,1fr) 40px 218px;column-gap:8px;align-items:center;
 min-height:20px}
 .budget .period{font-size:12px;color:var(--muted)}
