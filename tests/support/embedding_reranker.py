@@ -74,6 +74,8 @@ def serving(scorer: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stderr is not None:
+            process.stderr.close()  # read only if it failed to start; left open it warns (filterwarnings = error)
 
 
 def load_scorer(name: str) -> Scorer:
