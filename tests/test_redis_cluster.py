@@ -194,7 +194,8 @@ async def test_credentials_in_the_url_are_used(redis_cluster_url, redis_cluster:
         with node:
             node.acl_setuser("gateway", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
     try:
-        good = RedisScoreCache.from_url(redis_cluster_url.replace("://", "://gateway:s3cret@"), 3600, 5.0)  # 5 s: a busy machine may take over 1 s to read the slot map
+        # 5 s: on a busy machine reading the slot map has taken over 1 s.
+        good = RedisScoreCache.from_url(redis_cluster_url.replace("://", "://gateway:s3cret@"), 3600, 5.0)
         await good.put_many(pair_keys("m", None, [QUERY], DOCS[:1]), [0.5])
         assert await good.get_many(pair_keys("m", None, [QUERY], DOCS[:1])) == [0.5]
         wrong = RedisScoreCache.from_url(redis_cluster_url.replace("://", "://gateway:wrong@"), 3600, 1.0)
