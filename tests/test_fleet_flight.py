@@ -17,14 +17,23 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis
 
 from tests.support.cache_requests import DI, QUERY, documents, expected
 from tests.support.gateway import GatewayFactory, emulator_requests
+from tests.support.polling import eventually
 from tests.support.processes import free_port, running
 
 EMULATOR_KEY = "k"
-STILL_WAITING_CHECK_SECONDS = 0.5  # how long the waiter is watched not paying, well inside its lease
+WAITER_POLLS = 10  # lease-script runs that show the waiter waiting: far more than the owner's renewals then
 ANSWER_WITHIN_SECONDS = 20.0  # a bound for a hung test, not a performance claim
+
+
+def script_calls(redis_url: str) -> int:
+    """How many Lua scripts this Redis has run (the cache's lookups, polls and renewals)."""
+    with redis.Redis.from_url(redis_url) as client:
+        stats = client.info("commandstats")
+    return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))
 
 
 def config_toml(emulator_port: int, lease_ms: float, provider_timeout_seconds: float) -> str:
@@ -145,8 +154,11 @@ async def test_an_owner_killed_mid_call_holds_its_pairs_only_until_its_lease_run
         docs = documents("killed", 6)
         owner = gateways.post(0, docs)
         await gateways.wait_for_upstream_calls(1)  # the owner's call hangs upstream now
+        polls_before = script_calls(redis_url)
         waiter = gateways.post(1, docs)
-        await asyncio.sleep(STILL_WAITING_CHECK_SECONDS)
+        # Waiting shows in Redis: the waiter's polls (every 10-50 ms; the owner renews its lease
+        # only every 1.5 s) run the lease script, which it would not do had it gone upstream.
+        await eventually(lambda: script_calls(redis_url) >= polls_before + WAITER_POLLS, what="the waiter polling")
         assert not waiter.done() and await gateways.upstream_calls() == 1  # waiting, not paying
         gateways.gateways[0].send_signal(signal.SIGKILL)
         status, headers, body = await asyncio.wait_for(waiter, ANSWER_WITHIN_SECONDS)
