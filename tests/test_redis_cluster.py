@@ -153,10 +153,12 @@ async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
     redis_cluster_url, caplog: pytest.LogCaptureFixture,
 ):
     connects = 0
+    accepted: list[asyncio.StreamWriter] = []
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal connects
         connects += 1
+        accepted.append(writer)
         await reader.read()  # reads, never answers
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
@@ -186,7 +188,10 @@ async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
         "serving uncached for that node's keys"
     ]
     await cache.close()
+    for writer in accepted:  # the server's ends, or they are collected open after the loop closed
+        writer.close()
     server.close()
+    await server.wait_closed()
 
 
 async def test_credentials_in_the_url_are_used(redis_cluster_url, redis_cluster: RedisCluster):
