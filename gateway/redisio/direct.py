@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -49,19 +49,7 @@ class DirectConnections:
         return cls(client, max_connections)
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
-        async with self._turns:
-            connection = self._idle.pop() if self._idle else self._open()
-            try:
-                await connection.send_packed_command(_packed(commands), check_health=False)
-                replies = [await connection.read_response() for _ in commands]
-            except BaseException as exc:
-                # A reply may be left unread (an error reply, a cut read): the connection is done.
-                await connection.disconnect(nowait=True)
-                if isinstance(exc, (RedisConnectionError, OSError)):
-                    await self._close_idle()
-                raise
-            self._idle.append(connection)
-            return replies
+        return await self._exchange(commands, AbstractConnection.read_response)
 
     execute_each = execute  # all or nothing: one server
 
@@ -71,12 +59,19 @@ class DirectConnections:
         For a Cluster node, where such a reply concerns one command of the batch. redis-py reads
         an error reply whole before raising it, so the connection stays in step and is kept.
         """
+        return await self._exchange(commands, _reply_or_error)
+
+    async def _exchange(
+        self, commands: Sequence[Command], read: Callable[[AbstractConnection], Awaitable[Any]]
+    ) -> list[Any]:
+        """One round trip on an idle connection (or a new one): the commands written, `read` per reply."""
         async with self._turns:
             connection = self._idle.pop() if self._idle else self._open()
             try:
                 await connection.send_packed_command(_packed(commands), check_health=False)
-                replies = [await _reply_or_error(connection) for _ in commands]
+                replies = [await read(connection) for _ in commands]
             except BaseException as exc:
+                # A reply may be left unread (an error reply, a cut read): the connection is done.
                 await connection.disconnect(nowait=True)
                 if isinstance(exc, (RedisConnectionError, OSError)):
                     await self._close_idle()

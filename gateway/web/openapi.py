@@ -91,22 +91,14 @@ def _paths() -> dict[str, Any]:
             "and may contain `/` (e.g. `Qwen/Qwen3-Reranker-8B`), sent unescaped. Send one query for all "
             "documents or one per document.",
             _schema("DeepInfraRequest"), _schema("DeepInfraResponse"),
-            parameters=[{
-                "name": "model", "in": "path", "required": True,
-                "description": "A served model's name or alias; may contain `/`.",
-                "schema": {"type": "string", "minLength": 1}, "example": "Qwen/Qwen3-Reranker-8B",
-            }],
+            parameters=[_MODEL_IN_PATH],
         )},
         "/inference/{model}": {"post": _rerank_operation(
             "deepinfra-root", "DeepInfra inference format (root base URL)",
             "The same as `/v1/inference/{model}`, at the path DeepInfra's root base URL gives "
             "(LiteLLM's `deepinfra/` route with the gateway root as `api_base`).",
             _schema("DeepInfraRequest"), _schema("DeepInfraResponse"),
-            parameters=[{
-                "name": "model", "in": "path", "required": True,
-                "description": "A served model's name or alias; may contain `/`.",
-                "schema": {"type": "string", "minLength": 1}, "example": "Qwen/Qwen3-Reranker-8B",
-            }],
+            parameters=[_MODEL_IN_PATH],
         )},
         "/inference/v1/rerank": {"post": _rerank_operation(
             "fireworks", "Fireworks rerank format",
@@ -183,6 +175,13 @@ def _paths() -> dict[str, Any]:
             _schema("SpendReport"),
         )},
     }
+
+
+_MODEL_IN_PATH = {
+    "name": "model", "in": "path", "required": True,
+    "description": "A served model's name or alias; may contain `/`.",
+    "schema": {"type": "string", "minLength": 1}, "example": "Qwen/Qwen3-Reranker-8B",
+}
 
 
 def _rerank_operation(
