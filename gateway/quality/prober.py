@@ -197,12 +197,14 @@ class Prober:
         self._board.note_reference(model, reference)
         reference_outcome = None if reference is None else self._board.entry(model, reference).canary
         measured = probed if self._store.shared else {**fresh, **probed}
+        # Every worker fits its own map, from the canary scores it holds (its own probes' or the
+        # fleet's): the same scores on every worker, whichever worker probed which provider, so
+        # every worker reports the same calibration. Pairs already held are not counted again.
         if reference_outcome is not None:
-            for provider, outcome in {**fresh, **probed}.items():  # every worker fits its own map
-                if provider != reference and outcome.lines == reference_outcome.lines:
-                    pairs = self._board.entry(model, provider).agreement
-                    for ours, theirs in zip(outcome.scores, reference_outcome.scores):
-                        pairs.add_pairs(theirs, ours)
+            for provider, outcome in self._canaries_beside(model, reference).items():
+                pairs = self._board.entry(model, provider).agreement
+                for ours, theirs in zip(outcome.scores, reference_outcome.scores):
+                    pairs.add_pairs(theirs, ours)
         for provider, outcome in measured.items():
             if reference_outcome is not None and provider != reference and outcome.lines == reference_outcome.lines:
                 tracker = AgreementTracker()  # this round's samples alone, to share
@@ -233,12 +235,36 @@ class Prober:
             samples = [sample for sample in map(_sample, raw) if sample is not None]
             tracker = self._board.entry(model, provider).agreement
             if not samples:
-                # Nobody has measured against this reference yet (it just became the reference, and
-                # the board re-measured from the last canaries): keep that, and give it to the fleet.
-                await self._store.push_samples(model, self._fingerprints[provider], self._fingerprints[reference],
-                                               [orjson.dumps(sample) for sample in tracker.export()])
-                continue
+                # Nobody has pushed samples against this reference yet: it just became the reference
+                # (the board re-measured from the last canaries), or its canary arrived only after
+                # this provider's was probed elsewhere. Measure from the canaries held, and share that.
+                samples = tracker.export() or self._canary_samples(model, provider, reference)
+                if samples:
+                    await self._store.push_samples(model, self._fingerprints[provider], self._fingerprints[reference],
+                                                   [orjson.dumps(sample) for sample in samples])
             tracker.replace(samples)
+
+    def _canaries_beside(self, model: str, reference: str | None) -> dict[str, CanaryOutcome]:
+        """The last canary outcome of each other provider scored on the reference's canary lines."""
+        reference_outcome = None if reference is None else self._board.entry(model, reference).canary
+        if reference_outcome is None:
+            return {}
+        found = {}
+        for provider in self._config.models[model].fallback:
+            outcome = self._board.entry(model, provider).canary
+            if provider != reference and outcome is not None and outcome.lines == reference_outcome.lines:
+                found[provider] = outcome
+        return found
+
+    def _canary_samples(self, model: str, provider: str, reference: str) -> list[tuple[int, float, float | None]]:
+        """Agreement samples of the provider's last canary against the reference's, if both are held."""
+        outcome = self._canaries_beside(model, reference).get(provider)
+        reference_outcome = self._board.entry(model, reference).canary
+        if outcome is None or reference_outcome is None:
+            return []
+        tracker = AgreementTracker()
+        outcome.feed(tracker, reference_outcome)
+        return tracker.export()
 
     def _lines(self, model: str, provider: str) -> tuple[CanaryLine, ...]:
         takes_instruction = self._clients[provider].adapter.takes_instruction
