@@ -50,6 +50,7 @@ class AgreementTracker:
             return  # nothing was compared; an empty sample would only push out real ones
         measured = agreement(reference, other)
         self._samples.append(_Sample(measured.pairs, measured.mae * measured.pairs, measured.kendall_tau))
+        self._stale = True
         self.add_pairs(reference, other)
 
     def add_pairs(self, reference: Sequence[float], other: Sequence[float]) -> None:
@@ -63,7 +64,6 @@ class AgreementTracker:
             self._pairs[pair] = None
         while len(self._pairs) > self._max_pairs:
             del self._pairs[next(iter(self._pairs))]
-        self._stale = True
 
     def export(self) -> list[tuple[int, float, float | None]]:
         """The samples kept, oldest first, as `append` and `replace` take them."""
