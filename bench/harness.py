@@ -230,11 +230,12 @@ def _child_setup(cores: set[int] | None) -> Callable[[], None]:
     return setup
 
 
-def server_env() -> dict[str, str]:
+def server_env(checkout: Path = REPO) -> dict[str, str]:
     # REDIS_URL would override the cache the bench configured; GATEWAY_CONFIG the config.
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "GATEWAY_CONFIG")}
     env[BENCH_KEY_ENV] = BENCH_KEY
-    env["PYTHONPATH"] = str(REPO)
+    # The checkout under test first; a PYTHONPATH of the caller's after it (a probe's sitecustomize).
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(checkout), os.environ.get("PYTHONPATH")]))
     return env
 
 
@@ -254,14 +255,16 @@ class ProcessGroup:
         self.stop_all()
 
     def start(self, name: str, argv: Sequence[str], port: int, cores: set[int] | None,
-              workers: int = 0) -> Server:
+              workers: int = 0, checkout: Path = REPO) -> Server:
         """Start a server without waiting for it: several start in parallel, then `wait_ready`.
 
         `workers`: the server is a supervisor whose that many child processes serve the port.
+        `checkout`: the source tree it runs from (another commit's, for a before/after in one run).
         """
         log = self.workdir / f"{name}.log"
+        env = self._env if checkout == REPO else server_env(checkout)
         with open(log, "wb") as out:
-            proc = subprocess.Popen(list(argv), cwd=REPO, env=self._env, stdout=out,
+            proc = subprocess.Popen(list(argv), cwd=checkout, env=env, stdout=out,
                                     stderr=subprocess.STDOUT, preexec_fn=_child_setup(cores))
         server = Server(name, port, proc, log, expected_workers=workers)
         self.servers.append(server)
@@ -339,8 +342,8 @@ def start_passthrough(group: ProcessGroup, cores: set[int] | None, upstream: Ser
 
 def start_gateway(group: ProcessGroup, cores: set[int] | None, upstream: Server, cache_url: str = "",
                   cache_timeout_ms: float | None = None, name: str = "gateway", workers: int = 1,
-                  config: Path | None = None) -> Server:
-    """The gateway as `serve --workers N`.
+                  config: Path | None = None, checkout: Path = REPO) -> Server:
+    """The gateway as `serve --workers N`, run from `checkout` (this one by default).
 
     Always explicit: without `--workers`, a gateway with a Redis cache starts one worker per
     core under a supervisor, and the benches measure one process unless told otherwise. With
@@ -353,7 +356,7 @@ def start_gateway(group: ProcessGroup, cores: set[int] | None, upstream: Server,
         config = write_gateway_config(group.workdir / f"{name}.toml", upstream.port, cache_url, cache_timeout_ms)
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
             "--workers", str(workers)]
-    return group.start(name, argv, port, cores, workers=workers if workers > 1 else 0)
+    return group.start(name, argv, port, cores, workers=workers if workers > 1 else 0, checkout=checkout)
 
 
 def start_redis(group: ProcessGroup, cores: set[int] | None, name: str = "redis") -> Server:

@@ -4,6 +4,7 @@
     python bench/profile_path.py hit             # every pair cached in a private Redis
     python bench/profile_path.py miss-redis      # fresh pairs, with that Redis as the cache
     python bench/profile_path.py miss --svg out.svg --seconds 20
+    python bench/profile_path.py passthrough     # the pass-through proxy on the miss path's load
 
 Starts the emulator (20 ms), a private redis-server for `hit` and `miss-redis`, and one gateway pinned to the
 first CPU (the harness on the other, as in bench_core.py), drives it at `--concurrency`, and
@@ -41,6 +42,7 @@ from harness import (
     redis_url,
     start_emulator,
     start_gateway,
+    start_passthrough,
     start_redis,
 )
 from workload import DOCUMENTS_PER_REQUEST, FreshBodies
@@ -138,7 +140,7 @@ async def load(gateway: Server, path: str, concurrency: int, seconds: float, rec
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", choices=["miss", "hit", "miss-redis"])
+    parser.add_argument("path", choices=["miss", "hit", "miss-redis", "passthrough"])
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
@@ -157,7 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis = start_redis(group, pinning.emulator)
             group.wait_ready()
             cache = redis_url(redis)
-        gateway = start_gateway(group, pinning.proxy, emulator, cache_url=cache, cache_timeout_ms=1000)
+        if args.path == "passthrough":  # the floor, profiled the same way: which parts it pays too
+            gateway = start_passthrough(group, pinning.proxy, emulator)
+        else:
+            gateway = start_gateway(group, pinning.proxy, emulator, cache_url=cache, cache_timeout_ms=1000)
         group.wait_ready()
         raw = Path(args.raw or Path(tmp) / "profile.txt")
         base = [py_spy(), "record", *(["--nonblocking"] if args.nonblocking else []), "--pid", str(gateway.proc.pid),

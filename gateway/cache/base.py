@@ -116,11 +116,25 @@ def passage_digest(document: str) -> bytes:
 
 
 def pair_keys(model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]) -> list[PairKey]:
+    if len(set(queries)) == 1:  # one query for every passage: the knowledge-base call
+        only = query_group(model, instruction, queries[0])
+        return [(only, digest) for digest in passage_digests(documents)]
     groups: dict[str, str] = {}
     keys = []
-    for query, document in zip(queries, documents):
+    for query, digest in zip(queries, passage_digests(documents)):
         group = groups.get(query)
         if group is None:
             group = groups[query] = query_group(model, instruction, query)
-        keys.append((group, passage_digest(document)))
+        keys.append((group, digest))
     return keys
+
+
+def passage_digests(documents: Sequence[str]) -> list[bytes]:
+    """passage_digest of each, in one loop (a call per passage was a tenth of their cost)."""
+    fresh = _EMPTY_DIGEST.copy
+    digests = []
+    for document in documents:
+        digest = fresh()
+        digest.update(document.encode("utf-8", "surrogatepass"))
+        digests.append(digest.digest())
+    return digests

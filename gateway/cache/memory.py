@@ -95,12 +95,14 @@ class MemoryScoreCache:
 
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
         now = self._clock()
-        buckets: dict[str, bytearray | None] = {}
         found: list[float | None] = []
+        # A query's keys come together (pair_keys builds them so): its bucket is found once a run.
+        run_group, bucket = None, None
         for group, digest in keys:
-            bucket = buckets[group] if group in buckets else buckets.setdefault(group, self._live(group, now))
+            if group != run_group:
+                run_group, bucket = group, self._live(group, now)
             at = -1 if bucket is None else _offset_of(bucket, digest)
-            found.append(None if bucket is None or at < 0 else _STAMP.unpack_from(bucket, at + DIGEST_BYTES)[0])
+            found.append(None if at < 0 else _STAMP.unpack_from(bucket, at + DIGEST_BYTES)[0])  # type: ignore[arg-type]
         return found
 
     def _live(self, group: str, now: float) -> bytearray | None:
@@ -126,20 +128,28 @@ class MemoryScoreCache:
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
         now = self._clock()
         expires = now + self._ttl
+        run_group, bucket = None, bytearray()
+        added = 0
         for (group, digest), score in zip(keys, scores):
-            bucket = self._buckets.get(group)
-            if bucket is None or _expires(bucket) <= now:
-                if bucket is not None:
-                    self._drop(group)
-                bucket = self._buckets[group] = _new_bucket(expires)
-                self._bytes += BUCKET_BYTES + len(group)
-            else:
-                _STAMP.pack_into(bucket, 0, expires)
-                self._buckets.move_to_end(group)
-            if _put(bucket, digest, score):
-                self._pairs += 1
-                self._bytes += PAIR_BYTES
+            if group != run_group:  # a query's keys come together: its bucket is renewed once a run
+                run_group, bucket = group, self._bucket_to_write(group, now, expires)
+            added += _put(bucket, digest, score)
+        self._pairs += added
+        self._bytes += PAIR_BYTES * added
         self._evict()
+
+    def _bucket_to_write(self, group: str, now: float, expires: float) -> bytearray:
+        """The group's live bucket with its expiry renewed, or a new one."""
+        bucket = self._buckets.get(group)
+        if bucket is not None and _expires(bucket) > now:
+            _STAMP.pack_into(bucket, 0, expires)
+            self._buckets.move_to_end(group)
+            return bucket
+        if bucket is not None:
+            self._drop(group)
+        bucket = self._buckets[group] = _new_bucket(expires)
+        self._bytes += BUCKET_BYTES + len(group)
+        return bucket
 
     def _evict(self) -> None:
         while self._buckets and (self._bytes > self._max_bytes

@@ -14,7 +14,7 @@ from gateway.config import ProviderConfig
 from gateway.models import Batch
 
 __all__ = [
-    "Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "dig", "first_count", "pair_chars",
+    "Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "as_scores", "dig", "first_count", "pair_chars",
     "scores_by_index",
 ]
 
@@ -71,6 +71,17 @@ def scores_by_index(items: Any, count: int, score_key: str) -> list[float]:
             raise InvalidAnswer(f"result index {index} appears twice")
         scores[index] = as_score(item.get(score_key))
     return scores  # type: ignore[return-value]  # every slot was filled: count items, no repeats
+
+
+_PLAIN_NUMBERS = frozenset({float, int})  # bool is a type of its own: True is no score
+
+
+def as_scores(values: list[Any]) -> list[float]:
+    """as_score of each value; an answer of plain finite numbers (the usual one) is checked in C."""
+    kinds = set(map(type, values))
+    if kinds <= _PLAIN_NUMBERS and math.isfinite(sum(values)):  # an inf or nan makes the sum one
+        return list(map(float, values)) if int in kinds else values
+    return [as_score(value) for value in values]
 
 
 def as_score(value: Any) -> float:

@@ -6,7 +6,7 @@ import math
 from typing import Any
 
 from gateway.config import ProviderConfig
-from gateway.providers.base import Batch, InvalidAnswer, WireScores, as_score, dig, first_count, pair_chars
+from gateway.providers.base import Batch, InvalidAnswer, WireScores, as_scores, dig, first_count, pair_chars
 
 
 class DeepInfraAdapter:
@@ -31,7 +31,7 @@ class DeepInfraAdapter:
         cost = dig(payload, "inference_status", "cost")
         reported_cost = float(cost) if isinstance(cost, (int, float)) and math.isfinite(cost) and cost >= 0 else None
         return WireScores(
-            scores=[as_score(score) for score in scores],
+            scores=as_scores(scores),
             tokens=first_count(payload, ("input_tokens",), ("inference_status", "tokens_input")),
             cost_usd=reported_cost,
         )

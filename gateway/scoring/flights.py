@@ -13,6 +13,7 @@ this process that finds a pair leased to another process waits for that one's sc
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -51,8 +52,13 @@ class Flights:
         return len(self._pending)
 
     def claim(self, keys: Sequence[Hashable]) -> Claim:
-        claim = Claim()
+        """Own the keys nobody is scoring, wait for the others; `keys` are distinct (a request's distinct pairs)."""
         pending = self._pending
+        if pending.keys().isdisjoint(keys):  # the usual miss shares nothing: claimed whole, in C
+            flight: Flight = asyncio.get_running_loop().create_future()
+            pending.update(zip(keys, zip(itertools.repeat(flight), range(len(keys)))))
+            return Claim(own=list(range(len(keys))), keys=list(keys), flight=flight)
+        claim = Claim()
         for position, key in enumerate(keys):
             entry = pending.get(key)
             if entry is not None:

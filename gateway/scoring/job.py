@@ -54,13 +54,17 @@ class UniquePairs:
     """The distinct (query, document) pairs of a request: a repeated passage is scored once."""
 
     def __init__(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> None:
-        slot_of: dict[tuple[str, str], int] = {}
-        self.slots = [slot_of.setdefault(pair, len(slot_of)) for pair in zip(queries, documents)]
         self.queries: Sequence[str] = queries
         self.documents: Sequence[str] = documents
-        if len(slot_of) < len(documents):
-            self.queries = [pair[0] for pair in slot_of]
-            self.documents = [pair[1] for pair in slot_of]
+        if len(set(queries)) == 1 and len(set(documents)) == len(documents):
+            # One query, no passage twice (the knowledge-base call): every pair is its own slot.
+            self.slots = list(range(len(documents)))
+        else:
+            slot_of: dict[tuple[str, str], int] = {}
+            self.slots = [slot_of.setdefault(pair, len(slot_of)) for pair in zip(queries, documents)]
+            if len(slot_of) < len(documents):
+                self.queries = [pair[0] for pair in slot_of]
+                self.documents = [pair[1] for pair in slot_of]
         self.all = Batch(self.queries, self.documents, instruction)
 
     def select(self, slots: Sequence[int]) -> Batch:

@@ -150,9 +150,8 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 async def _read_body(request: web.Request, max_bytes: int) -> bytes:
     """The body, refused as soon as it is known to be over the limit (before reading it all)."""
-    too_large = PayloadTooLarge(f"body: larger than server.max_body_bytes = {max_bytes}")
     if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     body = await request.content.read(max_bytes + 1)
     while len(body) <= max_bytes and not request.content.at_eof():
         chunk = await request.content.read(max_bytes + 1 - len(body))
@@ -160,10 +159,14 @@ async def _read_body(request: web.Request, max_bytes: int) -> bytes:
             break
         body += chunk
     if len(body) > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     if not body:
         raise BadRequest("body: empty; expected a JSON object")
     return body
+
+
+def _too_large(max_bytes: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"body: larger than server.max_body_bytes = {max_bytes}")
 
 
 async def list_models(request: web.Request) -> web.Response:
