@@ -33,6 +33,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import cohere
 import litellm
 from cohere.core.api_error import ApiError
+from litellm.exceptions import APIConnectionError
 
 from gateway.emulator import emulated_score
 from gateway.observability.logs import REQUEST_LOGGER
@@ -110,6 +111,60 @@ async def test_litellm_hosted_vllm_keeps_the_object_document_on_rerank(make_gate
         query=QUERY, documents=DOCUMENTS, top_n=2, return_documents=True,
     )
     assert_litellm_ranked(response, 2, with_documents=True)
+
+
+class RequestRecorder:
+    """A bare HTTP/1.1 server that keeps each request's bytes (head and body) and answers one result."""
+
+    ANSWER = b'{"results": [{"index": 0, "relevance_score": 0.5}]}'
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+        self.requests.append(head + await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+                     % len(self.ANSWER) + self.ANSWER)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.mark.parametrize("options", [{}, {"top_n": 3, "return_documents": True}, {"rank_fields": ["text"]}])
+async def test_litellm_infinity_and_hosted_vllm_send_the_same_bytes(options: dict[str, Any]):
+    """Why Infinity has a prefix, not a guess at `/rerank`: no byte of the request tells the two apart."""
+    recorder = RequestRecorder()
+    server = await asyncio.start_server(recorder, "127.0.0.1", 0)
+    async with server:
+        api_base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        for route in ("infinity", "hosted_vllm"):
+            await litellm.arerank(model=f"{route}/{MODEL}", api_base=api_base, api_key=KEY,
+                                  query=QUERY, documents=DOCUMENTS, **options)
+    infinity, hosted_vllm = recorder.requests
+    assert infinity.startswith(b"POST /rerank HTTP/1.1\r\n") and b"user-agent: litellm/" in infinity
+    assert infinity == hosted_vllm
+
+
+async def test_no_one_document_shape_at_rerank_satisfies_both_litellm_parsers(make_gateway: GatewayFactory):
+    """Why `/rerank` cannot answer both: each LiteLLM parser rejects the other's `document`.
+
+    litellm/llms/infinity/rerank/transformation.py puts the value in `RerankResponseDocument(text=...)`
+    as it is (an object fails `text: str`); hosted_vllm's calls `.get("text")` on it (a string has no
+    `.get`). Should either start to take both, `/rerank` could serve Infinity's clients too.
+    """
+    gateway = await make_gateway()
+    call = {"query": QUERY, "documents": DOCUMENTS, "api_key": KEY, "return_documents": True}
+    with pytest.raises(APIConnectionError, match=r"results\.0\.document\.text\s+Input should be a valid string"):
+        await litellm.arerank(model=f"infinity/{MODEL}", api_base=base_url(gateway), **call)
+    with pytest.raises(APIConnectionError, match="'str' object has no attribute 'get'"):
+        await litellm.arerank(model=f"hosted_vllm/{MODEL}", api_base=f"{base_url(gateway)}/infinity", **call)
+    # Without documents the two shapes agree, so the same scores come back from both paths.
+    for route, api_base in (("infinity", base_url(gateway)), ("hosted_vllm", f"{base_url(gateway)}/infinity")):
+        response = await litellm.arerank(model=f"{route}/{MODEL}", api_base=api_base, api_key=KEY,
+                                         query=QUERY, documents=DOCUMENTS, top_n=2)
+        assert_litellm_ranked(response, 2, with_documents=False)
 
 
 async def test_litellm_deepinfra_route_with_the_gateway_root(make_gateway: GatewayFactory):
