@@ -3,8 +3,10 @@
 Infinity and vLLM both serve `/rerank` and their clients send the same bytes (LiteLLM's
 `infinity/` and `hosted_vllm/` routes send identical bodies and headers), but they parse the
 answer differently: vLLM's expects `document: {"text": ...}` (what the gateway's `/rerank`
-gives), Infinity's a string. No request tells them apart, so Infinity's clients get their own
-base URL, `<gateway>/infinity`, under which the path is the one Infinity serves.
+gives), Infinity's a string, and neither takes the other's (LiteLLM's Infinity parser wraps the
+value as `{"text": value}`, its vLLM parser calls `.get("text")` on it). No request tells them
+apart, so Infinity's clients get their own base URL, `<gateway>/infinity`, under which the path is
+the one Infinity serves. tests/test_client_ecosystem.py checks all of this against real LiteLLM.
 """
 
 from __future__ import annotations
