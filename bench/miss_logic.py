@@ -1,0 +1,123 @@
+"""The gateway's own CPU per cache miss, in one process: everything but the two HTTP hops.
+
+    python bench/miss_logic.py                       # this checkout
+    PYTHONPATH=/tmp/before python bench/miss_logic.py   # another one (e.g. `git worktree add /tmp/before HEAD~1`)
+
+The app the `serve` command builds, from the bench config (bench/harness.py), is started in
+process; each request is the knowledge-base call (1 query, 20 fresh documents of ~400 chars)
+handed to the app's router as aiohttp would (a mocked request whose body is the real bytes),
+so routing, the edge middleware, decode, limits, the cache, single flight, the router, the
+guard, budget accounting, the provider adapter (wire body built, answer parsed and checked),
+the answer's encoding, the metrics and the request log line all run. Only the sockets are
+missing: the provider's `post` is answered in process with DeepInfra's reply bytes, and the
+request log goes to a file. What is left out is what the pass-through pays too (aiohttp's
+server and client over sockets), so this is the part of a miss that bench_core's ratio is
+about. Prints the best of --rounds of --requests each, in µs per request (process CPU time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BENCH_KEY, BENCH_KEY_ENV, HEADERS, PATH, write_gateway_config  # noqa: E402
+from workload import DOCUMENTS_PER_REQUEST, FreshBodies  # noqa: E402
+
+from gateway.app import create_app  # noqa: E402
+from gateway.config import load_config  # noqa: E402
+from gateway.observability.logs import configure_logging  # noqa: E402
+from gateway.process.server import settle_garbage_collector  # noqa: E402
+from gateway.web.edge import LIVE  # noqa: E402
+
+
+class _Body:
+    """The request body as aiohttp's StreamReader gives it to the handler."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, n: int = -1) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+    def at_eof(self) -> bool:
+        return not self._data
+
+
+def _deepinfra_reply(body: bytes) -> bytes:
+    documents = orjson.loads(body)["documents"]
+    scores = [((len(document) * 7919) % 1000) / 1000 for document in documents]
+    return orjson.dumps({"scores": scores, "input_tokens": sum(len(d) for d in documents) // 4,
+                         "request_id": None, "inference_status": {"status": "succeeded", "runtime_ms": 20,
+                                                                  "cost": 0.0, "tokens_input": 0}})
+
+
+async def _answer_in_process(url: str, body: bytes, headers: Any, timeout: Any) -> tuple[int, bytes, str | None]:
+    return 200, _deepinfra_reply(body), None
+
+
+def _request(app: web.Application, body: bytes) -> web.Request:
+    headers = {**HEADERS, "Content-Length": str(len(body))}
+    return make_mocked_request("POST", PATH, headers=headers, app=app, payload=_Body(body))
+
+
+async def measure(requests: int, rounds: int, check: bool) -> list[float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ[BENCH_KEY_ENV] = BENCH_KEY
+        config = load_config(write_gateway_config(Path(tmp) / "gateway.toml", 9))
+        app = create_app(config)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        for client in app[LIVE].current.clients.values():
+            client._send = _answer_in_process  # the upstream hop, answered here
+        settle_garbage_collector()
+        fresh = FreshBodies(broadcast_query=False)
+        results = []
+        try:
+            for _ in range(rounds):
+                bodies = fresh.bodies(requests)
+                gc.collect()
+                started = time.process_time()
+                for body in bodies:
+                    response = await app._handle(_request(app, body))
+                    if check and (response.status != 200
+                                  or f"misses={DOCUMENTS_PER_REQUEST}" not in response.headers["X-Rerank-Cache"]):
+                        raise RuntimeError(f"not a miss answered: {response.status} {response.headers}")
+                results.append((time.process_time() - started) / requests * 1e6)
+        finally:
+            await runner.cleanup()
+        return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--log", default="/dev/null", help="where the request log goes (default /dev/null)")
+    args = parser.parse_args()
+    configure_logging("INFO", "json")
+    handler = logging.getLogger().handlers[-1]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(open(args.log, "w"))  # noqa: SIM115  # open for the run's life
+    results = asyncio.run(measure(args.requests, args.rounds, check=True))
+    import gateway
+    print(f"{Path(gateway.__file__).parent.parent}: best {min(results):.1f} µs/request, "
+          f"median {sorted(results)[len(results) // 2]:.1f} (rounds: {', '.join(f'{r:.0f}' for r in results)})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
