@@ -210,8 +210,7 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
 
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
-        assert supervisor.stderr is not None
-        log = LineLog(supervisor.stderr)
+        log = supervisor.log
         await two_workers_listening(supervisor, port)
         assert set(await providers_on_fresh_connections(0)) == {"deepinfra"}
 
