@@ -17,7 +17,7 @@ import click
 import orjson
 from aiohttp import web
 
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, load_config, load_server_section
+from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, ModelNames, load_config, load_server_section
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import build_clients
 from gateway.secrets import Secrets, read_env
@@ -349,18 +349,17 @@ def eval_command(config_path: str | None, data_dir: str, model: str | None, k: i
 
 
 def _model_or_exit(config: GatewayConfig, asked: str | None) -> str:
-    """The canonical name of the model asked for by name or alias, else the default one."""
-    names = {name: name for name in config.models}
-    names.update({alias: name for name, model in config.models.items() for alias in model.aliases})
+    """The canonical name of the model asked for, as a request naming it is served, else the default one."""
     if asked is None:
         asked = config.server.default_model or (next(iter(config.models)) if len(config.models) == 1 else None)
         if asked is None:
             click.echo(f"several models and no server.default_model: pass --model ({', '.join(config.models)})", err=True)
             sys.exit(2)
-    if asked not in names:
+    model = ModelNames(config).canonical(asked)
+    if model is None:
         click.echo(f"no model {asked!r}; models: {', '.join(config.models)}", err=True)
         sys.exit(2)
-    return names[asked]
+    return model
 
 
 def describe_providers(config: GatewayConfig) -> list[str]:

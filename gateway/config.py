@@ -271,6 +271,20 @@ class GatewayConfig(_Section):
                     raise ValueError(f"models.{name}.aliases: {alias!r} already names model {owner[alias]!r}")
 
 
+class ModelNames:
+    """Which model a name a client sends means: the model of that name, the one with that alias,
+    else the one holding CATCH_ALL_ALIAS; None when no model takes it. The serving path and the
+    CLI both resolve through this, so `--model` means what a request's `model` means."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._by_name = {name: name for name in config.models}
+        for name, model in config.models.items():
+            self._by_name.update(dict.fromkeys(model.aliases, name))
+
+    def canonical(self, name: str) -> str | None:
+        return self._by_name.get(name) or self._by_name.get(CATCH_ALL_ALIAS)
+
+
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 

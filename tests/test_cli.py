@@ -55,8 +55,7 @@ def test_reload_command_reloads_the_gateway_on_the_configs_address(tmp_path):
         refused = run_cli("reload", "--config", str(config), "--url", f"http://127.0.0.1:{gateway_port}", env=env)
         assert refused.returncode == 1
         assert "'fireworx' is not one of" in json.loads(refused.stdout)["error"]["message"]
-    assert gateway.stderr is not None
-    log_lines = [json.loads(line) for line in gateway.stderr.read().splitlines() if line.startswith("{")]
+    log_lines = [json.loads(line) for line in gateway.log.lines if line.startswith("{")]
     unserved = [line for line in log_lines if line["message"].endswith("NO USABLE PROVIDER")]
     assert unserved and {line["level"] for line in unserved} == {"WARNING"}
 
@@ -213,6 +212,18 @@ def test_requests_aiohttp_refuses_get_the_gateways_json_error(tmp_path, request_
     error = json.loads(body)["error"]
     assert error["type"] == "bad_request" and error["message"].startswith("malformed HTTP request: ")
     assert error["request_id"] == headers["x-request-id"]
-    assert gateway.stderr is not None
-    log = gateway.stderr.read()
+    log = gateway.log.text()
     assert "Traceback" not in log and "malformed HTTP request" in log
+
+
+def test_a_gateway_logging_more_than_a_pipe_holds_keeps_serving(tmp_path):
+    # Each refused request is a log line of some 180 bytes: 1000 are nearly three times the 64 KiB
+    # a pipe holds, which a gateway whose stderr nobody reads fills and then blocks on.
+    gateway_port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(9))
+    refused = b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"
+    with running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port) as gateway:
+        for _ in range(1000):
+            assert raw_http(gateway_port, refused).split(b" ", 2)[1] == b"400"
+    assert gateway.log.count("malformed HTTP request from") == 1000

@@ -307,3 +307,26 @@ def test_eval_command_refuses_bad_data_and_unknown_models(tmp_path: Path) -> Non
     unknown = subprocess.run([*base, "--data", str(SAMPLE), "--model", "gpt"], cwd=REPO, capture_output=True,
                              text=True, timeout=60)
     assert unknown.returncode == 2 and "no model 'gpt'; models: qwen3-reranker-8b" in unknown.stderr
+
+
+def test_eval_command_resolves_a_name_no_model_claims_to_the_catch_all_model(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text((SAMPLE / "emulator.toml").read_text() + """
+[models."catch-all"]
+aliases = ["*"]
+fallback = ["cohere-anything"]
+
+[providers.cohere-anything]
+kind = "cohere"
+base_url = "http://127.0.0.1:9"
+model = "rerank-v3.5"
+api_key_env = "EMULATOR_KEY"
+""")
+    out = tmp_path / "report.json"
+    env = {key: value for key, value in os.environ.items() if key != "EMULATOR_KEY"}  # skipped: nothing is called
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "eval", "--config", str(config), "--data", str(SAMPLE),
+         "--model", "rerank-english-v3.0", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert "no model" not in result.stderr and result.returncode == 1, result.stderr  # 1: no provider could score
+    assert json.loads(out.read_text())["model"] == "catch-all"  # as a request naming it is served

@@ -26,6 +26,8 @@ from tests.support.processes import gateway_toml
 SPEC_URI = "urn:rerank-gateway:openapi"
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = ["The MFC in Kazan opens at 8:00.", "Out-of-court bankruptcy through the MFC is free.", "Weather in Kazan."]
+# What every HTTP answer carries about its own framing; the spec documents the headers of the gateway's own.
+HTTP_FRAMING_HEADERS = {"content-type", "content-length", "date", "server", "connection", "keep-alive", "transfer-encoding"}
 INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 
 
@@ -74,6 +76,9 @@ class Spec:
                 assert value is not None, f"{method} {path} {response.status}: header {name} missing"
             if value is not None:
                 self.validator(f"{header_pointer}/schema").validate(value)
+        documented = {name.lower() for name in answer.get("headers", {})}
+        undocumented = {name for name in response.headers if name.lower() not in documented | HTTP_FRAMING_HEADERS}
+        assert not undocumented, f"{method} {path} {response.status}: headers sent but not in the spec: {undocumented}"
         (media_type,) = answer["content"]
         assert response.content_type == media_type
         if media_type != "application/json":

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.process.workers import Supervisor, _Worker
 from tests.support.polling import eventually, eventually_sync
 from tests.support.processes import LineLog, free_port, gateway_toml, listens_on, running
 
@@ -100,9 +104,6 @@ def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_pat
         stderr = LineLog(process.stderr)
         try:
             eventually_sync(lambda: stderr.count("budgets hold per worker") > 0, what="the per-worker budgets warning")
-            # Stopped only once both workers serve: a SIGTERM while the supervisor is still starting
-            # them can miss a worker (Supervisor.run), and the supervisor then waits out its grace period.
-            eventually_sync(lambda: listening_workers(process.pid, port), what="two workers listening", every=0.05)
         finally:
             process.terminate()
 
@@ -210,8 +211,7 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
 
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
-        assert supervisor.stderr is not None
-        log = LineLog(supervisor.stderr)
+        log = supervisor.log
         await two_workers_listening(supervisor, port)
         assert set(await providers_on_fresh_connections(0)) == {"deepinfra"}
 
@@ -226,3 +226,41 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
         await eventually(lambda: log.count("config reloaded from") == 2, what="both workers reloaded")
         assert set(await providers_on_fresh_connections(100)) == {"fireworks"}
         assert len(children_of(supervisor.pid)) == 2  # the same two workers, reloaded, not restarted
+
+
+class _TerminatedWhileStarting(Supervisor):
+    """A supervisor sent SIGTERM just after it started its first worker, the second yet to come:
+    the moment a `kill` or a service manager's stop can hit while a gateway starts, made certain."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def _spawn(self) -> _Worker:
+        worker = super()._spawn()
+        self.started.append(worker.process)
+        if len(self.started) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs in this thread, before _spawn returns
+        return worker
+
+
+@pytest.fixture
+def own_signal_handlers() -> Iterator[None]:
+    """The supervisor installs its handlers in this process: pytest's come back afterwards."""
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for signum, handler in kept.items():
+        signal.signal(signum, handler)
+
+
+def test_a_sigterm_while_workers_start_stops_the_started_ones_within_the_grace(tmp_path, own_signal_handlers):
+    config, port, grace = tmp_path / "config.toml", free_port(), 30.0
+    config.write_text(gateway_toml(9))
+    args = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--reuse-port", "--config", str(config)]
+    supervisor = _TerminatedWhileStarting(args, 2, grace, "127.0.0.1", port)
+    started = time.monotonic()
+    assert supervisor.run() == 0
+    # Stopped by that SIGTERM (it kills a worker still starting; one already serving exits with
+    # 0), not killed when the grace ran out, which is what a worker the SIGTERM missed waits for.
+    assert {process.returncode for process in supervisor.started} <= {-signal.SIGTERM, 0}
+    assert time.monotonic() - started < grace  # a generous bound: a stop takes well under a second

@@ -177,21 +177,31 @@ class Supervisor:
 
     def _supervise(self) -> int:
         clear_multiprocess_dir(self._metrics_dir)
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
+        # The stop handler only notes the stop, and this thread sends it on: sent from the handler,
+        # a SIGTERM that came while the workers were being started reached only those already in
+        # the list (none, while it was being built), and the rest ran out the grace period.
+        signal.signal(signal.SIGTERM, self._note_stop)
+        signal.signal(signal.SIGINT, self._note_stop)
         signal.signal(signal.SIGHUP, self._forward_reload)
-        self._workers = [self._spawn() for _ in range(self._count)]
-        log.info("supervising %d workers", self._count)
         try:
+            self._start_workers()
             while not self._stopping:
                 time.sleep(_TICK_SECONDS)
                 self._look_after_workers()
         except StartupFailed as failure:
-            self._stop(signal.SIGTERM, None)
+            self._stop_workers()
             self._wait_for_workers()
             print(f"rerank-gateway: {failure}", file=sys.stderr)
             return 1
+        self._stop_workers()
         return self._wait_for_workers()
+
+    def _start_workers(self) -> None:
+        for _ in range(self._count):
+            if self._stopping:
+                break  # stopped while starting: no more workers, the started ones get the stop
+            self._workers.append(self._spawn())
+        log.info("supervising %d workers", len(self._workers))
 
     def _spawn(self) -> _Worker:
         read_fd, write_fd = os.pipe()
@@ -241,7 +251,10 @@ class Supervisor:
         for worker in others:
             worker.process.send_signal(signal.SIGHUP)
 
-    def _stop(self, signum: int, frame: object) -> None:
+    def _note_stop(self, signum: int, frame: object) -> None:
+        self._stopping = True
+
+    def _stop_workers(self) -> None:
         self._stopping = True
         for worker in self._live_workers():
             worker.process.send_signal(signal.SIGTERM)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
-from gateway.config import CATCH_ALL_ALIAS, GatewayConfig
+from gateway.config import GatewayConfig, ModelNames
 from gateway.errors import InvalidRequest, UnknownModel
 from gateway.models import KeptScores, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
 from gateway.scoring.coordinator import FlightCoordinator
@@ -28,7 +28,7 @@ class RerankService:
         self._router = router
         self._cache = cache
         self._coordinator = FlightCoordinator(cache, flights, self._score_slots)
-        self._model_by_name = _model_names(config)
+        self._model_names = ModelNames(config)
 
     def resolve_model(self, requested: str | None) -> str:
         if requested is None:
@@ -36,7 +36,7 @@ class RerankService:
             if default is None:
                 raise InvalidRequest("model: required (this gateway has no server.default_model)")
             return default
-        model = self._model_by_name.get(requested) or self._model_by_name.get(CATCH_ALL_ALIAS)
+        model = self._model_names.canonical(requested)
         if model is None:
             raise UnknownModel(f"model {requested!r} is not served here; models: {', '.join(self.model_names())}")
         return model
@@ -125,10 +125,3 @@ class RerankService:
             return [job.keys[slot] for slot in slots]
         pairs = job.pairs.select(slots)
         return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents)
-
-
-def _model_names(config: GatewayConfig) -> dict[str, str]:
-    names = {name: name for name in config.models}
-    for name, model in config.models.items():
-        names.update(dict.fromkeys(model.aliases, name))
-    return names

@@ -295,11 +295,15 @@ def _headers() -> dict[str, Any]:
             "required": True, "description": "Whole seconds until a retry may pass.",
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
+        "WWW-Authenticate": {
+            "required": True, "description": "The scheme a key is accepted in (RFC 9110 15.5.2, RFC 6750).",
+            "schema": {"const": "Bearer"},
+        },
     }
 
 
 def _error_responses() -> dict[str, Any]:
-    def error(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    def error(description: str, *, retry_after: bool = False, challenge: bool = False) -> dict[str, Any]:
         headers = {
             **_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True},
             "X-Rerank-Model": {"required": False, "schema": {"type": "string", "minLength": 1},
@@ -307,11 +311,13 @@ def _error_responses() -> dict[str, Any]:
         }
         if retry_after:
             headers["Retry-After"] = _ref("headers", "Retry-After")
+        if challenge:
+            headers["WWW-Authenticate"] = _ref("headers", "WWW-Authenticate")
         return {"description": description, "headers": headers, "content": _json(_schema("Error"))}
 
     return {
         "BadRequest": error("`bad_request`: body empty, not JSON, not UTF-8, or a bad X-Request-Timeout."),
-        "Unauthorized": error("`unauthorized`: the client or admin key is missing or wrong."),
+        "Unauthorized": error("`unauthorized`: the client or admin key is missing or wrong.", challenge=True),
         "ModelNotFound": error("`model_not_found`: the model is not served; the message lists those that are."),
         "AdminOff": error("`not_found`: admin endpoints are off ([server] admin_key_env unset)."),
         "PayloadTooLarge": error("`payload_too_large`: over a configured limit; the message names it."),

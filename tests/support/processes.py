@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
@@ -60,11 +59,17 @@ def listens_on(pid: int, port: int) -> bool:
 
 
 class LineLog:
-    """The lines a process writes to a pipe, read by a thread as they come, so a test waits for a line."""
+    """The lines a process writes to a pipe, read by a thread as they come, so a test waits for a line.
+
+    Read as they come, too, so that the pipe never fills: a pipe nobody reads holds 64 KiB (Linux),
+    and a process writing to a full one blocks, a gateway at its next log line.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
         self.lines: list[str] = []
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+        self._stream = stream
+        self._reader = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._reader.start()
 
     def _read(self, stream: IO[str]) -> None:
         try:
@@ -76,12 +81,53 @@ class LineLog:
     def count(self, text: str) -> int:
         return sum(text in line for line in list(self.lines))
 
+    def text(self) -> str:
+        return "".join(list(self.lines))
+
+    def tail(self, lines: int = 40) -> str:
+        return "".join(list(self.lines)[-lines:])
+
+    def close(self, seconds: float = 10.0) -> None:
+        """Once the writer is gone: what it wrote last read to end of file, then the pipe closed.
+
+        A pipe still open after `seconds` (a child of the process, left running, holds it) stays
+        open: closed under the reader, its last lines would be lost.
+        """
+        self._reader.join(seconds)
+        if not self._reader.is_alive():
+            self._stream.close()  # left to the garbage collector it is a ResourceWarning
+
+
+class GatewayProcess(subprocess.Popen[str]):
+    """`python -m gateway ARGS`, its stderr (`log`) and stdout (`output`) each read by a LineLog.
+
+    The LineLogs own the pipes: read `log`, not `stderr`, which is closed once the process is stopped.
+    """
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        super().__init__([sys.executable, "-m", "gateway", *args], cwd=cwd, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.stdout is not None and self.stderr is not None
+        self.log = LineLog(self.stderr)
+        self.output = LineLog(self.stdout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; then everything it wrote read, and its pipes closed."""
+        self.terminate()
+        try:
+            self.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.wait()
+        self.log.close()
+        self.output.close()
+
 
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}")
+            raise RuntimeError(f"process exited with {process.returncode}: {_last_words(process)}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -90,46 +136,28 @@ def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP
     raise TimeoutError(f"nothing listened on port {port} within {seconds}s")
 
 
+def _last_words(exited: subprocess.Popen) -> str:
+    if isinstance(exited, GatewayProcess):
+        exited.log.close()  # read to the end: the reason is the last line
+        return exited.log.tail()
+    return exited.stderr.read() if exited.stderr else ""
+
+
 @contextmanager
 def running(
     args: list[str], port: int, env: dict[str, str] | None = None, cwd: Path = REPO
-) -> Iterator[subprocess.Popen]:
+) -> Iterator[GatewayProcess]:
     """`python -m gateway ARGS` until the block ends; stopped with SIGTERM, then killed.
 
-    `cwd`: the source tree to run (a bench runs an older checkout with PYTHONPATH set to it).
+    What it logs stays in `.log` after the block. `cwd`: the source tree to run (a bench runs an
+    older checkout with PYTHONPATH set to it).
     """
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", *args],
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = GatewayProcess(args, {**os.environ, **(env or {})}, cwd)
     try:
         wait_for_port(port, process)
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        _keep_output_close_pipes(process)
-
-
-def _keep_output_close_pipes(process: subprocess.Popen) -> None:
-    """What the stopped process wrote stays readable (tests read its log after the block), from memory.
-
-    The pipes themselves are closed here: left to the garbage collector they are a ResourceWarning.
-    """
-    for name in ("stdout", "stderr"):
-        stream = getattr(process, name)
-        if stream is not None:
-            rest = stream.read()  # the process is gone: up to end of file
-            stream.close()
-            setattr(process, name, io.StringIO(rest))
+        process.stop()
 
 
 def gateway_toml(
