@@ -15,8 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +55,7 @@ class Shared:
         await self.ledger.start()
 
     async def close(self) -> None:
+        self.metrics.flush()  # the last loop turn's counts, into a worker's multiprocess files too
         await self.cache.close()
         await self.ledger.close()
         await self.verdicts.close()
@@ -161,6 +161,22 @@ class Reloaded:
     unchanged: bool = False  # the file and the secrets it names were loaded already: nothing rebuilt
 
 
+class Held:
+    """A generation held by one request: a plain context manager, since holding awaits nothing."""
+
+    __slots__ = ("_generation",)
+
+    def __init__(self, generation: Generation) -> None:
+        self._generation = generation
+
+    def __enter__(self) -> Generation:
+        self._generation.enter()
+        return self._generation
+
+    def __exit__(self, *_: object) -> None:
+        self._generation.leave()
+
+
 class LiveGateway:
     def __init__(
         self, config: GatewayConfig, shared: Shared, config_path: str | os.PathLike[str] | None = None,
@@ -184,15 +200,9 @@ class LiveGateway:
         await self.shared.start()
         await self.current.start()
 
-    @asynccontextmanager
-    async def serving(self) -> AsyncIterator[Generation]:
-        """The current generation, held until the request ends."""
-        generation = self.current
-        generation.enter()
-        try:
-            yield generation
-        finally:
-            generation.leave()
+    def serving(self) -> Held:
+        """The current generation, held until the request ends (`with live.serving() as generation`)."""
+        return Held(self.current)
 
     async def reload(self) -> Reloaded:
         """Load the config file again and serve new requests from it.

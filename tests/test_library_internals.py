@@ -116,3 +116,30 @@ def test_redis_cluster_nodes_keep_what_warm_up_uses():
     cluster = RedisCluster(startup_nodes=[node])
     has(cluster, "nodes_manager", what)
     has(cluster.nodes_manager, "startup_nodes", what)
+
+
+# --- prometheus-client: gateway/observability/tally.py
+
+def test_a_tallied_histogram_ends_up_as_prometheus_client_observes_it():
+    """Tally writes a loop turn's observations through a histogram's own buckets, bounds and sum."""
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from gateway.observability.tally import Tally
+
+    registry = CollectorRegistry()
+    observed = Histogram("observed", "by observe()", buckets=(0.1, 1.0), registry=registry)
+    tallied = Histogram("tallied", "through Tally", buckets=(0.1, 1.0), registry=registry)
+    for name in ("_upper_bounds", "_buckets", "_sum"):
+        has(tallied, name, "Tally adds a loop turn's observations to it")
+    tally = Tally()
+    for value in (0.0, 0.1, 0.5, 1.0, 7.0, 0.05):
+        observed.observe(value)
+        tally.observe(tallied, value)
+    tally.flush()
+
+    def samples(name: str) -> list[tuple[str, dict[str, str], float]]:
+        (metric,) = [m for m in registry.collect() if m.name == name]
+        return [(s.name.removeprefix(name), s.labels, s.value) for s in metric.samples if not s.name.endswith("_created")]
+
+    assert samples("tallied") == samples("observed")
+    assert ("_count", {}, 6.0) in samples("tallied")

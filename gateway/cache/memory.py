@@ -70,6 +70,20 @@ def _put(bucket: bytearray, digest: bytes, score: float) -> bool:
     return True
 
 
+def _runs(keys: Sequence[PairKey]) -> list[tuple[str, list[bytes]]]:
+    """The keys as runs of one query group each, in order: a query's keys come together (pair_keys
+    builds them so), and a bucket is then found, renewed or built once a run, not once a key."""
+    groups = {group for group, _ in keys}
+    if len(groups) == 1:  # one query: the knowledge-base call
+        return [(groups.pop(), [digest for _, digest in keys])]
+    runs: list[tuple[str, list[bytes]]] = []
+    for group, digest in keys:
+        if not runs or runs[-1][0] != group:
+            runs.append((group, []))
+        runs[-1][1].append(digest)
+    return runs
+
+
 class MemoryScoreCache:
     def __init__(
         self, max_bytes: int, ttl_seconds: float, clock: Callable[[], float] = time.monotonic,
@@ -96,13 +110,14 @@ class MemoryScoreCache:
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
         now = self._clock()
         found: list[float | None] = []
-        # A query's keys come together (pair_keys builds them so): its bucket is found once a run.
-        run_group, bucket = None, None
-        for group, digest in keys:
-            if group != run_group:
-                run_group, bucket = group, self._live(group, now)
-            at = -1 if bucket is None else _offset_of(bucket, digest)
-            found.append(None if at < 0 else _STAMP.unpack_from(bucket, at + DIGEST_BYTES)[0])  # type: ignore[arg-type]
+        for group, digests in _runs(keys):
+            bucket = self._live(group, now)
+            if bucket is None:  # a query never seen (or expired): the miss path, in one step
+                found += [None] * len(digests)
+                continue
+            for digest in digests:
+                at = _offset_of(bucket, digest)
+                found.append(None if at < 0 else _STAMP.unpack_from(bucket, at + DIGEST_BYTES)[0])
         return found
 
     def _live(self, group: str, now: float) -> bytearray | None:
@@ -128,18 +143,30 @@ class MemoryScoreCache:
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
         now = self._clock()
         expires = now + self._ttl
-        run_group, bucket = None, bytearray()
         added = 0
-        for (group, digest), score in zip(keys, scores):
-            if group != run_group:  # a query's keys come together: its bucket is renewed once a run
-                run_group, bucket = group, self._bucket_to_write(group, now, expires)
-            added += _put(bucket, digest, score)
+        start = 0
+        for group, digests in _runs(keys):
+            run_scores = scores[start : start + len(digests)]
+            start += len(digests)
+            bucket = self._live_to_write(group, now, expires)
+            if bucket is None and len(set(digests)) == len(digests):
+                # A new query's passages, each once (the miss path): the bucket is built in one join.
+                bucket = self._buckets[group] = _new_bucket(expires)
+                bucket += b"".join([digest + _STAMP.pack(score) for digest, score in zip(digests, run_scores)])
+                self._bytes += BUCKET_BYTES + len(group)
+                added += len(digests)
+                continue
+            if bucket is None:
+                bucket = self._buckets[group] = _new_bucket(expires)
+                self._bytes += BUCKET_BYTES + len(group)
+            for digest, score in zip(digests, run_scores):
+                added += _put(bucket, digest, score)
         self._pairs += added
         self._bytes += PAIR_BYTES * added
         self._evict()
 
-    def _bucket_to_write(self, group: str, now: float, expires: float) -> bytearray:
-        """The group's live bucket with its expiry renewed, or a new one."""
+    def _live_to_write(self, group: str, now: float, expires: float) -> bytearray | None:
+        """The group's live bucket with its expiry renewed, or None (an expired one is dropped)."""
         bucket = self._buckets.get(group)
         if bucket is not None and _expires(bucket) > now:
             _STAMP.pack_into(bucket, 0, expires)
@@ -147,9 +174,7 @@ class MemoryScoreCache:
             return bucket
         if bucket is not None:
             self._drop(group)
-        bucket = self._buckets[group] = _new_bucket(expires)
-        self._bytes += BUCKET_BYTES + len(group)
-        return bucket
+        return None
 
     def _evict(self) -> None:
         while self._buckets and (self._bytes > self._max_bytes

@@ -98,6 +98,8 @@ def string_list(payload: dict[str, Any], key: str, *, text_objects: bool = False
         raise InvalidRequest(f"{key}: expected a list, got {_kind(value)}")
     if not value:
         raise InvalidRequest(f"{key}: must not be empty")
+    if set(map(type, value)) == {str}:  # plain strings, as nearly every client sends: checked in C
+        return tuple(value)
     items = []
     for index, item in enumerate(value):
         if isinstance(item, str):

@@ -196,22 +196,36 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, the `extra=` fields, exc."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            ),
+            "ts": self._timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": mask_secrets(record.getMessage()),
         }
-        for name, value in extra_fields(record).items():
-            line.setdefault(name, value)  # an extra never overwrites the four above
+        extras = extra_fields(record)
+        if line.keys().isdisjoint(extras):
+            line.update(extras)
+        else:
+            for name, value in extras.items():
+                line.setdefault(name, value)  # an extra never overwrites the four above
         if record.exc_info:
             line["exc"] = mask_secrets(self.formatException(record.exc_info))
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(line, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def _timestamp(self, created: float) -> str:
+        """`2025-01-31T12:00:00.123Z`: the second's text is made once a second, not once a line."""
+        second = int(created)
+        if second != self._second[0]:
+            text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second = (second, text)
+        return f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
 
 
 class TextFormatter(logging.Formatter):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import glob
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal, get_args
 
 from prometheus_client import (
@@ -40,6 +40,7 @@ from prometheus_client import (
 )
 
 from gateway.observability.history import MinuteHistory
+from gateway.observability.tally import Tally
 
 MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -83,6 +84,9 @@ class GatewayMetrics:
         registry = None if self.multiprocess_dir else CollectorRegistry()
         self._registry = registry
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._event_children: dict[tuple[str | int, ...], tuple[Any, ...]] = {}
+        self._breaker_states: dict[str, BreakerState] = {}  # as last written to the gauge
+        self._tally = Tally()  # the request path's counters and histograms, written once a loop turn
         # The last hour per minute for /status: this process's own, never merged through the dir.
         self.history = MinuteHistory()
 
@@ -194,6 +198,13 @@ class GatewayMetrics:
             registry=registry,
         )
 
+    def _children_of(self, key: tuple[str | int, ...], build: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+        """The labelled children one event reports to, built once per label values (see _child)."""
+        children = self._event_children.get(key)
+        if children is None:
+            children = self._event_children[key] = build()
+        return children
+
     def _child(self, metric: Any, *labels: str) -> Any:
         """metric.labels(*labels), remembered: prometheus-client validates labels on every call."""
         key = (id(metric), labels)
@@ -208,14 +219,21 @@ class GatewayMetrics:
         self, *, dialect: str, model: str, status: int, seconds: float, upstream_seconds: float = 0.0
     ) -> None:
         """One answered request. upstream_seconds is wall time spent waiting on providers."""
-        self._child(self._requests, dialect, model, str(status)).inc()
-        self._child(self._request_seconds, dialect, model).observe(seconds)
-        self._overhead_seconds.observe(max(0.0, seconds - upstream_seconds))
+        count, duration = self._children_of(
+            ("request", dialect, model, status),
+            lambda: (self._requests.labels(dialect, model, str(status)), self._request_seconds.labels(dialect, model)),
+        )
+        self._tally.inc(count)
+        self._tally.observe(duration, seconds)
+        self._tally.observe(self._overhead_seconds, max(0.0, seconds - upstream_seconds))
 
     def record_cache(self, *, model: str, hits: int, misses: int) -> None:
         """Score-cache lookups of one request, counted in pairs."""
-        self._child(self._cache_hits, model).inc(hits)
-        self._child(self._cache_misses, model).inc(misses)
+        found, missed = self._children_of(
+            ("cache", model), lambda: (self._cache_hits.labels(model), self._cache_misses.labels(model))
+        )
+        self._tally.inc(found, hits)
+        self._tally.inc(missed, misses)
 
     # -- providers --------------------------------------------------------------------------
 
@@ -224,8 +242,12 @@ class GatewayMetrics:
     ) -> None:
         """One try at a provider, successful or not: `calls` HTTP calls (a kind that takes one query
         per call splits a many-query batch), `seconds` for all of them together."""
-        self._child(self._upstream_calls, provider, purpose).inc(calls)
-        self._child(self._upstream_seconds, provider).observe(seconds)
+        made, duration = self._children_of(
+            ("upstream", provider, purpose),
+            lambda: (self._upstream_calls.labels(provider, purpose), self._upstream_seconds.labels(provider)),
+        )
+        self._tally.inc(made, calls)
+        self._tally.observe(duration, seconds)
 
     def record_upstream_error(self, *, provider: str, reason: UpstreamErrorReason) -> None:
         if reason not in UPSTREAM_ERROR_REASONS:
@@ -236,13 +258,18 @@ class GatewayMetrics:
         self, *, provider: str, tokens: int, cost_usd: float, estimated_tokens: int = 0, estimated_cost_usd: float = 0.0
     ) -> None:
         """What answered calls billed; the estimated_* part is also in tokens and cost_usd."""
-        self._child(self._tokens, provider).inc(tokens)
-        self._child(self._cost_usd, provider).inc(cost_usd)
-        self._child(self._estimated_tokens, provider).inc(estimated_tokens)
-        self._child(self._estimated_cost_usd, provider).inc(estimated_cost_usd)
         estimated = min(max(0.0, estimated_cost_usd), cost_usd)
-        self._child(self._spend_usd, provider, "reported").inc(max(0.0, cost_usd - estimated))
-        self._child(self._spend_usd, provider, "estimated").inc(estimated)
+        counters = self._children_of(("usage", provider), lambda: (
+            self._tokens.labels(provider), self._cost_usd.labels(provider), self._estimated_tokens.labels(provider),
+            self._estimated_cost_usd.labels(provider), self._spend_usd.labels(provider, "reported"),
+            self._spend_usd.labels(provider, "estimated"),
+        ))
+        amounts = (tokens, cost_usd, estimated_tokens, estimated_cost_usd, max(0.0, cost_usd - estimated), estimated)
+        for counter, amount in zip(counters, amounts):
+            # Every series is there from the first call on (a scrape shows its 0), but adding 0 is
+            # skipped: a provider that reports its usage never has an estimated part.
+            if amount:
+                self._tally.inc(counter, amount)
 
     def record_fallback(self, *, model: str, from_provider: str, to_provider: str) -> None:
         self._child(self._fallbacks, model, from_provider, to_provider).inc()
@@ -264,7 +291,10 @@ class GatewayMetrics:
         self._child(self._provider_agreement, model, provider, measure).set(value)
 
     def set_breaker_state(self, *, provider: str, state: BreakerState) -> None:
-        self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])
+        # Called after every answered call: the gauge is written only when the state moved.
+        if self._breaker_states.get(provider) != state:
+            self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])
+            self._breaker_states[provider] = state
 
     def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:
         """Budget left; window is the period ("day", "month"). Leave unlimited windows unset."""
@@ -275,8 +305,13 @@ class GatewayMetrics:
 
     # -- exposition -------------------------------------------------------------------------
 
+    def flush(self) -> None:
+        """Write the request path's pending counts now (a scrape, a process about to exit)."""
+        self._tally.flush()
+
     def render(self) -> tuple[bytes, str]:
         """The body and Content-Type for GET /metrics: every worker's numbers in multiprocess mode."""
+        self.flush()
         if self.multiprocess_dir:
             return render_multiprocess(self.multiprocess_dir)
         assert self._registry is not None

@@ -27,7 +27,7 @@ from gateway.web.request_limits import check_limits
 def rerank_handler(choose_dialect: DialectChooser) -> Any:
     async def handle(request: web.Request) -> web.Response:
         trace = request[RERANK_TRACE] = RerankTrace()
-        async with request.app[LIVE].serving() as generation:
+        with request.app[LIVE].serving() as generation:
             require_client_key(request, generation.secrets.client_keys, generation.config.server.api_keys_env)
             server = generation.config.server
             payload = await _read_json(request, server.max_body_bytes)
