@@ -215,6 +215,9 @@ class Spend:
         return Spend(self.nano - other.nano, self.tokens - other.tokens)
 
 
+NO_SPEND = Spend()  # frozen: one instance serves every "nothing"
+
+
 @dataclass(frozen=True, slots=True)
 class Settled:
     """What one settle adds to each of its windows: all of it, and the part the gateway estimated."""
@@ -227,6 +230,8 @@ class Settled:
         # A provider's odd usage figure must not fail a call that already succeeded: clamp, don't
         # raise; the estimated part is never more than the whole.
         total = Spend(max(0, nano(cost_usd)), max(0, tokens))
+        if not (estimated_usd or estimated_tokens):  # the provider reported its usage: nothing estimated
+            return cls(total, NO_SPEND)
         estimated = Spend(min(total.nano, max(0, nano(estimated_usd))), min(total.tokens, max(0, estimated_tokens)))
         return cls(total, estimated)
 

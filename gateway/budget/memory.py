@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from gateway.budget.base import (
+    NO_SPEND,
     WARN_FRACTION,
     BudgetAlert,
     Clock,
@@ -64,7 +65,8 @@ class _Totals:
     def add(self, settled: Settled) -> None:
         self.spent += settled.total.nano
         self.tokens += settled.total.tokens
-        self.estimated += settled.estimated
+        if settled.estimated is not NO_SPEND:
+            self.estimated += settled.estimated
 
     def report(self, window: Window) -> WindowReport:
         return window.report(

@@ -22,6 +22,7 @@ import time
 
 from gateway.budget import (
     Ledger,
+    Limit,
     Refusal,
     Reservation,
     gateway_limit,
@@ -56,6 +57,7 @@ class GuardedCall:
         self._health = health
         self._metrics = metrics
         self._tracing = tracing or Tracing.off()
+        self._limits: dict[str, tuple[tuple[Limit, ...], bool]] = {}
 
     def own_limit(self, client: ProviderClient, pairs: int) -> float:
         """The most one try at this provider may take: its timeout, or less once it is known to be faster."""
@@ -149,6 +151,16 @@ class GuardedCall:
             self._health.pooled_estimator.observe(call_chars, call.usage.tokens)
             health.reported_calls += 1
 
+    def _limits_of(self, client: ProviderClient) -> tuple[tuple[Limit, ...], bool]:
+        """The provider's budget and the gateway's, and whether either limits anything: fixed for
+        this config generation, so worked out once per provider."""
+        known = self._limits.get(client.name)
+        if known is None:
+            limits = (provider_limit(client.name, client.config), gateway_limit(self._config))
+            enforced = any(limit.daily_usd is not None or limit.monthly_usd is not None for limit in limits)
+            known = self._limits[client.name] = (limits, enforced)
+        return known
+
     def _admit(self, client: ProviderClient, health: ProviderHealth, panic: bool) -> None:
         if (wait := health.rate_limited_for()) > 0:
             skip = ProviderFailure(client.name, f"rate limited for {wait:.1f}s more (its 429's Retry-After)",
@@ -177,8 +189,8 @@ class GuardedCall:
         self._metrics.set_breaker_state(provider=provider, state=health.breaker.state)
 
     async def _reserve(self, client: ProviderClient, chars: int, ends_at: float | None) -> Reservation:
-        limits = [provider_limit(client.name, client.config), gateway_limit(self._config)]
-        if all(limit.daily_usd is None and limit.monthly_usd is None for limit in limits):
+        limits, enforced = self._limits_of(client)
+        if not enforced:
             return unheld_reservation(limits, utc_now())  # nothing to enforce: track spend only
         price = client.config.price_per_million_tokens
         estimate = self._health.billing_estimator(client.name).estimate_tokens(chars) * price / 1e6

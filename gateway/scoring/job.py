@@ -8,6 +8,7 @@ from typing import cast
 
 from gateway.cache import CachePolicy, PairKey
 from gateway.models import Batch, RerankResult
+from gateway.scoring.plan import Findings
 
 
 @dataclass(slots=True)
@@ -27,6 +28,9 @@ class Job:
     # may then take a score from the cache, a waiter or another process.
     rescored_whole: bool = False
     raw: dict[int, float] = field(default_factory=dict)  # slot -> the provider's score, where mapped
+    # What planning the cache group found, for the first scoring round if it follows at once;
+    # cleared before the request waits for anyone (gateway.scoring.plan.Findings).
+    findings: Findings | None = None
     result: RerankResult = field(init=False)
 
     def __post_init__(self) -> None:

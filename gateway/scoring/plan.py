@@ -24,10 +24,29 @@ from gateway.models import ScoreRequest
 from gateway.observability.trace import note_attempt
 from gateway.providers.client import ProviderClient
 from gateway.quality.calibration import Calibration
+from gateway.quality.groups import Placement
 from gateway.quality.guard import QualityGuard
 from gateway.resilience import CircuitBreaker
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
+
+
+class Findings:
+    """What the plan found of each provider for one request, looked up once: why_not and placement.
+
+    The service plans the request's cache group and then, right after the cache lookup, its
+    first scoring round: with these, the round reuses what the group was chosen by instead of
+    asking every breaker, rate limit, budget rule and quality verdict again (which was most of
+    a plan's cost). A round after the request waited for another request or process, or for a
+    rate limit, looks again (Job.findings is cleared before any such wait), and the guard asks
+    the breaker and the rate limit again at the call itself.
+    """
+
+    __slots__ = ("placements", "skips")
+
+    def __init__(self) -> None:
+        self.skips: dict[tuple[str, str, str | None], ProviderFailure | None] = {}
+        self.placements: dict[tuple[str, str], Placement] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +77,35 @@ class Planner:
         self._quality = quality
         self._groups = quality.groups
 
-    def cache_group(self, model: str, instruction: str | None) -> str:
+    def cache_group(self, model: str, instruction: str | None, findings: Findings | None = None) -> str:
         """Where the request's cached scores are read: the group of the provider the plan would call first."""
-        return self._groups.group_of(model, self.first_choice(model, instruction))
+        return self._placement(model, self.first_choice(model, instruction, findings), findings).group
 
-    def first_choice(self, model: str, instruction: str | None) -> str:
+    def first_choice(self, model: str, instruction: str | None, findings: Findings | None = None) -> str:
         """The provider of the model the plan would call first (else its reference, else its first)."""
         for provider in self._quality.plan_order(model):
-            if self.why_not(model, provider, instruction) is None:
+            if self._why_not(model, provider, instruction, findings) is None:
                 return provider
         return self._groups.reference(model) or self._config.models[model].fallback[0]
+
+    def _why_not(
+        self, model: str, provider: str, instruction: str | None, findings: Findings | None
+    ) -> ProviderFailure | None:
+        if findings is None:
+            return self.why_not(model, provider, instruction)
+        key = (model, provider, instruction)
+        if key not in findings.skips:
+            findings.skips[key] = self.why_not(model, provider, instruction)
+        return findings.skips[key]
+
+    def _placement(self, model: str, provider: str, findings: Findings | None) -> Placement:
+        if findings is None:
+            return self._groups.placement(model, provider)
+        key = (model, provider)
+        found = findings.placements.get(key)
+        if found is None:
+            found = findings.placements[key] = self._groups.placement(model, provider)
+        return found
 
     def why_not(
         self, model: str, provider: str, instruction: str | None, over_budget: bool = False
@@ -80,15 +118,16 @@ class Planner:
         skip = unavailable(self._clients[provider], health.breaker, instruction, over_budget, health.rate_limited_for())
         return skip or self._quality.skip(model, provider)
 
-    def steps(self, request: ScoreRequest, failures: list[ProviderFailure]) -> list[Step]:
+    def steps(self, request: ScoreRequest, failures: list[ProviderFailure], findings: Findings | None = None) -> list[Step]:
         """Steps 1 and 2 of the plan: the model's own providers, then its fallback models'; those
-        that cannot take the request are noted as skipped."""
+        that cannot take the request are noted as skipped. `findings`: what planning the request's
+        cache group found just before, reused."""
         steps = []
         for model in (request.model, *self._config.models[request.model].fallback_models):
             for provider in self._quality.plan_order(model):  # failing canaries last
-                skip = self.why_not(model, provider, request.missing.instruction)
+                skip = self._why_not(model, provider, request.missing.instruction, findings)
                 if skip is None:
-                    steps.append(self.step(request, model, self._clients[provider]))
+                    steps.append(self.step(request, model, self._clients[provider], findings=findings))
                     continue
                 if skip.kind in ("breaker_open", "quality", "rate_limited"):
                     self._guard.note_skip(skip)
@@ -97,8 +136,11 @@ class Planner:
                 failures.append(skip)
         return steps
 
-    def step(self, request: ScoreRequest, model: str, client: ProviderClient, panic: bool = False) -> Step:
-        group, scale = self._groups.placement(model, client.name)
+    def step(
+        self, request: ScoreRequest, model: str, client: ProviderClient, panic: bool = False,
+        findings: Findings | None = None,
+    ) -> Step:
+        group, scale = self._placement(model, client.name, findings)
         whole = model != request.model or group != request.group
         return Step(model, client, group, whole=whole, panic=panic, scale=scale)
 

@@ -48,10 +48,10 @@ from gateway.resilience import lexical_scores
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
 from gateway.scoring.kept import KeptAnswers
-from gateway.scoring.plan import Planner, first_opened, unavailable
+from gateway.scoring.plan import Findings, Planner, first_opened, unavailable
 from gateway.scoring.walk import PlanWalk
 
-__all__ = ["DEGRADED_LEXICAL", "Router", "first_opened", "unavailable"]
+__all__ = ["DEGRADED_LEXICAL", "Findings", "Router", "first_opened", "unavailable"]
 
 DEGRADED_LEXICAL = "degraded-lexical"
 
@@ -76,8 +76,8 @@ class Router:
     def planner(self) -> Planner:
         return self._planner
 
-    def cache_group(self, model: str, instruction: str | None) -> str:
-        return self._planner.cache_group(model, instruction)
+    def cache_group(self, model: str, instruction: str | None, findings: Findings | None = None) -> str:
+        return self._planner.cache_group(model, instruction, findings)
 
     def first_choice(self, model: str, instruction: str | None) -> str:
         return self._planner.first_choice(model, instruction)
@@ -87,8 +87,12 @@ class Router:
     ) -> ProviderFailure | None:
         return self._planner.why_not(model, provider, instruction, over_budget)
 
-    async def score(self, request: ScoreRequest, kept: list[KeptScores] | None = None) -> ScoredPairs:
+    async def score(
+        self, request: ScoreRequest, kept: list[KeptScores] | None = None, findings: Findings | None = None
+    ) -> ScoredPairs:
         """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does.
+
+        `findings`: what planning the request's cache group found, when this round follows it at once.
 
         `kept` receives, as they come, the answered calls of steps that did not give the answer (a
         split call that failed part-way, a hedge that lost, a call cut by the deadline): they were
@@ -96,7 +100,7 @@ class Router:
         """
         failures: list[ProviderFailure] = []
         answers = KeptAnswers([] if kept is None else kept)
-        answer = await self._walker.walk(request, self._planner.steps(request, failures), failures, answers)
+        answer = await self._walker.walk(request, self._planner.steps(request, failures, findings), failures, answers)
         if answer is None:
             panic = self._planner.panic_step(request, failures)
             if panic is not None:
