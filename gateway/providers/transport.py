@@ -27,7 +27,7 @@ import asyncio
 import ssl
 import zlib
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -56,13 +56,18 @@ class HttpTransport:
         self._ssl_context = ssl_context
         self._targets: dict[str, _Target] = {}
         self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._closed = False
 
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout | None = None
     ) -> Answer:
         """One POST; `timeout` is not used: the caller bounds the call, `connect_timeout` the connect."""
+        if self._closed:
+            raise _closed_error()
         target = self._targets.get(url) or self._add_target(url)
         lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
+        if lines.count("\n") + lines.count("\r") != 2 * len(headers):
+            raise ValueError("a header name or value holds a line break")  # it would forge headers
         request = b"".join((target.head, lines.encode("latin-1"), b"Content-Length: %d\r\n\r\n" % len(body), body))
         pool = target.pool
         connection = await pool.acquire()
@@ -79,7 +84,8 @@ class HttpTransport:
         return sum(pool.open for pool in self._pools.values())
 
     async def close(self) -> None:
-        """Close every connection, in use or idle; calls still waiting for one fail."""
+        """Close every connection, in use or idle; calls still waiting for one, and later calls, fail."""
+        self._closed = True
         pools = list(self._pools.values())
         self._pools.clear()
         self._targets.clear()
@@ -148,7 +154,7 @@ class _Pool:
                     return connection
                 self.discard(connection)  # the server closed it while idle: not worth a failed call
             if self._closed:
-                raise aiohttp.ClientConnectionError("the provider's connection pool is closed")
+                raise _closed_error()
             if self.open < self._limits.max_connections:
                 self.open += 1
                 return await self._connect()
@@ -189,7 +195,7 @@ class _Pool:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(aiohttp.ClientConnectionError("the provider's connection pool is closed"))
+                waiter.set_exception(_closed_error())
         connections = list(self._connections)
         for connection in connections:
             connection.abort()
@@ -203,6 +209,10 @@ class _Pool:
             self.open -= 1
             self._grant_slots()
             raise
+        if self._closed:  # closed while it connected: nobody would close it later
+            connection.abort()
+            self.open -= 1
+            raise _closed_error()
         self._connections.add(connection)
         return connection
 
@@ -211,7 +221,7 @@ class _Pool:
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await self._loop.create_connection(
-                    lambda: _Connection(self._loop), self._host, self._port,
+                    lambda: _Connection(self._loop, self._lost_while_idle), self._host, self._port,
                     ssl=self._tls, server_hostname=self._host if self._tls else None,
                 )
         except TimeoutError:
@@ -243,6 +253,12 @@ class _Pool:
                 self.open += 1
                 waiter.set_result(None)
 
+    def _lost_while_idle(self, connection: _Connection) -> None:
+        # Closed by the server while idle: its slot and descriptor are free now, not at the next acquire.
+        if connection in self._idle:
+            self._idle.remove(connection)
+            self.discard(connection)
+
     def _close_aged(self) -> None:
         self._sweep = None
         aged = self._loop.time() - self._limits.idle_seconds
@@ -255,8 +271,9 @@ class _Pool:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one call at a time; its parser's callbacks fill in the answer."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_lost: Callable[[_Connection], None]) -> None:
         self._loop = loop
+        self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._open = False  # connected, and neither end has closed or erred since
@@ -319,6 +336,7 @@ class _Connection(asyncio.Protocol):
         self._fail(aiohttp.ServerDisconnectedError(f"the server closed the connection before the answer{reason}"))
         if not self.lost.done():
             self.lost.set_result(None)
+        self._on_lost(self)
 
     def _fail(self, error: aiohttp.ClientError) -> None:
         self.abort()
@@ -361,6 +379,10 @@ class _Connection(asyncio.Protocol):
                 return
         self._headers_done = False
         answer.set_result((status, body, self._retry_after))
+
+
+def _closed_error() -> aiohttp.ClientConnectionError:
+    return aiohttp.ClientConnectionError("the provider's connections are closed (the client was closed)")
 
 
 def _decoded(body: bytes, encoding: bytes) -> bytes:
