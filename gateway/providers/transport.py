@@ -79,6 +79,10 @@ class HttpTransport:
         pool.release(connection)
         return answer
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def open_connections(self) -> int:
         """Connections open or being opened, all origins together."""
         return sum(pool.open for pool in self._pools.values())
