@@ -8,7 +8,9 @@ connection cut mid-answer is exactly what the test says; the rest talk to the em
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -341,6 +343,46 @@ async def test_a_refused_connection_is_a_connect_failure():
         with pytest.raises(aiohttp.ClientConnectionError):
             await post(client, f"http://127.0.0.1:{port}/")
         assert client.open_connections() == 0
+
+
+@asynccontextmanager
+async def full_backlog() -> AsyncIterator[int]:
+    """The port of a listener that never accepts and whose backlog is full: a connect there hangs.
+
+    Linux drops a SYN while the accept queue is full, so the connect waits as one to an
+    unreachable host does.
+    """
+    listener = socket.socket()
+    fillers = [socket.socket() for _ in range(3)]  # listen(0) queues one; the rest wait in SYN_SENT
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        for filler in fillers:
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(listener.getsockname())
+        yield listener.getsockname()[1]
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+async def test_a_connect_slower_than_the_connect_timeout_is_a_timeout_failure():
+    async with full_backlog() as port:
+        client = HttpTransport(8, connect_timeout=0.2)
+        try:
+            with pytest.raises(aiohttp.ServerTimeoutError) as caught:
+                await post(client, f"http://127.0.0.1:{port}/")
+        finally:
+            await client.close()
+        assert isinstance(caught.value, TimeoutError)  # as aiohttp's connect timeout is
+        provider = provider_client(f"http://127.0.0.1:{port}", connect_timeout_seconds=0.2)
+        await provider.start()
+        try:
+            assert (await failure_of(provider)).kind == "timeout"
+        finally:
+            await provider.close()
 
 
 async def test_a_cancelled_call_closes_its_connection_and_the_next_call_opens_another():
