@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import shutil
 import socket
 import ssl
@@ -275,8 +276,6 @@ async def test_connection_close_is_honoured_even_when_the_server_keeps_the_socke
 
 
 async def test_an_answer_compressed_although_not_asked_for_is_decoded():
-    import gzip
-
     async def gzipped(request: Request) -> Reply:
         return Reply(answer(200, gzip.compress(b'{"scores": [0.5]}'), "Content-Encoding: gzip"))
 
@@ -400,6 +399,7 @@ async def test_a_cancelled_call_closes_its_connection_and_the_next_call_opens_an
         with pytest.raises(asyncio.CancelledError):
             await call
         assert client.open_connections() == 0  # its slot is free at once, for the next call
+        await eventually(lambda: server.closed_by_client == 1, what="the server saw the cancelled call's connection close")
         answering.set()
         assert (await post(client, server.url(), b"next"))[1] == b"next"
         assert server.accepted == 2
