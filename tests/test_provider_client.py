@@ -104,10 +104,10 @@ async def test_a_configured_path_replaces_the_default_and_no_key_sends_no_author
     assert "Authorization" not in fake.sent[0].headers
 
 
-async def test_an_injected_transport_opens_no_session():
+async def test_an_injected_transport_opens_no_connection():
     call = client(FakeProvider(deepinfra_scores))
     await call.start()
-    assert call._session is None  # no connector, no sockets: the fake is the whole network
+    assert call._transport is None  # no pool, no sockets: the fake is the whole network
     await call.score(pairs("q", "a"))
     await call.close()
 

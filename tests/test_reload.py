@@ -116,12 +116,12 @@ async def test_requests_in_flight_finish_on_the_config_they_started_with(aiohttp
     assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
     assert (await gateway.post("/v1/rerank", json=fresh(6))).headers["X-Rerank-Provider"] == "fireworks"
     assert not in_flight.done() and first_generation.in_flight == 1
-    assert not first_generation.clients["deepinfra"]._session.closed  # still serving its request
+    assert not first_generation.clients["deepinfra"]._transport.closed  # still serving its request
     response = await in_flight
     assert response.status == 200 and response.headers["X-Rerank-Provider"] == "deepinfra"
     # The retired generation closes in a task of its own once idle.
-    await eventually(lambda: all(client._session.closed for client in first_generation.clients.values()),
-                     what="the retired generation closing its upstream sessions after its last request")
+    await eventually(lambda: all(client._transport.closed for client in first_generation.clients.values()),
+                     what="the retired generation closing its upstream connections after its last request")
 
 
 async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_file):

@@ -1,7 +1,7 @@
 """One configured provider: HTTP calls around its adapter, batching, and answer validation.
 
-Each provider gets its own keep-alive session with a connection limit, so one slow provider
-cannot take the connections another needs.
+Each provider gets its own keep-alive connections (HttpTransport) with a connection limit, so
+one slow provider cannot take the connections another needs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from gateway.models import AnsweredCall, Usage, merge_answered
 from gateway.observability.tracing import with_trace_context
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
+from gateway.providers.transport import HttpTransport
 from gateway.secrets import Secrets
 
 # Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they
@@ -30,7 +31,7 @@ _ERROR_TEXT_LIMIT = 300
 TokenCount = Callable[[int], int]  # characters -> the tokens a provider would bill for them
 # The network as the client sees it: POST (url, body, headers, timeout), get (status, body,
 # Retry-After) back, or TimeoutError / aiohttp.ClientError as aiohttp raises them. The default is
-# the client's own keep-alive session; a test passes a fake provider here instead of a socket.
+# the client's own HttpTransport; a test passes a fake provider here instead of a socket.
 Post = Callable[[str, bytes, Mapping[str, str], aiohttp.ClientTimeout], Awaitable[tuple[int, bytes, str | None]]]
 
 
@@ -57,7 +58,7 @@ class ProviderClient:
     ) -> None:
         """`api_key` as Secrets resolved it; `missing_key` says why it is None ("not set", "empty").
 
-        `post` replaces the HTTP session (no session is opened then): the transport, injected.
+        `post` replaces the HTTP transport (no connection is opened then): the network, injected.
         """
         self.name = name
         self.config = config
@@ -71,18 +72,19 @@ class ProviderClient:
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout_seconds, sock_connect=config.connect_timeout_seconds
         )
-        self._session: aiohttp.ClientSession | None = None
+        self._transport: HttpTransport | None = None
         self._post_over_network = post is None
-        self._send: Post = post or self._session_post
+        self._send: Post = post or _not_started
 
     async def start(self) -> None:
-        if self._session is None and self._post_over_network:
-            connector = aiohttp.TCPConnector(limit=self.config.max_connections, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=_dumps_str)
+        if self._transport is None and self._post_over_network:
+            # No total timeout of its own: every call is bounded by its caller (GuardedCall).
+            self._transport = HttpTransport(self.config.max_connections, self.config.connect_timeout_seconds)
+            self._send = self._transport.post
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._transport is not None:
+            await self._transport.close()
 
     def unusable_reason(self, instruction: str | None) -> str | None:
         """Why this provider cannot take the request at all, or None when it can."""
@@ -170,13 +172,6 @@ class ProviderClient:
         except InvalidAnswer as exc:
             raise ProviderFailure(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
 
-    async def _session_post(
-        self, url: str, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout
-    ) -> tuple[int, bytes, str | None]:
-        assert self._session is not None, "ProviderClient.start() was not called"
-        async with self._session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-            return resp.status, await resp.read(), resp.headers.get("Retry-After")
-
     async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         try:
             return await self._send(self._url, body, with_trace_context(self._headers), self._timeout)
@@ -247,8 +242,10 @@ def _sigmoid(logit: float) -> float:
     return exp / (1.0 + exp)
 
 
-def _dumps_str(value: Any) -> str:
-    return orjson.dumps(value).decode()
+async def _not_started(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: aiohttp.ClientTimeout
+) -> tuple[int, bytes, str | None]:
+    raise AssertionError("ProviderClient.start() was not called")
 
 
 def _default_token_count(chars: int) -> int:
