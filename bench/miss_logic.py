@@ -34,15 +34,13 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import BENCH_KEY, BENCH_KEY_ENV, HEADERS, PATH, write_gateway_config  # noqa: E402
-from workload import DOCUMENTS_PER_REQUEST, FreshBodies  # noqa: E402
-
-from gateway.app import create_app  # noqa: E402
-from gateway.config import load_config  # noqa: E402
-from gateway.observability.logs import configure_logging  # noqa: E402
-from gateway.process.server import settle_garbage_collector  # noqa: E402
-from gateway.web.edge import LIVE  # noqa: E402
+from gateway.app import create_app
+from gateway.config import load_config
+from gateway.observability.logs import configure_logging
+from gateway.process.server import settle_garbage_collector
+from gateway.web.edge import LIVE
+from harness import BENCH_KEY, BENCH_KEY_ENV, HEADERS, PATH, write_gateway_config
+from workload import DOCUMENTS_PER_REQUEST, FreshBodies
 
 
 class _Body:
