@@ -289,8 +289,13 @@ def check_reserve(limits: Sequence[Limit], amount_usd: float, hold_seconds: floa
 def labels(now: datetime) -> tuple[str, str]:
     """The UTC day and month `now` falls in."""
     now = now.astimezone(UTC)
-    month = f"{now.year:04d}-{now.month:02d}"  # f-strings: strftime is slow on the hot path
-    return f"{month}-{now.day:02d}", month
+    return _labels_of(now.year, now.month, now.day)
+
+
+@functools.lru_cache(maxsize=64)  # every reservation asks; a day has one answer
+def _labels_of(year: int, month: int, day: int) -> tuple[str, str]:
+    month_label = f"{year:04d}-{month:02d}"
+    return f"{month_label}-{day:02d}", month_label
 
 
 def day_start(label: str) -> datetime:

@@ -108,6 +108,9 @@ class MemoryScoreCache:
         """Nothing to open: the in-process cache is ready when built."""
 
     async def get_many(self, keys: Sequence[PairKey]) -> list[float | None]:
+        return self._read(keys)
+
+    def _read(self, keys: Sequence[PairKey]) -> list[float | None]:
         now = self._clock()
         found: list[float | None] = []
         for group, digests in _runs(keys):
@@ -132,7 +135,7 @@ class MemoryScoreCache:
 
     async def lookup(self, keys: Sequence[PairKey], deadline: float | None = None) -> Lookup:
         # Nobody else reads this cache: every claim is granted, and flights.py shares the calls.
-        return Lookup(await self.get_many(keys))
+        return Lookup(self._read(keys))
 
     async def release(self, keys: Sequence[PairKey]) -> None:
         """No leases to end."""

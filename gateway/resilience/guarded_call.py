@@ -87,7 +87,11 @@ class GuardedCall:
         chars = client.adapter.billed_chars(pairs)
         self._admit(client, health, panic)
         try:
-            reservation = await self._reserve(client, chars, ends_at)
+            limits, enforced = self._limits_of(client)
+            if enforced:
+                reservation = await self._reserve(client, limits, chars, ends_at)
+            else:  # nothing to enforce: no ledger call before the provider's, only spend to track
+                reservation = unheld_reservation(limits, utc_now())
         except BaseException:
             health.breaker.record_cancelled()  # a claimed probe slot goes back unused
             raise
@@ -188,10 +192,9 @@ class GuardedCall:
         self._health.note_error(provider, reason)
         self._metrics.set_breaker_state(provider=provider, state=health.breaker.state)
 
-    async def _reserve(self, client: ProviderClient, chars: int, ends_at: float | None) -> Reservation:
-        limits, enforced = self._limits_of(client)
-        if not enforced:
-            return unheld_reservation(limits, utc_now())  # nothing to enforce: track spend only
+    async def _reserve(
+        self, client: ProviderClient, limits: tuple[Limit, ...], chars: int, ends_at: float | None
+    ) -> Reservation:
         price = client.config.price_per_million_tokens
         estimate = self._health.billing_estimator(client.name).estimate_tokens(chars) * price / 1e6
         hold = _HOLD_MARGIN_SECONDS + (ends_at - _now() if ends_at is not None else client.config.timeout_seconds * 3)

@@ -88,7 +88,8 @@ class RerankService:
             )
         finally:
             job.result.upstream_ms += (time.perf_counter() - started) * 1000
-            await self._keep(job, kept)
+            if kept:
+                await self._keep(job, kept)
         covered = range(len(job.keys)) if scored.whole else slots
         job.rescored_whole |= scored.whole
         for slot, score in zip(covered, scored.scores):

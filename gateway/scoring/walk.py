@@ -51,7 +51,11 @@ class PlanWalk:
             first = pending.pop(0)
             if self._hedge_delay(first.client) is None:
                 # No hedge can join this step: await it here, without a task and a race to set up.
-                outcome = await _outcome(self._call(request, first, pending, kept))
+                outcome: tuple[list[float], Usage] | ProviderFailure
+                try:
+                    outcome = await self._call(request, first, pending, kept)
+                except ProviderFailure as failure:
+                    outcome = failure
                 answer = self._accept(request, first, outcome, failures, kept)
                 if answer is not None:
                     return answer
