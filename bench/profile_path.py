@@ -52,9 +52,11 @@ from workload import DOCUMENTS_PER_REQUEST, FreshBodies
 PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("pair digests (BLAKE2b)", ("pair_keys (gateway/cache/base.py",)),
     ("repeated-key check", ("reject_duplicate_keys (gateway/web/rerank.py",)),
-    ("metrics (prometheus-client)", ("(gateway/observability/metrics.py", "prometheus_client/")),
+    ("metrics (prometheus-client)", ("(gateway/observability/metrics.py", "(gateway/observability/tally.py",
+                                     "prometheus_client/")),
     ("request log line", ("(gateway/observability/logs.py", "(logging/", "_observe (gateway/web/edge.py")),
-    ("provider HTTP (aiohttp client)", ("_post (gateway/providers/client.py", "(aiohttp/client", "(aiohttp/connector")),
+    ("provider HTTP (transport, httptools)", ("_post (gateway/providers/client.py", "(gateway/providers/transport.py",
+                                              "httptools", "(aiohttp/client", "(aiohttp/connector")),
     ("provider wire + JSON + checks", ("(gateway/providers/",)),
     ("Redis client (redisio/commands.py, redis-py)", ("(gateway/redisio/commands.py", "(redis/", "/redis/", "(hiredis")),
     ("score cache", ("(gateway/cache/",)),
