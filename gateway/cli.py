@@ -111,7 +111,7 @@ def _serve_one(
         run_gateway(
             app, host=host, port=port, reuse_port=reuse_port,
             # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
-            # then runs the app's cleanup, which closes the upstream sessions and Redis.
+            # then runs the app's cleanup, which closes the upstream connections and Redis.
             shutdown_timeout=config.server.shutdown_grace_seconds,
             limits=ConnectionLimits(config.server.keepalive_timeout_seconds, config.server.header_timeout_seconds),
             on_accept_error=app[LIVE].shared.metrics.record_accept_error,

@@ -130,8 +130,6 @@ def total_usage(calls: Sequence[AnsweredCall]) -> Usage:
 
 def merge_answered(calls: Sequence[AnsweredCall], count: int) -> tuple[list[float], Usage]:
     """The scores of `count` pairs put together from calls that answered all of them, and their cost."""
-    if len(calls) == 1 and list(calls[0].positions) == list(range(count)):  # one call answered all, in order
-        return list(calls[0].scores), total_usage(calls)
     scores = [0.0] * count
     for call in calls:
         for position, score in zip(call.positions, call.scores):

@@ -5,7 +5,7 @@
     LiveGateway  the current generation; reload builds the next and swaps it in
 
 A request holds the generation it started on until it ends, so a reload never changes the
-config under a request in flight; a retired generation closes its upstream sessions once its
+config under a request in flight; a retired generation closes its upstream connections once its
 last request is done.
 """
 

@@ -1,6 +1,6 @@
 """`serve --workers N`: N gateway processes on one port, the kernel spreading connections.
 
-Each worker is a whole gateway (its own event loop and upstream sessions) bound with
+Each worker is a whole gateway (its own event loop and upstream connections) bound with
 SO_REUSEPORT; the supervisor only starts them, passes SIGHUP on (reload), SIGTERM/SIGINT on
 (graceful stop), and replaces a worker that dies. Metrics from all workers are merged through
 prometheus-client's multiprocess directory, which the supervisor owns.

@@ -202,8 +202,6 @@ class ProviderClient:
         """Relevance in [0, 1], higher is better; anything else makes the whole answer invalid."""
         if self.config.score_transform == "sigmoid":
             scores = [_sigmoid(score) for score in scores]
-        if scores and 0.0 <= min(scores) and max(scores) <= 1.0:  # the usual answer: checked in C
-            return scores
         for score in scores:
             if not 0.0 <= score <= 1.0:
                 raise InvalidAnswer(f"score {score!r} is outside [0, 1] (is score_transform set right?)")
