@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
@@ -494,3 +495,54 @@ def test_configure_logging(root_logger: logging.Logger) -> None:
         configure_logging("loud", "json")
     with pytest.raises(ValueError, match="log format"):
         configure_logging("info", "xml")  # type: ignore[arg-type]
+
+
+# -- the log handler: one write per event-loop turn ----------------------------------------------
+
+
+class _Writes:
+    """A stream that remembers each write call."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        """Nothing buffered here."""
+
+
+def _line_handler(stream: _Writes) -> logging.Logger:
+    from gateway.observability.logs import JsonFormatter, TurnWrittenStreamHandler
+
+    handler = TurnWrittenStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.turn-written")
+    logger.handlers[:] = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_log_lines_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+    stream = _Writes()
+    logger = _line_handler(stream)
+
+    async def one_turn() -> list[str]:
+        for n in range(3):
+            logger.info("line %d", n)
+        written_during_the_turn = list(stream.writes)
+        await asyncio.sleep(0)  # the turn ends: its lines are written
+        return written_during_the_turn
+
+    assert asyncio.run(one_turn()) == []
+    assert len(stream.writes) == 1
+    assert [orjson.loads(line)["message"] for line in stream.writes[0].splitlines()] == ["line 0", "line 1", "line 2"]
+
+
+def test_a_log_line_off_the_loop_is_written_at_once() -> None:
+    stream = _Writes()
+    logger = _line_handler(stream)
+    logger.info("starting")
+    assert [orjson.loads(line)["message"] for line in "".join(stream.writes).splitlines()] == ["starting"]
