@@ -21,7 +21,7 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
 from gateway.observability.tracing import Tracing, build_tracing, tracing_wanted, with_trace_context
-from tests.support.gateway import EMULATOR_KEY, MODEL, gateway_settings
+from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, gateway_settings
 from tests.support.otlp_receiver import OtlpReceiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -61,15 +61,22 @@ def settings(upstream_client: Any, fallback: list[str], **sections: Any) -> Any:
     return parse_config(gateway_settings(str(upstream_client.make_url("")).rstrip("/"), fallback, **sections))
 
 
+async def traced_gateway(aiohttp_client: Any, upstream_client: Any, fallback: list[str], **sections: Any
+                         ) -> tuple[Any, InMemorySpanExporter]:
+    """A gateway in front of the upstream emulator whose spans go to the exporter it returns."""
+    exporter = InMemorySpanExporter()
+    gateway = await aiohttp_client(create_app(settings(upstream_client, fallback, **sections),
+                                              tracing=Tracing.exporting_to(exporter, batch=False)))
+    return gateway, exporter
+
+
 def by_kind(spans: tuple[ReadableSpan, ...], kind: SpanKind) -> list[ReadableSpan]:
     return [span for span in spans if span.kind == kind]
 
 
 async def test_the_request_continues_the_clients_trace_and_each_try_is_a_child(aiohttp_client, upstream):
     recorder, upstream_client = upstream
-    exporter = InMemorySpanExporter()
-    gateway = await aiohttp_client(create_app(settings(upstream_client, ["deepinfra"]),
-                                              tracing=Tracing.exporting_to(exporter, batch=False)))
+    gateway, exporter = await traced_gateway(aiohttp_client, upstream_client, ["deepinfra"])
     response = await gateway.post("/v1/rerank", json=BODY, headers={"traceparent": TRACEPARENT, "X-Request-ID": "t-1"})
     assert response.status == 200, await response.text()
     spans = exporter.get_finished_spans()
@@ -110,12 +117,9 @@ async def test_the_request_continues_the_clients_trace_and_each_try_is_a_child(a
 
 async def test_a_failed_try_and_its_fallback_are_two_spans(aiohttp_client, upstream):
     recorder, upstream_client = upstream
-    response = await upstream_client.post("/_emulator/faults", json={"provider": "deepinfra", "mode": "status", "status": 503})
-    assert response.status == 200, await response.text()
-    exporter = InMemorySpanExporter()
-    gateway = await aiohttp_client(create_app(
-        settings(upstream_client, ["deepinfra", "fireworks"], resilience={"max_retries": 0}),
-        tracing=Tracing.exporting_to(exporter, batch=False)))
+    await add_fault(upstream_client, "deepinfra", "status", status=503)
+    gateway, exporter = await traced_gateway(aiohttp_client, upstream_client, ["deepinfra", "fireworks"],
+                                             resilience={"max_retries": 0})
     assert (await gateway.post("/v1/rerank", json=BODY, headers={"traceparent": TRACEPARENT})).status == 200
     attempts = by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)
     outcomes = [((s.attributes or {})["rerank.provider"], (s.attributes or {})["rerank.outcome"]) for s in attempts]
@@ -130,12 +134,9 @@ async def test_a_failed_try_and_its_fallback_are_two_spans(aiohttp_client, upstr
 
 async def test_a_hedged_try_says_so_and_the_slow_one_is_cancelled(aiohttp_client, upstream):
     _, upstream_client = upstream
-    response = await upstream_client.post("/_emulator/faults", json={"provider": "deepinfra", "mode": "slow", "delay_ms": 3000})
-    assert response.status == 200, await response.text()
-    exporter = InMemorySpanExporter()
-    gateway = await aiohttp_client(create_app(
-        settings(upstream_client, ["deepinfra", "fireworks"], resilience={"hedge": 50}),
-        tracing=Tracing.exporting_to(exporter, batch=False)))
+    await add_fault(upstream_client, "deepinfra", "slow", delay_ms=3000)
+    gateway, exporter = await traced_gateway(aiohttp_client, upstream_client, ["deepinfra", "fireworks"],
+                                             resilience={"hedge": 50})
     answer = await gateway.post("/v1/rerank", json=BODY)
     assert answer.status == 200 and answer.headers["X-Rerank-Provider"] == "fireworks"
     tries = {(s.attributes or {})["rerank.provider"]: s.attributes or {}
@@ -162,9 +163,7 @@ async def test_a_canary_probe_is_traced_as_a_root_span_marked_probe(aiohttp_clie
 
 async def test_an_error_answer_is_a_failed_server_span(aiohttp_client, upstream):
     _, upstream_client = upstream
-    exporter = InMemorySpanExporter()
-    gateway = await aiohttp_client(create_app(settings(upstream_client, ["deepinfra"]),
-                                              tracing=Tracing.exporting_to(exporter, batch=False)))
+    gateway, exporter = await traced_gateway(aiohttp_client, upstream_client, ["deepinfra"])
     assert (await gateway.post("/v1/rerank", json={"query": "q"})).status == 422
     [server] = exporter.get_finished_spans()
     assert (server.attributes or {})["http.response.status_code"] == 422

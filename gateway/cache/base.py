@@ -110,9 +110,7 @@ def query_group(model: str, instruction: str | None, query: str) -> str:
 
 
 def passage_digest(document: str) -> bytes:
-    digest = _EMPTY_DIGEST.copy()
-    digest.update(document.encode("utf-8", "surrogatepass"))
-    return digest.digest()
+    return passage_digests([document])[0]
 
 
 def pair_keys(model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]) -> list[PairKey]:

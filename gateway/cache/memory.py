@@ -152,16 +152,14 @@ class MemoryScoreCache:
             run_scores = scores[start : start + len(digests)]
             start += len(digests)
             bucket = self._live_to_write(group, now, expires)
-            if bucket is None and len(set(digests)) == len(digests):
-                # A new query's passages, each once (the miss path): the bucket is built in one join.
-                bucket = self._buckets[group] = _new_bucket(expires)
-                bucket += b"".join([digest + _STAMP.pack(score) for digest, score in zip(digests, run_scores)])
-                self._bytes += BUCKET_BYTES + len(group)
-                added += len(digests)
-                continue
             if bucket is None:
                 bucket = self._buckets[group] = _new_bucket(expires)
                 self._bytes += BUCKET_BYTES + len(group)
+                if len(set(digests)) == len(digests):
+                    # A new query's passages, each once (the miss path): its bucket filled in one join.
+                    bucket += b"".join([digest + _STAMP.pack(score) for digest, score in zip(digests, run_scores)])
+                    added += len(digests)
+                    continue
             for digest, score in zip(digests, run_scores):
                 added += _put(bucket, digest, score)
         self._pairs += added

@@ -253,7 +253,8 @@ class TurnWrittenStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     A write system call per request line (stderr is line-buffered) was a measurable part of a
     miss's CPU; at the end of the turn (`loop.call_soon`) the turn's lines are written together,
     whole and in order. Off the loop (start-up, shutdown, another thread) a line is written at once,
-    with whatever is pending before it; `flush` (logging.shutdown calls it at exit) writes the rest.
+    with whatever is pending before it, unless the loop's write is already due (then it goes with
+    that); `flush` (logging.shutdown calls it at exit) writes what is left.
     """
 
     def __init__(self, stream: Any) -> None:
