@@ -293,6 +293,8 @@ class GuardedCall:
 
 
 def _unanswered(answered: list[AnsweredCall], count: int) -> list[int]:
+    if not answered:
+        return list(range(count))  # a first try, nearly every one: nothing to search
     done = {position for call in answered for position in call.positions}
     return [position for position in range(count) if position not in done]
 
