@@ -55,7 +55,7 @@ class Shared:
         await self.ledger.start()
 
     async def close(self) -> None:
-        self.metrics.flush()  # the last loop turn's counts, into a worker's multiprocess files too
+        self.metrics.flush()  # the last moment's counts, into a worker's multiprocess files too
         await self.cache.close()
         await self.ledger.close()
         await self.verdicts.close()

@@ -39,6 +39,7 @@ from gateway.observability.metrics import (
     mark_process_dead,
     render_multiprocess,
 )
+from tests.support.polling import eventually
 
 REPO = Path(__file__).parents[1]
 
@@ -497,7 +498,7 @@ def test_configure_logging(root_logger: logging.Logger) -> None:
         configure_logging("info", "xml")  # type: ignore[arg-type]
 
 
-# -- the log handler: one write per event-loop turn ----------------------------------------------
+# -- the log handler: one write per moment (50 ms) ------------------------------------------------
 
 
 class _Writes:
@@ -525,20 +526,44 @@ def _line_handler(stream: _Writes) -> logging.Logger:
     return logger
 
 
-def test_log_lines_of_one_loop_turn_go_out_in_one_write_in_order() -> None:
+async def _written(stream: _Writes) -> None:
+    await eventually(lambda: bool(stream.writes), what="the handler's deferred write")
+
+
+def test_log_lines_of_a_moment_go_out_in_one_write_in_order() -> None:
     stream = _Writes()
     logger = _line_handler(stream)
 
-    async def one_turn() -> list[str]:
-        for n in range(3):
+    async def one_moment() -> list[str]:
+        logger.info("line 0")
+        await asyncio.sleep(0)  # a loop turn ends: the line waits for the others of its moment
+        for n in (1, 2):
             logger.info("line %d", n)
-        written_during_the_turn = list(stream.writes)
-        await asyncio.sleep(0)  # the turn ends: its lines are written
-        return written_during_the_turn
+        written_before = list(stream.writes)
+        await _written(stream)
+        return written_before
 
-    assert asyncio.run(one_turn()) == []
+    assert asyncio.run(one_moment()) == []
     assert len(stream.writes) == 1
     assert [orjson.loads(line)["message"] for line in stream.writes[0].splitlines()] == ["line 0", "line 1", "line 2"]
+
+
+def test_a_loop_closed_before_its_write_does_not_hold_back_later_lines() -> None:
+    stream = _Writes()
+    logger = _line_handler(stream)
+
+    async def log(message: str) -> None:
+        logger.info(message)
+
+    asyncio.run(log("first"))  # the loop closes before the write it booked
+    assert stream.writes == []
+
+    async def log_and_wait(message: str) -> None:
+        logger.info(message)
+        await _written(stream)
+
+    asyncio.run(log_and_wait("second"))  # booked again on this loop: both lines go out
+    assert [orjson.loads(line)["message"] for line in "".join(stream.writes).splitlines()] == ["first", "second"]
 
 
 def test_a_log_line_off_the_loop_is_written_at_once() -> None:

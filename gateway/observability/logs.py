@@ -14,7 +14,6 @@ what the text was.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -28,6 +27,7 @@ from typing import Any, Final, Literal
 import orjson
 
 from gateway.models import Usage
+from gateway.observability.deferred import Deferred
 
 REQUEST_LOGGER: Final = "gateway.requests"
 REDACTED: Final = "[redacted]"
@@ -248,19 +248,20 @@ class TextFormatter(logging.Formatter):
 
 
 class TurnWrittenStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed's generic
-    """A stream handler whose lines of one event-loop turn go out in one write.
+    """A stream handler whose lines of a moment go out in one write.
 
     A write system call per request line (stderr is line-buffered) was a measurable part of a
-    miss's CPU; at the end of the turn (`loop.call_soon`) the turn's lines are written together,
-    whole and in order. Off the loop (start-up, shutdown, another thread) a line is written at once,
-    with whatever is pending before it, unless the loop's write is already due (then it goes with
-    that); `flush` (logging.shutdown calls it at exit) writes what is left.
+    miss's CPU, and so was one per loop turn at low concurrency; FLUSH_DELAY_SECONDS (50 ms) after
+    the first line since the last write (`observability/deferred.py`), the lines are written
+    together, whole and in order. Off the loop (start-up, shutdown, another thread) a line is
+    written at once, with whatever is pending before it, unless the loop's write is already due
+    (then it goes with that); `flush` (logging.shutdown calls it at exit) writes what is left.
     """
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._pending: list[str] = []
-        self._write_due = False
+        self._write_later = Deferred(self.flush)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -268,22 +269,14 @@ class TurnWrittenStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        if self._write_due:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
+        if not self._write_later.book():
             self._write_pending()  # emit runs under the handler's lock
-            return
-        self._write_due = True
-        loop.call_soon(self.flush)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # created in Handler.__init__
             self._write_pending()
 
     def _write_pending(self) -> None:
-        self._write_due = False
         if self._pending:
             lines, self._pending = "".join(self._pending), []
             try:

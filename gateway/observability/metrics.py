@@ -86,7 +86,7 @@ class GatewayMetrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._event_children: dict[tuple[str | int, ...], tuple[Any, ...]] = {}
         self._breaker_states: dict[str, BreakerState] = {}  # as last written to the gauge
-        self._tally = Tally()  # the request path's counters and histograms, written once a loop turn
+        self._tally = Tally()  # the request path's counters and histograms, written 50 ms after the first
         # The last hour per minute for /status: this process's own, never merged through the dir.
         self.history = MinuteHistory()
 
