@@ -95,7 +95,7 @@ class GuardedCall:
         except BaseException:
             health.breaker.record_cancelled()  # a claimed probe slot goes back unused
             raise
-        called_at = _now()
+        called_at = time.monotonic()  # durations need no loop time (which is read at a system call's cost)
         try:
             scores, usage = await self._call_with_retries(
                 client, health, pairs, ends_at, panic, answered, purpose, hedged)
@@ -114,24 +114,29 @@ class GuardedCall:
                 # Cut by the request's deadline: slow is a failure, or a hanging provider would
                 # be called by every request until each one ran out of time.
                 self._record_failure(client.name, health, "no answer before the request's deadline")
-                self._observe_call(client, pairs, _now() - called_at, "timeout", panic, purpose)
+                self._observe_call(client, pairs, time.monotonic() - called_at, "timeout", panic, purpose)
             else:
                 health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
             await asyncio.shield(self._account(client, reservation, pairs, chars, answered))
             raise
         health.breaker.record_success()
         self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
-        await self._account(client, reservation, pairs, chars, answered)
+        await self._account(client, reservation, pairs, chars, answered, usage)
         return scores, usage
 
     async def _account(
-        self, client: ProviderClient, reservation: Reservation, pairs: Batch, chars: int, answered: list[AnsweredCall]
+        self, client: ProviderClient, reservation: Reservation, pairs: Batch, chars: int, answered: list[AnsweredCall],
+        usage: Usage | None = None,
     ) -> None:
-        """Settle the reservation to what the calls that answered cost; release it only when none did."""
+        """Settle the reservation to what the calls that answered cost; release it only when none did.
+
+        `usage`: their total, when the caller has it already (merge_answered's).
+        """
         if not answered:
             await self._ledger.release(reservation)
             return
-        usage = total_usage(answered)
+        if usage is None:
+            usage = total_usage(answered)
         await self._ledger.settle(
             reservation, usage.cost_usd, usage.tokens,
             estimated_usd=usage.estimated_cost_usd, estimated_tokens=usage.estimated_tokens,
@@ -222,7 +227,7 @@ class GuardedCall:
         health.retry_budget.record_call()
         attempt = 0
         while True:
-            started = _now()
+            started = time.monotonic()
             todo = _unanswered(answered, len(pairs))
             batch = pairs if len(todo) == len(pairs) else pairs.select(todo)
             try:
@@ -233,7 +238,7 @@ class GuardedCall:
                     finally:  # what this try's answered calls billed, cut off or not
                         span.tokens(sum(call.usage.tokens for call in answered[before:]))
             except ProviderFailure as failure:
-                self._observe_call(client, batch, _now() - started, failure.kind, panic, purpose)
+                self._observe_call(client, batch, time.monotonic() - started, failure.kind, panic, purpose)
                 if failure.kind == "http_429":
                     asked = parse_retry_after(failure.retry_after, time.time())
                     health.rate_limit(self._config.resilience.rate_limit_seconds if asked is None else asked)
@@ -245,7 +250,7 @@ class GuardedCall:
                 attempt += 1
                 await asyncio.sleep(wait)
                 continue
-            elapsed = _now() - started
+            elapsed = time.monotonic() - started
             health.latency.record(elapsed, len(batch))
             self._observe_call(client, batch, elapsed, "ok", panic, purpose)
             return merge_answered(answered, len(pairs))

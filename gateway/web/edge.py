@@ -26,13 +26,13 @@ from gateway.errors import (
 )
 from gateway.models import RerankResult
 from gateway.observability.history import Outcome
-from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, request_log_extra
+from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, RequestLog, request_log_fields
 from gateway.observability.trace import start_trace
 from gateway.observability.tracing import end_server_span
 from gateway.runtime import LiveGateway
 
 log = logging.getLogger("gateway")
-request_log = logging.getLogger(REQUEST_LOGGER)
+request_log = RequestLog(logging.getLogger(REQUEST_LOGGER))
 
 LIVE = web.AppKey("live", LiveGateway)
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -137,7 +137,7 @@ def _observe(
         _outcome(result, error_type), result.cache_hits if result else 0, result.cache_misses if result else 0,
         ((a.provider, a.ms / 1000) for a in attempts if a.outcome == "ok"),
     )
-    request_log.info("rerank", extra=request_log_extra(
+    request_log.write(request_log_fields(
         request_id=request[REQUEST_ID],
         dialect=trace.dialect,
         model=trace.model,
