@@ -19,7 +19,7 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing, build_tracing
 from gateway.quality.fleet import LocalVerdicts, RedisVerdicts, VerdictStore
 from gateway.resilience.health import HealthBoard
-from gateway.runtime import LiveGateway, Shared, watch_config_file
+from gateway.runtime import FileSignature, LiveGateway, Shared, watch_config_file
 from gateway.web import admin, edge, ops, rerank
 
 # Bodies are checked against the live server.max_body_bytes while they are read; this only
@@ -34,13 +34,15 @@ def create_app(
     ledger: Ledger | None = None,
     on_admin_reload: Callable[[], None] | None = None,
     tracing: Tracing | None = None,
+    config_signature: FileSignature = None,
 ) -> web.Application:
     """The gateway app; with config_path it reloads that file on SIGHUP, /admin/reload and change.
 
     `ledger` replaces the one the config would build (tests give one with their own clock).
     `tracing` replaces the one config and OTEL_* would build (tests give an in-memory exporter).
     `on_admin_reload` runs after /admin/reload reloaded this process (a worker tells its
-    supervisor, which reloads the other workers).
+    supervisor, which reloads the other workers). `config_signature`: the file's, taken before
+    `config` was read from it (see LiveGateway).
     """
     app = web.Application(client_max_size=_AIOHTTP_BODY_CEILING, middlewares=[edge.edge_middleware])
     shared = Shared(
@@ -52,7 +54,7 @@ def create_app(
         tracing=tracing or build_tracing(
             config.tracing.enabled, config.tracing.otlp_endpoint, config.tracing.service_name, os.environ),
     )
-    app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload)
+    app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload, config_signature)
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, rerank.rerank_handler(choose_dialect))
@@ -100,6 +102,8 @@ def _reload_on_sighup(live: LiveGateway) -> None:
     # Only the main thread may own signals; a gateway embedded elsewhere reloads by the other paths.
     with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+    # `serve` blocked SIGHUP while it started: one that came meanwhile is delivered now, a reload.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
 
 async def _reload_logging_errors(live: LiveGateway) -> None:

@@ -7,20 +7,31 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import orjson
 from aiohttp import web
 
-from gateway.config import DEFAULT_CONFIG_PATH, ConfigError, GatewayConfig, ModelNames, load_config, load_server_section
+from gateway.config import (
+    ConfigError,
+    GatewayConfig,
+    ModelNames,
+    config_file,
+    load_config,
+    load_server_section,
+)
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import build_clients
 from gateway.secrets import Secrets, read_env
+
+if TYPE_CHECKING:
+    from gateway.runtime import FileSignature
 
 _CONFIG_HELP = "config file (default: $GATEWAY_CONFIG, else ./config.toml)"
 NO_USABLE_PROVIDER = "NO USABLE PROVIDER"
@@ -45,6 +56,14 @@ def serve(
     report_fd: int | None,
 ) -> None:
     """Run the gateway."""
+    # A reload asked while the gateway starts waits until it can be done, instead of killing the
+    # process (SIGHUP's default): gateway.app unblocks it once its handler is in place, and the
+    # supervisor once it forwards reloads to its workers.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    from gateway.runtime import file_signature
+
+    # Before reading it: an edit made while the gateway starts is then seen by the first reload.
+    signature = file_signature(config_file(config_path))
     config = _load_or_exit(config_path)
     configure_logging(config.server.log_level, config.server.log_format)
     _raise_open_files_limit(quiet=reuse_port)  # workers inherit what their supervisor raised
@@ -58,7 +77,7 @@ def serve(
         if config_path:
             args += ["--config", config_path]
         sys.exit(Supervisor(args, count, config.server.shutdown_grace_seconds, host, port).run())
-    _serve_one(config, config_path, host, port, reuse_port, StartupReport(report_fd))
+    _serve_one(config, config_path, signature, host, port, reuse_port, StartupReport(report_fd))
 
 
 def _raise_open_files_limit(quiet: bool) -> None:
@@ -88,7 +107,8 @@ def _worker_count(asked: int | None, shared_state: bool) -> int:
 
 
 def _serve_one(
-    config: GatewayConfig, config_path: str | None, host: str, port: int, reuse_port: bool, report: StartupReport
+    config: GatewayConfig, config_path: str | None, signature: FileSignature, host: str, port: int, reuse_port: bool,
+    report: StartupReport,
 ) -> None:
     from gateway.app import create_app
     from gateway.process.server import ConnectionLimits, run_gateway
@@ -102,7 +122,7 @@ def _serve_one(
     def ready() -> None:
         logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port)
 
-    app = create_app(config, config_path=config_path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH,
+    app = create_app(config, config_path=config_file(config_path), config_signature=signature,
                      on_admin_reload=report.reloaded)
 
     def serve(announce: Callable[[], None]) -> None:

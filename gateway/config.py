@@ -303,6 +303,11 @@ def expand_env(text: str) -> str:
     return _ENV_REFERENCE.sub(value, text)
 
 
+def config_file(path: str | os.PathLike[str] | None = None) -> Path:
+    """The file config is read from: --config, else $GATEWAY_CONFIG, else ./config.toml."""
+    return Path(path or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> GatewayConfig:
     """Read and validate config: --config, else $GATEWAY_CONFIG, else ./config.toml."""
     source, raw = read_config_file(path)
@@ -335,7 +340,7 @@ def load_server_section(path: str | os.PathLike[str] | None = None) -> ServerCon
 def read_config_file(path: str | os.PathLike[str] | None = None) -> tuple[str, dict[str, Any]]:
     """The file's name and its TOML, unvalidated: --config, else $GATEWAY_CONFIG, else ./config.toml."""
     named = path or os.environ.get("GATEWAY_CONFIG")
-    resolved = Path(named or DEFAULT_CONFIG_PATH)
+    resolved = config_file(path)
     try:
         return str(resolved), tomllib.loads(resolved.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -35,6 +35,8 @@ from gateway.scoring.router import Router
 from gateway.scoring.service import RerankService
 from gateway.secrets import Secrets
 
+FileSignature = tuple[int, ...] | None  # what file_signature gives; None: no such file (or unreadable)
+
 log = logging.getLogger("gateway")
 
 
@@ -180,8 +182,10 @@ class Held:
 class LiveGateway:
     def __init__(
         self, config: GatewayConfig, shared: Shared, config_path: str | os.PathLike[str] | None = None,
-        on_admin_reload: Callable[[], None] | None = None,
+        on_admin_reload: Callable[[], None] | None = None, loaded_signature: FileSignature = None,
     ) -> None:
+        """`loaded_signature`: the file's signature taken before `config` was read from it (`serve`
+        takes it so); else it is taken now, and an edit in between would go unseen."""
         self.shared = shared
         self.config_path = Path(config_path) if config_path is not None else None
         # /admin/reload reaches one process of several (the kernel picks the worker): this tells the rest.
@@ -190,7 +194,9 @@ class LiveGateway:
         self._reload_lock = asyncio.Lock()
         # What the running generation was loaded from: an edit fires the file watcher and, often,
         # an explicit reload right after; the second finds nothing new and rebuilds nothing.
-        self.loaded_signature = file_signature(self.config_path) if self.config_path is not None else None
+        if loaded_signature is None and self.config_path is not None:
+            loaded_signature = file_signature(self.config_path)
+        self.loaded_signature = loaded_signature
 
     @property
     def config(self) -> GatewayConfig:
@@ -238,7 +244,7 @@ class LiveGateway:
         await self.shared.close()
 
 
-def file_signature(path: Path) -> tuple[int, ...] | None:
+def file_signature(path: Path) -> FileSignature:
     """What changes when the file at `path` does, however it was written.
 
     stat() follows the path, so a file an editor or `sed -i` renamed over the old one is the one

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from gateway.config import load_config
 from gateway.web.edge import LIVE
 from tests.support.gateway import add_fault, emulator_requests
 from tests.support.polling import eventually
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.processes import REPO, GatewayProcess, free_port, gateway_toml, hup_until_listening, running
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 BODY = {"query": "what does it cost?", "documents": ["it is free", "it opens at eight"]}
@@ -180,3 +181,28 @@ async def test_sighup_reloads_a_running_process(tmp_path):
                     return response.headers["X-Rerank-Provider"] == "fireworks"
 
             await eventually(serves_from_fireworks, what="SIGHUP reloading the config", every=0.1)
+
+
+async def test_sighup_while_starting_is_a_reload_once_it_serves(tmp_path):
+    """SIGHUP's default kills a process: one sent while the gateway starts (config management
+    editing the file and sending it, racing a restart) waits until the gateway can reload, and
+    then the edit it announced is served."""
+    emulator_port, gateway_port = free_port(), free_port()
+    path = tmp_path / "config.toml"
+    write_config(path, emulator_port, '["deepinfra", "fireworks"]')
+    env = {**os.environ, "EMULATOR_KEY": "k"}
+    with running(["emulate", "--port", str(emulator_port)], emulator_port):
+        gateway = GatewayProcess(["serve", "--config", str(path), "--port", str(gateway_port)], env, REPO)
+        try:
+            # Its first line comes after `serve` read the file: the edit is one it has not seen.
+            await eventually(lambda: gateway.log.count("open files limit") > 0, what="the gateway's first line")
+            write_config(path, emulator_port, '["fireworks"]')
+            assert hup_until_listening(gateway, gateway_port, after_line="open files limit") > 0
+            await eventually(lambda: gateway.log.count("config reloaded from") == 1, what="the reload asked while starting")
+            async with aiohttp.ClientSession() as session, \
+                    session.post(f"http://127.0.0.1:{gateway_port}/v1/rerank", json=fresh(1)) as response:
+                assert response.status == 200, await response.text()
+                assert response.headers["X-Rerank-Provider"] == "fireworks"
+            assert gateway.poll() is None
+        finally:
+            gateway.stop()

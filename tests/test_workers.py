@@ -17,7 +17,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.process.workers import Supervisor, _Worker
 from tests.support.polling import eventually, eventually_sync
-from tests.support.processes import LineLog, free_port, gateway_toml, listens_on, running
+from tests.support.processes import (
+    REPO,
+    GatewayProcess,
+    LineLog,
+    free_port,
+    gateway_toml,
+    hup_until_listening,
+    listens_on,
+    running,
+)
 
 
 def children_of(pid: int) -> list[int]:
@@ -270,3 +279,27 @@ def test_a_sigterm_while_workers_start_stops_the_started_ones_within_the_grace(t
     # 0), not killed when the grace ran out, which is what a worker the SIGTERM missed waits for.
     assert {process.returncode for process in supervisor.started} <= {-signal.SIGTERM, 0}
     assert time.monotonic() - started < grace  # a generous bound: a stop takes well under a second
+
+
+async def test_reloads_asked_while_workers_start_do_not_stop_the_gateway(tmp_path):
+    """The supervisor forwards SIGHUP to every worker, started or starting; a starting one used
+    to die of it (SIGHUP's default) and, having never served, took the whole gateway down."""
+    emulator_port, port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(gateway_toml(emulator_port))
+    env = {**os.environ, "EMULATOR_KEY": "k"}
+    with running(["emulate", "--port", str(emulator_port)], emulator_port):
+        supervisor = GatewayProcess(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], env, REPO)
+        try:
+            # From the line the supervisor logs once both workers were started (its handler is in place).
+            assert hup_until_listening(supervisor, port, after_line="supervising 2 workers") > 0
+            workers = await two_workers_listening(supervisor, port)
+            # Each worker reloads once it can (the file did not change: "nothing to do").
+            await eventually(lambda: supervisor.log.count("config reload") >= 2, what="each worker reloading once it serves")
+            async with aiohttp.ClientSession() as session, session.post(
+                f"http://127.0.0.1:{port}/v1/rerank", json={"query": "q", "documents": ["a", "b"]}
+            ) as response:
+                assert response.status == 200, await response.text()
+            assert supervisor.poll() is None and sorted(children_of(supervisor.pid)) == sorted(workers)
+        finally:
+            supervisor.stop()

@@ -57,8 +57,11 @@ _METRICS_DIR_PREFIX = "rerank-gateway-metrics-"
 _OWNED_METRICS_DIR = re.compile(re.escape(_METRICS_DIR_PREFIX) + r"(\d+)-")  # ...-<supervisor pid>-<random>
 
 
-def _die_with_parent() -> None:
-    """In the worker, before exec: a supervisor killed outright must not leave workers behind."""
+def _prepare_worker() -> None:
+    """In the worker, before exec: a supervisor killed outright must not leave workers behind, and
+    a reload forwarded while the worker starts must not kill it (SIGHUP's default): it stays
+    blocked, so pending, until the worker's app has its handler (gateway.app)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -183,6 +186,7 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._note_stop)
         signal.signal(signal.SIGINT, self._note_stop)
         signal.signal(signal.SIGHUP, self._forward_reload)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # blocked by `serve` while it started
         try:
             self._start_workers()
             while not self._stopping:
@@ -210,7 +214,7 @@ class Supervisor:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "serve", *self._worker_args, "--report-fd", str(write_fd)],
-                env=env, preexec_fn=_die_with_parent, pass_fds=(write_fd,),
+                env=env, preexec_fn=_prepare_worker, pass_fds=(write_fd,),
             )
         finally:
             os.close(write_fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -121,6 +122,28 @@ class GatewayProcess(subprocess.Popen[str]):
             self.wait()
         self.log.close()
         self.output.close()
+
+
+def hup_until_listening(process: GatewayProcess, port: int, after_line: str, every: float = 0.02) -> int:
+    """SIGHUP `process` every `every` seconds from its first log line containing `after_line` until
+    it listens on `port`: a reload asked again and again while it starts. How many were sent."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while not process.log.count(after_line):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"no {after_line!r} line: {process.log.tail()}")
+        time.sleep(0.01)
+    sent = 0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} after {sent} SIGHUPs: {process.log.tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return sent
+        except OSError:
+            process.send_signal(signal.SIGHUP)
+            sent += 1
+            time.sleep(every)
+    raise TimeoutError(f"nothing listened on port {port} within {STARTUP_SECONDS}s")
 
 
 def wait_for_port(port: int, process: subprocess.Popen, seconds: float = STARTUP_SECONDS) -> None:
