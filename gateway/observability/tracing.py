@@ -60,6 +60,8 @@ def with_trace_context(headers: dict[str, str]) -> dict[str, str]:
 class _Attempt:
     """What a provider try's span is told while it runs; the do-nothing one when tracing is off."""
 
+    recording = False  # whether tokens() is worth working out a count for
+
     def tokens(self, count: int) -> None:
         return None
 
@@ -81,6 +83,8 @@ _NO_SPAN = _NoSpan()
 
 
 class _TracedAttempt(_Attempt):
+    recording = True
+
     def __init__(self, span: Span) -> None:
         self.span = span
 

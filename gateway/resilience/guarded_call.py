@@ -226,17 +226,19 @@ class GuardedCall:
         """The provider's scores of `pairs`; a retry sends only the pairs no call has answered yet."""
         health.retry_budget.record_call()
         attempt = 0
+        count = len(pairs)
         while True:
             started = time.monotonic()
-            todo = _unanswered(answered, len(pairs))
-            batch = pairs if len(todo) == len(pairs) else pairs.select(todo)
+            todo = _unanswered(answered, count)
+            batch = pairs if len(todo) == count else pairs.select(todo)
             try:
                 before = len(answered)
                 with self._tracing.attempt(client.name, len(batch), panic, hedged, purpose) as span:
                     try:
                         await self._bounded_call(client, batch, todo, ends_at, answered)
                     finally:  # what this try's answered calls billed, cut off or not
-                        span.tokens(sum(call.usage.tokens for call in answered[before:]))
+                        if span.recording:
+                            span.tokens(sum(call.usage.tokens for call in answered[before:]))
             except ProviderFailure as failure:
                 self._observe_call(client, batch, time.monotonic() - started, failure.kind, panic, purpose)
                 if failure.kind == "http_429":
@@ -253,7 +255,7 @@ class GuardedCall:
             elapsed = time.monotonic() - started
             health.latency.record(elapsed, len(batch))
             self._observe_call(client, batch, elapsed, "ok", panic, purpose)
-            return merge_answered(answered, len(pairs))
+            return merge_answered(answered, count)
 
     async def _bounded_call(
         self, client: ProviderClient, batch: Batch, positions: list[int], ends_at: float | None,

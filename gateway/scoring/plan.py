@@ -49,9 +49,13 @@ class Findings:
         self.placements: dict[tuple[str, str], Placement] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Step:
-    """One provider call the plan may make."""
+    """One provider call the plan may make.
+
+    Each step is its own (eq=False): KeptAnswers finds a step's call by the step, and identity
+    is what that means; the generated field-by-field hash cost a miss three Python calls.
+    """
 
     model: str  # the model whose scores this step gives
     client: ProviderClient

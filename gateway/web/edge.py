@@ -29,7 +29,7 @@ from gateway.observability.history import Outcome
 from gateway.observability.logs import REQUEST_LOGGER, ProviderAttempt, RequestLog, request_log_fields
 from gateway.observability.trace import start_trace
 from gateway.observability.tracing import end_server_span
-from gateway.runtime import LiveGateway
+from gateway.runtime import LiveGateway, Shared
 
 log = logging.getLogger("gateway")
 request_log = RequestLog(logging.getLogger(REQUEST_LOGGER))
@@ -71,13 +71,14 @@ RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
 @web.middleware
 async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every request's edge: its id, its errors turned into the one error body, its log and metrics."""
-    tracing = request.app[LIVE].shared.tracing
+    shared = request.app[LIVE].shared  # looked up once: each request.app[...] is a few Python calls
+    tracing = shared.tracing
     if not tracing.enabled:
-        return await _serve(request, handler)
+        return await _serve(request, handler, shared)
     route = request.match_info.route.resource
     with tracing.server_span(request.method, route.canonical if route else "unmatched", request.path,
                              request.headers) as span:
-        response = await _serve(request, handler)
+        response = await _serve(request, handler, shared)
         end_server_span(span, response.status, _span_attributes(request))
     return response
 
@@ -95,7 +96,7 @@ def _span_attributes(request: web.Request) -> dict[str, Any]:
     return attributes
 
 
-async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _serve(request: web.Request, handler: Handler, shared: Shared) -> web.StreamResponse:
     request_id = request[REQUEST_ID] = request_id_of(request)
     started = time.perf_counter()
     attempts = start_trace()
@@ -117,22 +118,23 @@ async def _serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         # An error after the model was resolved (429, 502, 504) still says which model it was for.
         response.headers.setdefault("X-Rerank-Model", trace.model)
     if trace is not None:
-        _observe(request, trace, response.status, time.perf_counter() - started, attempts, error_type)
+        _observe(request, shared, trace, response.status, time.perf_counter() - started, attempts, error_type)
     return response
 
 
 def _observe(
-    request: web.Request, trace: RerankTrace, status: int, seconds: float, attempts: list[ProviderAttempt], error_type: str | None
+    request: web.Request, shared: Shared, trace: RerankTrace, status: int, seconds: float, attempts: list[ProviderAttempt],
+    error_type: str | None,
 ) -> None:
     """One metrics update and one log line per rerank request, whatever its outcome."""
     result = trace.result
     upstream_ms = result.upstream_ms if result is not None else sum(a.ms for a in attempts)
-    metrics = request.app[LIVE].shared.metrics
+    metrics = shared.metrics
     metrics.record_request(dialect=trace.dialect, model=trace.model, status=status, seconds=seconds,
                            upstream_seconds=upstream_ms / 1000)
     if result is not None:
         metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
-        request.app[LIVE].shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
+        shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
     metrics.history.record_request(
         _outcome(result, error_type), result.cache_hits if result else 0, result.cache_misses if result else 0,
         ((a.provider, a.ms / 1000) for a in attempts if a.outcome == "ok"),
