@@ -8,7 +8,8 @@
 
 Starts the emulator (20 ms), a private redis-server for `hit` and `miss-redis`, and one gateway pinned to the
 first CPU (the harness on the other, as in bench_core.py), drives it at `--concurrency`, and
-records it with `py-spy record` (`--nonblocking` where ptrace may not stop it) (py-spy must be on PATH or beside the Python).
+records it with `py-spy record` (`--nonblocking` where ptrace may not stop it) (py-spy must be on PATH or beside the Python),
+or with `perf record` (`--perf`: the split by library, the kernel's share among them).
 Prints each part of the request path's share of the samples (every sample counted once, in
 the first part of PARTS it passes through), then the top functions by own samples.
 """
@@ -112,6 +113,16 @@ def _short(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def by_library(recorded: Path, top: int = 12) -> str:
+    """`perf report`'s share of the samples by shared object: the interpreter, the kernel, each C extension."""
+    report = subprocess.run(["perf", "report", "-i", str(recorded), "--sort", "dso", "--stdio"],
+                            check=True, capture_output=True, text=True).stdout
+    rows = [line.split(None, 1) for line in report.splitlines() if line.strip() and not line.startswith("#")]
+    lines = ["| library | share of samples |", "|---|---|"]
+    lines += [f"| {name.strip()} | {share} |" for share, name in rows[:top]]
+    return "\n".join(lines)
+
+
 def py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not os.path.exists(found):
@@ -150,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--raw", help="keep the collapsed stacks here")
     parser.add_argument("--nonblocking", action="store_true",
                         help="sample without pausing the gateway (where ptrace may not stop it; stacks can tear)")
+    parser.add_argument("--perf", action="store_true",
+                        help="record with `perf record` instead: the CPU split by library (interpreter, kernel, C extensions)")
     args = parser.parse_args(argv)
     pinning = plan_pinning(True)
     exit_on_sigterm()
@@ -166,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             gateway = start_gateway(group, pinning.proxy, emulator, cache_url=cache, cache_timeout_ms=1000)
         group.wait_ready()
+        if args.perf:
+            recorded = Path(tmp) / "perf.data"
+            perf = ["perf", "record", "-F", "999", "-p", str(gateway.proc.pid), "-o", str(recorded), "--",
+                    "sleep", f"{args.seconds:g}"]
+            asyncio.run(load(gateway, args.path, args.concurrency, args.seconds, perf))
+            print(by_library(recorded))
+            return 0
         raw = Path(args.raw or Path(tmp) / "profile.txt")
         base = [py_spy(), "record", *(["--nonblocking"] if args.nonblocking else []), "--pid", str(gateway.proc.pid),
                 "--rate", str(args.rate), "--duration", f"{args.seconds:g}"]
