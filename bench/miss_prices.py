@@ -78,8 +78,13 @@ def _no_repeated_key_check() -> None:
 
 def _cheap_digests() -> None:
     from gateway.cache import base
-    # Distinct for distinct passages of one run, which is all the measurement needs.
-    base.passage_digests = lambda documents: [hash(d).to_bytes(16, "little", signed=True) for d in documents]
+    from gateway.scoring import service
+
+    def digests(documents: Any) -> list[bytes]:
+        # Distinct for distinct passages of one run, which is all the measurement needs.
+        return [hash(d).to_bytes(16, "little", signed=True) for d in documents]
+
+    base.passage_digests = service.passage_digests = digests
 
 
 def _no_attempts_trace() -> None:

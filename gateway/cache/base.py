@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -113,13 +114,30 @@ def passage_digest(document: str) -> bytes:
     return passage_digests([document])[0]
 
 
-def pair_keys(model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str]) -> list[PairKey]:
+class OneQueryKeys(list[PairKey]):
+    """pair_keys of one query's passages, which also keep the group and the digests they were made
+    of: a cache reads and writes a query's pairs together (cache/memory.py), and need not take
+    the keys apart again to find them. Nothing changes a list of keys once made."""
+
+    __slots__ = ("digests", "group")
+
+    def __init__(self, group: str, digests: list[bytes]) -> None:
+        super().__init__(zip(itertools.repeat(group), digests))
+        self.group = group
+        self.digests = digests
+
+
+def pair_keys(
+    model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str],
+    digests: list[bytes] | None = None,
+) -> list[PairKey]:
+    """The pairs' keys; `digests`: the documents' passage_digests, when the caller has them."""
+    digests = passage_digests(documents) if digests is None else digests
     if len(set(queries)) == 1:  # one query for every passage: the knowledge-base call
-        only = query_group(model, instruction, queries[0])
-        return [(only, digest) for digest in passage_digests(documents)]
+        return OneQueryKeys(query_group(model, instruction, queries[0]), digests)
     groups: dict[str, str] = {}
     keys = []
-    for query, digest in zip(queries, passage_digests(documents)):
+    for query, digest in zip(queries, digests):
         group = groups.get(query)
         if group is None:
             group = groups[query] = query_group(model, instruction, query)

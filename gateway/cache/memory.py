@@ -12,12 +12,14 @@ renewed on write, as in Redis.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from gateway.cache.base import DIGEST_BYTES, LeaseKeeper, Lookup, PairKey
+from gateway.cache.base import DIGEST_BYTES, LeaseKeeper, Lookup, OneQueryKeys, PairKey
 
 # What the bound counts, measured with tracemalloc (bench/memory_cache.py; tests/test_memory_cache.py
 # holds the bound at 1,000,000 pairs): a pair with the bytearray's spare capacity as it grows, and a
@@ -59,6 +61,12 @@ def _offset_of(bucket: bytearray, digest: bytes) -> int:
     return -1
 
 
+@functools.lru_cache(maxsize=256)
+def _pairs_layout(count: int) -> struct.Struct:
+    """`count` pairs end to end, as _put appends them one by one: digest, then the score."""
+    return struct.Struct("<" + f"{DIGEST_BYTES}sd" * count)
+
+
 def _put(bucket: bytearray, digest: bytes, score: float) -> bool:
     """Store a score; True when the passage is new to the bucket."""
     at = _offset_of(bucket, digest)
@@ -73,6 +81,8 @@ def _put(bucket: bytearray, digest: bytes, score: float) -> bool:
 def _runs(keys: Sequence[PairKey]) -> list[tuple[str, list[bytes]]]:
     """The keys as runs of one query group each, in order: a query's keys come together (pair_keys
     builds them so), and a bucket is then found, renewed or built once a run, not once a key."""
+    if isinstance(keys, OneQueryKeys):  # one query's keys as pair_keys made them: the knowledge-base call
+        return [(keys.group, keys.digests)]
     groups = {group for group, _ in keys}
     if len(groups) == 1:  # one query: the knowledge-base call
         return [(groups.pop(), [digest for _, digest in keys])]
@@ -156,8 +166,8 @@ class MemoryScoreCache:
                 bucket = self._buckets[group] = _new_bucket(expires)
                 self._bytes += BUCKET_BYTES + len(group)
                 if len(set(digests)) == len(digests):
-                    # A new query's passages, each once (the miss path): its bucket filled in one join.
-                    bucket += b"".join([digest + _STAMP.pack(score) for digest, score in zip(digests, run_scores)])
+                    # A new query's passages, each once (the miss path): its bucket filled in one pack.
+                    bucket += _pairs_layout(len(digests)).pack(*itertools.chain.from_iterable(zip(digests, run_scores)))
                     added += len(digests)
                     continue
             for digest, score in zip(digests, run_scores):

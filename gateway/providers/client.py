@@ -107,13 +107,20 @@ class ProviderClient:
         `estimate_tokens` counts the tokens of an answer that reports none (characters -> tokens).
         """
         answered = [] if answered is None else answered
+        await self.score_into(pairs, answered, estimate_tokens)
+        return merge_answered(answered, len(pairs))
+
+    async def score_into(
+        self, pairs: Batch, answered: list[AnsweredCall], estimate_tokens: TokenCount | None = None
+    ) -> None:
+        """`score`, its calls' answers left in `answered` only: for a caller that puts them together
+        itself (the guard, which also keeps what a cut-off try answered)."""
         count = estimate_tokens or _default_token_count
         plan = self._plan_batches(pairs)
         if len(plan) == 1:
             await self._answer(plan[0], answered, count)
         else:
             await _gather_all([self._answer(call, answered, count) for call in plan])
-        return merge_answered(answered, len(pairs))
 
     async def _answer(self, call: tuple[list[int], Batch], answered: list[AnsweredCall], count: TokenCount) -> None:
         positions, batch = call

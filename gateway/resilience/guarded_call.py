@@ -235,7 +235,7 @@ class GuardedCall:
                 before = len(answered)
                 with self._tracing.attempt(client.name, len(batch), panic, hedged, purpose) as span:
                     try:
-                        await self._bounded_call(client, batch, todo, ends_at, answered)
+                        await self._bounded_call(client, batch, None if batch is pairs else todo, ends_at, answered)
                     finally:  # what this try's answered calls billed, cut off or not
                         if span.recording:
                             span.tokens(sum(call.usage.tokens for call in answered[before:]))
@@ -258,21 +258,25 @@ class GuardedCall:
             return merge_answered(answered, count)
 
     async def _bounded_call(
-        self, client: ProviderClient, batch: Batch, positions: list[int], ends_at: float | None,
+        self, client: ProviderClient, batch: Batch, positions: list[int] | None, ends_at: float | None,
         answered: list[AnsweredCall],
     ) -> None:
-        """One try at `batch` (the pairs at `positions`); its answered calls go into `answered`, by position in the whole."""
+        """One try at `batch` (the pairs at `positions`; None: the whole, a first try); its answered
+        calls go into `answered`, by position in the whole."""
         limit = self.own_limit(client, len(batch))
         if ends_at is not None:
             limit = min(limit, ends_at - _now())
         got: list[AnsweredCall] = []
         try:
             async with asyncio.timeout(max(0.0, limit)):
-                await client.score(batch, got, self._health.billing_estimator(client.name).estimate_tokens)
+                await client.score_into(batch, got, self._health.billing_estimator(client.name).estimate_tokens)
         except TimeoutError:
             raise ProviderFailure(client.name, f"timed out after {limit:.3g}s", kind="timeout") from None
         finally:  # cut off or not, what answered is kept
-            answered.extend(AnsweredCall([positions[p] for p in call.positions], call.scores, call.usage) for call in got)
+            if positions is None:
+                answered.extend(got)
+            else:
+                answered.extend(AnsweredCall([positions[p] for p in call.positions], call.scores, call.usage) for call in got)
 
     def _observe_call(
         self, client: ProviderClient, pairs: Batch, seconds: float, outcome: str, panic: bool, purpose: CallPurpose

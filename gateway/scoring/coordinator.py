@@ -37,11 +37,12 @@ class FlightCoordinator:
         if not job.policy.read:
             await self._score_slots(job, missing)
             return
-        claim = self._flights.claim([job.keys[slot] for slot in missing])
+        claim = self._flights.claim(job.keys_of(missing))
         shared: Scored | None = None
         try:
             if claim.own:
-                shared = await self._fill_own(job, [missing[i] for i in claim.own])
+                own = missing if len(claim.own) == len(missing) else [missing[i] for i in claim.own]
+                shared = await self._fill_own(job, own)
                 if shared is None:
                     return  # every slot was scored anew (another model, or lexically): nothing to share or wait for
         finally:
@@ -67,8 +68,11 @@ class FlightCoordinator:
 
         None when another model scored every slot instead.
         """
-        theirs = [slot for slot in own if slot in job.elsewhere]
-        ours = [slot for slot in own if slot not in job.elsewhere]
+        if job.elsewhere:
+            theirs = [slot for slot in own if slot in job.elsewhere]
+            ours = [slot for slot in own if slot not in job.elsewhere]
+        else:  # no other process is scoring any of them (always so without Redis)
+            theirs, ours = [], own
         waiting = asyncio.ensure_future(self._wait_elsewhere(job, theirs)) if theirs else None
         provider = job.result.provider
         try:
@@ -101,7 +105,7 @@ class FlightCoordinator:
         """_score_slots for leased slots. The leases are renewed while the call runs, so a process
         waiting for these pairs keeps waiting rather than paying for them too; a lease that no stored
         score ends is released at once, so it scores them itself without waiting for it to run out."""
-        keys = [job.keys[slot] for slot in slots]
+        keys = job.keys_of(slots)
         leases = self._cache.keep_leases(keys, job.deadline)  # for a call slower than a lease
         try:
             scored = await self._score_slots(job, slots)

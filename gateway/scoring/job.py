@@ -38,11 +38,18 @@ class Job:
 
     def filled(self, slots: Sequence[int]) -> list[float]:
         """The scores of these slots, every one of them known by now."""
-        scores = [self.scores[slot] for slot in slots]
-        missing = [slot for slot, score in zip(slots, scores) if score is None]
-        if missing:
+        # Slots are distinct and in order (as keys_of says): as many as there are is all of them.
+        scores = list(self.scores) if len(slots) == len(self.scores) else [self.scores[slot] for slot in slots]
+        if None in scores:
+            missing = [slot for slot, score in zip(slots, scores) if score is None]
             raise AssertionError(f"slots {missing} have no score yet")
         return cast(list[float], scores)  # checked just above
+
+    def keys_of(self, slots: Sequence[int]) -> list[PairKey]:
+        """The keys of these slots (distinct, in order, as every caller has them)."""
+        if len(slots) == len(self.keys):
+            return self.keys  # all of them: the usual miss, not copied
+        return [self.keys[slot] for slot in slots]
 
     def note_raw(self, slots: Sequence[int], raw_scores: Sequence[float] | None) -> None:
         """Keep the provider's own scores of slots whose scores were mapped onto the group's scale."""
@@ -55,30 +62,54 @@ class Job:
 
 
 class UniquePairs:
-    """The distinct (query, document) pairs of a request: a repeated passage is scored once."""
+    """The distinct (query, document) pairs of a request: a repeated passage is scored once.
 
-    def __init__(self, queries: Sequence[str], documents: Sequence[str], instruction: str | None) -> None:
+    Passages are told apart by their digests (`digests`, passage_digests of `documents`), which
+    the cache keys need anyway: hashing 20 fresh passages' text for a set cost more than the
+    rest of finding the distinct pairs. Two passages with one digest would share a cached score
+    in any case.
+    """
+
+    def __init__(
+        self, queries: Sequence[str], documents: Sequence[str], instruction: str | None, digests: list[bytes],
+    ) -> None:
         self.queries: Sequence[str] = queries
         self.documents: Sequence[str] = documents
-        if len(set(queries)) == 1 and len(set(documents)) == len(documents):
+        self.digests = digests  # per slot
+        self._one_slot_each = len(set(queries)) == 1 and len(set(digests)) == len(digests)
+        if self._one_slot_each:
             # One query, no passage twice (the knowledge-base call): every pair is its own slot.
             self.slots = list(range(len(documents)))
         else:
-            slot_of: dict[tuple[str, str], int] = {}
-            self.slots = [slot_of.setdefault(pair, len(slot_of)) for pair in zip(queries, documents)]
-            if len(slot_of) < len(documents):
-                self.queries = [pair[0] for pair in slot_of]
-                self.documents = [pair[1] for pair in slot_of]
+            slot_of: dict[tuple[str, bytes], int] = {}
+            firsts: list[int] = []  # each slot's first position
+            self.slots = []
+            for position, pair in enumerate(zip(queries, digests)):
+                slot = slot_of.setdefault(pair, len(firsts))
+                if slot == len(firsts):
+                    firsts.append(position)
+                self.slots.append(slot)
+            if len(firsts) < len(documents):
+                self.queries = [queries[p] for p in firsts]
+                self.documents = [documents[p] for p in firsts]
+                self.digests = [digests[p] for p in firsts]
         self.all = Batch(self.queries, self.documents, instruction)
 
+    def digests_of(self, slots: Sequence[int]) -> list[bytes]:
+        """The passage digests of these slots (distinct, in order)."""
+        if len(slots) == len(self.digests):
+            return self.digests
+        return [self.digests[slot] for slot in slots]
+
     def select(self, slots: Sequence[int]) -> Batch:
-        if list(slots) == list(range(len(self.documents))):
-            return self.all  # every slot, in order: the usual miss, without copying
+        """The pairs of these slots (distinct, in order, as the service has them)."""
+        if len(slots) == len(self.documents):
+            return self.all  # every slot: the usual miss, without copying
         return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction)
 
     def spread(self, slot_scores: Sequence[float | None]) -> list[float]:
         """Scores back at every request position, repeats included."""
-        scores = [slot_scores[slot] for slot in self.slots]
+        scores = list(slot_scores) if self._one_slot_each else [slot_scores[slot] for slot in self.slots]
         if None in scores:
             raise AssertionError("a request position has no score")
         return cast(list[float], scores)  # checked just above

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys
+from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys, passage_digests
 from gateway.config import GatewayConfig, ModelNames
 from gateway.errors import InvalidRequest, UnknownModel
 from gateway.models import KeptScores, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
@@ -55,17 +55,17 @@ class RerankService:
         """
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
-        pairs = UniquePairs(request.queries, request.documents, request.instruction)
+        pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
         findings = Findings()
         group = self._router.cache_group(model, request.instruction, findings)
-        keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents)
+        keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
         job = Job(model, group, pairs, policy, keys, deadline, findings=findings)
         if policy.read:
             found = await self._cache.lookup(job.keys, deadline)
             job.scores, job.elsewhere = found.scores, found.elsewhere
         else:
             job.scores = [None] * len(job.keys)
-        missing = [slot for slot, score in enumerate(job.scores) if score is None]
+        missing = _missing(job.scores)
         if missing:
             await self._coordinator.fill(job, missing)
         result = job.result
@@ -92,8 +92,11 @@ class RerankService:
                 await self._keep(job, kept)
         covered = range(len(job.keys)) if scored.whole else slots
         job.rescored_whole |= scored.whole
-        for slot, score in zip(covered, scored.scores):
-            job.scores[slot] = score
+        if len(covered) == len(job.scores) == len(scored.scores):  # every slot (distinct, in order): the usual miss
+            job.scores[:] = scored.scores
+        else:
+            for slot, score in zip(covered, scored.scores):
+                job.scores[slot] = score
         job.note_raw(covered, scored.raw_scores)
         job.result.model, job.result.provider = scored.model, scored.provider
         job.result.usage.add(scored.usage)
@@ -125,6 +128,13 @@ class RerankService:
     def _keys_in(self, group: str, job: Job, slots: Sequence[int]) -> list[PairKey]:
         """The request's keys for these slots, in another cache group when a provider of another group scored them."""
         if group == job.group:
-            return [job.keys[slot] for slot in slots]
+            return job.keys_of(slots)
         pairs = job.pairs.select(slots)
-        return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents)
+        return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents, job.pairs.digests_of(slots))
+
+
+def _missing(scores: list[float | None]) -> list[int]:
+    """The slots without a score, in order."""
+    if scores.count(None) == len(scores):
+        return list(range(len(scores)))  # nothing cached (the miss path): counted in C
+    return [slot for slot, score in enumerate(scores) if score is None]
