@@ -474,6 +474,20 @@ async def test_duplicate_passages_are_scored_once(make_gateway: GatewayFactory, 
     assert (await (await emulator.get("/_emulator/stats")).json())["documents"]["deepinfra"] == len(DOCUMENTS)
 
 
+async def test_pairs_repeated_across_queries_are_scored_once_each(make_gateway: GatewayFactory, emulator):
+    """A many-query batch: the same passage under two queries is two pairs, the same pair twice is one."""
+    gateway = await make_gateway()
+    other = "which plan has the lowest price?"
+    queries = [QUERY, other, QUERY, other, QUERY]
+    documents = [DOCUMENTS[0], DOCUMENTS[0], DOCUMENTS[0], DOCUMENTS[1], DOCUMENTS[1]]
+    response = await gateway.post("/v1/inference/Qwen/Qwen3-Reranker-8B", json={"queries": queries, "documents": documents})
+    assert response.status == 200, await response.text()
+    want = [emulated_score(q, d) for q, d in zip(queries, documents)]
+    assert (await response.json())["scores"] == pytest.approx(want, abs=1e-12)
+    assert response.headers["X-Rerank-Cache"] == "hits=0; misses=4"
+    assert (await (await emulator.get("/_emulator/stats")).json())["documents"]["deepinfra"] == 4
+
+
 @pytest.mark.parametrize("header, second_provider, writes", [("no-cache", "deepinfra", True), ("no-store", "deepinfra", False)])
 async def test_cache_control_bypasses_the_cache(make_gateway: GatewayFactory, emulator, header, second_provider, writes):
     gateway = await make_gateway()
