@@ -474,6 +474,18 @@ async def test_duplicate_passages_are_scored_once(make_gateway: GatewayFactory, 
     assert (await (await emulator.get("/_emulator/stats")).json())["documents"]["deepinfra"] == len(DOCUMENTS)
 
 
+def test_only_a_range_is_taken_for_every_slot() -> None:
+    """The service takes a shortcut when every slot is wanted; a list of as many slots in another
+    order is not that, and must pick its keys one by one (else a score lands on another pair's key)."""
+    from gateway.scoring.job import at_slots, every_slot
+
+    keys = ["k0", "k1", "k2"]
+    assert every_slot(range(3), 3) and at_slots(keys, range(3)) is keys
+    assert not every_slot([2, 1, 0], 3) and at_slots(keys, [2, 1, 0]) == ["k2", "k1", "k0"]
+    assert not every_slot([0, 1, 2], 3) and at_slots(keys, [0, 1, 2]) == keys
+    assert not every_slot(range(2), 3) and at_slots(keys, range(2)) == ["k0", "k1"]
+
+
 async def test_pairs_repeated_across_queries_are_scored_once_each(make_gateway: GatewayFactory, emulator):
     """A many-query batch: the same passage under two queries is two pairs, the same pair twice is one."""
     gateway = await make_gateway()

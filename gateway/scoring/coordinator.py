@@ -16,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from gateway.cache import ScoreCache
 from gateway.models import ScoredPairs
 from gateway.scoring.flights import Flights, Scored, await_elsewhere, wait_shared
-from gateway.scoring.job import Job
+from gateway.scoring.job import Job, at_slots
 
-ScoreSlots = Callable[[Job, list[int]], Awaitable[ScoredPairs]]
+ScoreSlots = Callable[[Job, Sequence[int]], Awaitable[ScoredPairs]]
 
 
 class FlightCoordinator:
@@ -32,15 +32,17 @@ class FlightCoordinator:
         self._flights = flights
         self._score_slots = score_slots
 
-    async def fill(self, job: Job, missing: list[int]) -> None:
+    async def fill(self, job: Job, missing: Sequence[int]) -> None:
         """Score the missing slots: pairs nobody is scoring ourselves, the rest shared."""
         if not job.policy.read:
             await self._score_slots(job, missing)
             return
-        claim = self._flights.claim(job.keys_of(missing))
+        keys = at_slots(job.keys, missing)
+        claim = self._flights.claim(keys)
         shared: Scored | None = None
         try:
             if claim.own:
+                # claim.own holds positions of `missing`, distinct and in order: as many is all of them.
                 own = missing if len(claim.own) == len(missing) else [missing[i] for i in claim.own]
                 shared = await self._fill_own(job, own)
                 if shared is None:
@@ -63,11 +65,13 @@ class FlightCoordinator:
         if orphaned:
             await self._score_slots(job, orphaned)
 
-    async def _fill_own(self, job: Job, own: list[int]) -> Scored | None:
+    async def _fill_own(self, job: Job, own: Sequence[int]) -> Scored | None:
         """Score the slots this process leased while waiting for those another process is scoring.
 
         None when another model scored every slot instead.
         """
+        theirs: list[int]
+        ours: Sequence[int]
         if job.elsewhere:
             theirs = [slot for slot in own if slot in job.elsewhere]
             ours = [slot for slot in own if slot not in job.elsewhere]
@@ -96,16 +100,16 @@ class FlightCoordinator:
             return None
         return Scored(job.filled(own), provider)
 
-    async def _wait_elsewhere(self, job: Job, slots: list[int]) -> list[float | None]:
+    async def _wait_elsewhere(self, job: Job, slots: Sequence[int]) -> list[float | None]:
         # Half the time left stays for scoring them here if the other process does not deliver.
         until = math.inf if job.deadline is None else (asyncio.get_running_loop().time() + job.deadline) / 2
         return await await_elsewhere(self._cache, [job.keys[slot] for slot in slots], until, job.deadline)
 
-    async def _score_leased(self, job: Job, slots: list[int]) -> ScoredPairs:
+    async def _score_leased(self, job: Job, slots: Sequence[int]) -> ScoredPairs:
         """_score_slots for leased slots. The leases are renewed while the call runs, so a process
         waiting for these pairs keeps waiting rather than paying for them too; a lease that no stored
         score ends is released at once, so it scores them itself without waiting for it to run out."""
-        keys = job.keys_of(slots)
+        keys = at_slots(job.keys, slots)
         leases = self._cache.keep_leases(keys, job.deadline)  # for a call slower than a lease
         try:
             scored = await self._score_slots(job, slots)

@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeVar, cast
 
 from gateway.cache import CachePolicy, PairKey
 from gateway.models import Batch, RerankResult
 from gateway.scoring.plan import Findings
+
+T = TypeVar("T")
+
+
+def every_slot(slots: Sequence[int], count: int) -> bool:
+    """Whether `slots` is every one of `count` slots, in order. Only a `range` says so: the service
+    passes range(count) when every slot is wanted (nothing was cached, a whole rescoring), and a
+    list is never taken for it, whatever its length."""
+    return slots == range(count)
+
+
+def at_slots(values: list[T], slots: Sequence[int]) -> list[T]:
+    """`values` at these slots: the list itself, not a copy, when they are every slot."""
+    if every_slot(slots, len(values)):
+        return values
+    return [values[slot] for slot in slots]
 
 
 @dataclass(slots=True)
@@ -38,18 +54,11 @@ class Job:
 
     def filled(self, slots: Sequence[int]) -> list[float]:
         """The scores of these slots, every one of them known by now."""
-        # Slots are distinct and in order (as keys_of says): as many as there are is all of them.
-        scores = list(self.scores) if len(slots) == len(self.scores) else [self.scores[slot] for slot in slots]
+        scores = list(self.scores) if every_slot(slots, len(self.scores)) else [self.scores[slot] for slot in slots]
         if None in scores:
             missing = [slot for slot, score in zip(slots, scores) if score is None]
             raise AssertionError(f"slots {missing} have no score yet")
         return cast(list[float], scores)  # checked just above
-
-    def keys_of(self, slots: Sequence[int]) -> list[PairKey]:
-        """The keys of these slots (distinct, in order, as every caller has them)."""
-        if len(slots) == len(self.keys):
-            return self.keys  # all of them: the usual miss, not copied
-        return [self.keys[slot] for slot in slots]
 
     def note_raw(self, slots: Sequence[int], raw_scores: Sequence[float] | None) -> None:
         """Keep the provider's own scores of slots whose scores were mapped onto the group's scale."""
@@ -95,16 +104,9 @@ class UniquePairs:
                 self.digests = [digests[p] for p in firsts]
         self.all = Batch(self.queries, self.documents, instruction)
 
-    def digests_of(self, slots: Sequence[int]) -> list[bytes]:
-        """The passage digests of these slots (distinct, in order)."""
-        if len(slots) == len(self.digests):
-            return self.digests
-        return [self.digests[slot] for slot in slots]
-
     def select(self, slots: Sequence[int]) -> Batch:
-        """The pairs of these slots (distinct, in order, as the service has them)."""
-        if len(slots) == len(self.documents):
-            return self.all  # every slot: the usual miss, without copying
+        if every_slot(slots, len(self.documents)):
+            return self.all  # the usual miss, without copying
         return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction)
 
     def spread(self, slot_scores: Sequence[float | None]) -> list[float]:

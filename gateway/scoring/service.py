@@ -18,7 +18,7 @@ from gateway.errors import InvalidRequest, UnknownModel
 from gateway.models import KeptScores, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
 from gateway.scoring.coordinator import FlightCoordinator
 from gateway.scoring.flights import Flights
-from gateway.scoring.job import Job, UniquePairs
+from gateway.scoring.job import Job, UniquePairs, at_slots, every_slot
 from gateway.scoring.router import Findings, Router
 
 
@@ -77,7 +77,7 @@ class RerankService:
         result.runtime_ms = (time.perf_counter() - started) * 1000
         return result
 
-    async def _score_slots(self, job: Job, slots: list[int]) -> ScoredPairs:
+    async def _score_slots(self, job: Job, slots: Sequence[int]) -> ScoredPairs:
         """One upstream round for these slots; cached when scored by the requested model itself."""
         started = time.perf_counter()
         kept: list[KeptScores] = []
@@ -92,7 +92,7 @@ class RerankService:
                 await self._keep(job, kept)
         covered = range(len(job.keys)) if scored.whole else slots
         job.rescored_whole |= scored.whole
-        if len(covered) == len(job.scores) == len(scored.scores):  # every slot (distinct, in order): the usual miss
+        if every_slot(covered, len(job.scores)) and len(scored.scores) == len(job.scores):  # the usual miss
             job.scores[:] = scored.scores
         else:
             for slot, score in zip(covered, scored.scores):
@@ -128,13 +128,13 @@ class RerankService:
     def _keys_in(self, group: str, job: Job, slots: Sequence[int]) -> list[PairKey]:
         """The request's keys for these slots, in another cache group when a provider of another group scored them."""
         if group == job.group:
-            return job.keys_of(slots)
+            return at_slots(job.keys, slots)
         pairs = job.pairs.select(slots)
-        return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents, job.pairs.digests_of(slots))
+        return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents, at_slots(job.pairs.digests, slots))
 
 
-def _missing(scores: list[float | None]) -> list[int]:
-    """The slots without a score, in order."""
+def _missing(scores: list[float | None]) -> Sequence[int]:
+    """The slots without a score, in order; a range when it is every slot (see job.every_slot)."""
     if scores.count(None) == len(scores):
-        return list(range(len(scores)))  # nothing cached (the miss path): counted in C
+        return range(len(scores))  # nothing cached (the miss path): counted in C
     return [slot for slot, score in enumerate(scores) if score is None]
