@@ -7,8 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.records import record
 
-@dataclass(frozen=True, slots=True)
+
+@record
 class RerankRequest:
     """What a client asked for, whatever wire format it spoke.
 
@@ -28,7 +30,7 @@ class RerankRequest:
     sent_documents: tuple[Any, ...] | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Batch:
     """(query, document) pairs and the instruction they share: what one scoring round sends.
 
@@ -54,7 +56,7 @@ class Batch:
         return positions
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ScoreRequest:
     """What the service asks the router for: scores of `missing` by `model`, before `deadline`.
 

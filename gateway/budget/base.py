@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, NamedTuple, Protocol
 
+from gateway.records import record
+
 log = logging.getLogger("gateway.budget")
 
 # '@' keeps the gateway-wide scope apart from any provider name ops would choose.
@@ -53,7 +55,7 @@ class Limit(NamedTuple):
     monthly_usd: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Reservation:
     """A hold on every window of `limits`; what settle and release need, nothing more."""
 
@@ -201,7 +203,7 @@ class Window:
         return BudgetAlert(self.scope, self.period, self.label, usd(self.limit_nano), usd(spent), fraction)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Spend:
     """An amount of spend: nano-dollars and tokens."""
 
@@ -218,7 +220,7 @@ class Spend:
 NO_SPEND = Spend()  # frozen: one instance serves every "nothing"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Settled:
     """What one settle adds to each of its windows: all of it, and the part the gateway estimated."""
 

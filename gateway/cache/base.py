@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.records import record
+
 # A digest of 128 bits from a cryptographic hash: passages come from outside, and a crafted
 # collision with a fast non-cryptographic hash could plant one passage's score on another.
 DIGEST_BYTES = 16
@@ -17,7 +19,7 @@ DIGEST_BYTES = 16
 PairKey = tuple[str, bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Lookup:
     """What one read found: a score or None per key, and which missing keys to wait for."""
 

@@ -7,11 +7,11 @@ them, so each adapter is tested against the golden wire samples alone.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import ProviderConfig
 from gateway.models import Batch
+from gateway.records import record
 
 __all__ = [
     "Batch", "InvalidAnswer", "ProviderAdapter", "WireScores", "as_score", "as_scores", "dig", "first_count", "pair_chars",
@@ -23,7 +23,7 @@ class InvalidAnswer(ValueError):
     """The provider answered 200 with something that is not a full, valid set of scores."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WireScores:
     """Scores in batch order, with the usage the provider reported (None where it did not)."""
 

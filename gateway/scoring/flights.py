@@ -18,6 +18,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.cache.base import PairKey, ScoreCache
+from gateway.records import record
 
 # Polling the score keys, not pub/sub: no subscriber connection per process (per node in a
 # Cluster), and a poll is the same one-call read that also takes a lease over once it ends.
@@ -25,7 +26,7 @@ POLL_FIRST_SECONDS = 0.01
 POLL_MAX_SECONDS = 0.05
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Scored:
     """What an owner publishes: scores of its own claimed pairs, in claim order."""
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
@@ -26,6 +25,7 @@ from gateway.providers.client import ProviderClient
 from gateway.quality.calibration import Calibration
 from gateway.quality.groups import Placement
 from gateway.quality.guard import QualityGuard
+from gateway.records import record
 from gateway.resilience import CircuitBreaker
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
@@ -49,7 +49,7 @@ class Findings:
         self.placements: dict[tuple[str, str], Placement] = {}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@record(eq=False)
 class Step:
     """One provider call the plan may make.
 
