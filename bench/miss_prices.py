@@ -44,6 +44,17 @@ def _no_log_line() -> None:
     edge.request_log.write = _nothing  # type: ignore[method-assign]
 
 
+def _no_log_format() -> None:
+    from gateway.observability.logs import JsonFormatter
+    JsonFormatter.format = lambda self, record: "{}"  # type: ignore[method-assign]
+
+
+def _no_log_handling() -> None:
+    """The line's fields and record are still made; logging's handling of the record is not."""
+    from gateway.web import edge
+    edge.request_log.logger.handle = _nothing  # type: ignore[method-assign]
+
+
 def _no_metrics() -> None:
     from gateway.observability.metrics import GatewayMetrics
     for name in ("record_request", "record_cache", "record_usage", "record_upstream_call", "set_breaker_state"):
@@ -129,6 +140,9 @@ def _no_try_timeout() -> None:
 
 PARTS: dict[str, tuple[str, Callable[[], None]]] = {
     "log": ("the request log line (logging's handling, the JSON formatter)", _no_log_line),
+    "log-handling": ("the log line's handling: logger, handler, formatter, buffer (fields and record made)",
+                     _no_log_handling),
+    "log-format": ("the JSON formatter alone", _no_log_format),
     "metrics": ("metrics: the record_* calls (tallied, see observability/tally.py)", _no_metrics),
     "history": ("the /status minute history", _no_history),
     "accounting": ("usage accounting after the call: settle, usage metrics, estimates", _no_accounting),

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal, NamedTuple, Protocol
+from typing import Final, Literal, NamedTuple, Protocol
 
 from gateway.records import record
 
@@ -244,11 +243,16 @@ class Settled:
         return Settled(self.total - other.total, self.estimated - other.estimated)
 
 
+# Held reservations are named by uuid4 hex, so this names none of them: settling one unholds nothing.
+UNHELD_ID: Final = "unheld"
+
+
 def unheld_reservation(limits: Sequence[Limit], now: datetime) -> Reservation:
     """A reservation for windows that have no limit: nothing to hold, so no ledger round trip
-    before the call; settle still records the spend and tokens for reporting."""
+    before the call; settle still records the spend and tokens for reporting. Nothing is held
+    under it, so it needs no id of its own (a random one was a getrandom system call a miss)."""
     day, month = labels(now)
-    return Reservation(os.urandom(16).hex(), tuple(limits), 0.0, day, month, now)
+    return Reservation(UNHELD_ID, tuple(limits), 0.0, day, month, now)
 
 
 def windows_of(limits: Sequence[Limit], day: str, month: str) -> list[Window]:

@@ -271,6 +271,9 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = mask_secrets(self.formatException(record.exc_info))
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
+        if extras is record.__dict__.get(VETTED_FIELDS):
+            # request_log_fields' own: string keys only, so orjson's slower any-key path is not needed.
+            return orjson.dumps(line, default=_fallback).decode()
         return orjson.dumps(line, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
 
     def _timestamp(self, created: float) -> str:
@@ -279,7 +282,11 @@ class JsonFormatter(logging.Formatter):
         if second != self._second[0]:
             text = dt.datetime.fromtimestamp(second, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
             self._second = (second, text)
-        return f"{self._second[1]}.{int((created - second) * 1000):03d}Z"
+        # A table, not `:03d`: the format spec alone took 0.5 µs a line.
+        return self._second[1] + _MILLISECONDS[int((created - second) * 1000)]
+
+
+_MILLISECONDS: Final = tuple(f".{millisecond:03d}Z" for millisecond in range(1000))
 
 
 class TextFormatter(logging.Formatter):
