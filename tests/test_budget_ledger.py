@@ -24,6 +24,7 @@ from gateway.budget import (
     Reservation,
     TokenEstimator,
     WindowReport,
+    unheld_reservation,
 )
 from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
@@ -299,6 +300,22 @@ async def test_bad_arguments_are_programming_errors(ledger: Ledger):
         await ledger.reserve([Limit("a", 1.0, None)], -0.1, HOLD)
     with pytest.raises(ValueError, match="hold_seconds"):
         await ledger.reserve([Limit("a", 1.0, None)], 0.1, 0)
+
+
+async def test_a_settle_after_its_day_was_dropped_counts_where_reports_read(clock: FakeClock):
+    """The in-process ledger finds a reservation's windows once per (limits, day); dropping a day's
+    figures after its retention must forget that too, or a late settle would count where no report reads."""
+    ledger = MemoryLedger(clock=clock)
+    limits = [Limit("deepinfra")]  # unlimited: settled without a hold, as a miss with no budget set
+    day = clock.now
+    await ledger.settle(unheld_reservation(limits, day), 0.001, 100)
+    clock.advance(days=40)  # past DAY_RETENTION: the next reserve drops that day's figures
+    await held(ledger, [Limit("fireworks", daily_usd=1.0)], 0.1)
+    clock.now = day  # a clock stepped back (or a call settled that late)
+    await ledger.settle(unheld_reservation(limits, day), 0.002, 200)
+    reports = by_window(await ledger.report(limits))
+    assert (reports[("deepinfra", "day")].spent_usd, reports[("deepinfra", "day")].tokens) == (0.002, 200)
+    assert reports[("deepinfra", "month")].spent_usd == pytest.approx(0.003)  # the month's figures were kept
 
 
 # --- Redis: shared by instances, surviving restarts, and never a reason to fail a request

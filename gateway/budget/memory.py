@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from gateway.budget.base import (
     NO_SPEND,
@@ -92,6 +93,12 @@ class _Totals:
             self.reserved -= hold[0]
 
 
+class _Held(NamedTuple):
+    window: Window
+    figures: _Totals
+    warn_line: int | None  # nano-dollars; None: the window has no limit
+
+
 class MemoryLedger:
     def __init__(self, clock: Clock = utc_now, warn_fraction: float = WARN_FRACTION, log_crossings: bool = True) -> None:
         """`log_crossings=False` for a stand-in: the shared ledger logs each crossing once for all processes."""
@@ -99,6 +106,9 @@ class MemoryLedger:
         self._warn_fraction = warn_fraction
         self._log_crossings = log_crossings
         self._totals: dict[tuple[str, str], _Totals] = {}  # (scope, window label)
+        # A reservation's windows with their figures and alert lines, found once per (limits, day,
+        # month): every settle of a day asks for the same few. Cleared whenever a figure is dropped.
+        self._held: dict[tuple[tuple[Limit, ...], str, str], tuple[_Held, ...]] = {}
         self._pruned_on = ""
 
     async def start(self) -> None:
@@ -132,14 +142,14 @@ class MemoryLedger:
     ) -> tuple[BudgetAlert, ...]:
         settled = Settled.of(cost_usd, tokens, estimated_usd, estimated_tokens)
         alerts = []
-        for window in windows_of(reservation.limits, reservation.day, reservation.month):
-            figures = self._totals_of(window)
+        for window, figures, line in self._windows_held(reservation):
             figures.unhold(reservation.id)
             figures.add(settled)
-            line = warn_line(window, self._warn_fraction)
             if line is not None and settled.total.nano > 0 and not figures.warned and figures.total_spent >= line:
                 figures.warned = True
                 alerts.append(window.alert(figures.total_spent, self._warn_fraction))
+        if not alerts:
+            return ()
         if self._log_crossings:
             log_alerts(alerts)
         return tuple(alerts)
@@ -165,6 +175,7 @@ class MemoryLedger:
 
     async def close(self) -> None:
         self._totals.clear()
+        self._held.clear()
 
     def mirror_shared_spend(self, windows: Sequence[Window], figures: Sequence[int]) -> None:
         """Remember what the shared ledger says these windows have spent: nano-dollars of each
@@ -204,9 +215,19 @@ class MemoryLedger:
             figures = self._totals[key] = _Totals(keep_until=window.keep_until)
         return figures
 
+    def _windows_held(self, reservation: Reservation) -> tuple[_Held, ...]:
+        key = (reservation.limits, reservation.day, reservation.month)
+        held = self._held.get(key)
+        if held is None:
+            windows = windows_of(*key)
+            held = self._held[key] = tuple(
+                _Held(window, self._totals_of(window), warn_line(window, self._warn_fraction)) for window in windows)
+        return held
+
     def _prune(self, day: str, now: datetime) -> None:
         if day == self._pruned_on:
             return
         self._pruned_on = day
+        self._held.clear()  # it may hold figures dropped here, which a settle would then add to unseen
         for key in [key for key, figures in self._totals.items() if figures.keep_until <= now]:
             del self._totals[key]
