@@ -13,7 +13,6 @@ renewed on write, as in Redis.
 from __future__ import annotations
 
 import functools
-import itertools
 import struct
 import time
 from collections import OrderedDict
@@ -65,6 +64,15 @@ def _offset_of(bucket: bytearray, digest: bytes) -> int:
 def _pairs_layout(count: int) -> struct.Struct:
     """`count` pairs end to end, as _put appends them one by one: digest, then the score."""
     return struct.Struct("<" + f"{DIGEST_BYTES}sd" * count)
+
+
+def _interleaved(digests: list[bytes], scores: Sequence[float]) -> list[bytes | float]:
+    """digest, score, digest, score...: by two slice assignments in C (chaining zip's pairs built
+    a tuple a pair, and took twice as long as the pack itself)."""
+    flat: list[bytes | float] = [*digests, *scores]
+    flat[::2] = digests
+    flat[1::2] = scores
+    return flat
 
 
 def _put(bucket: bytearray, digest: bytes, score: float) -> bool:
@@ -167,7 +175,7 @@ class MemoryScoreCache:
                 self._bytes += BUCKET_BYTES + len(group)
                 if len(set(digests)) == len(digests):
                     # A new query's passages, each once (the miss path): its bucket filled in one pack.
-                    bucket += _pairs_layout(len(digests)).pack(*itertools.chain.from_iterable(zip(digests, run_scores)))
+                    bucket += _pairs_layout(len(digests)).pack(*_interleaved(digests, run_scores))
                     added += len(digests)
                     continue
             for digest, score in zip(digests, run_scores):
