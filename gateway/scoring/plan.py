@@ -32,7 +32,8 @@ from gateway.resilience.health import HealthBoard
 
 
 class Findings:
-    """What the plan found of each provider for one request, looked up once: why_not and placement.
+    """What the plan found for one request, looked up once: each model's provider order, and each
+    provider's why_not and placement.
 
     The service plans the request's cache group and then, right after the cache lookup, its
     first scoring round: with these, the round reuses what the group was chosen by instead of
@@ -42,9 +43,10 @@ class Findings:
     the breaker and the rate limit again at the call itself.
     """
 
-    __slots__ = ("placements", "skips")
+    __slots__ = ("orders", "placements", "skips")
 
     def __init__(self) -> None:
+        self.orders: dict[str, list[str]] = {}
         self.skips: dict[tuple[str, str, str | None], ProviderFailure | None] = {}
         self.placements: dict[tuple[str, str], Placement] = {}
 
@@ -87,10 +89,18 @@ class Planner:
 
     def first_choice(self, model: str, instruction: str | None, findings: Findings | None = None) -> str:
         """The provider of the model the plan would call first (else its reference, else its first)."""
-        for provider in self._quality.plan_order(model):
+        for provider in self._plan_order(model, findings):
             if self._why_not(model, provider, instruction, findings) is None:
                 return provider
         return self._groups.reference(model) or self._config.models[model].fallback[0]
+
+    def _plan_order(self, model: str, findings: Findings | None) -> list[str]:
+        if findings is None:
+            return self._quality.plan_order(model)
+        order = findings.orders.get(model)
+        if order is None:
+            order = findings.orders[model] = self._quality.plan_order(model)
+        return order
 
     def _why_not(
         self, model: str, provider: str, instruction: str | None, findings: Findings | None
@@ -128,7 +138,7 @@ class Planner:
         cache group found just before, reused."""
         steps = []
         for model in (request.model, *self._config.models[request.model].fallback_models):
-            for provider in self._quality.plan_order(model):  # failing canaries last
+            for provider in self._plan_order(model, findings):  # failing canaries last
                 skip = self._why_not(model, provider, request.missing.instruction, findings)
                 if skip is None:
                     steps.append(self.step(request, model, self._clients[provider], findings=findings))
