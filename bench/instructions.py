@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import re
 import shutil
@@ -124,11 +125,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout's gateway, measured too")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="write the callgrind files (and logs) here, for callgrind_annotate, instead of a temporary folder")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp, ProcessGroup(Path(tmp)) as group:
+    with contextlib.ExitStack() as stack:
+        if args.keep is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-instructions-")))
+        else:
+            workdir = args.keep
+            workdir.mkdir(parents=True, exist_ok=True)
+        group = stack.enter_context(ProcessGroup(workdir))
         targets = start_targets(group, args.baseline)
-        rows = asyncio.run(measure(targets, Path(tmp), args.concurrency, args.requests))
+        rows = asyncio.run(measure(targets, workdir, args.concurrency, args.requests))
     print(markdown(rows))
+    if args.keep is not None:
+        print(f"callgrind files: {args.keep}/*.callgrind* (callgrind_annotate FILE)")
     return 0
 
 
