@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -396,6 +397,22 @@ def test_request_log_fields() -> None:
         upstream_ms=0, total_ms=1.0, error_type="model_not_found",
     )
     assert failed["error_type"] == "model_not_found" and failed["providers"] == [] and failed["model"] is None
+
+
+def test_request_log_figures_are_rounded_and_an_odd_one_never_breaks_the_line() -> None:
+    from gateway.models import Usage
+
+    usage = Usage(tokens=40, cost_usd=0.1 + 0.2, estimated_tokens=0, estimated_cost_usd=1e300)
+    fields = request_log_fields(
+        request_id="req-3", dialect="cohere", model="m", status=200, documents=1, cache_hits=0, cache_misses=1,
+        upstream_ms=float("inf"), total_ms=2.0004999, usage=usage,
+        attempts=[ProviderAttempt("deepinfra", "ok", float("nan"))],
+    )
+    assert fields["cost_usd"] == 0.3 and fields["total_ms"] == 2.0
+    # Not finite, or past what a float holds once scaled: written as it is, not a failed request.
+    assert fields["upstream_ms"] == float("inf") and fields["estimated_cost_usd"] == 1e300
+    assert math.isnan(fields["providers"][0]["ms"])
+    assert orjson.loads(orjson.dumps(fields))["upstream_ms"] is None  # orjson writes inf and nan as null
 
 
 def test_json_line_carries_the_request_fields() -> None:

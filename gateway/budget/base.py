@@ -216,7 +216,7 @@ class Spend:
         return Spend(self.nano - other.nano, self.tokens - other.tokens)
 
 
-NO_SPEND = Spend()  # frozen: one instance serves every "nothing"
+NO_SPEND = Spend()  # never changed (a @record): one instance serves every "nothing"
 
 
 @record

@@ -191,11 +191,18 @@ def request_log_fields(
 # decimal string (dtoa) each time, five times a line; floor(x * scale + 0.5) / scale is the same
 # figure but at exact ties, and writes as few digits.
 def _thousandths(value: float) -> float:
-    return math.floor(value * 1e3 + 0.5) / 1e3
+    return _to_scale(value, 1e3)
 
 
 def _billionths(value: float) -> float:
-    return math.floor(value * 1e9 + 0.5) / 1e9
+    return _to_scale(value, 1e9)
+
+
+def _to_scale(value: float, scale: float) -> float:
+    try:
+        return math.floor(value * scale + 0.5) / scale
+    except (OverflowError, ValueError):  # inf or nan (or past inf once scaled): the line still goes out
+        return value
 
 
 def _attempt_fields(attempt: ProviderAttempt) -> dict[str, Any]:
