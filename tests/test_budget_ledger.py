@@ -303,7 +303,7 @@ async def test_bad_arguments_are_programming_errors(ledger: Ledger):
 
 
 async def test_a_settle_after_its_day_was_dropped_counts_where_reports_read(clock: FakeClock):
-    """The in-process ledger finds a reservation's windows once per (limits, day); dropping a day's
+    """The in-process ledger finds a reservation's windows once per (limits, day, month); dropping a day's
     figures after its retention must forget that too, or a late settle would count where no report reads."""
     ledger = MemoryLedger(clock=clock)
     limits = [Limit("deepinfra")]  # unlimited: settled without a hold, as a miss with no budget set
