@@ -16,23 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import logging
 import os
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from aiohttp import web
-
 import miss_logic
-from gateway.app import create_app
-from gateway.config import load_config
-from gateway.observability.logs import configure_logging
-from gateway.web.edge import LIVE
-from harness import BENCH_KEY, BENCH_KEY_ENV, write_gateway_config
 from workload import FreshBodies
 
 _TRIM = (sysconfig.get_paths()["purelib"] + "/", sysconfig.get_paths()["stdlib"] + "/", str(Path(__file__).resolve().parent.parent) + "/")
@@ -67,30 +58,21 @@ class BytecodeCounter:
 
 
 async def count_misses(requests: int) -> collections.Counter[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ[BENCH_KEY_ENV] = BENCH_KEY
-        app = create_app(load_config(write_gateway_config(Path(tmp) / "gateway.toml", 9)))
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        for client in app[LIVE].current.clients.values():
-            client._send = miss_logic._answer_in_process  # the upstream hop, answered here
+    counter = BytecodeCounter()
+    async with miss_logic.started_app() as app:
         fresh = FreshBodies(broadcast_query=False)
         payload = miss_logic._Body()
         template = miss_logic._template(app, payload)
-        counter = BytecodeCounter()
-        try:
-            for traced in (False, True):  # a warm-up round, then the counted one
-                bodies = fresh.bodies(requests)
-                clones = [template.clone() for _ in bodies]  # the bench's own mocks, not counted
-                if traced:
-                    sys.settrace(counter.trace)
-                for body, request in zip(bodies, clones):
-                    payload.next(body)
-                    await app._handle(request)
-                sys.settrace(None)
-        finally:
-            await runner.cleanup()
-        return counter.counts
+        for traced in (False, True):  # a warm-up round, then the counted one
+            bodies = fresh.bodies(requests)
+            clones = [template.clone() for _ in bodies]  # the bench's own mocks, not counted
+            if traced:
+                sys.settrace(counter.trace)
+            for body, request in zip(bodies, clones):
+                payload.next(body)
+                await app._handle(request)
+            sys.settrace(None)
+    return counter.counts
 
 
 def main() -> int:
@@ -98,10 +80,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--top", type=int, default=60)
     args = parser.parse_args()
-    configure_logging("INFO", "json")
-    handler = logging.getLogger().handlers[-1]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115  # open for the run's life
+    miss_logic.log_requests_to(os.devnull)
     counts = asyncio.run(count_misses(args.requests))
     total = sum(counts.values())
     print(f"{total / args.requests:,.0f} bytecodes a miss ({args.requests} misses), the {args.top} functions that run the most:\n")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,40 +89,54 @@ def _template(app: web.Application, body: _Body) -> web.Request:
     return make_mocked_request("POST", PATH, headers=HEADERS, app=app, payload=body)  # type: ignore[arg-type]
 
 
-async def measure(requests: int, rounds: int, check: bool) -> list[float]:
+def log_requests_to(path: str) -> None:
+    """The gateway's JSON request log, as `serve` configures it, written to `path`."""
+    configure_logging("INFO", "json")
+    handler = logging.getLogger().handlers[-1]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(open(path, "w"))  # noqa: SIM115  # open for the run's life
+
+
+@contextlib.asynccontextmanager
+async def started_app() -> AsyncIterator[web.Application]:
+    """The app `serve` builds from the bench config, started, its provider calls answered in process."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ[BENCH_KEY_ENV] = BENCH_KEY
-        config = load_config(write_gateway_config(Path(tmp) / "gateway.toml", 9))
-        app = create_app(config)
+        app = create_app(load_config(write_gateway_config(Path(tmp) / "gateway.toml", 9)))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         for client in app[LIVE].current.clients.values():
             client._send = _answer_in_process  # the upstream hop, answered here
+        try:
+            yield app
+        finally:
+            await runner.cleanup()
+
+
+async def measure(requests: int, rounds: int, check: bool) -> list[float]:
+    async with started_app() as app:
         settle_garbage_collector()
         fresh = FreshBodies(broadcast_query=False)
         payload = _Body()
         template = _template(app, payload)
         results = []
-        try:
-            for _ in range(rounds):
-                bodies = fresh.bodies(requests)
-                gc.collect()
-                _count_instructions(True)
-                started = time.process_time()
-                for body in bodies:
-                    payload.next(body)
-                    response = await app._handle(template.clone())
-                    if check and (response.status != 200
-                                  or f"misses={DOCUMENTS_PER_REQUEST}" not in response.headers["X-Rerank-Cache"]):
-                        raise RuntimeError(f"not a miss answered: {response.status} {response.headers}")
-                results.append((time.process_time() - started) / requests * 1e6)
-                _count_instructions(False)
+        for _ in range(rounds):
+            bodies = fresh.bodies(requests)
+            gc.collect()
+            _count_instructions(True)
             started = time.process_time()
-            for _ in range(requests):  # what the mocked request costs the bench itself
-                template.clone()
-            overhead = (time.process_time() - started) / requests * 1e6
-        finally:
-            await runner.cleanup()
+            for body in bodies:
+                payload.next(body)
+                response = await app._handle(template.clone())
+                if check and (response.status != 200
+                              or f"misses={DOCUMENTS_PER_REQUEST}" not in response.headers["X-Rerank-Cache"]):
+                    raise RuntimeError(f"not a miss answered: {response.status} {response.headers}")
+            results.append((time.process_time() - started) / requests * 1e6)
+            _count_instructions(False)
+        started = time.process_time()
+        for _ in range(requests):  # what the mocked request costs the bench itself
+            template.clone()
+        overhead = (time.process_time() - started) / requests * 1e6
         return [result - overhead for result in results]
 
 
@@ -130,10 +146,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--log", default="/dev/null", help="where the request log goes (default /dev/null)")
     args = parser.parse_args()
-    configure_logging("INFO", "json")
-    handler = logging.getLogger().handlers[-1]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(open(args.log, "w"))  # noqa: SIM115  # open for the run's life
+    log_requests_to(args.log)
     results = asyncio.run(measure(args.requests, args.rounds, check=True))
     import gateway
     print(f"{Path(gateway.__file__).parent.parent}: best {min(results):.1f} µs/request, "

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -161,11 +160,7 @@ PARTS: dict[str, tuple[str, Callable[[], None]]] = {
 
 def child(part: str, requests: int) -> None:
     """One run in this process, under callgrind: the part made a no-op, then the requests."""
-    from gateway.observability.logs import configure_logging
-    configure_logging("INFO", "json")
-    handler = logging.getLogger().handlers[-1]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(open(os.devnull, "w"))  # noqa: SIM115  # open for the run's life
+    miss_logic.log_requests_to(os.devnull)
     if part != "none":
         PARTS[part][1]()
     asyncio.run(miss_logic.measure(requests, 1, check=False))  # the same work in every run; miss_logic.py checks its answers

@@ -290,7 +290,7 @@ class JsonFormatter(logging.Formatter):
             line["exc"] = mask_secrets(self.formatException(record.exc_info))
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        if extras is record.__dict__.get(VETTED_FIELDS):
+        if isinstance(extras, _RequestFields):
             # request_log_fields' own: string keys only, so orjson's slower any-key path is not needed.
             return orjson.dumps(line, default=_fallback).decode()
         return orjson.dumps(line, default=_fallback, option=orjson.OPT_NON_STR_KEYS).decode()
