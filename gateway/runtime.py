@@ -28,6 +28,7 @@ from gateway.providers.client import build_clients
 from gateway.quality.board import QualityBoard
 from gateway.quality.fleet import LocalVerdicts, VerdictStore
 from gateway.quality.guard import QualityGuard
+from gateway.quality.parts import Parts
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
 from gateway.scoring.flights import Flights
@@ -47,7 +48,7 @@ class Shared:
     health: HealthBoard
     metrics: GatewayMetrics
     flights: Flights = field(default_factory=Flights)
-    quality: QualityBoard = field(default_factory=QualityBoard)
+    quality_board: QualityBoard = field(default_factory=QualityBoard)  # verdicts and agreement
     verdicts: VerdictStore = field(default_factory=LocalVerdicts)  # canary verdicts, shared through Redis
     cache_stats: CacheStats = field(default_factory=lambda: CacheStats())
     tracing: Tracing = field(default_factory=Tracing.off)  # read at start; a reload keeps it
@@ -90,11 +91,11 @@ class Generation:
         self.loaded_at = time.time()
         self.secrets = Secrets.resolve(config)
         self.clients = build_clients(config, self.secrets)
-        guard = GuardedCall(config, shared.ledger, shared.health, shared.metrics, shared.tracing)
-        self.quality = QualityGuard(
-            config, self.clients, guard, shared.quality, shared.metrics, shared.health.rng, shared.verdicts
-        )
-        self.router = Router(config, self.clients, guard, shared.health, shared.metrics, self.quality)
+        calls = GuardedCall(config, shared.ledger, shared.health, shared.metrics, shared.tracing)
+        self.parts = Parts(config, self.clients, calls, shared.health, shared.metrics, shared.quality_board,
+                           shared.verdicts, shared.health.rng)
+        self.quality_guard = QualityGuard(self.parts)
+        self.router = Router(self.parts, self.quality_guard)
         self.service = RerankService(config, self.router, shared.cache, shared.flights)
         self.in_flight = 0
         self._stopping_quality: asyncio.Task[None] | None = None
@@ -104,12 +105,12 @@ class Generation:
     async def start(self) -> None:
         for client in self.clients.values():
             await client.start()
-        self.quality.start()
+        self.quality_guard.start()
 
     def retire(self) -> asyncio.Task[None] | None:
         self._retired = True
         # Its probes stop now: the next generation probes with the new config.
-        self._stopping_quality = asyncio.ensure_future(self.quality.close())
+        self._stopping_quality = asyncio.ensure_future(self.quality_guard.close())
         return self._close_if_idle()
 
     def enter(self) -> None:
@@ -127,7 +128,7 @@ class Generation:
 
     async def close(self) -> None:
         self._closed = True
-        await self.quality.close()  # probes and shadow calls use the clients closed next
+        await self.quality_guard.close()  # probes and shadow calls use the clients closed next
         for client in self.clients.values():
             await client.close()
 

@@ -161,6 +161,26 @@ async def test_a_canary_probe_is_traced_as_a_root_span_marked_probe(aiohttp_clie
     assert attributes["rerank.provider"] == "deepinfra" and probes[0].parent is None
 
 
+async def test_a_shadow_call_is_a_root_span_of_its_own_not_part_of_the_clients_request(aiohttp_client, upstream):
+    """A shadow call runs in a context of its own (issue 29 item 4): it is the gateway's work, not
+    the client's request, so it neither joins the client's trace nor lands in its request's log line."""
+    _, upstream_client = upstream
+    raw = gateway_settings(str(upstream_client.make_url("")).rstrip("/"), ["deepinfra", "fireworks"])
+    raw["models"][MODEL]["quality"]["shadow_rate"] = 1.0
+    exporter = InMemorySpanExporter()
+    gateway = await aiohttp_client(create_app(parse_config(raw), tracing=Tracing.exporting_to(exporter, batch=False)))
+    assert (await gateway.post("/v1/rerank", json=BODY, headers={"traceparent": TRACEPARENT})).status == 200
+    deadline = asyncio.get_running_loop().time() + 10
+    while len(by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)) < 2:
+        assert asyncio.get_running_loop().time() < deadline, "no shadow call span within 10 s"
+        await asyncio.sleep(0.02)
+    tries = {(s.attributes or {})["rerank.purpose"]: s for s in by_kind(exporter.get_finished_spans(), SpanKind.CLIENT)}
+    assert format(tries["request"].context.trace_id, "032x") == TRACE_ID
+    shadow = tries["shadow"]
+    assert (shadow.attributes or {})["rerank.provider"] == "fireworks"
+    assert shadow.parent is None and format(shadow.context.trace_id, "032x") != TRACE_ID
+
+
 async def test_an_error_answer_is_a_failed_server_span(aiohttp_client, upstream):
     _, upstream_client = upstream
     gateway, exporter = await traced_gateway(aiohttp_client, upstream_client, ["deepinfra"])

@@ -9,6 +9,11 @@ these and from the config's fallback order (`reference`; gateway.quality.groups)
 itself only remembers. Entries are kept per scoring identity (the provider's fingerprint: URL,
 upstream model, kind, path, score transform), not per name: a provider renamed in the config
 keeps what was learned of it, one re-pointed elsewhere starts afresh.
+
+`version` counts the board's changes: every plan table (gateway.scoring.table) was built from
+one version and is built again once the board has moved on. So an entry is changed only
+through the board's methods (record_verdict, record_unprobed, note_reference, the agreement
+ones), never in place.
 """
 
 from __future__ import annotations
@@ -82,6 +87,10 @@ class QualityBoard:
         self._entries: dict[tuple[str, object], ProviderQuality] = {}
         self._identities: dict[tuple[str, str], object] = {}  # (model, provider name) -> fingerprint
         self._references: dict[str, object] = {}  # model -> the reference's identity
+        self.version = 0  # bumped by every change: what a plan table was built from
+
+    def _changed(self) -> None:
+        self.version += 1
 
     def entry(self, model: str, provider: str, fingerprint: object = None) -> ProviderQuality:
         """The provider's entry; with `fingerprint`, the entry of that scoring identity from now on
@@ -92,6 +101,7 @@ class QualityBoard:
         found = self._entries.get(key)
         if found is None:
             found = self._entries[key] = ProviderQuality(fingerprint=fingerprint)
+            self._changed()
         return found
 
     def _identity(self, model: str, provider: str) -> object:
@@ -108,6 +118,7 @@ class QualityBoard:
         entry.probed_at = entry.checked_at = time.time() if at is None else at
         entry.canary = outcome
         entry.standing = None if outcome.verdict.passed else standing(outcome.lines, outcome.scores)
+        self._changed()
         if (before == "failing") != (entry.state == "failing"):
             if before == "unknown" and entry.state == "passing":
                 return None  # a first pass is news to nobody
@@ -120,6 +131,24 @@ class QualityBoard:
         entry.checked_at = time.time() if at is None else at
         known = entry.reason.partition(" (last probe could not run: ")[0]
         entry.reason = reason if entry.state == "unknown" else f"{known} (last probe could not run: {reason})"
+        self._changed()
+
+    def add_agreement_pairs(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float]) -> None:
+        """Scores of the same pairs by the reference and by this provider (for calibration and MAE)."""
+        self.entry(model, provider).agreement.add_pairs(reference, other)
+        self._changed()
+
+    def append_agreement(self, model: str, provider: str, samples: Sequence[tuple[int, float, float | None]]) -> None:
+        """Agreement samples measured elsewhere (this worker's other calls, or the fleet's)."""
+        tracker = self.entry(model, provider).agreement
+        for sample in samples:
+            tracker.append(sample)
+        self._changed()
+
+    def replace_agreement(self, model: str, provider: str, samples: Sequence[tuple[int, float, float | None]]) -> None:
+        """The provider's agreement samples, as the fleet measured them, in place of this worker's."""
+        self.entry(model, provider).agreement.replace(samples)
+        self._changed()
 
     def reference(self, model: str, fallback: Sequence[str], plannable: Callable[[str], bool]) -> str | None:
         """The first provider in `fallback` that passes its canary; before any verdict, the first
@@ -141,6 +170,7 @@ class QualityBoard:
         if model in self._references and self._references[model] == identity:
             return False
         self._references[model] = identity
+        self._changed()
         anchor = None if identity is None else self._entries.get((model, identity))
         for (entry_model, entry_identity), entry in self._entries.items():
             if entry_model != model:

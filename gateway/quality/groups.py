@@ -12,9 +12,8 @@ while it fails. So scores written before a verdict, or while failing, are never 
 verdict says otherwise, in either direction.
 
 Providers that agree with the model's reference share one group: the reference, and every
-provider whose scores agree with the reference's as they are (MAE within `agreement_tolerance`)
-or once mapped onto its scale (gateway.quality.calibration: calibrated MAE within the tolerance
-and Kendall's tau at least `min_rank_correlation`); a provider failing its canary shares nothing.
+provider the sharing rule (gateway.quality.sharing) lets share, as its scores are or mapped
+onto the reference's scale; a provider failing its canary shares nothing.
 The shared group is named after the smallest identity among the reference and the providers
 known to agree with it as they are, whatever their verdicts: the same set of providers names
 the same group in any fallback order, and one failing for a while does not rename it. A
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import orjson
@@ -35,6 +33,7 @@ import orjson
 from gateway.config import GatewayConfig, ProviderConfig
 from gateway.quality.board import ProviderQuality, QualityBoard, QualityReport, QualityState
 from gateway.quality.calibration import Calibration
+from gateway.quality.sharing import APART, Sharing, agrees_as_is, sharing
 
 IDENTITY_BYTES = 6  # 12 hex digits: a handful of identities per model, kept short in every key
 _MARKS: dict[QualityState, str] = {"passing": "", "unknown": "?", "failing": "!"}
@@ -45,16 +44,6 @@ class Placement(NamedTuple):
 
     group: str
     scale: Calibration | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _Sharing:
-    shares: bool
-    scale: Calibration | None = None  # set when it shares through the map only
-
-
-_APART = _Sharing(False)
-_AS_IS = _Sharing(True)
 
 
 def scoring_identity(provider: ProviderConfig) -> str:
@@ -113,33 +102,14 @@ class CacheGroups:
             calibration=None if provider == reference else entry.agreement.calibration(),
         )
 
-    def _sharing(self, model: str, provider: str, reference: str | None) -> _Sharing:
-        """Whether this provider's fresh scores may be ranked beside the reference's cached ones, and how."""
+    def _sharing(self, model: str, provider: str, reference: str | None) -> Sharing:
         if reference is None:
-            return _APART
-        if self._identities[provider] == self._identities[reference]:
-            return _AS_IS  # the reference itself, perhaps under another name
-        entry = self._entries[(model, provider)]
-        if entry.state == "failing":
-            return _APART
-        if self._agrees_as_is(model, provider):
-            return _AS_IS
-        quality = self._config.models[model].quality
-        measured = entry.agreement.current()
-        calibration = entry.agreement.calibration()
-        if (
-            measured is not None
-            and calibration is not None
-            and calibration.mae_after <= quality.agreement_tolerance
-            and measured.kendall_tau is not None
-            and measured.kendall_tau >= quality.min_rank_correlation
-        ):
-            return _Sharing(True, calibration)
-        return _APART
+            return APART
+        is_reference = self._identities[provider] == self._identities[reference]
+        return sharing(self._entries[(model, provider)], is_reference, self._config.models[model].quality)
 
     def _agrees_as_is(self, model: str, provider: str) -> bool:
-        """Known to agree with the reference as its scores are (the reference's agreement is unmeasured)."""
-        return self._entries[(model, provider)].agreement.within(self._config.models[model].quality.agreement_tolerance)
+        return agrees_as_is(self._entries[(model, provider)], self._config.models[model].quality)
 
     @staticmethod
     def _name(model: str, identity: str, state: QualityState) -> str:

@@ -9,7 +9,7 @@
               counted in the metrics as purpose="probe"
     verdicts  one warning line when a provider starts failing, one when it recovers
 
-One Prober per config generation; what it learns lives in the shared QualityBoard.
+One Prober per config generation, built from its Parts; what it learns lives in the shared QualityBoard.
 """
 
 from __future__ import annotations
@@ -18,21 +18,20 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import orjson
 
-from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.models import Usage
-from gateway.providers.client import ProviderClient
-from gateway.quality.board import QualityBoard, Transition
+from gateway.quality.board import Transition
 from gateway.quality.canary import CanaryLine
-from gateway.quality.fleet import LEASE_SECONDS, VerdictStore
+from gateway.quality.figures import publish_quality
+from gateway.quality.fleet import LEASE_SECONDS
 from gateway.quality.judge import judge
+from gateway.quality.parts import Parts
 from gateway.quality.probe import CanaryOutcome, run_canary
 from gateway.quality.tracker import AgreementTracker
-from gateway.resilience.guarded_call import GuardedCall
 
 log = logging.getLogger("gateway.quality")
 
@@ -40,27 +39,15 @@ SYNC_SECONDS = 1.0  # how often a worker reads the fleet's verdicts when they ar
 
 
 class Prober:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        clients: Mapping[str, ProviderClient],
-        guard: GuardedCall,
-        board: QualityBoard,
-        store: VerdictStore,
-        canaries: Mapping[str, tuple[CanaryLine, ...]],
-        fingerprints: Mapping[str, str],
-        reference: Callable[[str], str | None],
-        publish: Callable[[str], None],
-    ) -> None:
-        self._config = config
-        self._clients = clients
-        self._guard = guard
-        self._board = board
-        self._store = store
+    def __init__(self, parts: Parts, canaries: Mapping[str, tuple[CanaryLine, ...]]) -> None:
+        self._parts = parts
+        self._config = parts.config
+        self._clients = parts.clients
+        self._calls = parts.calls
+        self._board = parts.board
+        self._store = parts.verdicts
         self._canaries = canaries
-        self._fingerprints = fingerprints  # per provider: digest of what its verdict is about
-        self._reference = reference
-        self._publish = publish
+        self._fingerprints = parts.identities  # per provider: digest of what its verdict is about
 
     def rejudge(self, model: str) -> None:
         """Verdicts judged under another `canary_pass_share` (a reload changed it): the same scores
@@ -129,7 +116,7 @@ class Prober:
             reason = f"every canary line carries an instruction, which kind {client.config.kind!r} cannot take"
         if reason is None:
             try:
-                outcome = await run_canary(lines, lambda pairs: self._guard.score(client, pairs, None, purpose="probe"),
+                outcome = await run_canary(lines, lambda pairs: self._calls.score(client, pairs, None, purpose="probe"),
                                            self._pass_share(model))
             except ProviderFailure as failure:
                 reason = f"probe failed: {failure}"
@@ -193,7 +180,7 @@ class Prober:
         Shared, the worker that probed measures and pushes the samples, and every worker then keeps
         the fleet's; alone, a worker measures what it probed itself.
         """
-        reference = self._reference(model)
+        reference = self._parts.reference(model)
         self._board.note_reference(model, reference)
         reference_outcome = None if reference is None else self._board.entry(model, reference).canary
         measured = probed if self._store.shared else {**fresh, **probed}
@@ -202,9 +189,8 @@ class Prober:
         # every worker reports the same calibration. Pairs already held are not counted again.
         if reference_outcome is not None:
             for provider, outcome in self._canaries_beside(model, reference).items():
-                pairs = self._board.entry(model, provider).agreement
                 for ours, theirs in zip(outcome.scores, reference_outcome.scores):
-                    pairs.add_pairs(theirs, ours)
+                    self._board.add_agreement_pairs(model, provider, theirs, ours)
         for provider, outcome in measured.items():
             if reference_outcome is not None and provider != reference and outcome.lines == reference_outcome.lines:
                 tracker = AgreementTracker()  # this round's samples alone, to share
@@ -212,14 +198,12 @@ class Prober:
                 await self.share_samples(model, provider, tracker.export())
         if self._store.shared and reference is not None:
             await self._read_agreement(model, reference)
-        self._publish(model)
+        publish_quality(self._parts, model)
 
     async def share_samples(self, model: str, provider: str, samples: list[tuple[int, float, float | None]]) -> None:
         """Agreement samples of `provider` with the model's reference: to the board, and to the fleet."""
-        tracker = self._board.entry(model, provider).agreement
-        for sample in samples:
-            tracker.append(sample)
-        reference = self._reference(model)
+        self._board.append_agreement(model, provider, samples)
+        reference = self._parts.reference(model)
         if self._store.shared and reference is not None and samples:
             await self._store.push_samples(model, self._fingerprints[provider], self._fingerprints[reference],
                                            [orjson.dumps(sample) for sample in samples])
@@ -233,16 +217,16 @@ class Prober:
             return  # Redis could not say: keep what this worker knows
         for provider, raw in zip(others, found):
             samples = [sample for sample in map(_sample, raw) if sample is not None]
-            tracker = self._board.entry(model, provider).agreement
             if not samples:
                 # Nobody has pushed samples against this reference yet: it just became the reference
                 # (the board re-measured from the last canaries), or its canary arrived only after
                 # this provider's was probed elsewhere. Measure from the canaries held, and share that.
-                samples = tracker.export() or self._canary_samples(model, provider, reference)
+                samples = self._board.entry(model, provider).agreement.export() or self._canary_samples(
+                    model, provider, reference)
                 if samples:
                     await self._store.push_samples(model, self._fingerprints[provider], self._fingerprints[reference],
                                                    [orjson.dumps(sample) for sample in samples])
-            tracker.replace(samples)
+            self._board.replace_agreement(model, provider, samples)
 
     def _canaries_beside(self, model: str, reference: str | None) -> dict[str, CanaryOutcome]:
         """The last canary outcome of each other provider scored on the reference's canary lines."""

@@ -1,7 +1,8 @@
 """Shadow traffic: a share (`shadow_rate`) of upstream scorings also goes to the next provider.
 
 In the background, never delaying the answer, under budgets and breakers like any call (counted
-as purpose="shadow"), never cached, cancelled when its generation retires. Per query, the
+as purpose="shadow"), never cached, cancelled when its generation retires, and in a context of
+its own (gateway.quality.background): never part of the client request it shadows. Per query, the
 difference between the reference's scores and the other provider's feeds the agreement figures.
 With Redis, the samples go to every worker (gateway.quality.fleet), like the canary's.
 """
@@ -9,66 +10,50 @@ With Redis, the samples go to every worker (gateway.quality.fleet), like the can
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
 
-from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure
 from gateway.models import Batch
-from gateway.observability.history import MinuteHistory
-from gateway.providers.client import ProviderClient
 from gateway.quality.agreement import mean_absolute_difference
-from gateway.quality.board import QualityBoard
+from gateway.quality.figures import publish_quality
+from gateway.quality.parts import Parts
 from gateway.quality.tracker import AgreementTracker
-from gateway.resilience.guarded_call import GuardedCall
 
 log = logging.getLogger("gateway.quality")
 
+ShareSamples = Callable[[str, str, list[tuple[int, float, float | None]]], Awaitable[None]]
+
 
 class Shadower:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        clients: Mapping[str, ProviderClient],
-        guard: GuardedCall,
-        board: QualityBoard,
-        rng: random.Random,
-        next_provider: Callable[[str, str], str | None],
-        reference: Callable[[str], str | None],
-        publish: Callable[[str], None],
-        spawn: Callable[[Coroutine[Any, Any, None]], None],
-        share: Callable[[str, str, list[tuple[int, float, float | None]]], Awaitable[None]],
-        history: MinuteHistory | None = None,
-    ) -> None:
-        self._config = config
-        self._clients = clients
-        self._guard = guard
-        self._board = board
-        self._rng = rng
-        self._next_provider = next_provider
-        self._reference = reference
-        self._publish = publish
-        self._spawn = spawn
+    def __init__(self, parts: Parts, share: ShareSamples) -> None:
+        self._parts = parts
         self._share = share  # Prober.share_samples: to the board, and through Redis to every worker
-        self._history = history  # this call's agreement, for the last hour on /status
 
     def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
         """With probability `shadow_rate`, the same pairs to the next provider, in the background."""
-        rate = self._config.models[model].quality.shadow_rate
-        if rate <= 0 or self._rng.random() >= rate:
+        rate = self._parts.config.models[model].quality.shadow_rate
+        if rate <= 0 or self._parts.rng.random() >= rate:
             return
         shadow = self._next_provider(model, scored_by)
         if shadow is not None:
-            self._spawn(self._shadow(model, scored_by, shadow, pairs, list(scores)))
+            self._parts.background.spawn(self._shadow(model, scored_by, shadow, pairs, list(scores)))
+
+    def _next_provider(self, model: str, after: str) -> str | None:
+        """The shadow of `after`: the next provider that can be called and does not fail its canary."""
+        fallback = self._parts.config.models[model].fallback
+        for provider in fallback[fallback.index(after) + 1:]:
+            if self._parts.plannable(provider) and self._parts.board.entry(model, provider).state != "failing":
+                return provider
+        return None
 
     async def _shadow(self, model: str, primary: str, shadow: str, pairs: Batch, scores: list[float]) -> None:
+        parts = self._parts
         try:
-            shadow_scores, _ = await self._guard.score(self._clients[shadow], pairs, None, purpose="shadow")
+            shadow_scores, _ = await parts.calls.score(parts.clients[shadow], pairs, None, purpose="shadow")
         except ProviderFailure as failure:
             log.info("shadow call to %s for model %s failed: %s", shadow, model, failure)
             return
-        reference = self._reference(model)
+        reference = parts.reference(model)
         if primary == reference:
             tracked, reference_scores, other_scores = shadow, scores, shadow_scores
         elif shadow == reference:
@@ -78,8 +63,7 @@ class Shadower:
         tracker = AgreementTracker()  # this call's samples alone, for the board and the fleet
         for positions in pairs.positions_by_query().values():
             tracker.add([reference_scores[i] for i in positions], [other_scores[i] for i in positions])
-        self._board.entry(model, tracked).agreement.add_pairs(reference_scores, other_scores)
-        if self._history is not None:
-            self._history.record_agreement(model, tracked, mean_absolute_difference(reference_scores, other_scores))
+        parts.board.add_agreement_pairs(model, tracked, reference_scores, other_scores)
+        parts.metrics.history.record_agreement(model, tracked, mean_absolute_difference(reference_scores, other_scores))
         await self._share(model, tracked, tracker.export())
-        self._publish(model)
+        publish_quality(parts, model)

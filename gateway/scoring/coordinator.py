@@ -50,8 +50,6 @@ class FlightCoordinator:
         finally:
             self._flights.settle(claim, shared)
         orphaned = []
-        if claim.waits:
-            job.findings = None  # what is scored after waiting is planned anew
         for position, flight, index in claim.waits:
             waited = time.perf_counter()
             found = await wait_shared(flight, index)
@@ -83,7 +81,6 @@ class FlightCoordinator:
             if ours:
                 provider = (await self._score_leased(job, ours)).provider
             if waiting is not None and not job.rescored_whole:
-                job.findings = None  # what is scored after waiting is planned anew
                 waited = time.perf_counter()
                 found = await waiting
                 job.result.upstream_ms += (time.perf_counter() - waited) * 1000

@@ -8,7 +8,6 @@ from typing import TypeVar, cast
 
 from gateway.cache import CachePolicy, PairKey
 from gateway.models import Batch, RerankResult
-from gateway.scoring.plan import Findings
 
 T = TypeVar("T")
 
@@ -44,9 +43,6 @@ class Job:
     # may then take a score from the cache, a waiter or another process.
     rescored_whole: bool = False
     raw: dict[int, float] = field(default_factory=dict)  # slot -> the provider's score, where mapped
-    # What planning the cache group found, for the first scoring round if it follows at once;
-    # cleared before the request waits for anyone (gateway.scoring.plan.Findings).
-    findings: Findings | None = None
     result: RerankResult = field(init=False)
 
     def __post_init__(self) -> None:

@@ -27,7 +27,10 @@ the rest. With hedging on, a provider that has not answered within its delay get
 same pairs go to the next step too (same model, same pairs), the first valid answer wins and
 the other call is cancelled.
 
-    plan.py   Planner: the steps, the panic step, the rate-limit wait, why a provider is passed over
+    table.py  PlanTable: each model's routes (provider order, cache groups, scale maps, the quality
+              guard's word), built once per config generation and quality-board version
+    plan.py   Planner: the steps from the table and the live checks, the panic step, the
+              rate-limit wait, why a provider is passed over
     walk.py   PlanWalk: the steps called in turn, hedged, answers accepted or failures noted
     here      Router: plans, walks, and ends in the lexical last resort or the one error
 """
@@ -35,64 +38,45 @@ the other call is cancelled.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 
 from gateway.budget import utc_now
-from gateway.config import GatewayConfig
 from gateway.errors import AllProvidersFailed, ProviderFailure
 from gateway.models import KeptScores, ScoredPairs, ScoreRequest, Usage
-from gateway.observability.metrics import GatewayMetrics
-from gateway.providers.client import ProviderClient
 from gateway.quality.guard import QualityGuard
+from gateway.quality.parts import Parts
 from gateway.resilience import lexical_scores
-from gateway.resilience.guarded_call import GuardedCall
-from gateway.resilience.health import HealthBoard
 from gateway.scoring.kept import KeptAnswers
-from gateway.scoring.plan import Findings, Planner, first_opened, unavailable
+from gateway.scoring.plan import Planner, first_opened, unavailable
+from gateway.scoring.table import PlanTable
 from gateway.scoring.walk import PlanWalk
 
-__all__ = ["DEGRADED_LEXICAL", "Findings", "Router", "first_opened", "unavailable"]
+__all__ = ["DEGRADED_LEXICAL", "Router", "first_opened", "unavailable"]
 
 DEGRADED_LEXICAL = "degraded-lexical"
 
 
 class Router:
-    """Plans a request (Planner), walks the plan (PlanWalk), and ends it when nobody answered."""
+    """Plans a request (Planner, from the PlanTable), walks the plan (PlanWalk), and ends it when nobody answered."""
 
-    def __init__(
-        self,
-        config: GatewayConfig,
-        clients: Mapping[str, ProviderClient],
-        guard: GuardedCall,
-        health: HealthBoard,
-        metrics: GatewayMetrics,
-        quality: QualityGuard,
-    ) -> None:
-        self._config = config
-        self._planner = Planner(config, clients, guard, health, quality)
-        self._walker = PlanWalk(config, guard, health, metrics, quality)
+    def __init__(self, parts: Parts, quality: QualityGuard) -> None:
+        self._config = parts.config
+        self.table = PlanTable(parts, quality)
+        self.planner = Planner(parts, self.table)
+        self._walker = PlanWalk(parts, quality)
 
-    @property
-    def planner(self) -> Planner:
-        return self._planner
-
-    def cache_group(self, model: str, instruction: str | None, findings: Findings | None = None) -> str:
-        return self._planner.cache_group(model, instruction, findings)
+    def cache_group(self, model: str, instruction: str | None) -> str:
+        return self.planner.cache_group(model, instruction)
 
     def first_choice(self, model: str, instruction: str | None) -> str:
-        return self._planner.first_choice(model, instruction)
+        return self.planner.first_choice(model, instruction)
 
     def why_not(
         self, model: str, provider: str, instruction: str | None, over_budget: bool = False
     ) -> ProviderFailure | None:
-        return self._planner.why_not(model, provider, instruction, over_budget)
+        return self.planner.why_not(model, provider, instruction, over_budget)
 
-    async def score(
-        self, request: ScoreRequest, kept: list[KeptScores] | None = None, findings: Findings | None = None
-    ) -> ScoredPairs:
+    async def score(self, request: ScoreRequest, kept: list[KeptScores] | None = None) -> ScoredPairs:
         """The first answer the plan gives; AllProvidersFailed (or a subclass) when none does.
-
-        `findings`: what planning the request's cache group found, when this round follows it at once.
 
         `kept` receives, as they come, the answered calls of steps that did not give the answer (a
         split call that failed part-way, a hedge that lost, a call cut by the deadline): they were
@@ -100,14 +84,15 @@ class Router:
         """
         failures: list[ProviderFailure] = []
         answers = KeptAnswers([] if kept is None else kept)
-        answer = await self._walker.walk(request, self._planner.steps(request, failures, findings), failures, answers)
+        planner = self.planner
+        answer = await self._walker.walk(request, planner.steps(request, failures), failures, answers)
         if answer is None:
-            panic = self._planner.panic_step(request, failures)
+            panic = planner.panic_step(request, failures)
             if panic is not None:
                 answer = await self._walker.walk(request, [panic], failures, answers)
-        if answer is None and (wait := self._planner.rate_limit_wait(request, failures)) is not None:
+        if answer is None and (wait := planner.rate_limit_wait(request, failures)) is not None:
             await asyncio.sleep(wait)
-            answer = await self._walker.walk(request, self._planner.steps(request, failures), failures, answers)
+            answer = await self._walker.walk(request, planner.steps(request, failures), failures, answers)
         if answer is not None:
             return answer
         if self._config.resilience.last_resort == "lexical":

@@ -19,7 +19,7 @@ from gateway.models import KeptScores, RerankRequest, RerankResult, ScoredPairs,
 from gateway.scoring.coordinator import FlightCoordinator
 from gateway.scoring.flights import Flights
 from gateway.scoring.job import Job, UniquePairs, at_slots, every_slot
-from gateway.scoring.router import Findings, Router
+from gateway.scoring.router import Router
 
 
 class RerankService:
@@ -56,10 +56,9 @@ class RerankService:
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
         pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
-        findings = Findings()
-        group = self._router.cache_group(model, request.instruction, findings)
+        group = self._router.cache_group(model, request.instruction)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
-        job = Job(model, group, pairs, policy, keys, deadline, findings=findings)
+        job = Job(model, group, pairs, policy, keys, deadline)
         if policy.read:
             found = await self._cache.lookup(job.keys, deadline)
             job.scores, job.elsewhere = found.scores, found.elsewhere
@@ -81,10 +80,9 @@ class RerankService:
         """One upstream round for these slots; cached when scored by the requested model itself."""
         started = time.perf_counter()
         kept: list[KeptScores] = []
-        findings, job.findings = job.findings, None  # the first round only: see Findings
         try:
             scored = await self._router.score(
-                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline), kept, findings
+                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline), kept
             )
         finally:
             job.result.upstream_ms += (time.perf_counter() - started) * 1000

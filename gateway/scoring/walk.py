@@ -13,15 +13,12 @@ import asyncio
 from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from gateway.config import GatewayConfig
 from gateway.errors import ProviderFailure, UpstreamRejected
 from gateway.models import Batch, ScoredPairs, ScoreRequest, Usage
-from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 from gateway.quality.guard import QualityGuard
+from gateway.quality.parts import Parts
 from gateway.resilience.deadline import attempt_seconds
-from gateway.resilience.guarded_call import GuardedCall
-from gateway.resilience.health import HealthBoard
 from gateway.scoring.kept import KeptAnswers, pairs_of
 from gateway.scoring.plan import Step
 
@@ -29,18 +26,11 @@ Attempt = asyncio.Task[tuple[list[float], Usage]]  # one provider call under way
 
 
 class PlanWalk:
-    def __init__(
-        self,
-        config: GatewayConfig,
-        guard: GuardedCall,
-        health: HealthBoard,
-        metrics: GatewayMetrics,
-        quality: QualityGuard,
-    ) -> None:
-        self._config = config
-        self._guard = guard
-        self._health = health
-        self._metrics = metrics
+    def __init__(self, parts: Parts, quality: QualityGuard) -> None:
+        self._config = parts.config
+        self._calls = parts.calls
+        self._health = parts.health
+        self._metrics = parts.metrics
         self._quality = quality
 
     async def walk(
@@ -128,7 +118,7 @@ class PlanWalk:
         ends_at = self._attempt_end(request, entry.pairs, step, later)
         if step.panic:
             self._metrics.record_panic_call(model=request.model, provider=step.client.name)
-        return self._guard.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls, hedged=hedged)
+        return self._calls.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls, hedged=hedged)
 
     def _attempt_end(self, request: ScoreRequest, pairs: Batch, step: Step, later: Sequence[Step]) -> float | None:
         """When this attempt must give up, leaving the steps after it their share of the deadline."""
@@ -136,11 +126,11 @@ class PlanWalk:
             return None
         now = asyncio.get_running_loop().time()
         later_limits = [
-            self._guard.own_limit(s.client, len(pairs_of(request, s)))
+            self._calls.own_limit(s.client, len(pairs_of(request, s)))
             for s in later
             if self._health[s.client.name].breaker.state != "open"
         ]
-        own = self._guard.own_limit(step.client, len(pairs))
+        own = self._calls.own_limit(step.client, len(pairs))
         return now + attempt_seconds(request.deadline - now, own, later_limits)
 
     def _note_fallback(self, model: str, failures: list[ProviderFailure], winner: str) -> None:

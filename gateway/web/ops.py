@@ -185,7 +185,7 @@ async def _model_statuses(
                 breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,
-                quality=generation.quality.report(name, provider),
+                quality=generation.quality_guard.report(name, provider),
                 skipped_for_quality=skip is not None and skip.kind == "quality",
             ))
         panic = None

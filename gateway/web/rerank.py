@@ -72,7 +72,7 @@ def _failing_provider(generation: Generation, result: RerankResult, instruction:
     provider = result.provider
     if provider == "cache":
         provider = generation.router.first_choice(result.model, instruction)
-    return provider if generation.quality.failing_serves(result.model, provider) else None
+    return provider if generation.quality_guard.failing_serves(result.model, provider) else None
 
 
 def require_client_key(request: web.Request, keys: tuple[bytes, ...], keys_env: str | None) -> None:

@@ -1,0 +1,58 @@
+"""The sharing rule: may a provider's fresh scores be ranked beside the reference's cached ones?
+
+It rests on what the quality guard measured (gateway.quality.agreement, .tracker, .calibration):
+
+    as is        the reference itself (perhaps under another name), or a provider whose scores
+                 agree with the reference's as they are: MAE within `agreement_tolerance`
+    calibrated   a provider on another scale that ranks alike: once mapped onto the reference's
+                 scale (calibrated MAE, out of sample) within the tolerance, and Kendall's tau at
+                 least `min_rank_correlation`; its scores are mapped before they are used
+    apart        anything else, and always a provider failing its canary or with no reference
+
+Which group a sharing provider writes to is gateway.quality.groups'.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import QualityConfig
+from gateway.quality.board import ProviderQuality
+from gateway.quality.calibration import Calibration
+
+
+@dataclass(frozen=True, slots=True)
+class Sharing:
+    shares: bool
+    scale: Calibration | None = None  # set when it shares through the map only
+
+
+APART = Sharing(False)
+AS_IS = Sharing(True)
+
+
+def agrees_as_is(entry: ProviderQuality, rule: QualityConfig) -> bool:
+    """Known to agree with the reference as its scores are (the reference's own agreement is unmeasured)."""
+    return entry.agreement.within(rule.agreement_tolerance)
+
+
+def sharing(entry: ProviderQuality, is_reference: bool, rule: QualityConfig) -> Sharing:
+    """How this provider's fresh scores may join the reference's cache group. `is_reference`: it
+    is the reference's scoring identity (the reference, perhaps under another name)."""
+    if is_reference:
+        return AS_IS
+    if entry.state == "failing":
+        return APART
+    if agrees_as_is(entry, rule):
+        return AS_IS
+    measured = entry.agreement.current()
+    calibration = entry.agreement.calibration()
+    if (
+        measured is not None
+        and calibration is not None
+        and calibration.mae_after <= rule.agreement_tolerance
+        and measured.kendall_tau is not None
+        and measured.kendall_tau >= rule.min_rank_correlation
+    ):
+        return Sharing(True, calibration)
+    return APART
