@@ -17,7 +17,7 @@ from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing, build_tracing
-from gateway.quality.fleet import LocalVerdicts, RedisVerdicts, VerdictStore
+from gateway.quality.verdict_store import LocalVerdicts, RedisVerdicts, VerdictStore
 from gateway.resilience.health import HealthBoard
 from gateway.runtime import FileSignature, LiveGateway, Shared, watch_config_file
 from gateway.web import admin, edge, ops, rerank

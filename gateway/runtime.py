@@ -26,9 +26,9 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
 from gateway.providers.client import build_clients
 from gateway.quality.board import QualityBoard
-from gateway.quality.fleet import LocalVerdicts, VerdictStore
 from gateway.quality.guard import QualityGuard
 from gateway.quality.parts import Parts
+from gateway.quality.verdict_store import LocalVerdicts, VerdictStore
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
 from gateway.scoring.flights import Flights

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 
 from gateway.quality import builtin_canary
-from gateway.quality.fleet import RedisVerdicts
+from gateway.quality.verdict_store import RedisVerdicts
 from tests.support.gateway import add_fault, emulator_requests
 from tests.support.processes import free_port, gateway_toml, running
 

@@ -1,4 +1,11 @@
-"""The score cache contract and the key layout every implementation shares."""
+"""The score cache contract and the key layout every implementation shares.
+
+    cache group   whose scores a key holds: a model and the scoring identity (and verdict) of
+                  the providers that share it (gateway.quality.groups), e.g. `MODEL@3f2a...`
+    query group   the scores of one query (and instruction) within a cache group: the first
+                  half of a PairKey, and one Redis hash or in-process bucket
+    PairKey       (query group, passage digest): one (query, passage) pair's score
+"""
 
 from __future__ import annotations
 
@@ -102,14 +109,15 @@ _DEFAULT_POLICY = CachePolicy()
 _EMPTY_DIGEST = hashlib.blake2b(digest_size=DIGEST_BYTES)
 
 
-def query_group(model: str, instruction: str | None, query: str) -> str:
-    """Names the group of scores of one query: model in clear, instruction and query digested."""
+def query_group(group: str, instruction: str | None, query: str) -> str:
+    """Names the query group: the scores of one query (and instruction) within a cache group, the
+    cache group in clear, instruction and query digested."""
     digest = _EMPTY_DIGEST.copy()
     # None and "" are different instructions; the marker byte keeps them apart.
     digest.update(b"\x00" if instruction is None else b"\x01" + instruction.encode("utf-8", "surrogatepass"))
     digest.update(b"\x00")
     digest.update(query.encode("utf-8", "surrogatepass"))
-    return f"{model}:{digest.hexdigest()}"
+    return f"{group}:{digest.hexdigest()}"
 
 
 def passage_digest(document: str) -> bytes:
@@ -130,20 +138,20 @@ class OneQueryKeys(list[PairKey]):
 
 
 def pair_keys(
-    model: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str],
+    group: str, instruction: str | None, queries: Sequence[str], documents: Sequence[str],
     digests: list[bytes] | None = None,
 ) -> list[PairKey]:
-    """The pairs' keys; `digests`: the documents' passage_digests, when the caller has them."""
+    """The pairs' keys in one cache group; `digests`: the documents' passage_digests, when the caller has them."""
     digests = passage_digests(documents) if digests is None else digests
     if len(set(queries)) == 1:  # one query for every passage: the knowledge-base call
-        return OneQueryKeys(query_group(model, instruction, queries[0]), digests)
-    groups: dict[str, str] = {}
+        return OneQueryKeys(query_group(group, instruction, queries[0]), digests)
+    query_groups: dict[str, str] = {}
     keys = []
     for query, digest in zip(queries, digests):
-        group = groups.get(query)
-        if group is None:
-            group = groups[query] = query_group(model, instruction, query)
-        keys.append((group, digest))
+        found = query_groups.get(query)
+        if found is None:
+            found = query_groups[query] = query_group(group, instruction, query)
+        keys.append((found, digest))
     return keys
 
 

@@ -93,7 +93,7 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
     providers: dict[str, dict[str, Any]] = {}
     scored: dict[str, _Scored] = {}
     clients = build_clients(config, Secrets.resolve(config))
-    guard = _billing_guard(config, ledger or MemoryLedger())
+    calls = _billing_calls(config, ledger or MemoryLedger())
     for name in config.models[model].fallback:
         client = clients[name]
         if (reason := client.unusable_reason(None)) is not None:
@@ -101,7 +101,7 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
             on_progress(len(query_ids))
             continue
         try:
-            scored[name] = await _score_provider(guard, client, dataset, candidates, settings, on_progress)
+            scored[name] = await _score_provider(calls, client, dataset, candidates, settings, on_progress)
         except ProviderFailure as failure:
             providers[name] = {"error": failure.reason}
     reference = next(iter(scored), None)
@@ -164,13 +164,13 @@ def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
-def _billing_guard(config: GatewayConfig, ledger: Ledger) -> GuardedCall:
+def _billing_calls(config: GatewayConfig, ledger: Ledger) -> GuardedCall:
     """The gateway's guarded call, retrying nothing itself: this run's own retries are per query."""
     once = config.model_copy(update={"resilience": config.resilience.model_copy(update={"max_retries": 0})})
     return GuardedCall(once, ledger, HealthBoard(once.resilience), GatewayMetrics())
 
 
-async def _score_provider(guard: GuardedCall, client: ProviderClient, dataset: Dataset, candidates: dict[str, list[str]],
+async def _score_provider(calls: GuardedCall, client: ProviderClient, dataset: Dataset, candidates: dict[str, list[str]],
                           settings: EvalSettings, on_progress: Progress) -> _Scored:
     result, rng = _Scored(), random.Random()
     semaphore = asyncio.Semaphore(settings.concurrency)
@@ -182,7 +182,7 @@ async def _score_provider(guard: GuardedCall, client: ProviderClient, dataset: D
         if documents:  # the first stage found nothing: nothing to rerank
             async with semaphore:
                 started = time.perf_counter()
-                scores, usage = await _score_with_retries(guard, client, dataset.queries[query_id], documents,
+                scores, usage = await _score_with_retries(calls, client, dataset.queries[query_id], documents,
                                                           settings.max_retries, rng)
                 result.latencies.append(time.perf_counter() - started)
             result.scores[query_id] = scores
@@ -204,11 +204,11 @@ async def _score_provider(guard: GuardedCall, client: ProviderClient, dataset: D
     return result
 
 
-async def _score_with_retries(guard: GuardedCall, client: ProviderClient, query: str, documents: list[str], retries: int,
+async def _score_with_retries(calls: GuardedCall, client: ProviderClient, query: str, documents: list[str], retries: int,
                               rng: random.Random) -> tuple[list[float], Usage]:
     for attempt in itertools.count():
         try:
-            return await guard.score(client, Batch([query] * len(documents), documents, None), None)
+            return await calls.score(client, Batch([query] * len(documents), documents, None), None)
         except ProviderFailure as failure:
             if not failure.transient or attempt >= retries:
                 raise

@@ -114,7 +114,7 @@ class ProviderClient:
         self, pairs: Batch, answered: list[AnsweredCall], estimate_tokens: TokenCount | None = None
     ) -> None:
         """`score`, its calls' answers left in `answered` only: for a caller that puts them together
-        itself (the guard, which also keeps what a cut-off try answered)."""
+        itself (the guarded call, which also keeps what a cut-off try answered)."""
         count = estimate_tokens or _default_token_count
         plan = self._plan_batches(pairs)
         if len(plan) == 1:

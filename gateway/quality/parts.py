@@ -17,8 +17,8 @@ from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient
 from gateway.quality.background import Background
 from gateway.quality.board import QualityBoard
-from gateway.quality.fleet import VerdictStore
 from gateway.quality.groups import scoring_identity
+from gateway.quality.verdict_store import VerdictStore
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
 

@@ -3,7 +3,7 @@
     due       a provider whose last probe (here or, through the fleet store, anywhere) is older
               than the interval, or whose config (fingerprint) the board has no verdict for: so
               a reload re-probes only the providers it changed
-    lease     one prober per provider and interval across workers and replicas (gateway.quality.fleet);
+    lease     one prober per provider and interval across workers and replicas (gateway.quality.verdict_store);
               the others read the record it publishes and judge the same scores themselves
     probe     real calls through the guarded path (budgets, breaker, token counts; never cached),
               counted in the metrics as purpose="probe"
@@ -27,11 +27,11 @@ from gateway.models import Usage
 from gateway.quality.board import Transition
 from gateway.quality.canary import CanaryLine
 from gateway.quality.figures import publish_quality
-from gateway.quality.fleet import LEASE_SECONDS
 from gateway.quality.judge import judge
 from gateway.quality.parts import Parts
 from gateway.quality.probe import CanaryOutcome, run_canary
 from gateway.quality.tracker import AgreementTracker
+from gateway.quality.verdict_store import LEASE_SECONDS
 
 log = logging.getLogger("gateway.quality")
 

@@ -4,7 +4,7 @@ In the background, never delaying the answer, under budgets and breakers like an
 as purpose="shadow"), never cached, cancelled when its generation retires, and in a context of
 its own (gateway.quality.background): never part of the client request it shadows. Per query, the
 difference between the reference's scores and the other provider's feeds the agreement figures.
-With Redis, the samples go to every worker (gateway.quality.fleet), like the canary's.
+With Redis, the samples go to every worker (gateway.quality.verdict_store), like the canary's.
 """
 
 from __future__ import annotations
