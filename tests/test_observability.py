@@ -409,7 +409,7 @@ def test_request_log_figures_are_rounded_and_an_odd_one_never_breaks_the_line() 
         attempts=[ProviderAttempt("deepinfra", "ok", float("nan"))],
     )
     assert fields["cost_usd"] == 0.3 and fields["total_ms"] == 2.0
-    # Not finite, or past what a float holds once scaled: written as it is, not a failed request.
+    # Not finite, or too large to have digits past the point: written as it is, not a failed request.
     assert fields["upstream_ms"] == float("inf") and fields["estimated_cost_usd"] == 1e300
     assert math.isnan(fields["providers"][0]["ms"])
     assert orjson.loads(orjson.dumps(fields))["upstream_ms"] is None  # orjson writes inf and nan as null

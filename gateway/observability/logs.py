@@ -18,7 +18,6 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import math
 import re
 import sys
 import time
@@ -163,16 +162,16 @@ def request_log_fields(
         "cache_hits": cache_hits,
         "cache_misses": cache_misses,
         "providers": [_attempt_fields(attempt) for attempt in attempts],
-        "upstream_ms": _thousandths(upstream_ms),
-        "total_ms": _thousandths(total_ms),
+        "upstream_ms": round(upstream_ms, 3),
+        "total_ms": round(total_ms, 3),
     })
     if usage is not None:
         # What the request's upstream calls billed; estimated_*: the part priced from the
         # gateway's own token count because the answers reported none (TEI's never do).
         fields["tokens"] = usage.tokens
-        fields["cost_usd"] = _billionths(usage.cost_usd)
+        fields["cost_usd"] = round(usage.cost_usd, 9)
         fields["estimated_tokens"] = usage.estimated_tokens
-        fields["estimated_cost_usd"] = _billionths(usage.estimated_cost_usd)
+        fields["estimated_cost_usd"] = round(usage.estimated_cost_usd, 9)
     if error_type is not None:
         fields["error_type"] = error_type
     if raw_scores is not None:
@@ -187,26 +186,8 @@ def request_log_fields(
     return fields
 
 
-# A line's figures to the nearest thousandth (ms) or billionth (USD): round(x, n) goes through a
-# decimal string (dtoa) each time, five times a line; floor(x * scale + 0.5) / scale is the same
-# figure but at exact ties, and writes as few digits.
-def _thousandths(value: float) -> float:
-    return _to_scale(value, 1e3)
-
-
-def _billionths(value: float) -> float:
-    return _to_scale(value, 1e9)
-
-
-def _to_scale(value: float, scale: float) -> float:
-    try:
-        return math.floor(value * scale + 0.5) / scale
-    except (OverflowError, ValueError):  # inf or nan (or past inf once scaled): the line still goes out
-        return value
-
-
 def _attempt_fields(attempt: ProviderAttempt) -> dict[str, Any]:
-    fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": _thousandths(attempt.ms)}
+    fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": round(attempt.ms, 3)}
     if attempt.panic:
         fields["panic"] = True
     return fields
