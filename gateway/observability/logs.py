@@ -18,10 +18,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import logging
-import math
 import re
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any, Final, Literal, NamedTuple
 
@@ -81,55 +79,19 @@ REQUEST_MESSAGE: Final = "rerank"
 
 
 class RequestLog:
-    """A request's line on the request logger: `logger.info("rerank", extra=...)`, built for less.
+    """A request's line on the request logger: `logger.info("rerank", extra=...)`, its fields marked vetted.
 
-    With the settings configure_logging sets (no caller, thread or process fields) and the
-    standard record factory, every attribute of a request's record but its time and its fields
-    is the same on every line: they are copied from one record made the standard way, so
-    handlers, filters and formatters get the record `info` would have given them, without
-    `_log`, `makeRecord` and LogRecord.__init__'s generic work (a third of what logging cost a
-    line, bench/README.md). Under any other settings the line goes through `info` itself.
+    The record is the one Logger.info makes (the logger's makeRecord, the record factory, every
+    filter and handler), so whatever the embedding app set up for logging applies to it too.
     """
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self._template: dict[str, Any] | None = None
-        self._start = 0.0  # logging's start time, which relativeCreated counts from
 
     def write(self, fields: dict[str, Any]) -> None:
         """The line of request_log_fields' `fields`, passed through as built (nothing to redact)."""
-        logger = self.logger
-        if not logger.isEnabledFor(logging.INFO):
-            return
         vetted = fields if isinstance(fields, _RequestFields) else _RequestFields(fields)
-        if not _standard_records_are_lean():
-            logger.info(REQUEST_MESSAGE, extra={VETTED_FIELDS: vetted})
-            return
-        logger.handle(self._record(vetted))
-
-    def _record(self, fields: _RequestFields) -> logging.LogRecord:
-        template = self._template
-        if template is None:
-            # As Logger._log makes it when it looks for no caller: no file, line or function.
-            made = logging.LogRecord(self.logger.name, logging.INFO, "(unknown file)", 0, REQUEST_MESSAGE, (), None,
-                                     "(unknown function)", None)
-            template = self._template = vars(made).copy()
-            self._start = made.created - made.relativeCreated / 1000
-        record = logging.LogRecord.__new__(logging.LogRecord)
-        attributes = record.__dict__
-        attributes.update(template)
-        now = time.time()
-        attributes["created"] = now
-        attributes["msecs"] = int((now - int(now)) * 1000) + 0.0  # as LogRecord.__init__ (gh-89047)
-        attributes["relativeCreated"] = (now - self._start) * 1000
-        attributes[VETTED_FIELDS] = fields
-        return record
-
-
-def _standard_records_are_lean() -> bool:
-    """configure_logging's settings hold and nobody replaced the record factory."""
-    return (logging._srcfile is None and not logging.logThreads and not logging.logProcesses
-            and not logging.logMultiprocessing and logging.getLogRecordFactory() is logging.LogRecord)
+        self.logger.info(REQUEST_MESSAGE, extra={VETTED_FIELDS: vetted})
 
 
 _REQUESTED_MODEL_CHARS = 200
@@ -163,16 +125,16 @@ def request_log_fields(
         "cache_hits": cache_hits,
         "cache_misses": cache_misses,
         "providers": [_attempt_fields(attempt) for attempt in attempts],
-        "upstream_ms": _thousandths(upstream_ms),
-        "total_ms": _thousandths(total_ms),
+        "upstream_ms": round(upstream_ms, 3),
+        "total_ms": round(total_ms, 3),
     })
     if usage is not None:
         # What the request's upstream calls billed; estimated_*: the part priced from the
         # gateway's own token count because the answers reported none (TEI's never do).
         fields["tokens"] = usage.tokens
-        fields["cost_usd"] = _billionths(usage.cost_usd)
+        fields["cost_usd"] = round(usage.cost_usd, 9)
         fields["estimated_tokens"] = usage.estimated_tokens
-        fields["estimated_cost_usd"] = _billionths(usage.estimated_cost_usd)
+        fields["estimated_cost_usd"] = round(usage.estimated_cost_usd, 9)
     if error_type is not None:
         fields["error_type"] = error_type
     if raw_scores is not None:
@@ -187,26 +149,8 @@ def request_log_fields(
     return fields
 
 
-# A line's figures to the nearest thousandth (ms) or billionth (USD): round(x, n) goes through a
-# decimal string (dtoa) each time, five times a line; floor(x * scale + 0.5) / scale is the same
-# figure but at exact ties, and writes as few digits.
-def _thousandths(value: float) -> float:
-    return _to_scale(value, 1e3)
-
-
-def _billionths(value: float) -> float:
-    return _to_scale(value, 1e9)
-
-
-def _to_scale(value: float, scale: float) -> float:
-    try:
-        return math.floor(value * scale + 0.5) / scale
-    except (OverflowError, ValueError):  # inf or nan (or past inf once scaled): the line still goes out
-        return value
-
-
 def _attempt_fields(attempt: ProviderAttempt) -> dict[str, Any]:
-    fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": _thousandths(attempt.ms)}
+    fields = {"provider": attempt.provider, "outcome": attempt.outcome, "ms": round(attempt.ms, 3)}
     if attempt.panic:
         fields["panic"] = True
     return fields
