@@ -81,7 +81,7 @@ class Planner:
 
     def _skip(self, route: Route, instruction: str | None, over_budget: bool = False) -> ProviderFailure | None:
         """The live checks, then the quality guard's word from the table."""
-        unusable = route.unusable_for(instruction)
+        unusable = route.unusable if instruction is None else route.unusable_with_instruction
         if unusable is not None:
             return ProviderFailure(route.provider, unusable, kind="unusable")
         health = self._health[route.provider]

@@ -28,6 +28,7 @@ from gateway.quality.parts import Parts
 @dataclass(frozen=True, slots=True)
 class Route:
     model: str
+    provider: str
     client: ProviderClient
     group: str  # the cache group its fresh scores are written to
     scale: Calibration | None  # maps its scores onto the group's scale; None: taken as they are
@@ -36,13 +37,6 @@ class Route:
     # Why it cannot be called in this generation (disabled, no key), without an instruction and with one.
     unusable: str | None
     unusable_with_instruction: str | None
-
-    @property
-    def provider(self) -> str:
-        return self.client.name
-
-    def unusable_for(self, instruction: str | None) -> str | None:
-        return self.unusable if instruction is None else self.unusable_with_instruction
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,5 +78,5 @@ class PlanTable:
     def _route(self, model: str, provider: str) -> Route:
         client = self._parts.clients[provider]
         group, scale = self._quality.groups.placement(model, provider)
-        return Route(model, client, group, scale, self._quality.skip(model, provider),
+        return Route(model, provider, client, group, scale, self._quality.skip(model, provider),
                      client.unusable_reason(None), client.unusable_reason("an instruction"))
