@@ -1,6 +1,6 @@
 """Billing, issue 16 items 1 and 2: what a TEI provider and a split request failing part-way pay.
 
-    python bench/billing.py
+    python -m bench run billing
 
 Two runs against the emulator, in-process, memory cache and ledger (no Redis needed):
 
@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp.test_utils import TestClient, TestServer
 

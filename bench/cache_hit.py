@@ -24,8 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.config import CacheConfig  # importable from a checkout once harness is imported
-from harness import (
+from bench.harness import (
     Cell,
     Pinning,
     ProcessGroup,
@@ -33,6 +32,7 @@ from harness import (
     Server,
     cache_header_is,
     cache_warnings_note,
+    cell_figures,
     client_session,
     expect_cache_header,
     fill_cache,
@@ -51,7 +51,8 @@ from harness import (
     take_turns,
     verdict,
 )
-from workload import DOCUMENTS_PER_REQUEST, FreshBodies
+from bench.workload import DOCUMENTS_PER_REQUEST, FreshBodies
+from gateway.config import CacheConfig  # importable from a checkout once harness is imported
 
 TARGETS = ("hit", "hit-default", "miss", "passthrough")
 LABELS = {"hit": "gateway, all pairs cached", "hit-default": "same, default cache.timeout_ms",
@@ -97,12 +98,13 @@ class _Streams:
         return list(itertools.islice(self.passthrough if target == "passthrough" else self.hit, count))
 
 
-def run_hit_section(plan: HitPlan, pinning: Pinning, workdir: Path) -> str:
+def run_hit_section(plan: HitPlan, pinning: Pinning, workdir: Path) -> tuple[str, dict[str, float]]:
     with ProcessGroup(workdir) as group:
         servers = _start(group, plan, pinning)
         cells = asyncio.run(asyncio.wait_for(_measure(plan, servers), SECTION_TIMEOUT_S))
         warnings = cache_warnings_note(servers.gateway) + cache_warnings_note(servers.gateway_default)
-    return "\n\n".join([render_table(cells), render_targets(cells), "\n".join(_notes(plan, cells) + warnings)])
+    text = "\n\n".join([render_table(cells), render_targets(cells), "\n".join(_notes(plan, cells) + warnings)])
+    return text, cell_figures(cells)
 
 
 def _start(group: ProcessGroup, plan: HitPlan, pinning: Pinning) -> _Servers:

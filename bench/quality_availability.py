@@ -1,6 +1,6 @@
 """What the quality guard costs in availability and in probe calls; prints, asserts nothing.
 
-    python bench/quality_availability.py [--requests 50] [--reloads 20]
+    python -m bench run quality-availability -- [--requests 50] [--reloads 20]
 
 In one process, on loopback: the emulator and one gateway (no Redis), probes on. Three cases:
 

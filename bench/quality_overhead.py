@@ -1,6 +1,6 @@
 """What the quality guard adds to every request's plan, when all is well (shadow_rate = 0).
 
-    python bench/quality_overhead.py
+    python -m bench run quality-overhead
 
 Per request the router now asks which cache group the request reads (the first usable
 provider's) and which group each step of its plan writes. This times exactly that work, in
@@ -8,7 +8,7 @@ process, on a gateway built from the shipped two-provider shape (DeepInfra, Fire
 Fireworks' agreement known and within tolerance (the case where it shares DeepInfra's cache)
 and unknown (the case where it would score whole requests), and on another scale, calibrated
 (it shares through the map onto DeepInfra's scale); then what fitting the map and mapping a
-score cost. It prints them beside the miss path's whole CPU cost per request that bench_core.py
+score cost. It prints them beside the miss path's whole CPU cost per request that bench/core.py
 measures, and asserts nothing about them.
 """
 
@@ -16,18 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import timeit
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from gateway.app import create_app  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
-from gateway.models import Batch, ScoreRequest  # noqa: E402
-from gateway.web.edge import LIVE  # noqa: E402
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.models import Batch, ScoreRequest
+from gateway.web.edge import LIVE
 
 MODEL = "qwen3-reranker-8b"
 ROUNDS = 20_000
@@ -86,7 +80,7 @@ async def main() -> None:
     print(f"| another scale, calibrated on 1,024 pairs (shares through the map) | {calibrated:.2f} |")
     print(f"\nFitting the map on 1,024 pairs: {fit_ms:.1f} ms (again once a tenth of the pairs is new); "
           f"mapping a fresh score: {map_us:.2f} µs.")
-    print("\nCompare with the miss path's CPU per request in bench_core.py (0.45-0.70 ms on this machine).")
+    print("\nCompare with the miss path's CPU per request in bench/core.py (0.45-0.70 ms on this machine).")
 
 
 if __name__ == "__main__":

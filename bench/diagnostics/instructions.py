@@ -1,12 +1,12 @@
 """Instructions per request on the miss path, the gateway against the pass-through, under callgrind.
 
-    python bench/instructions.py                       # c=16 and c=64, 300 requests each
-    python bench/instructions.py --baseline /tmp/before  # and another checkout's gateway
+    python -m bench run instructions                       # c=16 and c=64, 300 requests each
+    python -m bench run instructions -- --baseline /tmp/before  # and another checkout's gateway
 
 CPU seconds on a shared 2-core machine move by ±20% from run to run (other processes, cache
 and frequency effects), more than most single changes save. Instructions do not: valgrind's
 callgrind counts those the process executes, the same count for the same work whatever else
-runs. bench_core.py's load (one query, 20 fresh documents of ~400 chars, against the emulator)
+runs. bench/core.py's load (one query, 20 fresh documents of ~400 chars, against the emulator)
 goes to each server in turn, with callgrind's counting switched on (`callgrind_control -i on`)
 for the measured requests only: start-up and warm-up are not counted. Each server runs ~30-50
 times slower under valgrind, so more requests wait in each event-loop turn than at full speed;
@@ -29,8 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import harness
-from harness import (
+from bench import harness
+from bench.harness import (
     REPO,
     ProcessGroup,
     Server,
@@ -41,7 +41,7 @@ from harness import (
     start_emulator,
     write_gateway_config,
 )
-from workload import FreshBodies
+from bench.workload import FreshBodies
 
 # Under valgrind a server starts tens of times slower: importing aiohttp, pydantic and redis.
 harness.READY_TIMEOUT_S = 300.0

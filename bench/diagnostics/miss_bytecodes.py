@@ -1,7 +1,7 @@
 """Python bytecodes a cache miss runs, by function: where the interpreter's share of a miss goes.
 
-    python bench/miss_bytecodes.py               # the 60 functions that run the most
-    python bench/miss_bytecodes.py --top 200 --requests 300
+    python -m bench run miss-bytecodes               # the 60 functions that run the most
+    python -m bench run miss-bytecodes -- --top 200 --requests 300
 
 `miss_logic.py`'s requests (the gateway's own work per miss, no sockets), run once for warm-up and
 then under `sys.settrace` with opcode events: each bytecode a function runs counts for it (its
@@ -23,8 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import miss_logic
-from workload import FreshBodies
+from bench import miss_logic
+from bench.workload import FreshBodies
 
 _TRIM = (sysconfig.get_paths()["purelib"] + "/", sysconfig.get_paths()["stdlib"] + "/", str(Path(__file__).resolve().parent.parent) + "/")
 

@@ -1,7 +1,7 @@
 """What tracing costs a request: off (the default) against on, in one process, over real sockets.
 
-    python bench/bench_tracing.py               # ~20 s: rounds of off / on, ms per request and the ratio
-    python bench/bench_tracing.py --off-only    # the gateway as configured by default, for a before/after
+    python -m bench run tracing               # ~20 s: rounds of off / on, ms per request and the ratio
+    python -m bench run tracing -- --off-only    # the gateway as configured by default, for a before/after
                                                 # run against another checkout (PYTHONPATH=that checkout)
 
 The emulator and the gateway run in this process (memory cache); every request is the KB
@@ -17,13 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer

@@ -1,13 +1,13 @@
 """Where the gateway's CPU goes on one path: py-spy samples of the gateway under a steady load.
 
-    python bench/profile_path.py miss            # fresh pairs, in-process cache, c=64
-    python bench/profile_path.py hit             # every pair cached in a private Redis
-    python bench/profile_path.py miss-redis      # fresh pairs, with that Redis as the cache
-    python bench/profile_path.py miss --svg out.svg --seconds 20
-    python bench/profile_path.py passthrough     # the pass-through proxy on the miss path's load
+    python -m bench run profile -- miss            # fresh pairs, in-process cache, c=64
+    python -m bench run profile -- hit             # every pair cached in a private Redis
+    python -m bench run profile -- miss-redis      # fresh pairs, with that Redis as the cache
+    python -m bench run profile -- miss --svg out.svg --seconds 20
+    python -m bench run profile -- passthrough     # the pass-through proxy on the miss path's load
 
 Starts the emulator (20 ms), a private redis-server for `hit` and `miss-redis`, and one gateway pinned to the
-first CPU (the harness on the other, as in bench_core.py), drives it at `--concurrency`, and
+first CPU (the harness on the other, as in bench/core.py), drives it at `--concurrency`, and
 records it with `py-spy record` (`--nonblocking` where ptrace may not stop it) (py-spy must be on PATH or beside the Python),
 or with `perf record` (`--perf`: the split by library, the kernel's share among them).
 Prints each part of the request path's share of the samples (every sample counted once, in
@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness import (
+from bench.harness import (
     HEADERS,
     ProcessGroup,
     Server,
@@ -46,7 +46,7 @@ from harness import (
     start_passthrough,
     start_redis,
 )
-from workload import DOCUMENTS_PER_REQUEST, FreshBodies
+from bench.workload import DOCUMENTS_PER_REQUEST, FreshBodies
 
 # Each sample goes to the first part, in this order, with a frame containing one of its
 # substrings ("Class.function (file:line)"): specific parts first, so shares add up to 100%.

@@ -1,8 +1,8 @@
 """What each part of a cache miss costs, in instructions: the part replaced by a no-op, counted again.
 
-    python bench/miss_prices.py                 # every part (about 10 s each under valgrind)
-    python bench/miss_prices.py log metrics     # only these
-    python bench/miss_prices.py --requests 300
+    python -m bench run miss-prices                 # every part (about 10 s each under valgrind)
+    python -m bench run miss-prices -- log metrics     # only these
+    python -m bench run miss-prices -- --requests 300
 
 Runs `miss_logic.py`'s requests (the gateway's own work per miss, no sockets) under
 `valgrind --tool=callgrind`, once as it is and once per part with that part made a no-op, with
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import miss_logic
+from bench import miss_logic
 
 BENCH = Path(__file__).resolve().parent
 

@@ -1,11 +1,11 @@
 """System calls per request on the miss path, the gateway against the pass-through (strace -c).
 
-    python bench/syscalls.py                      # c=16, 2000 requests each
-    python bench/syscalls.py --concurrency 64 --requests 4000
+    python -m bench run syscalls                      # c=16, 2000 requests each
+    python -m bench run syscalls -- --concurrency 64 --requests 4000
 
 Neither `miss_logic.py` (no sockets, one loop turn) nor `instructions.py` (user-space
 instructions only) sees what a server asks of the kernel, which CPU seconds do count. Each
-server gets bench_core's load (one query, 20 fresh documents, against the emulator) after a
+server gets bench/core.py's load (one query, 20 fresh documents, against the emulator) after a
 warm-up, with `strace -c -f` attached for the measured requests only; prints each one's
 system calls per request by name. strace slows the traced process, so read the counts, not
 its seconds. Asserts nothing.
@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import (
+from bench.harness import (
     PATH,
     ProcessGroup,
     Server,
@@ -34,7 +34,7 @@ from harness import (
     start_gateway,
     start_passthrough,
 )
-from workload import FreshBodies
+from bench.workload import FreshBodies
 
 WARM_UP_REQUESTS = 300
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
