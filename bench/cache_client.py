@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build(path: str, url: str) -> RedisScoreCache:
     client = redis_client(url, timeout_seconds=1.0, max_connections=32)
-    commands: Commands = DirectConnections(client, 32) if path == PATHS[0] else ClientCommands(client)  # type: ignore[arg-type]
+    commands: Commands = DirectConnections(client, 32) if path == PATHS[0] else ClientCommands(client)
     return RedisScoreCache(commands, ttl_seconds=3600, timeout_seconds=1.0)
 
 
@@ -79,7 +79,7 @@ async def measure(args: argparse.Namespace, url: str) -> dict[tuple[str, int], l
 
 def main(argv: Sequence[str] | None = None) -> Figures:
     args = parse_args(argv)
-    figures: Figures = {}
+    found: Figures = {}
     pinning = plan_pinning(enabled=True)
     with tempfile.TemporaryDirectory() as workdir, ProcessGroup(Path(workdir)) as group:
         redis = start_redis(group, pinning.emulator)
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> Figures:
         for path in PATHS:
             rounds = figures[(path, concurrency)]
             median = statistics.median(rounds)
-            figures[f"{path.replace(' ', '_')}.c{concurrency}.cpu_us_per_lookup"] = median
+            found[f"{path.replace(' ', '_')}.c{concurrency}.cpu_us_per_lookup"] = median
             print(f"| {concurrency} | {path} | {' / '.join(f'{r:.1f}' for r in rounds)} | {median:.1f} | "
                   f"{median / baseline:.2f}x |")
-    return figures
+    return found

@@ -77,7 +77,7 @@ def run_money_section(replay: KbReplay, cache_timeout_ms: float, pinning: Pinnin
         spends = asyncio.run(asyncio.wait_for(_replay_three_ways(bodies, gateway, emulator), SECTION_TIMEOUT_S))
         warnings = cache_warnings_note(gateway)
     notes = [_notes(replay, bodies, spends), f"The gateway's cache.timeout_ms: {cache_timeout_ms:g} ms."]
-    figures = {f"{way}.{what}": value for way, spend in zip(("no_cache", "whole_request", "per_pair"), spends)
+    figures: dict[str, float] = {f"{way}.{what}": value for way, spend in zip(("no_cache", "whole_request", "per_pair"), spends)
                for what, value in (("input_tokens", spend.input_tokens), ("upstream_pairs", spend.upstream_documents))}
     return "\n\n".join([render_table(spends), "\n".join(notes + warnings)]), figures
 

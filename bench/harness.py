@@ -83,7 +83,8 @@ def child_pids(pid: int) -> list[int]:
 class CpuMeter(Protocol):
     """Anything `measure_cell` can count CPU seconds of: a server, one process, the machine."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def cpu_seconds(self) -> float: ...
 

@@ -14,17 +14,19 @@ measures, and asserts nothing about them.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import timeit
+from collections.abc import Sequence
+from typing import Any
 
+from bench.micro import Micro
+from bench.registry import Figures
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.models import Batch, ScoreRequest
 from gateway.web.edge import LIVE
 
 MODEL = "qwen3-reranker-8b"
-ROUNDS = 20_000
 
 
 def settings() -> dict[str, object]:
@@ -38,16 +40,17 @@ def settings() -> dict[str, object]:
     }
 
 
-def per_request_us(router, request: ScoreRequest) -> float:
+def per_request_us(micro: Micro, name: str, router: Any, request: ScoreRequest) -> float:
+    """The cache group and plan of one request, on pyperf; 0 in a pyperf worker not running it."""
     def plan() -> None:
         router.cache_group(MODEL, None)
         router.planner.steps(request, [])
 
-    seconds = min(timeit.repeat(plan, number=ROUNDS, repeat=5))
-    return seconds / ROUNDS * 1e6
+    return (micro.time(name, plan) or 0.0) * 1e6
 
 
-async def main() -> None:
+def main(argv: Sequence[str] | None = None) -> Figures:
+    micro = Micro("quality-overhead", argv)
     os.environ["BENCH_KEY"] = "k"
     app = create_app(parse_config(settings()))
     live = app[LIVE]
@@ -55,22 +58,24 @@ async def main() -> None:
     pairs = Batch(["q"] * 20, [f"passage {i}" for i in range(20)], None)
     request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None), None)
 
-    unknown = per_request_us(router, request)
+    unknown = per_request_us(micro, "plan.agreement_unknown", router, request)
     tracker = live.shared.quality.entry(MODEL, "fireworks").agreement
     tracker.add([0.5] * 20, [0.51] * 20)
-    agreeing = per_request_us(router, request)
+    agreeing = per_request_us(micro, "plan.agreeing", router, request)
     for _ in range(255):  # a full window of samples: the figure is remembered, not recomputed
         tracker.add([0.5] * 20, [0.51] * 20)
-    full_window = per_request_us(router, request)
+    full_window = per_request_us(micro, "plan.full_window", router, request)
     tracker.clear()  # another scale: shares only through the map onto DeepInfra's
     grid = [0.01 + 0.98 * i / 1023 for i in range(1024)]
     tracker.add(grid, [p**3 for p in grid])
     fit_ms = timeit.timeit(tracker.calibration, number=1) * 1000  # the first call fits
-    calibrated = per_request_us(router, request)
+    calibrated = per_request_us(micro, "plan.calibrated", router, request)
     scale = live.current.quality.groups.placement(MODEL, "fireworks").scale
     assert scale is not None, "the bench's rescaled pairs did not calibrate"
     scores = [p**3 for p in grid[::10]]
-    map_us = min(timeit.repeat(lambda: scale.apply(scores), number=2_000, repeat=5)) / 2_000 / len(scores) * 1e6
+    map_us = (micro.time("map_scores", lambda: scale.apply(scores), per_call=len(scores)) or 0.0) * 1e6
+    if micro.in_worker:
+        return {}
 
     print("| Fireworks' agreement | cache group + plan, µs per request |")
     print("|---|---|")
@@ -81,7 +86,4 @@ async def main() -> None:
     print(f"\nFitting the map on 1,024 pairs: {fit_ms:.1f} ms (again once a tenth of the pairs is new); "
           f"mapping a fresh score: {map_us:.2f} µs.")
     print("\nCompare with the miss path's CPU per request in bench/core.py (0.45-0.70 ms on this machine).")
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    return micro.figures | {"calibration_fit_ms": fit_ms}

@@ -36,11 +36,11 @@ from bench.harness import (
     Server,
     client_session,
     drive,
-    free_port,
     markdown,
     start_emulator,
     write_gateway_config,
 )
+from bench.registry import Figures
 from bench.workload import FreshBodies
 
 # Under valgrind a server starts tens of times slower: importing aiohttp, pydantic and redis.
@@ -62,14 +62,14 @@ def start_targets(group: ProcessGroup, baseline: Path | None) -> dict[str, Serve
     emulator = start_emulator(group, None, 20.0)
     config = write_gateway_config(group.workdir / "gateway.toml", emulator.port)
     targets = {}
-    port = free_port()
+    port = group.free_port()
     targets["passthrough"] = start_counted(group, "passthrough", [
-        sys.executable, str(REPO / "bench" / "passthrough.py"), "--port", str(port), "--upstream", emulator.base_url,
+        sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", emulator.base_url,
     ], port)
     for name, checkout in (("gateway", REPO), ("baseline", baseline)):
         if checkout is None:
             continue
-        port = free_port()
+        port = group.free_port()
         targets[name] = start_counted(group, name, [
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "1",
         ], port, checkout=checkout.resolve())
@@ -120,7 +120,7 @@ async def measure(targets: dict[str, Server], workdir: Path, concurrencies: Sequ
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
@@ -140,8 +140,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(rows))
     if args.keep is not None:
         print(f"callgrind files: {args.keep}/*.callgrind* (callgrind_annotate FILE)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # rows: target, concurrency, requests, errors, instructions/request, ÷ passthrough
+    return {f"{row[0]}.c{row[1]}.instructions_per_request": float(row[4].replace(",", "")) for row in rows[1:]}

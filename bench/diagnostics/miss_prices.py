@@ -17,17 +17,67 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
 import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench import miss_logic
+from bench.registry import Figures
 
-BENCH = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+class PartGone(RuntimeError):
+    """A part names an attribute the gateway no longer has: re-point it in PARTS."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """`module.path` (an attribute path: `request_log.write`) replaced by `replacement` for one run."""
+
+    module: str
+    path: str
+    replacement: object
+
+    def owner(self) -> object:
+        """What holds the attribute; PartGone, naming it, when any step of the path is missing."""
+        try:
+            found: object = importlib.import_module(self.module)
+        except ImportError as exc:
+            raise PartGone(f"{self.module}.{self.path}: module {self.module} no longer exists ({exc})") from exc
+        *steps, name = self.path.split(".")
+        walked = self.module
+        for step in [*steps, name]:
+            if not hasattr(found, step):
+                raise PartGone(f"{self.module}.{self.path}: {walked} has no attribute {step!r} any more")
+            if step != name:
+                found, walked = getattr(found, step), f"{walked}.{step}"
+        return found
+
+    def apply(self) -> None:
+        setattr(self.owner(), self.path.rsplit(".", 1)[-1], self.replacement)
+
+
+@dataclass(frozen=True)
+class Part:
+    summary: str
+    patches: tuple[Patch, ...]
+
+    def check(self) -> None:
+        for patch in self.patches:
+            patch.owner()
+
+    def apply(self) -> None:
+        self.check()  # all or nothing: never a part half made a no-op
+        for patch in self.patches:
+            patch.apply()
 
 
 def _nothing(*_: Any, **__: Any) -> None:
@@ -38,123 +88,54 @@ async def _nothing_async(*_: Any, **__: Any) -> None:
     return None
 
 
-def _no_log_line() -> None:
-    from gateway.web import edge
-    edge.request_log.write = _nothing  # type: ignore[method-assign]
+def _hash_digests(documents: Any) -> list[bytes]:
+    # Distinct for distinct passages of one run, which is all the measurement needs.
+    return [hash(d).to_bytes(16, "little", signed=True) for d in documents]
 
 
-def _no_log_format() -> None:
-    from gateway.observability.logs import JsonFormatter
-    JsonFormatter.format = lambda self, record: "{}"  # type: ignore[method-assign]
+class _AsyncioWithoutTimeout:
+    """asyncio, but its `timeout` does nothing."""
+
+    timeout = staticmethod(lambda _: contextlib.nullcontext())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
 
 
-def _no_log_handling() -> None:
-    """The line's fields and record are still made; logging's handling of the record is not."""
-    from gateway.web import edge
-    edge.request_log.logger.handle = _nothing  # type: ignore[method-assign]
+_METRICS = ("record_request", "record_cache", "record_usage", "record_upstream_call", "set_breaker_state")
 
-
-def _no_metrics() -> None:
-    from gateway.observability.metrics import GatewayMetrics
-    for name in ("record_request", "record_cache", "record_usage", "record_upstream_call", "set_breaker_state"):
-        setattr(GatewayMetrics, name, _nothing)
-
-
-def _no_history() -> None:
-    from gateway.observability.history import MinuteHistory
-    MinuteHistory.record_request = _nothing  # type: ignore[method-assign]
-    MinuteHistory.record_spend = _nothing  # type: ignore[method-assign]
-
-
-def _no_accounting() -> None:
-    from gateway.resilience.guarded_call import GuardedCall
-    GuardedCall._account = _nothing_async  # type: ignore[method-assign]
-
-
-def _no_settle() -> None:
-    from gateway.budget.memory import MemoryLedger
-    MemoryLedger.settle = _nothing_async  # type: ignore[assignment,method-assign]
-
-
-def _no_cache_write() -> None:
-    from gateway.cache.memory import MemoryScoreCache
-    MemoryScoreCache.put_many = _nothing_async  # type: ignore[method-assign]
-
-
-def _no_repeated_key_check() -> None:
-    from gateway.web import rerank
-    rerank.reject_duplicate_keys = _nothing
-
-
-def _cheap_digests() -> None:
-    from gateway.cache import base
-    from gateway.scoring import service
-
-    def digests(documents: Any) -> list[bytes]:
-        # Distinct for distinct passages of one run, which is all the measurement needs.
-        return [hash(d).to_bytes(16, "little", signed=True) for d in documents]
-
-    base.passage_digests = service.passage_digests = digests
-
-
-def _no_attempts_trace() -> None:
-    from gateway.resilience import guarded_call
-    guarded_call.note_attempt = _nothing
-
-
-def _no_latency_record() -> None:
-    from gateway.resilience.latency import LatencyTracker
-    LatencyTracker.record = _nothing  # type: ignore[method-assign]
-
-
-def _no_size_limits() -> None:
-    from gateway.web import rerank
-    rerank.check_limits = _nothing
-
-
-def _no_client_key() -> None:
-    from gateway.web import rerank
-    rerank.require_client_key = _nothing
-
-
-def _no_failing_check() -> None:
-    from gateway.web import rerank
-    rerank._failing_provider = _nothing
-
-
-def _no_try_timeout() -> None:
-    import contextlib
-
-    from gateway.resilience import guarded_call
-
-    class _Asyncio:
-        """asyncio, but its `timeout` does nothing."""
-        timeout = staticmethod(lambda _: contextlib.nullcontext())
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(asyncio, name)
-
-    guarded_call.asyncio = _Asyncio()  # type: ignore[assignment]
-
-
-PARTS: dict[str, tuple[str, Callable[[], None]]] = {
-    "log": ("the request log line (logging's handling, the JSON formatter)", _no_log_line),
-    "log-handling": ("the log line's handling: logger, handler, formatter, buffer (fields and record made)",
-                     _no_log_handling),
-    "log-format": ("the JSON formatter alone", _no_log_format),
-    "metrics": ("metrics: the record_* calls (tallied, see observability/tally.py)", _no_metrics),
-    "history": ("the /status minute history", _no_history),
-    "accounting": ("usage accounting after the call: settle, usage metrics, estimates", _no_accounting),
-    "settle": ("the ledger's settle alone", _no_settle),
-    "cache-write": ("the in-process cache's write", _no_cache_write),
-    "repeated-keys": ("the repeated-key check (a regex over the body)", _no_repeated_key_check),
-    "digests": ("the pair digests (BLAKE2b), replaced by hash()", _cheap_digests),
-    "attempts": ("the attempts trace (feeds the log line too)", _no_attempts_trace),
-    "latency": ("the latency window's record (feeds the try's limit)", _no_latency_record),
-    "limits": ("the size limits' check", _no_size_limits),
-    "client-key": ("the client key check", _no_client_key),
-    "failing": ("the failing-canary check on the answer", _no_failing_check),
-    "try-timeout": ("the try's asyncio.timeout (the request's own stays)", _no_try_timeout),
+# One line a part: what it is, and each attribute its no-op replaces. When the gateway moves a
+# part (gateway/scoring's internals are being rebuilt), re-point its line; a stale one fails by name.
+PARTS: dict[str, Part] = {
+    "log": Part("the request log line (logging's handling, the JSON formatter)",
+                (Patch("gateway.web.edge", "request_log.write", _nothing),)),
+    "log-handling": Part("the log line's handling: logger, handler, formatter, buffer (fields and record made)",
+                         (Patch("gateway.web.edge", "request_log.logger.handle", _nothing),)),
+    "log-format": Part("the JSON formatter alone",
+                       (Patch("gateway.observability.logs", "JsonFormatter.format", lambda self, record: "{}"),)),
+    "metrics": Part("metrics: the record_* calls (tallied, see observability/tally.py)",
+                    tuple(Patch("gateway.observability.metrics", f"GatewayMetrics.{name}", _nothing) for name in _METRICS)),
+    "history": Part("the /status minute history", (Patch("gateway.observability.history", "MinuteHistory.record_request", _nothing),
+                                                   Patch("gateway.observability.history", "MinuteHistory.record_spend", _nothing))),
+    "accounting": Part("usage accounting after the call: settle, usage metrics, estimates",
+                       (Patch("gateway.resilience.guarded_call", "GuardedCall._account", _nothing_async),)),
+    "settle": Part("the ledger's settle alone", (Patch("gateway.budget.memory", "MemoryLedger.settle", _nothing_async),)),
+    "cache-write": Part("the in-process cache's write",
+                        (Patch("gateway.cache.memory", "MemoryScoreCache.put_many", _nothing_async),)),
+    "repeated-keys": Part("the repeated-key check (a regex over the body)",
+                          (Patch("gateway.web.rerank", "reject_duplicate_keys", _nothing),)),
+    "digests": Part("the pair digests (BLAKE2b), replaced by hash()",
+                    (Patch("gateway.cache.base", "passage_digests", _hash_digests),
+                     Patch("gateway.scoring.service", "passage_digests", _hash_digests))),
+    "attempts": Part("the attempts trace (feeds the log line too)",
+                     (Patch("gateway.resilience.guarded_call", "note_attempt", _nothing),)),
+    "latency": Part("the latency window's record (feeds the try's limit)",
+                    (Patch("gateway.resilience.latency", "LatencyTracker.record", _nothing),)),
+    "limits": Part("the size limits' check", (Patch("gateway.web.rerank", "check_limits", _nothing),)),
+    "client-key": Part("the client key check", (Patch("gateway.web.rerank", "require_client_key", _nothing),)),
+    "failing": Part("the failing-canary check on the answer", (Patch("gateway.web.rerank", "_failing_provider", _nothing),)),
+    "try-timeout": Part("the try's asyncio.timeout (the request's own stays)",
+                        (Patch("gateway.resilience.guarded_call", "asyncio", _AsyncioWithoutTimeout()),)),
 }
 
 
@@ -162,7 +143,7 @@ def child(part: str, requests: int) -> None:
     """One run in this process, under callgrind: the part made a no-op, then the requests."""
     miss_logic.log_requests_to(os.devnull)
     if part != "none":
-        PARTS[part][1]()
+        PARTS[part].apply()
     asyncio.run(miss_logic.measure(requests, 1, check=False))  # the same work in every run; miss_logic.py checks its answers
 
 
@@ -171,36 +152,38 @@ def count(part: str, requests: int, tmp: Path) -> int:
     out = tmp / f"callgrind.{part}"
     env = {**os.environ, "PYTHONHASHSEED": "0", "MISS_LOGIC_CALLGRIND": "1"}
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--instr-atstart=no",
-                    sys.executable, __file__, "--child", part, "--requests", str(requests)],
-                   cwd=BENCH, env=env, check=True, capture_output=True)
+                    sys.executable, "-m", "bench", "run", "miss-prices", "--", "--child", part,
+                    "--requests", str(requests)],
+                   cwd=REPO, env=env, check=True, capture_output=True)
     annotated = subprocess.run(["callgrind_annotate", str(out)], check=True, capture_output=True, text=True).stdout
     total = next(line for line in annotated.splitlines() if "PROGRAM TOTALS" in line)
     return int(total.split()[0].replace(",", "")) // requests
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("parts", nargs="*", help=f"of: {', '.join(PARTS)} (default: all)")
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.requests)
-        return 0
+        return {}
     unknown = [part for part in args.parts if part not in PARTS]
     if unknown:
         parser.error(f"unknown parts {unknown}; known: {', '.join(PARTS)}")
+    for part in args.parts or PARTS:  # before any valgrind run: a stale part fails at once, by name
+        PARTS[part].check()
+    figures: Figures = {}
     with tempfile.TemporaryDirectory(prefix="miss-prices-") as tmp:
         whole = count("none", args.requests, Path(tmp))
+        figures["whole.instructions_per_miss"] = whole
         print(f"a miss as it is: {whole:,} instructions ({args.requests} misses, PYTHONHASHSEED=0)\n")
         print("| part | instructions per miss without it | its price | share |")
         print("|---|---|---|---|")
         for part in args.parts or PARTS:
             without = count(part, args.requests, Path(tmp))
             price = whole - without
-            print(f"| {PARTS[part][0]} | {without:,} | {price:,} | {100 * price / whole:.1f}% |", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            figures[f"{part}.price_instructions"] = price
+            print(f"| {PARTS[part].summary} | {without:,} | {price:,} | {100 * price / whole:.1f}% |", flush=True)
+    return figures
