@@ -1,6 +1,6 @@
 """Billing, issue 16 items 1 and 2: what a TEI provider and a split request failing part-way pay.
 
-    python bench/billing.py
+    python -m bench run billing
 
 Two runs against the emulator, in-process, memory cache and ledger (no Redis needed):
 
@@ -17,16 +17,15 @@ gateway.app.create_app and the emulator, so it gives before and after.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp.test_utils import TestClient, TestServer
 
+from bench.registry import Figures
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
@@ -71,7 +70,7 @@ async def rerank(gateway: TestClient, docs: list[str]) -> Any:
     return await gateway.post("/v1/rerank", json={"model": MODEL, "query": QUERY, "documents": docs})
 
 
-async def tei_run(emulator: TestClient, url: str) -> None:
+async def tei_run(emulator: TestClient, url: str) -> Figures:
     tei = {"kind": "tei", "price_per_million_tokens": 1.0, "budget": {"daily_usd": 0.01}}
     gateway = await client_of(create_app(parse_config(settings(url, ["tei"], {"tei": tei}))))
     served, tokens, status = 0, 0, 200
@@ -91,9 +90,10 @@ async def tei_run(emulator: TestClient, url: str) -> None:
     print(f"TEI, $1/M, daily budget $0.01: served {served} requests (last status {status}); "
           f"TEI's own count {tokens} tokens = ${worth:.6f} ({worth / 0.01:.2f}x the budget); "
           f"/admin/spend: {today['tokens']} tokens, ${today['usd']:.6f}")
+    return {"tei.served": served, "tei.tokens_billed": tokens, "tei.tokens_spent": today["tokens"]}
 
 
-async def split_run(emulator: TestClient, url: str) -> None:
+async def split_run(emulator: TestClient, url: str) -> Figures:
     providers = {
         "deepinfra": {"kind": "deepinfra", "price_per_million_tokens": 0.05, "max_batch": 100},
         "fireworks": {"kind": "fireworks", "model": "accounts/fireworks/models/qwen3-reranker-8b",
@@ -123,20 +123,24 @@ async def split_run(emulator: TestClient, url: str) -> None:
               f"+{repaid['tokens'] - paid['tokens']} tokens")
     finally:
         await gateway.close()
+    return {"split.deepinfra_tokens": paid["tokens"], "split.deepinfra_pairs": after_first["deepinfra"],
+            "split.fireworks_pairs": after_first["fireworks"],
+            "split.again_deepinfra_tokens": repaid["tokens"] - paid["tokens"]}
 
 
-async def main() -> None:
+async def run() -> Figures:
     os.environ.update(BENCH_EMULATOR_KEY=KEY, BENCH_ADMIN_KEY="bench-admin")
     os.environ.pop("REDIS_URL", None)
     emulator = await client_of(create_emulator_app(EmulatorConfig(api_key=KEY)))
     url = str(emulator.make_url("")).rstrip("/")
     try:
-        await tei_run(emulator, url)
+        figures = await tei_run(emulator, url)
         await emulator.post("/_emulator/reset")
-        await split_run(emulator, url)
+        return figures | await split_run(emulator, url)
     finally:
         await emulator.close()
 
 
-if __name__ == "__main__":
-    asyncio.run(main())
+def main(argv: Sequence[str] | None = None) -> Figures:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)  # no options but --help
+    return asyncio.run(run())

@@ -1,7 +1,7 @@
 """The score cache's client CPU per lookup: direct connections against redis-py's command path.
 
-    python bench/cache_client.py                       # 20 cached pairs, c=1 and c=16
-    python bench/cache_client.py --pairs 40 --calls 20000
+    python -m bench run cache-client                       # 20 cached pairs, c=1 and c=16
+    python -m bench run cache-client -- --pairs 40 --calls 20000
 
 Times, in this process, `RedisScoreCache.lookup` of one query's cached pairs (the read a fully
 cached request makes) against a private redis-server on a free port, pinned to the other core
@@ -18,21 +18,17 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from gateway.cache import pair_keys  # noqa: E402
-from gateway.cache.redis import RedisScoreCache  # noqa: E402
-from gateway.redisio.client import redis_client  # noqa: E402
-from gateway.redisio.commands import ClientCommands, Commands, DirectConnections  # noqa: E402
-from harness import ProcessGroup, load_average, plan_pinning, redis_url, start_redis  # noqa: E402
+from bench.harness import ProcessGroup, load_average, plan_pinning, redis_url, start_redis
+from bench.registry import Figures
+from gateway.cache import pair_keys
+from gateway.cache.redis import RedisScoreCache
+from gateway.redisio.client import redis_client
+from gateway.redisio.commands import ClientCommands, Commands, DirectConnections
 
 PATHS = ("direct connections", "redis-py execute_command")
 
@@ -48,7 +44,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def build(path: str, url: str) -> RedisScoreCache:
     client = redis_client(url, timeout_seconds=1.0, max_connections=32)
-    commands: Commands = DirectConnections(client, 32) if path == PATHS[0] else ClientCommands(client)  # type: ignore[arg-type]
+    commands: Commands = DirectConnections(client, 32) if path == PATHS[0] else ClientCommands(client)
     return RedisScoreCache(commands, ttl_seconds=3600, timeout_seconds=1.0)
 
 
@@ -81,8 +77,9 @@ async def measure(args: argparse.Namespace, url: str) -> dict[tuple[str, int], l
     return figures
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: Sequence[str] | None = None) -> Figures:
+    args = parse_args(argv)
+    found: Figures = {}
     pinning = plan_pinning(enabled=True)
     with tempfile.TemporaryDirectory() as workdir, ProcessGroup(Path(workdir)) as group:
         redis = start_redis(group, pinning.emulator)
@@ -99,9 +96,7 @@ def main() -> None:
         for path in PATHS:
             rounds = figures[(path, concurrency)]
             median = statistics.median(rounds)
+            found[f"{path.replace(' ', '_')}.c{concurrency}.cpu_us_per_lookup"] = median
             print(f"| {concurrency} | {path} | {' / '.join(f'{r:.1f}' for r in rounds)} | {median:.1f} | "
                   f"{median / baseline:.2f}x |")
-
-
-if __name__ == "__main__":
-    main()
+    return found

@@ -24,8 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.config import CacheConfig  # importable from a checkout once harness is imported
-from harness import (
+from bench.harness import (
     Cell,
     Pinning,
     ProcessGroup,
@@ -33,6 +32,7 @@ from harness import (
     Server,
     cache_header_is,
     cache_warnings_note,
+    cell_figures,
     client_session,
     expect_cache_header,
     fill_cache,
@@ -51,7 +51,8 @@ from harness import (
     take_turns,
     verdict,
 )
-from workload import DOCUMENTS_PER_REQUEST, FreshBodies
+from bench.workload import DOCUMENTS_PER_REQUEST, FreshBodies
+from gateway.config import CacheConfig  # importable from a checkout once harness is imported
 
 TARGETS = ("hit", "hit-default", "miss", "passthrough")
 LABELS = {"hit": "gateway, all pairs cached", "hit-default": "same, default cache.timeout_ms",
@@ -97,12 +98,13 @@ class _Streams:
         return list(itertools.islice(self.passthrough if target == "passthrough" else self.hit, count))
 
 
-def run_hit_section(plan: HitPlan, pinning: Pinning, workdir: Path) -> str:
+def run_hit_section(plan: HitPlan, pinning: Pinning, workdir: Path) -> tuple[str, dict[str, float]]:
     with ProcessGroup(workdir) as group:
         servers = _start(group, plan, pinning)
         cells = asyncio.run(asyncio.wait_for(_measure(plan, servers), SECTION_TIMEOUT_S))
         warnings = cache_warnings_note(servers.gateway) + cache_warnings_note(servers.gateway_default)
-    return "\n\n".join([render_table(cells), render_targets(cells), "\n".join(_notes(plan, cells) + warnings)])
+    text = "\n\n".join([render_table(cells), render_targets(cells), "\n".join(_notes(plan, cells) + warnings)])
+    return text, cell_figures(cells)
 
 
 def _start(group: ProcessGroup, plan: HitPlan, pinning: Pinning) -> _Servers:
@@ -135,13 +137,14 @@ async def _prepare(session: aiohttp.ClientSession, plan: HitPlan, servers: _Serv
     await expect_cache_header(session, servers.gateway, miss.body(), DOCUMENTS_PER_REQUEST, MISS_HEADER)
     await preflight(session, servers.passthrough, passthrough_pool[0], DOCUMENTS_PER_REQUEST)
     # one Redis: filled for both gateways
-    await fill_cache(session, servers.gateway, gateway_pool, hit=_CHECKS["hit"])
+    await fill_cache(session, servers.gateway, gateway_pool, hit=_HIT)
     return _Streams(itertools.cycle(gateway_pool), miss, itertools.cycle(passthrough_pool))
 
 
+_HIT = cache_header_is(HIT_HEADER, provider="cache")  # nothing went upstream
 _CHECKS: dict[str, ResponseCheck | None] = {
-    "hit": cache_header_is(HIT_HEADER, provider="cache"),  # nothing went upstream
-    "hit-default": cache_header_is(HIT_HEADER, provider="cache"),
+    "hit": _HIT,
+    "hit-default": _HIT,
     "miss": cache_header_is(MISS_HEADER),
     "passthrough": None,
 }

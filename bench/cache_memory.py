@@ -17,9 +17,9 @@ from pathlib import Path
 
 import redis
 
+from bench.harness import GATEWAY_MODEL, Pinning, ProcessGroup, fmt, markdown, redis_url, start_redis, verdict
 from gateway.cache import pair_keys  # importable from a checkout once harness is imported
 from gateway.cache.redis import QUERY_HASH_FIELDS, RedisScoreCache, score_keys
-from harness import GATEWAY_MODEL, Pinning, ProcessGroup, fmt, markdown, redis_url, start_redis, verdict
 
 BYTES_PER_PAIR_LIMIT = 64
 TTL_SECONDS = 30 * 24 * 3600  # the gateway's default cache.ttl_seconds: every hash gets one
@@ -66,10 +66,11 @@ class MemoryRow:
         return (self.used_after - self.used_before) / self.pairs
 
 
-def run_memory_section(pairs: int, pinning: Pinning, workdir: Path) -> str:
+def run_memory_section(pairs: int, pinning: Pinning, workdir: Path) -> tuple[str, dict[str, float]]:
     rows = [_measure_shape(shape, pairs, pinning, workdir) for shape in SHAPES]
     limits = sorted({row.listpack_limit for row in rows})
-    return "\n\n".join([render_table(rows), NOTES.format(limit=", ".join(map(str, limits)), query_hash=QUERY_HASH_FIELDS)])
+    text = "\n\n".join([render_table(rows), NOTES.format(limit=", ".join(map(str, limits)), query_hash=QUERY_HASH_FIELDS)])
+    return text, {f"passages{row.shape.passages_per_query}.bytes_per_pair": row.bytes_per_pair for row in rows}
 
 
 def _measure_shape(shape: Shape, pairs: int, pinning: Pinning, workdir: Path) -> MemoryRow:

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from harness import (
+from bench.harness import (
     HEADERS,
     PRICE_PER_MILLION_TOKENS,
     Pinning,
@@ -37,7 +37,7 @@ from harness import (
     start_gateway,
     start_redis,
 )
-from workload import KbReplay
+from bench.workload import KbReplay
 
 NO_STORE = {**HEADERS, "Cache-Control": "no-store"}
 Json = dict[str, Any]
@@ -63,7 +63,8 @@ class Spend:
         return self.input_tokens * PRICE_PER_MILLION_TOKENS / 1e6
 
 
-def run_money_section(replay: KbReplay, cache_timeout_ms: float, pinning: Pinning, workdir: Path) -> str:
+def run_money_section(replay: KbReplay, cache_timeout_ms: float, pinning: Pinning, workdir: Path
+                      ) -> tuple[str, dict[str, float]]:
     bodies = replay.bodies()
     with ProcessGroup(workdir) as group:
         redis = start_redis(group, pinning.emulator)
@@ -76,7 +77,9 @@ def run_money_section(replay: KbReplay, cache_timeout_ms: float, pinning: Pinnin
         spends = asyncio.run(asyncio.wait_for(_replay_three_ways(bodies, gateway, emulator), SECTION_TIMEOUT_S))
         warnings = cache_warnings_note(gateway)
     notes = [_notes(replay, bodies, spends), f"The gateway's cache.timeout_ms: {cache_timeout_ms:g} ms."]
-    return "\n\n".join([render_table(spends), "\n".join(notes + warnings)])
+    figures: dict[str, float] = {f"{way}.{what}": value for way, spend in zip(("no_cache", "whole_request", "per_pair"), spends)
+               for what, value in (("input_tokens", spend.input_tokens), ("upstream_pairs", spend.upstream_documents))}
+    return "\n\n".join([render_table(spends), "\n".join(notes + warnings)]), figures
 
 
 async def _replay_three_ways(bodies: Sequence[bytes], gateway: Server, emulator: Server) -> list[Spend]:
@@ -161,7 +164,7 @@ def _cross_checks(spend: Spend, baseline: Spend) -> str:
 
 
 def _notes(replay: KbReplay, bodies: Sequence[bytes], spends: Sequence[Spend]) -> str:
-    pairs, distinct_pairs, distinct_queries = _workload_facts(bodies)
+    pairs, distinct_pairs, distinct_queries = workload_facts(bodies)
     whole, per_pair = spends[1], spends[2]
     floor = "exactly that floor" if per_pair.upstream_documents == distinct_pairs else "NOT that floor"
     return (f"workload: {len(bodies):,} requests (seed {replay.seed}), {distinct_queries} distinct queries drawn "
@@ -175,7 +178,7 @@ def _notes(replay: KbReplay, bodies: Sequence[bytes], spends: Sequence[Spend]) -
             "Every request is sent one at a time, so each run replays the same way.")
 
 
-def _workload_facts(bodies: Sequence[bytes]) -> tuple[int, int, int]:
+def workload_facts(bodies: Sequence[bytes]) -> tuple[int, int, int]:
     """(pairs, distinct pairs, distinct queries) of the replay."""
     seen: set[tuple[str, str]] = set()
     queries: set[str] = set()

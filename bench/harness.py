@@ -29,12 +29,6 @@ import aiohttp
 import orjson
 
 REPO = Path(__file__).resolve().parent.parent
-# The benches run from a checkout, where the gateway need not be installed: importing this
-# module makes `import gateway` work for the few that use its code in-process.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.support.processes import free_port  # noqa: E402  # one rule for tests and benches: never a port twice
 
 UPSTREAM_MODEL = "Qwen/Qwen3-Reranker-8B"
 GATEWAY_MODEL = "qwen3-reranker-8b"
@@ -89,7 +83,8 @@ def child_pids(pid: int) -> list[int]:
 class CpuMeter(Protocol):
     """Anything `measure_cell` can count CPU seconds of: a server, one process, the machine."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def cpu_seconds(self) -> float: ...
 
@@ -246,6 +241,18 @@ class ProcessGroup:
         self.workdir = workdir
         self.servers: list[Server] = []
         self._env = server_env()
+        self._ports: set[int] = set()
+
+    def free_port(self) -> int:
+        """A loopback port nothing listens on, never one this group handed out before: the kernel
+        may offer a probed port again at once, and a server would then fail to bind."""
+        while True:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port: int = probe.getsockname()[1]
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
 
     def __enter__(self) -> ProcessGroup:
         return self
@@ -327,15 +334,15 @@ def _workers_listening(server: Server) -> bool:
 
 def start_emulator(group: ProcessGroup, cores: set[int] | None, latency_ms: float,
                    jitter_ms: float = 0.0, name: str = "emulator") -> Server:
-    port = free_port()
+    port = group.free_port()
     return group.start(name, [sys.executable, "-m", "gateway", "emulate", "--port", str(port),
                               "--latency-ms", f"{latency_ms:g}", "--jitter-ms", f"{jitter_ms:g}"],
                        port, cores)
 
 
 def start_passthrough(group: ProcessGroup, cores: set[int] | None, upstream: Server) -> Server:
-    port = free_port()
-    return group.start("passthrough", [sys.executable, str(REPO / "bench" / "passthrough.py"),
+    port = group.free_port()
+    return group.start("passthrough", [sys.executable, "-m", "bench.passthrough",
                                        "--port", str(port), "--upstream", upstream.base_url],
                        port, cores)
 
@@ -351,7 +358,7 @@ def start_gateway(group: ProcessGroup, cores: set[int] | None, upstream: Server,
     `write_gateway_config` (then `cache_url` and `cache_timeout_ms` are ignored), so several
     gateways run on exactly one config.
     """
-    port = free_port()
+    port = group.free_port()
     if config is None:
         config = write_gateway_config(group.workdir / f"{name}.toml", upstream.port, cache_url, cache_timeout_ms)
     argv = [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port),
@@ -364,12 +371,40 @@ def start_redis(group: ProcessGroup, cores: set[int] | None, name: str = "redis"
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found (apt-get install redis-server)")
-    port = free_port()
+    port = group.free_port()
     workdir = group.workdir / name
     workdir.mkdir(exist_ok=True)
     # No snapshots and no AOF: persistence would add fork and disk work to the numbers.
     return group.start(name, [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", str(workdir)], port, cores)
+
+
+def start_redis_cluster(group: ProcessGroup, masters: int = 3) -> str:
+    """A private cluster of `masters` nodes (no replicas) on free ports, formed; its `redis+cluster://` URL."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        raise RuntimeError("redis-server and redis-cli not found (apt-get install redis-server redis-tools)")
+    nodes = []
+    for number in range(masters):
+        port, bus = group.free_port(), group.free_port()  # the bus port given: port + 10000 may not exist
+        workdir = group.workdir / f"cluster-{number}"
+        workdir.mkdir(exist_ok=True)
+        nodes.append(group.start(f"cluster-{number}", [
+            binary, "--port", str(port), "--cluster-port", str(bus), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
+            "--cluster-config-file", str(workdir / "nodes.conf"), "--save", "", "--appendonly", "no",
+            "--dir", str(workdir)], port, None))
+    group.wait_ready()
+    addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+    subprocess.run([cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+                   check=True, capture_output=True, timeout=READY_TIMEOUT_S)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    for node in nodes:  # every node must see the slots assigned before a client maps them
+        while b"cluster_state:ok" not in subprocess.run([cli, "-p", str(node.port), "cluster", "info"],
+                                                        capture_output=True, check=True).stdout:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.name}: the cluster did not form in {READY_TIMEOUT_S:g}s")
+            time.sleep(0.1)
+    return "redis+cluster://" + ",".join(addresses)
 
 
 def redis_url(redis: Server) -> str:
@@ -655,6 +690,18 @@ def pooled_cpu_ms(cells: Iterable[Cell], target: str) -> float | None:
     mine = [c for c in cells if c.target == target and c.server_cpu_s is not None]
     requests = sum(c.requests for c in mine)
     return 1000 * sum(c.server_cpu_s or 0.0 for c in mine) / requests if requests else None
+
+
+def cell_figures(cells: Iterable[Cell]) -> dict[str, float]:
+    """Each cell's figures, named `target.cN.what`, for a benchmark's JSON."""
+    found: dict[str, float] = {}
+    for c in cells:
+        cell = f"{c.target}.c{c.concurrency}"
+        found |= {f"{cell}.req_per_s": c.rps, f"{cell}.p50_ms": c.percentile(50), f"{cell}.p99_ms": c.percentile(99),
+                  f"{cell}.errors": c.errors, f"{cell}.unexpected": c.unexpected}
+        if c.cpu_ms_per_request is not None:
+            found[f"{cell}.cpu_ms_per_request"] = c.cpu_ms_per_request
+    return found
 
 
 def find_cell(cells: Iterable[Cell], target: str, concurrency: int) -> Cell | None:

@@ -7,7 +7,7 @@ the layout the gateway had until this change (an OrderedDict entry per pair hold
 (score, expires) tuple), rebuilt here for the comparison. Last, the same pairs go into a cache with
 `max_bytes` = 32 MiB, to show the bound holding (measured bytes <= max_bytes).
 
-    python bench/memory_cache.py            # about a minute
+    python -m bench run memory-cache            # about a minute
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import tracemalloc
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
+from bench.registry import Figures
 from gateway.cache.base import PairKey, pair_keys
 from gateway.cache.memory import MemoryScoreCache
 
@@ -66,11 +67,12 @@ def retained_bytes(build: Callable[[], object], per_query: int, pairs: int) -> t
     return cache, used
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=PAIRS)
     parser.add_argument("--shapes", default="1,20,40,200,1000", help="passages per query, comma-separated")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    figures: Figures = {}
     print(f"| passages per query | before, B/pair | after, B/pair | after, accounted B/pair | goal <= {GOAL_BYTES_PER_PAIR} |")
     print("| --- | --- | --- | --- | --- |")
     for per_query in (int(s) for s in args.shapes.split(",")):
@@ -79,6 +81,8 @@ def main() -> None:
         assert isinstance(cache, MemoryScoreCache)
         pairs = len(cache)
         accounted = cache.stored_bytes() or 0
+        figures |= {f"passages{per_query}.before_bytes_per_pair": before / pairs,
+                    f"passages{per_query}.after_bytes_per_pair": after / pairs}
         print(f"| {per_query} | {before / pairs:.1f} | {after / pairs:.1f} | {accounted / pairs:.1f} | "
               f"{'met' if after / pairs <= GOAL_BYTES_PER_PAIR else 'MISSED'} |")
     bounded, used = retained_bytes(lambda: MemoryScoreCache(max_bytes=BOUND_BYTES, ttl_seconds=3600), 20, args.pairs)
@@ -86,7 +90,4 @@ def main() -> None:
     print(f"\nbound: max_bytes {BOUND_BYTES:,}, {args.pairs:,} pairs written at 20 per query: "
           f"{used:,} bytes measured, {bounded.stored_bytes():,} accounted, {len(bounded):,} pairs kept "
           f"({'held' if used <= BOUND_BYTES else 'EXCEEDED'})")
-
-
-if __name__ == "__main__":
-    main()
+    return figures | {"bound.measured_bytes": used, "bound.max_bytes": BOUND_BYTES}

@@ -1,7 +1,7 @@
 """The gateway's own CPU per cache miss, in one process: everything but the two HTTP hops.
 
-    python bench/miss_logic.py                       # this checkout
-    PYTHONPATH=/tmp/before python bench/miss_logic.py   # another one (e.g. `git worktree add /tmp/before HEAD~1`)
+    python -m bench run miss-logic                       # this checkout
+    PYTHONPATH=/tmp/before python -m bench run miss-logic   # another one (e.g. `git worktree add /tmp/before HEAD~1`)
 
 The app the `serve` command builds, from the bench config (bench/harness.py), is started in
 process; each request is the knowledge-base call (1 query, 20 fresh documents of ~400 chars)
@@ -11,7 +11,7 @@ guard, budget accounting, the provider adapter (wire body built, answer parsed a
 the answer's encoding, the metrics and the request log line all run. Only the sockets are
 missing: the provider's `post` is answered in process with DeepInfra's reply bytes, and the
 request log goes to a file. What is left out is what the pass-through pays too (aiohttp's
-server and client over sockets), so this is the part of a miss that bench_core's ratio is
+server and client over sockets), so this is the part of a miss that bench/core.py's ratio is
 about. Prints the best of --rounds of --requests each, in µs per request (process CPU time),
 less what building the mocked request costs the bench (measured in the same run).
 """
@@ -25,10 +25,9 @@ import gc
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,14 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
+from bench.harness import BENCH_KEY, BENCH_KEY_ENV, HEADERS, PATH, write_gateway_config
+from bench.registry import Figures
+from bench.workload import DOCUMENTS_PER_REQUEST, FreshBodies
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.observability.logs import configure_logging
 from gateway.process.server import settle_garbage_collector
 from gateway.web.edge import LIVE
-from harness import BENCH_KEY, BENCH_KEY_ENV, HEADERS, PATH, write_gateway_config
-from workload import DOCUMENTS_PER_REQUEST, FreshBodies
 
 
 class _Body:
@@ -140,19 +140,15 @@ async def measure(requests: int, rounds: int, check: bool) -> list[float]:
         return [result - overhead for result in results]
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--log", default="/dev/null", help="where the request log goes (default /dev/null)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     log_requests_to(args.log)
     results = asyncio.run(measure(args.requests, args.rounds, check=True))
     import gateway
     print(f"{Path(gateway.__file__).parent.parent}: best {min(results):.1f} µs/request, "
           f"median {sorted(results)[len(results) // 2]:.1f} (rounds: {', '.join(f'{r:.0f}' for r in results)})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"best_us_per_request": min(results), "median_us_per_request": sorted(results)[len(results) // 2]}

@@ -1,6 +1,6 @@
 """The floor for any Python proxy: forward the body bytes, return the upstream body.
 
-    python bench/passthrough.py --port 9101 --upstream http://127.0.0.1:9100
+    python -m bench.passthrough --port 9101 --upstream http://127.0.0.1:9100
 
 No parsing, no validation, no headers beyond the two the gateway also sends: whatever CPU
 this spends per request, no aiohttp-based proxy can spend less. It mirrors the gateway's

@@ -1,6 +1,6 @@
 """What the quality guard costs in availability and in probe calls; prints, asserts nothing.
 
-    python bench/quality_availability.py [--requests 50] [--reloads 20]
+    python -m bench run quality-availability -- [--requests 50] [--reloads 20]
 
 In one process, on loopback: the emulator and one gateway (no Redis), probes on. Three cases:
 
@@ -21,12 +21,14 @@ import asyncio
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
+from bench.registry import Figures
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
@@ -143,21 +145,22 @@ async def _settled_calls(session: aiohttp.ClientSession, emulator_port: int) -> 
     return last
 
 
-async def main() -> None:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50)
     parser.add_argument("--reloads", type=int, default=20)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    asyncio.run(run(args.requests, args.reloads))
+    return {}  # the figures are the printed table's: whether a failing canary is flagged, not a measure
+
+
+async def run(requests: int, reloads: int) -> None:
     os.environ.setdefault("BENCH_KEY", "bench")
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         print("| only provider | requests | answered 200 | flagged failing | statuses | /readyz | warnings |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for mode in ("template", "random"):
-            await one_failing_provider(mode, args.requests, tmp)
+            await one_failing_provider(mode, requests, tmp)
         print()
-        await reload_probes(args.reloads, tmp)
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+        await reload_probes(reloads, tmp)

@@ -1,6 +1,6 @@
 """What the quality guard adds to every request's plan, when all is well (shadow_rate = 0).
 
-    python bench/quality_overhead.py
+    python -m bench run quality-overhead
 
 Per request the router now asks which cache group the request reads (the first usable
 provider's) and which group each step of its plan writes. This times exactly that work, in
@@ -8,29 +8,25 @@ process, on a gateway built from the shipped two-provider shape (DeepInfra, Fire
 Fireworks' agreement known and within tolerance (the case where it shares DeepInfra's cache)
 and unknown (the case where it would score whole requests), and on another scale, calibrated
 (it shares through the map onto DeepInfra's scale); then what fitting the map and mapping a
-score cost. It prints them beside the miss path's whole CPU cost per request that bench_core.py
+score cost. It prints them beside the miss path's whole CPU cost per request that bench/core.py
 measures, and asserts nothing about them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 import timeit
-from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from gateway.app import create_app  # noqa: E402
-from gateway.config import parse_config  # noqa: E402
-from gateway.models import Batch, ScoreRequest  # noqa: E402
-from gateway.web.edge import LIVE  # noqa: E402
+from bench.micro import Micro
+from bench.registry import Figures
+from gateway.app import create_app
+from gateway.config import parse_config
+from gateway.models import Batch, ScoreRequest
+from gateway.web.edge import LIVE
 
 MODEL = "qwen3-reranker-8b"
-ROUNDS = 20_000
 
 
 def settings() -> dict[str, object]:
@@ -44,16 +40,17 @@ def settings() -> dict[str, object]:
     }
 
 
-def per_request_us(router, request: ScoreRequest) -> float:
+def per_request_us(micro: Micro, name: str, router: Any, request: ScoreRequest) -> float:
+    """The cache group and plan of one request, on pyperf; 0 in a pyperf worker not running it."""
     def plan() -> None:
         router.cache_group(MODEL, None)
         router.planner.steps(request, [])
 
-    seconds = min(timeit.repeat(plan, number=ROUNDS, repeat=5))
-    return seconds / ROUNDS * 1e6
+    return (micro.time(name, plan) or 0.0) * 1e6
 
 
-async def main() -> None:
+def main(argv: Sequence[str] | None = None) -> Figures:
+    micro = Micro("quality-overhead", argv)
     os.environ["BENCH_KEY"] = "k"
     app = create_app(parse_config(settings()))
     live = app[LIVE]
@@ -61,22 +58,24 @@ async def main() -> None:
     pairs = Batch(["q"] * 20, [f"passage {i}" for i in range(20)], None)
     request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None), None)
 
-    unknown = per_request_us(router, request)
+    unknown = per_request_us(micro, "plan.agreement_unknown", router, request)
     tracker = live.shared.quality.entry(MODEL, "fireworks").agreement
     tracker.add([0.5] * 20, [0.51] * 20)
-    agreeing = per_request_us(router, request)
+    agreeing = per_request_us(micro, "plan.agreeing", router, request)
     for _ in range(255):  # a full window of samples: the figure is remembered, not recomputed
         tracker.add([0.5] * 20, [0.51] * 20)
-    full_window = per_request_us(router, request)
+    full_window = per_request_us(micro, "plan.full_window", router, request)
     tracker.clear()  # another scale: shares only through the map onto DeepInfra's
     grid = [0.01 + 0.98 * i / 1023 for i in range(1024)]
     tracker.add(grid, [p**3 for p in grid])
     fit_ms = timeit.timeit(tracker.calibration, number=1) * 1000  # the first call fits
-    calibrated = per_request_us(router, request)
+    calibrated = per_request_us(micro, "plan.calibrated", router, request)
     scale = live.current.quality.groups.placement(MODEL, "fireworks").scale
     assert scale is not None, "the bench's rescaled pairs did not calibrate"
     scores = [p**3 for p in grid[::10]]
-    map_us = min(timeit.repeat(lambda: scale.apply(scores), number=2_000, repeat=5)) / 2_000 / len(scores) * 1e6
+    map_us = (micro.time("map_scores", lambda: scale.apply(scores), per_call=len(scores)) or 0.0) * 1e6
+    if micro.in_worker:
+        return {}
 
     print("| Fireworks' agreement | cache group + plan, µs per request |")
     print("|---|---|")
@@ -86,8 +85,5 @@ async def main() -> None:
     print(f"| another scale, calibrated on 1,024 pairs (shares through the map) | {calibrated:.2f} |")
     print(f"\nFitting the map on 1,024 pairs: {fit_ms:.1f} ms (again once a tenth of the pairs is new); "
           f"mapping a fresh score: {map_us:.2f} µs.")
-    print("\nCompare with the miss path's CPU per request in bench_core.py (0.45-0.70 ms on this machine).")
-
-
-if __name__ == "__main__":
-    asyncio.run(main())
+    print("\nCompare with the miss path's CPU per request in bench/core.py (0.45-0.70 ms on this machine).")
+    return micro.figures | {"calibration_fit_ms": fit_ms}

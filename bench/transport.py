@@ -1,8 +1,8 @@
 """The upstream HTTP client alone: CPU per provider call, aiohttp's ClientSession vs HttpTransport.
 
-    python bench/transport.py                 # c=16 and c=64, 4 rounds, ~20 s
-    python bench/transport.py --quick         # smoke run
-    python bench/transport.py --requests 2000 --rounds 6
+    python -m bench run transport                 # c=16 and c=64, 4 rounds, ~20 s
+    python -m bench run transport --quick         # smoke run
+    python -m bench run transport -- --requests 2000 --rounds 6
 
 Both clients POST the KB call's upstream body (DeepInfra's form: the query once per document,
 20 documents of ~400 characters, ~9 KB) to the emulator (`--latency-ms 0`, its own process on
@@ -23,15 +23,16 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
 import orjson
 
+from bench.harness import BENCH_KEY, ProcessGroup, markdown, plan_pinning, start_emulator
+from bench.registry import Figures
+from bench.workload import FreshBodies
 from gateway.providers.transport import HttpTransport
-from harness import BENCH_KEY, ProcessGroup, markdown, plan_pinning, start_emulator
-from workload import FreshBodies
 
 MAX_CONNECTIONS = 64  # a provider's default max_connections
 CLIENTS = ("session", "transport")
@@ -85,23 +86,27 @@ async def measure(url: str, concurrencies: list[int], requests: int, rounds: int
     return cpu
 
 
+def us_per_request(cpu: dict[tuple[str, int], list[float]], concurrency: int, requests: int) -> dict[str, float]:
+    return {name: 1e6 * sum(cpu[name, concurrency]) / (requests * len(cpu[name, concurrency])) for name in CLIENTS}
+
+
 def report(cpu: dict[tuple[str, int], list[float]], concurrencies: list[int], requests: int) -> str:
     rows = [["concurrency", "session µs/req", "transport µs/req", "saved µs/req", "transport ÷ session"]]
     for concurrency in concurrencies:
-        per = {name: 1e6 * sum(cpu[name, concurrency]) / (requests * len(cpu[name, concurrency])) for name in CLIENTS}
+        per = us_per_request(cpu, concurrency, requests)
         rows.append([str(concurrency), f"{per['session']:.1f}", f"{per['transport']:.1f}",
                      f"{per['session'] - per['transport']:.1f}", f"{per['transport'] / per['session']:.2f}"])
     return markdown(rows)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000, help="requests per slice")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--quick", action="store_true", help="200 requests, 1 round")
     parser.add_argument("--no-pin", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.rounds = 200, 1
     pinning = plan_pinning(not args.no_pin)
@@ -115,7 +120,9 @@ def main() -> None:
         if pinning.proxy else pinning.note
     print(f"{pinned}; {args.requests} requests x {args.rounds} rounds per cell\n")
     print(report(cpu, args.concurrency, args.requests))
-
-
-if __name__ == "__main__":
-    main()
+    figures: Figures = {}
+    for concurrency in args.concurrency:
+        per = us_per_request(cpu, concurrency, args.requests)
+        figures |= {f"{name}.c{concurrency}.cpu_us_per_request": us for name, us in per.items()}
+        figures[f"cpu_ratio.transport_over_session.c{concurrency}"] = per["transport"] / per["session"]
+    return figures

@@ -1,11 +1,11 @@
 """System calls per request on the miss path, the gateway against the pass-through (strace -c).
 
-    python bench/syscalls.py                      # c=16, 2000 requests each
-    python bench/syscalls.py --concurrency 64 --requests 4000
+    python -m bench run syscalls                      # c=16, 2000 requests each
+    python -m bench run syscalls -- --concurrency 64 --requests 4000
 
 Neither `miss_logic.py` (no sockets, one loop turn) nor `instructions.py` (user-space
 instructions only) sees what a server asks of the kernel, which CPU seconds do count. Each
-server gets bench_core's load (one query, 20 fresh documents, against the emulator) after a
+server gets bench/core.py's load (one query, 20 fresh documents, against the emulator) after a
 warm-up, with `strace -c -f` attached for the measured requests only; prints each one's
 system calls per request by name. strace slows the traced process, so read the counts, not
 its seconds. Asserts nothing.
@@ -19,11 +19,11 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
-from harness import (
+from bench.harness import (
     PATH,
     ProcessGroup,
     Server,
@@ -34,7 +34,8 @@ from harness import (
     start_gateway,
     start_passthrough,
 )
-from workload import FreshBodies
+from bench.registry import Figures
+from bench.workload import FreshBodies
 
 WARM_UP_REQUESTS = 300
 _ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
@@ -64,7 +65,7 @@ async def traced_calls(server: Server, fresh: FreshBodies, requests: int, concur
     return calls_by_name(out.read_text())
 
 
-async def run(requests: int, concurrency: int) -> str:
+async def run(requests: int, concurrency: int) -> tuple[str, Figures]:
     with tempfile.TemporaryDirectory() as tmp, ProcessGroup(Path(tmp)) as group:
         emulator = start_emulator(group, None, latency_ms=20)
         servers = [start_passthrough(group, None, emulator), start_gateway(group, None, emulator)]
@@ -76,20 +77,17 @@ async def run(requests: int, concurrency: int) -> str:
     rows = [["system call", *counted]]
     rows += [[name, *(f"{calls.get(name, 0) / requests:.2f}" for calls in counted.values())] for name in names]
     rows.append(["total", *(f"{sum(calls.values()) / requests:.2f}" for calls in counted.values())])
-    return f"System calls per request, c={concurrency}, {requests} requests each:\n\n" + markdown(rows)
+    figures = {f"{name}.syscalls_per_request": sum(calls.values()) / requests for name, calls in counted.items()}
+    return f"System calls per request, c={concurrency}, {requests} requests each:\n\n" + markdown(rows), figures
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if shutil.which("strace") is None:
-        print("strace is not installed: nothing to measure", file=sys.stderr)
-        return 1
-    print(asyncio.run(run(args.requests, args.concurrency)))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise RuntimeError("strace is not installed: nothing to measure (apt-get install strace)")
+    text, figures = asyncio.run(run(args.requests, args.concurrency))
+    print(text)
+    return figures

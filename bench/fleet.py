@@ -1,7 +1,7 @@
 """What a fleet pays: the KB replay from concurrent clients through 1 worker, 2 workers, 2 processes.
 
-    python bench/fleet_replay.py            # 2,000 requests per setup, about two minutes
-    python bench/fleet_replay.py --quick    # 400 requests per setup
+    python -m bench run fleet            # 2,000 requests per setup, about two minutes
+    python -m bench run fleet --quick    # 400 requests per setup
 
 The seeded KB-like stream of `cache_money.py` (`workload.KbReplay`), sent by 16 concurrent
 clients against an emulator answering in 150 ms, with the score cache in a fresh private
@@ -30,8 +30,8 @@ from pathlib import Path
 import aiohttp
 import orjson
 
-from cache_money import _workload_facts
-from harness import (
+from bench.cache_money import workload_facts
+from bench.harness import (
     HEADERS,
     ProcessGroup,
     Server,
@@ -47,7 +47,8 @@ from harness import (
     start_redis,
     write_gateway_config,
 )
-from workload import KbReplay
+from bench.registry import Figures
+from bench.workload import KbReplay
 
 TARGET_RATIO = 1.02
 SETUP_TIMEOUT_S = 600.0
@@ -152,7 +153,7 @@ def render(runs: Sequence[Run], distinct_pairs: int) -> str:
     return markdown(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description="paid ÷ distinct pairs through 1 worker, 2 workers, 2 processes")
     parser.add_argument("--quick", action="store_true", help="400 requests per setup")
     parser.add_argument("--requests", type=int, default=None, help="requests per setup (default 2000)")
@@ -167,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     requests = args.requests or (400 if args.quick else KbReplay.requests)
     replay = KbReplay(requests=requests, seed=args.seed)
     bodies = replay.bodies()
-    pairs, distinct_pairs, distinct_queries = _workload_facts(bodies)
+    pairs, distinct_pairs, distinct_queries = workload_facts(bodies)
     print(f"KB replay: {requests:,} requests (seed {replay.seed}), {distinct_queries} distinct queries, "
           f"{pairs:,} pairs, {distinct_pairs:,} distinct; {args.clients} concurrent clients; emulator latency "
           f"{args.latency_ms:g} ms; cache.timeout_ms {args.cache_timeout_ms:g}", flush=True)
@@ -184,7 +185,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for run in runs:
         for line in run.errors[:3] + run.warnings:
             print(f"{run.setup.label}: {line}")
-
-
-if __name__ == "__main__":
-    main()
+    figures: Figures = {"distinct_pairs": distinct_pairs}
+    for key, run in zip("abc", runs):
+        figures |= {f"{key}.paid_pairs": run.paid_pairs, f"{key}.paid_over_distinct": run.paid_pairs / distinct_pairs,
+                    f"{key}.errors": len(run.errors), f"{key}.p50_ms": percentile(run.latencies_ms, 50),
+                    f"{key}.req_per_s": run.answers / run.seconds, f"{key}.disagreements": run.disagreements}
+    return figures

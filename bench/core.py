@@ -1,8 +1,8 @@
 """Core overhead benchmark: direct to the emulator vs a minimal pass-through vs the gateway.
 
-    python bench/bench_core.py            # full run (a couple of minutes)
-    python bench/bench_core.py --quick    # smoke run
-    python bench/bench_core.py --baseline /tmp/before   # and the gateway of another checkout, taking turns
+    python -m bench run core            # full run (a couple of minutes)
+    python -m bench run core --quick    # smoke run
+    python -m bench run core -- --baseline /tmp/before   # and the gateway of another checkout, taking turns
 
 Prints a Markdown table and the three target ratios. It asserts nothing: the machine is
 shared and noisy, so only ratios measured within one run mean anything.
@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import platform
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,12 +25,13 @@ from pathlib import Path
 
 import aiohttp
 
-from harness import (
+from bench.harness import (
     CLOCK_TICKS,
     Cell,
     Pinning,
     ProcessGroup,
     Server,
+    cell_figures,
     client_session,
     exit_on_sigterm,
     find_cell,
@@ -49,7 +49,8 @@ from harness import (
     take_turns,
     verdict,
 )
-from workload import DOCUMENT_CHARS, DOCUMENTS_PER_REQUEST, QUERY_WORDS, FreshBodies
+from bench.registry import Figures
+from bench.workload import DOCUMENT_CHARS, DOCUMENTS_PER_REQUEST, QUERY_WORDS, FreshBodies
 
 TARGETS = ("direct", "passthrough", "gateway")
 BASELINE = "baseline"  # the gateway of another checkout (`--baseline`): before/after in one run
@@ -260,26 +261,33 @@ def _footer(cells: Sequence[Cell]) -> str:
             "bursts, which queues them.")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def figures(cells: Sequence[Cell]) -> Figures:
+    """Each cell's figures by `target.cN.what`, and the ratios the targets are about by name."""
+    found = cell_figures(cells)
+    for gateway in ("gateway", BASELINE):
+        for concurrency in sorted({c.concurrency for c in cells}):
+            mine, floor = find_cell(cells, gateway, concurrency), find_cell(cells, "passthrough", concurrency)
+            if mine and floor and mine.cpu_ms_per_request and floor.cpu_ms_per_request:
+                found[f"cpu_ratio.{gateway}_over_passthrough.c{concurrency}"] = (
+                    mine.cpu_ms_per_request / floor.cpu_ms_per_request)
+    gw_cpu, pt_cpu = pooled_cpu_ms(cells, "gateway"), pooled_cpu_ms(cells, "passthrough")
+    if gw_cpu and pt_cpu:
+        found["cpu_ratio.gateway_over_passthrough.pooled"] = gw_cpu / pt_cpu
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> Figures:
     plan = parse_args(argv)
     pinning = plan_pinning(plan.pin)
     exit_on_sigterm()
     pin_self(pinning)
     print(_header(plan, pinning), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp, ProcessGroup(Path(tmp)) as group:
-        try:
-            cells = asyncio.run(run(plan, start_servers(group, plan, pinning)))
-        except RuntimeError as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
+        cells = asyncio.run(run(plan, start_servers(group, plan, pinning)))
     print()
     print(render_table(cells))
     print()
     print(render_summary(cells))
     print()
     print(_footer(cells))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return figures(cells)

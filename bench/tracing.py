@@ -1,7 +1,7 @@
 """What tracing costs a request: off (the default) against on, in one process, over real sockets.
 
-    python bench/bench_tracing.py               # ~20 s: rounds of off / on, ms per request and the ratio
-    python bench/bench_tracing.py --off-only    # the gateway as configured by default, for a before/after
+    python -m bench run tracing               # ~20 s: rounds of off / on, ms per request and the ratio
+    python -m bench run tracing -- --off-only    # the gateway as configured by default, for a before/after
                                                 # run against another checkout (PYTHONPATH=that checkout)
 
 The emulator and the gateway run in this process (memory cache); every request is the KB
@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
+from bench.micro import Micro
+from bench.registry import Figures
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
@@ -75,24 +73,21 @@ async def serve(app: web.Application) -> TestServer:
     return server
 
 
-def hook_ns() -> dict[str, float]:
-    """Nanoseconds per call of each hook a request passes with tracing off."""
+def hook_seconds(micro: Micro) -> dict[str, float | None]:
+    """Seconds per call of each hook a request passes with tracing off (None in a pyperf worker)."""
     from gateway.observability.tracing import Tracing, with_trace_context
 
-    off, headers, calls = Tracing.off(), {"Accept": "application/json"}, 200_000
-    started = time.perf_counter_ns()
-    for _ in range(calls):
-        with_trace_context(headers)
-    header = (time.perf_counter_ns() - started) / calls
-    started = time.perf_counter_ns()
-    for _ in range(calls):
+    off, headers = Tracing.off(), {"Accept": "application/json"}
+
+    def attempt() -> None:
         with off.attempt("p", 20) as span:
             span.tokens(0)
-    attempt = (time.perf_counter_ns() - started) / calls
-    return {"with_trace_context": header, "attempt span (off)": attempt}
+
+    return {"with_trace_context": micro.time("with_trace_context", lambda: with_trace_context(headers)),
+            "attempt span (off)": micro.time("attempt_span_off", attempt)}
 
 
-async def main(rounds: int, count: int, off_only: bool) -> None:
+async def measure(rounds: int, count: int, off_only: bool, hooks: dict[str, float | None]) -> Figures:
     import os
 
     os.environ["BENCH_KEY"] = KEY
@@ -117,17 +112,26 @@ async def main(rounds: int, count: int, off_only: bool) -> None:
     medians = {mode: statistics.median(values) for mode, values in results.items()}
     for mode, median in medians.items():
         print(f"  tracing {mode:3}: {median:.3f} ms  (rounds: {', '.join(f'{v:.3f}' for v in results[mode])})")
+    figures: Figures = {f"tracing_{mode}.ms_per_request": median for mode, median in medians.items()}
     if "on" in medians:
         print(f"  on / off: {medians['on'] / medians['off']:.3f}")
-        for name, ns in hook_ns().items():
+        figures["ratio.on_over_off"] = medians["on"] / medians["off"]
+        for name, seconds in hooks.items():
+            ns = (seconds or 0.0) * 1e9
             print(f"  hook with tracing off, {name}: {ns:.0f} ns per call = "
                   f"{ns / (medians['off'] * 1e6):.2e} of a request")
+    return figures
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
+def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--off-only", action="store_true")
-    arguments = parser.parse_args()
-    asyncio.run(main(arguments.rounds, arguments.count, arguments.off_only))
+
+
+def main(argv: Sequence[str] | None = None) -> Figures:
+    micro = Micro("tracing", argv, _options)  # the hooks on pyperf; its options too (-- --help)
+    hooks = {} if micro.args.off_only else hook_seconds(micro)
+    if micro.in_worker:
+        return {}
+    return micro.figures | asyncio.run(measure(micro.args.rounds, micro.args.count, micro.args.off_only, hooks))

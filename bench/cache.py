@@ -1,8 +1,8 @@
 """Score cache benchmark: the hit path, Redis memory per pair, and money saved upstream.
 
-    python bench/bench_cache.py                 # full run, a few minutes
-    python bench/bench_cache.py --quick         # smoke run
-    python bench/bench_cache.py --only memory   # one table: hit | memory | money
+    python -m bench run cache                 # full run, a few minutes
+    python -m bench run cache --quick         # smoke run
+    python -m bench run cache -- --only memory   # one table: hit | memory | money
 
 Prints three Markdown tables, each from its own processes (a private redis-server on a free
 port, never the machine's Redis; the emulator; the gateway; the pass-through proxy), all on
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -25,11 +24,12 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from cache_hit import HitPlan, run_hit_section
-from cache_memory import run_memory_section
-from cache_money import run_money_section
-from harness import Pinning, exit_on_sigterm, pin_self, plan_pinning
-from workload import KbReplay
+from bench.cache_hit import HitPlan, run_hit_section
+from bench.cache_memory import run_memory_section
+from bench.cache_money import run_money_section
+from bench.harness import Pinning, exit_on_sigterm, pin_self, plan_pinning
+from bench.registry import Figures
+from bench.workload import KbReplay
 
 SECTIONS = ("hit", "memory", "money")
 
@@ -85,7 +85,7 @@ def _header(plan: Plan, pinning: Pinning) -> str:
     ])
 
 
-def _sections(plan: Plan, pinning: Pinning) -> dict[str, tuple[str, Callable[[Path], str]]]:
+def _sections(plan: Plan, pinning: Pinning) -> dict[str, tuple[str, Callable[[Path], tuple[str, Figures]]]]:
     hit = plan.hit
     return {
         "hit": (f"1. Hit path: every pair cached in Redis, {hit.requests} requests per cell in {hit.rounds} "
@@ -100,13 +100,14 @@ def _sections(plan: Plan, pinning: Pinning) -> dict[str, tuple[str, Callable[[Pa
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     plan = parse_args(argv)
     pinning = plan_pinning(plan.pin)
     exit_on_sigterm()
     pin_self(pinning)
     print(_header(plan, pinning), flush=True)
     sections = _sections(plan, pinning)
+    figures: Figures = {}
     for name in plan.sections:
         title, run = sections[name]
         started = time.monotonic()
@@ -114,14 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Each section starts and stops its own processes in its own directory.
         with tempfile.TemporaryDirectory(prefix=f"bench-cache-{name}-") as tmp:
             try:
-                print(run(Path(tmp)), flush=True)
+                text, found = run(Path(tmp))
             except (RuntimeError, TimeoutError) as exc:
-                print(f"bench failed in the {name} table: {exc}", file=sys.stderr)
-                return 1
+                raise RuntimeError(f"the {name} table: {exc}") from exc
+        print(text, flush=True)
+        figures |= {f"{name}.{figure}": value for figure, value in found.items()}
         load = os.getloadavg()[0]
         print(f"\n({name}: {time.monotonic() - started:.0f} s; load average {load:.2f})", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return figures

@@ -1,7 +1,7 @@
 """`serve --workers`: hit-path and miss-path req/s with 1 and 2 workers on this machine.
 
-    python bench/bench_workers.py            # full run, about 3 minutes
-    python bench/bench_workers.py --quick    # smoke run, about 20 s
+    python -m bench run workers            # full run, about 3 minutes
+    python -m bench run workers --quick    # smoke run, about 20 s
 
 Two gateways run side by side on one config (Redis cache, the emulator as provider), one
 started with `--workers 1`, the other with `--workers 2`, and take turns in slices so a stall
@@ -26,7 +26,6 @@ import asyncio
 import itertools
 import os
 import platform
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from harness import (
+from bench.harness import (
     CLOCK_TICKS,
     Cell,
     CpuMeter,
@@ -45,6 +44,7 @@ from harness import (
     Server,
     cache_header_is,
     cache_warnings_note,
+    cell_figures,
     client_session,
     exit_on_sigterm,
     expect_cache_header,
@@ -62,7 +62,8 @@ from harness import (
     take_turns,
     write_gateway_config,
 )
-from workload import DOCUMENT_CHARS, DOCUMENTS_PER_REQUEST, FreshBodies
+from bench.registry import Figures
+from bench.workload import DOCUMENT_CHARS, DOCUMENTS_PER_REQUEST, FreshBodies
 
 HIT_HEADER = f"hits={DOCUMENTS_PER_REQUEST}; misses=0"
 MISS_HEADER = f"hits=0; misses={DOCUMENTS_PER_REQUEST}"
@@ -199,7 +200,7 @@ async def _measure_concurrency(session: aiohttp.ClientSession, plan: Plan, serve
         target = by_key[key]
         gateway = servers.gateways[target.workers]
         # Each worker's CPU is counted on its own too, to show how the kernel shared the load.
-        others: list[CpuMeter] = [servers.emulator, servers.redis, *gateway.process.workers, *machine]
+        others: list[CpuMeter] = [servers.emulator, servers.redis, *gateway.workers, *machine]
         warmup = streams.take(target.path, max(20, 2 * concurrency))
         with loadgen_cores(target.placement.loadgen):
             return await measure_cell(session, key, gateway.url(), gateway, others,
@@ -221,9 +222,9 @@ def _clean(cell: Cell) -> bool:
 
 
 def _split(cell: Cell, gateway: Server) -> str:
-    if not gateway.process.workers:
+    if not gateway.workers:
         return "—"
-    shares = [cell.other_cpu_s[w.name] for w in gateway.process.workers]
+    shares = [cell.other_cpu_s[w.name] for w in gateway.workers]
     total = sum(shares) or 1.0
     return "/".join(f"{100 * s / total:.0f}" for s in shares)
 
@@ -325,19 +326,15 @@ def _notes(cells: Sequence[Cell], connections: dict[int, list[int]], gateways: d
     return notes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     plan = parse_args(argv)
     exit_on_sigterm()
     print(_header(plan), flush=True)
     targets = {Target(path, n, p).key: Target(path, n, p)
                for p in plan.placements for path in ("hit", "miss") for n in WORKER_COUNTS}
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp, ProcessGroup(Path(tmp)) as group:
-        try:
-            servers = start_servers(group, plan)
-            cells, connections = asyncio.run(asyncio.wait_for(run(plan, servers), RUN_TIMEOUT_S))
-        except (RuntimeError, TimeoutError) as exc:
-            print(f"bench failed: {exc}", file=sys.stderr)
-            return 1
+        servers = start_servers(group, plan)
+        cells, connections = asyncio.run(asyncio.wait_for(run(plan, servers), RUN_TIMEOUT_S))
         notes = _notes(cells, connections, servers.gateways)
         table = render_table(cells, targets, servers.gateways)
     print()
@@ -347,8 +344,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print("\n".join(notes))
     print(f"\nload average at end: {load_average()}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # Target keys hold spaces and colons ("hit 2w lg:CPU 1"): dots and underscores in the JSON.
+    return {name.replace(" ", "_").replace("lg:", "loadgen_"): value for name, value in cell_figures(cells).items()}

@@ -1,12 +1,12 @@
 """Instructions per request on the miss path, the gateway against the pass-through, under callgrind.
 
-    python bench/instructions.py                       # c=16 and c=64, 300 requests each
-    python bench/instructions.py --baseline /tmp/before  # and another checkout's gateway
+    python -m bench run instructions                       # c=16 and c=64, 300 requests each
+    python -m bench run instructions -- --baseline /tmp/before  # and another checkout's gateway
 
 CPU seconds on a shared 2-core machine move by ±20% from run to run (other processes, cache
 and frequency effects), more than most single changes save. Instructions do not: valgrind's
 callgrind counts those the process executes, the same count for the same work whatever else
-runs. bench_core.py's load (one query, 20 fresh documents of ~400 chars, against the emulator)
+runs. bench/core.py's load (one query, 20 fresh documents of ~400 chars, against the emulator)
 goes to each server in turn, with callgrind's counting switched on (`callgrind_control -i on`)
 for the measured requests only: start-up and warm-up are not counted. Each server runs ~30-50
 times slower under valgrind, so more requests wait in each event-loop turn than at full speed;
@@ -29,19 +29,19 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import harness
-from harness import (
+from bench import harness
+from bench.harness import (
     REPO,
     ProcessGroup,
     Server,
     client_session,
     drive,
-    free_port,
     markdown,
     start_emulator,
     write_gateway_config,
 )
-from workload import FreshBodies
+from bench.registry import Figures
+from bench.workload import FreshBodies
 
 # Under valgrind a server starts tens of times slower: importing aiohttp, pydantic and redis.
 harness.READY_TIMEOUT_S = 300.0
@@ -62,14 +62,14 @@ def start_targets(group: ProcessGroup, baseline: Path | None) -> dict[str, Serve
     emulator = start_emulator(group, None, 20.0)
     config = write_gateway_config(group.workdir / "gateway.toml", emulator.port)
     targets = {}
-    port = free_port()
+    port = group.free_port()
     targets["passthrough"] = start_counted(group, "passthrough", [
-        sys.executable, str(REPO / "bench" / "passthrough.py"), "--port", str(port), "--upstream", emulator.base_url,
+        sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", emulator.base_url,
     ], port)
     for name, checkout in (("gateway", REPO), ("baseline", baseline)):
         if checkout is None:
             continue
-        port = free_port()
+        port = group.free_port()
         targets[name] = start_counted(group, name, [
             sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "1",
         ], port, checkout=checkout.resolve())
@@ -120,7 +120,7 @@ async def measure(targets: dict[str, Server], workdir: Path, concurrencies: Sequ
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
@@ -140,8 +140,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(rows))
     if args.keep is not None:
         print(f"callgrind files: {args.keep}/*.callgrind* (callgrind_annotate FILE)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    # rows: target, concurrency, requests, errors, instructions/request, ÷ passthrough
+    return {f"{row[0]}.c{row[1]}.instructions_per_request": float(row[4].replace(",", "")) for row in rows[1:]}

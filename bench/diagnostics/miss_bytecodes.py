@@ -1,7 +1,7 @@
 """Python bytecodes a cache miss runs, by function: where the interpreter's share of a miss goes.
 
-    python bench/miss_bytecodes.py               # the 60 functions that run the most
-    python bench/miss_bytecodes.py --top 200 --requests 300
+    python -m bench run miss-bytecodes               # the 60 functions that run the most
+    python -m bench run miss-bytecodes -- --top 200 --requests 300
 
 `miss_logic.py`'s requests (the gateway's own work per miss, no sockets), run once for warm-up and
 then under `sys.settrace` with opcode events: each bytecode a function runs counts for it (its
@@ -19,12 +19,14 @@ import collections
 import os
 import sys
 import sysconfig
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import miss_logic
-from workload import FreshBodies
+from bench import miss_logic
+from bench.registry import Figures
+from bench.workload import FreshBodies
 
 _TRIM = (sysconfig.get_paths()["purelib"] + "/", sysconfig.get_paths()["stdlib"] + "/", str(Path(__file__).resolve().parent.parent) + "/")
 
@@ -75,11 +77,11 @@ async def count_misses(requests: int) -> collections.Counter[str]:
     return counter.counts
 
 
-def main() -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--top", type=int, default=60)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     miss_logic.log_requests_to(os.devnull)
     counts = asyncio.run(count_misses(args.requests))
     total = sum(counts.values())
@@ -88,8 +90,4 @@ def main() -> int:
     print("|---|---|---|")
     for where, count in counts.most_common(args.top):
         print(f"| {count / args.requests:,.1f} | {100 * count / total:.1f}% | {where} |")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"bytecodes_per_miss": total / args.requests}

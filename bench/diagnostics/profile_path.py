@@ -1,13 +1,13 @@
 """Where the gateway's CPU goes on one path: py-spy samples of the gateway under a steady load.
 
-    python bench/profile_path.py miss            # fresh pairs, in-process cache, c=64
-    python bench/profile_path.py hit             # every pair cached in a private Redis
-    python bench/profile_path.py miss-redis      # fresh pairs, with that Redis as the cache
-    python bench/profile_path.py miss --svg out.svg --seconds 20
-    python bench/profile_path.py passthrough     # the pass-through proxy on the miss path's load
+    python -m bench run profile -- miss            # fresh pairs, in-process cache, c=64
+    python -m bench run profile -- hit             # every pair cached in a private Redis
+    python -m bench run profile -- miss-redis      # fresh pairs, with that Redis as the cache
+    python -m bench run profile -- miss --svg out.svg --seconds 20
+    python -m bench run profile -- passthrough     # the pass-through proxy on the miss path's load
 
 Starts the emulator (20 ms), a private redis-server for `hit` and `miss-redis`, and one gateway pinned to the
-first CPU (the harness on the other, as in bench_core.py), drives it at `--concurrency`, and
+first CPU (the harness on the other, as in bench/core.py), drives it at `--concurrency`, and
 records it with `py-spy record` (`--nonblocking` where ptrace may not stop it) (py-spy must be on PATH or beside the Python),
 or with `perf record` (`--perf`: the split by library, the kernel's share among them).
 Prints each part of the request path's share of the samples (every sample counted once, in
@@ -26,10 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from harness import (
+from bench.harness import (
     HEADERS,
     ProcessGroup,
     Server,
@@ -46,7 +46,8 @@ from harness import (
     start_passthrough,
     start_redis,
 )
-from workload import DOCUMENTS_PER_REQUEST, FreshBodies
+from bench.registry import Figures
+from bench.workload import DOCUMENTS_PER_REQUEST, FreshBodies
 
 # Each sample goes to the first part, in this order, with a frame containing one of its
 # substrings ("Class.function (file:line)"): specific parts first, so shares add up to 100%.
@@ -136,7 +137,7 @@ async def load(gateway: Server, path: str, concurrency: int, seconds: float, rec
             pool = FreshBodies(broadcast_query=False, label="h").bodies(500)
             hit = cache_header_is(f"hits={DOCUMENTS_PER_REQUEST}; misses=0", "cache")
             await fill_cache(session, gateway, pool, hit)
-            bodies = itertools.cycle(pool)
+            bodies: Iterator[bytes] = itertools.cycle(pool)
         else:
             fresh = FreshBodies(broadcast_query=False)
             bodies = (fresh.body() for _ in itertools.count())
@@ -151,7 +152,7 @@ async def load(gateway: Server, path: str, concurrency: int, seconds: float, rec
         print(f"{sent} requests in {time.monotonic() - started:.1f} s", file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> Figures:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", choices=["miss", "hit", "miss-redis", "passthrough"])
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -185,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "sleep", f"{args.seconds:g}"]
             asyncio.run(load(gateway, args.path, args.concurrency, args.seconds, perf))
             print(by_library(recorded))
-            return 0
+            return {}  # the split by library is perf's table: read it, it has no stable names
         raw = Path(args.raw or Path(tmp) / "profile.txt")
         base = [py_spy(), "record", *(["--nonblocking"] if args.nonblocking else []), "--pid", str(gateway.proc.pid),
                 "--rate", str(args.rate), "--duration", f"{args.seconds:g}"]
@@ -194,8 +195,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(summarize(raw))
         if args.svg:
             asyncio.run(load(gateway, args.path, args.concurrency, args.seconds, [*base, "-o", args.svg]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {}  # shares of samples, printed: a profile is read, not compared by name

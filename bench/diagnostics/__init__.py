@@ -1,0 +1,1 @@
+"""Where a benchmark's figure comes from: instruction counts, system calls, bytecodes, profiles, ablations."""
