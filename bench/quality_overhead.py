@@ -59,18 +59,20 @@ def main(argv: Sequence[str] | None = None) -> Figures:
     request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None), None)
 
     unknown = per_request_us(micro, "plan.agreement_unknown", router, request)
-    tracker = live.shared.quality.entry(MODEL, "fireworks").agreement
-    tracker.add([0.5] * 20, [0.51] * 20)
+    # Through the board, as probes and shadow calls do: the plan table is built again when it changes.
+    board = live.shared.quality_board
+    board.add_agreement(MODEL, "fireworks", [0.5] * 20, [0.51] * 20)
     agreeing = per_request_us(micro, "plan.agreeing", router, request)
     for _ in range(255):  # a full window of samples: the figure is remembered, not recomputed
-        tracker.add([0.5] * 20, [0.51] * 20)
+        board.add_agreement(MODEL, "fireworks", [0.5] * 20, [0.51] * 20)
     full_window = per_request_us(micro, "plan.full_window", router, request)
-    tracker.clear()  # another scale: shares only through the map onto DeepInfra's
+    board.forget_agreement(MODEL, "fireworks")  # another scale: shares only through the map onto DeepInfra's
     grid = [0.01 + 0.98 * i / 1023 for i in range(1024)]
-    tracker.add(grid, [p**3 for p in grid])
+    board.add_agreement(MODEL, "fireworks", grid, [p**3 for p in grid])
+    tracker = board.entry(MODEL, "fireworks").agreement
     fit_ms = timeit.timeit(tracker.calibration, number=1) * 1000  # the first call fits
     calibrated = per_request_us(micro, "plan.calibrated", router, request)
-    scale = live.current.quality.groups.placement(MODEL, "fireworks").scale
+    scale = live.current.router.table.plan(MODEL).by_provider["fireworks"].scale
     assert scale is not None, "the bench's rescaled pairs did not calibrate"
     scores = [p**3 for p in grid[::10]]
     map_us = (micro.time("map_scores", lambda: scale.apply(scores), per_call=len(scores)) or 0.0) * 1e6

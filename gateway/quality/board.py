@@ -133,6 +133,15 @@ class QualityBoard:
         entry.reason = reason if entry.state == "unknown" else f"{known} (last probe could not run: {reason})"
         self._changed()
 
+    def add_agreement(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float]) -> None:
+        """One query's pairs scored by the reference and by this provider: a sample, and pairs for calibration."""
+        self.entry(model, provider).agreement.add(reference, other)
+        self._changed()
+
+    def forget_agreement(self, model: str, provider: str) -> None:
+        self.entry(model, provider).agreement.clear()
+        self._changed()
+
     def add_agreement_pairs(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float]) -> None:
         """Scores of the same pairs by the reference and by this provider (for calibration and MAE)."""
         self.entry(model, provider).agreement.add_pairs(reference, other)
