@@ -34,19 +34,42 @@ class RerankRequest:
 class Batch:
     """(query, document) pairs and the instruction they share: what one scoring round sends.
 
+    `slots` name the pairs: the request's one numbering of its distinct pairs (gateway.scoring's
+    slots), which every layer below the service keeps, whatever subset or split it works on:
+    an AnsweredCall says which slots it answered, a retry or the next step sends the slots no
+    call answered. Only a provider's wire goes by position in its own call. None: the pairs are
+    numbered 0..n-1 (a batch of its own, such as a canary line or an eval query).
+
     For one-query provider kinds every query of one upstream call is the same.
     """
 
     queries: Sequence[str]
     documents: Sequence[str]
     instruction: str | None
+    slots: Sequence[int] | None = None
 
     def __len__(self) -> int:
         return len(self.documents)
 
+    @property
+    def numbers(self) -> Sequence[int]:
+        """The slot of each pair, in order."""
+        return range(len(self.documents)) if self.slots is None else self.slots
+
+    def positions(self) -> dict[int, int]:
+        """Each slot's position in this batch (where its text and score are)."""
+        return {slot: position for position, slot in enumerate(self.numbers)}
+
     def select(self, positions: Sequence[int]) -> Batch:
-        """The pairs at these positions, in their order."""
-        return Batch([self.queries[p] for p in positions], [self.documents[p] for p in positions], self.instruction)
+        """The pairs at these positions, in their order, keeping their slots."""
+        numbers = self.numbers
+        return Batch([self.queries[p] for p in positions], [self.documents[p] for p in positions], self.instruction,
+                     [numbers[p] for p in positions])
+
+    def only(self, slots: Sequence[int]) -> Batch:
+        """The pairs of these slots, in their order."""
+        where = self.positions()
+        return self.select([where[slot] for slot in slots])
 
     def positions_by_query(self) -> dict[str, list[int]]:
         """Each distinct query with the positions of its pairs, in first-seen order."""
@@ -92,9 +115,9 @@ class Usage:
 
 @dataclass(slots=True)
 class AnsweredCall:
-    """One upstream call that answered: the scores of `positions` of the Batch it was split from."""
+    """One upstream call that answered: the scores of these slots (Batch.slots), in their order."""
 
-    positions: list[int]
+    slots: Sequence[int]
     scores: list[float]
     usage: Usage
 
@@ -103,7 +126,7 @@ class AnsweredCall:
 class KeptScores:
     """A plan step's answered calls, kept whatever became of the step: they were paid for.
 
-    `calls` grows while the step runs (positions index `pairs`), so a step that failed part-way,
+    `calls` grows while the step runs (each names the slots it answered), so a step that failed part-way,
     lost a hedge or was cut by the deadline still leaves its answers to be cached and counted.
     """
 
@@ -130,12 +153,16 @@ def total_usage(calls: Sequence[AnsweredCall]) -> Usage:
     return total
 
 
-def merge_answered(calls: Sequence[AnsweredCall], count: int) -> tuple[list[float], Usage]:
-    """The scores of `count` pairs put together from calls that answered all of them, and their cost."""
-    scores = [0.0] * count
+def merge_answered(calls: Sequence[AnsweredCall], pairs: Batch) -> tuple[list[float], Usage]:
+    """The scores of `pairs`, in their order, put together from calls that answered all of them, and their cost."""
+    if len(calls) == 1 and len(calls[0].slots) == len(pairs):
+        # One call answered every pair: the batch as it stood, unsplit and in order (the usual miss).
+        return calls[0].scores, total_usage(calls)
+    scores = [0.0] * len(pairs)
+    where = pairs.positions()
     for call in calls:
-        for position, score in zip(call.positions, call.scores):
-            scores[position] = score
+        for slot, score in zip(call.slots, call.scores):
+            scores[where[slot]] = score
     return scores, total_usage(calls)
 
 

@@ -321,6 +321,32 @@ async def test_the_unanswered_rest_is_carried_down_a_chain_of_agreeing_providers
     assert again.headers["X-Rerank-Cache"] == "hits=100; misses=0"
 
 
+async def test_a_half_cached_request_is_carried_by_slot_from_a_failed_split_to_the_next_provider(
+        make_gateway: GatewayFactory, emulator):
+    """The even passages are cached first, so the missing pairs are the odd slots of the request:
+    DeepInfra answers 40 of those 50 in calls of 10 (one fails), Fireworks the 10 left, in calls of
+    5. Every layer names a pair by its slot, so each score lands on its own passage."""
+    def two_agreeing(raw: dict[str, Any]) -> None:
+        split(raw)
+        raw["models"][MODEL]["quality"] = {"probe_interval_seconds": 3600}
+        raw["providers"]["fireworks"]["max_batch"] = 5
+
+    gateway = await make_gateway(edit=two_agreeing)
+    await wait_until_shared(gateway, "fireworks")
+    assert (await rerank(gateway, PASSAGES[::2])).status == 200
+    before = (await stats(emulator))["documents"]
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)
+    response = await rerank(gateway, PASSAGES)
+    assert response.status == 200 and response.headers["X-Rerank-Provider"] == "fireworks"
+    assert response.headers["X-Rerank-Cache"] == "hits=50; misses=50"
+    after = (await stats(emulator))["documents"]
+    assert {p: after[p] - before[p] for p in ("deepinfra", "fireworks")} == {"deepinfra": 40, "fireworks": 10}
+    scores = {r["index"]: r["relevance_score"] for r in (await response.json())["results"]}
+    assert [scores[i] for i in range(100)] == pytest.approx([emulated_score(QUERY, d) for d in PASSAGES], abs=1e-12)
+    again = await rerank(gateway, PASSAGES)
+    assert again.headers["X-Rerank-Cache"] == "hits=100; misses=0"
+
+
 async def test_a_hedge_that_lost_keeps_what_its_calls_answered(make_gateway: GatewayFactory, emulator):
     gateway = await make_gateway(edit=split, resilience={"hedge": 500})
     await add_fault(emulator, "deepinfra", "slow", delay_ms=5000, count=1)  # one call of ten lags

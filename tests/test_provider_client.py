@@ -221,4 +221,4 @@ async def test_one_failed_call_of_a_split_batch_lets_its_siblings_answer_and_kee
     with pytest.raises(ProviderFailure) as caught:
         await asyncio.wait_for(call.score(pairs("q", "a", "b"), answered), 5)
     assert caught.value.reason == "HTTP 500: boom"
-    assert [(c.positions, c.scores, c.usage.tokens) for c in answered] == [([1], [0.25], 3)]
+    assert [(list(c.slots), c.scores, c.usage.tokens) for c in answered] == [([1], [0.25], 3)]

@@ -108,7 +108,7 @@ class ProviderClient:
         """
         answered = [] if answered is None else answered
         await self.score_into(pairs, answered, estimate_tokens)
-        return merge_answered(answered, len(pairs))
+        return merge_answered(answered, pairs)
 
     async def score_into(
         self, pairs: Batch, answered: list[AnsweredCall], estimate_tokens: TokenCount | None = None
@@ -122,10 +122,9 @@ class ProviderClient:
         else:
             await _gather_all([self._answer(call, answered, count) for call in plan])
 
-    async def _answer(self, call: tuple[list[int], Batch], answered: list[AnsweredCall], count: TokenCount) -> None:
-        positions, batch = call
+    async def _answer(self, batch: Batch, answered: list[AnsweredCall], count: TokenCount) -> None:
         result = await self._call(batch)
-        answered.append(AnsweredCall(positions, result.scores, self._price(result, batch, count)))
+        answered.append(AnsweredCall(batch.numbers, result.scores, self._price(result, batch, count)))
 
     def http_calls(self, pairs: Batch) -> int:
         """How many HTTP calls `score(pairs)` makes: one per batch _plan_batches would build."""
@@ -134,27 +133,18 @@ class ProviderClient:
             return max(1, -(-len(pairs.documents) // size))
         return sum(-(-len(group) // size) for group in pairs.positions_by_query().values()) or 1
 
-    def _plan_batches(self, pairs: Batch) -> list[tuple[list[int], Batch]]:
-        """Calls to make: each with the request positions it scores."""
-        queries, documents = pairs.queries, pairs.documents
+    def _plan_batches(self, pairs: Batch) -> list[Batch]:
+        """Calls to make, each a batch of the kind's size and queries; their pairs keep their slots."""
         size = self.config.max_batch
         if self.adapter.multi_query:
-            if len(documents) <= size:
-                return [(list(range(len(documents))), pairs)]  # one call as it stands: nothing to copy
-            groups = [list(range(len(documents)))]
+            if len(pairs.documents) <= size:
+                return [pairs]  # one call as it stands: nothing to copy
+            groups = [list(range(len(pairs.documents)))]
         else:
             groups = list(pairs.positions_by_query().values())
-        plan = []
-        for group in groups:
-            for start in range(0, len(group), size):
-                positions = group[start : start + size]
-                batch = Batch(
-                    queries=[queries[p] for p in positions],
-                    documents=[documents[p] for p in positions],
-                    instruction=pairs.instruction,
-                )
-                plan.append((positions, batch))
-        return plan
+            if len(groups) == 1 and len(pairs.documents) <= size:
+                return [pairs]
+        return [pairs.select(group[start : start + size]) for group in groups for start in range(0, len(group), size)]
 
     def _price(self, result: WireScores, batch: Batch, count: TokenCount) -> Usage:
         """The call's cost: the provider's own figures where it gave them, the gateway's estimate where not."""

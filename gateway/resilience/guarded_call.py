@@ -77,7 +77,7 @@ class GuardedCall:
         """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
 
         `panic`: every provider's breaker is open and this one opened first; call it anyway.
-        `answered` receives each upstream call that answers (positions index `pairs`) as it does:
+        `answered` receives each upstream call that answers (by the slots of `pairs`) as it does:
         what answered is settled at its cost however the rest ends, never released.
         `purpose` labels the HTTP calls in the metrics (a probe's are not a client's); `hedged`: the
         router started this call beside a slow one (both only describe the call, in its trace span).
@@ -154,8 +154,8 @@ class GuardedCall:
         for call in answered:
             if call.usage.estimated_tokens or not call.usage.tokens:
                 continue  # an estimate taught nothing
-            whole = len(call.positions) == len(pairs)
-            call_chars = chars if whole else client.adapter.billed_chars(pairs.select(call.positions))
+            whole = len(call.slots) == len(pairs)
+            call_chars = chars if whole else client.adapter.billed_chars(pairs.only(call.slots))
             health.estimator.observe(call_chars, call.usage.tokens)
             self._health.pooled_estimator.observe(call_chars, call.usage.tokens)
             health.reported_calls += 1
@@ -226,16 +226,14 @@ class GuardedCall:
         """The provider's scores of `pairs`; a retry sends only the pairs no call has answered yet."""
         health.retry_budget.record_call()
         attempt = 0
-        count = len(pairs)
         while True:
             started = time.monotonic()
-            todo = _unanswered(answered, count)
-            batch = pairs if len(todo) == count else pairs.select(todo)
+            batch = _unanswered(answered, pairs)
             try:
                 before = len(answered)
                 with self._tracing.attempt(client.name, len(batch), panic, hedged, purpose) as span:
                     try:
-                        await self._bounded_call(client, batch, None if batch is pairs else todo, ends_at, answered)
+                        await self._bounded_call(client, batch, ends_at, answered)
                     finally:  # what this try's answered calls billed, cut off or not
                         if span.recording:
                             span.tokens(sum(call.usage.tokens for call in answered[before:]))
@@ -255,28 +253,20 @@ class GuardedCall:
             elapsed = time.monotonic() - started
             health.latency.record(elapsed, len(batch))
             self._observe_call(client, batch, elapsed, "ok", panic, purpose)
-            return merge_answered(answered, count)
+            return merge_answered(answered, pairs)
 
     async def _bounded_call(
-        self, client: ProviderClient, batch: Batch, positions: list[int] | None, ends_at: float | None,
-        answered: list[AnsweredCall],
+        self, client: ProviderClient, batch: Batch, ends_at: float | None, answered: list[AnsweredCall],
     ) -> None:
-        """One try at `batch` (the pairs at `positions`; None: the whole, a first try); its answered
-        calls go into `answered`, by position in the whole."""
+        """One try at `batch`; its answered calls go into `answered` (by slot, as every layer names pairs)."""
         limit = self.own_limit(client, len(batch))
         if ends_at is not None:
             limit = min(limit, ends_at - _now())
-        got: list[AnsweredCall] = []
-        try:
+        try:  # cut off or not, what answered is in `answered` already
             async with asyncio.timeout(max(0.0, limit)):
-                await client.score_into(batch, got, self._health.billing_estimator(client.name).estimate_tokens)
+                await client.score_into(batch, answered, self._health.billing_estimator(client.name).estimate_tokens)
         except TimeoutError:
             raise ProviderFailure(client.name, f"timed out after {limit:.3g}s", kind="timeout") from None
-        finally:  # cut off or not, what answered is kept
-            if positions is None:
-                answered.extend(got)
-            else:
-                answered.extend(AnsweredCall([positions[p] for p in call.positions], call.scores, call.usage) for call in got)
 
     def _observe_call(
         self, client: ProviderClient, pairs: Batch, seconds: float, outcome: str, panic: bool, purpose: CallPurpose
@@ -303,11 +293,12 @@ class GuardedCall:
         return wait
 
 
-def _unanswered(answered: list[AnsweredCall], count: int) -> list[int]:
+def _unanswered(answered: list[AnsweredCall], pairs: Batch) -> Batch:
+    """The pairs no call has answered yet: all of them on a first try, nearly every one."""
     if not answered:
-        return list(range(count))  # a first try, nearly every one: nothing to search
-    done = {position for call in answered for position in call.positions}
-    return [position for position in range(count) if position not in done]
+        return pairs
+    done = {slot for call in answered for slot in call.slots}
+    return pairs.only([slot for slot in pairs.numbers if slot not in done])
 
 
 def _now() -> float:

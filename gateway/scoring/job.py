@@ -101,9 +101,10 @@ class UniquePairs:
         self.all = Batch(self.queries, self.documents, instruction)
 
     def select(self, slots: Sequence[int]) -> Batch:
+        """The pairs of these slots, named by them (Batch.slots); `all` is every slot, numbered as they are."""
         if every_slot(slots, len(self.documents)):
             return self.all  # the usual miss, without copying
-        return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction)
+        return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction, slots)
 
     def spread(self, slot_scores: Sequence[float | None]) -> list[float]:
         """Scores back at every request position, repeats included."""

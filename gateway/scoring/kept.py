@@ -52,32 +52,28 @@ def pairs_of(request: ScoreRequest, step: PlanStep) -> Batch:
 
 @dataclass(frozen=True, slots=True)
 class _Carried:
-    """Scores failed steps' answered calls gave for the pairs of one (model, group, whole), and what is left."""
+    """Scores failed steps' answered calls gave for the pairs of one (model, group, whole), by slot, and what is left."""
 
     model: str
     group: str
     whole: bool
-    count: int  # pairs of the request's batch these positions index
-    scores: dict[int, float]
+    batch: Batch  # the step's pairs, carried and left together
+    scores: dict[int, float]  # slot -> score
     usage: Usage
     entries: tuple[KeptScores, ...]  # where the scores came from: folded into a merged answer
-    rest_positions: list[int]
-    rest: Batch
+    rest: Batch  # the pairs no call answered
 
     def serves(self, step: PlanStep) -> bool:
         return (step.model, step.group, step.whole) == (self.model, self.group, self.whole)
 
     def merged(self, scores: list[float], usage: Usage) -> tuple[list[float], Usage]:
-        """The carried scores with an answer for the rest: every pair of the batch, and both costs."""
-        full = [0.0] * self.count
-        for position, score in self.scores.items():
-            full[position] = score
-        for position, score in zip(self.rest_positions, scores):
-            full[position] = score
+        """The carried scores with an answer for the rest: every pair of the batch, in its order, and both costs."""
+        found = dict(self.scores)
+        found.update(zip(self.rest.numbers, scores))
         total = Usage()
         total.add(self.usage)
         total.add(usage)
-        return full, total
+        return [found[slot] for slot in self.batch.numbers], total
 
 
 class KeptAnswers:
@@ -124,21 +120,17 @@ class KeptAnswers:
             return
         batch = pairs_of(request, step)
         scores = dict(carried.scores) if carried is not None else {}
-        # A carried step was sent only the rest: its positions index that, not the whole batch.
-        positions = carried.rest_positions if carried is not None else range(len(batch))
         for call in entry.calls:
-            scores.update((positions[p], score) for p, score in zip(call.positions, entry.scores_of(call)))
+            scores.update(zip(call.slots, entry.scores_of(call)))
         usage = entry.usage()
         entries: tuple[KeptScores, ...] = (entry,)
         if carried is not None:
             usage.add(carried.usage)
             entries = (*carried.entries, entry)
-        rest = [position for position in range(len(batch)) if position not in scores]
+        rest = [slot for slot in batch.numbers if slot not in scores]
         if not rest:
             return  # every call answered before the step was cut off: cached, nothing left to send on
-        self._carried = _Carried(
-            step.model, step.group, step.whole, len(batch), scores, usage, entries, rest, batch.select(rest)
-        )
+        self._carried = _Carried(step.model, step.group, step.whole, batch, scores, usage, entries, batch.only(rest))
 
     def answered(self, step: PlanStep, scores: list[float], usage: Usage) -> tuple[list[float], Usage]:
         """A step's answer for every pair of its batch: merged with the carried scores its pairs were cut from."""

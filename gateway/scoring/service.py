@@ -116,9 +116,8 @@ class RerankService:
             job.result.usage.add(entry.usage())
             if not (job.policy.write and entry.model == job.model):
                 continue  # another model's scores are not cached under this one
-            for call in entry.calls:
-                pairs = entry.pairs.select(call.positions)
-                keys += pair_keys(entry.group, pairs.instruction, pairs.queries, pairs.documents)
+            for call in entry.calls:  # by slot, as every layer names the request's pairs
+                keys += self._keys_in(entry.group, job, call.slots)
                 scores += entry.scores_of(call)
         if keys:
             await self._cache.put_many(keys, scores)
