@@ -66,6 +66,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
                 "miss_bytecodes", ("--requests", "20", "--top", "20")),
     _diagnostic("miss-prices", "each part of a miss made a no-op under callgrind: its price in instructions",
                 "miss_prices", ("--requests", "30", "log")),
+    _diagnostic("walk", "the scoring and quality modules one miss runs in, in turn: stays, returns, climbs",
+                "walk", ()),
     _diagnostic("profile", "py-spy (or perf) shares of the gateway's CPU by part of the request path",
                 "profile_path", ("miss", "--seconds", "3")),
 )

@@ -11,11 +11,17 @@ Glossary (one meaning each; the quality package's terms are in gateway.quality):
     live checks   what a request applies to the routes it reads: key and instruction, rate
                   limit, breaker (the guarded call asks breaker and rate limit again, and the budget)
     flight        concurrent requests missing one pair share one upstream call (flights.py)
+    round         one call of the router for some of a request's slots (scorer.py)
+
+One request flows one way: service -> coordinator -> scorer -> router -> plan/walk; each stage
+returns what the one above needs (a Round, a Filling), none calls back up or writes a shared object.
 
     service.py      rerank(request) -> result: model resolution, score cache, merge
-    job.py          Job: one request's distinct pairs, keys, scores and result on their way
+    job.py          Job: what one request asks (model, cache group, slots, keys), read by every
+                    stage and written by none; UniquePairs: its distinct pairs, numbered once
     coordinator.py  FlightCoordinator: single flight for a request's missing pairs, in process
-                    and across processes (leases)
+                    and across processes (leases); returns a Filling
+    scorer.py       Scorer: one upstream round for some slots, the router's answer cached
     flights.py      Flights: concurrent requests missing one pair share one upstream call
     router.py       Router: plan, walk, and the lexical last resort or the one error
     table.py        PlanTable: routes per model, built when the config or the quality board changes

@@ -8,7 +8,9 @@
 
 A waiter whose owner failed, was cancelled, or was answered by another model scores the pair
 itself; when the router scored the whole request anew (another model or group, or lexically),
-no slot takes a score from anyone else. Scoring is the service's (`score_slots`).
+no slot takes a score from anyone else. Scoring is the Scorer's, one stage down
+(gateway.scoring.scorer): the coordinator calls it, and returns what it found and what each
+round scored as one Filling, which the service merges. Nothing of the request is written here.
 """
 
 from __future__ import annotations
@@ -16,27 +18,58 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from gateway.cache import ScoreCache
-from gateway.models import ScoredPairs
 from gateway.scoring.flights import Flights, Scored, await_elsewhere, wait_shared
 from gateway.scoring.job import Job, at_slots
+from gateway.scoring.scorer import Round, Scorer
 
-ScoreSlots = Callable[[Job, Sequence[int]], Awaitable[ScoredPairs]]
+
+@dataclass(slots=True)
+class Filling:
+    """What filling one request's missing slots found, in the order it found it; the coordinator's own
+    until `fill` returns it."""
+
+    scores: dict[int, float] = field(default_factory=dict)  # slot -> score, from a round or a waiter's owner
+    rounds: list[Round] = field(default_factory=list)
+    waited_ms: float = 0.0  # time spent waiting for another request's or process's call
+    provider: str | None = None  # who scored the last of them; None: nobody upstream (all from the cache)
+
+    @property
+    def rescored_whole(self) -> bool:
+        """A round scored every slot anew (another model, or lexically): no slot may then take a
+        score from the cache, a waiter or another process."""
+        return any(round_.whole for round_ in self.rounds)
+
+    def add(self, round_: Round) -> Round:
+        self.rounds.append(round_)
+        self.scores.update(zip(round_.slots, round_.scored.scores))
+        self.provider = round_.scored.provider
+        return round_
+
+    def filled(self, slots: Sequence[int]) -> list[float]:
+        """The scores of these slots, every one of them known by now."""
+        missing = [slot for slot in slots if slot not in self.scores]
+        if missing:
+            raise AssertionError(f"slots {missing} have no score yet")
+        return [self.scores[slot] for slot in slots]
 
 
 class FlightCoordinator:
-    def __init__(self, cache: ScoreCache, flights: Flights, score_slots: ScoreSlots) -> None:
+    def __init__(self, cache: ScoreCache, flights: Flights, scorer: Scorer) -> None:
         self._cache = cache
         self._flights = flights
-        self._score_slots = score_slots
+        self._scorer = scorer
 
-    async def fill(self, job: Job, missing: Sequence[int]) -> None:
-        """Score the missing slots: pairs nobody is scoring ourselves, the rest shared."""
+    async def fill(self, job: Job, missing: Sequence[int], elsewhere: frozenset[int]) -> Filling:
+        """Score the missing slots: pairs nobody is scoring ourselves, the rest shared. `elsewhere`:
+        the slots another process leased (the cache's lookup said so)."""
+        filling = Filling()
         if not job.policy.read:
-            await self._score_slots(job, missing)
-            return
+            filling.add(await self._scorer.score(job, missing))
+            return filling
         keys = at_slots(job.keys, missing)
         claim = self._flights.claim(keys)
         shared: Scored | None = None
@@ -44,77 +77,77 @@ class FlightCoordinator:
             if claim.own:
                 # claim.own holds positions of `missing`, distinct and in order: as many is all of them.
                 own = missing if len(claim.own) == len(missing) else [missing[i] for i in claim.own]
-                shared = await self._fill_own(job, own)
+                shared = await self._fill_own(job, own, elsewhere, filling)
                 if shared is None:
-                    return  # every slot was scored anew (another model, or lexically): nothing to share or wait for
+                    return filling  # every slot was scored anew (another model, or lexically): nothing to share or wait for
         finally:
             self._flights.settle(claim, shared)
         orphaned = []
         for position, flight, index in claim.waits:
             waited = time.perf_counter()
             found = await wait_shared(flight, index)
-            job.result.upstream_ms += (time.perf_counter() - waited) * 1000
+            filling.waited_ms += (time.perf_counter() - waited) * 1000
             if found is None:
                 orphaned.append(missing[position])
                 continue
-            job.scores[missing[position]] = found[0]
+            filling.scores[missing[position]] = found[0]
             if not claim.own:
-                job.result.provider = found[1]
+                filling.provider = found[1]
         if orphaned:
-            await self._score_slots(job, orphaned)
+            filling.add(await self._scorer.score(job, orphaned))
+        return filling
 
-    async def _fill_own(self, job: Job, own: Sequence[int]) -> Scored | None:
+    async def _fill_own(self, job: Job, own: Sequence[int], elsewhere: frozenset[int], filling: Filling) -> Scored | None:
         """Score the slots this process leased while waiting for those another process is scoring.
 
         None when another model scored every slot instead.
         """
         theirs: list[int]
         ours: Sequence[int]
-        if job.elsewhere:
-            theirs = [slot for slot in own if slot in job.elsewhere]
-            ours = [slot for slot in own if slot not in job.elsewhere]
+        if elsewhere:
+            theirs = [slot for slot in own if slot in elsewhere]
+            ours = [slot for slot in own if slot not in elsewhere]
         else:  # no other process is scoring any of them (always so without Redis)
             theirs, ours = [], own
         waiting = asyncio.ensure_future(self._wait_elsewhere(job, theirs)) if theirs else None
-        provider = job.result.provider
+        provider = filling.provider or "cache"
         try:
             if ours:
-                provider = (await self._score_leased(job, ours)).provider
-            if waiting is not None and not job.rescored_whole:
+                provider = filling.add(await self._score_leased(job, ours)).scored.provider
+            if waiting is not None and not filling.rescored_whole:
                 waited = time.perf_counter()
                 found = await waiting
-                job.result.upstream_ms += (time.perf_counter() - waited) * 1000
-                # Set only now, when this request's own scores are known to be the requested model's.
-                for slot, score in zip(theirs, found):
-                    job.scores[slot] = score
+                filling.waited_ms += (time.perf_counter() - waited) * 1000
+                # Taken only now, when this request's own scores are known to be the requested model's.
+                filling.scores.update((slot, score) for slot, score in zip(theirs, found) if score is not None)
                 left = [slot for slot, score in zip(theirs, found) if score is None]
                 if left:  # the other process's lease ended without a score, or time ran short
-                    provider = (await self._score_leased(job, left)).provider
+                    provider = filling.add(await self._score_leased(job, left)).scored.provider
         finally:
             if waiting is not None:
                 waiting.cancel()
-        if job.rescored_whole:
+        if filling.rescored_whole:
             return None
-        return Scored(job.filled(own), provider)
+        return Scored(filling.filled(own), provider)
 
     async def _wait_elsewhere(self, job: Job, slots: Sequence[int]) -> list[float | None]:
         # Half the time left stays for scoring them here if the other process does not deliver.
         until = math.inf if job.deadline is None else (asyncio.get_running_loop().time() + job.deadline) / 2
         return await await_elsewhere(self._cache, [job.keys[slot] for slot in slots], until, job.deadline)
 
-    async def _score_leased(self, job: Job, slots: Sequence[int]) -> ScoredPairs:
-        """_score_slots for leased slots. The leases are renewed while the call runs, so a process
+    async def _score_leased(self, job: Job, slots: Sequence[int]) -> Round:
+        """A round for leased slots. The leases are renewed while the call runs, so a process
         waiting for these pairs keeps waiting rather than paying for them too; a lease that no stored
         score ends is released at once, so it scores them itself without waiting for it to run out."""
         keys = at_slots(job.keys, slots)
         leases = self._cache.keep_leases(keys, job.deadline)  # for a call slower than a lease
         try:
-            scored = await self._score_slots(job, slots)
+            round_ = await self._scorer.score(job, slots)
         except BaseException:
             await self._cache.release(keys)
             raise
         finally:
             leases.stop()
-        if scored.whole:
+        if round_.whole:
             await self._cache.release(keys)
-        return scored
+        return round_

@@ -1,13 +1,13 @@
-"""One rerank request on its way through the service: its distinct pairs, their keys, scores and result."""
+"""One rerank request as the scoring stages see it: its distinct pairs (slots) and what it asks (Job)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 from gateway.cache import CachePolicy, PairKey
-from gateway.models import Batch, RerankResult
+from gateway.models import Batch
+from gateway.records import record
 
 T = TypeVar("T")
 
@@ -26,44 +26,17 @@ def at_slots(values: list[T], slots: Sequence[int]) -> list[T]:
     return [values[slot] for slot in slots]
 
 
-@dataclass(slots=True)
+@record
 class Job:
-    """One request on its way through the service."""
+    """What one request asks of the scoring, fixed once the service has planned it: every stage
+    below the service reads it, none writes it (each returns what it found instead)."""
 
     model: str
-    group: str  # the cache namespace the request's scores are read from
+    group: str  # the cache group the request's scores are read from
     pairs: UniquePairs
     policy: CachePolicy
-    keys: list[PairKey]  # per unique slot
-    deadline: float | None
-    elsewhere: frozenset[int] = frozenset()  # slots another process is scoring (its lease)
-    scores: list[float | None] = field(default_factory=list)  # per unique slot
-    sent: set[int] = field(default_factory=set)  # slots this request sent upstream
-    # A step of the router's plan scored every slot anew (another model, or lexically): no slot
-    # may then take a score from the cache, a waiter or another process.
-    rescored_whole: bool = False
-    raw: dict[int, float] = field(default_factory=dict)  # slot -> the provider's score, where mapped
-    result: RerankResult = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.result = RerankResult(scores=[], model=self.model, provider="cache")
-
-    def filled(self, slots: Sequence[int]) -> list[float]:
-        """The scores of these slots, every one of them known by now."""
-        scores = list(self.scores) if every_slot(slots, len(self.scores)) else [self.scores[slot] for slot in slots]
-        if None in scores:
-            missing = [slot for slot, score in zip(slots, scores) if score is None]
-            raise AssertionError(f"slots {missing} have no score yet")
-        return cast(list[float], scores)  # checked just above
-
-    def note_raw(self, slots: Sequence[int], raw_scores: Sequence[float] | None) -> None:
-        """Keep the provider's own scores of slots whose scores were mapped onto the group's scale."""
-        if raw_scores is not None:
-            self.raw.update(zip(slots, raw_scores))
-        elif self.raw:  # scored again, unmapped (a whole rescoring): nothing of theirs was mapped
-            for slot in slots:
-                self.raw.pop(slot, None)
-
+    keys: list[PairKey]  # per slot
+    deadline: float | None  # event-loop time; None: none
 
 
 class UniquePairs:

@@ -1,10 +1,15 @@
-"""rerank(request) -> result: model resolution, score cache, router, merge.
+"""rerank(request) -> result: model resolution, score cache, single flight, merge.
 
-Single flight (in process and across processes) is the FlightCoordinator's
-(gateway.scoring.coordinator); a request's state is a Job (gateway.scoring.job).
+One request flows one way, each stage returning what the next needs:
 
-No HTTP in here: the handler hands in a RerankRequest and encodes the RerankResult. Who scores
-the missing pairs, and what happens when providers fail, is the router's one plan.
+    service       the model, the cache group (the router's plan table), the distinct pairs and
+                  their keys (a Job), one cache lookup
+    coordinator   the missing slots: shared with concurrent requests and other processes, the
+                  rest scored in rounds (gateway.scoring.coordinator); returns a Filling
+    scorer        one round: the router's answer, cached (gateway.scoring.scorer)
+    service       the cached scores and the Filling merged, spread back to request positions
+
+No HTTP in here: the handler hands in a RerankRequest and encodes the RerankResult.
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.cache import CachePolicy, PairKey, ScoreCache, pair_keys, passage_digests
+from gateway.cache import CachePolicy, ScoreCache, pair_keys, passage_digests
 from gateway.config import GatewayConfig, ModelNames
 from gateway.errors import InvalidRequest, UnknownModel
-from gateway.models import KeptScores, RerankRequest, RerankResult, ScoredPairs, ScoreRequest
-from gateway.scoring.coordinator import FlightCoordinator
+from gateway.models import RerankRequest, RerankResult
+from gateway.scoring.coordinator import Filling, FlightCoordinator
 from gateway.scoring.flights import Flights
-from gateway.scoring.job import Job, UniquePairs, at_slots, every_slot
+from gateway.scoring.job import Job, UniquePairs
 from gateway.scoring.router import Router
+from gateway.scoring.scorer import Scorer
 
 
 class RerankService:
@@ -27,7 +33,7 @@ class RerankService:
         self._config = config
         self._router = router
         self._cache = cache
-        self._coordinator = FlightCoordinator(cache, flights, self._score_slots)
+        self._coordinator = FlightCoordinator(cache, flights, Scorer(router, cache))
         self._model_names = ModelNames(config)
 
     def resolve_model(self, requested: str | None) -> str:
@@ -59,75 +65,52 @@ class RerankService:
         group = self._router.cache_group(model, request.instruction)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
         job = Job(model, group, pairs, policy, keys, deadline)
+        scores: list[float | None]
+        elsewhere: frozenset[int] = frozenset()
         if policy.read:
-            found = await self._cache.lookup(job.keys, deadline)
-            job.scores, job.elsewhere = found.scores, found.elsewhere
+            found = await self._cache.lookup(keys, deadline)
+            scores, elsewhere = found.scores, found.elsewhere
         else:
-            job.scores = [None] * len(job.keys)
-        missing = _missing(job.scores)
+            scores = [None] * len(keys)
+        missing = _missing(scores)
+        result = RerankResult(scores=[], model=model, provider="cache")
         if missing:
-            await self._coordinator.fill(job, missing)
-        result = job.result
-        result.scores = pairs.spread(job.scores)
-        if job.raw:
-            result.raw_scores = [job.raw.get(slot) for slot in pairs.slots]
-        result.cache_misses = len(job.sent)
-        result.cache_hits = len(job.scores) - len(job.sent)
+            _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
+        else:
+            result.cache_hits = len(scores)
+        result.scores = pairs.spread(scores)
         result.runtime_ms = (time.perf_counter() - started) * 1000
         return result
 
-    async def _score_slots(self, job: Job, slots: Sequence[int]) -> ScoredPairs:
-        """One upstream round for these slots; cached when scored by the requested model itself."""
-        started = time.perf_counter()
-        kept: list[KeptScores] = []
-        try:
-            scored = await self._router.score(
-                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline), kept
-            )
-        finally:
-            job.result.upstream_ms += (time.perf_counter() - started) * 1000
-            if kept:
-                await self._keep(job, kept)
-        covered = range(len(job.keys)) if scored.whole else slots
-        job.rescored_whole |= scored.whole
-        if every_slot(covered, len(job.scores)) and len(scored.scores) == len(job.scores):  # the usual miss
-            job.scores[:] = scored.scores
-        else:
-            for slot, score in zip(covered, scored.scores):
-                job.scores[slot] = score
-        job.note_raw(covered, scored.raw_scores)
-        job.result.model, job.result.provider = scored.model, scored.provider
-        job.result.usage.add(scored.usage)
+
+def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs, filling: Filling) -> None:
+    """What filling the missing slots found, into the cached scores and the result."""
+    for slot, score in filling.scores.items():
+        scores[slot] = score
+    raw: dict[int, float] = {}
+    sent: set[int] = set()
+    for round_ in filling.rounds:
+        scored = round_.scored
+        result.model = scored.model
+        result.usage.add(round_.usage)
+        result.upstream_ms += round_.upstream_ms
+        if scored.raw_scores is not None:
+            raw.update(zip(round_.slots, scored.raw_scores))
+        elif raw:  # scored again, unmapped (a whole rescoring): nothing of theirs was mapped
+            for slot in round_.slots:
+                raw.pop(slot, None)
         if scored.degraded:
-            job.result.degraded = True
-            job.sent.clear()  # nothing went upstream
-            return scored
-        job.sent.update(covered)
-        if job.policy.write and scored.model == job.model:
-            await self._cache.put_many(self._keys_in(scored.group, job, covered), scored.scores)
-        return scored
-
-    async def _keep(self, job: Job, kept: list[KeptScores]) -> None:
-        """Calls that answered for a step that gave no answer (part of a split call, a lost hedge):
-        paid for, so counted in the request's usage and cached in their provider's group."""
-        keys: list[PairKey] = []
-        scores: list[float] = []
-        for entry in kept:
-            job.result.usage.add(entry.usage())
-            if not (job.policy.write and entry.model == job.model):
-                continue  # another model's scores are not cached under this one
-            for call in entry.calls:  # by slot, as every layer names the request's pairs
-                keys += self._keys_in(entry.group, job, call.slots)
-                scores += entry.scores_of(call)
-        if keys:
-            await self._cache.put_many(keys, scores)
-
-    def _keys_in(self, group: str, job: Job, slots: Sequence[int]) -> list[PairKey]:
-        """The request's keys for these slots, in another cache group when a provider of another group scored them."""
-        if group == job.group:
-            return at_slots(job.keys, slots)
-        pairs = job.pairs.select(slots)
-        return pair_keys(group, pairs.instruction, pairs.queries, pairs.documents, at_slots(job.pairs.digests, slots))
+            result.degraded = True
+            sent.clear()  # nothing went upstream
+        else:
+            sent.update(round_.slots)
+    result.upstream_ms += filling.waited_ms
+    if filling.provider is not None:
+        result.provider = filling.provider
+    if raw:
+        result.raw_scores = [raw.get(slot) for slot in pairs.slots]
+    result.cache_misses = len(sent)
+    result.cache_hits = len(scores) - len(sent)
 
 
 def _missing(scores: list[float | None]) -> Sequence[int]:
