@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
-from tests.support.gateway import EMULATOR_KEY, GatewayFactory, emulator_url, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import EMULATOR_KEY, GatewayFactory, emulator_url
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +38,7 @@ def make_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], emulator:
         app_options: dict[str, Any] | None = None,
         **sections: dict[str, Any],
     ) -> TestClient:
-        raw = gateway_settings(emulator_url(emulator), fallback or ["deepinfra", "fireworks"], **sections)
+        raw = gateway_config(emulator_url(emulator), fallback or ["deepinfra", "fireworks"], **sections)
         if edit is not None:
             raw = copy.deepcopy(raw)
             edit(raw)

@@ -13,9 +13,10 @@ from gateway.config import GatewayConfig
 from gateway.quality.groups import scoring_identity
 from gateway.web.edge import LIVE
 from tests.support.cache_requests import DI, QUERY, documents, expected
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
 from tests.support.polling import eventually
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.processes import free_port, running
 
 
 async def test_concurrent_identical_requests_share_one_upstream_call(make_gateway: GatewayFactory, emulator):
@@ -91,7 +92,7 @@ async def test_redis_cache_is_shared_between_gateways(make_gateway: GatewayFacto
 async def test_two_gateway_processes_share_one_redis(tmp_path, redis_url):
     emulator_port, gateway_ports = free_port(), (free_port(), free_port())
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port))
+    write_config(config, gateway_config(local_url(emulator_port)))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
     docs = documents("processes")
     body = {"queries": [QUERY], "passages": docs}

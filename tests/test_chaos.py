@@ -52,7 +52,8 @@ from tests.support.chaos import (
     run_load,
     settled,
 )
-from tests.support.gateway import EMULATOR_KEY, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import EMULATOR_KEY
 from tests.support.polling import ConditionNotMet, eventually
 from tests.support.processes import free_port
 
@@ -142,7 +143,7 @@ def chaos_table(request: pytest.FixtureRequest) -> Iterator[Table]:
 
 
 def _settings(emulator_url: str, scenario: Scenario, redis_url: str | None) -> dict[str, Any]:
-    raw = gateway_settings(
+    raw = gateway_config(
         emulator_url,
         ["deepinfra", "fireworks"],
         server={"request_timeout_seconds": REQUEST_TIMEOUT_SECONDS},
@@ -371,7 +372,7 @@ async def test_a_deadline_cancels_the_provider_calls_it_abandons(aiohttp_server)
     """
     emulator = await aiohttp_server(create_emulator_app(EmulatorConfig(api_key=EMULATOR_KEY)))
     emulator_url = str(emulator.make_url("")).rstrip("/")
-    raw = gateway_settings(emulator_url, ["deepinfra", "fireworks"], server={"request_timeout_seconds": 10})
+    raw = gateway_config(emulator_url, ["deepinfra", "fireworks"], server={"request_timeout_seconds": 10})
     for provider in raw["providers"].values():
         provider["timeout_seconds"] = 5
     gateway = await aiohttp_server(create_app(parse_config(raw)))

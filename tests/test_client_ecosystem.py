@@ -304,9 +304,9 @@ async def test_haystack_cohere_ranker_with_its_default_model(make_gateway: Gatew
 
 def test_a_star_inside_an_alias_is_refused_not_taken_as_a_pattern():
     from gateway.config import ConfigError, parse_config
-    from tests.support.gateway import gateway_settings
+    from tests.support.config import gateway_config
 
-    raw = gateway_settings("http://127.0.0.1:9", ["deepinfra"])
+    raw = gateway_config("http://127.0.0.1:9", ["deepinfra"])
     raw["models"][MODEL]["aliases"].append("rerank-*")
     with pytest.raises(ConfigError, match=r"'rerank-\*': names are matched whole"):
         parse_config(raw)

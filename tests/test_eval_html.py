@@ -16,7 +16,8 @@ from gateway.evaluation.beir import load_beir
 from gateway.evaluation.html import render_report_html
 from gateway.evaluation.run import EvalSettings, evaluate
 from tests.support.browser import NEEDS_CHROMIUM, console_lines, decode_png, run_chromium
-from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import MODEL, add_fault, emulator_url
 from tests.support.processes import REPO, free_port, running
 
 SAMPLE = REPO / "examples" / "eval-word-overlap"  # the README's emulator run: word overlap ranks it
@@ -34,7 +35,7 @@ async def test_the_page_draws_every_provider_that_scored_beside_bm25(emulator: A
 
     await add_fault(emulator, "fireworks", "random")
     await add_fault(emulator, "tei", "status", status=500)
-    config = parse_config(gateway_settings(emulator_url(emulator), ["deepinfra", "fireworks", "tei"]))
+    config = parse_config(gateway_config(emulator_url(emulator), ["deepinfra", "fireworks", "tei"]))
     report = await evaluate(config, MODEL, load_beir(SAMPLE), EvalSettings())
     page = render_report_html(report)
     # Two bars (NDCG@10, P@5) for BM25 and for each of the two providers that scored; tei failed.

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from tests.support.cache_requests import DI, QUERY, documents, expected
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import GatewayFactory, emulator_requests
 from tests.support.polling import eventually
 from tests.support.processes import free_port, running
@@ -34,29 +35,6 @@ def script_calls(redis_url: str) -> int:
     with redis.Redis.from_url(redis_url) as client:
         stats = client.info("commandstats")
     return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))
-
-
-def config_toml(emulator_port: int, lease_ms: float, provider_timeout_seconds: float) -> str:
-    return f"""
-[server]
-default_model = "qwen3-reranker-8b"
-
-[cache]
-lease_ms = {lease_ms:g}
-
-[models."qwen3-reranker-8b"]
-aliases = ["Qwen/Qwen3-Reranker-8B"]
-fallback = ["deepinfra"]
-quality = {{ probe_interval_seconds = 0 }}  # canary calls would count as paid pairs
-
-[providers.deepinfra]
-kind = "deepinfra"
-base_url = "http://127.0.0.1:{emulator_port}"
-model = "Qwen/Qwen3-Reranker-8B"
-api_key_env = "EMULATOR_KEY"
-timeout_seconds = {provider_timeout_seconds:g}
-price_per_million_tokens = 0.05
-"""
 
 
 @dataclass
@@ -94,7 +72,9 @@ def _processes(tmp_path: Path, redis_url: str, lease_ms: float,
                provider_timeout_seconds: float) -> Iterator[tuple[int, tuple[int, int], tuple[subprocess.Popen, ...]]]:
     emulator_port, ports = free_port(), (free_port(), free_port())
     config = tmp_path / "config.toml"
-    config.write_text(config_toml(emulator_port, lease_ms, provider_timeout_seconds))
+    # Canary probes stay off (the builder's default): their calls would count as paid pairs.
+    write_config(config, gateway_config(local_url(emulator_port), ["deepinfra"], cache={"lease_ms": lease_ms},
+                                        providers={"deepinfra": {"timeout_seconds": provider_timeout_seconds}}))
     env = {"EMULATOR_KEY": EMULATOR_KEY, "REDIS_URL": redis_url}
     with ExitStack() as stack:
         stack.enter_context(running(["emulate", "--port", str(emulator_port)], emulator_port))

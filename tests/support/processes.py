@@ -182,33 +182,3 @@ def running(
     finally:
         process.stop()
 
-
-def gateway_toml(
-    emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "", server: str = "",
-    probe_interval_seconds: float = 0,
-) -> str:
-    return f"""
-[server]
-default_model = "qwen3-reranker-8b"
-{server}
-
-[models."qwen3-reranker-8b"]
-aliases = ["Qwen/Qwen3-Reranker-8B"]
-fallback = {fallback}
-quality = {{ probe_interval_seconds = {probe_interval_seconds:g} }}  # probes are real calls the emulator counts
-
-[providers.deepinfra]
-kind = "deepinfra"
-base_url = "http://127.0.0.1:{emulator_port}"
-model = "Qwen/Qwen3-Reranker-8B"
-api_key_env = "EMULATOR_KEY"
-price_per_million_tokens = 0.05
-
-[providers.fireworks]
-kind = "fireworks"
-base_url = "http://127.0.0.1:{emulator_port}"
-model = "accounts/fireworks/models/qwen3-reranker-8b"
-api_key_env = "EMULATOR_KEY"
-price_per_million_tokens = 0.10
-{extra}
-"""
