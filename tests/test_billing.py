@@ -177,6 +177,8 @@ def test_an_implausible_price_is_a_warning_naming_the_unit(tmp_path, caplog):
     assert not [r for r in caplog.records if r.name == "gateway.config"]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_check_config_shows_the_price_warning(tmp_path):
     path = tmp_path / "config.toml"
     write_config(path, gateway_config(local_url(9), providers={"deepinfra": {"price_per_million_tokens": 150}}))

@@ -30,6 +30,7 @@ from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
 from gateway.redisio.commands import ClientCommands, DirectConnections
 from tests.support.hung_server import hung_server
+from tests.support.redis_server import CLUSTER, REDIS
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -61,7 +62,7 @@ async def held(ledger: Ledger, limits: list[Limit], amount_usd: float) -> Reserv
     return made
 
 
-@pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
+@pytest.fixture(params=["memory", REDIS, "fakeredis", CLUSTER])
 async def ledger(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Ledger]:
     if request.param == "memory":
         built: Ledger = MemoryLedger(clock=clock)
@@ -413,6 +414,7 @@ async def test_redis_down_falls_back_to_memory_and_still_enforces(unused_tcp_por
     await ledger.close()
 
 
+@pytest.mark.redis
 async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, clock: FakeClock):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -437,6 +439,7 @@ async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, c
     await ledger.close()
 
 
+@pytest.mark.redis
 async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 

@@ -7,6 +7,7 @@ import asyncio
 import itertools
 
 import aiohttp
+import pytest
 
 from tests.support.config import gateway_config, local_url, write_config
 from tests.support.ledger_outage import (
@@ -20,6 +21,8 @@ from tests.support.ledger_outage import (
 )
 from tests.support.processes import REPO, free_port, running
 from tests.support.redis_server import RedisServer, needs_redis_server
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow, pytest.mark.redis]
 
 BUDGET_USD = 0.0005
 CONCURRENCY = 64

@@ -21,6 +21,7 @@ from gateway.redisio.commands import ClientCommands, DirectConnections
 from gateway.scoring.flights import await_elsewhere
 from tests.support.hung_server import hung_server
 from tests.support.polling import eventually
+from tests.support.redis_server import CLUSTER, REDIS
 
 TTL = 3600
 K = pair_keys
@@ -29,7 +30,7 @@ K = pair_keys
 pytest_plugins = ["tests.support.redis_cluster"]
 
 
-@pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
+@pytest.fixture(params=["memory", REDIS, "fakeredis", CLUSTER])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
     if request.param == "memory":
         built: ScoreCache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=TTL)
@@ -200,6 +201,7 @@ async def test_hung_redis_is_bounded_by_the_timeout():
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
 
 
+@pytest.mark.redis
 async def test_redis_is_used_again_once_it_is_back(tmp_path):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -224,6 +226,7 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
         server.stop()
 
 
+@pytest.mark.redis
 async def test_a_password_in_the_url_is_used(tmp_path):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -269,7 +272,7 @@ def _fakeredis_runs_lua() -> bool:
 Store = Callable[..., RedisScoreCache]
 
 
-@pytest.fixture(params=["redis", "fakeredis", "redis-cluster"])
+@pytest.fixture(params=[REDIS, "fakeredis", CLUSTER])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Builds caches on one store, each with a lease owner of its own, as separate processes have."""
     built: list[RedisScoreCache] = []
@@ -350,6 +353,7 @@ async def test_an_owner_that_dies_holds_its_pairs_only_until_its_lease_runs_out(
     assert (await owner.lookup(PAIRS)).elsewhere == frozenset(range(4))  # ... under your own lease now
 
 
+@pytest.mark.slow
 async def test_an_owner_still_scoring_keeps_its_leases_past_their_length(store: Store):
     # Renewed every half lease: a lease of 1 s leaves half a second for a busy machine's stalls.
     owner, waiter = store(lease_seconds=1.0), store()

@@ -89,6 +89,8 @@ async def test_redis_cache_is_shared_between_gateways(make_gateway: GatewayFacto
     assert stats["documents"]["deepinfra"] == 20
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_gateway_processes_share_one_redis(tmp_path, redis_url):
     emulator_port, gateway_ports = free_port(), (free_port(), free_port())
     config = tmp_path / "config.toml"
@@ -113,6 +115,8 @@ def live_config(gateway: Any) -> GatewayConfig:
     return gateway.server.app[LIVE].config
 
 
+@pytest.mark.redis
+@pytest.mark.slow
 async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory, emulator, tmp_path):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 

@@ -140,6 +140,7 @@ async def test_re_pointing_a_provider_starts_a_new_group(start, aiohttp_client):
     assert scores == pytest.approx([misbehaving_score("rescale", QUERY, d) for d in DOCS], abs=1e-12)
 
 
+@pytest.mark.slow
 async def test_scores_from_before_the_first_verdict_are_not_served_once_it_fails(start, emulator):
     """The issue's case: a provider about to fail serves before its first verdict, and its scores
     are cached; once it fails, the same request must not be answered from them.

@@ -57,6 +57,8 @@ from tests.support.gateway import EMULATOR_KEY
 from tests.support.polling import ConditionNotMet, eventually
 from tests.support.processes import free_port
 
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
+
 CONCURRENCY = 32
 REQUESTS = 240  # per scenario; 13 scenarios
 REQUEST_TIMEOUT_SECONDS = 2.0
@@ -167,7 +169,8 @@ async def _control(url: str, method: str = "POST", body: Any = None) -> None:
         assert response.status == 200, await response.text()
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name, marks=[pytest.mark.redis] if s.redis_killed else [])
+                                      for s in SCENARIOS])
 async def test_chaos(scenario: Scenario, aiohttp_server, tmp_path: Path, chaos_table: Table) -> None:
     redis_server = None
     if scenario.redis_killed:

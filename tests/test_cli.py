@@ -18,6 +18,8 @@ from tests.support.config import gateway_config, local_url, write_config
 from tests.support.polling import eventually
 from tests.support.processes import REPO, free_port, running
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
     """`python -m gateway ARGS`; an env value of "REMOVE" unsets that variable."""

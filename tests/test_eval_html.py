@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.evaluation.beir import load_beir
 from gateway.evaluation.html import render_report_html
@@ -60,6 +61,9 @@ def test_untrusted_names_are_escaped_and_a_recommendation_is_shown() -> None:
     assert drawn_charts(page) == {"quality": 4, "cost": 1, "p50": 1}
 
 
+@pytest.mark.browser
+@pytest.mark.processes
+@pytest.mark.slow
 @NEEDS_CHROMIUM
 async def test_eval_html_renders_in_chromium(tmp_path: Path) -> None:
     port = free_port()

@@ -95,6 +95,8 @@ async def fleet(tmp_path: Path, redis_url: str, lease_ms: float = 60_000,
             yield Fleet(session, emulator_port, ports, gateways)  # type: ignore[arg-type]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_processes_missing_the_same_pairs_pay_for_them_once(tmp_path, redis_url):
     async with fleet(tmp_path, redis_url) as gateways:
         await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="slow", delay_ms=600, count=1)
@@ -111,6 +113,8 @@ async def test_two_processes_missing_the_same_pairs_pay_for_them_once(tmp_path, 
         assert stats["documents"]["deepinfra"] == 15
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_a_call_slower_than_the_lease_is_still_paid_once(tmp_path, redis_url):
     # The owner renews its leases while its call runs: the waiter keeps waiting instead of paying too.
     # Renewed every half lease: a lease of 1 s leaves half a second for a busy machine's stalls.
@@ -128,6 +132,8 @@ async def test_a_call_slower_than_the_lease_is_still_paid_once(tmp_path, redis_u
         assert stats["documents"]["deepinfra"] == 6
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_an_owner_killed_mid_call_holds_its_pairs_only_until_its_lease_runs_out(tmp_path, redis_url):
     async with fleet(tmp_path, redis_url, lease_ms=3000) as gateways:
         await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)
@@ -149,6 +155,8 @@ async def test_an_owner_killed_mid_call_holds_its_pairs_only_until_its_lease_run
             await owner
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_an_owner_whose_call_failed_hands_over_at_once_not_at_lease_end(tmp_path, redis_url):
     # A lease of ten minutes: the waiter can only answer within the bound if the owner released.
     async with fleet(tmp_path, redis_url, lease_ms=600_000, provider_timeout_seconds=1) as gateways:
@@ -164,6 +172,8 @@ async def test_an_owner_whose_call_failed_hands_over_at_once_not_at_lease_end(tm
         assert headers["X-Rerank-Cache"] == "hits=0; misses=5"
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_waiting_keeps_to_the_request_deadline(tmp_path, redis_url):
     async with fleet(tmp_path, redis_url) as gateways:
         await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)

@@ -14,6 +14,8 @@ import pytest
 from tests.support.config import gateway_config, local_url, write_config
 from tests.support.processes import REPO, free_port, running
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 REFUSE_WITHIN_SECONDS = 30.0  # a bound for a hung test, not a performance claim
 
 

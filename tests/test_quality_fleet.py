@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.quality import builtin_canary
 from gateway.quality.fleet import RedisVerdicts
@@ -74,6 +75,8 @@ def one_probe_each() -> dict[str, int]:
     return {"deepinfra": 1, "fireworks": len(builtin_canary())}
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_replicas_on_one_redis_probe_once_and_answer_one_verdict(tmp_path, redis_url):
     ports = (free_port(), free_port())
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
@@ -94,6 +97,8 @@ async def test_two_replicas_on_one_redis_probe_once_and_answer_one_verdict(tmp_p
         assert await probe_calls(emulator_port) == one_probe_each()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_workers_answer_readyz_alike(tmp_path, redis_url):
     port = free_port()
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
@@ -116,6 +121,8 @@ async def test_two_workers_answer_readyz_alike(tmp_path, redis_url):
             assert await probe_calls(emulator_port) == one_probe_each()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_shadow_samples_reach_every_replica(tmp_path, redis_url):
     """One replica's shadow call measures agreement; the other decides cache sharing from the same figures."""
     ports = (free_port(), free_port())

@@ -111,6 +111,7 @@ async def test_never_more_connections_than_allowed(redis_url):
     await eventually(none_left, what="closing every connection")
 
 
+@pytest.mark.redis
 async def test_after_redis_restarts_one_call_fails_at_most_then_every_call_is_served(tmp_path):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 
@@ -156,6 +157,7 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
     assert _packed(commands) == b"".join(connection.pack_commands(commands))
 
 
+@pytest.mark.redis
 async def test_a_unix_socket_url_is_served_by_direct_connections(tmp_path):
     from tests.support.redis_server import REDIS_SERVER, RedisServer
 

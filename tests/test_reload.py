@@ -158,6 +158,8 @@ async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_
     assert (await emulator_requests(emulator))["deepinfra"] == before
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_sighup_reloads_a_running_process(tmp_path):
     emulator_port, gateway_port = free_port(), free_port()
     path = tmp_path / "config.toml"
@@ -182,6 +184,8 @@ async def test_sighup_reloads_a_running_process(tmp_path):
             await eventually(serves_from_fireworks, what="SIGHUP reloading the config", every=0.1)
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_sighup_while_starting_is_a_reload_once_it_serves(tmp_path):
     """SIGHUP's default kills a process: one sent while the gateway starts (config management
     editing the file and sending it, racing a restart) waits until the gateway can reload, and

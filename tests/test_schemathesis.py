@@ -19,6 +19,8 @@ from gateway.web.openapi import openapi_spec
 from tests.support.config import gateway_config, local_url, write_config
 from tests.support.processes import free_port, running
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 CONFIG = schemathesis.Config.from_dict({
     # Unknown headers are not invalid requests: every HTTP server ignores them, by RFC 9110.
     "generation": {"allow-extra-parameters": False},

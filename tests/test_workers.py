@@ -28,6 +28,8 @@ from tests.support.processes import (
     running,
 )
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 
 def children_of(pid: int) -> list[int]:
     found = []

@@ -19,6 +19,10 @@ REDIS_SERVER = shutil.which("redis-server")
 needs_redis_server = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server binary not found (apt-get install redis-server; .ci/run installs it)"
 )
+# The contract suites' backends that start something, marked by what: a redis-server, or the
+# 3-node cluster (tests/support/redis_cluster.py), so that `-m "not cluster"` leaves the cluster out.
+REDIS = pytest.param("redis", marks=pytest.mark.redis)
+CLUSTER = pytest.param("redis-cluster", marks=pytest.mark.cluster)
 
 
 class RedisServer:
