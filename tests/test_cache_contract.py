@@ -21,7 +21,7 @@ from gateway.redisio.commands import ClientCommands, DirectConnections
 from gateway.scoring.flights import await_elsewhere
 from tests.support.hung_server import hung_server
 from tests.support.polling import eventually
-from tests.support.redis_server import CLUSTER, REDIS
+from tests.support.redis_server import CLUSTER, REDIS, RedisServer, own_redis_server
 
 TTL = 3600
 K = pair_keys
@@ -201,12 +201,8 @@ async def test_hung_redis_is_bounded_by_the_timeout():
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
 
 
-@pytest.mark.redis
+@own_redis_server
 async def test_redis_is_used_again_once_it_is_back(tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found")
     server = RedisServer(tmp_path)
     now = [0.0]
     client = aioredis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
@@ -226,12 +222,8 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
         server.stop()
 
 
-@pytest.mark.redis
+@own_redis_server
 async def test_a_password_in_the_url_is_used(tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found")
     server = RedisServer(tmp_path, extra_args=["--requirepass", "s3cret"])
     server.start(password="s3cret")
     try:

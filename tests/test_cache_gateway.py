@@ -17,6 +17,7 @@ from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
 from tests.support.polling import eventually
 from tests.support.processes import free_port, running
+from tests.support.redis_server import RedisServer, own_redis_server
 
 
 async def test_concurrent_identical_requests_share_one_upstream_call(make_gateway: GatewayFactory, emulator):
@@ -115,13 +116,9 @@ def live_config(gateway: Any) -> GatewayConfig:
     return gateway.server.app[LIVE].config
 
 
-@pytest.mark.redis
+@own_redis_server
 @pytest.mark.slow
 async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory, emulator, tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
     server = RedisServer(tmp_path)
     server.start()
     try:
