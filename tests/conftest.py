@@ -12,7 +12,32 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
-from tests.support.gateway import EMULATOR_KEY, GatewayFactory, emulator_url, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import EMULATOR_KEY, GatewayFactory, emulator_url
+
+# The fast set (README, "Tests"): what runs in well under a minute here, no browser, SDK or cluster.
+FAST = "not slow and not browser and not clients and not cluster"
+# Tests that take these fixtures run against a real redis-server, or the cluster: marked here so
+# that a new test is marked by what it uses. Tests that start a RedisServer themselves say so.
+MARKED_BY_FIXTURE = {"redis_server": "redis", "redis_url": "redis", "redis_cluster": "cluster",
+                     "redis_cluster_url": "cluster"}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--fast", action="store_true", help=f'only the fast set: -m "{FAST}" (with any -m given)')
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--fast"):
+        asked = config.option.markexpr
+        config.option.markexpr = f"({asked}) and ({FAST})" if asked else FAST
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in sorted({MARKED_BY_FIXTURE[f] for f in getattr(item, "fixturenames", ()) if f in MARKED_BY_FIXTURE}):
+            item.add_marker(name)
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +62,7 @@ def make_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], emulator:
         app_options: dict[str, Any] | None = None,
         **sections: dict[str, Any],
     ) -> TestClient:
-        raw = gateway_settings(emulator_url(emulator), fallback or ["deepinfra", "fireworks"], **sections)
+        raw = gateway_config(emulator_url(emulator), fallback or ["deepinfra", "fireworks"], **sections)
         if edit is not None:
             raw = copy.deepcopy(raw)
             edit(raw)

@@ -19,8 +19,9 @@ from gateway.emulator.wire import Call
 from gateway.evaluation.beir import load_beir
 from gateway.evaluation.run import EvalSettings, evaluate
 from gateway.observability.logs import REQUEST_LOGGER
-from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_url, gateway_settings
-from tests.support.processes import REPO, gateway_toml
+from tests.support.config import gateway_config, local_url, write_config
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_url
+from tests.support.processes import REPO
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 QUERY = "what does bankruptcy through the MFC cost"
@@ -144,7 +145,7 @@ async def test_tei_is_billed_at_the_ratio_learned_from_providers_that_report(mak
 
 
 async def test_eval_calls_are_billed_in_the_ledger_and_refused_by_its_budget(emulator):
-    raw = gateway_settings(emulator_url(emulator), ["deepinfra", "tei"])
+    raw = gateway_config(emulator_url(emulator), ["deepinfra", "tei"])
     raw["providers"]["tei"]["price_per_million_tokens"] = TEI_PRICE
     config = parse_config(raw)
     ledger = MemoryLedger()
@@ -162,7 +163,7 @@ async def test_eval_calls_are_billed_in_the_ledger_and_refused_by_its_budget(emu
 
 def test_an_implausible_price_is_a_warning_naming_the_unit(tmp_path, caplog):
     path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(9).replace("price_per_million_tokens = 0.10", "price_per_million_tokens = 2500"))
+    write_config(path, gateway_config(local_url(9), providers={"fireworks": {"price_per_million_tokens": 2500}}))
     with caplog.at_level(logging.WARNING, logger="gateway.config"):
         config = load_config(path)  # a warning, not a refusal
     assert config.providers["fireworks"].price_per_million_tokens == 2500
@@ -170,15 +171,17 @@ def test_an_implausible_price_is_a_warning_naming_the_unit(tmp_path, caplog):
     assert len(warnings) == 1
     assert "providers.fireworks.price_per_million_tokens = 2500 is read as US dollars per million tokens" in warnings[0]
     caplog.clear()
-    path.write_text(gateway_toml(9))
+    write_config(path, gateway_config(local_url(9)))
     with caplog.at_level(logging.WARNING, logger="gateway.config"):
         load_config(path)
     assert not [r for r in caplog.records if r.name == "gateway.config"]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_check_config_shows_the_price_warning(tmp_path):
     path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(9).replace("price_per_million_tokens = 0.05", "price_per_million_tokens = 150"))
+    write_config(path, gateway_config(local_url(9), providers={"deepinfra": {"price_per_million_tokens": 150}}))
     result = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", "--config", str(path)], cwd=REPO, capture_output=True,
         text=True, timeout=60, env={**os.environ, "EMULATOR_KEY": "k"},

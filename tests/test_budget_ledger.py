@@ -30,6 +30,7 @@ from gateway.budget.base import windows_of
 from gateway.budget.redis import window_keys
 from gateway.redisio.commands import ClientCommands, DirectConnections
 from tests.support.hung_server import hung_server
+from tests.support.redis_server import CLUSTER, REDIS, RedisServer, own_redis_server
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -61,7 +62,7 @@ async def held(ledger: Ledger, limits: list[Limit], amount_usd: float) -> Reserv
     return made
 
 
-@pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
+@pytest.fixture(params=["memory", REDIS, "fakeredis", CLUSTER])
 async def ledger(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Ledger]:
     if request.param == "memory":
         built: Ledger = MemoryLedger(clock=clock)
@@ -413,11 +414,8 @@ async def test_redis_down_falls_back_to_memory_and_still_enforces(unused_tcp_por
     await ledger.close()
 
 
+@own_redis_server
 async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, clock: FakeClock):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found")
     server = RedisServer(tmp_path)
     server.start()
     ledger = RedisLedger.from_url(server.url, timeout_seconds=0.5, clock=clock)
@@ -437,11 +435,8 @@ async def test_the_fallback_starts_from_the_spend_last_seen_in_redis(tmp_path, c
     await ledger.close()
 
 
+@own_redis_server
 async def test_redis_is_used_again_once_it_is_back(tmp_path, clock: FakeClock):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found")
     server = RedisServer(tmp_path)
     now = [0.0]
     client = aioredis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)

@@ -27,7 +27,7 @@ HOLD = 30.0
 LIMIT = Limit("deepinfra", daily_usd=1.0, monthly_usd=None)
 DAY_KEY = "rb:{budget}:t:2025-03-10:deepinfra"
 
-pytestmark = needs_redis_server
+pytestmark = [needs_redis_server, pytest.mark.redis]
 
 
 class Flaky:

@@ -7,7 +7,9 @@ import asyncio
 import itertools
 
 import aiohttp
+import pytest
 
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.ledger_outage import (
     PERSISTENT,
     admin_spend,
@@ -17,8 +19,10 @@ from tests.support.ledger_outage import (
     settled_everywhere,
     write_back_through_an_outage,
 )
-from tests.support.processes import REPO, free_port, gateway_toml, running
+from tests.support.processes import REPO, free_port, running
 from tests.support.redis_server import RedisServer, needs_redis_server
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow, pytest.mark.redis]
 
 BUDGET_USD = 0.0005
 CONCURRENCY = 64
@@ -34,8 +38,9 @@ async def test_two_processes_under_load_stay_within_the_overshoot_bound(tmp_path
     config = tmp_path / "config.toml"
     # A generous ledger bound: this test is about reservations under load on a shared 2-core
     # machine, not about a slow Redis (whose per-process fallback has its own tests).
-    budget = f'\n[cache]\nledger_timeout_ms = 2000\n\n[providers.deepinfra.budget]\ndaily_usd = {BUDGET_USD}\n'
-    config.write_text(gateway_toml(emulator_port, fallback='["deepinfra"]', extra=budget, server='admin_key_env = "ADMIN_KEY"'))
+    write_config(config, gateway_config(local_url(emulator_port), ["deepinfra"], server={"admin_key_env": "ADMIN_KEY"},
+                                        cache={"ledger_timeout_ms": 2000},
+                                        providers={"deepinfra": {"budget": {"daily_usd": BUDGET_USD}}}))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin"}
     counter = itertools.count()
     costs: list[float] = []
@@ -102,7 +107,7 @@ async def test_spend_made_while_redis_was_away_is_written_back(tmp_path):
 async def test_a_persistent_ledger_redis_restarted_mid_month_keeps_the_spend_and_the_decisions(tmp_path, redis_url):
     ledger = RedisServer(tmp_path, extra_args=[*PERSISTENT, "--maxmemory-policy", "noeviction"])
     ledger.start()
-    budget = f'\n[budget]\nurl = "{ledger.url}"\n\n[providers.deepinfra.budget]\ndaily_usd = {BUDGET_USD / 10}\n'
+    budget = {"budget": {"url": ledger.url}, "providers": {"deepinfra": {"budget": {"daily_usd": BUDGET_USD / 10}}}}
     counter = itertools.count()
     try:
         with gateways(REPO, tmp_path, redis_url, 1, budget) as (_, [port]):

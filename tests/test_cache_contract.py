@@ -21,6 +21,7 @@ from gateway.redisio.commands import ClientCommands, DirectConnections
 from gateway.scoring.flights import await_elsewhere
 from tests.support.hung_server import hung_server
 from tests.support.polling import eventually
+from tests.support.redis_server import CLUSTER, REDIS, RedisServer, own_redis_server
 
 TTL = 3600
 K = pair_keys
@@ -29,7 +30,7 @@ K = pair_keys
 pytest_plugins = ["tests.support.redis_cluster"]
 
 
-@pytest.fixture(params=["memory", "redis", "fakeredis", "redis-cluster"])
+@pytest.fixture(params=["memory", REDIS, "fakeredis", CLUSTER])
 async def cache(request: pytest.FixtureRequest) -> AsyncIterator[ScoreCache]:
     if request.param == "memory":
         built: ScoreCache = MemoryScoreCache(max_bytes=1 << 20, ttl_seconds=TTL)
@@ -200,11 +201,8 @@ async def test_hung_redis_is_bounded_by_the_timeout():
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
 
 
+@own_redis_server
 async def test_redis_is_used_again_once_it_is_back(tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found")
     server = RedisServer(tmp_path)
     now = [0.0]
     client = aioredis.Redis.from_url(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
@@ -224,11 +222,8 @@ async def test_redis_is_used_again_once_it_is_back(tmp_path):
         server.stop()
 
 
+@own_redis_server
 async def test_a_password_in_the_url_is_used(tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found")
     server = RedisServer(tmp_path, extra_args=["--requirepass", "s3cret"])
     server.start(password="s3cret")
     try:
@@ -269,7 +264,7 @@ def _fakeredis_runs_lua() -> bool:
 Store = Callable[..., RedisScoreCache]
 
 
-@pytest.fixture(params=["redis", "fakeredis", "redis-cluster"])
+@pytest.fixture(params=[REDIS, "fakeredis", CLUSTER])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     """Builds caches on one store, each with a lease owner of its own, as separate processes have."""
     built: list[RedisScoreCache] = []
@@ -350,6 +345,7 @@ async def test_an_owner_that_dies_holds_its_pairs_only_until_its_lease_runs_out(
     assert (await owner.lookup(PAIRS)).elsewhere == frozenset(range(4))  # ... under your own lease now
 
 
+@pytest.mark.slow
 async def test_an_owner_still_scoring_keeps_its_leases_past_their_length(store: Store):
     # Renewed every half lease: a lease of 1 s leaves half a second for a busy machine's stalls.
     owner, waiter = store(lease_seconds=1.0), store()

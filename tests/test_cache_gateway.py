@@ -13,9 +13,11 @@ from gateway.config import GatewayConfig
 from gateway.quality.groups import scoring_identity
 from gateway.web.edge import LIVE
 from tests.support.cache_requests import DI, QUERY, documents, expected
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
 from tests.support.polling import eventually
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.processes import free_port, running
+from tests.support.redis_server import RedisServer, own_redis_server
 
 
 async def test_concurrent_identical_requests_share_one_upstream_call(make_gateway: GatewayFactory, emulator):
@@ -88,10 +90,12 @@ async def test_redis_cache_is_shared_between_gateways(make_gateway: GatewayFacto
     assert stats["documents"]["deepinfra"] == 20
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_gateway_processes_share_one_redis(tmp_path, redis_url):
     emulator_port, gateway_ports = free_port(), (free_port(), free_port())
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port))
+    write_config(config, gateway_config(local_url(emulator_port)))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
     docs = documents("processes")
     body = {"queries": [QUERY], "passages": docs}
@@ -112,11 +116,9 @@ def live_config(gateway: Any) -> GatewayConfig:
     return gateway.server.app[LIVE].config
 
 
+@own_redis_server
+@pytest.mark.slow
 async def test_redis_stopped_mid_run_and_restarted(make_gateway: GatewayFactory, emulator, tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
     server = RedisServer(tmp_path)
     server.start()
     try:

@@ -24,7 +24,8 @@ from gateway.quality.board import QualityBoard
 from gateway.quality.groups import CacheGroups, scoring_identity
 from gateway.quality.probe import CanaryOutcome
 from tests.support.canaries import word_overlap_canary
-from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, emulator_requests, emulator_url, gateway_settings
+from tests.support.config import changed, gateway_config, write_config
+from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, emulator_requests, emulator_url
 
 QUERY = "bankruptcy through the MFC cost"
 DOCS = [f"passage {i}: bankruptcy MFC note {i}" if i % 2 else f"passage {i}: weather in Kazan {i}" for i in range(10)]
@@ -33,23 +34,14 @@ DEEPINFRA = {"kind": "deepinfra", "model": "Qwen/Qwen3-Reranker-8B", "price_per_
 FIREWORKS = {"kind": "fireworks", "model": "accounts/fireworks/models/qwen3-reranker-8b", "price_per_million_tokens": 0.10}
 
 
-def config_text(providers: dict[str, dict[str, Any]], fallback: list[str], redis_url: str, **quality: Any) -> str:
-    """Probes at start and after a reload only, with the canary `quality` names (see `start`)."""
-    quality = {"probe_interval_seconds": 3600, **quality}
-    lines = [
-        '[server]\ndefault_model = "qwen3-reranker-8b"\nadmin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0',
-        f'[cache]\nurl = "{redis_url}"',
-        '[resilience]\nmax_retries = 0',
-        f'[models."{MODEL}"]\naliases = ["Qwen/Qwen3-Reranker-8B"]\nfallback = {fallback!r}'.replace("'", '"'),
-        f'[models."{MODEL}".quality]\n' + "\n".join(f"{k} = {_toml(v)}" for k, v in quality.items()),
-    ]
-    for name, entry in providers.items():
-        lines.append(f"[providers.{name}]\n" + "\n".join(f"{k} = {_toml(v)}" for k, v in entry.items()))
-    return "\n\n".join(lines) + "\n"
-
-
-def _toml(value: Any) -> str:
-    return f'"{value}"' if isinstance(value, str) else str(value)
+def settings(providers: dict[str, dict[str, Any]], fallback: list[str], redis_url: str, **quality: Any) -> dict[str, Any]:
+    """Only these providers; probes at start and after a reload only, with the canary `quality` names (see `start`)."""
+    raw = gateway_config(
+        "http://127.0.0.1:9", fallback, server={"admin_key_env": "ADMIN_KEY", "reload_poll_seconds": 0},
+        cache={"url": redis_url}, resilience={"max_retries": 0},
+        models={MODEL: {"quality": {"probe_interval_seconds": 3600, **quality}}},
+    )
+    return changed(raw, "providers", providers)
 
 
 class Setup:
@@ -61,7 +53,7 @@ class Setup:
     def write(self, providers: dict[str, dict[str, Any]], fallback: list[str], **quality: Any) -> None:
         """The config file with these providers (each over the emulator, unless it says otherwise)."""
         providers = {name: {**self.base, **entry} for name, entry in providers.items()}
-        self.path.write_text(config_text(providers, fallback, self.redis_url, canary=str(self.canary), **quality))
+        write_config(self.path, settings(providers, fallback, self.redis_url, canary=str(self.canary), **quality))
 
     async def reload(self, providers: dict[str, dict[str, Any]], fallback: list[str], **quality: Any) -> None:
         self.write(providers, fallback, **quality)
@@ -148,6 +140,7 @@ async def test_re_pointing_a_provider_starts_a_new_group(start, aiohttp_client):
     assert scores == pytest.approx([misbehaving_score("rescale", QUERY, d) for d in DOCS], abs=1e-12)
 
 
+@pytest.mark.slow
 async def test_scores_from_before_the_first_verdict_are_not_served_once_it_fails(start, emulator):
     """The issue's case: a provider about to fail serves before its first verdict, and its scores
     are cached; once it fails, the same request must not be answered from them.
@@ -187,7 +180,7 @@ def outcome() -> CanaryOutcome:
 
 
 def groups_of(fallback: list[str], board: QualityBoard | None = None, **providers: dict[str, Any]) -> CacheGroups:
-    raw = gateway_settings("http://127.0.0.1:9", fallback)
+    raw = gateway_config("http://127.0.0.1:9", fallback)
     raw["providers"] = {**raw["providers"], **providers}
     config = parse_config(raw)
     return CacheGroups(config, board or QualityBoard(), lambda provider: True)
@@ -196,7 +189,7 @@ def groups_of(fallback: list[str], board: QualityBoard | None = None, **provider
 def test_a_group_is_named_by_the_scoring_identity_and_the_verdict_it_was_written_under() -> None:
     board = QualityBoard()
     groups = groups_of(["deepinfra"], board)
-    identity = scoring_identity(parse_config(gateway_settings("http://127.0.0.1:9", ["deepinfra"])).providers["deepinfra"])
+    identity = scoring_identity(parse_config(gateway_config("http://127.0.0.1:9", ["deepinfra"])).providers["deepinfra"])
     assert len(identity) == 12
     assert groups.group_of(MODEL, "deepinfra") == f"{MODEL}@{identity}?"  # before any verdict
     board.entry(MODEL, "deepinfra").state = "passing"
@@ -206,7 +199,7 @@ def test_a_group_is_named_by_the_scoring_identity_and_the_verdict_it_was_written
 
 
 def test_each_part_of_the_identity_counts_and_the_name_does_not() -> None:
-    base = parse_config(gateway_settings("http://127.0.0.1:9", ["deepinfra"])).providers["deepinfra"]
+    base = parse_config(gateway_config("http://127.0.0.1:9", ["deepinfra"])).providers["deepinfra"]
     identity = scoring_identity(base)
     changes: dict[str, object] = {"base_url": "http://127.0.0.1:10", "model": "Qwen/Qwen3-Reranker-4B",
                                   "path": "/other", "score_transform": "sigmoid", "kind": "tei"}

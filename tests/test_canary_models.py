@@ -29,6 +29,8 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from tests.support.embedding_reranker import require, serving
 
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
+
 MODEL = "embedding-reranker"
 PROBE_SECONDS = 120.0  # 18 lines through a CPU model on a shared machine
 

@@ -52,9 +52,12 @@ from tests.support.chaos import (
     run_load,
     settled,
 )
-from tests.support.gateway import EMULATOR_KEY, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import EMULATOR_KEY
 from tests.support.polling import ConditionNotMet, eventually
 from tests.support.processes import free_port
+
+pytestmark = [pytest.mark.chaos, pytest.mark.slow]
 
 CONCURRENCY = 32
 REQUESTS = 240  # per scenario; 13 scenarios
@@ -142,7 +145,7 @@ def chaos_table(request: pytest.FixtureRequest) -> Iterator[Table]:
 
 
 def _settings(emulator_url: str, scenario: Scenario, redis_url: str | None) -> dict[str, Any]:
-    raw = gateway_settings(
+    raw = gateway_config(
         emulator_url,
         ["deepinfra", "fireworks"],
         server={"request_timeout_seconds": REQUEST_TIMEOUT_SECONDS},
@@ -166,7 +169,8 @@ async def _control(url: str, method: str = "POST", body: Any = None) -> None:
         assert response.status == 200, await response.text()
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+@pytest.mark.parametrize("scenario", [pytest.param(s, id=s.name, marks=[pytest.mark.redis] if s.redis_killed else [])
+                                      for s in SCENARIOS])
 async def test_chaos(scenario: Scenario, aiohttp_server, tmp_path: Path, chaos_table: Table) -> None:
     redis_server = None
     if scenario.redis_killed:
@@ -371,7 +375,7 @@ async def test_a_deadline_cancels_the_provider_calls_it_abandons(aiohttp_server)
     """
     emulator = await aiohttp_server(create_emulator_app(EmulatorConfig(api_key=EMULATOR_KEY)))
     emulator_url = str(emulator.make_url("")).rstrip("/")
-    raw = gateway_settings(emulator_url, ["deepinfra", "fireworks"], server={"request_timeout_seconds": 10})
+    raw = gateway_config(emulator_url, ["deepinfra", "fireworks"], server={"request_timeout_seconds": 10})
     for provider in raw["providers"].values():
         provider["timeout_seconds"] = 5
     gateway = await aiohttp_server(create_app(parse_config(raw)))

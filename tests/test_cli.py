@@ -14,8 +14,11 @@ import aiohttp
 import pytest
 
 from gateway.emulator import emulated_score
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.polling import eventually
-from tests.support.processes import REPO, free_port, gateway_toml, running
+from tests.support.processes import REPO, free_port, running
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -43,7 +46,7 @@ def test_check_config_without_a_file_says_how_to_name_one(tmp_path):
 def test_reload_command_reloads_the_gateway_on_the_configs_address(tmp_path):
     gateway_port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9, server=f'port = {gateway_port}\nadmin_key_env = "TEST_ADMIN_KEY"'))
+    write_config(config, gateway_config(local_url(9), server={"port": gateway_port, "admin_key_env": "TEST_ADMIN_KEY"}))
     env = {"EMULATOR_KEY": "", "TEST_ADMIN_KEY": "admin-secret"}
     with running(["serve", "--config", str(config)], gateway_port, env=env) as gateway:
         config.write_text(config.read_text().replace('fallback = ["deepinfra", "fireworks"]', 'fallback = ["fireworks"]'))
@@ -63,7 +66,8 @@ def test_reload_command_reloads_the_gateway_on_the_configs_address(tmp_path):
 def test_spend_command_prints_each_window_reported_and_estimated_and_the_gateway_total(tmp_path):
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port, server=f'port = {gateway_port}\nadmin_key_env = "TEST_ADMIN_KEY"'))
+    write_config(config, gateway_config(local_url(emulator_port),
+                                         server={"port": gateway_port, "admin_key_env": "TEST_ADMIN_KEY"}))
     env = {"EMULATOR_KEY": "k", "TEST_ADMIN_KEY": "admin-secret"}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config)], gateway_port, env=env):
@@ -88,7 +92,7 @@ def test_spend_command_prints_each_window_reported_and_estimated_and_the_gateway
 
 def test_spend_command_without_an_admin_key_says_why(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9, server='admin_key_env = "TEST_ADMIN_KEY"'))
+    write_config(config, gateway_config(local_url(9), server={"admin_key_env": "TEST_ADMIN_KEY"}))
     result = run_cli("spend", "--config", str(config), env={"TEST_ADMIN_KEY": ""})
     assert result.returncode == 2
     assert "cannot read spend" in result.stderr and "$TEST_ADMIN_KEY is empty or not set" in result.stderr
@@ -96,7 +100,7 @@ def test_spend_command_without_an_admin_key_says_why(tmp_path):
 
 def test_reload_command_without_an_admin_key_says_why(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9, server='admin_key_env = "TEST_ADMIN_KEY"'))
+    write_config(config, gateway_config(local_url(9), server={"admin_key_env": "TEST_ADMIN_KEY"}))
     result = run_cli("reload", "--config", str(config), env={"TEST_ADMIN_KEY": ""})
     assert result.returncode == 2
     assert "$TEST_ADMIN_KEY is empty or not set" in result.stderr
@@ -104,7 +108,7 @@ def test_reload_command_without_an_admin_key_says_why(tmp_path):
 
 def test_check_config_says_which_providers_are_usable(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     without_key = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": ""})
     assert without_key.returncode == 1
     assert "model qwen3-reranker-8b: NO USABLE PROVIDER" in without_key.stdout
@@ -119,7 +123,7 @@ def test_check_config_says_which_providers_are_usable(tmp_path):
 
 def test_invalid_config_refuses_to_start(tmp_path):
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9).replace('kind = "fireworks"', 'kind = "fireworx"'))
+    write_config(config, gateway_config(local_url(9), providers={"fireworks": {"kind": "fireworx"}}))
     for command in ("check-config", "serve"):
         result = run_cli(command, "--config", str(config))
         assert result.returncode == 2
@@ -129,7 +133,7 @@ def test_invalid_config_refuses_to_start(tmp_path):
 async def test_serve_and_emulate_as_processes(tmp_path):
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port))
+    write_config(config, gateway_config(local_url(emulator_port)))
     env = {"EMULATOR_KEY": "process-key"}
     with running(["emulate", "--port", str(emulator_port), "--api-key", "process-key"], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port, env=env):
@@ -151,7 +155,7 @@ async def test_sigterm_lets_requests_in_flight_finish(tmp_path):
 
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port, server="shutdown_grace_seconds = 10"))
+    write_config(config, gateway_config(local_url(emulator_port), server={"shutdown_grace_seconds": 10}))
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port, env={"EMULATOR_KEY": "k"}) as gateway:
         async with aiohttp.ClientSession() as session:
@@ -201,7 +205,7 @@ def raw_http(port: int, request: bytes) -> bytes:
 def test_requests_aiohttp_refuses_get_the_gateways_json_error(tmp_path, request_bytes):
     gateway_port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     with running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port) as gateway:
         answer = raw_http(gateway_port, request_bytes)
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -221,7 +225,7 @@ def test_a_gateway_logging_more_than_a_pipe_holds_keeps_serving(tmp_path):
     # a pipe holds, which a gateway whose stderr nobody reads fills and then blocks on.
     gateway_port = free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     refused = b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n"
     with running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port) as gateway:
         for _ in range(1000):

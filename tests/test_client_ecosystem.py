@@ -25,15 +25,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-# LiteLLM fetches its model price map from the network at import unless told to use its bundled copy.
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
-
 import cohere
-import litellm
+import pytest
 from cohere.core.api_error import ApiError
-from litellm.exceptions import APIConnectionError
 
 from gateway.emulator import emulated_score
 from gateway.observability.logs import REQUEST_LOGGER
@@ -41,7 +35,7 @@ from tests.support.gateway import MODEL, GatewayFactory
 from tests.support.processes import REPO
 
 # LiteLLM's types trip a pydantic warning as they are first used (its code, not the gateway's).
-pytestmark = pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*using the `ReadOnly` qualifier:UserWarning"), pytest.mark.clients]
 
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = [
@@ -51,6 +45,17 @@ DOCUMENTS = [
     "Weather in Kazan is mild in May.",
 ]
 KEY = "any-key-the-gateway-ignores"
+
+
+@pytest.fixture(scope="module")
+def litellm() -> Any:
+    """LiteLLM, imported by the tests that use it: its import takes ~3 s, which runs that leave
+    these tests out (`pytest --fast`) should not pay at collection."""
+    # It fetches its model price map from the network at import unless told to use its bundled copy.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    return litellm
 
 
 def base_url(gateway: Any) -> str:
@@ -77,7 +82,7 @@ def assert_litellm_ranked(response: Any, top_n: int, with_documents: bool) -> No
 
 # --- LiteLLM ---------------------------------------------------------------------------------
 
-async def test_litellm_infinity_route_with_documents(make_gateway: GatewayFactory):
+async def test_litellm_infinity_route_with_documents(make_gateway: GatewayFactory, litellm: Any):
     gateway = await make_gateway()
     response = await litellm.arerank(
         model=f"infinity/{MODEL}", api_base=f"{base_url(gateway)}/infinity", api_key=KEY,
@@ -103,7 +108,7 @@ async def test_infinity_answers_in_infinitys_shape(make_gateway: GatewayFactory)
     assert any(not 0 <= item["relevance_score"] <= 1 for item in raw["results"])
 
 
-async def test_litellm_hosted_vllm_keeps_the_object_document_on_rerank(make_gateway: GatewayFactory):
+async def test_litellm_hosted_vllm_keeps_the_object_document_on_rerank(make_gateway: GatewayFactory, litellm: Any):
     """vLLM's clients send the very bytes Infinity's do to `/rerank`; its answer shape stays."""
     gateway = await make_gateway()
     response = await litellm.arerank(
@@ -133,7 +138,7 @@ class RequestRecorder:
 
 
 @pytest.mark.parametrize("options", [{}, {"top_n": 3, "return_documents": True}, {"rank_fields": ["text"]}])
-async def test_litellm_infinity_and_hosted_vllm_send_the_same_bytes(options: dict[str, Any]):
+async def test_litellm_infinity_and_hosted_vllm_send_the_same_bytes(options: dict[str, Any], litellm: Any):
     """Why Infinity has a prefix, not a guess at `/rerank`: no byte of the request tells the two apart."""
     recorder = RequestRecorder()
     server = await asyncio.start_server(recorder, "127.0.0.1", 0)
@@ -147,7 +152,7 @@ async def test_litellm_infinity_and_hosted_vllm_send_the_same_bytes(options: dic
     assert infinity == hosted_vllm
 
 
-async def test_no_one_document_shape_at_rerank_satisfies_both_litellm_parsers(make_gateway: GatewayFactory):
+async def test_no_one_document_shape_at_rerank_satisfies_both_litellm_parsers(make_gateway: GatewayFactory, litellm: Any):
     """Why `/rerank` cannot answer both: each LiteLLM parser rejects the other's `document`.
 
     litellm/llms/infinity/rerank/transformation.py puts the value in `RerankResponseDocument(text=...)`
@@ -156,9 +161,9 @@ async def test_no_one_document_shape_at_rerank_satisfies_both_litellm_parsers(ma
     """
     gateway = await make_gateway()
     call = {"query": QUERY, "documents": DOCUMENTS, "api_key": KEY, "return_documents": True}
-    with pytest.raises(APIConnectionError, match=r"results\.0\.document\.text\s+Input should be a valid string"):
+    with pytest.raises(litellm.exceptions.APIConnectionError, match=r"results\.0\.document\.text\s+Input should be a valid string"):
         await litellm.arerank(model=f"infinity/{MODEL}", api_base=base_url(gateway), **call)
-    with pytest.raises(APIConnectionError, match="'str' object has no attribute 'get'"):
+    with pytest.raises(litellm.exceptions.APIConnectionError, match="'str' object has no attribute 'get'"):
         await litellm.arerank(model=f"hosted_vllm/{MODEL}", api_base=f"{base_url(gateway)}/infinity", **call)
     # Without documents the two shapes agree, so the same scores come back from both paths.
     for route, api_base in (("infinity", base_url(gateway)), ("hosted_vllm", f"{base_url(gateway)}/infinity")):
@@ -167,7 +172,7 @@ async def test_no_one_document_shape_at_rerank_satisfies_both_litellm_parsers(ma
         assert_litellm_ranked(response, 2, with_documents=False)
 
 
-async def test_litellm_deepinfra_route_with_the_gateway_root(make_gateway: GatewayFactory):
+async def test_litellm_deepinfra_route_with_the_gateway_root(make_gateway: GatewayFactory, litellm: Any):
     gateway = await make_gateway()
     response = await litellm.arerank(
         model="deepinfra/Qwen/Qwen3-Reranker-8B", api_base=base_url(gateway), api_key=KEY,
@@ -189,7 +194,7 @@ async def test_deepinfra_root_path_keeps_fireworks_path(make_gateway: GatewayFac
     assert (await deepinfra.json())["scores"] == [pytest.approx(emulated_score(QUERY, d), abs=1e-12) for d in DOCUMENTS]
 
 
-async def test_litellm_cohere_route_with_its_default_model_name(make_gateway: GatewayFactory):
+async def test_litellm_cohere_route_with_its_default_model_name(make_gateway: GatewayFactory, litellm: Any):
     gateway = await make_gateway(edit=with_catch_all)
     response = await litellm.arerank(
         model="cohere/rerank-v3.5", api_base=base_url(gateway), api_key=KEY, query=QUERY, documents=DOCUMENTS, top_n=2,
@@ -280,6 +285,8 @@ def assert_scored_best_first(ranked: list[tuple[int, float | None]], top_n: int)
         pytest.approx(emulated_score(QUERY, DOCUMENTS[index]), abs=1e-12) for index, _ in ranked]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_llamaindex_cohere_rerank_with_its_default_model(make_gateway: GatewayFactory):
     clients_python()  # skips (fails in CI) before a gateway is built for nothing
     gateway = await make_gateway(edit=with_catch_all)
@@ -304,9 +311,9 @@ async def test_haystack_cohere_ranker_with_its_default_model(make_gateway: Gatew
 
 def test_a_star_inside_an_alias_is_refused_not_taken_as_a_pattern():
     from gateway.config import ConfigError, parse_config
-    from tests.support.gateway import gateway_settings
+    from tests.support.config import gateway_config
 
-    raw = gateway_settings("http://127.0.0.1:9", ["deepinfra"])
+    raw = gateway_config("http://127.0.0.1:9", ["deepinfra"])
     raw["models"][MODEL]["aliases"].append("rerank-*")
     with pytest.raises(ConfigError, match=r"'rerank-\*': names are matched whole"):
         parse_config(raw)

@@ -29,8 +29,11 @@ import pytest
 from cohere.core.api_error import ApiError
 
 from gateway.emulator import emulated_score
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import MODEL, GatewayFactory
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.processes import free_port, running
+
+pytestmark = [pytest.mark.clients]
 
 QUERY = "how much does bankruptcy through the MFC cost?"
 DOCUMENTS = [
@@ -296,10 +299,12 @@ async def test_invalid_request_raises_unprocessable(make_gateway: GatewayFactory
 
 # --- as ops run it: real processes, the sync clients ------------------------------------------
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_sync_clients_against_the_gateway_process(tmp_path):
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port))
+    write_config(config, gateway_config(local_url(emulator_port)))
     base = f"http://127.0.0.1:{gateway_port}"
     with running(["emulate", "--port", str(emulator_port), "--api-key", "process-key"], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port,

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
-from tests.support.config_edit import BASE, with_change
+from tests.support.config import MINIMAL, changed
 
 REPO = Path(__file__).parents[1]
 
@@ -56,12 +55,12 @@ def test_shipped_configs_take_the_names_real_clients_send(file, name):
 ])
 def test_mistakes_name_the_key(path, value, words):
     with pytest.raises(ConfigError) as caught:
-        parse_config(with_change(path, value))
+        parse_config(changed(MINIMAL, path, value))
     assert words in str(caught.value)
 
 
 def test_whole_numbers_are_taken_where_floats_are_meant():
-    config = parse_config(with_change("providers.a.timeout_seconds", 10))
+    config = parse_config(changed(MINIMAL, "providers.a.timeout_seconds", 10))
     assert config.providers["a"].timeout_seconds == 10.0
 
 
@@ -69,12 +68,12 @@ def test_base_url_takes_environment_references(monkeypatch):
     # examples/emulator.toml: the emulator's port is chosen without editing the file.
     url = "http://127.0.0.1:${EMULATOR_PORT:-9000}"
     monkeypatch.delenv("EMULATOR_PORT", raising=False)
-    assert parse_config(with_change("providers.a.base_url", url)).providers["a"].base_url == "http://127.0.0.1:9000"
+    assert parse_config(changed(MINIMAL, "providers.a.base_url", url)).providers["a"].base_url == "http://127.0.0.1:9000"
     monkeypatch.setenv("EMULATOR_PORT", "9123")
-    assert parse_config(with_change("providers.a.base_url", url)).providers["a"].base_url == "http://127.0.0.1:9123"
+    assert parse_config(changed(MINIMAL, "providers.a.base_url", url)).providers["a"].base_url == "http://127.0.0.1:9123"
     monkeypatch.delenv("NO_SUCH_VAR_SET", raising=False)
     with pytest.raises(ConfigError, match=r"providers.a.base_url: \$\{NO_SUCH_VAR_SET\} is not set"):
-        parse_config(with_change("providers.a.base_url", "http://${NO_SUCH_VAR_SET}"))
+        parse_config(changed(MINIMAL, "providers.a.base_url", "http://${NO_SUCH_VAR_SET}"))
 
 
 def test_missing_default_file_hints_at_config_and_environment(tmp_path, monkeypatch):
@@ -106,23 +105,21 @@ def test_config_path_from_the_environment(tmp_path, monkeypatch):
 
 def test_redis_url_from_the_environment(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6390/0")
-    assert parse_config(copy.deepcopy(BASE)).cache.url == "redis://127.0.0.1:6390/0"
+    assert parse_config(dict(MINIMAL)).cache.url == "redis://127.0.0.1:6390/0"
 
 
 def test_the_ledger_lives_in_the_caches_redis_unless_budget_url_names_its_own(monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://cache:6379/0")
-    assert parse_config(copy.deepcopy(BASE)).ledger_url == "redis://cache:6379/0"
-    own = parse_config({**copy.deepcopy(BASE), "budget": {"url": "redis://ledger:6379/0", "daily_usd": 5.0}})
+    assert parse_config(dict(MINIMAL)).ledger_url == "redis://cache:6379/0"
+    own = parse_config(changed(MINIMAL, "budget", {"url": "redis://ledger:6379/0", "daily_usd": 5.0}))
     assert (own.ledger_url, own.cache.url, own.budget.daily_usd) == ("redis://ledger:6379/0", "redis://cache:6379/0", 5.0)
-    assert parse_config({**copy.deepcopy(BASE), "budget": {"url": ""}}).ledger_url == ""  # in each process
+    assert parse_config(changed(MINIMAL, "budget", {"url": ""})).ledger_url == ""  # in each process
     monkeypatch.setenv("LEDGER_REDIS_URL", "redis://from-env:6379/0")
-    assert parse_config(copy.deepcopy(BASE)).ledger_url == "redis://from-env:6379/0"
+    assert parse_config(dict(MINIMAL)).ledger_url == "redis://from-env:6379/0"
 
 
 def test_a_ledger_url_that_is_not_redis_names_the_key():
     with pytest.raises(ConfigError, match=r"budget\.url: must be empty .* redis://"):
-        parse_config({**copy.deepcopy(BASE), "budget": {"url": "http://ledger:6379"}})
+        parse_config(changed(MINIMAL, "budget", {"url": "http://ledger:6379"}))
     with pytest.raises(ConfigError, match=r"providers\.a\.budget\.url"):
-        edited = copy.deepcopy(BASE)
-        edited["providers"]["a"]["budget"] = {"url": "redis://x:1/0"}  # a provider's budget has none
-        parse_config(edited)
+        parse_config(changed(MINIMAL, "providers.a.budget", {"url": "redis://x:1/0"}))  # a provider's budget has none

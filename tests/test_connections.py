@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO, free_port, gateway_toml, running, wait_for_port
+from tests.support.config import gateway_config, local_url, write_config
+from tests.support.processes import REPO, free_port, running, wait_for_port
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 OPEN_FILES = 128  # soft and hard: the gateway cannot raise it, and 200 silent clients exhaust it
 SILENT_CLIENTS = 200
@@ -85,7 +88,7 @@ def gateway_with_few_files(config: Path, port: int, log: Path) -> Iterator[subpr
 def config(tmp_path: Path) -> tuple[Path, int]:
     emulator_port = free_port()
     path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(emulator_port, server="keepalive_timeout_seconds = 2\nheader_timeout_seconds = 1"))
+    write_config(path, gateway_config(local_url(emulator_port), server={"keepalive_timeout_seconds": 2, "header_timeout_seconds": 1}))
     return path, emulator_port
 
 
@@ -134,7 +137,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_timeout(tmp_path, con
 def test_a_trickling_request_head_is_cut_at_the_head_timeout_not_the_keep_alive_one(tmp_path):
     emulator_port, port = free_port(), free_port()
     path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(emulator_port, server="keepalive_timeout_seconds = 25\nheader_timeout_seconds = 1"))
+    write_config(path, gateway_config(local_url(emulator_port), server={"keepalive_timeout_seconds": 25, "header_timeout_seconds": 1}))
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          gateway_with_few_files(path, port, tmp_path / "gateway.log"):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

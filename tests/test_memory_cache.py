@@ -7,6 +7,8 @@ import gc
 import random
 import tracemalloc
 
+import pytest
+
 from gateway.cache.base import pair_keys
 from gateway.cache.memory import MemoryScoreCache
 
@@ -24,6 +26,7 @@ async def write_pairs(cache: MemoryScoreCache, rng: random.Random) -> int:
     return written
 
 
+@pytest.mark.slow
 def test_the_byte_bound_holds_at_a_million_pairs():
     cache = MemoryScoreCache(max_bytes=MAX_BYTES, ttl_seconds=3600)
     gc.collect()

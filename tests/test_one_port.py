@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import REPO, free_port, gateway_toml, running
+from tests.support.config import gateway_config, local_url, write_config
+from tests.support.processes import REPO, free_port, running
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 REFUSE_WITHIN_SECONDS = 30.0  # a bound for a hung test, not a performance claim
 
@@ -28,9 +31,7 @@ def metrics_dirs(parent: Path) -> list[str]:
 
 @pytest.fixture
 def config(tmp_path: Path) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(free_port()))
-    return path
+    return write_config(tmp_path / "config.toml", gateway_config(local_url(free_port())))
 
 
 @pytest.mark.parametrize("second", [["--workers", "2"], ["--workers", "1"]], ids=["workers", "single"])

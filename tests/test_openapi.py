@@ -20,8 +20,8 @@ from referencing.jsonschema import DRAFT202012
 from gateway.app import create_app
 from gateway.config import load_config, parse_config
 from gateway.web.openapi import openapi_spec
-from tests.support.gateway import MODEL, GatewayFactory, add_fault, gateway_settings
-from tests.support.processes import gateway_toml
+from tests.support.config import gateway_config, write_config
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_url
 
 SPEC_URI = "urn:rerank-gateway:openapi"
 QUERY = "how much does bankruptcy through the MFC cost?"
@@ -110,7 +110,7 @@ def test_the_spec_is_valid_openapi_3_1():
 
 
 def test_every_route_the_app_serves_is_in_the_spec(spec: Spec):
-    app = create_app(parse_config(gateway_settings("http://127.0.0.1:9", ["deepinfra"])))
+    app = create_app(parse_config(gateway_config("http://127.0.0.1:9", ["deepinfra"])))
     served = {
         (route.resource.canonical, route.method.lower())
         for route in app.router.routes()
@@ -303,7 +303,7 @@ async def test_status_history_fits_the_spec(make_gateway: GatewayFactory, emulat
 async def test_admin_endpoints_fit_the_spec(aiohttp_client, emulator, spec: Spec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator.server.port, server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0'))
+    write_config(config, gateway_config(emulator_url(emulator), server={"admin_key_env": "ADMIN_KEY", "reload_poll_seconds": 0}))
     gateway = await aiohttp_client(create_app(load_config(config), config_path=config))
 
     wrong = await gateway.post("/admin/reload", headers={"Authorization": "Bearer nope"})

@@ -33,7 +33,8 @@ from gateway.quality import (
     run_canary,
 )
 from gateway.resilience.lexical import lexical_scores
-from tests.support.gateway import EMULATOR_KEY, add_fault, emulator_url, provider_entries
+from tests.support.config import gateway_config
+from tests.support.gateway import EMULATOR_KEY, add_fault, emulator_url
 
 LINE = '{"query": "q", "relevant": ["r1", "r2"], "irrelevant": ["i1"]}'
 
@@ -378,7 +379,7 @@ async def test_outcomes_feed_a_tracker_line_by_line() -> None:
 @pytest.mark.parametrize("provider", ["deepinfra", "fireworks", "cohere", "tei"])
 async def test_probes_over_real_sockets_pass_honest_and_fail_mis_served_providers(
         emulator: Any, provider: str) -> None:
-    config = ProviderConfig.model_validate(provider_entries(emulator_url(emulator))[provider])
+    config = ProviderConfig.model_validate(gateway_config(emulator_url(emulator))["providers"][provider])
     client = ProviderClient(provider, config, EMULATOR_KEY)
     await client.start()
     try:

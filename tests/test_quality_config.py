@@ -8,23 +8,13 @@ from typing import Any
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
-from tests.support.config_edit import with_change
+from tests.support.config import MINIMAL, changed, write_config
 
 CANARY_LINE = '{"query": "q w", "relevant": ["q w"], "irrelevant": ["x"]}\n'
-TOML = """
-[models.m]
-fallback = ["a"]
-[models.m.quality]
-{quality}
-[providers.a]
-kind = "deepinfra"
-base_url = "https://api.example"
-model = "X/Y"
-"""
 
 
 def test_defaults_are_the_issue_s() -> None:
-    quality = parse_config(with_change("models.m.fallback", ["a"])).models["m"].quality
+    quality = parse_config(changed(MINIMAL, "models.m.fallback", ["a"])).models["m"].quality
     assert quality.canary is None
     assert quality.probe_interval_seconds == 600
     assert quality.agreement_tolerance == 0.05
@@ -37,7 +27,7 @@ def test_defaults_are_the_issue_s() -> None:
 def test_every_key_is_read() -> None:
     values = {"probe_interval_seconds": 0, "agreement_tolerance": 0.1, "shadow_rate": 1, "action": "warn",
               "canary_pass_share": 1}
-    quality = parse_config(with_change("models.m.quality", values)).models["m"].quality
+    quality = parse_config(changed(MINIMAL, "models.m.quality", values)).models["m"].quality
     assert (quality.probe_interval_seconds, quality.agreement_tolerance, quality.shadow_rate,
             quality.action, quality.canary_pass_share) == (0, 0.1, 1.0, "warn", 1.0)
 
@@ -55,14 +45,14 @@ def test_every_key_is_read() -> None:
 ])
 def test_bad_values_name_the_key(key: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError) as error:
-        parse_config(with_change(f"models.m.quality.{key}", value))
+        parse_config(changed(MINIMAL, f"models.m.quality.{key}", value))
     assert message in str(error.value)
 
 
 def test_canary_is_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "sets").mkdir()
     (tmp_path / "sets" / "canary.jsonl").write_text(CANARY_LINE, encoding="utf-8")
-    (tmp_path / "config.toml").write_text(TOML.format(quality='canary = "sets/canary.jsonl"'))
+    write_config(tmp_path / "config.toml", changed(MINIMAL, "models.m.quality.canary", "sets/canary.jsonl"))
     monkeypatch.chdir("/")  # not the config's folder
     config = load_config(tmp_path / "config.toml")
     assert config.models["m"].quality.canary == tmp_path / "sets" / "canary.jsonl"
@@ -72,7 +62,7 @@ def test_an_absolute_canary_path_stays(tmp_path: Path) -> None:
     canary = tmp_path / "elsewhere.jsonl"
     canary.write_text(CANARY_LINE, encoding="utf-8")
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "config.toml").write_text(TOML.format(quality=f'canary = "{canary}"'))
+    write_config(tmp_path / "sub" / "config.toml", changed(MINIMAL, "models.m.quality.canary", str(canary)))
     assert load_config(tmp_path / "sub" / "config.toml").models["m"].quality.canary == canary
 
 
@@ -84,7 +74,7 @@ def test_an_absolute_canary_path_stays(tmp_path: Path) -> None:
 def test_a_broken_canary_refuses_the_config(tmp_path: Path, content: str | None, problem: str) -> None:
     if content is not None:
         (tmp_path / "canary.jsonl").write_text(content, encoding="utf-8")
-    (tmp_path / "config.toml").write_text(TOML.format(quality='canary = "canary.jsonl"'))
+    write_config(tmp_path / "config.toml", changed(MINIMAL, "models.m.quality.canary", "canary.jsonl"))
     with pytest.raises(ConfigError) as error:
         load_config(tmp_path / "config.toml")
     assert "config.toml: models.m.quality.canary: " in str(error.value)
@@ -92,5 +82,5 @@ def test_a_broken_canary_refuses_the_config(tmp_path: Path, content: str | None,
 
 
 def test_without_a_quality_section_nothing_is_read(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text(TOML.replace("[models.m.quality]\n{quality}\n", ""))
+    write_config(tmp_path / "config.toml", MINIMAL)
     assert load_config(tmp_path / "config.toml").models["m"].quality.canary is None

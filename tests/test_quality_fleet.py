@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.quality import builtin_canary
 from gateway.quality.verdict_store import RedisVerdicts
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import add_fault, emulator_requests
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.processes import free_port, running
 
 pytest_plugins = ["tests.support.redis_cluster"]  # redis_cluster_url: a real three-node cluster
 
@@ -59,9 +61,8 @@ def emulator_with_a_failing_fireworks() -> Iterator[int]:
 
 
 def config_file(tmp_path: Path, emulator_port: int) -> Path:
-    path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(emulator_port, probe_interval_seconds=3600))
-    return path
+    probed = {MODEL: {"quality": {"probe_interval_seconds": 3600}}}
+    return write_config(tmp_path / "config.toml", gateway_config(local_url(emulator_port), models=probed))
 
 
 async def probe_calls(emulator_port: int) -> dict[str, int]:
@@ -74,6 +75,8 @@ def one_probe_each() -> dict[str, int]:
     return {"deepinfra": 1, "fireworks": len(builtin_canary())}
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_replicas_on_one_redis_probe_once_and_answer_one_verdict(tmp_path, redis_url):
     ports = (free_port(), free_port())
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
@@ -94,6 +97,8 @@ async def test_two_replicas_on_one_redis_probe_once_and_answer_one_verdict(tmp_p
         assert await probe_calls(emulator_port) == one_probe_each()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_two_workers_answer_readyz_alike(tmp_path, redis_url):
     port = free_port()
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
@@ -116,15 +121,16 @@ async def test_two_workers_answer_readyz_alike(tmp_path, redis_url):
             assert await probe_calls(emulator_port) == one_probe_each()
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_shadow_samples_reach_every_replica(tmp_path, redis_url):
     """One replica's shadow call measures agreement; the other decides cache sharing from the same figures."""
     ports = (free_port(), free_port())
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
     emulator_port = free_port()
     with running(["emulate", "--port", str(emulator_port)], emulator_port), ExitStack() as stack:
-        path = tmp_path / "config.toml"
-        path.write_text(gateway_toml(emulator_port).replace(
-            "quality = { probe_interval_seconds = 0 }", "quality = { probe_interval_seconds = 0, shadow_rate = 1.0 }"))
+        shadowed = {MODEL: {"quality": {"shadow_rate": 1.0}}}
+        path = write_config(tmp_path / "config.toml", gateway_config(local_url(emulator_port), models=shadowed))
         for port in ports:
             stack.enter_context(running(["serve", "--config", str(path), "--port", str(port), "--workers", "1"],
                                         port, env=env))

@@ -22,7 +22,8 @@ from gateway.quality.board import QualityBoard
 from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome
 from tests.support.canaries import word_overlap_canary
-from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests
+from tests.support.config import changed, gateway_config, write_config
+from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests, emulator_url
 from tests.support.polling import eventually
 
 QUERY = "bankruptcy through the MFC cost"
@@ -398,18 +399,16 @@ async def test_shutdown_cancels_shadow_calls_in_flight(make_gateway: GatewayFact
 
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
+RELOADABLE = {"admin_key_env": "ADMIN_KEY", "reload_poll_seconds": 0}  # reloads by /admin/reload only
+PROBED = {MODEL: {"quality": {"probe_interval_seconds": 3600}}}  # at start and after a reload only
 
 
 async def test_a_reload_probes_only_the_providers_it_changed(aiohttp_client, emulator, tmp_path, monkeypatch):
     from gateway.app import create_app
     from gateway.config import load_config
-    from tests.support.processes import gateway_toml
-
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
-    path = tmp_path / "config.toml"
-    text = gateway_toml(emulator.server.port, fallback='["fireworks", "deepinfra"]',
-                        server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0', probe_interval_seconds=3600)
-    path.write_text(text)
+    raw = gateway_config(emulator_url(emulator), ["fireworks", "deepinfra"], server=RELOADABLE, models=PROBED)
+    path = write_config(tmp_path / "config.toml", raw)
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     await probed(gateway)
     before = await emulator_requests(emulator)
@@ -417,11 +416,11 @@ async def test_a_reload_probes_only_the_providers_it_changed(aiohttp_client, emu
     await add_fault(emulator, "fireworks", "random")
 
     # Nothing a verdict is about changed: a timeout, and the order. No probe, though both would fail now.
-    path.write_text(text.replace('["fireworks", "deepinfra"]', '["deepinfra", "fireworks"]') + "\n[resilience]\nmax_retries = 1\n")
+    write_config(path, changed(changed(raw, f"models.{MODEL}.fallback", ["deepinfra", "fireworks"]), "resilience.max_retries", 1))
     answer = await gateway.post("/admin/reload", headers=ADMIN)
     assert (await answer.json())["status"] == "reloaded"
     # Re-pointed at another model: DeepInfra is another provider as far as quality goes; Fireworks is not.
-    path.write_text(text.replace('model = "Qwen/Qwen3-Reranker-8B"\napi_key_env', 'model = "Qwen/Qwen3-Reranker-4B"\napi_key_env', 1))
+    write_config(path, changed(raw, "providers.deepinfra.model", "Qwen/Qwen3-Reranker-4B"))
     assert (await (await gateway.post("/admin/reload", headers=ADMIN)).json())["status"] == "reloaded"
     deadline = time.monotonic() + 10
     while (await readiness(gateway))["quality"][MODEL]["deepinfra"]["state"] != "failing":
@@ -439,18 +438,14 @@ async def test_a_reload_that_changes_the_pass_share_judges_the_same_scores_again
     """No provider changed, so nothing is probed again; the stored canary scores meet the new rule."""
     from gateway.app import create_app
     from gateway.config import load_config
-    from tests.support.processes import gateway_toml
-
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
     await add_fault(emulator, "deepinfra", "template")  # 20 of 24 pairs in ru and en, 24 of 24 in zh
-    path = tmp_path / "config.toml"
-    text = gateway_toml(emulator.server.port, server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0',
-                        probe_interval_seconds=3600)
-    path.write_text(text)
+    raw = gateway_config(emulator_url(emulator), server=RELOADABLE, models=PROBED)
+    path = write_config(tmp_path / "config.toml", raw)
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     assert (await probed(gateway))["deepinfra"]["state"] == "failing"  # under 90% in ru and en
     before = await emulator_requests(emulator)
-    path.write_text(text.replace("probe_interval_seconds = 3600", "probe_interval_seconds = 3600, canary_pass_share = 0.8"))
+    write_config(path, changed(raw, f"models.{MODEL}.quality.canary_pass_share", 0.8))
     assert (await (await gateway.post("/admin/reload", headers=ADMIN)).json())["status"] == "reloaded"
     deepinfra = (await readiness(gateway))["quality"][MODEL]["deepinfra"]
     assert deepinfra["state"] == "passing" and deepinfra["canary"]["pass_share"] == 0.8
@@ -461,16 +456,13 @@ async def test_an_explicit_reload_after_the_watcher_reloaded_rebuilds_nothing(ai
     from gateway.app import create_app
     from gateway.config import load_config
     from gateway.web.edge import LIVE
-    from tests.support.processes import gateway_toml
-
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
-    path = tmp_path / "config.toml"
-    server = 'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0.05'
-    path.write_text(gateway_toml(emulator.server.port, server=server))
+    server = {**RELOADABLE, "reload_poll_seconds": 0.05}
+    path = write_config(tmp_path / "config.toml", gateway_config(emulator_url(emulator), server=server))
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     live = gateway.app[LIVE]
     first = live.current
-    path.write_text(gateway_toml(emulator.server.port, fallback='["fireworks"]', server=server))
+    write_config(path, gateway_config(emulator_url(emulator), ["fireworks"], server=server))
     deadline = time.monotonic() + 10
     while live.current is first:
         assert time.monotonic() < deadline, "the watcher never reloaded the edited file"

@@ -8,7 +8,6 @@ on its own.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -20,10 +19,11 @@ from gateway.app import create_app
 from gateway.config import ResilienceConfig, load_config
 from gateway.observability.logs import REQUEST_LOGGER
 from gateway.web.edge import LIVE
-from tests.support.gateway import GatewayFactory, add_fault
-from tests.support.processes import gateway_toml
+from tests.support.config import changed, gateway_config, local_url, write_config
+from tests.support.gateway import GatewayFactory, add_fault, emulator_url
 
 MODEL = "qwen3-reranker-8b"
+RELOADABLE = {"admin_key_env": "ADMIN_KEY", "reload_poll_seconds": 0}  # reloads by /admin/reload only
 
 
 def body(i: int) -> dict[str, Any]:
@@ -148,15 +148,14 @@ def test_every_resilience_key_has_a_reload_case():
 @pytest.mark.parametrize("key", sorted(NEW_VALUES))
 async def test_a_reload_applies_every_resilience_key(key, aiohttp_client, emulator, tmp_path, monkeypatch):
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
-    path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(emulator.server.port, server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0'))
+    raw = gateway_config(emulator_url(emulator), server=RELOADABLE)
+    path = write_config(tmp_path / "config.toml", raw)
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     assert (await gateway.post("/v1/rerank", json=body(1))).status == 200  # DeepInfra's health exists now
     live = gateway.app[LIVE]
     assert in_effect(live, key) == ResilienceConfig.model_fields[key].default
 
-    value = json.dumps(NEW_VALUES[key])
-    path.write_text(path.read_text() + f"\n[resilience]\n{key} = {value}\n")
+    write_config(path, changed(raw, f"resilience.{key}", NEW_VALUES[key]))
     response = await gateway.post("/admin/reload", headers={"Authorization": "Bearer admin-secret"})
     assert response.status == 200 and (await response.json())["needs_restart"] == []
     assert in_effect(live, key) == NEW_VALUES[key]
@@ -164,15 +163,14 @@ async def test_a_reload_applies_every_resilience_key(key, aiohttp_client, emulat
 
 async def test_a_lowered_breaker_threshold_opens_at_the_next_failure(aiohttp_client, emulator, tmp_path, monkeypatch):
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
-    path = tmp_path / "config.toml"
-    text = gateway_toml(emulator.server.port, server='admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0')
-    path.write_text(text + "\n[resilience]\nmax_retries = 0\n")
+    raw = gateway_config(emulator_url(emulator), server=RELOADABLE, resilience={"max_retries": 0})
+    path = write_config(tmp_path / "config.toml", raw)
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     await add_fault(emulator, "deepinfra", "status", status=500)
     assert (await gateway.post("/v1/rerank", json=body(1))).headers["X-Rerank-Provider"] == "fireworks"
     assert (await readiness(gateway))["models"][MODEL]["deepinfra"] == "usable"  # 1 failure of 5
 
-    path.write_text(text + "\n[resilience]\nmax_retries = 0\nbreaker_consecutive_failures = 2\n")
+    write_config(path, changed(raw, "resilience.breaker_consecutive_failures", 2))
     assert (await gateway.post("/admin/reload", headers={"Authorization": "Bearer admin-secret"})).status == 200
     await gateway.post("/v1/rerank", json=body(2))
     assert (await readiness(gateway))["models"][MODEL]["deepinfra"] == "circuit open after repeated failures"
@@ -180,12 +178,10 @@ async def test_a_lowered_breaker_threshold_opens_at_the_next_failure(aiohttp_cli
 
 async def test_a_reload_names_the_keys_that_need_a_restart(aiohttp_client, emulator, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
-    path = tmp_path / "config.toml"
-    server = 'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0'
-    path.write_text(gateway_toml(emulator.server.port, server=server))
+    path = write_config(tmp_path / "config.toml", gateway_config(emulator_url(emulator), server=RELOADABLE))
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
-    path.write_text(gateway_toml(emulator.server.port, server=server + "\nport = 9999\nlog_format = \"text\"",
-                                 extra="[cache]\nttl_seconds = 60\n"))
+    write_config(path, gateway_config(emulator_url(emulator), server={**RELOADABLE, "port": 9999, "log_format": "text"},
+                                      cache={"ttl_seconds": 60}))
     with caplog.at_level(logging.WARNING, logger="gateway"):
         response = await gateway.post("/admin/reload", headers={"Authorization": "Bearer admin-secret"})
     assert (await response.json())["needs_restart"] == ["server.port", "server.log_format", "cache.ttl_seconds"]
@@ -196,14 +192,13 @@ async def test_a_reload_names_the_keys_that_need_a_restart(aiohttp_client, emula
 async def test_the_watcher_sees_a_file_renamed_over_the_config(aiohttp_client, emulator, tmp_path):
     """Editors and `sed -i` write a new file and rename it over the old one; the watcher follows
     the path. Same size and modification time as before, so only the inode tells."""
-    path = tmp_path / "config.toml"
-    first = gateway_toml(emulator.server.port, fallback='["deepinfra", "fireworks"]', server="reload_poll_seconds = 0.05")
-    path.write_text(first)
+    watched = {"reload_poll_seconds": 0.05}
+    path = write_config(tmp_path / "config.toml", gateway_config(emulator_url(emulator), server=watched))
     gateway = await aiohttp_client(create_app(load_config(path), config_path=path))
     before = path.stat()
 
     replacement = tmp_path / "config.toml.tmp"
-    replacement.write_text(first.replace('["deepinfra", "fireworks"]', '["fireworks", "deepinfra"]'))
+    write_config(replacement, gateway_config(emulator_url(emulator), ["fireworks", "deepinfra"], server=watched))
     assert replacement.stat().st_size == before.st_size
     os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))
     os.replace(replacement, path)
@@ -227,10 +222,9 @@ def test_the_config_kinds_are_the_registered_adapters():
 def test_secrets_are_read_once_per_generation(tmp_path, monkeypatch):
     from gateway.secrets import Secrets
 
-    path = tmp_path / "config.toml"
-    path.write_text(gateway_toml(9, server='api_keys_env = "CLIENT_KEYS"\nadmin_key_env = "ADMIN_KEY"'))
-    config = load_config(path)
+    raw = gateway_config(local_url(9), server={"api_keys_env": "CLIENT_KEYS", "admin_key_env": "ADMIN_KEY"})
+    config = load_config(write_config(tmp_path / "config.toml", raw))
     secrets = Secrets.resolve(config, {"EMULATOR_KEY": "k", "CLIENT_KEYS": " a, ,b ", "ADMIN_KEY": ""})
-    assert secrets.provider_keys == {"deepinfra": "k", "fireworks": "k"}
+    assert secrets.provider_keys == {"deepinfra": "k", "fireworks": "k", "cohere": "k", "tei": "k"}
     assert secrets.client_keys == (b"a", b"b")
     assert secrets.admin_key is None  # set but empty: admin stays off

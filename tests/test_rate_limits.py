@@ -7,6 +7,8 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from tests.support.gateway import GatewayFactory, add_fault, emulator_requests
 
 RETRY_AFTER = 5
@@ -23,6 +25,7 @@ async def provider_of(gateway, i: int) -> str:
     return response.headers["X-Rerank-Provider"]
 
 
+@pytest.mark.slow
 async def test_a_rate_limited_provider_is_passed_over_until_its_retry_after_then_called_again(
     make_gateway: GatewayFactory, emulator
 ):

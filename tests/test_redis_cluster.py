@@ -20,7 +20,8 @@ from gateway.cache.redis import RedisScoreCache
 from gateway.config import ConfigError, parse_config
 from gateway.redisio.client import cluster_nodes, node_url
 from gateway.redisio.cluster import ClusterConnections
-from tests.support.gateway import GatewayFactory, emulator_requests, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import GatewayFactory, emulator_requests
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
     from tests.support.redis_cluster import RedisCluster
@@ -42,7 +43,7 @@ DOCS = ["free", "25,000 rubles", "opens at 8:00", "mild weather"]
 ])
 def test_a_cluster_url_names_any_of_its_nodes(url, nodes):
     assert cluster_nodes(url) == nodes
-    assert parse_config(gateway_settings("http://127.0.0.1:1", ["deepinfra"], cache={"url": url})).cache.url == url
+    assert parse_config(gateway_config("http://127.0.0.1:1", ["deepinfra"], cache={"url": url})).cache.url == url
 
 
 @pytest.mark.parametrize(("url", "problem"), [
@@ -54,7 +55,7 @@ def test_a_cluster_url_names_any_of_its_nodes(url, nodes):
 ])
 def test_a_bad_cluster_url_stops_the_gateway_with_the_reason(url, problem):
     with pytest.raises(ConfigError, match=f"cache.url: .*{re.escape(problem)}"):
-        parse_config(gateway_settings("http://127.0.0.1:1", ["deepinfra"], cache={"url": url}))
+        parse_config(gateway_config("http://127.0.0.1:1", ["deepinfra"], cache={"url": url}))
 
 
 def test_each_node_is_reached_with_the_cluster_urls_credentials_tls_and_options():

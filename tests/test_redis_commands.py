@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError, ResponseEr
 from gateway.redisio.client import redis_client
 from gateway.redisio.commands import DirectConnections, Script, run_scripts
 from tests.support.polling import eventually
+from tests.support.redis_server import RedisServer, own_redis_server
 
 ECHO_KEY = Script("return {KEYS[1], ARGV[1]}")
 
@@ -111,11 +112,8 @@ async def test_never_more_connections_than_allowed(redis_url):
     await eventually(none_left, what="closing every connection")
 
 
+@own_redis_server
 async def test_after_redis_restarts_one_call_fails_at_most_then_every_call_is_served(tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
     server = RedisServer(tmp_path)
     server.start()
     url = f"{server.url}?client_name=restarted"
@@ -156,11 +154,8 @@ def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them():
     assert _packed(commands) == b"".join(connection.pack_commands(commands))
 
 
+@own_redis_server
 async def test_a_unix_socket_url_is_served_by_direct_connections(tmp_path):
-    from tests.support.redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server binary not found (apt-get install redis-server; .ci/run installs it)")
     socket_path = tmp_path / "redis.sock"
     server = RedisServer(tmp_path, extra_args=["--unixsocket", str(socket_path)])
     server.start()

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from redis.crc import key_slot
@@ -203,6 +204,7 @@ async def _any_master_but_the_ledgers(cluster: RedisCluster) -> int:
     return next(master for master, _ in cluster.shards() if master != ledger)
 
 
+@pytest.mark.slow
 async def test_one_dead_master_costs_only_its_own_shard(
     make_gateway: GatewayFactory, redis_failover_cluster: RedisCluster,
 ):
@@ -221,6 +223,7 @@ async def test_one_dead_master_costs_only_its_own_shard(
     assert outcomes.recent_dead == [True] * 20
 
 
+@pytest.mark.slow
 async def test_over_budget_cached_requests_answer_through_the_ledgers_failover(
     make_gateway: GatewayFactory, redis_failover_cluster: RedisCluster,
 ):

@@ -14,26 +14,25 @@ import pytest
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway.web.edge import LIVE
+from tests.support.config import changed, gateway_config, local_url, write_config
 from tests.support.gateway import add_fault, emulator_requests
 from tests.support.polling import eventually
-from tests.support.processes import REPO, GatewayProcess, free_port, gateway_toml, hup_until_listening, running
+from tests.support.processes import REPO, GatewayProcess, free_port, hup_until_listening, running
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 BODY = {"query": "what does it cost?", "documents": ["it is free", "it opens at eight"]}
 
 
-def write_config(path: Path, emulator_port: int, fallback: str, poll: float = 0, broken: bool = False) -> None:
-    text = gateway_toml(emulator_port, fallback=fallback, server=f'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = {poll}')
-    if broken:
-        text = text.replace('kind = "fireworks"', 'kind = "fireworx"')
-    path.write_text(text)
+def reloadable(path: Path, emulator_port: int, fallback: list[str], poll: float = 0, broken: bool = False) -> None:
+    raw = gateway_config(local_url(emulator_port), fallback, server={"admin_key_env": "ADMIN_KEY", "reload_poll_seconds": poll})
+    write_config(path, changed(raw, "providers.fireworks.kind", "fireworx") if broken else raw)
 
 
 @pytest.fixture
 def config_file(tmp_path, emulator, monkeypatch) -> Path:
     monkeypatch.setenv("ADMIN_KEY", "admin-secret")
     path = tmp_path / "config.toml"
-    write_config(path, emulator.server.port, '["deepinfra", "fireworks"]')
+    reloadable(path, emulator.server.port, ["deepinfra", "fireworks"])
     return path
 
 
@@ -49,13 +48,13 @@ async def test_admin_reload_changes_the_fallback_order(aiohttp_client, emulator,
     gateway = await gateway_from(aiohttp_client, config_file)
     assert (await gateway.post("/v1/rerank", json=fresh(1))).headers["X-Rerank-Provider"] == "deepinfra"
 
-    write_config(config_file, emulator.server.port, '["fireworks", "deepinfra"]')
+    reloadable(config_file, emulator.server.port, ["fireworks", "deepinfra"])
     response = await gateway.post("/admin/reload", headers=ADMIN)
     assert response.status == 200, await response.text()
     assert (await response.json())["models"] == {"qwen3-reranker-8b": ["fireworks", "deepinfra"]}
     assert (await gateway.post("/v1/rerank", json=fresh(2))).headers["X-Rerank-Provider"] == "fireworks"
 
-    write_config(config_file, emulator.server.port, '["deepinfra"]')  # SiliconFlow-style drop
+    reloadable(config_file, emulator.server.port, ["deepinfra"])  # SiliconFlow-style drop
     await gateway.post("/admin/reload", headers=ADMIN)
     assert (await gateway.get("/v1/models")).status == 200
     assert (await (await gateway.get("/v1/models")).json())["data"][0]["fallback"] == ["deepinfra"]
@@ -63,7 +62,7 @@ async def test_admin_reload_changes_the_fallback_order(aiohttp_client, emulator,
 
 async def test_an_invalid_file_is_refused_and_the_running_config_stays(aiohttp_client, emulator, config_file):
     gateway = await gateway_from(aiohttp_client, config_file)
-    write_config(config_file, emulator.server.port, '["fireworks"]', broken=True)
+    reloadable(config_file, emulator.server.port, ["fireworks"], broken=True)
     response = await gateway.post("/admin/reload", headers=ADMIN)
     assert response.status == 422
     error = (await response.json())["error"]
@@ -85,9 +84,9 @@ async def test_admin_needs_the_key_and_is_off_without_one(aiohttp_client, emulat
 
 
 async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, config_file, caplog):
-    write_config(config_file, emulator.server.port, '["deepinfra", "fireworks"]', poll=0.05)
+    reloadable(config_file, emulator.server.port, ["deepinfra", "fireworks"], poll=0.05)
     gateway = await gateway_from(aiohttp_client, config_file)
-    write_config(config_file, emulator.server.port, '["fireworks"]', poll=0.05)
+    reloadable(config_file, emulator.server.port, ["fireworks"], poll=0.05)
     attempts = iter(range(100, 1_000_000))
 
     async def serves_from_fireworks() -> bool:
@@ -100,7 +99,7 @@ async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, co
         return any("config file changed but was not loaded" in r.getMessage() for r in caplog.records)
 
     with caplog.at_level(logging.ERROR, logger="gateway"):
-        write_config(config_file, emulator.server.port, '["deepinfra"]', poll=0.05, broken=True)
+        reloadable(config_file, emulator.server.port, ["deepinfra"], poll=0.05, broken=True)
         # The watcher has demonstrably read the broken file (and refused it) before the check below.
         await eventually(refused_the_broken_file, what="the watcher refusing the broken file")
     assert (await gateway.post("/v1/rerank", json=fresh(999))).headers["X-Rerank-Provider"] == "fireworks"
@@ -113,7 +112,7 @@ async def test_requests_in_flight_finish_on_the_config_they_started_with(aiohttp
     in_flight = asyncio.ensure_future(gateway.post("/v1/rerank", json=fresh(5)))
     await eventually(lambda: gateway.app[LIVE].current.in_flight == 1, what="the slow request in flight")
     first_generation = gateway.app[LIVE].current
-    write_config(config_file, emulator.server.port, '["fireworks"]')
+    reloadable(config_file, emulator.server.port, ["fireworks"])
     assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
     assert (await gateway.post("/v1/rerank", json=fresh(6))).headers["X-Rerank-Provider"] == "fireworks"
     assert not in_flight.done() and first_generation.in_flight == 1
@@ -138,7 +137,7 @@ async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_
             statuses.append(response.status)
 
     workers = [asyncio.ensure_future(client(w)) for w in range(8)]
-    orders = ['["fireworks", "deepinfra"]', '["deepinfra", "fireworks"]'] * 3 + ['["fireworks"]']
+    orders = [["fireworks", "deepinfra"], ["deepinfra", "fireworks"]] * 3 + [["fireworks"]]
 
     async def more_answers(count: int = 8) -> None:
         """Until the load has had `count` more answers: each reload lands among requests in flight."""
@@ -147,7 +146,7 @@ async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_
 
     for order in orders:
         await more_answers()
-        write_config(config_file, emulator.server.port, order)
+        reloadable(config_file, emulator.server.port, order)
         assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
     await more_answers()
     stop.set()
@@ -159,10 +158,12 @@ async def test_reload_under_load_drops_nothing(aiohttp_client, emulator, config_
     assert (await emulator_requests(emulator))["deepinfra"] == before
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_sighup_reloads_a_running_process(tmp_path):
     emulator_port, gateway_port = free_port(), free_port()
     path = tmp_path / "config.toml"
-    write_config(path, emulator_port, '["deepinfra", "fireworks"]')
+    reloadable(path, emulator_port, ["deepinfra", "fireworks"])
     env = {"EMULATOR_KEY": "k", "ADMIN_KEY": "admin-secret"}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(path), "--port", str(gateway_port)], gateway_port, env=env) as gateway:
@@ -171,7 +172,7 @@ async def test_sighup_reloads_a_running_process(tmp_path):
             async with session.post(url, json=fresh(1)) as response:
                 assert response.status == 200, await response.text()
                 assert response.headers["X-Rerank-Provider"] == "deepinfra"
-            write_config(path, emulator_port, '["fireworks"]')
+            reloadable(path, emulator_port, ["fireworks"])
             gateway.send_signal(signal.SIGHUP)
             attempts = iter(range(10, 1_000_000))
 
@@ -183,20 +184,22 @@ async def test_sighup_reloads_a_running_process(tmp_path):
             await eventually(serves_from_fireworks, what="SIGHUP reloading the config", every=0.1)
 
 
+@pytest.mark.processes
+@pytest.mark.slow
 async def test_sighup_while_starting_is_a_reload_once_it_serves(tmp_path):
     """SIGHUP's default kills a process: one sent while the gateway starts (config management
     editing the file and sending it, racing a restart) waits until the gateway can reload, and
     then the edit it announced is served."""
     emulator_port, gateway_port = free_port(), free_port()
     path = tmp_path / "config.toml"
-    write_config(path, emulator_port, '["deepinfra", "fireworks"]')
+    reloadable(path, emulator_port, ["deepinfra", "fireworks"])
     env = {**os.environ, "EMULATOR_KEY": "k"}
     with running(["emulate", "--port", str(emulator_port)], emulator_port):
         gateway = GatewayProcess(["serve", "--config", str(path), "--port", str(gateway_port)], env, REPO)
         try:
             # Its first line comes after `serve` read the file: the edit is one it has not seen.
             await eventually(lambda: gateway.log.count("open files limit") > 0, what="the gateway's first line")
-            write_config(path, emulator_port, '["fireworks"]')
+            reloadable(path, emulator_port, ["fireworks"])
             assert hup_until_listening(gateway, gateway_port, after_line="open files limit") > 0
             await eventually(lambda: gateway.log.count("config reloaded from") == 1, what="the reload asked while starting")
             async with aiohttp.ClientSession() as session, \

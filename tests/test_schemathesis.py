@@ -16,7 +16,10 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 
 from gateway.web.openapi import openapi_spec
-from tests.support.processes import free_port, gateway_toml, running
+from tests.support.config import gateway_config, local_url, write_config
+from tests.support.processes import free_port, running
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 CONFIG = schemathesis.Config.from_dict({
     # Unknown headers are not invalid requests: every HTTP server ignores them, by RFC 9110.
@@ -42,7 +45,7 @@ schema = schemathesis.openapi.from_dict(openapi_spec(), config=CONFIG)
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path_factory.mktemp("schemathesis") / "config.toml"
-    config.write_text(gateway_toml(emulator_port, server='admin_key_env = "TEST_ADMIN_KEY"\nlog_level = "warning"'))
+    write_config(config, gateway_config(local_url(emulator_port), server={"admin_key_env": "TEST_ADMIN_KEY", "log_level": "warning"}))
     env = {"EMULATOR_KEY": "k", "TEST_ADMIN_KEY": "admin-key"}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port, env=env):

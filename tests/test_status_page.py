@@ -10,6 +10,7 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -162,6 +163,7 @@ def test_bars_never_overflow_their_track():
 
 
 
+@pytest.mark.browser
 @NEEDS_CHROMIUM
 async def test_screenshot_in_headless_chromium(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
     page = render_status_page(sample_snapshot())
@@ -263,6 +265,7 @@ def test_the_last_hour_is_drawn_and_says_whose_it_is():
 
 # --- the live page in a real browser, after traffic ---------------------------------------------
 
+@pytest.mark.browser
 @NEEDS_CHROMIUM
 async def test_the_console_check_sees_a_console_error(aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path):
     """The check the live test relies on can fail: a page that logs an error is caught."""
@@ -286,6 +289,7 @@ class MovableClock:
         return self.now
 
 
+@pytest.mark.browser
 @NEEDS_CHROMIUM
 async def test_the_page_after_mixed_traffic_in_headless_chromium(make_gateway, emulator, tmp_path: Path):
     """Real requests through the gateway and the emulator over 20 minutes of the history's clock."""

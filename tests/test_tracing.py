@@ -21,7 +21,8 @@ from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.emulator import EmulatorConfig, create_emulator_app
 from gateway.observability.tracing import Tracing, build_tracing, tracing_wanted, with_trace_context
-from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault, gateway_settings
+from tests.support.config import gateway_config
+from tests.support.gateway import EMULATOR_KEY, MODEL, add_fault
 from tests.support.otlp_receiver import OtlpReceiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -58,7 +59,7 @@ async def upstream(aiohttp_client) -> tuple[Upstream, Any]:
 
 
 def settings(upstream_client: Any, fallback: list[str], **sections: Any) -> Any:
-    return parse_config(gateway_settings(str(upstream_client.make_url("")).rstrip("/"), fallback, **sections))
+    return parse_config(gateway_config(str(upstream_client.make_url("")).rstrip("/"), fallback, **sections))
 
 
 async def traced_gateway(aiohttp_client: Any, upstream_client: Any, fallback: list[str], **sections: Any
@@ -147,7 +148,7 @@ async def test_a_hedged_try_says_so_and_the_slow_one_is_cancelled(aiohttp_client
 
 async def test_a_canary_probe_is_traced_as_a_root_span_marked_probe(aiohttp_client, upstream):
     _, upstream_client = upstream
-    raw = gateway_settings(str(upstream_client.make_url("")).rstrip("/"), ["deepinfra"])
+    raw = gateway_config(str(upstream_client.make_url("")).rstrip("/"), ["deepinfra"])
     raw["models"][MODEL]["quality"]["probe_interval_seconds"] = 600  # probes once at start
     exporter = InMemorySpanExporter()
     await aiohttp_client(create_app(parse_config(raw), tracing=Tracing.exporting_to(exporter, batch=False)))
@@ -165,7 +166,7 @@ async def test_a_shadow_call_is_a_root_span_of_its_own_not_part_of_the_clients_r
     """A shadow call runs in a context of its own (issue 29 item 4): it is the gateway's work, not
     the client's request, so it neither joins the client's trace nor lands in its request's log line."""
     _, upstream_client = upstream
-    raw = gateway_settings(str(upstream_client.make_url("")).rstrip("/"), ["deepinfra", "fireworks"])
+    raw = gateway_config(str(upstream_client.make_url("")).rstrip("/"), ["deepinfra", "fireworks"])
     raw["models"][MODEL]["quality"]["shadow_rate"] = 1.0
     exporter = InMemorySpanExporter()
     gateway = await aiohttp_client(create_app(parse_config(raw), tracing=Tracing.exporting_to(exporter, batch=False)))
@@ -223,7 +224,7 @@ def test_what_turns_tracing_on(enabled, endpoint, environ, wanted):
 
 
 def test_the_config_key_section_parses():
-    raw = gateway_settings("http://127.0.0.1:9", ["deepinfra"], tracing={"otlp_endpoint": "http://collector:4318"})
+    raw = gateway_config("http://127.0.0.1:9", ["deepinfra"], tracing={"otlp_endpoint": "http://collector:4318"})
     config = parse_config(raw)
     assert config.tracing.otlp_endpoint == "http://collector:4318" and config.tracing.enabled is None
 

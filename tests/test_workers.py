@@ -16,17 +16,19 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.process.workers import Supervisor, _Worker
+from tests.support.config import gateway_config, local_url, write_config
 from tests.support.polling import eventually, eventually_sync
 from tests.support.processes import (
     REPO,
     GatewayProcess,
     LineLog,
     free_port,
-    gateway_toml,
     hup_until_listening,
     listens_on,
     running,
 )
+
+pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 
 def children_of(pid: int) -> list[int]:
@@ -66,7 +68,7 @@ async def two_workers_listening(supervisor, port: int, gone: int | None = None) 
 async def test_two_workers_share_one_port_redis_and_metrics(tmp_path, redis_url):
     emulator_port, port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port))
+    write_config(config, gateway_config(local_url(emulator_port)))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
@@ -109,7 +111,7 @@ def test_more_workers_than_one_without_redis_says_budgets_are_per_worker(tmp_pat
     from tests.support.processes import REPO
 
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     port = free_port()
     with subprocess.Popen(  # leaving the block closes the pipe and waits for the process
         [sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "2"],
@@ -130,7 +132,7 @@ def test_workers_must_be_positive(tmp_path):
     from tests.support.processes import REPO
 
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(config), "--workers", "0"],
                             cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--workers" in result.stderr
@@ -151,7 +153,7 @@ def test_a_taken_port_stops_the_gateway_with_one_line(tmp_path, workers):
     from tests.support.processes import REPO
 
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -208,8 +210,8 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
     """/admin/reload lands on one worker (the kernel picks it); the others follow through the supervisor."""
     emulator_port, port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    server = 'admin_key_env = "ADMIN_KEY"\nreload_poll_seconds = 0'  # no file watcher: only the admin call
-    config.write_text(gateway_toml(emulator_port, fallback='["deepinfra", "fireworks"]', server=server))
+    server = {"admin_key_env": "ADMIN_KEY", "reload_poll_seconds": 0}  # no file watcher: only the admin call
+    write_config(config, gateway_config(local_url(emulator_port), ["deepinfra", "fireworks"], server=server))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin-secret"}
 
     async def providers_on_fresh_connections(first: int) -> list[str]:
@@ -230,7 +232,7 @@ async def test_admin_reload_reaches_every_worker(tmp_path, redis_url):
         await two_workers_listening(supervisor, port)
         assert set(await providers_on_fresh_connections(0)) == {"deepinfra"}
 
-        config.write_text(gateway_toml(emulator_port, fallback='["fireworks", "deepinfra"]', server=server))
+        write_config(config, gateway_config(local_url(emulator_port), ["fireworks", "deepinfra"], server=server))
         async with (
             aiohttp.ClientSession() as session,
             session.post(f"http://127.0.0.1:{port}/admin/reload", headers={"Authorization": "Bearer admin-secret"}) as answer,
@@ -270,7 +272,7 @@ def own_signal_handlers() -> Iterator[None]:
 
 def test_a_sigterm_while_workers_start_stops_the_started_ones_within_the_grace(tmp_path, own_signal_handlers):
     config, port, grace = tmp_path / "config.toml", free_port(), 30.0
-    config.write_text(gateway_toml(9))
+    write_config(config, gateway_config(local_url(9)))
     args = ["--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--reuse-port", "--config", str(config)]
     supervisor = _TerminatedWhileStarting(args, 2, grace, "127.0.0.1", port)
     started = time.monotonic()
@@ -286,7 +288,7 @@ async def test_reloads_asked_while_workers_start_do_not_stop_the_gateway(tmp_pat
     to die of it (SIGHUP's default) and, having never served, took the whole gateway down."""
     emulator_port, port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(gateway_toml(emulator_port))
+    write_config(config, gateway_config(local_url(emulator_port)))
     env = {**os.environ, "EMULATOR_KEY": "k"}
     with running(["emulate", "--port", str(emulator_port)], emulator_port):
         supervisor = GatewayProcess(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], env, REPO)

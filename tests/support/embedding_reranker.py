@@ -1,6 +1,6 @@
 """A text-embeddings-inference `/rerank` server over a local model, the way a user serves one.
 
-    python -m tests.support.embedding_reranker --scorer e5 --port 8080
+    python -m tests.support.embedding_reranker --scorer e5 --port 8080   # prints the port once it listens
 
 Each call embeds the query and the passages and answers their cosine, in TEI's wire shape
 (a bare list of {"index", "score"}, best first). The models ship inside pip wheels, so nothing
@@ -18,8 +18,10 @@ A separate process, so a model's CPU time never stalls the test's event loop.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +31,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.support.processes import REPO, free_port, wait_for_port
+from tests.support.processes import REPO
 
 Scorer = Callable[[str, Sequence[str]], list[float]]
 SCORERS = ("e5", "e5-enpt", "minilm", "bm25")
@@ -59,14 +61,15 @@ def require(scorer: str) -> None:
 
 @contextmanager
 def serving(scorer: str) -> Iterator[str]:
-    """The server of `scorer` in its own process until the block ends; its base URL."""
-    port = free_port()
+    """The server of `scorer` in its own process until the block ends; its base URL.
+
+    It binds port 0 and prints the port it got, so no port is chosen here for it to race for.
+    """
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.embedding_reranker", "--scorer", scorer, "--port", str(port)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [sys.executable, "-m", "tests.support.embedding_reranker", "--scorer", scorer, "--port", "0"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_port(port, process, seconds=60)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{_reported_port(process)}"
     finally:
         process.terminate()
         try:
@@ -74,8 +77,21 @@ def serving(scorer: str) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        if process.stderr is not None:
-            process.stderr.close()  # read only if it failed to start; left open it warns (filterwarnings = error)
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()  # read only if it failed to start; left open it warns (filterwarnings = error)
+
+
+def _reported_port(process: subprocess.Popen[str], seconds: float = 60) -> int:
+    """The port the server prints once it listens (a model loads first: seconds on a busy machine)."""
+    assert process.stdout is not None and process.stderr is not None
+    ready, _, _ = select.select([process.stdout], [], [], seconds)
+    line = process.stdout.readline() if ready else ""
+    if not line.strip().isdigit():
+        process.kill()
+        raise RuntimeError(f"the scorer server reported no port within {seconds}s: "
+                           f"{line!r} {process.stderr.read()[-2000:]}")
+    return int(line)
 
 
 def load_scorer(name: str) -> Scorer:
@@ -122,9 +138,18 @@ def create_app(scorer: Scorer) -> web.Application:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scorer", choices=SCORERS, required=True)
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, default=0, help="0: any free port; the one bound is printed")
     args = parser.parse_args()
-    web.run_app(create_app(load_scorer(args.scorer)), host="127.0.0.1", port=args.port, print=None)
+    asyncio.run(serve(load_scorer(args.scorer), args.port))
+
+
+async def serve(scorer: Scorer, port: int) -> None:
+    """Serve until killed; once listening, print the port bound (the line `serving` waits for)."""
+    runner = web.AppRunner(create_app(scorer), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The gateway's test settings over the emulator, and the emulator's control calls."""
+"""The emulator's address and control calls; the gateway's settings over it are tests/support/config.py's."""
 
 from __future__ import annotations
 
@@ -7,42 +7,9 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-EMULATOR_KEY = "emulator-test-key"
-MODEL = "qwen3-reranker-8b"
+from tests.support.config import EMULATOR_KEY, MODEL
 
-
-def provider_entries(emulator_url: str) -> dict[str, dict[str, Any]]:
-    """One provider of every kind, all served by the emulator."""
-    common = {"base_url": emulator_url, "api_key_env": "EMULATOR_KEY", "timeout_seconds": 5}
-    return {
-        "deepinfra": {**common, "kind": "deepinfra", "model": "Qwen/Qwen3-Reranker-8B", "price_per_million_tokens": 0.05},
-        "fireworks": {
-            **common,
-            "kind": "fireworks",
-            "model": "accounts/fireworks/models/qwen3-reranker-8b",
-            "price_per_million_tokens": 0.10,
-        },
-        "cohere": {**common, "kind": "cohere", "model": "Qwen/Qwen3-Reranker-8B"},
-        "tei": {**common, "kind": "tei", "model": "Qwen/Qwen3-Reranker-8B"},
-    }
-
-
-def gateway_settings(emulator_url: str, fallback: list[str], **sections: dict[str, Any]) -> dict[str, Any]:
-    raw: dict[str, Any] = {
-        "server": {"default_model": MODEL},
-        "models": {
-            MODEL: {
-                "aliases": ["Qwen/Qwen3-Reranker-8B", "accounts/fireworks/models/qwen3-reranker-8b"],
-                "fallback": fallback,
-                # No canary probes unless a test asks: they are real calls the emulator counts.
-                "quality": {"probe_interval_seconds": 0},
-            }
-        },
-        "providers": provider_entries(emulator_url),
-    }
-    for name, values in sections.items():
-        raw[name] = {**raw.get(name, {}), **values}
-    return raw
+__all__ = ["EMULATOR_KEY", "MODEL", "GatewayFactory", "add_fault", "emulator_requests", "emulator_url"]
 
 
 def emulator_url(emulator: TestClient) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +27,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.support.processes import REPO, free_port, gateway_toml, running
+from tests.support.config import gateway_config, local_url, write_config
+from tests.support.processes import REPO, free_port, running
 from tests.support.redis_server import RedisServer
 
 DEEPINFRA = "/v1/inference/Qwen/Qwen3-Reranker-8B"
@@ -42,15 +43,17 @@ def body(i: int) -> dict[str, Any]:
 
 @contextmanager
 def gateways(
-    tree: Path, workdir: Path, redis_url: str, count: int, extra: str = "", emulator_latency_ms: float = 20
+    tree: Path, workdir: Path, redis_url: str, count: int, sections: Mapping[str, Any] | None = None,
+    emulator_latency_ms: float = 20,
 ) -> Iterator[tuple[int, list[int]]]:
-    """The emulator (from this tree) and `count` single-worker gateways (from `tree`) on one Redis."""
+    """The emulator (from this tree) and `count` single-worker gateways (from `tree`) on one Redis;
+    `sections` merged into their config (see `gateway_config`)."""
     emulator_port, ports = free_port(), [free_port() for _ in range(count)]
     config = workdir / "config.toml"
     # Warnings only: nobody reads the processes' stderr pipe while they run, and a request log
     # line per answer would fill it and stall the gateway.
-    server = 'admin_key_env = "ADMIN_KEY"\nlog_level = "warning"'
-    config.write_text(gateway_toml(emulator_port, fallback='["deepinfra"]', extra=extra, server=server))
+    server = {"admin_key_env": "ADMIN_KEY", "log_level": "warning"}
+    write_config(config, gateway_config(local_url(emulator_port), ["deepinfra"], server=server, **(sections or {})))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin", "PYTHONPATH": str(tree)}
     with ExitStack() as stack:
         stack.enter_context(running(["emulate", "--port", str(emulator_port), "--latency-ms", str(emulator_latency_ms)],
@@ -127,10 +130,10 @@ async def refused_replicas_through_an_outage(
 ) -> RefusedOutage:
     server = RedisServer(workdir)
     server.start()
-    extra = f"\n[providers.deepinfra.budget]\ndaily_usd = {budget_usd}\n"
+    budget = {"providers": {"deepinfra": {"budget": {"daily_usd": budget_usd}}}}
     counter = itertools.count()
     try:
-        with gateways(tree, workdir, server.url, 2, extra) as (_, (spender, refused)):
+        with gateways(tree, workdir, server.url, 2, budget) as (_, (spender, refused)):
             async with aiohttp.ClientSession() as session:
 
                 async def post(port: int) -> tuple[int, float]:
@@ -194,12 +197,12 @@ async def write_back_through_an_outage(
     server = RedisServer(workdir, extra_args=PERSISTENT)
     server.start()
     # A budget far above what the run spends: every call reserves and settles through the ledger.
-    extra = "\n[providers.deepinfra.budget]\ndaily_usd = 1000.0\n"
+    budget = {"providers": {"deepinfra": {"budget": {"daily_usd": 1000.0}}}}
     figures = WriteBackOutage(outage_seconds)
     counter = itertools.count()
     stop = asyncio.Event()
     try:
-        with gateways(tree, workdir, server.url, 2, extra) as (emulator_port, ports):
+        with gateways(tree, workdir, server.url, 2, budget) as (emulator_port, ports):
             connector = aiohttp.TCPConnector(limit=concurrency)
             async with aiohttp.ClientSession(connector=connector) as session:
 

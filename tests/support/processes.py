@@ -18,20 +18,31 @@ REPO = Path(__file__).parents[2]
 STARTUP_SECONDS = 15.0
 
 
-# Ports already handed out in this test session. The kernel may offer a port again as soon as
-# its probe socket is closed (two calls in a row named one port about once in 10,000 tries here),
-# and then a gateway fails to bind while its readiness check reaches the emulator listening there.
-_HANDED_OUT: set[int] = set()
-
-
 def free_port() -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    """A port for a server in another process that must be told its port before it starts.
+
+    A server started in this process binds port 0 itself and reports the port it got (aiohttp's
+    TestServer does; tests/support/hung_server.py and the scorer of embedding_reranker.py too): no
+    race. These cannot: redis-server (`--port 0` turns TCP off) and `rerank-gateway serve|emulate`
+    (with `--port 0` it binds a port but logs `:0`, and workers on one port need it up front).
+
+    A port that was only bound and closed can be taken by anyone before the server binds it (the
+    kernel offered one twice in a row about once in 10,000 calls here). So the port is left in
+    TIME_WAIT for 60 s, as Yelp's ephemeral-port-reserve does: connected to, and closed by the
+    accepting side first. Until then the kernel gives it to no bind(0) and to no outgoing connection,
+    while a server that binds it by number with SO_REUSEADDR (redis-server, asyncio's create_server,
+    so the gateway and the emulator) gets it.
+    """
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        address = listener.getsockname()
+        with socket.create_connection(address):
+            accepted, _ = listener.accept()
+            accepted.close()  # the side that closes first keeps the port in TIME_WAIT
+    port: int = address[1]
+    return port
 
 
 def listens_on(pid: int, port: int) -> bool:
@@ -182,33 +193,3 @@ def running(
     finally:
         process.stop()
 
-
-def gateway_toml(
-    emulator_port: int, fallback: str = '["deepinfra", "fireworks"]', extra: str = "", server: str = "",
-    probe_interval_seconds: float = 0,
-) -> str:
-    return f"""
-[server]
-default_model = "qwen3-reranker-8b"
-{server}
-
-[models."qwen3-reranker-8b"]
-aliases = ["Qwen/Qwen3-Reranker-8B"]
-fallback = {fallback}
-quality = {{ probe_interval_seconds = {probe_interval_seconds:g} }}  # probes are real calls the emulator counts
-
-[providers.deepinfra]
-kind = "deepinfra"
-base_url = "http://127.0.0.1:{emulator_port}"
-model = "Qwen/Qwen3-Reranker-8B"
-api_key_env = "EMULATOR_KEY"
-price_per_million_tokens = 0.05
-
-[providers.fireworks]
-kind = "fireworks"
-base_url = "http://127.0.0.1:{emulator_port}"
-model = "accounts/fireworks/models/qwen3-reranker-8b"
-api_key_env = "EMULATOR_KEY"
-price_per_million_tokens = 0.10
-{extra}
-"""

@@ -8,7 +8,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis
@@ -19,6 +21,19 @@ REDIS_SERVER = shutil.which("redis-server")
 needs_redis_server = pytest.mark.skipif(
     REDIS_SERVER is None, reason="redis-server binary not found (apt-get install redis-server; .ci/run installs it)"
 )
+Test = TypeVar("Test", bound=Callable[..., object])
+
+
+def own_redis_server(test: Test) -> Test:
+    """For a test that starts, stops or kills its own RedisServer: marked `redis`, and skipped,
+    saying why, where redis-server is not installed."""
+    return pytest.mark.redis(needs_redis_server(test))
+
+
+# The contract suites' backends that start something, marked by what: a redis-server, or the
+# 3-node cluster (tests/support/redis_cluster.py), so that `-m "not cluster"` leaves the cluster out.
+REDIS = pytest.param("redis", marks=pytest.mark.redis)
+CLUSTER = pytest.param("redis-cluster", marks=pytest.mark.cluster)
 
 
 class RedisServer:
