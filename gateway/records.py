@@ -3,7 +3,7 @@
 A frozen dataclass sets each field in __init__ through `object.__setattr__`, to get past its own
 refusing __setattr__: 1.6 µs to make a RerankRequest against 0.4 for the same class unfrozen, and
 the value types a miss makes (the request, its batches, lookups, plan steps, reservations,
-settlements) were 4% of its instructions (bench/README.md, "A lighter miss"). For those, @record
+settlements) were 4% of its instructions (docs/bench-history.md, "A lighter miss"). For those, @record
 keeps the promise where it is checked, by mypy in CI (`x.field = ...` is an error: the fields are
 read-only), and drops the check at run time. Equal fields still mean equal and the same hash, as
 frozen gives; `eq=False` keeps identity, as it does for a frozen dataclass.

@@ -4,7 +4,7 @@ The request log's write and the metrics' write to prometheus-client were done at
 each event-loop turn; at c=16 a turn holds one or two requests, so each request still paid a
 write system call and a round of prometheus-client updates of its own. Done a fixed moment
 after the first event instead, they are shared by every request of that moment whatever the
-concurrency (bench/README.md: 3-5% of a miss's CPU at c=16 and at c=64).
+concurrency (docs/bench-history.md: 3-5% of a miss's CPU at c=16 and at c=64).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Counter and histogram updates of a moment, written to prometheus-client together.
 
 Each `inc` and `observe` of prometheus-client takes a lock and, for a histogram, walks its
-buckets: about 13 of them per cache miss cost ~5% of the miss's CPU (bench/README.md). Here an
+buckets: about 13 of them per cache miss cost ~5% of the miss's CPU (docs/bench-history.md). Here an
 update adds to a plain dict, and the sums go to prometheus-client once, FLUSH_DELAY_SECONDS
 (50 ms) after the first update since the last write (`observability/deferred.py`), so another
 worker's scrape, reading the multiprocess files, sees them at most that late. A scrape in this

@@ -233,13 +233,13 @@ async def _serve(
 
 # Young objects collected at a time (CPython's default is 700). Each request leaves a few hundred
 # container objects; at 700 the collector ran every few requests, and the requests in flight it
-# found alive were promoted and rescanned by the older generations (bench/README.md).
+# found alive were promoted and rescanned by the older generations (docs/bench-history.md).
 GC_YOUNG_THRESHOLD = 7000
 
 
 def settle_garbage_collector() -> None:
     """Once started: what start-up built (modules, config, app) is never scanned again, and the
-    collector runs a tenth as often. Together about a fifth of a miss's CPU (bench/README.md)."""
+    collector runs a tenth as often. Together about a fifth of a miss's CPU (docs/bench-history.md)."""
     gc.collect()
     gc.freeze()  # into the permanent generation: a full collection no longer walks ~70,000 objects
     _, older, oldest = gc.get_threshold()

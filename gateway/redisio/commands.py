@@ -2,7 +2,7 @@
 
 Three ways to send them. To one server, over DirectConnections (gateway/redisio/direct.py):
 redis-py's connections, but not its command path, which costs more CPU than the round trip it
-makes (measured by bench/cache_client.py; see bench/README). To a Cluster, over ClusterConnections
+makes (measured by bench/cache_client.py; see docs/bench-history.md). To a Cluster, over ClusterConnections
 (gateway/redisio/cluster.py): DirectConnections per node, each command to the node owning its
 key's slot, and one node's failure kept to that node's commands (why not redis-py's cluster
 client is said there). Through any redis-py client (ClientCommands): fakeredis in tests.

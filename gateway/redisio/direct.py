@@ -26,7 +26,7 @@ class DirectConnections:
     redis-py's command path costs more than the round trip it makes: its pool's lock and
     observability hooks, a read on every connection it hands out (a health check), a task per
     write under `socket_timeout` and a timeout context per read; a fully cached request spent
-    about 30% of its CPU there (bench/README). Here a call takes the last idle connection, writes
+    about 30% of its CPU there (docs/bench-history.md). Here a call takes the last idle connection, writes
     its commands, reads their replies and puts the connection back. The caller bounds the whole
     call (asyncio.timeout), so the connections have no timeouts of their own but the connect's.
     A connection whose call failed or was cut is closed, never reused; a lost connection also
