@@ -343,7 +343,7 @@ async def test_the_page_after_mixed_traffic_in_headless_chromium(make_gateway, e
 
 async def wait_for_shadow_calls(gateway) -> None:
     """Shadow calls run in the background: let those of this minute land in it."""
-    quality = gateway.app[LIVE].current.quality
+    background = gateway.app[LIVE].current.parts.background
     deadline = asyncio.get_running_loop().time() + 10
-    while quality._tasks and asyncio.get_running_loop().time() < deadline:
+    while len(background) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
