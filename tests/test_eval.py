@@ -116,6 +116,12 @@ def test_bm25_ranks_by_rare_terms_and_stems_russian() -> None:
     assert index.idf("кошк") == pytest.approx(math.log(1 + (4 - 2 + 0.5) / (2 + 0.5)))
 
 
+def test_bm25_finds_candidates_for_a_chinese_query() -> None:
+    """Issue 30: a Chinese sentence was one term, so a Chinese query shared none with any passage."""
+    index = Bm25Index({"a": "喀山的多功能中心早上八点开门。", "b": "通过多功能中心办理庭外破产是免费的。", "c": "今天天气很好。"})
+    assert index.search("通过多功能中心办理破产需要多少钱", 10) == ["b", "a"]
+
+
 def test_bm25_ties_keep_corpus_order() -> None:
     assert Bm25Index({"x": "apple pie", "y": "apple tart", "z": "apple cake"}).search("apple", 3) == ["x", "y", "z"]
 

@@ -368,6 +368,15 @@ def test_tokenize_is_unicode_aware_and_stems_lightly() -> None:
     assert tokenize("") == [] and tokenize(" ,.!— ") == []
 
 
+def test_cjk_runs_are_read_as_character_bigrams_beside_other_words() -> None:
+    """Chinese and Japanese write no spaces: one \\w+ run per sentence would never match another."""
+    assert tokenize("通过MFC办理破产") == ["通过", "mfc", "办理", "理破", "破产"]
+    assert tokenize("個人 破産 した") == ["個人", "破産", "した"]
+    assert tokenize("한국어 문장") == ["한국", "국어", "문장"]
+    assert tokenize("钱") == ["钱"]  # a lone character is itself
+    assert tokenize("Кошки и 猫") == ["кошк", "и", "猫"]
+
+
 def test_forms_are_exactly_the_words_with_that_stem() -> None:
     rng = random.Random(5)
     for alphabet in ("абвгдеийклмнорстуыьюя", "abcdegilnorsty"):
@@ -395,6 +404,13 @@ def test_bm25_ranks_the_relevant_english_passage_first() -> None:
     assert argmax(scores) == 1
     assert scores[3] == 0.0 or scores[3] < scores[1] / 4
     assert all(0.0 <= score <= 1.0 for score in scores)
+
+
+def test_bm25_orders_a_chinese_request_by_overlap() -> None:
+    """Issue 30: a Chinese sentence was one token, so every passage tied at 0."""
+    passages = ["喀山的多功能中心早上八点开门。", "通过多功能中心办理庭外破产是免费的。", "今天天气很好。"]
+    scores = lexical_scores("通过多功能中心办理破产需要多少钱", passages)
+    assert scores[1] > scores[0] > scores[2] == 0.0
 
 
 def test_bm25_ranks_the_relevant_russian_passage_first() -> None:

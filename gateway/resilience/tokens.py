@@ -12,6 +12,12 @@ strips only inflectional endings that rarely end a stem:
 Both sides of a match go through the same rules, so a wrong stem mostly costs a missed match
 between two forms of one word ("музей" -> "муз", "музея" -> "музе"); a false match needs two
 words that differ only by one of these endings.
+
+Chinese and Japanese write no spaces between words, and a Korean word carries its particles: a
+run of Han, kana or Hangul is one "word" to a letters-and-digits pattern, so two sentences of it never share a term and
+every BM25 score ties. Such runs become overlapping character bigrams ("破产办理" -> "破产",
+"产办", "办理"), as Lucene's CJKAnalyzer makes them; a lone character stays itself. Bigrams need
+no dictionary, and most two-character words are matched whole.
 """
 
 from __future__ import annotations
@@ -19,6 +25,10 @@ from __future__ import annotations
 import re
 
 _WORD = re.compile(r"[^\W_]+")  # \w without the underscore: letters and digits in any script
+# Hangul Jamo, kana, CJK Extension A, unified and compatibility ideographs, Hangul syllables.
+_CJK = "\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_HAS_CJK = re.compile(f"[{_CJK}]")
+_CJK_OR_WORD = re.compile(f"[{_CJK}]+|[^\\W_{_CJK}]+")  # a CJK run, or a run of other letters and digits
 
 _RUSSIAN_ENDINGS = frozenset(
     {
@@ -35,8 +45,18 @@ _ENGLISH_ENDINGS = (("ing", 4), ("ed", 4), ("es", 3), ("s", 3))
 
 
 def words(text: str) -> list[str]:
-    """The words of `text`, lowercased, with ё written е as most Russian text does."""
-    return _WORD.findall(text.lower().replace("ё", "е"))
+    """The words of `text`, lowercased, with ё written е as most Russian text does; CJK runs as
+    their character bigrams."""
+    text = text.lower().replace("ё", "е")
+    if _HAS_CJK.search(text) is None:
+        return _WORD.findall(text)
+    found: list[str] = []
+    for run in _CJK_OR_WORD.findall(text):
+        if _HAS_CJK.match(run) is None or len(run) == 1:  # another script's word, or a lone character
+            found.append(run)
+        else:
+            found.extend(run[i : i + 2] for i in range(len(run) - 1))
+    return found
 
 
 def tokenize(text: str) -> list[str]:
