@@ -174,6 +174,7 @@ async def test_lexical_last_resort_when_every_provider_failed(make_gateway: Gate
     response = await gateway.post(path, json=body_of(body))
     assert response.status == 200
     assert response.headers["X-Rerank-Provider"] == "degraded-lexical"
+    assert response.headers["X-Rerank-Cache"] == f"hits=0; misses={len(DOCS)}"  # nothing came from the cache
     answer = await response.json()
     assert flag(answer)
 

@@ -100,8 +100,7 @@ def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs,
             for slot in round_.slots:
                 raw.pop(slot, None)
         if scored.degraded:
-            result.degraded = True
-            sent.clear()  # nothing went upstream
+            result.degraded = True  # every slot scored lexically: none came from the cache
         else:
             sent.update(round_.slots)
     result.upstream_ms += filling.waited_ms
@@ -109,8 +108,8 @@ def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs,
         result.provider = filling.provider
     if raw:
         result.raw_scores = [raw.get(slot) for slot in pairs.slots]
-    result.cache_misses = len(sent)
-    result.cache_hits = len(scores) - len(sent)
+    result.cache_misses = len(scores) if result.degraded else len(sent)
+    result.cache_hits = len(scores) - result.cache_misses
 
 
 def _missing(scores: list[float | None]) -> Sequence[int]:
