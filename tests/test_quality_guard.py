@@ -278,6 +278,20 @@ async def test_without_a_verdict_the_fallback_provider_scores_whole_requests(mak
     assert response.headers["X-Rerank-Cache"] == "hits=0; misses=20"
 
 
+async def test_a_provider_not_judged_yet_waits_behind_one_that_passes(make_gateway: GatewayFactory, emulator):
+    """Issue 30, item 3: DeepInfra comes first in `fallback`, but its probe could not run (its one
+    call failed: no verdict) while Fireworks passes: requests go to Fireworks, whose cache group
+    is the reference's, not to a provider nobody has judged."""
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)  # its canary probe's call
+    gateway = await make_gateway(edit=probing(), resilience={"max_retries": 0})
+    quality = await probed(gateway, providers=("fireworks",))
+    assert quality["fireworks"]["state"] == "passing" and quality["fireworks"]["reference"]
+    assert quality["deepinfra"]["state"] == "unknown" and "probe failed" in quality["deepinfra"]["reason"]
+    response, _ = await rerank(gateway, OLD)
+    assert response.headers["X-Rerank-Provider"] == "fireworks"
+    assert (await emulator_requests(emulator)).get("deepinfra", 0) == 1  # the probe's call alone
+
+
 async def test_shadow_calls_never_delay_the_answer_and_feed_agreement(make_gateway: GatewayFactory, emulator):
     await add_fault(emulator, "fireworks", "slow", delay_ms=1500)
     gateway = await make_gateway(edit=probing(shadow_rate=1.0, probe_interval_seconds=0))

@@ -1,8 +1,8 @@
 """The quality guard's answers to the router, and the probes and shadow calls that inform them.
 
-    verdicts   a provider failing its canary (`action = "skip"`) is passed over only while
-               something better can answer: it goes after the model's other providers, so it
-               serves when none of them does, flagged (`failing_serves`); it is skipped outright
+    verdicts   the plan tries providers passing their canary first, then those not judged yet,
+               then those failing it (`action = "skip"`): a failing one serves only when none of
+               the others does, flagged (`failing_serves`); it is skipped outright
                when it ranks like noise (no better than chance on the canary), or when the
                lexical last resort is on and ranks the canary at least as well
                (gateway.quality.standing); "warn" only reports
@@ -71,13 +71,15 @@ class QualityGuard:
         return self._board.entry(model, provider).state == "failing" and self.skip(model, provider) is None
 
     def plan_order(self, model: str) -> list[str]:
-        """The model's fallback, with providers failing their canary after the others (`action = "skip"`):
-        a provider that passes, or is not probed yet, answers first while it can."""
+        """The model's fallback in three tiers (`action = "skip"`): those passing their canary, then
+        those not judged yet, then those failing it, each tier in ops' order. So a provider just
+        added or re-pointed waits behind one that passes until its own verdict comes, and one that
+        fails serves only when nothing else can; with no verdicts yet it is ops' order as it stands."""
         fallback = self._config.models[model].fallback
         if self._config.models[model].quality.action != "skip":
             return list(fallback)
-        failing = [p for p in fallback if self._board.entry(model, p).state == "failing"]
-        return [p for p in fallback if p not in failing] + failing
+        tier = {"passing": 0, "unknown": 1, "failing": 2}
+        return sorted(fallback, key=lambda provider: tier[self._board.entry(model, provider).state])
 
     def reference(self, model: str) -> str | None:
         return self._parts.reference(model)

@@ -95,7 +95,7 @@ class Planner:
         plan = self._table.plan(request.model)
         instruction = request.missing.instruction
         for model_plan in (plan, *(self._table.plan(other) for other in plan.fallback_models)):
-            for route in model_plan.routes:  # failing canaries last
+            for route in model_plan.routes:  # passing, not judged yet, failing (QualityGuard.plan_order)
                 skip = self._skip(route, instruction)
                 if skip is None:
                     steps.append(self._step(request, route))

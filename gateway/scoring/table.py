@@ -4,7 +4,7 @@ generation and quality-board version, not per request.
     Route       one provider of one model as the plan sees it: its client, the cache group its
                 fresh scores go to and the map onto that group's scale (gateway.quality.groups),
                 and the quality guard's word on it (passed over for good, or serving flagged)
-    ModelPlan   a model's routes in plan order (providers failing their canary last), its
+    ModelPlan   a model's routes in plan order (passing, not judged yet, failing its canary), its
                 reference, and the models it falls back to
     PlanTable   every model's ModelPlan, built again whenever the quality board has changed
                 (a verdict, agreement, calibration, another reference: QualityBoard.version)
@@ -42,7 +42,7 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class ModelPlan:
     model: str
-    routes: tuple[Route, ...]  # in plan order: the fallback, providers failing their canary last
+    routes: tuple[Route, ...]  # in plan order: ops' fallback, passing before not judged before failing
     by_provider: dict[str, Route]
     reference: str | None
     # Whose group a request reads when no provider can be called now: the reference, else the first.
