@@ -94,6 +94,7 @@ class ScoreRequest:
     whole: Batch
     group: str
     deadline: float | None = None
+    language: str | None = None  # the canary language whose plan it follows (PlanTable.language_of)
 
 
 @dataclass(slots=True)
@@ -194,6 +195,7 @@ class RerankResult:
     runtime_ms: float = 0.0
     upstream_ms: float = 0.0  # wall time spent waiting on providers (or on another request's call)
     degraded: bool = False  # scored by the local lexical last resort, not by a model
+    language: str | None = None  # the canary language whose plan scored it, where plans differ by language
     # Per request position, the serving provider's own score where `scores` holds it mapped onto
     # the reference's scale (None elsewhere); None when nothing was mapped. For the request log.
     raw_scores: list[float | None] | None = None

@@ -115,3 +115,68 @@ async def test_english_only_minilm_fails_russian_and_chinese(aiohttp_client, ser
     assert quality["state"] == "failing"
     assert languages["en"]["passed"]  # measured without torch (numpy, same weights): en 24/24, +0.040
     assert not languages["ru"]["passed"] and not languages["zh"]["passed"]  # ru 10/24, zh 17/24
+
+
+# --- per language: the plan follows each language's verdict (issue 30, item 1) -----------------
+
+QUESTIONS = {  # not canary lines: a query and passages of each language, the first one relevant
+    "en": ("how much does personal bankruptcy through the MFC cost",
+           ["Out-of-court bankruptcy through the MFC is free of charge.", "The MFC in Kazan opens at eight.",
+            "A recipe for borscht with beets."]),
+    "ru": ("сколько стоит банкротство через МФЦ",
+           ["Внесудебное банкротство через МФЦ бесплатно.", "МФЦ в Казани открывается в восемь.",
+            "Рецепт борща со свёклой."]),
+    "zh": ("通过多功能中心申请个人破产要花多少钱",
+           ["通过多功能中心办理庭外破产是免费的。", "喀山的多功能中心早上八点开门。", "红菜汤的做法。"]),
+}
+
+
+async def probed_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], providers: dict[str, str]
+                         ) -> tuple[TestClient, dict[str, Any]]:
+    """A gateway over these TEI servers (name -> URL) in this fallback order, once each has a verdict."""
+    raw = {
+        "server": {"default_model": MODEL},
+        "models": {MODEL: {"fallback": list(providers), "quality": {"probe_interval_seconds": 3600}}},
+        "providers": {name: {"kind": "tei", "base_url": url, "model": "local", "timeout_seconds": 60}
+                      for name, url in providers.items()},
+    }
+    gateway = await aiohttp_client(create_app(parse_config(raw)))
+    deadline = time.monotonic() + PROBE_SECONDS
+    while True:
+        quality = (await (await gateway.get("/readyz")).json())["quality"][MODEL]
+        if all(quality[name]["state"] != "unknown" for name in providers):
+            return gateway, quality
+        assert time.monotonic() < deadline, f"never probed: {quality}"
+        await asyncio.sleep(0.1)
+
+
+async def ask(gateway: TestClient, language: str) -> tuple[int, Any, Any]:
+    query, documents = QUESTIONS[language]
+    response = await gateway.post("/v1/rerank", json={"query": query, "documents": documents})
+    return response.status, response.headers, await response.json()
+
+
+async def test_a_model_pruned_to_english_serves_english_alone_and_refuses_what_it_ranks_like_noise(
+        aiohttp_client, served) -> None:
+    """The only provider: pooled over the canary's languages it ranks like noise (p = 0.54), so it
+    was refused for every query, English too. Per language it passes English and is refused in
+    Russian and Chinese, where it ranks at random."""
+    gateway, quality = await probed_gateway(aiohttp_client, {"pruned": served("e5-enpt")})
+    languages = quality["pruned"]["languages"]
+    assert languages["en"] == {**languages["en"], "state": "passing", "serves": True}
+    assert not languages["ru"]["serves"] and not languages["zh"]["serves"]
+    status, headers, answer = await ask(gateway, "en")
+    assert status == 200 and headers["X-Rerank-Provider"] == "pruned" and "X-Rerank-Quality" not in headers
+    assert answer["results"][0]["index"] == 0
+    for language in ("ru", "zh"):
+        status, _, answer = await ask(gateway, language)
+        assert status == 502 and f"failed its canary in {language} and ranks like noise" in answer["error"]["message"]
+
+
+async def test_each_language_goes_to_the_first_provider_that_passes_it(aiohttp_client, served) -> None:
+    """Ops put the pruned model first (cheaper, say): English goes there, Russian and Chinese to e5."""
+    gateway, _ = await probed_gateway(aiohttp_client, {"pruned": served("e5-enpt"), "e5": served("e5")})
+    for language, provider in (("en", "pruned"), ("ru", "e5"), ("zh", "e5")):
+        status, headers, answer = await ask(gateway, language)
+        assert status == 200 and headers["X-Rerank-Provider"] == provider, (language, headers)
+        assert "X-Rerank-Quality" not in headers and answer["results"][0]["index"] == 0, language

@@ -166,7 +166,7 @@ async def test_with_redis_down_each_worker_probes_on_its_own(make_gateway, emula
         await asyncio.sleep(0.05)
     assert (await emulator_requests(emulator))["deepinfra"] == 1
     response = await gateway.post("/v1/rerank", json={"query": "q", "documents": ["a", "b"]})
-    assert response.status == 200 and response.headers["X-Rerank-Quality"] == "failing"
+    assert response.status == 200 and response.headers["X-Rerank-Quality"] == "failing; language=en"
 
 
 async def exercise_the_store(url: str) -> None:

@@ -97,13 +97,13 @@ async def test_the_only_provider_failing_its_canary_still_answers_flagged(make_g
     assert quality["deepinfra"]["state"] == "failing" and quality["deepinfra"]["serves"]
     with caplog.at_level(logging.INFO, logger="gateway.requests"):
         response, scores = await rerank(gateway, OLD)
-    assert response.headers["X-Rerank-Provider"] == "deepinfra" and response.headers["X-Rerank-Quality"] == "failing"
+    assert response.headers["X-Rerank-Provider"] == "deepinfra" and response.headers["X-Rerank-Quality"] == "failing; language=en"
     assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
     logged = [r.vetted_fields for r in caplog.records if hasattr(r, "vetted_fields")]
     assert logged and logged[-1]["quality"] == "failing"
 
     cached, _ = await rerank(gateway, OLD)  # the failing provider's own cached scores: flagged as well
-    assert cached.headers["X-Rerank-Provider"] == "cache" and cached.headers["X-Rerank-Quality"] == "failing"
+    assert cached.headers["X-Rerank-Provider"] == "cache" and cached.headers["X-Rerank-Quality"] == "failing; language=en"
 
     ready = await gateway.get("/readyz")
     body = await ready.json()
@@ -120,7 +120,7 @@ async def test_a_failing_provider_answers_when_the_passing_one_cannot(make_gatew
     assert quality["fireworks"]["state"] == "failing" and quality["deepinfra"]["state"] == "passing"
     await add_fault(emulator, "deepinfra", "status", status=500)
     response, scores = await rerank(gateway, OLD)
-    assert response.headers["X-Rerank-Provider"] == "fireworks" and response.headers["X-Rerank-Quality"] == "failing"
+    assert response.headers["X-Rerank-Provider"] == "fireworks" and response.headers["X-Rerank-Quality"] == "failing; language=en"
     assert response.headers["X-Rerank-Cache"] == "hits=0; misses=10"  # its own group: never mixed
     assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
 
@@ -162,7 +162,7 @@ async def test_warn_only_reports_and_keeps_the_provider_apart(make_gateway: Gate
     assert quality["deepinfra"]["state"] == "failing" and not quality["deepinfra"]["shares_cache"]
     response, scores = await rerank(gateway, OLD)
     assert response.headers["X-Rerank-Provider"] == "deepinfra"  # reported, not skipped
-    assert response.headers["X-Rerank-Quality"] == "failing"
+    assert response.headers["X-Rerank-Quality"] == "failing; language=en"
     assert scores == pytest.approx([misbehaving_score("template", QUERY, d) for d in OLD], abs=1e-12)
 
 

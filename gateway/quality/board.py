@@ -2,6 +2,8 @@
 
     state       "passing" / "failing" its canary, or "unknown" (not probed yet, or the probe
                 could not run: no key, breaker open, budget, an error)
+    languages   the same per language of the canary, each with its own standing: a provider
+                may pass English and rank Chinese like noise (LanguageQuality)
     agreement   rolling agreement with the model's reference (canary rounds and shadow samples)
 
 Which provider is the reference and which providers may share its cached scores follows from
@@ -25,10 +27,18 @@ from typing import Literal
 
 from gateway.quality.calibration import Calibration
 from gateway.quality.probe import CanaryOutcome
-from gateway.quality.standing import CanaryStanding, standing
+from gateway.quality.standing import CanaryStanding, in_one_language, standing
 from gateway.quality.tracker import AgreementTracker
 
 QualityState = Literal["unknown", "passing", "failing"]
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageQuality:
+    """A provider's verdict on the canary lines of one language."""
+
+    state: QualityState  # "passing" or "failing"
+    standing: CanaryStanding | None  # failing: against chance and BM25 on this language's lines
 
 
 @dataclass(slots=True)
@@ -41,6 +51,15 @@ class ProviderQuality:
     standing: CanaryStanding | None = None  # the last verdict against chance and BM25
     agreement: AgreementTracker = field(default_factory=AgreementTracker)
     fingerprint: object = None  # the provider config the evidence is about
+    languages: dict[str, LanguageQuality] = field(default_factory=dict)  # per language of the last verdict
+
+    def verdict_in(self, language: str | None) -> tuple[QualityState, CanaryStanding | None]:
+        """The state and standing in `language`; the overall ones where the canary has no line of it
+        (or no language was asked)."""
+        found = None if language is None else self.languages.get(language)
+        if found is None:
+            return self.state, self.standing
+        return found.state, found.standing
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +79,8 @@ class QualityReport:
     standing: str | None = None  # a failing provider against chance and BM25 (CanaryStanding.describe)
     # the last verdict graded: rule, ordered pairs, worst margin, per language (Verdict.as_json)
     canary: Mapping[str, object] | None = None
+    # per language of the canary: its state, whether it serves there, its standing where failing
+    languages: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -68,7 +89,7 @@ class QualityReport:
             "group": self.group, "calibrated": self.calibrated,
             "calibration": None if self.calibration is None else self.calibration.as_json(),
             "serves": self.serves, "standing": self.standing,
-            "canary": self.canary,
+            "canary": self.canary, "languages": self.languages,
         }
 
 
@@ -118,6 +139,7 @@ class QualityBoard:
         entry.probed_at = entry.checked_at = time.time() if at is None else at
         entry.canary = outcome
         entry.standing = None if outcome.verdict.passed else standing(outcome.lines, outcome.scores)
+        entry.languages = languages_of(outcome)
         self._changed()
         if (before == "failing") != (entry.state == "failing"):
             if before == "unknown" and entry.state == "passing":
@@ -188,6 +210,24 @@ class QualityBoard:
             if anchor is not None and entry_identity != identity:
                 _refeed(entry, anchor.canary)
         return True
+
+
+def languages_of(outcome: CanaryOutcome) -> dict[str, LanguageQuality]:
+    """Each language's verdict, and the standing of each failing one on its own lines: a noise
+    test pooled over languages calls a model that ranks English well and Chinese at random noise."""
+    verdict = outcome.verdict
+    pooled: CanaryStanding | None = None
+    found = {}
+    for language in verdict.languages:
+        if language.passes(verdict.pass_share):
+            found[language.language] = LanguageQuality("passing", None)
+            continue
+        pooled = pooled or standing(outcome.lines, outcome.scores)
+        members = [i for i, line in enumerate(outcome.lines) if line.language == language.language]
+        lines = [outcome.lines[i] for i in members]
+        alone = standing(lines, [outcome.scores[i] for i in members])
+        found[language.language] = LanguageQuality("failing", in_one_language(alone, pooled))
+    return found
 
 
 def _refeed(entry: ProviderQuality, reference: CanaryOutcome | None) -> None:

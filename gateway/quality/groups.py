@@ -71,11 +71,14 @@ class CacheGroups:
     def reference(self, model: str) -> str | None:
         return self._board.reference(model, self._config.models[model].fallback, self._plannable)
 
-    def placement(self, model: str, provider: str) -> Placement:
+    def placement(self, model: str, provider: str, language: str | None = None) -> Placement:
+        """Where its fresh scores of a query in `language` go: a provider failing the canary's lines
+        of that language writes them to a group of its own there, whatever it does elsewhere."""
         reference = self.reference(model)
-        sharing = self._sharing(model, provider, reference)
+        state = self._entries[(model, provider)].verdict_in(language)[0]
+        sharing = self._sharing(model, provider, reference, state)
         if reference is None or not sharing.shares:
-            return Placement(self._name(model, self._identities[provider], self._entries[(model, provider)].state))
+            return Placement(self._name(model, self._identities[provider], state))
         # Agreement alone names the group, whatever the verdicts: a member failing its canary for
         # a while (it then writes to a group of its own) does not rename the group the others read.
         members = [p for p in self._config.models[model].fallback if self._agrees_as_is(model, p)]
@@ -89,7 +92,7 @@ class CacheGroups:
         entry = self._entries[(model, provider)]
         reference = self.reference(model)
         measured = entry.agreement.current()
-        sharing = self._sharing(model, provider, reference)
+        sharing = self._sharing(model, provider, reference, entry.state)
         return QualityReport(
             state=entry.state,
             reason=entry.reason,
@@ -102,11 +105,11 @@ class CacheGroups:
             calibration=None if provider == reference else entry.agreement.calibration(),
         )
 
-    def _sharing(self, model: str, provider: str, reference: str | None) -> Sharing:
+    def _sharing(self, model: str, provider: str, reference: str | None, state: QualityState) -> Sharing:
         if reference is None:
             return APART
         is_reference = self._identities[provider] == self._identities[reference]
-        return sharing(self._entries[(model, provider)], is_reference, self._config.models[model].quality)
+        return sharing(self._entries[(model, provider)], state, is_reference, self._config.models[model].quality)
 
     def _agrees_as_is(self, model: str, provider: str) -> bool:
         return agrees_as_is(self._entries[(model, provider)], self._config.models[model].quality)

@@ -28,6 +28,7 @@ from gateway.errors import ProviderFailure
 from gateway.models import Batch
 from gateway.quality import CanaryLine, builtin_canary, load_canary
 from gateway.quality.board import QualityReport
+from gateway.quality.canary import script_of
 from gateway.quality.figures import publish_quality
 from gateway.quality.groups import CacheGroups
 from gateway.quality.parts import Parts
@@ -41,22 +42,21 @@ class QualityGuard:
         self._config = parts.config
         self._board = parts.board
         self.groups = CacheGroups(parts.config, parts.board, parts.plannable)
-        canaries = {name: _canary_of(model) for name, model in parts.config.models.items()}
-        self._prober = Prober(parts, canaries)
+        self._canaries = {name: _canary_of(model) for name, model in parts.config.models.items()}
+        self._prober = Prober(parts, self._canaries)
         self._shadower = Shadower(parts, self._prober.share_samples)
         for name in parts.config.models:
             self._prober.rejudge(name)
 
     # -- what the router asks while it plans ------------------------------------------------------
 
-    def skip(self, model: str, provider: str) -> ProviderFailure | None:
-        """A provider failing its canary that must not serve even when nothing else can (`action = "skip"`):
-        it ranks like noise, or the lexical last resort is on and ranks the canary as well."""
+    def skip(self, model: str, provider: str, language: str | None = None) -> ProviderFailure | None:
+        """A provider failing its canary (in `language`, where the canary has lines of it) that must
+        not serve even when nothing else can (`action = "skip"`): it ranks like noise there, or the
+        lexical last resort is on and ranks those lines as well."""
         entry = self._board.entry(model, provider)
-        if entry.state != "failing" or self._config.models[model].quality.action != "skip":
-            return None
-        standing = entry.standing
-        if standing is None:
+        state, standing = entry.verdict_in(language)
+        if state != "failing" or self._config.models[model].quality.action != "skip" or standing is None:
             return None
         if standing.like_noise:
             why = f"ranks like noise ({standing.describe()})"
@@ -64,22 +64,33 @@ class QualityGuard:
             why = f"no better than the lexical last resort ({standing.describe()})"
         else:
             return None
-        return ProviderFailure(provider, f"failed its canary and {why}: {entry.reason}", kind="quality")
+        where = "" if language is None or language not in entry.languages else f" in {language}"
+        return ProviderFailure(provider, f"failed its canary{where} and {why}: {entry.reason}", kind="quality")
 
-    def failing_serves(self, model: str, provider: str) -> bool:
-        """Fails its canary yet may serve: its answers say so (X-Rerank-Quality: failing)."""
-        return self._board.entry(model, provider).state == "failing" and self.skip(model, provider) is None
+    def failing_serves(self, model: str, provider: str, language: str | None = None) -> bool:
+        """Fails its canary (in `language`) yet may serve: its answers say so (X-Rerank-Quality: failing)."""
+        state, _ = self._board.entry(model, provider).verdict_in(language)
+        return state == "failing" and self.skip(model, provider, language) is None
 
-    def plan_order(self, model: str) -> list[str]:
-        """The model's fallback in three tiers (`action = "skip"`): those passing their canary, then
-        those not judged yet, then those failing it, each tier in ops' order. So a provider just
-        added or re-pointed waits behind one that passes until its own verdict comes, and one that
-        fails serves only when nothing else can; with no verdicts yet it is ops' order as it stands."""
+    def plan_order(self, model: str, language: str | None = None) -> list[str]:
+        """The model's fallback in three tiers (`action = "skip"`): those passing their canary (in
+        `language`), then those not judged yet, then those failing it, each tier in ops' order. So a
+        provider just added or re-pointed waits behind one that passes until its own verdict comes,
+        and one that fails serves only when nothing else can; with no verdicts yet it is ops' order."""
         fallback = self._config.models[model].fallback
         if self._config.models[model].quality.action != "skip":
             return list(fallback)
         tier = {"passing": 0, "unknown": 1, "failing": 2}
-        return sorted(fallback, key=lambda provider: tier[self._board.entry(model, provider).state])
+        return sorted(fallback, key=lambda provider: tier[self._board.entry(model, provider).verdict_in(language)[0]])
+
+    def scripts(self, model: str) -> dict[str, str]:
+        """Which canary language a query in each script belongs to: a script only one language of
+        the model's canary is written in (Cyrillic for ru, Han for zh); Latin shared by two
+        languages tells nothing, and is left out."""
+        used: dict[str, set[str]] = {}
+        for line in self._canaries[model]:
+            used.setdefault(script_of(line.query), set()).add(line.language)
+        return {script: next(iter(languages)) for script, languages in used.items() if len(languages) == 1}
 
     def reference(self, model: str) -> str | None:
         return self._parts.reference(model)
@@ -92,6 +103,11 @@ class QualityGuard:
             serves=entry.state != "failing" or self.skip(model, provider) is None,
             standing=None if entry.standing is None else entry.standing.describe(),
             canary=None if entry.canary is None else entry.canary.verdict.as_json(),
+            languages={
+                language: {"state": found.state, "serves": self.skip(model, provider, language) is None,
+                           "standing": None if found.standing is None else found.standing.describe()}
+                for language, found in entry.languages.items()
+            },
         )
 
     # -- probes and shadow calls ------------------------------------------------------------------

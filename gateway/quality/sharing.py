@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config import QualityConfig
-from gateway.quality.board import ProviderQuality
+from gateway.quality.board import ProviderQuality, QualityState
 from gateway.quality.calibration import Calibration
 
 
@@ -36,12 +36,13 @@ def agrees_as_is(entry: ProviderQuality, rule: QualityConfig) -> bool:
     return entry.agreement.within(rule.agreement_tolerance)
 
 
-def sharing(entry: ProviderQuality, is_reference: bool, rule: QualityConfig) -> Sharing:
-    """How this provider's fresh scores may join the reference's cache group. `is_reference`: it
-    is the reference's scoring identity (the reference, perhaps under another name)."""
+def sharing(entry: ProviderQuality, state: QualityState, is_reference: bool, rule: QualityConfig) -> Sharing:
+    """How this provider's fresh scores may join the reference's cache group. `state`: its verdict
+    where the scores are from (the language of their query, or overall); `is_reference`: it is
+    the reference's scoring identity (the reference, perhaps under another name)."""
     if is_reference:
         return AS_IS
-    if entry.state == "failing":
+    if state == "failing":
         return APART
     if agrees_as_is(entry, rule):
         return AS_IS

@@ -15,6 +15,7 @@ well on the same lines; both come from the canary scores the probe already has.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ from gateway.resilience.lexical import lexical_scores
 # to relevance pass it once in a thousand probes. The emulator's `random` on the built-in set
 # (a lucky draw: 48 of 66 pairs) gives 0.003; its `template` (noisy but real) 4e-5.
 CHANCE_LEVEL = 0.001
+# The lines of one language are a third of the built-in set: 24 pairs, whose best possible p is
+# 1.4e-4, so a real but imperfect ranker there (20 of 24: p = 0.009, the emulator's `template`)
+# cannot reach CHANCE_LEVEL. In one language a provider escapes "like noise" with p below
+# CHANCE_LEVEL on that language's lines alone (a model pruned to English: en p = 1.4e-4 while
+# its pooled p is 0.54), or below this level when it ranks better than chance over the whole set.
+# A provider ranking at random passes this level in one language once in twenty probes, but
+# its pooled p stays above CHANCE_LEVEL, so it never escapes that way.
+LANGUAGE_CHANCE_LEVEL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +43,7 @@ class CanaryStanding:
     pairs: int
     chance_p: float
     lexical_correct: float
+    level: float = CHANCE_LEVEL  # below it, better than chance (LANGUAGE_CHANCE_LEVEL for one language's lines)
 
     @property
     def share(self) -> float:
@@ -42,7 +52,7 @@ class CanaryStanding:
     @property
     def like_noise(self) -> bool:
         """No better than chance: never served, whatever else can answer."""
-        return self.chance_p >= CHANCE_LEVEL
+        return self.chance_p >= self.level
 
     @property
     def no_better_than_lexical(self) -> bool:
@@ -51,6 +61,13 @@ class CanaryStanding:
     def describe(self) -> str:
         return (f"{self.correct:g} of {self.pairs} canary pairs in order (BM25: {self.lexical_correct:g}; "
                 f"chance p={self.chance_p:.2g})")
+
+
+def in_one_language(found: CanaryStanding, pooled: CanaryStanding) -> CanaryStanding:
+    """The standing on one language's lines, judged at the level its fewer pairs allow (see
+    LANGUAGE_CHANCE_LEVEL): the lenient one only for a provider that ranks over the whole set."""
+    level = LANGUAGE_CHANCE_LEVEL if pooled.chance_p < CHANCE_LEVEL else CHANCE_LEVEL
+    return dataclasses.replace(found, level=level)
 
 
 def standing(lines: Sequence[CanaryLine], scores: Sequence[Sequence[float]]) -> CanaryStanding:

@@ -37,6 +37,7 @@ class Job:
     policy: CachePolicy
     keys: list[PairKey]  # per slot
     deadline: float | None  # event-loop time; None: none
+    language: str | None = None  # the canary language whose plan it follows; None: the model's plan
 
 
 class UniquePairs:

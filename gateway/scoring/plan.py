@@ -56,13 +56,16 @@ class Planner:
         self._health = parts.health
         self._table = table
 
-    def cache_group(self, model: str, instruction: str | None) -> str:
+    def cache_group(self, model: str, instruction: str | None, language: str | None = None) -> str:
         """Where the request's cached scores are read: the group of the provider the plan would call first."""
-        return self._first_route(self._table.plan(model), instruction).group
+        return self._first_route(self._table.plan(model, language), instruction).group
 
-    def first_choice(self, model: str, instruction: str | None) -> str:
+    def first_choice(self, model: str, instruction: str | None, language: str | None = None) -> str:
         """The provider of the model the plan would call first (else its reference, else its first)."""
-        return self._first_route(self._table.plan(model), instruction).provider
+        return self._first_route(self._table.plan(model, language), instruction).provider
+
+    def language_of(self, model: str, query: str) -> str | None:
+        return self._table.language_of(model, query)
 
     def _first_route(self, plan: ModelPlan, instruction: str | None) -> Route:
         for route in plan.routes:
@@ -92,9 +95,9 @@ class Planner:
         """Steps 1 and 2 of the plan: the model's own routes, then its fallback models'; those
         that cannot take the request now are noted as skipped."""
         steps = []
-        plan = self._table.plan(request.model)
+        plan = self._table.plan(request.model, request.language)
         instruction = request.missing.instruction
-        for model_plan in (plan, *(self._table.plan(other) for other in plan.fallback_models)):
+        for model_plan in (plan, *(self._table.plan(other, request.language) for other in plan.fallback_models)):
             for route in model_plan.routes:  # passing, not judged yet, failing (QualityGuard.plan_order)
                 skip = self._skip(route, instruction)
                 if skip is None:
@@ -122,8 +125,8 @@ class Planner:
         if any(not failure.skipped for failure in failures):
             return None  # a provider was called and failed: this is no breaker blackout
         refused = {failure.provider for failure in failures if failure.kind == "breaker_open"}
-        plan = self._table.plan(request.model)
-        for model_plan in (plan, *(self._table.plan(other) for other in plan.fallback_models)):
+        plan = self._table.plan(request.model, request.language)
+        for model_plan in (plan, *(self._table.plan(other, request.language) for other in plan.fallback_models)):
             providers = [p for p in self._config.models[model_plan.model].fallback if p in refused]
             target = first_opened(providers, self._health)
             if target is not None:

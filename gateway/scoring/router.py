@@ -64,11 +64,15 @@ class Router:
         self.planner = Planner(parts, self.table)
         self._walker = PlanWalk(parts, quality)
 
-    def cache_group(self, model: str, instruction: str | None) -> str:
-        return self.planner.cache_group(model, instruction)
+    def cache_group(self, model: str, instruction: str | None, language: str | None = None) -> str:
+        return self.planner.cache_group(model, instruction, language)
 
-    def first_choice(self, model: str, instruction: str | None) -> str:
-        return self.planner.first_choice(model, instruction)
+    def first_choice(self, model: str, instruction: str | None, language: str | None = None) -> str:
+        return self.planner.first_choice(model, instruction, language)
+
+    def language_of(self, model: str, query: str) -> str | None:
+        """The canary language whose plan a query follows, where the model's plans differ by language."""
+        return self.planner.language_of(model, query)
 
     def why_not(
         self, model: str, provider: str, instruction: str | None, over_budget: bool = False

@@ -44,7 +44,8 @@ class Scorer:
         usage = Usage()
         try:
             scored = await self._router.score(
-                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline), kept
+                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline, job.language),
+                kept,
             )
         finally:
             upstream_ms = (time.perf_counter() - started) * 1000

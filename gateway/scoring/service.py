@@ -62,9 +62,12 @@ class RerankService:
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
         pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
-        group = self._router.cache_group(model, request.instruction)
+        # A request of several queries follows its first query's language (DeepInfra's batches are
+        # usually of one language; a mixed one is planned as its first query's).
+        language = self._router.language_of(model, request.queries[0]) if request.queries else None
+        group = self._router.cache_group(model, request.instruction, language)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
-        job = Job(model, group, pairs, policy, keys, deadline)
+        job = Job(model, group, pairs, policy, keys, deadline, language)
         scores: list[float | None]
         elsewhere: frozenset[int] = frozenset()
         if policy.read:
@@ -73,7 +76,7 @@ class RerankService:
         else:
             scores = [None] * len(keys)
         missing = _missing(scores)
-        result = RerankResult(scores=[], model=model, provider="cache")
+        result = RerankResult(scores=[], model=model, provider="cache", language=language)
         if missing:
             _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
         else:

@@ -55,7 +55,9 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
         }
         if failing is not None:
             # Served because nothing better could answer (or action = "warn"): the client may discount it.
-            headers["X-Rerank-Quality"] = trace.quality = "failing"
+            trace.quality = "failing"
+            # Failing in the query's language, where the plan went by language: the client knows which.
+            headers["X-Rerank-Quality"] = "failing" if result.language is None else f"failing; language={result.language}"
             request.app[LIVE].shared.metrics.record_failing_answer(model=result.model, provider=failing)
         return json_response(dialect.encode(rerank, result, request[REQUEST_ID]), headers=headers)
 
@@ -71,8 +73,8 @@ def _failing_provider(generation: Generation, result: RerankResult, instruction:
         return None
     provider = result.provider
     if provider == "cache":
-        provider = generation.router.first_choice(result.model, instruction)
-    return provider if generation.quality_guard.failing_serves(result.model, provider) else None
+        provider = generation.router.first_choice(result.model, instruction, result.language)
+    return provider if generation.quality_guard.failing_serves(result.model, provider, result.language) else None
 
 
 def require_client_key(request: web.Request, keys: tuple[bytes, ...], keys_env: str | None) -> None:
