@@ -17,9 +17,11 @@ for each model's figures:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +29,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import parse_config
+from gateway.evaluation.metrics import ndcg_at
+from gateway.resilience.lexical import lexical_scores
 from tests.support.embedding_reranker import require, serving
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
@@ -131,10 +135,11 @@ QUESTIONS = {  # not canary lines: a query and passages of each language, the fi
 }
 
 
-async def probed_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], providers: dict[str, str]
-                         ) -> tuple[TestClient, dict[str, Any]]:
+async def probed_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], providers: dict[str, str],
+                         **sections: dict[str, Any]) -> tuple[TestClient, dict[str, Any]]:
     """A gateway over these TEI servers (name -> URL) in this fallback order, once each has a verdict."""
-    raw = {
+    raw: dict[str, Any] = {
+        **sections,
         "server": {"default_model": MODEL},
         "models": {MODEL: {"fallback": list(providers), "quality": {"probe_interval_seconds": 3600}}},
         "providers": {name: {"kind": "tei", "base_url": url, "model": "local", "timeout_seconds": 60}
@@ -180,3 +185,69 @@ async def test_each_language_goes_to_the_first_provider_that_passes_it(aiohttp_c
         status, headers, answer = await ask(gateway, language)
         assert status == 200 and headers["X-Rerank-Provider"] == provider, (language, headers)
         assert "X-Rerank-Quality" not in headers and answer["results"][0]["index"] == 0, language
+
+
+LABELLED = Path(__file__).parent / "golden" / "multilingual_labelled.json"
+
+
+def ndcg_by_language(answers: Mapping[str, Sequence[list[float] | None]]) -> dict[str, float]:
+    """Mean NDCG@5 per language of the labelled set, from each query's scores in passage order
+    (None: no answer, the candidates stay in the order they came, which puts the hard negatives
+    where the retrieval left them)."""
+    labelled = json.loads(LABELLED.read_text())
+    means = {}
+    for language, queries in answers.items():
+        figures = []
+        for item, scores in zip(labelled[language], queries):
+            qrels = {str(i): grade for i, (_, grade) in enumerate(item["passages"])}
+            ids = list(qrels)
+            ranked = ids if scores is None else sorted(ids, key=lambda i: -scores[int(i)])
+            figures.append(ndcg_at(ranked, qrels, 5))
+        means[language] = sum(figures) / len(figures)
+    return means
+
+
+async def routed(gateway: TestClient) -> tuple[dict[str, list[list[float] | None]], dict[str, set[str]]]:
+    """Each labelled query through the gateway: its scores (None on an error) and who scored each language."""
+    labelled = json.loads(LABELLED.read_text())
+    answers: dict[str, list[list[float] | None]] = {}
+    providers: dict[str, set[str]] = {}
+    for language in ("en", "ru", "zh"):
+        answers[language] = []
+        for item in labelled[language]:
+            documents = [text for text, _ in item["passages"]]
+            response = await gateway.post("/v1/rerank", json={"query": item["query"], "documents": documents})
+            providers.setdefault(language, set()).add(response.headers["X-Rerank-Provider"])
+            if response.status != 200:
+                answers[language].append(None)
+                continue
+            results = (await response.json())["results"]
+            answers[language].append([score for _, score in sorted((r["index"], r["relevance_score"]) for r in results)])
+    return answers, providers
+
+
+async def test_ndcg_by_language_with_routing_by_language(aiohttp_client, served) -> None:
+    """A labelled set written for it (tests/golden/multilingual_labelled.json, 5 queries of 6
+    passages per language). The pruned model alone, with the lexical last resort on: before,
+    refused everywhere as noise, BM25 answered every query; now it answers English itself.
+    With fallback [pruned, e5]: every language is served by a provider that passes it."""
+    pruned, e5 = served("e5-enpt"), served("e5")
+    alone, _ = await probed_gateway(aiohttp_client, {"pruned": pruned}, resilience={"last_resort": "lexical"})
+    both, _ = await probed_gateway(aiohttp_client, {"pruned": pruned, "e5": e5})
+    answers_alone, served_alone = await routed(alone)
+    answers_both, served_both = await routed(both)
+    assert served_alone == {"en": {"pruned"}, "ru": {"degraded-lexical"}, "zh": {"degraded-lexical"}}
+    assert served_both == {"en": {"pruned"}, "ru": {"e5"}, "zh": {"e5"}}
+
+    labelled = json.loads(LABELLED.read_text())
+    bm25 = {language: [lexical_scores(item["query"], [text for text, _ in item["passages"]])
+                       for item in labelled[language]] for language in ("en", "ru", "zh")}
+    before_alone = ndcg_by_language(bm25)  # the pooled verdict refused it: BM25 answered all
+    after_alone = ndcg_by_language(answers_alone)
+    after_both = ndcg_by_language(answers_both)
+    print("\nNDCG@5 by language      en     ru     zh")
+    for name, figures in (("pruned alone, before", before_alone), ("pruned alone, now", after_alone),
+                          ("[pruned, e5], now", after_both)):
+        print(f"{name:22} " + " ".join(f"{figures[language]:.3f}" for language in ("en", "ru", "zh")))
+    assert after_alone["ru"] == before_alone["ru"] and after_alone["zh"] == before_alone["zh"]  # BM25 still
+    assert after_both["en"] == after_alone["en"]  # the pruned model, both times
