@@ -111,6 +111,13 @@ async def test_the_only_provider_failing_its_canary_still_answers_flagged(make_g
     assert any("deepinfra fails its canary and serves" in w for w in body["warnings"])
     metrics = await (await gateway.get("/metrics")).text()
     assert 'rerank_gateway_quality_failing_answers_total{model="qwen3-reranker-8b",provider="deepinfra"} 2.0' in metrics
+    # Per language: the template fault loses pairs in Russian and English, none in Chinese.
+    for language, passing in (("ru", 0.0), ("en", 0.0), ("zh", 1.0)):
+        assert (f'rerank_gateway_provider_language_quality{{language="{language}",model="qwen3-reranker-8b",'
+                f'provider="deepinfra"}} {passing}') in metrics
+    languages = (await readiness(gateway))["quality"][MODEL]["deepinfra"]["languages"]
+    assert languages["zh"]["state"] == "passing" and languages["en"] == {**languages["en"], "state": "failing",
+                                                                         "serves": True}
 
 
 async def test_a_failing_provider_answers_when_the_passing_one_cannot(make_gateway: GatewayFactory, emulator):

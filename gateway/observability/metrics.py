@@ -169,6 +169,12 @@ class GatewayMetrics:
             "1 while a provider passes its model's canary, 0 while it fails; unset until probed.",
             ["model", "provider"], registry=registry, multiprocess_mode="livemin",
         )
+        self._provider_language_quality = Gauge(
+            "rerank_gateway_provider_language_quality",
+            "1 while a provider passes the canary lines of one language, 0 while it fails them; a query "
+            "in that language follows this verdict where a model's plans differ by language.",
+            ["model", "provider", "language"], registry=registry, multiprocess_mode="livemin",
+        )
         self._provider_agreement = Gauge(
             "rerank_gateway_provider_agreement",
             "A provider's agreement with its model's reference: measure mae (mean |score difference|), "
@@ -285,6 +291,9 @@ class GatewayMetrics:
 
     def set_provider_quality(self, *, model: str, provider: str, passing: bool) -> None:
         self._child(self._provider_quality, model, provider).set(1 if passing else 0)
+
+    def set_provider_language_quality(self, *, model: str, provider: str, language: str, passing: bool) -> None:
+        self._child(self._provider_language_quality, model, provider, language).set(1 if passing else 0)
 
     def set_provider_agreement(self, *, model: str, provider: str, measure: str, value: float) -> None:
         """measure is "mae", "kendall_tau", "mae_calibrated" or "calibration_pairs"."""

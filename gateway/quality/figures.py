@@ -11,6 +11,9 @@ def publish_quality(parts: Parts, model: str) -> None:
         entry = parts.board.entry(model, provider)
         if entry.state != "unknown":
             metrics.set_provider_quality(model=model, provider=provider, passing=entry.state == "passing")
+        for language, found in entry.languages.items():
+            metrics.set_provider_language_quality(model=model, provider=provider, language=language,
+                                                  passing=found.state == "passing")
         measured = entry.agreement.current()
         if measured is not None:
             metrics.set_provider_agreement(model=model, provider=provider, measure="mae", value=measured.mae)
