@@ -260,6 +260,18 @@ def test_scores_agree_as_they_are_before_any_map_is_used() -> None:
     assert placement.scale is None and placement.group == groups.group_of(MODEL, "deepinfra")
 
 
+def test_a_small_mae_in_the_wrong_order_does_not_share() -> None:
+    """Issue 30, item 2: scores close in value but in another order (here reversed: MAE 0.015,
+    tau -1) shared the reference's group as they were; the order is what a reranker is for."""
+    board = QualityBoard()
+    groups = groups_of(["deepinfra", "fireworks"], board)
+    reference = [0.5 + 0.001 * i for i in range(30)]
+    board.entry(MODEL, "fireworks").agreement.add(reference, reference[::-1])
+    measured = board.entry(MODEL, "fireworks").agreement.current()
+    assert measured is not None and measured.mae < 0.05 and measured.kendall_tau == pytest.approx(-1.0)
+    assert groups.placement(MODEL, "fireworks").group != groups.group_of(MODEL, "deepinfra")
+
+
 def test_failing_never_shares() -> None:
     board = QualityBoard()
     groups = groups_of(["deepinfra", "fireworks"], board)

@@ -3,7 +3,8 @@
 It rests on what the quality guard measured (gateway.quality.agreement, .tracker, .calibration):
 
     as is        the reference itself (perhaps under another name), or a provider whose scores
-                 agree with the reference's as they are: MAE within `agreement_tolerance`
+                 agree with the reference's as they are: MAE within `agreement_tolerance` and
+                 Kendall's tau at least `min_rank_correlation` (where the samples rank anything)
     calibrated   a provider on another scale that ranks alike: once mapped onto the reference's
                  scale (calibrated MAE, out of sample) within the tolerance, and Kendall's tau at
                  least `min_rank_correlation`; its scores are mapped before they are used
@@ -32,8 +33,15 @@ AS_IS = Sharing(True)
 
 
 def agrees_as_is(entry: ProviderQuality, rule: QualityConfig) -> bool:
-    """Known to agree with the reference as its scores are (the reference's own agreement is unmeasured)."""
-    return entry.agreement.within(rule.agreement_tolerance)
+    """Known to agree with the reference as its scores are (the reference's own agreement is
+    unmeasured): MAE within the tolerance and, where the samples rank anything, Kendall's tau at
+    least `min_rank_correlation`. A small MAE alone is not agreement: a model pruned to English
+    scores the built-in canary at MAE 0.035 from e5's (inside 0.05) with tau 0.185, because its
+    scores of other languages sit as close to e5's as they are far from its order."""
+    measured = entry.agreement.current()
+    if measured is None or not measured.within(rule.agreement_tolerance):
+        return False
+    return measured.kendall_tau is None or measured.kendall_tau >= rule.min_rank_correlation
 
 
 def sharing(entry: ProviderQuality, state: QualityState, is_reference: bool, rule: QualityConfig) -> Sharing:
