@@ -22,7 +22,7 @@ from gateway.evaluation.beir import DatasetError, load_beir
 from gateway.evaluation.bm25 import Bm25Index
 from gateway.evaluation.metrics import ndcg_at, precision_at, recall, reciprocal_rank_at
 from gateway.evaluation.recommend import format_recommendation, recommend
-from gateway.evaluation.run import EvalSettings, evaluate
+from gateway.evaluation.run import EvalSettings, evaluate, recommend_by_language
 from gateway.evaluation.table import first_stage_label, format_report
 from tests.support.config import changed, gateway_config, local_url, write_config
 from tests.support.embedding_reranker import require, serving
@@ -35,7 +35,7 @@ SAMPLE = REPO / "examples" / "eval"  # the shipped set: hard for word overlap
 OVERLAP_SET = REPO / "examples" / "eval-word-overlap"
 PROVIDER_KEYS = {"p@1", "p@5", "ndcg@10", "mrr@10", "latency_p50_ms", "latency_p95_ms",
                  "tokens_per_1k_queries", "usd_per_1k_queries", "agreement_mae",
-                 "agreement_kendall_tau", "queries_scored"}
+                 "agreement_kendall_tau", "queries_scored", "by_language"}  # the shipped sets are ru + en
 
 
 def write_set(folder: Path, corpus: str = '{"_id": "d1", "text": "red apple"}\n{"_id": "d2", "title": "Sky", "text": "blue"}\n',
@@ -141,6 +141,19 @@ def test_metrics_have_their_textbook_values() -> None:
     assert recall(ranked, qrels) == pytest.approx(2 / 3)
 
 
+def test_a_language_gets_its_own_recommendation_only_where_its_best_order_differs() -> None:
+    entry = {"usd_per_1k_queries": 1.0, "latency_p50_ms": 10.0}
+    providers = {
+        "a": {**entry, "ndcg@10": 0.8, "by_language": {"latin": {"ndcg@10": 0.9}, "cyrillic": {"ndcg@10": 0.5}}},
+        "b": {**entry, "ndcg@10": 0.7, "by_language": {"latin": {"ndcg@10": 0.6}, "cyrillic": {"ndcg@10": 0.8}}},
+    }
+    overall = recommend(providers, "ndcg@10", 0.02)
+    assert overall["fallback"] == ["a"]
+    per_language = recommend_by_language(providers, {"latin": ["q1"], "cyrillic": ["q2"]}, "ndcg@10",
+                                         EvalSettings(), overall)
+    assert list(per_language) == ["cyrillic"] and per_language["cyrillic"]["fallback"] == ["b"]
+
+
 # --- whole runs against the emulator ----------------------------------------------------------------
 
 def eval_config(emulator: Any, fallback: list[str]) -> Any:
@@ -168,6 +181,18 @@ async def test_eval_tells_a_random_provider_from_a_good_one(emulator: Any) -> No
     assert good["tokens_per_1k_queries"] > 0
     assert random_["usd_per_1k_queries"] == pytest.approx(2 * good["usd_per_1k_queries"], rel=1e-6)
     assert "| deepinfra (reference) |" in format_report(report)
+
+    # Per language (issue 30, item 7): the queries by script, each provider's figures in each.
+    assert report["languages"] == {"cyrillic": 6, "latin": 4}
+    for language, count in report["languages"].items():
+        assert set(good["by_language"][language]) == {"p@1", "p@5", "ndcg@10", "mrr@10"}, count
+    assert "NDCG@10 by language" in format_report(report) and "| cyrillic (6) |" in format_report(report)
+    # The recommendation says what it put first: Cohere ranks as well, off DeepInfra's scale and unpriced.
+    advice = report["recommendation"]
+    assert advice["fallback"][0] == "cohere"
+    assert any("off the reference's scale" in note for note in advice["notes"])
+    assert any("has no price" in note for note in advice["notes"])
+    assert "note: cohere is off the reference's scale" in format_report(report)
     # the rescaled one ranks as well and is priced at nothing: cheapest first; random is left out
     recommendation = report["recommendation"]
     assert recommendation["fallback"] == ["cohere", "deepinfra"]
@@ -306,7 +331,7 @@ async def test_eval_command_prints_a_table_and_writes_json(tmp_path: Path) -> No
     assert report["recommendation"]["fallback"] == ["cohere", "deepinfra"]
     assert set(report["providers"]) == {"deepinfra", "fireworks", "cohere"}
     assert set(report["providers"]["deepinfra"]) == PROVIDER_KEYS
-    assert set(report["lexical"]) == {"p@1", "p@5", "ndcg@10", "mrr@10", "candidate_recall"}
+    assert set(report["lexical"]) == {"p@1", "p@5", "ndcg@10", "mrr@10", "candidate_recall", "by_language"}
     assert report["providers"]["deepinfra"]["ndcg@10"] > report["providers"]["fireworks"]["ndcg@10"]
 
 

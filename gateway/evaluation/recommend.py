@@ -49,6 +49,7 @@ def format_recommendation(model: str, recommendation: Mapping[str, Any], costs: 
         f"fallback = {orjson.dumps(fallback).decode().replace(',', ', ')}",
     ]
     lines.extend(f"left out: {name} ({why})" for name, why in recommendation["left_out"].items())
+    lines.extend(f"note: {note}" for note in recommendation.get("notes", ()))
     return lines
 
 

@@ -17,7 +17,7 @@ import asyncio
 import itertools
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from gateway.evaluation.recommend import DEFAULT_NDCG_MARGIN, recommend
 from gateway.models import Batch, Usage
 from gateway.observability.metrics import GatewayMetrics
 from gateway.providers.client import ProviderClient, build_clients
+from gateway.quality.canary import script_of
 from gateway.quality.tracker import AgreementTracker
 from gateway.resilience.guarded_call import GuardedCall
 from gateway.resilience.health import HealthBoard
@@ -86,7 +87,7 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
     """
     query_ids = dataset.judged_queries()
     candidates = first_stage(dataset, query_ids, settings.candidates)
-    lexical = ranking_metrics(candidates, dataset, settings.k)
+    lexical: dict[str, Any] = dict(ranking_metrics(candidates, dataset, settings.k))
     # the ceiling of any reranker here: relevant passages the first stage did not bring are lost
     lexical["candidate_recall"] = round(
         sum(recall(candidates[q], dataset.qrels[q]) for q in query_ids) / len(query_ids), 4)
@@ -105,10 +106,17 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
         except ProviderFailure as failure:
             providers[name] = {"error": failure.reason}
     reference = next(iter(scored), None)
+    languages = queries_by_language(dataset, query_ids)
     for name, result in scored.items():
         assert reference is not None
-        providers[name] = _provider_report(result, scored[reference], candidates, dataset, settings.k)
+        providers[name] = _provider_report(result, scored[reference], candidates, dataset, settings.k, languages)
+    if len(languages) > 1:
+        lexical["by_language"] = {language: ranking_metrics({q: candidates[q] for q in ids}, dataset, settings.k)
+                                  for language, ids in languages.items()}
     ordered = {name: providers[name] for name in config.models[model].fallback}
+    metric = f"ndcg@{settings.k}"
+    overall = recommend(ordered, metric, settings.ndcg_margin)
+    notes = recommendation_notes(config, model, overall, ordered, reference)
     return {
         "model": model, "queries": len(query_ids), "k": settings.k,
         "first_stage": "candidates.jsonl" if dataset.candidates is not None else f"bm25 top {settings.candidates}",
@@ -116,8 +124,54 @@ async def evaluate(config: GatewayConfig, model: str, dataset: Dataset, settings
         "reference": reference,
         "providers": ordered,
         "lexical": lexical,
-        "recommendation": recommend(ordered, f"ndcg@{settings.k}", settings.ndcg_margin),
+        "languages": {language: len(ids) for language, ids in languages.items()},
+        "recommendation": {**overall, "notes": notes},
+        "recommendation_by_language": recommend_by_language(ordered, languages, metric, settings, overall),
     }
+
+
+def queries_by_language(dataset: Dataset, query_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The judged queries by the script they are written in (Cyrillic, Han, Latin, ...): a
+    provider may rank one language well and another at random, which a pooled figure hides."""
+    found: dict[str, list[str]] = {}
+    for query_id in query_ids:
+        found.setdefault(script_of(dataset.queries[query_id]), []).append(query_id)
+    return found
+
+
+def recommendation_notes(config: GatewayConfig, model: str, advice: Mapping[str, Any],
+                         providers: Mapping[str, Mapping[str, Any]], reference: str | None) -> list[str]:
+    """What ops should know of the provider the recommendation puts first: off the reference's
+    scale (its scores would not share the reference's cache until calibrated), or unpriced (its
+    $/1k queries reads 0, so it came first as free)."""
+    if not advice["fallback"]:
+        return []
+    first = advice["fallback"][0]
+    entry, notes = providers[first], []
+    mae, tolerance = entry.get("agreement_mae"), config.models[model].quality.agreement_tolerance
+    if first != reference and mae is not None and mae > tolerance:
+        notes.append(f"{first} is off the reference's scale (MAE {mae:.3f} > {tolerance:g}): its scores share "
+                     f"{reference}'s cache only once calibrated, and scores of both are not comparable until then")
+    if config.providers[first].price_per_million_tokens == 0:
+        notes.append(f"{first} has no price in the config (price_per_million_tokens = 0): it came first as free")
+    return notes
+
+
+def recommend_by_language(
+    providers: Mapping[str, Mapping[str, Any]], languages: Mapping[str, list[str]], metric: str,
+    settings: EvalSettings, overall: Mapping[str, Any],
+) -> dict[str, Any]:
+    """A recommendation per language, for the languages whose best order starts elsewhere than the overall one."""
+    if len(languages) < 2:
+        return {}
+    found = {}
+    for language in languages:
+        entries = {name: {**entry, **entry["by_language"][language]} if "by_language" in entry else entry
+                   for name, entry in providers.items()}
+        advice = recommend(entries, metric, settings.ndcg_margin)
+        if advice["fallback"][:1] != overall["fallback"][:1]:
+            found[language] = advice
+    return found
 
 
 def candidate_counts(candidates: dict[str, list[str]]) -> dict[str, float]:
@@ -128,9 +182,12 @@ def candidate_counts(candidates: dict[str, list[str]]) -> dict[str, float]:
 
 
 def _provider_report(result: _Scored, reference: _Scored, candidates: dict[str, list[str]],
-                     dataset: Dataset, k: int) -> dict[str, Any]:
+                     dataset: Dataset, k: int, languages: Mapping[str, list[str]]) -> dict[str, Any]:
     rankings = {query_id: _rerank(candidates[query_id], result.scores.get(query_id, []))
                 for query_id in candidates}
+    by_language = {} if len(languages) < 2 else {
+        "by_language": {language: ranking_metrics({q: rankings[q] for q in ids}, dataset, k)
+                        for language, ids in languages.items()}}
     latencies = LatencyTracker(capacity=max(1, len(result.latencies)), min_samples=1)
     for seconds in result.latencies:
         latencies.record(seconds)
@@ -149,6 +206,7 @@ def _provider_report(result: _Scored, reference: _Scored, candidates: dict[str, 
         "agreement_kendall_tau": (None if measured is None or measured.kendall_tau is None
                                   else round(measured.kendall_tau, 4)),
         "queries_scored": len(result.scores),
+        **by_language,
     }
 
 

@@ -31,7 +31,26 @@ def format_report(report: dict[str, Any]) -> str:
     costs = {name: entry["usd_per_1k_queries"] for name, entry in report["providers"].items()
              if "usd_per_1k_queries" in entry}
     advice = format_recommendation(report["model"], report["recommendation"], costs)
-    return "\n".join([summary, "", *table, *(["", *notes] if notes else []), "", *advice])
+    return "\n".join([summary, "", *table, *(["", *notes] if notes else []), "", *advice,
+                      *_by_language(report, costs)])
+
+
+def _by_language(report: dict[str, Any], costs: dict[str, float]) -> list[str]:
+    """NDCG per language of the queries (by script), and a recommendation for each language whose
+    best order starts elsewhere: a pooled figure can hide a provider that reads one language only."""
+    languages = report.get("languages") or {}
+    if len(languages) < 2:
+        return []
+    metric = f"ndcg@{report['k']}"
+    scored = [name for name, entry in report["providers"].items() if "by_language" in entry]
+    header = ["language (queries)", "lexical", *scored]
+    rows = [[f"{language} ({count})", format(report["lexical"]["by_language"][language][metric], ".3f"),
+             *(format(report["providers"][name]["by_language"][language][metric], ".3f") for name in scored)]
+            for language, count in languages.items()]
+    lines = ["", f"{metric.upper()} by language", _row(header), _row(["---"] * len(header)), *map(_row, rows)]
+    for language, advice in (report.get("recommendation_by_language") or {}).items():
+        lines += ["", f"for {language} queries:", *format_recommendation(report["model"], advice, costs)]
+    return lines
 
 
 def first_stage_label(report: dict[str, Any]) -> str:
