@@ -176,6 +176,9 @@ async def test_a_model_pruned_to_english_serves_english_alone_and_refuses_what_i
     for language in ("ru", "zh"):
         status, _, answer = await ask(gateway, language)
         assert status == 502 and f"failed its canary in {language} and ranks like noise" in answer["error"]["message"]
+    ready = await (await gateway.get("/readyz")).json()  # what ops see: usable, for English only
+    assert ready["status"] == "ready" and ready["models"][MODEL]["pruned"] == "usable"
+    assert any("provider pruned fails its canary and serves only in en; not in ru, zh" in w for w in ready["warnings"])
 
 
 async def test_each_language_goes_to_the_first_provider_that_passes_it(aiohttp_client, served) -> None:

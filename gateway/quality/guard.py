@@ -98,16 +98,20 @@ class QualityGuard:
     def report(self, model: str, provider: str) -> QualityReport:
         """The cache-group figures, and whether a failing provider still serves and why."""
         entry = self._board.entry(model, provider)
+        languages = {
+            language: {"state": found.state, "serves": self.skip(model, provider, language) is None,
+                       "standing": None if found.standing is None else found.standing.describe()}
+            for language, found in entry.languages.items()
+        }
+        serves_overall = entry.state != "failing" or self.skip(model, provider) is None
         return dataclasses.replace(
             self.groups.report(model, provider),
-            serves=entry.state != "failing" or self.skip(model, provider) is None,
+            # Served where it passes, or ranks well enough, in some language of the canary: a model
+            # pruned to English serves English queries though its pooled verdict is noise.
+            serves=serves_overall or any(found["serves"] for found in languages.values()),
             standing=None if entry.standing is None else entry.standing.describe(),
             canary=None if entry.canary is None else entry.canary.verdict.as_json(),
-            languages={
-                language: {"state": found.state, "serves": self.skip(model, provider, language) is None,
-                           "standing": None if found.standing is None else found.standing.describe()}
-                for language, found in entry.languages.items()
-            },
+            languages=languages,
         )
 
     # -- probes and shadow calls ------------------------------------------------------------------

@@ -67,7 +67,12 @@ def _quality_warnings(model: ModelStatus) -> list[str]:
         quality = provider.quality
         if quality is None or quality.state != "failing":
             continue
-        if quality.serves:
+        refused = [language for language, found in quality.languages.items() if not found["serves"]]
+        if quality.serves and refused:
+            served = [language for language, found in quality.languages.items() if found["serves"]]
+            warnings.append(f"model {model.name}: provider {provider.name} fails its canary and serves only in "
+                            f"{', '.join(served)}; not in {', '.join(refused)}: {quality.reason}")
+        elif quality.serves:
             warnings.append(f"model {model.name}: provider {provider.name} fails its canary and serves, flagged "
                             f"(X-Rerank-Quality: failing), when no provider that passes can answer: {quality.reason}")
         else:
@@ -175,6 +180,9 @@ async def _model_statuses(
             breaker = health[provider].breaker
             over_budget = provider in exhausted or GATEWAY_SCOPE in exhausted
             skip = generation.router.why_not(name, provider, None, over_budget)
+            quality = generation.quality_guard.report(name, provider)
+            if skip is not None and skip.kind == "quality" and quality.serves:
+                skip = None  # passed over as a whole, yet served in the languages of its canary it ranks
             p95 = health[provider].latency.p95()
             providers.append(ProviderStatus(
                 name=provider,
@@ -185,7 +193,7 @@ async def _model_statuses(
                 breaker=breaker.state,
                 budget=_bars(reports or [], provider),
                 p95_ms=None if p95 is None else p95 * 1000,
-                quality=generation.quality_guard.report(name, provider),
+                quality=quality,
                 skipped_for_quality=skip is not None and skip.kind == "quality",
             ))
         panic = None
