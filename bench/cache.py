@@ -27,7 +27,7 @@ import redis
 from bench.cache_hit import HitPlan, run_hit_section
 from bench.cache_memory import run_memory_section
 from bench.cache_money import run_money_section
-from bench.harness import Pinning, exit_on_sigterm, pin_self, plan_pinning
+from bench.harness import Pinning, settle_in
 from bench.registry import Figures
 from bench.workload import KbReplay
 
@@ -102,9 +102,7 @@ def _sections(plan: Plan, pinning: Pinning) -> dict[str, tuple[str, Callable[[Pa
 
 def main(argv: Sequence[str] | None = None) -> Figures:
     plan = parse_args(argv)
-    pinning = plan_pinning(plan.pin)
-    exit_on_sigterm()
-    pin_self(pinning)
+    pinning = settle_in(plan.pin)
     print(_header(plan, pinning), flush=True)
     sections = _sections(plan, pinning)
     figures: Figures = {}

@@ -33,16 +33,14 @@ from bench.harness import (
     Server,
     cell_figures,
     client_session,
-    exit_on_sigterm,
     find_cell,
     fmt,
     markdown,
     measure_cell,
     needs_query_per_document,
-    pin_self,
-    plan_pinning,
     pooled_cpu_ms,
     preflight,
+    settle_in,
     start_emulator,
     start_gateway,
     start_passthrough,
@@ -278,9 +276,7 @@ def figures(cells: Sequence[Cell]) -> Figures:
 
 def main(argv: Sequence[str] | None = None) -> Figures:
     plan = parse_args(argv)
-    pinning = plan_pinning(plan.pin)
-    exit_on_sigterm()
-    pin_self(pinning)
+    pinning = settle_in(plan.pin)
     print(_header(plan, pinning), flush=True)
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp, ProcessGroup(Path(tmp)) as group:
         cells = asyncio.run(run(plan, start_servers(group, plan, pinning)))

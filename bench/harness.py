@@ -482,6 +482,15 @@ def pin_self(pinning: Pinning) -> None:
         os.sched_setaffinity(0, pinning.loadgen)
 
 
+def settle_in(pin: bool) -> Pinning:
+    """What a benchmark that starts servers does first: plan the cores, unwind on SIGTERM, and put
+    itself (the load generator) on the cores it was given."""
+    pinning = plan_pinning(pin)
+    exit_on_sigterm()
+    pin_self(pinning)
+    return pinning
+
+
 @contextmanager
 def loadgen_cores(cores: set[int] | None) -> Iterator[None]:
     """Run the load generator (this thread: the event loop) on `cores` for a while; None = as is."""

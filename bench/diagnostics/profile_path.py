@@ -36,11 +36,9 @@ from bench.harness import (
     cache_header_is,
     client_session,
     drive,
-    exit_on_sigterm,
     fill_cache,
-    pin_self,
-    plan_pinning,
     redis_url,
+    settle_in,
     start_emulator,
     start_gateway,
     start_passthrough,
@@ -165,9 +163,7 @@ def main(argv: Sequence[str] | None = None) -> Figures:
     parser.add_argument("--perf", action="store_true",
                         help="record with `perf record` instead: the CPU split by library (interpreter, kernel, C extensions)")
     args = parser.parse_args(argv)
-    pinning = plan_pinning(True)
-    exit_on_sigterm()
-    pin_self(pinning)
+    pinning = settle_in(True)
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp, ProcessGroup(Path(tmp)) as group:
         emulator = start_emulator(group, pinning.emulator, 20.0)
         cache = ""
