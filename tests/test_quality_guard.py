@@ -120,6 +120,21 @@ async def test_the_only_provider_failing_its_canary_still_answers_flagged(make_g
                                                                          "serves": True}
 
 
+async def test_a_batch_mixing_languages_follows_the_models_plan_not_its_first_querys(
+        make_gateway: GatewayFactory, emulator):
+    """The template fault fails English and passes Chinese, so plans differ by language. A DeepInfra
+    batch of an English and a Chinese query was planned as English (its first query), so its Chinese
+    scores went where that language's plan put them; it follows the model's pooled plan now."""
+    await add_fault(emulator, "deepinfra", "template")
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing())
+    await probed(gateway, providers=("deepinfra",))
+    english = await gateway.post("/v1/inference/Qwen/Qwen3-Reranker-8B", json={"queries": [QUERY], "documents": OLD[:2]})
+    assert english.headers["X-Rerank-Quality"] == "failing; language=en"
+    mixed = await gateway.post("/v1/inference/Qwen/Qwen3-Reranker-8B",
+                               json={"queries": [QUERY, "通过多功能中心办理破产要多少钱"], "documents": OLD[:2]})
+    assert mixed.status == 200 and mixed.headers["X-Rerank-Quality"] == "failing"
+
+
 async def test_a_failing_provider_answers_when_the_passing_one_cannot(make_gateway: GatewayFactory, emulator):
     await add_fault(emulator, "fireworks", "template")
     gateway = await make_gateway(edit=probing(), resilience={"max_retries": 0})

@@ -64,8 +64,8 @@ class Planner:
         """The provider of the model the plan would call first (else its reference, else its first)."""
         return self._first_route(self._table.plan(model, language), instruction).provider
 
-    def language_of(self, model: str, query: str) -> str | None:
-        return self._table.language_of(model, query)
+    def language_of(self, model: str, queries: Sequence[str]) -> str | None:
+        return self._table.language_of(model, queries)
 
     def _first_route(self, plan: ModelPlan, instruction: str | None) -> Route:
         for route in plan.routes:

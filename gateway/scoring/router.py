@@ -38,6 +38,7 @@ the other call is cancelled.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from gateway.budget import utc_now
 from gateway.errors import AllProvidersFailed, ProviderFailure
@@ -70,9 +71,9 @@ class Router:
     def first_choice(self, model: str, instruction: str | None, language: str | None = None) -> str:
         return self.planner.first_choice(model, instruction, language)
 
-    def language_of(self, model: str, query: str) -> str | None:
-        """The canary language whose plan a query follows, where the model's plans differ by language."""
-        return self.planner.language_of(model, query)
+    def language_of(self, model: str, queries: Sequence[str]) -> str | None:
+        """The canary language whose plan the queries follow, where the model's plans differ by language."""
+        return self.planner.language_of(model, queries)
 
     def why_not(
         self, model: str, provider: str, instruction: str | None, over_budget: bool = False

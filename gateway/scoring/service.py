@@ -62,9 +62,7 @@ class RerankService:
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
         pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
-        # A request of several queries follows its first query's language (DeepInfra's batches are
-        # usually of one language; a mixed one is planned as its first query's).
-        language = self._router.language_of(model, request.queries[0]) if request.queries else None
+        language = self._router.language_of(model, pairs.queries)
         group = self._router.cache_group(model, request.instruction, language)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
         job = Job(model, group, pairs, policy, keys, deadline, language)

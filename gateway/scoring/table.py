@@ -22,6 +22,7 @@ routes it reads (gateway.scoring.plan).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.errors import ProviderFailure
@@ -78,13 +79,18 @@ class PlanTable:
         plans = self._plans[model]
         return plans.get(language) or plans[None]
 
-    def language_of(self, model: str, query: str) -> str | None:
-        """The canary language whose plan a query follows; None when the model's plans are one in
-        every language (the query is not looked at), or its script names no language of the canary."""
+    def language_of(self, model: str, queries: Sequence[str]) -> str | None:
+        """The canary language whose plan a request's queries follow; None when the model's plans
+        are one in every language (the queries are not looked at), when a script names no language
+        of the canary, or when the queries are of several: a batch mixing languages follows the
+        model's pooled plan, so no query's scores go where another language's verdict put them."""
         if self._version != self._parts.board.version:
             self._build()
         scripts = self._telling.get(model)
-        return None if not scripts else scripts.get(script_of(query))
+        if not scripts:
+            return None
+        languages = {scripts.get(script_of(query)) for query in set(queries)}
+        return languages.pop() if len(languages) == 1 else None
 
     def _build(self) -> None:
         self._plans, self._telling = {}, {}
