@@ -1,8 +1,8 @@
 """The plan of one request: which providers, in which order, as which steps (see gateway.scoring.router).
 
-    Planner.steps        steps 1 and 2: the model's routes in the plan table's order (failing
-                         canaries last), then its fallback models'; those that cannot be called
-                         now are noted as skipped, with why_not's reason
+    Planner.steps        steps 1 and 2: the model's routes in the plan table's order (passing,
+                         not judged yet, failing), then its fallback models'; those that cannot be
+                         called now are noted as skipped, with why_not's reason
     Planner.panic_step   step 3: every breaker was open and nobody was called: the one opened first
     Planner.rate_limit_wait
                          step 3b: rate limits alone kept everyone out: how long to wait, if it fits
@@ -95,9 +95,8 @@ class Planner:
         """Steps 1 and 2 of the plan: the model's own routes, then its fallback models'; those
         that cannot take the request now are noted as skipped."""
         steps = []
-        plan = self._table.plan(request.model, request.language)
         instruction = request.missing.instruction
-        for model_plan in (plan, *(self._table.plan(other, request.language) for other in plan.fallback_models)):
+        for model_plan in self._model_plans(request):
             for route in model_plan.routes:  # passing, not judged yet, failing (QualityGuard.plan_order)
                 skip = self._skip(route, instruction)
                 if skip is None:
@@ -109,6 +108,11 @@ class Planner:
                     note_attempt(skip.provider, skip.kind, 0.0)  # the request log lists every provider passed over
                 failures.append(skip)
         return steps
+
+    def _model_plans(self, request: ScoreRequest) -> list[ModelPlan]:
+        """The requested model's plan, then its fallback models', all in the request's language."""
+        plan = self._table.plan(request.model, request.language)
+        return [plan, *(self._table.plan(other, request.language) for other in plan.fallback_models)]
 
     @staticmethod
     def _step(request: ScoreRequest, route: Route, panic: bool = False) -> Step:
@@ -125,8 +129,7 @@ class Planner:
         if any(not failure.skipped for failure in failures):
             return None  # a provider was called and failed: this is no breaker blackout
         refused = {failure.provider for failure in failures if failure.kind == "breaker_open"}
-        plan = self._table.plan(request.model, request.language)
-        for model_plan in (plan, *(self._table.plan(other, request.language) for other in plan.fallback_models)):
+        for model_plan in self._model_plans(request):
             providers = [p for p in self._config.models[model_plan.model].fallback if p in refused]
             target = first_opened(providers, self._health)
             if target is not None:
