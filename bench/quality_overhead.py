@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> Figures:
     live = app[LIVE]
     router = live.current.router
     pairs = Batch(["q"] * 20, [f"passage {i}" for i in range(20)], None)
-    request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None), None)
+    request = ScoreRequest(MODEL, pairs, pairs, router.cache_group(MODEL, None)[0], None)
 
     unknown = per_request_us(micro, "plan.agreement_unknown", router, request)
     # Through the board, as probes and shadow calls do: the plan table is built again when it changes.

@@ -22,6 +22,7 @@ from gateway.models import Usage
 from gateway.quality import builtin_canary, judge
 from gateway.quality.board import QualityBoard
 from gateway.quality.groups import CacheGroups, scoring_identity
+from gateway.quality.languages import QueryLanguages
 from gateway.quality.probe import CanaryOutcome
 from tests.support.canaries import word_overlap_canary
 from tests.support.config import changed, gateway_config, write_config
@@ -183,7 +184,8 @@ def groups_of(fallback: list[str], board: QualityBoard | None = None, **provider
     raw = gateway_config("http://127.0.0.1:9", fallback)
     raw["providers"] = {**raw["providers"], **providers}
     config = parse_config(raw)
-    return CacheGroups(config, board or QualityBoard(), lambda provider: True)
+    return CacheGroups(config, board or QualityBoard(), lambda provider: True,
+                       {model: QueryLanguages(builtin_canary()).languages for model in config.models})
 
 
 def test_a_group_is_named_by_the_scoring_identity_and_the_verdict_it_was_written_under() -> None:

@@ -109,3 +109,43 @@ def test_the_tracker_fits_again_only_once_a_tenth_of_its_pairs_is_new() -> None:
     tracker.add(grid[430:450], [p**3 for p in grid[430:450]])  # 50 new in all
     again = tracker.calibration()
     assert again is not first and again is not None and again.pairs == 400
+
+
+def test_calibration_and_agreement_are_per_language_where_there_are_enough_pairs() -> None:
+    """A provider on another scale in English (other = reference / 2) and on yet another in
+    Russian (other = reference / 4): the map fitted on each language's pairs maps that language's
+    scores, the pooled one fits neither well; a language with too few pairs gets the pooled map."""
+    rng = random.Random(7)
+    tracker = AgreementTracker()
+    for language, factor in (("en", 0.5), ("ru", 0.25)):
+        for _ in range(4):
+            reference = [rng.uniform(0.05, 0.95) for _ in range(10)]
+            tracker.add(reference, [r * factor for r in reference], language)
+    tracker.add([0.2, 0.8], [0.1, 0.4], "zh")  # two pairs: too few to fit on
+    english, russian, pooled = tracker.calibration("en"), tracker.calibration("ru"), tracker.calibration()
+    assert english is not None and russian is not None and pooled is not None
+    assert english.apply([0.25])[0] == pytest.approx(0.5, abs=0.05)
+    assert russian.apply([0.125])[0] == pytest.approx(0.5, abs=0.05)
+    assert english.mae_after < pooled.mae_after and russian.mae_after < pooled.mae_after
+    assert tracker.calibration("zh") is pooled
+    # Agreement figures per language, each over its own samples; the pooled ones over all.
+    measured_en, measured_ru, measured_all = tracker.current("en"), tracker.current("ru"), tracker.current()
+    assert measured_en is not None and measured_ru is not None and measured_all is not None
+    assert (measured_en.pairs, measured_ru.pairs, measured_all.pairs) == (40, 40, 82)
+    assert tracker.current("zh") is None  # two pairs: not measured yet
+
+
+def test_one_languages_samples_never_push_out_anothers() -> None:
+    tracker = AgreementTracker(max_samples=4)
+    tracker.add([0.1, 0.9] * 5, [0.1, 0.9] * 5, "ru")
+    for _ in range(10):
+        tracker.add([0.2, 0.8] * 5, [0.3, 0.7] * 5, "en")
+    measured = tracker.current("ru")
+    assert measured is not None and measured.mae == 0.0
+    exported = tracker.export()
+    languages = [sample[-1] for sample in exported]
+    assert languages.count("en") == 4 and languages.count("ru") == 1
+    copy = AgreementTracker(max_samples=4)
+    copy.replace([*exported, (10, 1.0, 0.5)])  # a sample from a worker before languages: pooled only
+    pooled = copy.current()
+    assert copy.current("ru") == measured and pooled is not None and pooled.pairs == 60

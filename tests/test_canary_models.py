@@ -27,15 +27,19 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+import gateway.quality.canary as canary_source
 from gateway.app import create_app
 from gateway.config import parse_config
 from gateway.evaluation.metrics import ndcg_at
 from gateway.resilience.lexical import lexical_scores
+from gateway.web.edge import LIVE
 from tests.support.embedding_reranker import require, serving
+from tests.support.polling import eventually
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
 
 MODEL = "embedding-reranker"
+BUILTIN_CANARY = Path(canary_source.__file__).parent / "builtin_canary.jsonl"
 PROBE_SECONDS = 120.0  # 18 lines through a CPU model on a shared machine
 
 
@@ -136,12 +140,13 @@ QUESTIONS = {  # not canary lines: a query and passages of each language, the fi
 
 
 async def probed_gateway(aiohttp_client: Callable[..., Awaitable[TestClient]], providers: dict[str, str],
+                         quality: dict[str, Any] | None = None,
                          **sections: dict[str, Any]) -> tuple[TestClient, dict[str, Any]]:
     """A gateway over these TEI servers (name -> URL) in this fallback order, once each has a verdict."""
     raw: dict[str, Any] = {
         **sections,
         "server": {"default_model": MODEL},
-        "models": {MODEL: {"fallback": list(providers), "quality": {"probe_interval_seconds": 3600}}},
+        "models": {MODEL: {"fallback": list(providers), "quality": {"probe_interval_seconds": 3600, **(quality or {})}}},
         "providers": {name: {"kind": "tei", "base_url": url, "model": "local", "timeout_seconds": 60}
                       for name, url in providers.items()},
     }
@@ -254,3 +259,46 @@ async def test_ndcg_by_language_with_routing_by_language(aiohttp_client, served)
         print(f"{name:22} " + " ".join(f"{figures[language]:.3f}" for language in ("en", "ru", "zh")))
     assert after_alone["ru"] == before_alone["ru"] and after_alone["zh"] == before_alone["zh"]  # BM25 still
     assert after_both["en"] == after_alone["en"]  # the pruned model, both times
+
+
+async def test_with_an_english_only_canary_the_pruned_model_never_shares_e5s_group_in_russian_or_chinese(
+        aiohttp_client, served, tmp_path) -> None:
+    """Ops' canary holds only the built-in English lines. Both models pass it, and agree on it, so
+    before, the pruned model shared e5's cache group for every query: when e5 was down, its
+    Russian and Chinese scores (NDCG 0.28 and 0.34) went into e5's group, served as e5's for the
+    cache's TTL. Now it shares in English only; in the scripts the canary has no line in, it keeps
+    a group of its own, and the shadow samples (shadow_rate 1: every answer of e5's is scored by
+    the pruned model too) it is measured by there show it disagreeing with e5."""
+    canary = tmp_path / "canary.jsonl"
+    english = [line for line in BUILTIN_CANARY.read_text().splitlines() if json.loads(line)["language"] == "en"]
+    canary.write_text("\n".join(english) + "\n")
+    gateway, quality = await probed_gateway(
+        aiohttp_client, {"e5": served("e5"), "pruned": served("e5-enpt")},
+        quality={"canary": str(canary), "shadow_rate": 1.0})
+    assert quality["pruned"]["state"] == "passing" and quality["pruned"]["shares_cache"]  # measured on English
+
+    labelled = json.loads(LABELLED.read_text())
+    for language in ("en", "ru", "zh"):
+        for item in labelled[language]:
+            documents = [text for text, _ in item["passages"]]
+            response = await gateway.post("/v1/rerank", json={"query": item["query"], "documents": documents})
+            assert response.status == 200 and response.headers["X-Rerank-Provider"] == "e5"
+    router = gateway.app[LIVE].current.router
+    board = gateway.app[LIVE].shared.quality_board
+
+    def shadow_samples_in_both() -> bool:
+        agreement = board.entry(MODEL, "pruned").agreement
+        return agreement.current("cyrillic") is not None and agreement.current("han") is not None
+
+    await eventually(shadow_samples_in_both, what="shadow samples in Cyrillic and Han")
+    table = router.table
+    assert table.language_of(MODEL, [labelled["en"][0]["query"]]) == "en"
+    english_plan = table.plan(MODEL, "en").by_provider
+    assert english_plan["pruned"].group == english_plan["e5"].group  # measured to agree there
+    for script, language in (("cyrillic", "ru"), ("han", "zh")):
+        assert table.language_of(MODEL, [labelled[language][0]["query"]]) == script
+        plan = table.plan(MODEL, script).by_provider
+        assert plan["pruned"].group != plan["e5"].group, script
+        measured = board.entry(MODEL, "pruned").agreement.current(script)
+        print(f"\npruned vs e5 in {script}: MAE {measured.mae:.3f}, tau {measured.kendall_tau:.3f} "
+              f"over {measured.pairs} pairs")

@@ -14,13 +14,16 @@ from typing import Any
 
 import pytest
 
+from gateway.cache import pair_keys
 from gateway.emulator import emulated_score, misbehaving_score
+from gateway.emulator.app import EMULATOR_STATE
 from gateway.models import Usage
 from gateway.observability.logs import REQUEST_LOGGER
 from gateway.quality import builtin_canary
 from gateway.quality.board import QualityBoard
 from gateway.quality.judge import judge
 from gateway.quality.probe import CanaryOutcome
+from gateway.web.edge import LIVE
 from tests.support.canaries import word_overlap_canary
 from tests.support.config import changed, gateway_config, write_config
 from tests.support.gateway import MODEL, GatewayFactory, add_fault, emulator_requests, emulator_url
@@ -531,3 +534,53 @@ def test_standing_counts_ties_as_half_and_reversed_order_as_worse_than_chance() 
     assert flat.correct == flat.pairs / 2 and flat.like_noise
     reversed_ = standing(lines, [[0.1] * len(line.relevant) + [0.9] * len(line.irrelevant) for line in lines])
     assert reversed_.correct == 0 and reversed_.chance_p > 0.99
+
+
+def slow_upstream(emulator, seconds: float) -> None:
+    """Every emulator call takes this long, the canary's too: requests come before the first verdict."""
+    emulator.app[EMULATOR_STATE].config.latency_ms = seconds * 1000
+
+
+async def cache_header(gateway, query: str, documents: list[str]) -> tuple[str, str]:
+    response = await gateway.post("/v1/rerank", json={"query": query, "documents": documents})
+    assert response.status == 200, await response.text()
+    return response.headers["X-Rerank-Cache"], response.headers.get("X-Rerank-Quality", "")
+
+
+async def test_scores_written_before_a_passing_verdict_are_read_after_it(make_gateway, emulator):
+    """Before its first verdict a provider's scores go to a group marked `?`; the pass renames the
+    group, and they were never read again: the start's repeats were paid twice."""
+    slow_upstream(emulator, 0.5)
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing())
+    assert await cache_header(gateway, "before the verdict", OLD[:3]) == ("hits=0; misses=3", "")
+    assert (await probed(gateway, providers=("deepinfra",)))["deepinfra"]["state"] == "passing"
+    assert await cache_header(gateway, "before the verdict", OLD[:3]) == ("hits=3; misses=0", "")
+    calls = (await emulator_requests(emulator))["deepinfra"]
+    assert await cache_header(gateway, "before the verdict", OLD[:3]) == ("hits=3; misses=0", "")  # copied over
+    assert (await emulator_requests(emulator))["deepinfra"] == calls
+
+
+async def test_before_its_verdict_a_provider_reads_what_was_cached_under_its_pass(make_gateway, emulator):
+    """A restart with a warm Redis, or a worker that has not yet learned of the pass another
+    worker recorded: the pairs cached under the passing mark are read before this process's verdict."""
+    slow_upstream(emulator, 1.0)
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing())
+    live = gateway.app[LIVE]
+    pending = live.current.quality_guard.groups.group_of(MODEL, "deepinfra")
+    assert pending.endswith("?")
+    passed = pending.removesuffix("?")  # as the pass names it
+    await live.shared.cache.put_many(pair_keys(passed, None, ["cached before"] * 3, OLD[:3]), [0.9, 0.5, 0.1])
+    assert await cache_header(gateway, "cached before", OLD[:3]) == ("hits=3; misses=0", "")
+    assert (await readiness(gateway))["quality"][MODEL]["deepinfra"]["state"] == "unknown"  # it was before the verdict
+
+
+async def test_scores_written_before_a_failing_verdict_are_never_read(make_gateway, emulator):
+    """Ranking at random from the start: what it scored before its verdict is dropped with it."""
+    slow_upstream(emulator, 0.5)
+    await add_fault(emulator, "deepinfra", "random")
+    gateway = await make_gateway(fallback=["deepinfra"], edit=probing(action="warn"))
+    # Planned before the verdict (the canary call takes as long): its scores went to the `?` group.
+    assert (await cache_header(gateway, "before the verdict", OLD[:3]))[0] == "hits=0; misses=3"
+    assert (await probed(gateway, providers=("deepinfra",)))["deepinfra"]["state"] == "failing"
+    header, quality = await cache_header(gateway, "before the verdict", OLD[:3])
+    assert header == "hits=0; misses=3" and quality.startswith("failing")

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.process.workers import Supervisor, _Worker
-from tests.support.config import gateway_config, local_url, write_config
+from tests.support.config import MODEL, gateway_config, local_url, write_config
 from tests.support.polling import eventually, eventually_sync
 from tests.support.processes import (
     REPO,
@@ -305,3 +305,44 @@ async def test_reloads_asked_while_workers_start_do_not_stop_the_gateway(tmp_pat
             assert supervisor.poll() is None and sorted(children_of(supervisor.pid)) == sorted(workers)
         finally:
             supervisor.stop()
+
+
+async def test_with_two_workers_the_second_identical_request_right_after_start_is_a_hit(tmp_path, redis_url):
+    """Before a provider's first verdict its scores go to a group marked `?`; the pass renames the
+    group. Each worker learns of the verdict on its own, so a pair scored by one worker before
+    (or after) its pass was missed by the other, asked right after: twice paid in the first
+    seconds. Every second ask of a pair is a hit now, whichever worker answers and whenever the
+    verdicts arrive."""
+    emulator_port, port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    write_config(config, gateway_config(local_url(emulator_port), fallback=["deepinfra"],
+                                        models={MODEL: {"quality": {"probe_interval_seconds": 3600}}}))
+    env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url}
+    # Every call takes 0.2-0.5 s, the canary's too: requests come before, between and after the
+    # workers' verdicts (the one that probes learns first; the other reads it within a second).
+    emulate = ["emulate", "--port", str(emulator_port), "--latency-ms", "200", "--jitter-ms", "300"]
+    with running(emulate, emulator_port), \
+         running(["serve", "--config", str(config), "--port", str(port), "--workers", "2"], port, env=env) as supervisor:
+        await two_workers_listening(supervisor, port)
+        seconds: list[str] = []
+        started = time.monotonic()
+        for asked in range(16):
+            body = {"query": f"question {asked}", "documents": ["a passage", "another passage"]}
+            answers = []
+            for _ in range(2):
+                async with (
+                    aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+                    session.post(f"http://127.0.0.1:{port}/v1/rerank", json=body) as response,
+                ):
+                    assert response.status == 200
+                    answers.append(response.headers["X-Rerank-Cache"])
+            assert answers[0] == "hits=0; misses=2", answers
+            seconds.append(answers[1])
+        print(f"\n16 pairs asked twice over {time.monotonic() - started:.1f} s")
+        assert seconds == ["hits=2; misses=0"] * 16, seconds
+
+        async def both_passed() -> bool:
+            async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                return (await response.json())["quality"][MODEL]["deepinfra"]["state"] == "passing"
+
+        await eventually(both_passed, what="the verdict")  # the run did span it

@@ -28,7 +28,7 @@ from typing import Literal
 from gateway.quality.calibration import Calibration
 from gateway.quality.probe import CanaryOutcome
 from gateway.quality.standing import CanaryStanding, in_one_language, standing
-from gateway.quality.tracker import AgreementTracker
+from gateway.quality.tracker import AgreementTracker, SampleRow
 
 QualityState = Literal["unknown", "passing", "failing"]
 
@@ -52,6 +52,11 @@ class ProviderQuality:
     agreement: AgreementTracker = field(default_factory=AgreementTracker)
     fingerprint: object = None  # the provider config the evidence is about
     languages: dict[str, LanguageQuality] = field(default_factory=dict)  # per language of the last verdict
+    # Wall-clock times of its first passing verdict and of its last failing one: the scores it
+    # wrote before a first pass are kept, those of a provider that failed since never read
+    # (gateway.quality.groups, `sibling`).
+    first_passed_at: float | None = None
+    failed_at: float | None = None
 
     def verdict_in(self, language: str | None) -> tuple[QualityState, CanaryStanding | None]:
         """The state and standing in `language`; the overall ones where the canary has no line of it
@@ -137,6 +142,10 @@ class QualityBoard:
         entry.state = "passing" if outcome.verdict.passed else "failing"
         entry.reason = outcome.verdict.reason()
         entry.probed_at = entry.checked_at = time.time() if at is None else at
+        if entry.state == "failing":
+            entry.failed_at = entry.probed_at
+        elif entry.first_passed_at is None:
+            entry.first_passed_at = entry.probed_at
         entry.canary = outcome
         entry.standing = None if outcome.verdict.passed else standing(outcome.lines, outcome.scores)
         entry.languages = languages_of(outcome)
@@ -155,28 +164,30 @@ class QualityBoard:
         entry.reason = reason if entry.state == "unknown" else f"{known} (last probe could not run: {reason})"
         self._changed()
 
-    def add_agreement(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float]) -> None:
+    def add_agreement(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float],
+                      language: str | None = None) -> None:
         """One query's pairs scored by the reference and by this provider: a sample, and pairs for calibration."""
-        self.entry(model, provider).agreement.add(reference, other)
+        self.entry(model, provider).agreement.add(reference, other, language)
         self._changed()
 
     def forget_agreement(self, model: str, provider: str) -> None:
         self.entry(model, provider).agreement.clear()
         self._changed()
 
-    def add_agreement_pairs(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float]) -> None:
-        """Scores of the same pairs by the reference and by this provider (for calibration and MAE)."""
-        self.entry(model, provider).agreement.add_pairs(reference, other)
+    def add_agreement_pairs(self, model: str, provider: str, reference: Sequence[float], other: Sequence[float],
+                            language: str | None = None) -> None:
+        """Scores of the same pairs by the reference and by this provider, of queries in `language` (for calibration)."""
+        self.entry(model, provider).agreement.add_pairs(reference, other, language)
         self._changed()
 
-    def append_agreement(self, model: str, provider: str, samples: Sequence[tuple[int, float, float | None]]) -> None:
+    def append_agreement(self, model: str, provider: str, samples: Sequence[SampleRow]) -> None:
         """Agreement samples measured elsewhere (this worker's other calls, or the fleet's)."""
         tracker = self.entry(model, provider).agreement
         for sample in samples:
             tracker.append(sample)
         self._changed()
 
-    def replace_agreement(self, model: str, provider: str, samples: Sequence[tuple[int, float, float | None]]) -> None:
+    def replace_agreement(self, model: str, provider: str, samples: Sequence[SampleRow]) -> None:
         """The provider's agreement samples, as the fleet measured them, in place of this worker's."""
         self.entry(model, provider).agreement.replace(samples)
         self._changed()

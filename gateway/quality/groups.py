@@ -20,12 +20,24 @@ the same group in any fallback order, and one failing for a while does not renam
 calibrated provider's fresh scores are mapped onto the reference's scale before they are
 cached, ranked or returned (its Placement's `scale`). Every other provider has a group of its
 own and scores whole requests.
+
+Per language (gateway.quality.languages) a provider shares only where it agrees in that
+language; where it does not, though it agrees overall, it writes to a group of its own for that
+language (`MODEL@IDENTITY/LANGUAGE`), so that its scores never land in a group it anchors
+elsewhere. A MIXED batch shares only what shares in every language.
+
+Scores written before a verdict are kept when it passes: a route reads its sibling group for the
+pairs its own lacks (`sibling`): before the verdict, the group it will write to once passing (a
+restart with a warm Redis, or a worker that learned of the pass first); after a first pass, for
+PRE_VERDICT_READ_SECONDS, the group it wrote to before (a worker that learned of it later). A
+score found there is copied into the route's group. A provider that fails reads neither, so
+what it wrote before its verdict is never read again.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import orjson
@@ -33,10 +45,21 @@ import orjson
 from gateway.config import GatewayConfig, ProviderConfig
 from gateway.quality.board import ProviderQuality, QualityBoard, QualityReport, QualityState
 from gateway.quality.calibration import Calibration
+from gateway.quality.languages import MIXED
 from gateway.quality.sharing import APART, Sharing, agrees_as_is, sharing
 
 IDENTITY_BYTES = 6  # 12 hex digits: a handful of identities per model, kept short in every key
 _MARKS: dict[QualityState, str] = {"passing": "", "unknown": "?", "failing": "!"}
+# How long after a provider's first pass its pre-verdict group is read for pairs its group lacks:
+# long enough for every worker to learn of the pass and for the start's repeats to come back.
+PRE_VERDICT_READ_SECONDS = 3600.0
+
+
+class Sibling(NamedTuple):
+    """A group a route reads the pairs its own group lacks from (see the module's docstring)."""
+
+    group: str
+    until: float | None  # wall-clock time it is read until; None: as long as the route stands
 
 
 class Placement(NamedTuple):
@@ -55,10 +78,14 @@ def scoring_identity(provider: ProviderConfig) -> str:
 class CacheGroups:
     """The cache-group answers for one config generation; what they rest on lives in the QualityBoard."""
 
-    def __init__(self, config: GatewayConfig, board: QualityBoard, plannable: Callable[[str], bool]) -> None:
+    def __init__(
+        self, config: GatewayConfig, board: QualityBoard, plannable: Callable[[str], bool],
+        languages: Mapping[str, Sequence[str]],
+    ) -> None:
         self._config = config
         self._board = board
         self._plannable = plannable
+        self._languages = languages  # per model: every language a query can be in (QueryLanguages.languages)
         self._identities = {name: scoring_identity(provider) for name, provider in config.providers.items()}
         # The board never replaces an identity's entry, so this generation may hold on to them:
         # the router asks for a group several times per request.
@@ -73,12 +100,15 @@ class CacheGroups:
 
     def placement(self, model: str, provider: str, language: str | None = None) -> Placement:
         """Where its fresh scores of a query in `language` go: a provider failing the canary's lines
-        of that language writes them to a group of its own there, whatever it does elsewhere."""
+        of that language, or not measured to agree there, writes them to a group of its own."""
         reference = self.reference(model)
         state = self._entries[(model, provider)].verdict_in(language)[0]
-        sharing = self._sharing(model, provider, reference, state)
+        sharing = self._sharing(model, provider, reference, state, language)
         if reference is None or not sharing.shares:
-            return Placement(self._name(model, self._identities[provider], state))
+            own = self._name(model, self._identities[provider], state)
+            if language is not None and self._agrees_as_is(model, provider):
+                own = f"{own}/{language}"  # its plain name may be the shared group's elsewhere
+            return Placement(own)
         # Agreement alone names the group, whatever the verdicts: a member failing its canary for
         # a while (it then writes to a group of its own) does not rename the group the others read.
         members = [p for p in self._config.models[model].fallback if self._agrees_as_is(model, p)]
@@ -87,6 +117,21 @@ class CacheGroups:
 
     def group_of(self, model: str, provider: str) -> str:
         return self.placement(model, provider).group
+
+    def sibling(self, model: str, provider: str, group: str, language: str | None = None) -> Sibling | None:
+        """Where pairs missing from `group` (the provider's placement) may be read, and until when
+        (wall-clock time; None: while the verdict is pending), or None."""
+        entry = self._entries[(model, provider)]
+        state = entry.verdict_in(language)[0]
+        if self._config.models[model].quality.probe_interval_seconds <= 0:
+            return None  # no verdict is coming: `?` is the mark for good
+        if "?" in group:
+            return Sibling(group.replace("?", ""), None)
+        if state == "passing" and entry.first_passed_at is not None and entry.failed_at is None:
+            name, _, suffix = group.partition("/")
+            return Sibling(f"{name}?/{suffix}" if suffix else f"{name}?",
+                           entry.first_passed_at + PRE_VERDICT_READ_SECONDS)
+        return None
 
     def report(self, model: str, provider: str) -> QualityReport:
         entry = self._entries[(model, provider)]
@@ -105,11 +150,21 @@ class CacheGroups:
             calibration=None if provider == reference else entry.agreement.calibration(),
         )
 
-    def _sharing(self, model: str, provider: str, reference: str | None, state: QualityState) -> Sharing:
+    def _sharing(
+        self, model: str, provider: str, reference: str | None, state: QualityState, language: str | None = None,
+    ) -> Sharing:
         if reference is None:
             return APART
         is_reference = self._identities[provider] == self._identities[reference]
-        return sharing(self._entries[(model, provider)], state, is_reference, self._config.models[model].quality)
+        entry, rule = self._entries[(model, provider)], self._config.models[model].quality
+        if language != MIXED or is_reference:
+            return sharing(entry, state, is_reference, rule, language)
+        # A batch of several languages: only what shares in each of them, and overall.
+        each = [sharing(entry, entry.verdict_in(one)[0], False, rule, one) for one in self._languages[model]]
+        overall = sharing(entry, state, False, rule)
+        if not overall.shares or not all(one.shares for one in each):
+            return APART
+        return overall
 
     def _agrees_as_is(self, model: str, provider: str) -> bool:
         return agrees_as_is(self._entries[(model, provider)], self._config.models[model].quality)

@@ -28,9 +28,9 @@ from gateway.errors import ProviderFailure
 from gateway.models import Batch
 from gateway.quality import CanaryLine, builtin_canary, load_canary
 from gateway.quality.board import QualityReport
-from gateway.quality.canary import script_of
 from gateway.quality.figures import publish_quality
 from gateway.quality.groups import CacheGroups
+from gateway.quality.languages import QueryLanguages
 from gateway.quality.parts import Parts
 from gateway.quality.prober import Prober
 from gateway.quality.shadower import Shadower
@@ -41,10 +41,13 @@ class QualityGuard:
         self._parts = parts
         self._config = parts.config
         self._board = parts.board
-        self.groups = CacheGroups(parts.config, parts.board, parts.plannable)
         self._canaries = {name: _canary_of(model) for name, model in parts.config.models.items()}
+        # Per model: which language of its canary a query is in, fixed for the generation.
+        self.languages = {name: QueryLanguages(lines) for name, lines in self._canaries.items()}
+        self.groups = CacheGroups(parts.config, parts.board, parts.plannable,
+                                  {name: found.languages for name, found in self.languages.items()})
         self._prober = Prober(parts, self._canaries)
-        self._shadower = Shadower(parts, self._prober.share_samples)
+        self._shadower = Shadower(parts, self._prober.share_samples, self.languages)
         for name in parts.config.models:
             self._prober.rejudge(name)
 
@@ -72,6 +75,10 @@ class QualityGuard:
         state, _ = self._board.entry(model, provider).verdict_in(language)
         return state == "failing" and self.skip(model, provider, language) is None
 
+    def judged_in(self, model: str, provider: str, language: str | None) -> str | None:
+        """`language` where the provider's verdict there is its own (the canary has lines of it), else None."""
+        return language if language in self._board.entry(model, provider).languages else None
+
     def plan_order(self, model: str, language: str | None = None) -> list[str]:
         """The model's fallback in three tiers (`action = "skip"`): those passing their canary (in
         `language`), then those not judged yet, then those failing it, each tier in ops' order. So a
@@ -82,15 +89,6 @@ class QualityGuard:
             return list(fallback)
         tier = {"passing": 0, "unknown": 1, "failing": 2}
         return sorted(fallback, key=lambda provider: tier[self._board.entry(model, provider).verdict_in(language)[0]])
-
-    def scripts(self, model: str) -> dict[str, str]:
-        """Which canary language a query in each script belongs to: a script only one language of
-        the model's canary is written in (Cyrillic for ru, Han for zh); Latin shared by two
-        languages tells nothing, and is left out."""
-        used: dict[str, set[str]] = {}
-        for line in self._canaries[model]:
-            used.setdefault(script_of(line.query), set()).add(line.language)
-        return {script: next(iter(languages)) for script, languages in used.items() if len(languages) == 1}
 
     def reference(self, model: str) -> str | None:
         return self._parts.reference(model)

@@ -35,8 +35,8 @@ class CanaryOutcome:
         """Add this provider's canary scores against the reference's, one sample per line."""
         if reference.lines != self.lines:
             raise ValueError("canary outcomes of different canary sets cannot be compared")
-        for ours, theirs in zip(self.scores, reference.scores):
-            tracker.add(theirs, ours)
+        for line, ours, theirs in zip(self.lines, self.scores, reference.scores):
+            tracker.add(theirs, ours, line.language)
 
 
 async def run_canary(lines: Sequence[CanaryLine], score: ScoreFn, pass_share: float = STRICT) -> CanaryOutcome:

@@ -30,7 +30,7 @@ from gateway.quality.figures import publish_quality
 from gateway.quality.judge import judge
 from gateway.quality.parts import Parts
 from gateway.quality.probe import CanaryOutcome, run_canary
-from gateway.quality.tracker import AgreementTracker
+from gateway.quality.tracker import AgreementTracker, SampleRow
 from gateway.quality.verdict_store import LEASE_SECONDS
 
 log = logging.getLogger("gateway.quality")
@@ -189,8 +189,8 @@ class Prober:
         # every worker reports the same calibration. Pairs already held are not counted again.
         if reference_outcome is not None:
             for provider, outcome in self._canaries_beside(model, reference).items():
-                for ours, theirs in zip(outcome.scores, reference_outcome.scores):
-                    self._board.add_agreement_pairs(model, provider, theirs, ours)
+                for line, ours, theirs in zip(outcome.lines, outcome.scores, reference_outcome.scores):
+                    self._board.add_agreement_pairs(model, provider, theirs, ours, line.language)
         for provider, outcome in measured.items():
             if reference_outcome is not None and provider != reference and outcome.lines == reference_outcome.lines:
                 tracker = AgreementTracker()  # this round's samples alone, to share
@@ -200,7 +200,7 @@ class Prober:
             await self._read_agreement(model, reference)
         publish_quality(self._parts, model)
 
-    async def share_samples(self, model: str, provider: str, samples: list[tuple[int, float, float | None]]) -> None:
+    async def share_samples(self, model: str, provider: str, samples: list[SampleRow]) -> None:
         """Agreement samples of `provider` with the model's reference: to the board, and to the fleet."""
         self._board.append_agreement(model, provider, samples)
         reference = self._parts.reference(model)
@@ -240,7 +240,7 @@ class Prober:
                 found[provider] = outcome
         return found
 
-    def _canary_samples(self, model: str, provider: str, reference: str) -> list[tuple[int, float, float | None]]:
+    def _canary_samples(self, model: str, provider: str, reference: str) -> list[SampleRow]:
         """Agreement samples of the provider's last canary against the reference's, if both are held."""
         outcome = self._canaries_beside(model, reference).get(provider)
         reference_outcome = self._board.entry(model, reference).canary
@@ -274,10 +274,12 @@ def canary_digest(lines: Sequence[CanaryLine]) -> str:
     return hashlib.sha256(orjson.dumps(content)).hexdigest()[:16]
 
 
-def _sample(raw: bytes) -> tuple[int, float, float | None] | None:
+def _sample(raw: bytes) -> SampleRow | None:
+    """A sample as the fleet stores it; one pushed before languages were told has none (pooled only)."""
     try:
-        pairs, total, tau = orjson.loads(raw)
-        return int(pairs), float(total), None if tau is None else float(tau)
+        pairs, total, tau, *language = orjson.loads(raw)
+        named = language[0] if language and isinstance(language[0], str) else None
+        return int(pairs), float(total), None if tau is None else float(tau), named
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return None
 

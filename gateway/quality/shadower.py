@@ -10,24 +10,26 @@ With Redis, the samples go to every worker (gateway.quality.verdict_store), like
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from gateway.errors import ProviderFailure
 from gateway.models import Batch
 from gateway.quality.agreement import mean_absolute_difference
 from gateway.quality.figures import publish_quality
+from gateway.quality.languages import MIXED, QueryLanguages
 from gateway.quality.parts import Parts
-from gateway.quality.tracker import AgreementTracker
+from gateway.quality.tracker import AgreementTracker, SampleRow
 
 log = logging.getLogger("gateway.quality")
 
-ShareSamples = Callable[[str, str, list[tuple[int, float, float | None]]], Awaitable[None]]
+ShareSamples = Callable[[str, str, list[SampleRow]], Awaitable[None]]
 
 
 class Shadower:
-    def __init__(self, parts: Parts, share: ShareSamples) -> None:
+    def __init__(self, parts: Parts, share: ShareSamples, languages: Mapping[str, QueryLanguages]) -> None:
         self._parts = parts
         self._share = share  # Prober.share_samples: to the board, and through Redis to every worker
+        self._languages = languages  # each sample is the agreement in its query's language
 
     def maybe_shadow(self, model: str, scored_by: str, pairs: Batch, scores: Sequence[float]) -> None:
         """With probability `shadow_rate`, the same pairs to the next provider, in the background."""
@@ -61,9 +63,13 @@ class Shadower:
         else:
             return  # neither side is the reference: nothing to measure against
         tracker = AgreementTracker()  # this call's samples alone, for the board and the fleet
-        for positions in pairs.positions_by_query().values():
-            tracker.add([reference_scores[i] for i in positions], [other_scores[i] for i in positions])
-        parts.board.add_agreement_pairs(model, tracked, reference_scores, other_scores)
+        language_of = self._languages[model].of
+        for query, positions in pairs.positions_by_query().items():
+            theirs, ours = [reference_scores[i] for i in positions], [other_scores[i] for i in positions]
+            told = language_of(query)
+            language = None if told == MIXED else told
+            tracker.add(theirs, ours, language)
+            parts.board.add_agreement_pairs(model, tracked, theirs, ours, language)
         parts.metrics.history.record_agreement(model, tracked, mean_absolute_difference(reference_scores, other_scores))
         await self._share(model, tracked, tracker.export())
         publish_quality(parts, model)

@@ -32,7 +32,10 @@ log = logging.getLogger("gateway.quality")
 
 KEY_PREFIX = "rq:{quality}:"  # one hash slot, so a Cluster serves every key from one node
 LEASE_SECONDS = 60.0  # a prober that dies mid-probe holds the others off this long at most
-MAX_SAMPLES = 256  # agreement samples kept per provider and reference, as AgreementTracker keeps
+# Agreement samples kept per provider and reference: AgreementTracker keeps 256 per language, and
+# this list holds every language's, so a busy language's shadow samples do not push out the
+# canary's lines of the others (the built-in canary's 18 lines a round, a handful of languages).
+MAX_SAMPLES = 1024
 RECORD_TTL_SECONDS = 7 * 86_400  # a model's records outlive any probe interval; dropped models age out
 
 

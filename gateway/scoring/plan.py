@@ -18,6 +18,7 @@ reserves the budget.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from gateway.config import GatewayConfig
@@ -56,9 +57,14 @@ class Planner:
         self._health = parts.health
         self._table = table
 
-    def cache_group(self, model: str, instruction: str | None, language: str | None = None) -> str:
-        """Where the request's cached scores are read: the group of the provider the plan would call first."""
-        return self._first_route(self._table.plan(model, language), instruction).group
+    def cache_group(self, model: str, instruction: str | None, language: str | None = None) -> tuple[str, str | None]:
+        """Where the request's cached scores are read: the group of the provider the plan would call
+        first, and the sibling group its missing pairs may be read from (None: none now)."""
+        route = self._first_route(self._table.plan(model, language), instruction)
+        sibling = route.sibling
+        if sibling is None or (sibling.until is not None and time.time() > sibling.until):
+            return route.group, None
+        return route.group, sibling.group
 
     def first_choice(self, model: str, instruction: str | None, language: str | None = None) -> str:
         """The provider of the model the plan would call first (else its reference, else its first)."""

@@ -65,7 +65,7 @@ class Router:
         self.planner = Planner(parts, self.table)
         self._walker = PlanWalk(parts, quality)
 
-    def cache_group(self, model: str, instruction: str | None, language: str | None = None) -> str:
+    def cache_group(self, model: str, instruction: str | None, language: str | None = None) -> tuple[str, str | None]:
         return self.planner.cache_group(model, instruction, language)
 
     def first_choice(self, model: str, instruction: str | None, language: str | None = None) -> str:

@@ -63,7 +63,7 @@ class RerankService:
         model = self.resolve_model(request.model) if model is None else model
         pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
         language = self._router.language_of(model, pairs.queries)
-        group = self._router.cache_group(model, request.instruction, language)
+        group, sibling = self._router.cache_group(model, request.instruction, language)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
         job = Job(model, group, pairs, policy, keys, deadline, language)
         scores: list[float | None]
@@ -74,6 +74,8 @@ class RerankService:
         else:
             scores = [None] * len(keys)
         missing = _missing(scores)
+        if missing and sibling is not None:
+            missing = await self._read_sibling(job, sibling, scores, missing)
         result = RerankResult(scores=[], model=model, provider="cache", language=language)
         if missing:
             _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
@@ -82,6 +84,23 @@ class RerankService:
         result.scores = pairs.spread(scores)
         result.runtime_ms = (time.perf_counter() - started) * 1000
         return result
+
+
+    async def _read_sibling(self, job: Job, sibling: str, scores: list[float | None], missing: Sequence[int]) -> Sequence[int]:
+        """The missing pairs' scores from the sibling group (written before the verdict, or after it
+        by a worker that knew of it first), copied into the request's group; the slots still missing."""
+        pairs = job.pairs
+        slots = list(missing)
+        keys = pair_keys(sibling, pairs.all.instruction, [pairs.queries[s] for s in slots],
+                         [pairs.documents[s] for s in slots], [pairs.digests[s] for s in slots])
+        found = await self._cache.get_many(keys)
+        hits = [(slot, score) for slot, score in zip(slots, found) if score is not None]
+        if not hits:
+            return missing
+        for slot, score in hits:
+            scores[slot] = score
+        await self._cache.put_many([job.keys[slot] for slot, _ in hits], [score for _, score in hits])
+        return _missing(scores)
 
 
 def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs, filling: Filling) -> None:

@@ -5,15 +5,17 @@ generation and quality-board version, not per request.
                 fresh scores go to and the map onto that group's scale (gateway.quality.groups),
                 and the quality guard's word on it (passed over for good, or serving flagged)
     ModelPlan   a model's routes in plan order (passing, not judged yet, failing its canary), its
-                reference, and the models it falls back to; one for the model as a whole, and one
-                for each language of its canary a query's script names (Cyrillic, Han, ...)
+                reference, and the models it falls back to; one for the model as a whole, one for
+                each language a query can be in (gateway.quality.languages: the canary's, and
+                each script it has no line in), and one for a batch mixing languages
     PlanTable   every model's ModelPlans, built again whenever the quality board has changed
                 (a verdict, agreement, calibration, another reference: QualityBoard.version)
 
-A query follows its language's plan only where the verdicts make the plans differ (a provider
-that passes English and ranks Chinese like noise): `language_of` works a query's language out
-only then, so a request to a model whose providers pass (or fail) alike in every language pays
-nothing for it.
+A query follows its language's plan only where the verdicts or the agreement make the plans
+differ (a provider that passes English and ranks Chinese like noise, or that was measured to
+agree with the reference in English only): `language_of` works a query's language out only
+then, so a request to a model whose providers pass (or fail, or share) alike in every language
+pays nothing for it.
 
 What changes from one request to the next (a breaker, a rate limit, a budget, the instruction a
 provider kind cannot take) is not in the table: the request applies those live checks to the
@@ -28,8 +30,9 @@ from dataclasses import dataclass
 from gateway.errors import ProviderFailure
 from gateway.providers.client import ProviderClient
 from gateway.quality.calibration import Calibration
-from gateway.quality.canary import script_of
+from gateway.quality.groups import Sibling
 from gateway.quality.guard import QualityGuard
+from gateway.quality.languages import MIXED
 from gateway.quality.parts import Parts
 
 
@@ -39,6 +42,7 @@ class Route:
     provider: str
     client: ProviderClient
     group: str  # the cache group its fresh scores are written to
+    sibling: Sibling | None  # where pairs its group lacks may be read: scores written before its verdict
     scale: Calibration | None  # maps its scores onto the group's scale; None: taken as they are
     # Failing its canary and never to serve, whatever else can answer (QualityGuard.skip).
     quality_skip: ProviderFailure | None
@@ -50,7 +54,7 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class ModelPlan:
     model: str
-    language: str | None  # the canary language it is the plan of; None: the model as a whole
+    language: str | None  # the language it is the plan of (MIXED: several); None: the model as a whole
     routes: tuple[Route, ...]  # in plan order: ops' fallback, passing before not judged before failing
     by_provider: dict[str, Route]
     reference: str | None
@@ -69,9 +73,7 @@ class PlanTable:
         self._quality = quality
         self._version = -1
         self._plans: dict[str, dict[str | None, ModelPlan]] = {}
-        # script -> language of each model's canary; fixed for the generation
-        self._scripts = {model: quality.scripts(model) for model in parts.config.models}
-        self._telling: dict[str, dict[str, str]] = {}  # the same, only for models whose plans differ by language
+        self._telling: set[str] = set()  # models whose plans differ by language
 
     def plan(self, model: str, language: str | None = None) -> ModelPlan:
         if self._version != self._parts.board.version:
@@ -80,26 +82,24 @@ class PlanTable:
         return plans.get(language) or plans[None]
 
     def language_of(self, model: str, queries: Sequence[str]) -> str | None:
-        """The canary language whose plan a request's queries follow; None when the model's plans
-        are one in every language (the queries are not looked at), when a script names no language
-        of the canary, or when the queries are of several: a batch mixing languages follows the
-        model's pooled plan, so no query's scores go where another language's verdict put them."""
+        """The language whose plan a request's queries follow; None when the model's plans are one
+        in every language (the queries are not looked at). A batch mixing languages, or in one
+        that cannot be told, is MIXED: it shares only what shares in each language, so no
+        query's scores go where another language's verdict or agreement put them."""
         if self._version != self._parts.board.version:
             self._build()
-        scripts = self._telling.get(model)
-        if not scripts:
+        if model not in self._telling:
             return None
-        languages = {scripts.get(script_of(query)) for query in set(queries)}
-        return languages.pop() if len(languages) == 1 else None
+        return self._quality.languages[model].of_batch(set(queries))
 
     def _build(self) -> None:
-        self._plans, self._telling = {}, {}
+        self._plans, self._telling = {}, set()
         for model in self._parts.config.models:
-            languages = sorted(set(self._scripts[model].values()))
+            languages = (*self._quality.languages[model].languages, MIXED)
             plans = self._plans[model] = {language: self._model_plan(model, language) for language in (None, *languages)}
             overall = plans[None].signature()
             if any(plans[language].signature() != overall for language in languages):
-                self._telling[model] = self._scripts[model]
+                self._telling.add(model)
         # Taken after building, which awaits nothing: no change can fall in between.
         self._version = self._parts.board.version
 
@@ -113,6 +113,8 @@ class PlanTable:
 
     def _route(self, model: str, provider: str, language: str | None) -> Route:
         client = self._parts.clients[provider]
-        group, scale = self._quality.groups.placement(model, provider, language)
-        return Route(model, provider, client, group, scale, self._quality.skip(model, provider, language),
+        groups = self._quality.groups
+        group, scale = groups.placement(model, provider, language)
+        return Route(model, provider, client, group, groups.sibling(model, provider, group, language), scale,
+                     self._quality.skip(model, provider, language),
                      client.unusable_reason(None), client.unusable_reason("an instruction"))

@@ -56,8 +56,9 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
         if failing is not None:
             # Served because nothing better could answer (or action = "warn"): the client may discount it.
             trace.quality = "failing"
-            # Failing in the query's language, where the plan went by language: the client knows which.
-            headers["X-Rerank-Quality"] = "failing" if result.language is None else f"failing; language={result.language}"
+            # Failing in the query's language, where the plan went by the canary's lines of it: the client knows which.
+            language = generation.quality_guard.judged_in(result.model, failing, result.language)
+            headers["X-Rerank-Quality"] = "failing" if language is None else f"failing; language={language}"
             request.app[LIVE].shared.metrics.record_failing_answer(model=result.model, provider=failing)
         return json_response(dialect.encode(rerank, result, request[REQUEST_ID]), headers=headers)
 
