@@ -42,8 +42,11 @@ def settings() -> dict[str, object]:
 
 def per_request_us(micro: Micro, name: str, router: Any, request: ScoreRequest) -> float:
     """The cache group and plan of one request, on pyperf; 0 in a pyperf worker not running it."""
+    queries = request.whole.queries
+
     def plan() -> None:
-        router.cache_group(MODEL, None)
+        # The query's language is worked out only where the model's plans differ by language.
+        router.cache_group(MODEL, None, router.language_of(MODEL, queries))
         router.planner.steps(request, [])
 
     return (micro.time(name, plan) or 0.0) * 1e6

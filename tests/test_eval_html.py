@@ -44,6 +44,12 @@ async def test_the_page_draws_every_provider_that_scored_beside_bm25(emulator: A
     assert f"ndcg@10 {report['providers']['deepinfra']['ndcg@10']:.3f}" in page
     assert f"ndcg@10 {report['lexical']['ndcg@10']:.3f}" in page
     assert "tei: error: HTTP 500" in page
+    # Per language of the queries (the sample set: Russian and English, told by script).
+    section = page[page.index('data-section="by-language"'):]
+    for language, count in report["languages"].items():
+        figures = report["providers"]["deepinfra"]["by_language"][language]
+        assert f"{language} ({count})" in section
+        assert f"{figures['ndcg@10']:.3f} · {figures['p@5']:.3f}" in section
     # Self-contained: no script, nothing fetched from elsewhere.
     assert "<script" not in page.lower() and not re.search(r"(src|href)=\"?(https?:)?//", page)
 
@@ -97,3 +103,21 @@ async def test_eval_html_renders_in_chromium(tmp_path: Path) -> None:
     assert (width, height) == (1100, 780) and len(set(pixels)) > 50
     if UPDATE_DOCS:
         (REPO / "docs" / "eval-report.png").write_bytes(screenshot.read_bytes())
+
+
+def test_each_languages_own_recommendation_is_shown_beside_its_figures() -> None:
+    metrics = {"p@5": 0.4, "ndcg@10": 0.9, "usd_per_1k_queries": 0.01}
+    page = render_report_html({
+        "model": "m", "queries": 4, "k": 10, "first_stage": "bm25 top 40", "reference": "a",
+        "languages": {"latin": 2, "cyrillic": 2},
+        "providers": {"a": {**metrics, "by_language": {"latin": {"ndcg@10": 0.95, "p@5": 0.4},
+                                                       "cyrillic": {"ndcg@10": 0.31, "p@5": 0.2}}},
+                      "b": {**metrics, "by_language": {"latin": {"ndcg@10": 0.85, "p@5": 0.4},
+                                                       "cyrillic": {"ndcg@10": 0.93, "p@5": 0.4}}}},
+        "lexical": {"p@5": 0.3, "ndcg@10": 0.5},
+        "recommendation_by_language": {"cyrillic": {"metric": "ndcg@10", "margin": 0.02, "best": 0.93,
+                                                    "fallback": ["b"], "left_out": {"a": "NDCG 0.310"}}},
+    })
+    section = page[page.index('data-section="by-language"'):]
+    assert "cyrillic (2)" in section and "0.310 · 0.200" in section and "0.930 · 0.400" in section
+    assert "<b>cyrillic:</b>" in section and "<code>fallback = [&quot;b&quot;]</code>" in section

@@ -40,6 +40,7 @@ def render_report_html(report: Mapping[str, Any]) -> str:
         f"<div><h2>p50 latency per query</h2>{_metric_chart(rows, 'latency_p50_ms', _ms, 'p50')}</div>"
         "</section>"
         f"<section><h2>Every figure</h2>{_table(rows, k)}{_notes(report)}</section>"
+        f"{_by_language(report, rows, k)}"
         "</main></body></html>\n"
     )
 
@@ -74,6 +75,36 @@ def _recommendation(report: Mapping[str, Any]) -> str:
     lines = format_recommendation(str(report.get("model", "?")), advice, costs)
     paste = [f"<code>{_e(line)}</code>" if line.startswith("fallback = ") else _e(line) for line in lines]
     return f"<p class=\"advice\">{'<br>'.join(paste)}</p>"
+
+
+def _by_language(report: Mapping[str, Any], rows: Sequence[tuple[str, Entry, bool]], k: int) -> str:
+    """NDCG@k and P@5 per language of the queries, and each language's own recommendation: a
+    pooled figure can hide a provider that reads one language only."""
+    languages = report.get("languages") or {}
+    if len(languages) < 2:
+        return ""
+    metrics = (f"ndcg@{k}", "p@5")
+    scored = [(label, entry.get("by_language") or {}) for label, entry, _ in rows]
+    head = "".join(f"<th>{_e(label)}<br>{_e(' · '.join(m.upper() for m in metrics))}</th>" for label, _ in scored)
+    body = "".join(
+        f"<tr><td>{_e(f'{language} ({count})')}</td>" + "".join(
+            f"<td class=\"num\">{_e(' · '.join(_cell((found.get(language) or {}).get(m), '.3f') for m in metrics))}</td>"
+            for _, found in scored
+        ) + "</tr>"
+        for language, count in languages.items()
+    )
+    costs = {name: entry["usd_per_1k_queries"] for name, entry in report.get("providers", {}).items()
+             if "usd_per_1k_queries" in entry}
+    advice = "".join(
+        f"<p class=\"advice\"><b>{_e(language)}:</b> "
+        + "<br>".join(f"<code>{_e(line)}</code>" if line.startswith("fallback = ") else _e(line)
+                      for line in format_recommendation(str(report.get("model", "?")), found, costs))
+        + "</p>"
+        for language, found in (report.get("recommendation_by_language") or {}).items()
+    )
+    return (f"<section data-section=\"by-language\"><h2>By language of the query</h2>"
+            f"<table><thead><tr><th>language (queries)</th>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f"{advice}</section>")
 
 
 def _quality_chart(rows: Sequence[tuple[str, Entry, bool]], k: int) -> str:
