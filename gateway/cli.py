@@ -28,6 +28,7 @@ from gateway.config import (
 )
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import build_clients
+from gateway.providers.route import WARNING, describe_route
 from gateway.secrets import Secrets, read_env
 
 if TYPE_CHECKING:
@@ -114,9 +115,13 @@ def _serve_one(
     from gateway.process.server import ConnectionLimits, run_gateway
     from gateway.web.edge import LIVE
 
-    for line in describe_providers(config):
+    try:
+        lines = describe_providers(config)
+    except ConfigError as exc:  # a ca_file or client certificate that does not load
+        report.failed(f"invalid config: {exc}")
+    for line in lines:
         # A model nobody can serve answers every request with 502: say so above the info lines.
-        level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) else logging.INFO
+        level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) or line.startswith(WARNING) else logging.INFO
         logging.getLogger("gateway").log(level, line)
 
     def ready() -> None:
@@ -208,7 +213,11 @@ def describe_startup_error(exc: BaseException) -> str:
 def check_config(config_path: str | None) -> None:
     """Validate the config and say which providers each model can use."""
     config = _load_or_exit(config_path)
-    lines = describe_providers(config)
+    try:
+        lines = describe_providers(config)
+    except ConfigError as exc:  # a ca_file or client certificate that does not load
+        click.echo(f"invalid config: {exc}", err=True)
+        sys.exit(2)
     click.echo("\n".join(lines))
     unserved = [line for line in lines if line.startswith("model ") and line.endswith(NO_USABLE_PROVIDER)]
     sys.exit(1 if unserved else 0)
@@ -394,6 +403,8 @@ def describe_providers(config: GatewayConfig) -> list[str]:
         lines.append(f"model {name}: {summary}")
         for provider, reason in states:
             lines.append(f"  {provider}: {'ok' if reason is None else 'skipped: ' + reason}")
+    for name, client in clients.items():
+        lines += describe_route(name, client.config, client.url, client.proxy, secrets.provider_keys[name] is not None)
     return lines
 
 
