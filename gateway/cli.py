@@ -112,7 +112,7 @@ def _serve_one(
     report: StartupReport,
 ) -> None:
     from gateway.app import create_app
-    from gateway.process.server import ConnectionLimits, run_gateway
+    from gateway.process.server import ConnectionLimits, client_descriptors_for, run_gateway
     from gateway.web.edge import LIVE
 
     try:
@@ -124,8 +124,11 @@ def _serve_one(
         level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) or line.startswith(WARNING) else logging.INFO
         logging.getLogger("gateway").log(level, line)
 
+    client_descriptors = client_descriptors_for(sum(provider.max_connections for provider in config.providers.values()))
+
     def ready() -> None:
-        logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port)
+        logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s (client connections held at once: %s)",
+                                          host, port, client_descriptors or "unbounded")
 
     app = create_app(config, config_path=config_file(config_path), config_signature=signature,
                      on_admin_reload=report.reloaded)
@@ -138,7 +141,8 @@ def _serve_one(
             # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
             # then runs the app's cleanup, which closes the upstream connections and Redis.
             shutdown_timeout=config.server.shutdown_grace_seconds,
-            limits=ConnectionLimits(config.server.keepalive_timeout_seconds, config.server.header_timeout_seconds),
+            limits=ConnectionLimits(config.server.keepalive_timeout_seconds, config.server.header_timeout_seconds,
+                                    client_descriptors),
             on_accept_error=app[LIVE].shared.metrics.record_accept_error,
             announce=announce,
         )

@@ -116,6 +116,18 @@ class HttpError(ClientError):
         self.status = status
 
 
+class Overloaded(GatewayError):
+    """The process lacks what it needs to serve the request now (descriptors, memory): come back soon."""
+
+    status = 503
+    error_type = "overloaded"
+    retry_after_seconds = 1
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
 class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
