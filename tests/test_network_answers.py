@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.gateway import GatewayFactory
 from tests.support.polling import eventually
 from tests.support.provider_calls import SCORES, failure_of, provider_client, score_one
 from tests.support.raw_server import DEEPINFRA_PATH, Reply, Request, answer, raw_server
@@ -196,3 +197,29 @@ async def test_other_redirects_are_refused_naming_the_location_and_are_not_4xx(
         failure = await failure_of(client)
     assert (failure.kind, failure.transient, failure.fallback_allowed) == ("redirect", False, True)
     assert says in failure.reason
+
+
+# --- an answer that arrived whole but cannot be read
+
+
+@pytest.mark.parametrize(("body", "headers"), [
+    (b"<html>upstream says hi</html>", ()),  # not JSON
+    (b"\x1f\x8b not gzip at all", ("Content-Encoding: gzip",)),  # does not decode
+])
+async def test_a_whole_answer_that_cannot_be_read_is_billed_at_the_estimate_and_not_retried(
+    make_gateway: GatewayFactory, body: bytes, headers: tuple[str, ...],
+):
+    async def unreadable(request: Request) -> Reply:
+        return Reply(answer(200, body, *headers))
+
+    async with raw_server(unreadable) as server:
+        gateway = await make_gateway(fallback=["deepinfra"], providers={"deepinfra": {
+            "base_url": f"http://127.0.0.1:{server.port}", "budget": {"daily_usd": 10.0}}})
+        for n in range(3):
+            response = await gateway.post("/v1/rerank", json={"query": f"q{n}", "documents": ["a", "b"]})
+            assert response.status == 502
+        metrics = await (await gateway.get("/metrics")).text()
+    assert len(server.requests) == 3  # one call a request: not retried as a connection error would be
+    estimated = [line for line in metrics.splitlines()
+                 if line.startswith('rerank_gateway_upstream_estimated_tokens_total{provider="deepinfra"}')]
+    assert estimated and float(estimated[0].split()[-1]) > 0, "the calls were billed nothing"

@@ -22,7 +22,7 @@ from gateway.models import AnsweredCall, Usage, merge_answered
 from gateway.observability.tracing import with_trace_context
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
-from gateway.providers.http_errors import TransportError
+from gateway.providers.http_errors import TransportError, UnreadableAnswer
 from gateway.providers.proxies import ProxyRoute, proxy_route
 from gateway.providers.tls import tls_context
 from gateway.providers.transport import HttpTransport, TransportSettings
@@ -143,7 +143,13 @@ class ProviderClient:
             await _gather_all([self._answer(call, answered, count) for call in plan])
 
     async def _answer(self, batch: Batch, answered: list[AnsweredCall], count: TokenCount) -> None:
-        result = await self._call(batch)
+        try:
+            result = await self._call(batch)
+        except _AnsweredUnreadably as failure:
+            # The provider did the work and bills it: so does the ledger, at the gateway's estimate,
+            # as a call that answered no pair (the pairs stay unanswered for whoever tries next).
+            answered.append(AnsweredCall((), [], self._price(WireScores([]), batch, count)))
+            raise ProviderFailure(failure.provider, failure.reason, kind=failure.kind) from None
         answered.append(AnsweredCall(batch.numbers, result.scores, self._price(result, batch, count)))
 
     def http_calls(self, pairs: Batch) -> int:
@@ -185,13 +191,15 @@ class ProviderClient:
             result = self.adapter.from_wire(orjson.loads(raw), len(batch.documents))
             return WireScores(self._normalized(result.scores), result.tokens, result.cost_usd)
         except orjson.JSONDecodeError:
-            raise ProviderFailure(self.name, "invalid answer: not JSON", kind="invalid_answer") from None
+            raise _AnsweredUnreadably(self.name, "invalid answer: not JSON", kind="invalid_answer") from None
         except InvalidAnswer as exc:
-            raise ProviderFailure(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
+            raise _AnsweredUnreadably(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
 
     async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         try:
             return await self._send(self._url, body, with_trace_context(self._headers), self._timeout)
+        except UnreadableAnswer as exc:
+            raise _AnsweredUnreadably(self.name, f"{exc.kind}: {exc}", kind=exc.kind) from None
         except TransportError as exc:
             raise ProviderFailure(self.name, f"{exc.kind}: {exc}", kind=exc.kind, transient=exc.transient) from None
         except TimeoutError:
@@ -238,6 +246,10 @@ class ProviderClient:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text
+
+
+class _AnsweredUnreadably(ProviderFailure):
+    """A 200 that arrived whole but gave no scores: it is billed (ProviderClient._answer), never retried."""
 
 
 def _error_message(payload: Any) -> str:

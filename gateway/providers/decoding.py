@@ -28,7 +28,7 @@ class AnswerTooLargeDecoded(UndecodableAnswer):
 class AnswerDecoder(Protocol):
     async def feed(self, piece: bytes) -> bytes: ...
 
-    def flush(self) -> bytes: ...
+    async def flush(self) -> bytes: ...
 
 
 def decoder_for(headers: Mapping[str, str], cap: int) -> AnswerDecoder:
@@ -46,7 +46,7 @@ class _Identity:
     async def feed(self, piece: bytes) -> bytes:
         return piece  # the wire cap is the cap
 
-    def flush(self) -> bytes:
+    async def flush(self) -> bytes:
         return b""
 
 
@@ -80,7 +80,7 @@ class _Inflating:
                 await asyncio.sleep(0)  # a bomb's steps each take one short turn of the loop
         return b"".join(out)
 
-    def flush(self) -> bytes:
+    async def flush(self) -> bytes:
         if self._inflater is None or not self._inflater.eof:
             raise UndecodableAnswer("answer ends before its compressed stream does")
         rest = self._inflater.flush()

@@ -11,6 +11,7 @@ provider may answer a retry (`transient`):
       ReadTimeout           "read_timeout": no answer byte for read_timeout_seconds
       AnswerTooLarge        "too_large": past max_answer_bytes, or a header past its limits
       Malformed             "malformed": not HTTP this client can read, a 101, an undecodable body
+        UnreadableAnswer    ... a 200 whose body arrived whole but does not decode: the work was done
       Redirected            "redirect": a 3xx not followed; the reason holds its Location
 
 Both timeouts are also TimeoutErrors. The call's own total limit (timeout_seconds) is a plain
@@ -61,6 +62,10 @@ class AnswerTooLarge(TransportError):
 class Malformed(TransportError):
     kind = "malformed"
     transient = False
+
+
+class UnreadableAnswer(Malformed):
+    """The provider answered 200 and the whole body arrived, but it does not decode: billed, as the provider bills it."""
 
 
 class Redirected(TransportError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -29,6 +29,7 @@ from gateway.providers.http_errors import (
     Malformed,
     Redirected,
     TransportError,
+    UnreadableAnswer,
     mapped,
 )
 from gateway.providers.proxies import ProxyRoute
@@ -135,14 +136,14 @@ class HttpTransport:
                 raise Malformed("HTTP 101: the provider switched protocols on a rerank call")
             cap = self._settings.max_answer_bytes
             raw = await _read_capped(response, decoder_for(response.headers, cap), cap)
+            if isinstance(raw, UndecodableAnswer):
+                raise (UnreadableAnswer if response.status == 200 else Malformed)(str(raw))
         except BaseException as exc:
             response.close()  # the rest of the answer belongs to nobody: the connection goes
             if isinstance(exc, aiohttp.ClientError):
                 raise mapped(exc, url) from None
-            if isinstance(exc, AnswerTooLargeDecoded):
-                raise AnswerTooLarge(str(exc)) from None
             if isinstance(exc, UndecodableAnswer):
-                raise Malformed(str(exc)) from None
+                raise Malformed(str(exc)) from None  # an encoding it does not know: the body was not read
             raise
         response.release()
         return response.status, raw, response.headers.get("Retry-After"), response.headers.get("Location")
@@ -178,16 +179,30 @@ async def _note_reuse(
         context.trace_request_ctx.reused = True
 
 
-async def _read_capped(response: aiohttp.ClientResponse, decoder: AnswerDecoder, cap: int) -> bytes:
-    """The body, decoded, refused as soon as it passes `cap` bytes on the wire or decoded."""
+async def _read_capped(response: aiohttp.ClientResponse, decoder: AnswerDecoder, cap: int) -> bytes | UndecodableAnswer:
+    """The body, decoded, refused as soon as it passes `cap` bytes on the wire or decoded; or, for
+    one that does not decode, why: read to its end all the same, so it is known to be whole."""
     if response.content_length is not None and response.content_length > cap:
         raise AnswerTooLarge(f"answer too large: Content-Length {response.content_length} is over {cap} bytes")
     wire = 0
     parts: list[bytes] = []
+    broken: UndecodableAnswer | None = None
     async for piece in response.content.iter_chunked(_READ_PIECE):
         wire += len(piece)
         if wire > cap:
             raise AnswerTooLarge(f"answer too large: over {cap} bytes on the wire")
-        parts.append(await decoder.feed(piece))
-    parts.append(decoder.flush())
-    return b"".join(parts)
+        if broken is None:
+            broken = await _decoded_into(parts, decoder.feed(piece))
+    if broken is None:
+        broken = await _decoded_into(parts, decoder.flush())
+    return broken or b"".join(parts)
+
+
+async def _decoded_into(parts: list[bytes], decoding: Awaitable[bytes]) -> UndecodableAnswer | None:
+    try:
+        parts.append(await decoding)
+    except AnswerTooLargeDecoded as exc:
+        raise AnswerTooLarge(str(exc)) from None
+    except UndecodableAnswer as exc:
+        return exc
+    return None
