@@ -7,7 +7,7 @@ provider may answer a retry (`transient`):
       DnsFailed             "dns": the host name does not resolve (transient)
       Refused               "refused": nothing listens there, or at the proxy (transient)
       TlsFailed             "tls": the handshake failed; says the certificate's reason
-      ConnectTimeout        "connect_timeout": connecting took over connect_timeout_seconds (transient)
+      ConnectTimeout        "connect_timeout": connecting took over connect_timeout_seconds
       ReadTimeout           "read_timeout": no answer byte for read_timeout_seconds
       AnswerTooLarge        "too_large": past max_answer_bytes, or a header past its limits
       Malformed             "malformed": not HTTP this client can read, a 101, an undecodable body
@@ -47,6 +47,7 @@ class TlsFailed(TransportError):
 
 class ConnectTimeout(TransportError, TimeoutError):
     kind = "connect_timeout"
+    transient = False  # every address was tried for the whole limit: the next provider is the better bet
 
 
 class ReadTimeout(TransportError, TimeoutError):
