@@ -181,18 +181,20 @@ async def _crowd(port: int) -> list[bytes]:
         await asyncio.gather(*(writer.wait_closed() for writer in opened), return_exceptions=True)
 
 
-def test_a_crowd_of_keep_alive_clients_past_the_descriptors_gets_503s_never_500s(tmp_path, config):
-    path, emulator_port = config
-    port, log = free_port(), tmp_path / "gateway.log"
+def test_a_crowd_of_keep_alive_clients_past_the_descriptors_gets_503s_never_500s(tmp_path):
+    emulator_port, port, log = free_port(), free_port(), tmp_path / "gateway.log"
+    path = tmp_path / "config.toml"
+    # The head timeout at its default: 2,000 clients on one loop write their requests late on a busy machine.
+    write_config(path, gateway_config(local_url(emulator_port)))
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          gateway_with_few_files(path, port, log, open_files=1024):
         heads = asyncio.run(_crowd(port))
         assert fresh_request_answers(port)  # and the crowd gone, service as before
     statuses = Counter(head.split(b"\r\n")[0] for head in heads)
     # Served up to three quarters of the client descriptors, 503 past them, the rest closed unread
-    # (at 1024, in one run: 528, 323, 1149).
-    assert set(statuses) <= {b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable", b"closed: IncompleteReadError"}, (
-        statuses)
+    # (at 1024, in two runs: 528 and 528, 323 and 176, 1,149 and 1,296).
+    closed = {b"closed: IncompleteReadError", b"closed: ConnectionResetError"}  # reset: closed with its request unread
+    assert set(statuses) <= {b"HTTP/1.1 200 OK", b"HTTP/1.1 503 Service Unavailable", *closed}, statuses
     assert statuses[b"HTTP/1.1 200 OK"] > 0 and statuses[b"HTTP/1.1 503 Service Unavailable"] > 0, statuses
     busy = [head for head in heads if head.startswith(b"HTTP/1.1 503")]
     assert all(b"Retry-After: 1" in head for head in busy)
