@@ -18,7 +18,7 @@ import orjson
 
 REPO = Path(__file__).resolve().parent.parent
 # The libraries on the request path, and the gateway itself (its distribution's name).
-LIBRARIES = ("aiohttp", "redis", "orjson", "pydantic", "hiredis", "httptools", "pyperf", "rerank-gateway")
+LIBRARIES = ("aiohttp", "redis", "orjson", "pydantic", "hiredis", "pyperf", "rerank-gateway")
 
 
 def commit() -> dict[str, Any]:

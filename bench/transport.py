@@ -8,7 +8,9 @@ Both clients POST the KB call's upstream body (DeepInfra's form: the query once 
 20 documents of ~400 characters, ~9 KB) to the emulator (`--latency-ms 0`, its own process on
 another CPU), with the headers ProviderClient sends. **session** is ProviderClient's
 `_session_post` as it was before HttpTransport (one ClientSession, TCPConnector(limit=64,
-keepalive_timeout=30), a ClientTimeout per call); **transport** is `HttpTransport.post`.
+keepalive_timeout=30), a ClientTimeout per call); **transport** is `HttpTransport.post`, a
+ClientSession again since issue 31 with the answer cap, the decoder and the replay on top: the
+ratio is now what those add.
 CPU per request is this process's `time.process_time()` over a slice of N requests, the two
 taking turns for `--rounds` slices, so a stall on a shared machine hits both alike. Compare
 the ratio and the difference within one run, never figures across runs.
@@ -32,7 +34,7 @@ import orjson
 from bench.harness import BENCH_KEY, ProcessGroup, markdown, plan_pinning, start_emulator
 from bench.registry import Figures
 from bench.workload import FreshBodies
-from gateway.providers.transport import HttpTransport
+from gateway.providers.transport import HttpTransport, TransportSettings
 
 MAX_CONNECTIONS = 64  # a provider's default max_connections
 CLIENTS = ("session", "transport")
@@ -69,7 +71,7 @@ async def measure(url: str, concurrencies: list[int], requests: int, rounds: int
     bodies = FreshBodies(broadcast_query=True, label="t")
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, keepalive_timeout=30)
     session = aiohttp.ClientSession(connector=connector, json_serialize=lambda v: orjson.dumps(v).decode())
-    transport = HttpTransport(MAX_CONNECTIONS, connect_timeout=2.0)
+    transport = HttpTransport(TransportSettings(MAX_CONNECTIONS, connect_timeout=2.0))
     posts = {"session": session_post(session), "transport": transport.post}
     cpu: dict[tuple[str, int], list[float]] = {}
     try:

@@ -73,6 +73,11 @@ def create_app(
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     live = app[edge.LIVE]
     await live.start()
+    shared = live.shared
+    for provider in live.config.providers:
+        # Every breaker's state from the start; in multi-process mode this also opens the gauge's
+        # file now, not on a request that may find no descriptor left to open it with.
+        shared.metrics.set_breaker_state(provider=provider, state=shared.health[provider].breaker.state)
     watcher = None
     if live.config_path is not None:
         _reload_on_sighup(live)

@@ -28,6 +28,7 @@ from gateway.config import (
 )
 from gateway.observability.logs import configure_logging
 from gateway.providers.client import build_clients
+from gateway.providers.route import WARNING, describe_route
 from gateway.secrets import Secrets, read_env
 
 if TYPE_CHECKING:
@@ -111,16 +112,23 @@ def _serve_one(
     report: StartupReport,
 ) -> None:
     from gateway.app import create_app
-    from gateway.process.server import ConnectionLimits, run_gateway
+    from gateway.process.server import ConnectionLimits, client_descriptors_for, run_gateway
     from gateway.web.edge import LIVE
 
-    for line in describe_providers(config):
+    try:
+        lines = describe_providers(config)
+    except ConfigError as exc:  # a ca_file or client certificate that does not load
+        report.failed(f"invalid config: {exc}")
+    for line in lines:
         # A model nobody can serve answers every request with 502: say so above the info lines.
-        level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) else logging.INFO
+        level = logging.WARNING if line.endswith(NO_USABLE_PROVIDER) or line.startswith(WARNING) else logging.INFO
         logging.getLogger("gateway").log(level, line)
 
+    client_descriptors = client_descriptors_for(sum(provider.max_connections for provider in config.providers.values()))
+
     def ready() -> None:
-        logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s", host, port)
+        logging.getLogger("gateway").info("rerank-gateway serving on http://%s:%s (client connections held at once: %s)",
+                                          host, port, client_descriptors or "unbounded")
 
     app = create_app(config, config_path=config_file(config_path), config_signature=signature,
                      on_admin_reload=report.reloaded)
@@ -133,7 +141,8 @@ def _serve_one(
             # On SIGTERM aiohttp stops accepting, lets requests in flight finish within this grace,
             # then runs the app's cleanup, which closes the upstream connections and Redis.
             shutdown_timeout=config.server.shutdown_grace_seconds,
-            limits=ConnectionLimits(config.server.keepalive_timeout_seconds, config.server.header_timeout_seconds),
+            limits=ConnectionLimits(config.server.keepalive_timeout_seconds, config.server.header_timeout_seconds,
+                                    client_descriptors),
             on_accept_error=app[LIVE].shared.metrics.record_accept_error,
             announce=announce,
         )
@@ -208,7 +217,11 @@ def describe_startup_error(exc: BaseException) -> str:
 def check_config(config_path: str | None) -> None:
     """Validate the config and say which providers each model can use."""
     config = _load_or_exit(config_path)
-    lines = describe_providers(config)
+    try:
+        lines = describe_providers(config)
+    except ConfigError as exc:  # a ca_file or client certificate that does not load
+        click.echo(f"invalid config: {exc}", err=True)
+        sys.exit(2)
     click.echo("\n".join(lines))
     unserved = [line for line in lines if line.startswith("model ") and line.endswith(NO_USABLE_PROVIDER)]
     sys.exit(1 if unserved else 0)
@@ -394,6 +407,8 @@ def describe_providers(config: GatewayConfig) -> list[str]:
         lines.append(f"model {name}: {summary}")
         for provider, reason in states:
             lines.append(f"  {provider}: {'ok' if reason is None else 'skipped: ' + reason}")
+    for name, client in clients.items():
+        lines += describe_route(name, client.config, client.url, client.proxy, secrets.provider_keys[name] is not None)
     return lines
 
 

@@ -155,6 +155,18 @@ class ProviderConfig(_Section):
     max_connections: PositiveInt = 64
     timeout_seconds: PositiveFloat = 10.0
     connect_timeout_seconds: PositiveFloat = 2.0
+    # No answer byte for this long fails the call as a read timeout; None: only timeout_seconds bounds it.
+    read_timeout_seconds: PositiveFloat | None = None
+    # An idle keep-alive connection is closed after this: below the 5 s of uvicorn (vLLM, Infinity)
+    # and most servers', so the gateway, not the server, closes it and few calls meet a dying one.
+    keepalive_timeout_seconds: PositiveFloat = 2.0
+    # Most bytes of one answer, on the wire and once decoded; past it the call fails "answer too large".
+    max_answer_bytes: PositiveInt = 4 * 1024 * 1024
+    # None: HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment; "" goes direct; else the proxy's URL.
+    proxy: str | None = None
+    ca_file: str | None = None  # PEM CA bundle to trust instead of the system's (a private CA)
+    client_cert: str | None = None  # PEM certificate for mutual TLS (with client_key unless it holds the key)
+    client_key: str | None = None
     score_transform: Literal["none", "sigmoid"] = "none"
     budget: BudgetConfig = BudgetConfig()
 
@@ -177,6 +189,19 @@ class ProviderConfig(_Section):
         if path is not None and not path.startswith("/"):
             raise ValueError("must start with /")
         return path
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_url(cls, proxy: str | None) -> str | None:
+        if proxy and not proxy.startswith(("http://", "https://")):
+            raise ValueError('must be "" (direct) or an http:// or https:// proxy URL')
+        return proxy
+
+    @model_validator(mode="after")
+    def _client_key_needs_a_cert(self) -> ProviderConfig:
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key is set without client_cert")
+        return self
 
 
 class QualityConfig(_Section):

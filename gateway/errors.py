@@ -116,6 +116,18 @@ class HttpError(ClientError):
         self.status = status
 
 
+class Overloaded(GatewayError):
+    """The process lacks what it needs to serve the request now (descriptors, memory): come back soon."""
+
+    status = 503
+    error_type = "overloaded"
+    retry_after_seconds = 1
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
+
+
 class UpstreamError(GatewayError):
     status = 502
     error_type = "upstream_error"
@@ -184,6 +196,10 @@ class DeadlineExceeded(UpstreamError):
 SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open", "quality", "rate_limited"})
 
 
+# Ran out of time: connecting, waiting for a byte, or in all. The gateway answers 504 for these.
+TIMEOUT_KINDS = frozenset({"timeout", "connect_timeout", "read_timeout"})
+
+
 # Worth another try on the same provider: rate limited, or a gateway/proxy in front of it
 # failed. A 500 is the provider's own bug, and another 4xx is about the request; neither
 # improves by asking the same provider again (the next provider may still be tried).
@@ -197,8 +213,9 @@ def is_transient_status(status: int) -> bool:
 class ProviderFailure(Exception):
     provider: str
     reason: str
-    # One of a closed set, for metrics and logs. Calls that failed: timeout, connect, http_5xx,
-    # http_429, http_4xx, invalid_answer. Never called (SKIP_KINDS): unusable (no key, disabled,
+    # One of a closed set, for metrics and logs. Calls that failed: timeout, connect_timeout,
+    # read_timeout, dns, refused, tls, connect (reset or closed), too_large, malformed, redirect,
+    # http_5xx, http_429, http_4xx, invalid_answer. Never called (SKIP_KINDS): unusable (no key, disabled,
     # cannot take an instruction), budget, breaker_open, quality (fails its canary), rate_limited
     # (a 429's Retry-After has not passed).
     kind: str
@@ -213,7 +230,7 @@ class ProviderFailure(Exception):
 
     @property
     def timed_out(self) -> bool:
-        return self.kind == "timeout"
+        return self.kind in TIMEOUT_KINDS
 
     def __str__(self) -> str:
         return f"{self.provider}: skipped: {self.reason}" if self.skipped else f"{self.provider}: {self.reason}"

@@ -19,6 +19,10 @@ BAD_INPUTS: list[tuple[str, Any, dict[str, str], int, str, str]] = [
     ("/v1/rerank", b"", {}, 400, "bad_request", "empty"),
     ("/v1/rerank", b"[" * 1100 + b"]" * 1100, {}, 400, "bad_request", "not valid JSON"),
     ("/v1/rerank", [1, 2], {}, 422, "invalid_request", "body: expected a JSON object"),
+    # Parsed, but its answer could not be written (orjson stops at 254 levels): refused before a paid call.
+    ("/v1/rerank", b'{"query": "q", "return_documents": true, "documents": [{"text": "t", "m": '
+     + b'{"a": ' * 300 + b"1" + b"}" * 300 + b"}]}", {}, 422, "invalid_request",
+     "documents[0]: nested deeper than 250 levels, too deep to return with return_documents"),
     ("/v1/rerank", {"documents": ["a"]}, {}, 422, "invalid_request", "query: required"),
     ("/v1/rerank", {"query": "", "documents": ["a"]}, {}, 422, "invalid_request", "query: must not be empty"),
     ("/v1/rerank", {"query": 7, "documents": ["a"]}, {}, 422, "invalid_request", "query: expected a string, got a number"),

@@ -121,6 +121,30 @@ def test_check_config_says_which_providers_are_usable(tmp_path):
     assert "model qwen3-reranker-8b: uses deepinfra, fireworks" in with_key.stdout
 
 
+def test_check_config_says_each_providers_route_and_warns_of_a_key_over_plain_http(tmp_path):
+    config = tmp_path / "config.toml"
+    providers = {"deepinfra": {"base_url": "http://reranker.internal:8000"}, "fireworks": {"proxy": ""}}
+    write_config(config, gateway_config(local_url(9), providers=providers))
+    environ = {"EMULATOR_KEY": "k", "HTTP_PROXY": "http://ops:hunter2@egress:3128", "NO_PROXY": "", "no_proxy": "",
+               "http_proxy": "REMOVE"}
+    result = run_cli("check-config", "--config", str(config), env=environ)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert ("provider deepinfra: http://reranker.internal:8000 via http://ops:***@egress:3128 (from HTTP_PROXY)"
+            in lines)
+    assert "provider fireworks: http://127.0.0.1:9 direct" in lines
+    assert any(line.startswith("warning: provider deepinfra sends its API key over plain http") for line in lines)
+    assert "hunter2" not in result.stdout
+
+
+def test_a_ca_file_that_does_not_load_is_an_invalid_config(tmp_path):
+    config = tmp_path / "config.toml"
+    write_config(config, gateway_config(local_url(9), providers={"deepinfra": {"ca_file": str(tmp_path / "none.pem")}}))
+    result = run_cli("check-config", "--config", str(config), env={"EMULATOR_KEY": "k"})
+    assert result.returncode == 2
+    assert "providers.deepinfra.ca_file: cannot load" in result.stderr
+
+
 def test_invalid_config_refuses_to_start(tmp_path):
     config = tmp_path / "config.toml"
     write_config(config, gateway_config(local_url(9), providers={"fireworks": {"kind": "fireworx"}}))

@@ -56,6 +56,8 @@ def test_aiohttp_request_handler_keeps_what_the_head_timeout_uses():
     slots = {name for cls in web.RequestHandler.__mro__ for name in getattr(cls, "__slots__", ())}
     for attribute in ("_messages", "_loop"):
         assert attribute in slots, f"{what}: aiohttp.web.RequestHandler.{attribute} is gone"
+    # A client past max_clients gets its request answered by _answer_busy, set as the handler's own.
+    assert "_request_handler" in slots, "JsonErrorRequestHandler's busy answer: RequestHandler._request_handler is gone"
 
 
 def test_aiohttp_app_runner_still_builds_its_server_in_make_server():

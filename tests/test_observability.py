@@ -154,7 +154,8 @@ def test_spend_is_counted_by_where_its_figure_came_from():
 def test_upstream_error_reason_is_a_closed_set() -> None:
     metrics = GatewayMetrics()
     assert UPSTREAM_ERROR_REASONS == {
-        "timeout", "connect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality",
+        "timeout", "connect_timeout", "read_timeout", "dns", "refused", "tls", "connect", "too_large", "malformed",
+        "redirect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality",
         "rate_limited",
     }
     with pytest.raises(ValueError, match="not one of"):

@@ -19,6 +19,7 @@ from gateway.config import ProviderConfig
 from gateway.errors import ProviderFailure
 from gateway.models import AnsweredCall, Batch
 from gateway.providers.client import ProviderClient
+from gateway.providers.http_errors import Refused
 
 KEY = "sk-secret-key"
 
@@ -198,12 +199,14 @@ async def test_a_timeout_and_a_lost_connection_are_told_apart():
         raise TimeoutError
 
     async def refuses(*_: Any) -> Answer:
-        raise aiohttp.ClientConnectionError("connection refused")
+        raise Refused("api.example.test:443 refused the connection")
 
     timed_out = await failure_of(ProviderClient("upstream", provider(timeout_seconds=2.5), KEY, post=times_out))
-    assert (timed_out.kind, timed_out.reason, timed_out.transient) == ("timeout", "timed out after 2.5s", False)
+    assert (timed_out.kind, timed_out.reason, timed_out.transient) == (
+        "timeout", "timed out after 2.5s (timeout_seconds)", False)
     refused = await failure_of(ProviderClient("upstream", provider(), KEY, post=refuses))
-    assert (refused.kind, refused.reason, refused.transient) == ("connect", "connection error: ClientConnectionError", True)
+    assert (refused.kind, refused.reason, refused.transient) == (
+        "refused", "refused: api.example.test:443 refused the connection", True)
 
 
 async def test_one_failed_call_of_a_split_batch_lets_its_siblings_answer_and_keeps_them():

@@ -304,12 +304,14 @@ def _labels_of(year: int, month: int, day: int) -> tuple[str, str]:
     return f"{month_label}-{day:02d}", month_label
 
 
+# fromisoformat, not strptime: strptime imports its module on first use, a file open on the
+# request path that fails when a crowd of clients holds every descriptor.
 def day_start(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m-%d").replace(tzinfo=UTC)
+    return datetime.fromisoformat(label).replace(tzinfo=UTC)
 
 
 def month_start(label: str) -> datetime:
-    return datetime.strptime(label, "%Y-%m").replace(tzinfo=UTC)
+    return datetime.fromisoformat(f"{label}-01").replace(tzinfo=UTC)
 
 
 def next_month(start: datetime) -> datetime:

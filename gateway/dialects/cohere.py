@@ -21,6 +21,8 @@ from gateway.models import RerankRequest, RerankResult
 
 # Cohere bills one search unit per query with up to 100 documents.
 _DOCUMENTS_PER_SEARCH_UNIT = 100
+# orjson writes at most 254 nested objects and arrays; an answer puts a returned document 3 deep.
+MAX_RETURNED_NESTING = 250
 
 
 class CohereDialect:
@@ -37,6 +39,8 @@ class CohereDialect:
         else:
             request = decode_one_query(body, documents=ranked_texts(sent, rank_fields))
         if isinstance(sent, list) and any(isinstance(document, dict) for document in sent):
+            if request.return_documents:
+                _refuse_unwritable(sent)
             request = dataclasses.replace(request, sent_documents=tuple(sent))
         return request
 
@@ -52,6 +56,29 @@ class CohereDialect:
             # Cohere's meta.warnings is where its SDKs surface such notes.
             meta["warnings"] = ["degraded-lexical: every provider failed; scores are BM25, not model relevance"]
         return {"id": request_id, "results": results, "meta": meta}
+
+
+def _refuse_unwritable(documents: list[Any]) -> None:
+    """Refuse, before any provider is paid, a document the answer could not carry back (orjson's depth limit)."""
+    for index, document in enumerate(documents):
+        if _nesting(document) > MAX_RETURNED_NESTING:
+            raise InvalidRequest(
+                f"documents[{index}]: nested deeper than {MAX_RETURNED_NESTING} levels, "
+                "too deep to return with return_documents"
+            )
+
+
+def _nesting(value: Any) -> int:
+    """How many objects and arrays deep `value` goes; a loop, not recursion, whatever the depth."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def returned_document(request: RerankRequest, index: int) -> Any:

@@ -9,9 +9,14 @@ answers `{"error": {"type", "message", "request_id"}}` and logs one line. It is 
 
 Descriptors are what a crowd of idle clients exhausts first, so connections are bounded in time:
 idle keep-alive ones close after `server.keepalive_timeout_seconds`, and one that has not sent a
-whole request head `server.header_timeout_seconds` after connecting closes then. The soft open
-files limit is raised to the hard one at start; when accept still fails for lack of descriptors,
-asyncio's traceback per attempt becomes one warning per interval and a metric.
+whole request head `server.header_timeout_seconds` after connecting closes then. They are bounded
+in number too: clients may hold the descriptors the open files limit leaves once upstream
+connections, Redis and files have theirs (`client_descriptors_for`); the first three quarters
+are served, a client past them has its request answered 503 with Retry-After and its connection
+closed, and one past them all is closed unread, so the gateway's own sockets and files always
+find a descriptor. The soft open files limit is raised to the hard one at start; when accept still fails
+for lack of descriptors, asyncio's traceback per attempt becomes one warning per interval and a
+metric.
 
     GatewayRunner(app)         an AppRunner whose connections use JsonErrorRequestHandler
     run_gateway(app, ...)      web.run_app's loop, signals and shutdown, with that runner, and
@@ -36,7 +41,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
-from gateway.errors import BadRequest, GatewayError, HttpError
+from gateway.errors import BadRequest, GatewayError, HttpError, Overloaded
 from gateway.web.edge import error_response
 
 log = logging.getLogger("gateway")
@@ -44,15 +49,37 @@ log = logging.getLogger("gateway")
 _MESSAGE_CHARS = 200  # aiohttp's message may quote the offending bytes: enough to see, not a dump
 
 
+@dataclass
+class ClientCount:
+    """The server's open client connections, how many it serves, and how many it holds at all."""
+
+    descriptors: int = 0  # clients held at once, served or answered 503; 0: no bound but the limit's
+    open: int = 0
+
+    @property
+    def served(self) -> int:
+        # A quarter kept for 503 answers: each holds its descriptor only while it reads one request.
+        return self.descriptors - self.descriptors // 4
+
+
 class JsonErrorRequestHandler(web.RequestHandler):
-    """aiohttp's per-connection handler, answering its own errors in the gateway's JSON, and
-    closing a connection whose first request head does not arrive within `header_timeout`."""
+    """aiohttp's per-connection handler, answering its own errors in the gateway's JSON,
+    closing a connection whose first request head does not arrive within `header_timeout`,
+    and answering 503 to a client past those the server serves."""
 
     header_timeout: float = 0.0  # seconds; 0 = only aiohttp's keep-alive timeout applies
+    clients: ClientCount  # the server's, set as it makes the handler
     _head_deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        clients = self.clients
+        clients.open += 1
+        if clients.descriptors and clients.open > clients.served:
+            if clients.open > clients.descriptors:
+                transport.close()
+                return
+            self._request_handler = _answer_busy  # read its request, answer 503, close
         if self.header_timeout > 0:
             self._head_deadline = self._loop.call_later(self.header_timeout, self._head_too_slow)
 
@@ -65,6 +92,7 @@ class JsonErrorRequestHandler(web.RequestHandler):
             self._head_deadline = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self.clients.open -= 1
         if self._head_deadline is not None:
             self._head_deadline.cancel()
             self._head_deadline = None
@@ -112,12 +140,22 @@ def _reason(status: int, message: str | None) -> str:
     return f"malformed HTTP request: {first_line[:_MESSAGE_CHARS]}"
 
 
+async def _answer_busy(request: web.BaseRequest) -> web.StreamResponse:
+    request_id = uuid.uuid4().hex
+    response = error_response(Overloaded("the gateway has as many clients as it can serve; retry shortly"), request_id)
+    response.headers["X-Request-ID"] = request_id
+    response.force_close()  # its descriptor goes back at once
+    return response
+
+
 class _JsonErrorServer(web.Server):
     header_timeout: float = 0.0
+    clients: ClientCount  # set by GatewayRunner as it makes the server
 
     def __call__(self) -> web.RequestHandler:
         handler = JsonErrorRequestHandler(self, loop=self._loop, **self._kwargs)
         handler.header_timeout = self.header_timeout
+        handler.clients = self.clients
         return handler
 
 
@@ -125,9 +163,12 @@ class GatewayRunner(web.AppRunner):
     """web.AppRunner, but its connections answer aiohttp's own refusals in the gateway's JSON
     and give up on a request head that does not arrive within `header_timeout` seconds."""
 
-    def __init__(self, app: web.Application, *, header_timeout: float = 0.0, **kwargs: Any) -> None:
+    def __init__(
+        self, app: web.Application, *, header_timeout: float = 0.0, client_descriptors: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
+        self._client_descriptors = client_descriptors
 
     async def _make_server(self) -> web.Server:
         # The app builds its server as usual; only the class of the per-connection handler differs.
@@ -135,6 +176,7 @@ class GatewayRunner(web.AppRunner):
         server.__class__ = _JsonErrorServer
         assert isinstance(server, _JsonErrorServer)
         server.header_timeout = self._header_timeout
+        server.clients = ClientCount(self._client_descriptors)
         return server
 
 
@@ -142,6 +184,21 @@ class GatewayRunner(web.AppRunner):
 class ConnectionLimits:
     keepalive_timeout: float  # seconds an idle keep-alive connection stays open
     header_timeout: float  # seconds a new connection has to send a whole request head
+    client_descriptors: int = 0  # client connections held at once (ClientCount); 0: no bound
+
+
+# Descriptors kept from clients beside the upstream connections: Redis, logs, the listening
+# socket, files opened later (metrics in multi-process mode).
+RESERVED_DESCRIPTORS = 64
+
+
+def client_descriptors_for(upstream_connections: int) -> int:
+    """Client connections to hold at once under the open files limit: what the upstream
+    connections and the reserve leave, and at least half, so a small limit still serves clients."""
+    open_files, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if open_files == resource.RLIM_INFINITY:
+        return 0
+    return max(open_files // 2, open_files - upstream_connections - RESERVED_DESCRIPTORS)
 
 
 def raise_open_files_limit() -> tuple[int, int]:
@@ -220,7 +277,8 @@ async def _serve(
     announce: Callable[[], None],
 ) -> None:
     runner = GatewayRunner(app, handle_signals=True, access_log=None, shutdown_timeout=shutdown_timeout,
-                           keepalive_timeout=limits.keepalive_timeout, header_timeout=limits.header_timeout)
+                           keepalive_timeout=limits.keepalive_timeout, header_timeout=limits.header_timeout,
+                           client_descriptors=limits.client_descriptors)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()

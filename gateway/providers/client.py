@@ -1,18 +1,20 @@
 """One configured provider: HTTP calls around its adapter, batching, and answer validation.
 
 Each provider gets its own keep-alive connections (HttpTransport) with a connection limit, so
-one slow provider cannot take the connections another needs.
+one slow provider cannot take the connections another needs, and its own proxy route and TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 
 from gateway.config import ConfigError, GatewayConfig, ProviderConfig
 from gateway.errors import ProviderFailure, is_transient_status
@@ -20,7 +22,10 @@ from gateway.models import AnsweredCall, Usage, merge_answered
 from gateway.observability.tracing import with_trace_context
 from gateway.providers import PROVIDER_KINDS
 from gateway.providers.base import Batch, InvalidAnswer, ProviderAdapter, WireScores
-from gateway.providers.transport import HttpTransport
+from gateway.providers.http_errors import TransportError, UnreadableAnswer
+from gateway.providers.proxies import ProxyRoute, proxy_route
+from gateway.providers.tls import tls_context
+from gateway.providers.transport import HttpTransport, TransportSettings
 from gateway.secrets import Secrets
 
 # Statuses after which the same request may succeed elsewhere. 400 and 422 are left out: they
@@ -30,7 +35,8 @@ _ERROR_TEXT_LIMIT = 300
 
 TokenCount = Callable[[int], int]  # characters -> the tokens a provider would bill for them
 # The network as the client sees it: POST (url, body, headers, timeout), get (status, body,
-# Retry-After) back, or TimeoutError / aiohttp.ClientError as aiohttp raises them. The default is
+# Retry-After) back, or a TransportError saying what went wrong (TimeoutError: the call's own
+# total limit). The default is
 # the client's own HttpTransport; a test passes a fake provider here instead of a socket.
 Post = Callable[[str, bytes, Mapping[str, str], aiohttp.ClientTimeout], Awaitable[tuple[int, bytes, str | None]]]
 
@@ -55,10 +61,14 @@ class ProviderClient:
         api_key: str | None,
         post: Post | None = None,
         missing_key: str = "not set",
+        environ: Mapping[str, str] | None = None,
+        resolver: AbstractResolver | None = None,
     ) -> None:
         """`api_key` as Secrets resolved it; `missing_key` says why it is None ("not set", "empty").
 
         `post` replaces the HTTP transport (no connection is opened then): the network, injected.
+        `environ` is where the proxy variables are read (the process's by default); `resolver`
+        names the addresses of hosts instead of DNS (a test's).
         """
         self.name = name
         self.config = config
@@ -70,16 +80,26 @@ class ProviderClient:
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._timeout = aiohttp.ClientTimeout(
-            total=config.timeout_seconds, sock_connect=config.connect_timeout_seconds
+            total=config.timeout_seconds, sock_connect=config.connect_timeout_seconds,
+            sock_read=config.read_timeout_seconds,
         )
+        self.proxy: ProxyRoute | None = proxy_route(self._url, config.proxy, os.environ if environ is None else environ)
+        self._resolver = resolver
         self._transport: HttpTransport | None = None
         self._post_over_network = post is None
         self._send: Post = post or _not_started
 
+    @property
+    def url(self) -> str:
+        return self._url
+
     async def start(self) -> None:
         if self._transport is None and self._post_over_network:
-            # No total timeout of its own: every call is bounded by its caller (GuardedCall).
-            self._transport = HttpTransport(self.config.max_connections, self.config.connect_timeout_seconds)
+            config = self.config
+            self._transport = HttpTransport(TransportSettings(
+                config.max_connections, config.connect_timeout_seconds, config.keepalive_timeout_seconds,
+                config.max_answer_bytes, self.proxy, tls_context(self.name, config), self._resolver,
+            ))
             self._send = self._transport.post
 
     async def close(self) -> None:
@@ -123,7 +143,13 @@ class ProviderClient:
             await _gather_all([self._answer(call, answered, count) for call in plan])
 
     async def _answer(self, batch: Batch, answered: list[AnsweredCall], count: TokenCount) -> None:
-        result = await self._call(batch)
+        try:
+            result = await self._call(batch)
+        except _AnsweredUnreadably as failure:
+            # The provider did the work and bills it: so does the ledger, at the gateway's estimate,
+            # as a call that answered no pair (the pairs stay unanswered for whoever tries next).
+            answered.append(AnsweredCall((), [], self._price(WireScores([]), batch, count)))
+            raise ProviderFailure(failure.provider, failure.reason, kind=failure.kind) from None
         answered.append(AnsweredCall(batch.numbers, result.scores, self._price(result, batch, count)))
 
     def http_calls(self, pairs: Batch) -> int:
@@ -165,18 +191,20 @@ class ProviderClient:
             result = self.adapter.from_wire(orjson.loads(raw), len(batch.documents))
             return WireScores(self._normalized(result.scores), result.tokens, result.cost_usd)
         except orjson.JSONDecodeError:
-            raise ProviderFailure(self.name, "invalid answer: not JSON", kind="invalid_answer") from None
+            raise _AnsweredUnreadably(self.name, "invalid answer: not JSON", kind="invalid_answer") from None
         except InvalidAnswer as exc:
-            raise ProviderFailure(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
+            raise _AnsweredUnreadably(self.name, f"invalid answer: {exc}", kind="invalid_answer") from None
 
     async def _post(self, body: bytes) -> tuple[int, bytes, str | None]:
         try:
             return await self._send(self._url, body, with_trace_context(self._headers), self._timeout)
+        except UnreadableAnswer as exc:
+            raise _AnsweredUnreadably(self.name, f"{exc.kind}: {exc}", kind=exc.kind) from None
+        except TransportError as exc:
+            raise ProviderFailure(self.name, f"{exc.kind}: {exc}", kind=exc.kind, transient=exc.transient) from None
         except TimeoutError:
-            raise ProviderFailure(self.name, f"timed out after {self.config.timeout_seconds:g}s", kind="timeout") from None
-        except aiohttp.ClientError as exc:
             raise ProviderFailure(
-                self.name, f"connection error: {type(exc).__name__}", kind="connect", transient=True
+                self.name, f"timed out after {self.config.timeout_seconds:g}s (timeout_seconds)", kind="timeout"
             ) from None
 
     def _http_failure(self, status: int, raw: bytes, retry_after: str | None) -> ProviderFailure:
@@ -184,6 +212,8 @@ class ProviderClient:
             kind = "http_429"
         elif status >= 500:
             kind = "http_5xx"
+        elif status < 400:
+            kind = "redirect"  # not the request's fault, as a 4xx would be
         else:
             kind = "http_4xx"
         return ProviderFailure(
@@ -216,6 +246,10 @@ class ProviderClient:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return text
+
+
+class _AnsweredUnreadably(ProviderFailure):
+    """A 200 that arrived whole but gave no scores: it is billed (ProviderClient._answer), never retried."""
 
 
 def _error_message(payload: Any) -> str:

@@ -6,6 +6,7 @@ Errors are raised where they happen and turned into a response here, once, with 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from gateway.errors import (
     HttpError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
 )
 from gateway.models import RerankResult
 from gateway.observability.history import Outcome
@@ -32,6 +34,8 @@ from gateway.observability.tracing import end_server_span
 from gateway.runtime import LiveGateway, Shared
 
 log = logging.getLogger("gateway")
+# accept() and open() fail with these when a crowd of clients holds every descriptor, or memory runs out.
+OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 request_log = RequestLog(logging.getLogger(REQUEST_LOGGER))
 
 LIVE = web.AppKey("live", LiveGateway)
@@ -108,10 +112,9 @@ async def _serve(request: web.Request, handler: Handler, shared: Shared) -> web.
     except web.HTTPException as exc:
         error = _from_aiohttp(exc, request)
         response, error_type = error_response(error, request_id), error.error_type
-    except Exception:
-        # Never a traceback to the client; the log has it, tied to the request id.
-        log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)
-        response, error_type = error_response(GatewayError("internal error; see the gateway log"), request_id), "internal_error"
+    except Exception as exc:
+        error = _unexpected(exc, request, request_id)
+        response, error_type = error_response(error, request_id), error.error_type
     response.headers["X-Request-ID"] = request_id
     trace = request.get(RERANK_TRACE)
     if trace is not None and error_type is not None and trace.model != "none":
@@ -120,6 +123,16 @@ async def _serve(request: web.Request, handler: Handler, shared: Shared) -> web.
     if trace is not None:
         _observe(request, shared, trace, response.status, time.perf_counter() - started, attempts, error_type)
     return response
+
+
+def _unexpected(exc: Exception, request: web.Request, request_id: str) -> GatewayError:
+    """What the client hears of an error nobody raised for it: never a traceback, and never a 500
+    for a lack of descriptors or memory, which a crowd of clients causes and which passes."""
+    if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES:
+        log.warning("cannot serve %s %s (request %s): %s", request.method, request.path, request_id, exc)
+        return Overloaded(f"the gateway is out of resources ({exc.strerror}); retry shortly")
+    log.exception("unexpected error serving %s %s (request %s)", request.method, request.path, request_id)
+    return GatewayError("internal error; see the gateway log")
 
 
 def _observe(
