@@ -2,6 +2,8 @@
 
 One request flows one way, each stage returning what the next needs:
 
+    shaping       long documents held to the model's limit: cut, or split into windows that are
+                  pairs of their own (gateway.scoring.shaping); merged back at the end, best window
     service       the model, the cache group (the router's plan table), the distinct pairs and
                   their keys (a Job), one cache lookup
     coordinator   the missing slots: shared with concurrent requests and other processes, the
@@ -26,6 +28,7 @@ from gateway.scoring.flights import Flights
 from gateway.scoring.job import Job, UniquePairs
 from gateway.scoring.router import Router
 from gateway.scoring.scorer import Scorer
+from gateway.scoring.shaping import shape_documents
 
 
 class RerankService:
@@ -61,6 +64,8 @@ class RerankService:
         """
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
+        shaped = shape_documents(request, model, self._config.models[model])
+        request = shaped.request
         pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
         language = self._router.language_of(model, pairs.queries)
         group, sibling = self._router.cache_group(model, request.instruction, language)
@@ -83,7 +88,7 @@ class RerankService:
             result.cache_hits = len(scores)
         result.scores = pairs.spread(scores)
         result.runtime_ms = (time.perf_counter() - started) * 1000
-        return result
+        return shaped.merge(result)
 
 
     async def _read_sibling(self, job: Job, sibling: str, scores: list[float | None], missing: Sequence[int]) -> Sequence[int]:
