@@ -212,5 +212,5 @@ def test_windows_that_would_not_move_on_are_a_config_error():
     from tests.support.config import gateway_config, local_url
 
     raw = gateway_config(local_url(9), **chunked(chunk_tokens=256, chunk_overlap_tokens=256))
-    with pytest.raises(ConfigError, match="chunk_overlap_tokens .* must be under chunk_tokens"):
+    with pytest.raises(ConfigError, match=r"chunk_overlap_tokens .* must be under chunk_tokens"):
         parse_config(raw)
