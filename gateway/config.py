@@ -222,12 +222,20 @@ class ModelConfig(_Section):
     # Under 4 (English prose) on purpose: Russian and code take more tokens per character, and
     # an estimate that runs short sends pairs the host refuses.
     chars_per_token: PositiveFloat = 3.0
+    # A list-wise model (Jina reranker v3) scores every document of a request in one context: its
+    # requests go upstream whole (max_batch does not split them), are cached per whole request and
+    # share a flight only with an identical one. A request over max_list_documents is refused.
+    listwise: bool = False
+    max_list_documents: PositiveInt = 100
 
     @model_validator(mode="after")
     def _windows_advance(self) -> ModelConfig:
         if self.chunk_tokens is not None and self.chunk_overlap_tokens >= self.chunk_tokens:
             raise ValueError(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under "
                              f"chunk_tokens ({self.chunk_tokens}): each window must move on")
+        if self.listwise and self.long_documents == "chunk":
+            raise ValueError('long_documents = "chunk" cannot serve a listwise model: its windows would be '
+                             "ranked against each other in one list; use \"truncate\" or \"refuse\"")
         return self
 
 

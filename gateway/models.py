@@ -53,6 +53,8 @@ class Batch:
     documents: Sequence[str]
     instruction: str | None
     slots: Sequence[int] | None = None
+    # A list-wise model's request (models.*.listwise): one call, whatever the provider's max_batch.
+    listwise: bool = False
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -70,7 +72,7 @@ class Batch:
         """The pairs at these positions, in their order, keeping their slots."""
         numbers = self.numbers
         return Batch([self.queries[p] for p in positions], [self.documents[p] for p in positions], self.instruction,
-                     [numbers[p] for p in positions])
+                     [numbers[p] for p in positions], self.listwise)
 
     def only(self, slots: Sequence[int]) -> Batch:
         """The pairs of these slots, in their order."""

@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.cache import CachePolicy, ScoreCache, pair_keys, passage_digests
-from gateway.config import GatewayConfig, ModelNames
-from gateway.errors import InvalidRequest, UnknownModel
+from gateway.cache import CachePolicy, ScoreCache, list_digests, pair_keys, passage_digests
+from gateway.config import GatewayConfig, ModelConfig, ModelNames
+from gateway.errors import InvalidRequest, PayloadTooLarge, UnknownModel
 from gateway.models import RerankRequest, RerankResult
 from gateway.scoring.coordinator import Filling, FlightCoordinator
 from gateway.scoring.flights import Flights
@@ -64,9 +64,10 @@ class RerankService:
         """
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
-        shaped = shape_documents(request, model, self._config.models[model])
+        settings = self._config.models[model]
+        shaped = shape_documents(request, model, settings)
         request = shaped.request
-        pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
+        pairs = _distinct_pairs(request, model, settings)
         language = self._router.language_of(model, pairs.queries)
         group, sibling = self._router.cache_group(model, request.instruction, language)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
@@ -81,6 +82,8 @@ class RerankService:
         missing = _missing(scores)
         if missing and sibling is not None:
             missing = await self._read_sibling(job, sibling, scores, missing)
+        if missing and settings.listwise:
+            missing, elsewhere = _whole_list(scores, missing, elsewhere)
         result = RerankResult(scores=[], model=model, provider="cache", language=language)
         if missing:
             _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
@@ -135,6 +138,30 @@ def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs,
         result.raw_scores = [raw.get(slot) for slot in pairs.slots]
     result.cache_misses = len(scores) if result.degraded else len(sent)
     result.cache_hits = len(scores) - result.cache_misses
+
+
+def _distinct_pairs(request: RerankRequest, model: str, settings: ModelConfig) -> UniquePairs:
+    """The request's distinct pairs; a list-wise model's are its positions in the one list it is."""
+    if not settings.listwise:
+        return UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
+    if request.queries.count(request.queries[0]) != len(request.queries):
+        raise InvalidRequest(f"queries: model {model!r} is list-wise (it ranks one query's documents together): "
+                             "send one query per request")
+    if len(request.documents) > settings.max_list_documents:
+        raise PayloadTooLarge(f"documents: {len(request.documents)} documents exceed models.{model}.max_list_documents "
+                              f"= {settings.max_list_documents}, what the list-wise model ranks in one call")
+    return UniquePairs(request.queries, request.documents, request.instruction, list_digests(request.documents),
+                       listwise=True)
+
+
+def _whole_list(
+    scores: list[float | None], missing: Sequence[int], elsewhere: frozenset[int],
+) -> tuple[Sequence[int], frozenset[int]]:
+    """A list-wise request's scores are one answer: part of it found (the rest evicted) is scored
+    again whole, and another process's flight is waited for only when it holds the whole list."""
+    if len(missing) != len(scores):
+        missing = range(len(scores))
+    return missing, elsewhere if len(elsewhere) == len(scores) else frozenset()
 
 
 def _missing(scores: list[float | None]) -> Sequence[int]:
