@@ -198,6 +198,7 @@ class LongDocuments:
     truncated: int = 0  # documents cut at the limit
     chunked: int = 0  # documents scored as windows
     windows: int = 0  # the windows of the chunked documents: pairs of their own, each cached and billed
+    windows_sent: int = 0  # those of them that went upstream (the rest were cached)
     # Per chunked document (request position), the window whose score it took (0: its start).
     best_windows: dict[int, int] = field(default_factory=dict)
 

@@ -100,16 +100,20 @@ async def test_chunk_finds_an_answer_at_the_end_that_truncate_cuts_off(make_gate
     assert all((len(QUERY) + len(text)) // 4 <= CONTEXT for text in sent)
     assert response.headers["X-Rerank-Cache"] == f"hits=0; misses={1 + windows}"
     logged = log_line(caplog)["long_documents"]
-    assert logged["chunked"] == 1 and logged["windows"] == windows and logged["truncated"] == 0
+    assert logged["chunked"] == 1 and logged["windows"] == logged["windows_sent"] == windows
+    assert logged["truncated"] == 0
     assert logged["best_windows"] == {"1": windows - 1}  # the last window, where the answer is
 
 
-async def test_the_same_chunked_request_again_is_all_hits(make_gateway: GatewayFactory, emulator):
+async def test_the_same_chunked_request_again_is_all_hits(make_gateway: GatewayFactory, emulator, caplog):
     gateway = await make_gateway(fallback=["deepinfra"], **chunked(chunk_tokens=4096, chunk_overlap_tokens=256))
     body = {"queries": [QUERY], "documents": [WEAK, long_document(120_000), "short"]}
     first = await gateway.post(DI, json=body)
     calls = (await stats(emulator))["requests"]["deepinfra"]
-    again = await gateway.post(DI, json=body)
+    with caplog.at_level(logging.INFO, logger=REQUEST_LOGGER):
+        again = await gateway.post(DI, json=body)
+    logged = log_line(caplog)["long_documents"]
+    assert logged["windows"] > 1 and logged["windows_sent"] == 0
     assert (await again.json())["scores"] == (await first.json())["scores"]
     windows = len(await sent_documents(emulator)) - 2
     assert windows >= 120_000 // (4096 * 3)

@@ -153,6 +153,7 @@ def request_log_fields(
         fields["long_documents"] = {
             "limit_tokens": long_documents.limit_tokens, "truncated": long_documents.truncated,
             "chunked": long_documents.chunked, "windows": long_documents.windows,
+            "windows_sent": long_documents.windows_sent,
             "best_windows": {str(document): window for document, window in long_documents.best_windows.items()},
         }
     return fields

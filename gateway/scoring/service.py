@@ -85,13 +85,14 @@ class RerankService:
         if missing and settings.listwise:
             missing, elsewhere = _whole_list(scores, missing, elsewhere)
         result = RerankResult(scores=[], model=model, provider="cache", language=language)
+        sent: set[int] = set()
         if missing:
-            _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
+            sent = _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
         else:
             result.cache_hits = len(scores)
         result.scores = pairs.spread(scores)
         result.runtime_ms = (time.perf_counter() - started) * 1000
-        return shaped.merge(result)
+        return shaped.merge(result, [slot in sent for slot in pairs.slots] if shaped.owners is not None else None)
 
 
     async def _read_sibling(self, job: Job, sibling: str, scores: list[float | None], missing: Sequence[int]) -> Sequence[int]:
@@ -111,8 +112,8 @@ class RerankService:
         return _missing(scores)
 
 
-def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs, filling: Filling) -> None:
-    """What filling the missing slots found, into the cached scores and the result."""
+def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs, filling: Filling) -> set[int]:
+    """What filling the missing slots found, into the cached scores and the result; the slots sent upstream."""
     for slot, score in filling.scores.items():
         scores[slot] = score
     raw: dict[int, float] = {}
@@ -138,6 +139,7 @@ def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs,
         result.raw_scores = [raw.get(slot) for slot in pairs.slots]
     result.cache_misses = len(scores) if result.degraded else len(sent)
     result.cache_hits = len(scores) - result.cache_misses
+    return sent
 
 
 def _distinct_pairs(request: RerankRequest, model: str, settings: ModelConfig) -> UniquePairs:

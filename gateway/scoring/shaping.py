@@ -45,8 +45,9 @@ class Shaped:
         self.owners = owners
         self.note = note
 
-    def merge(self, result: RerankResult) -> RerankResult:
-        """`result` (of the sent texts) as scores of the client's documents: each its best window's."""
+    def merge(self, result: RerankResult, sent: Sequence[bool] | None = None) -> RerankResult:
+        """`result` (of the sent texts) as scores of the client's documents: each its best window's.
+        `sent`: per text, whether it went upstream (not found in the cache), to count the windows sent."""
         result.long_documents = self.note
         owners = self.owners
         if owners is None:
@@ -71,6 +72,8 @@ class Shaped:
         result.raw_scores = raw_kept if raw is not None else None
         if self.note is not None:
             self.note.best_windows = best_windows
+            if sent is not None:
+                self.note.windows_sent = sum(went for owner, went in zip(owners, sent) if owner in best_windows)
         return result
 
 
