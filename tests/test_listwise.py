@@ -88,3 +88,15 @@ def test_a_listwise_model_cannot_chunk():
     raw = gateway_config(local_url(9), models={MODEL: {"listwise": True, "long_documents": "chunk"}})
     with pytest.raises(ConfigError, match="cannot serve a listwise model"):
         parse_config(raw)
+
+
+async def test_gateways_sharing_redis_share_a_list_and_its_flight(make_gateway: GatewayFactory, emulator, redis_url):
+    await add_fault(emulator, "deepinfra", "slow", delay_ms=300, count=1)
+    first, second = [await make_gateway(fallback=["deepinfra"], cache={"url": redis_url}, **listwise("deepinfra"))
+                     for _ in range(2)]
+    docs = documents("shared-list", 30)
+    answers = await asyncio.gather(rerank(first, docs), rerank(second, docs))
+    assert len({tuple((await answer.json())["scores"]) for answer in answers}) == 1
+    assert (await stats(emulator))["requests"]["deepinfra"] == 1
+    reordered = await rerank(second, docs[::-1])
+    assert reordered.headers["X-Rerank-Cache"] == "hits=0; misses=30"
