@@ -231,7 +231,7 @@ async def _reset(request: web.Request) -> web.Response:
     return _json({"reset": True})
 
 
-# Far above what the gateway sends (server.max_body_bytes defaults to 8 MiB), so a large
+# Far above what the gateway sends (server.max_body_bytes defaults to 32 MiB), so a large
 # request through the gateway is never refused here by aiohttp's 1 MiB default.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
