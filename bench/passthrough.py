@@ -41,7 +41,7 @@ async def _session_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_passthrough_app(upstream: str) -> web.Application:
-    app = web.Application(client_max_size=8 * 1024 * 1024)  # the gateway's default body limit
+    app = web.Application(client_max_size=32 * 1024 * 1024)  # the gateway's default body limit
     app[_UPSTREAM] = upstream.rstrip("/")
     app.cleanup_ctx.append(_session_lifetime)
     app.router.add_post("/{tail:.*}", forward)

@@ -310,11 +310,14 @@ def _admin_call(method: str, url: str, key: str) -> tuple[int, str]:
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="added latency per request")
 @click.option("--jitter-ms", type=float, default=0.0, show_default=True, help="uniform extra latency")
 @click.option("--api-key", default=None, help="require this bearer key (default: accept any)")
-def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: str | None) -> None:
+@click.option("--context-tokens", type=int, default=32_768, show_default=True,
+              help="a longer (query, document) pair is refused as hosts do (TEI with truncate: cut); 0 = no limit")
+def emulate(host: str, port: int, latency_ms: float, jitter_ms: float, api_key: str | None, context_tokens: int) -> None:
     """Serve local stand-ins of the DeepInfra, Fireworks, Cohere and TEI rerank APIs."""
     from gateway.emulator import EmulatorConfig, create_emulator_app
 
-    app = create_emulator_app(EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, api_key=api_key))
+    app = create_emulator_app(EmulatorConfig(latency_ms=latency_ms, jitter_ms=jitter_ms, api_key=api_key,
+                                             context_tokens=context_tokens or None))
 
     def serve(announce: Callable[[], None]) -> None:
         web.run_app(app, host=host, port=port, access_log=None, print=lambda _: announce())

@@ -46,10 +46,12 @@ class ServerConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     default_model: str | None = None
     request_timeout_seconds: PositiveFloat = 30.0
-    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    # Abuse bounds, far above any document a model reads whole: a longer one is shaped to its
+    # model's context (models.*.long_documents), not refused.
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
     max_documents: PositiveInt = 1000
     max_queries: PositiveInt = 1000
-    max_document_chars: PositiveInt = 64_000
+    max_document_chars: PositiveInt = 1_000_000
     max_query_chars: PositiveInt = 16_000
     max_instruction_chars: PositiveInt = 4_000
     api_keys_env: str | None = None  # env var holding comma-separated client keys; unset = no client auth
@@ -234,6 +236,32 @@ class ModelConfig(_Section):
     # Scores of different models are not comparable, so crossing to another model is opt-in.
     fallback_models: list[str] = []
     quality: QualityConfig = QualityConfig()
+    # Long documents (gateway.scoring.shaping). Tokens are the gateway's estimate, characters ÷
+    # chars_per_token: fixed per model, so one text is always cut the same way and cached as one pair.
+    context_tokens: PositiveInt = 32_768  # query, instruction, template and document together (Qwen3-Reranker-8B)
+    # None: what the context leaves after the query, the instruction and the template.
+    max_tokens_per_document: PositiveInt | None = None
+    long_documents: Literal["truncate", "chunk", "refuse"] = "truncate"
+    chunk_tokens: PositiveInt | None = None  # a window's size; None: max_tokens_per_document's
+    chunk_overlap_tokens: int = Field(128, ge=0)  # what consecutive windows share
+    # Under 4 (English prose) on purpose: Russian and code take more tokens per character, and
+    # an estimate that runs short sends pairs the host refuses.
+    chars_per_token: PositiveFloat = 3.0
+    # A list-wise model (Jina reranker v3) scores every document of a request in one context: its
+    # requests go upstream whole (max_batch does not split them), are cached per whole request and
+    # share a flight only with an identical one. A request over max_list_documents is refused.
+    listwise: bool = False
+    max_list_documents: PositiveInt = 100
+
+    @model_validator(mode="after")
+    def _windows_advance(self) -> ModelConfig:
+        if self.chunk_tokens is not None and self.chunk_overlap_tokens >= self.chunk_tokens:
+            raise ValueError(f"chunk_overlap_tokens ({self.chunk_overlap_tokens}) must be under "
+                             f"chunk_tokens ({self.chunk_tokens}): each window must move on")
+        if self.listwise and self.long_documents == "chunk":
+            raise ValueError('long_documents = "chunk" cannot serve a listwise model: its windows would be '
+                             "ranked against each other in one list; use \"truncate\" or \"refuse\"")
+        return self
 
 
 class TracingConfig(_Section):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from gateway.records import record
 
@@ -28,6 +28,12 @@ class RerankRequest:
     # Cohere's object documents as the client sent them: returned whole with return_documents,
     # since Cohere keeps every field. None when every document was a plain string.
     sent_documents: tuple[Any, ...] | None = None
+    # What the client said of long documents (gateway.scoring.shaping): Cohere v2's
+    # max_tokens_per_doc, TEI's truncate (True: "truncate", False: "refuse") and its
+    # truncation_direction ("left" keeps a document's end). None: the model's settings.
+    max_tokens_per_document: int | None = None
+    long_documents: Literal["truncate", "refuse"] | None = None
+    truncate_from: Literal["left", "right"] = "right"
 
 
 @record
@@ -47,6 +53,8 @@ class Batch:
     documents: Sequence[str]
     instruction: str | None
     slots: Sequence[int] | None = None
+    # A list-wise model's request (models.*.listwise): one call, whatever the provider's max_batch.
+    listwise: bool = False
 
     def __len__(self) -> int:
         return len(self.documents)
@@ -64,7 +72,7 @@ class Batch:
         """The pairs at these positions, in their order, keeping their slots."""
         numbers = self.numbers
         return Batch([self.queries[p] for p in positions], [self.documents[p] for p in positions], self.instruction,
-                     [numbers[p] for p in positions])
+                     [numbers[p] for p in positions], self.listwise)
 
     def only(self, slots: Sequence[int]) -> Batch:
         """The pairs of these slots, in their order."""
@@ -183,6 +191,19 @@ class ScoredPairs:
 
 
 @dataclass(slots=True)
+class LongDocuments:
+    """What shaping did to a request's documents over its model's limit, for the request log."""
+
+    limit_tokens: int  # the tokens per document the request's documents were held to (its shortest query's)
+    truncated: int = 0  # documents cut at the limit
+    chunked: int = 0  # documents scored as windows
+    windows: int = 0  # the windows of the chunked documents: pairs of their own, each cached and billed
+    windows_sent: int = 0  # those of them that went upstream (the rest were cached)
+    # Per chunked document (request position), the window whose score it took (0: its start).
+    best_windows: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class RerankResult:
     """Scores in request order, plus where they came from."""
 
@@ -199,6 +220,7 @@ class RerankResult:
     # Per request position, the serving provider's own score where `scores` holds it mapped onto
     # the reference's scale (None elsewhere); None when nothing was mapped. For the request log.
     raw_scores: list[float | None] | None = None
+    long_documents: LongDocuments | None = None  # None: every document was sent whole
 
     def ranking(self, top_n: int | None) -> list[int]:
         """Document indices, best first, cut to top_n; ties keep request order."""

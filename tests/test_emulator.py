@@ -414,7 +414,7 @@ async def test_apps_do_not_share_state(aiohttp_client: Any) -> None:
 # aiohttp warns about any raw body over 1 MiB (it suggests a stream); this one is that large on purpose.
 @pytest.mark.filterwarnings("ignore:Sending a large body directly with raw bytes:ResourceWarning")
 async def test_takes_bodies_as_large_as_the_gateway_sends(client: Any) -> None:
-    # The gateway's default server.max_body_bytes is 8 MiB; aiohttp's own default would refuse
+    # The gateway's default server.max_body_bytes is 32 MiB; aiohttp's own default would refuse
     # anything over 1 MiB with 413 and fail a large request through the gateway.
     documents = ["x" * 8000] * 1000  # 8 MB of passages
     status, body = await post_json(client, "deepinfra", {"queries": [QUERY] * 1000, "documents": documents})

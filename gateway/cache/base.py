@@ -155,6 +155,22 @@ def pair_keys(
     return keys
 
 
+def list_digests(documents: Sequence[str]) -> list[bytes]:
+    """Per position, a digest of the whole ordered list and the position: a list-wise model's score
+    of a document depends on every other and on the order, so each is cached as a pair of that list.
+    Apart from passage digests (another input to the hash), so never read as a per-pair score."""
+    whole = _EMPTY_DIGEST.copy()
+    whole.update(b"list\x00")
+    for passage in passage_digests(documents):
+        whole.update(passage)
+    digests = []
+    for position in range(len(documents)):
+        at_position = whole.copy()
+        at_position.update(position.to_bytes(4, "big"))
+        digests.append(at_position.digest())
+    return digests
+
+
 def passage_digests(documents: Sequence[str]) -> list[bytes]:
     """passage_digest of each, in one loop (a call per passage was a tenth of their cost)."""
     fresh = _EMPTY_DIGEST.copy

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.dialects.fields import expect_object, optional_string_list
+from gateway.dialects.fields import expect_object, optional_string_list, optional_top_n
 from gateway.dialects.ranked import decode_one_query, ranked_results
 from gateway.errors import InvalidRequest
 from gateway.models import RerankRequest, RerankResult
@@ -42,6 +42,11 @@ class CohereDialect:
             if request.return_documents:
                 _refuse_unwritable(sent)
             request = dataclasses.replace(request, sent_documents=tuple(sent))
+        if self.api_version == "2":
+            # v2's cut per document, which Cohere applies by truncating (gateway.scoring.shaping).
+            max_tokens = optional_top_n(body, "max_tokens_per_doc")
+            if max_tokens is not None:
+                request = dataclasses.replace(request, max_tokens_per_document=max_tokens)
         return request
 
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
-from gateway.dialects.fields import expect_object, optional_bool, required_string, string_list
+from gateway.dialects.fields import expect_object, optional_bool, optional_string, required_string, string_list
+from gateway.errors import InvalidRequest
 from gateway.models import RerankRequest, RerankResult
 
 # Keeps logit() finite for scores of exactly 0 or 1.
@@ -19,12 +20,13 @@ class TeiDialect:
     def decode(self, payload: Any, path_params: Mapping[str, str]) -> RerankRequest:
         body = expect_object(payload)
         texts = string_list(body, "texts")
-        # `truncate` and `truncation_direction` are accepted and left to the provider.
         return RerankRequest(
             queries=(required_string(body, "query"),) * len(texts),
             documents=texts,
             return_documents=optional_bool(body, "return_text"),
             raw_scores=optional_bool(body, "raw_scores"),
+            long_documents=_long_documents(body),
+            truncate_from=_truncation_direction(body),
         )
 
     def encode(self, request: RerankRequest, result: RerankResult, request_id: str) -> Any:
@@ -36,6 +38,24 @@ class TeiDialect:
                 item["text"] = request.documents[index]
             answer.append(item)
         return answer
+
+
+def _long_documents(body: dict[str, Any]) -> Literal["truncate", "refuse"] | None:
+    """TEI's `truncate`: true cuts a text over the model's limit, false refuses it (as TEI does);
+    absent, the model's own long_documents applies."""
+    if body.get("truncate") is None:
+        return None
+    return "truncate" if optional_bool(body, "truncate") else "refuse"
+
+
+def _truncation_direction(body: dict[str, Any]) -> Literal["left", "right"]:
+    """TEI's `truncation_direction`: "Right" (its default) keeps a text's start, "Left" its end."""
+    direction = optional_string(body, "truncation_direction")
+    if direction is None or direction.lower() == "right":
+        return "right"
+    if direction.lower() == "left":
+        return "left"
+    raise InvalidRequest(f"truncation_direction: expected \"Left\" or \"Right\", got {direction[:40]!r}")
 
 
 def logit(probability: float) -> float:

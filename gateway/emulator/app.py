@@ -39,6 +39,9 @@ class EmulatorConfig:
     jitter_ms: float = 0.0
     api_key: str | None = None
     seed: int = 0
+    # Tokens a (query, document) pair may take, as hosts of Qwen3-Reranker-8B allow: a longer
+    # pair is refused (TEI with `truncate`: cut). None: no limit.
+    context_tokens: int | None = 32_768
 
 
 # --- state and faults ------------------------------------------------------------------
@@ -152,6 +155,14 @@ async def _serve(provider: Provider, request: web.Request) -> web.Response:
         call = provider.decode(body)
     except BadBody as exc:
         return _json(provider.error_body(str(exc)), 422)
+    limit = state.config.context_tokens
+    over = None if limit is None else call.over_context(limit)
+    if over is not None and limit is not None:
+        if not call.truncate:
+            return _json(provider.error_body(
+                f"input validation error: pair {over[0]} has {over[1]} tokens, over the model's context of {limit} tokens"),
+                provider.too_long_status)
+        call = call.cut_to(limit)
     state.documents[provider.name] += len(call.documents)
     state.tokens[provider.name] += call.tokens()
     mode = rule.mode if rule is not None else None
@@ -220,7 +231,7 @@ async def _reset(request: web.Request) -> web.Response:
     return _json({"reset": True})
 
 
-# Far above what the gateway sends (server.max_body_bytes defaults to 8 MiB), so a large
+# Far above what the gateway sends (server.max_body_bytes defaults to 32 MiB), so a large
 # request through the gateway is never refused here by aiohttp's 1 MiB default.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 

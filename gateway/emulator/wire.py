@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.emulator.scores import logit, logit_of, misbehaving_score, sigmoid, words
@@ -30,6 +30,7 @@ class Call:
     raw_scores: bool = False
     model: str | None = None
     api_version: str = "2"
+    truncate: bool = False  # TEI's: cut a pair over the context rather than refuse it
 
     def scores(self) -> list[float]:
         query_words: dict[str, frozenset[str]] = {}  # queries usually repeat: tokenize each once
@@ -47,6 +48,21 @@ class Call:
         extra = len(self.instruction or "")
         chars = sum(len(q) + len(d) + extra for q, d in zip(self.queries, self.documents))
         return max(len(self.documents), chars // 4)
+
+    def over_context(self, context_tokens: int) -> tuple[int, int] | None:
+        """(index, tokens) of the first pair longer than the context, counted as `tokens` bills them."""
+        extra = len(self.instruction or "")
+        for index, (query, document) in enumerate(zip(self.queries, self.documents)):
+            tokens = (len(query) + len(document) + extra) // 4
+            if tokens > context_tokens:
+                return index, tokens
+        return None
+
+    def cut_to(self, context_tokens: int) -> Call:
+        """Every pair cut to the context at the document's end, as TEI does with `truncate`."""
+        extra = len(self.instruction or "")
+        documents = [d[: max(0, 4 * context_tokens + 3 - len(q) - extra)] for q, d in zip(self.queries, self.documents)]
+        return replace(self, documents=documents)
 
 
 def _field(body: Any, name: str, kind: type, default: Any = ...) -> Any:
@@ -108,10 +124,10 @@ def _decode_cohere(body: Any, api_version: str) -> Call:
 
 def _decode_tei(body: Any) -> Call:
     texts = _strings(body, "texts")
-    _field(body, "truncate", bool, False)  # accepted for compatibility; texts are never cut
     return Call([_field(body, "query", str)] * len(texts), texts,
                  raw_scores=_field(body, "raw_scores", bool, False),
-                 return_documents=_field(body, "return_text", bool, False))
+                 return_documents=_field(body, "return_text", bool, False),
+                 truncate=_field(body, "truncate", bool, False))
 
 
 # --- encoding answers, with the body-shaped faults --------------------------------------
@@ -201,6 +217,7 @@ class Provider:
     decode: Callable[[Any], Call]
     encode: Encoder
     error_body: Callable[[str], Any]
+    too_long_status: int = 400  # the status of a pair over the model's context
 
 
 PROVIDER_ROUTES = (
@@ -212,7 +229,7 @@ PROVIDER_ROUTES = (
               lambda msg: {"message": msg}),
     Provider("cohere", "/v2/rerank", lambda body: _decode_cohere(body, "2"), _encode_cohere,
               lambda msg: {"message": msg}),
-    Provider("tei", "/rerank", _decode_tei, _encode_tei, lambda msg: {"error": msg}),
+    Provider("tei", "/rerank", _decode_tei, _encode_tei, lambda msg: {"error": msg}, too_long_status=413),
 )
 
 

@@ -25,7 +25,7 @@ from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
-from gateway.models import Usage
+from gateway.models import LongDocuments, Usage
 from gateway.observability.deferred import Deferred
 
 REQUEST_LOGGER: Final = "gateway.requests"
@@ -114,6 +114,7 @@ def request_log_fields(
     raw_scores: Sequence[float | None] | None = None,
     quality: str | None = None,
     requested_model: str | None = None,
+    long_documents: LongDocuments | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line (RequestLog.write). Counts and names only."""
     fields: dict[str, Any] = _RequestFields({
@@ -146,6 +147,15 @@ def request_log_fields(
     if requested_model is not None and requested_model != model:
         # The name the client sent, when an alias (or the catch-all) mapped it: capped, it is the client's string.
         fields["requested_model"] = requested_model[:_REQUESTED_MODEL_CHARS]
+    if long_documents is not None:
+        # Documents over the model's limit, and what became of them: cache_hits and cache_misses
+        # count each window as the pair it is; best_windows, per chunked document, the one it scored by.
+        fields["long_documents"] = {
+            "limit_tokens": long_documents.limit_tokens, "truncated": long_documents.truncated,
+            "chunked": long_documents.chunked, "windows": long_documents.windows,
+            "windows_sent": long_documents.windows_sent,
+            "best_windows": {str(document): window for document, window in long_documents.best_windows.items()},
+        }
     return fields
 
 

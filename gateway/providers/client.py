@@ -155,12 +155,16 @@ class ProviderClient:
     def http_calls(self, pairs: Batch) -> int:
         """How many HTTP calls `score(pairs)` makes: one per batch _plan_batches would build."""
         size = self.config.max_batch
+        if pairs.listwise:
+            return 1
         if self.adapter.multi_query:
             return max(1, -(-len(pairs.documents) // size))
         return sum(-(-len(group) // size) for group in pairs.positions_by_query().values()) or 1
 
     def _plan_batches(self, pairs: Batch) -> list[Batch]:
         """Calls to make, each a batch of the kind's size and queries; their pairs keep their slots."""
+        if pairs.listwise:
+            return [pairs]  # a list-wise model scores each document against the others: never split
         size = self.config.max_batch
         if self.adapter.multi_query:
             if len(pairs.documents) <= size:

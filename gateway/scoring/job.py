@@ -51,6 +51,7 @@ class UniquePairs:
 
     def __init__(
         self, queries: Sequence[str], documents: Sequence[str], instruction: str | None, digests: list[bytes],
+        listwise: bool = False,
     ) -> None:
         self.queries: Sequence[str] = queries
         self.documents: Sequence[str] = documents
@@ -72,13 +73,14 @@ class UniquePairs:
                 self.queries = [queries[p] for p in firsts]
                 self.documents = [documents[p] for p in firsts]
                 self.digests = [digests[p] for p in firsts]
-        self.all = Batch(self.queries, self.documents, instruction)
+        self.all = Batch(self.queries, self.documents, instruction, listwise=listwise)
 
     def select(self, slots: Sequence[int]) -> Batch:
         """The pairs of these slots, named by them (Batch.slots); `all` is every slot, numbered as they are."""
         if every_slot(slots, len(self.documents)):
             return self.all  # the usual miss, without copying
-        return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction, slots)
+        return Batch([self.queries[s] for s in slots], [self.documents[s] for s in slots], self.all.instruction, slots,
+                     self.all.listwise)
 
     def spread(self, slot_scores: Sequence[float | None]) -> list[float]:
         """Scores back at every request position, repeats included."""

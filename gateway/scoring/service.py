@@ -2,6 +2,8 @@
 
 One request flows one way, each stage returning what the next needs:
 
+    shaping       long documents held to the model's limit: cut, or split into windows that are
+                  pairs of their own (gateway.scoring.shaping); merged back at the end, best window
     service       the model, the cache group (the router's plan table), the distinct pairs and
                   their keys (a Job), one cache lookup
     coordinator   the missing slots: shared with concurrent requests and other processes, the
@@ -17,15 +19,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from gateway.cache import CachePolicy, ScoreCache, pair_keys, passage_digests
-from gateway.config import GatewayConfig, ModelNames
-from gateway.errors import InvalidRequest, UnknownModel
+from gateway.cache import CachePolicy, ScoreCache, list_digests, pair_keys, passage_digests
+from gateway.config import GatewayConfig, ModelConfig, ModelNames
+from gateway.errors import InvalidRequest, PayloadTooLarge, UnknownModel
 from gateway.models import RerankRequest, RerankResult
 from gateway.scoring.coordinator import Filling, FlightCoordinator
 from gateway.scoring.flights import Flights
 from gateway.scoring.job import Job, UniquePairs
 from gateway.scoring.router import Router
 from gateway.scoring.scorer import Scorer
+from gateway.scoring.shaping import shape_documents
 
 
 class RerankService:
@@ -61,7 +64,10 @@ class RerankService:
         """
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
-        pairs = UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
+        settings = self._config.models[model]
+        shaped = shape_documents(request, model, settings)
+        request = shaped.request
+        pairs = _distinct_pairs(request, model, settings)
         language = self._router.language_of(model, pairs.queries)
         group, sibling = self._router.cache_group(model, request.instruction, language)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
@@ -76,14 +82,17 @@ class RerankService:
         missing = _missing(scores)
         if missing and sibling is not None:
             missing = await self._read_sibling(job, sibling, scores, missing)
+        if missing and settings.listwise:
+            missing, elsewhere = _whole_list(scores, missing, elsewhere)
         result = RerankResult(scores=[], model=model, provider="cache", language=language)
+        sent: set[int] = set()
         if missing:
-            _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
+            sent = _merge(result, scores, pairs, await self._coordinator.fill(job, missing, elsewhere))
         else:
             result.cache_hits = len(scores)
         result.scores = pairs.spread(scores)
         result.runtime_ms = (time.perf_counter() - started) * 1000
-        return result
+        return shaped.merge(result, [slot in sent for slot in pairs.slots] if shaped.owners is not None else None)
 
 
     async def _read_sibling(self, job: Job, sibling: str, scores: list[float | None], missing: Sequence[int]) -> Sequence[int]:
@@ -103,8 +112,8 @@ class RerankService:
         return _missing(scores)
 
 
-def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs, filling: Filling) -> None:
-    """What filling the missing slots found, into the cached scores and the result."""
+def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs, filling: Filling) -> set[int]:
+    """What filling the missing slots found, into the cached scores and the result; the slots sent upstream."""
     for slot, score in filling.scores.items():
         scores[slot] = score
     raw: dict[int, float] = {}
@@ -130,6 +139,31 @@ def _merge(result: RerankResult, scores: list[float | None], pairs: UniquePairs,
         result.raw_scores = [raw.get(slot) for slot in pairs.slots]
     result.cache_misses = len(scores) if result.degraded else len(sent)
     result.cache_hits = len(scores) - result.cache_misses
+    return sent
+
+
+def _distinct_pairs(request: RerankRequest, model: str, settings: ModelConfig) -> UniquePairs:
+    """The request's distinct pairs; a list-wise model's are its positions in the one list it is."""
+    if not settings.listwise:
+        return UniquePairs(request.queries, request.documents, request.instruction, passage_digests(request.documents))
+    if request.queries.count(request.queries[0]) != len(request.queries):
+        raise InvalidRequest(f"queries: model {model!r} is list-wise (it ranks one query's documents together): "
+                             "send one query per request")
+    if len(request.documents) > settings.max_list_documents:
+        raise PayloadTooLarge(f"documents: {len(request.documents)} documents exceed models.{model}.max_list_documents "
+                              f"= {settings.max_list_documents}, what the list-wise model ranks in one call")
+    return UniquePairs(request.queries, request.documents, request.instruction, list_digests(request.documents),
+                       listwise=True)
+
+
+def _whole_list(
+    scores: list[float | None], missing: Sequence[int], elsewhere: frozenset[int],
+) -> tuple[Sequence[int], frozenset[int]]:
+    """A list-wise request's scores are one answer: part of it found (the rest evicted) is scored
+    again whole, and another process's flight is waited for only when it holds the whole list."""
+    if len(missing) != len(scores):
+        missing = range(len(scores))
+    return missing, elsewhere if len(elsewhere) == len(scores) else frozenset()
 
 
 def _missing(scores: list[float | None]) -> Sequence[int]:

@@ -168,6 +168,7 @@ def _observe(
         raw_scores=result.raw_scores if result else None,
         quality=trace.quality,
         requested_model=trace.requested_model,
+        long_documents=result.long_documents if result else None,
     ))
 
 

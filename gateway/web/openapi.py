@@ -354,7 +354,8 @@ _TOP_N: Schema = _optional({
     "description": "A whole number; 2.0 counts, 1.5 does not. Past 2^53 a JSON number is no longer an exact integer.",
 })
 _MODEL: Schema = _optional({"type": "string", "description": "A served model's name or alias; empty or absent = server.default_model."})
-_LIMITS = "Over server.max_documents / max_document_chars: 413."
+_LIMITS = ("Over server.max_documents / max_document_chars: 413. A document over its model's tokens per document "
+           "is truncated, scored as windows or refused (413), as the model's long_documents says.")
 
 
 def _request_schemas() -> dict[str, Schema]:
@@ -411,6 +412,10 @@ def _request_schemas() -> dict[str, Schema]:
             "properties": {
                 "query": _QUERY, "documents": _strings(_LIMITS, {"oneOf": [{"type": "string"}, {"type": "object"}]}),
                 "model": _MODEL, "top_n": _TOP_N, "return_documents": _optional({"type": "boolean"}),
+                "max_tokens_per_doc": _optional({
+                    "type": "integer", "minimum": 1, "maximum": 2**53,
+                    "description": "v2 only: documents are truncated at this many tokens (the gateway's estimate), "
+                                   "or at the model's own limit where that is smaller."}),
                 "rank_fields": _optional(_strings(
                     "Object fields to rank on, in this order (`field: value` lines; one field ranks by its bare "
                     "value; fields a document lacks are left out). Without it an object needs a string `text`.")),
@@ -422,10 +427,14 @@ def _request_schemas() -> dict[str, Schema]:
         },
         "TeiRequest": {
             "type": "object", "required": ["query", "texts"],
-            "description": "`truncate` and `truncation_direction` are accepted and left to the provider.",
+            "description": "`truncate`: true cuts a text over the model's tokens per document, false refuses it "
+                           "(413); absent, the model's long_documents applies.",
             "properties": {
                 "query": _QUERY, "texts": _strings(_LIMITS),
                 "raw_scores": _optional({"type": "boolean"}), "return_text": _optional({"type": "boolean"}),
+                "truncate": _optional({"type": "boolean"}),
+                "truncation_direction": _optional({"enum": ["Left", "Right", "left", "right"],
+                                                   "description": "Right (the default) keeps a text's start, Left its end."}),
             },
             "examples": [{"query": "cost of bankruptcy?", "texts": ["The MFC opens at 8:00.", "Bankruptcy is free."]}],
         },

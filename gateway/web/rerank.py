@@ -127,7 +127,8 @@ async def _read_json(request: web.Request, max_bytes: int) -> Any:
 # others the first), so a body that repeats one could mean one thing to a proxy or WAF in front
 # and another here: refuse it rather than guess.
 _MEANINGFUL_KEYS = ("query", "queries", "documents", "passages", "texts", "text", "model", "top_n",
-                    "instruction", "task", "return_documents", "raw_scores", "return_text", "rank_fields")
+                    "instruction", "task", "return_documents", "raw_scores", "return_text", "rank_fields",
+                    "max_tokens_per_doc", "truncate", "truncation_direction")
 # Any of them in quotes, found at every `"`, overlapping ones too: one pass over the body.
 _QUOTED_KEY = re.compile(rb'"(?=(' + b"|".join(re.escape(key.encode()) for key in _MEANINGFUL_KEYS) + rb')")')
 
