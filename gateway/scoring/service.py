@@ -94,7 +94,6 @@ class RerankService:
         result.runtime_ms = (time.perf_counter() - started) * 1000
         return shaped.merge(result, [slot in sent for slot in pairs.slots] if shaped.owners is not None else None)
 
-
     async def _read_sibling(self, job: Job, sibling: str, scores: list[float | None], missing: Sequence[int]) -> Sequence[int]:
         """The missing pairs' scores from the sibling group (written before the verdict, or after it
         by a worker that knew of it first), copied into the request's group; the slots still missing."""
