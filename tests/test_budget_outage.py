@@ -8,6 +8,7 @@ processes, and the start-up warning about a Redis that may lose spend.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
 LIMIT = Limit("deepinfra", daily_usd=1.0, monthly_usd=None)
 DAY_KEY = "rb:{budget}:t:2025-03-10:deepinfra"
+HOLDS_KEY = "rb:{budget}:h:2025-03-10:deepinfra"
 
 pytestmark = [needs_redis_server, pytest.mark.redis]
 
@@ -124,6 +126,28 @@ async def test_spend_settled_while_redis_is_away_is_written_back_once_it_answers
     link.down = True
     assert isinstance(await ledger.reserve([LIMIT], 0.41, HOLD), Refusal)
     assert (await granted(ledger, 0.4)).fallback
+    await ledger.close()
+
+
+async def test_a_reserve_or_settle_redis_runs_after_its_client_gave_up_does_nothing(redis_url):
+    # A process clock a minute ahead of Redis' stands for every call Redis reaches only after its
+    # client gave up (a hung Redis resumed): the client went on without it, so it must not count.
+    late = [False]
+    ledger = RedisLedger(Flaky(redis_url), timeout_seconds=2.0, clock=lambda: START, retry_after_seconds=0.0,
+                         wall=lambda: time.time() - (60.0 if late[0] else 0.0))
+    held_in_redis = await granted(ledger, 0.1)
+    late[0] = True
+    made_late = await granted(ledger, 0.2)
+    assert made_late.fallback  # held in this process: Redis ran the reserve too late to hold anything
+    await ledger.settle(held_in_redis, 0.1, 1_000)  # ran too late as well: kept for write-back
+    await ledger.settle(made_late, 0.2, 2_000)
+    day = await day_report(ledger)  # Redis answers: both written back, each once
+    assert (day.source, day.spent_usd, day.tokens, day.pending_tokens) == ("shared", pytest.approx(0.3), 3_000, 0)
+    async with aioredis.Redis.from_url(redis_url) as raw:
+        assert await raw.hmget(DAY_KEY, "spent", "tokens") == [b"300000000", b"3000"]
+        # The late reserve left no hold; the late settle left the one it should have dropped (it expires).
+        assert await raw.zcard(HOLDS_KEY) == 1
+        assert await raw.zscore(HOLDS_KEY, f"{held_in_redis.id}:100000000") is not None
     await ledger.close()
 
 

@@ -14,6 +14,7 @@ from tests.support.ledger_outage import (
     PERSISTENT,
     admin_spend,
     gateways,
+    ledger_stalled_under_load,
     ledger_tokens,
     refused_replicas_through_an_outage,
     settled_everywhere,
@@ -39,7 +40,7 @@ async def test_two_processes_under_load_stay_within_the_overshoot_bound(tmp_path
     # A generous ledger bound: this test is about reservations under load on a shared 2-core
     # machine, not about a slow Redis (whose per-process fallback has its own tests).
     write_config(config, gateway_config(local_url(emulator_port), ["deepinfra"], server={"admin_key_env": "ADMIN_KEY"},
-                                        cache={"ledger_timeout_ms": 2000},
+                                        cache={"ledger_timeout_ms": 2000, "ledger_reserve_timeout_ms": 2000},
                                         providers={"deepinfra": {"budget": {"daily_usd": BUDGET_USD}}}))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin"}
     counter = itertools.count()
@@ -136,3 +137,12 @@ async def test_a_persistent_ledger_redis_restarted_mid_month_keeps_the_spend_and
         # The cache's Redis is the tests' default (no persistence), the ledger's keeps: no warning on start.
     finally:
         ledger.stop()
+
+
+@needs_redis_server
+async def test_a_hung_ledger_redis_costs_no_request_and_no_token(tmp_path):
+    figures = await ledger_stalled_under_load(tmp_path, stall_seconds=3.0)
+    print("\n" + figures.summary())
+    assert figures.answered > 0 and figures.emulator_tokens > 0
+    assert figures.failed == figures.unanswered == 0, figures.failures  # a hung ledger refuses nobody
+    assert figures.ledger_tokens == figures.emulator_tokens  # every token billed, once

@@ -10,13 +10,25 @@ Amounts arrive as decimal integer strings and are only added with HINCRBY, so Lu
 round them; the one sum computed in Lua (expired holds) stays far below 2^53.
 """
 
+# Heads RESERVE and SETTLE: a call its client has given up on does nothing. ARGV's last is the
+# client's give-up time (epoch ms, before its own timeout fires); past it the client has gone on as
+# if the call never ran (a hold of its own, a settle kept for write-back), so running it now would
+# leave a hold nobody settles or count a spend twice.
+IN_TIME = """
+local clock = redis.call('TIME')
+if tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000) > tonumber(ARGV[#ARGV]) then
+  return false
+end
+"""
+
 # Purges expired holds (their holders may have died), then holds `amount` in every window or in none.
 # KEYS: per window, its totals hash then its holds set.
-# ARGV: now ms, expiry ms, hold member, amount; then per window: limit (-1 = unlimited), ttl seconds.
-# Returns {1, spent of each window, tokens of each window} when held, else {0, the same figures,
-# then window index, spent, reserved for each window that would overflow}: a refusal carries the
-# figures too, so a process that was only ever refused falls back from what is spent, not from 0.
-RESERVE = """
+# ARGV: now ms, expiry ms, hold member, amount; then per window: limit (-1 = unlimited), ttl seconds;
+# then the give-up time (IN_TIME). Returns nil past it, else {1, spent of each window, tokens of each
+# window} when held, else {0, the same figures, then window index, spent, reserved for each window
+# that would overflow}: a refusal carries the figures too, so a process that was only ever refused
+# falls back from what is spent, not from 0.
+RESERVE = IN_TIME + """
 local function live_reserved(totals, holds, now)
   local counted = tonumber(redis.call('HGET', totals, 'reserved') or '0')
   local reserved = counted
@@ -77,10 +89,10 @@ return spent
 # the first time. Release is this with cost and tokens 0 and no alert lines.
 # KEYS: as for RESERVE.
 # ARGV: hold member, minus its amount, cost, tokens, estimated cost, estimated tokens; then per
-# window: ttl seconds, alert line (-1 = none).
-# Returns {spent of each window, tokens of each window, then the index of each window that just
-# crossed its line}.
-SETTLE = """
+# window: ttl seconds, alert line (-1 = none); then the give-up time (IN_TIME).
+# Returns nil past it, else {spent of each window, tokens of each window, then the index of each
+# window that just crossed its line}.
+SETTLE = IN_TIME + """
 local member, unhold, cost, tokens, est_cost, est_tokens = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local windows = #KEYS / 2
 local result = {}

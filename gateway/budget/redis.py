@@ -11,15 +11,17 @@ one per write-back (gateway/budget/lua.py), and a read-only one per report. Hold
 windows follow this process's clock, so the instances' clocks should agree to well within a
 hold time (NTP does).
 
-The ledger never fails a request. Every call is bounded by a short timeout; on any Redis failure
-a warning is logged at most once per interval, Redis is left alone for a short back-off, and
+The ledger never fails a request. Every call is bounded by a short timeout (the reserve, which a
+provider call waits for, by one of its own), and a reserve or settle runs only before its client
+gives up on it (lua.IN_TIME), so a timed-out one has, but for a lost reply, done nothing. On any
+Redis failure a warning is logged at most once per interval, Redis is left alone for a short back-off, and
 budgets are enforced against an in-process MemoryLedger until Redis answers again. Every reply,
 a granted reservation's, a refusal's or a settle's, copies the windows' spend into that fallback,
 so it starts from the spend last seen in Redis; while it is in charge the limits hold per
 process: N instances may together spend up to N times what remained. What a process settles
 meanwhile is kept as a pending delta per window and written back once Redis answers again, in
 one script per batch that records the batch's id, so a retry never counts it twice. A reserve
-that timed out after Redis ran it leaves a hold there that counts until it expires.
+whose reply was lost after Redis ran it in time leaves a hold there that counts until it expires.
 
 The ledger's Redis should keep what it is given: no eviction (`maxmemory-policy noeviction`) and
 persistence (AOF). `start` reads both with CONFIG GET where allowed and warns when they are not.
@@ -87,6 +89,10 @@ return result
 _RESERVE_SCRIPT, _SETTLE_SCRIPT, _REPORT_SCRIPT = Script(lua.RESERVE), Script(lua.SETTLE), Script(_REPORT)
 _WRITE_BACK_SCRIPT = Script(lua.WRITE_BACK)
 
+# The share of a reserve's or settle's bound by which Redis must have run it: a reply ready that much
+# before the client gives up reaches it unless the client itself stalls that long.
+_IN_TIME_MARGIN = 0.2
+
 # Any policy but noeviction may evict ledger keys under memory pressure: volatile-* ones too,
 # since every ledger key has a TTL.
 _KEEPS_KEYS = "noeviction"
@@ -116,9 +122,14 @@ class RedisLedger:
         warn_interval_seconds: float = 30.0,
         monotonic: Callable[[], float] = time.monotonic,
         failures_before_backoff: int = 3,
+        reserve_timeout_seconds: float | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._redis = commands
         self._timeout = timeout_seconds
+        # A reserve stands before a provider call, so it gets a bound of its own, often shorter.
+        self._reserve_timeout = timeout_seconds if reserve_timeout_seconds is None else reserve_timeout_seconds
+        self._wall = wall  # Redis' clock is compared with it (IN_TIME), so never a test's fixed `clock`
         self._clock = clock
         self._warn_fraction = warn_fraction
         self._outage = RedisOutage(
@@ -157,7 +168,7 @@ class RedisLedger:
             for window in windows:
                 args += [-1 if window.limit_nano is None else window.limit_nano, _ttl(window, now)]
             try:
-                reply = await self._run(_RESERVE_SCRIPT, _keys(windows), args)
+                reply = await self._run_in_time(_RESERVE_SCRIPT, _keys(windows), args, self._reserve_timeout)
             except REDIS_FAILURES as exc:
                 self._outage.failed("reserve", exc)
             else:
@@ -379,12 +390,25 @@ class RedisLedger:
         now = aware_utc(self._clock)
         for window, line in zip(windows, lines):
             args += [_ttl(window, now), -1 if line is None else line]
-        reply = await self._run(_SETTLE_SCRIPT, _keys(windows), args)
+        reply = await self._run_in_time(_SETTLE_SCRIPT, _keys(windows), args, self._timeout)
         return [int(value) for value in reply]
 
-    async def _run(self, script: Script, keys: list[str], args: list[int | str]) -> Any:
-        async with asyncio.timeout(self._timeout):
+    async def _run(self, script: Script, keys: list[str], args: list[int | str], timeout: float | None = None) -> Any:
+        async with asyncio.timeout(self._timeout if timeout is None else timeout):
             [reply] = await run_scripts(self._redis, [(script, keys, args)])
+        return reply
+
+    async def _run_in_time(self, script: Script, keys: list[str], args: list[int | str], timeout: float) -> Any:
+        """A RESERVE or SETTLE that Redis runs only before this call gives up on it (lua.IN_TIME).
+
+        A timeout is then (nearly always) a call that did nothing, which the caller makes good
+        without Redis: a hold of its own, a settle kept for write-back. Only one that ran in time
+        and whose reply was lost past the margin counts twice: the ledger errs high, never low.
+        """
+        give_up_ms = round((self._wall() + timeout * (1 - _IN_TIME_MARGIN)) * 1000)
+        reply = await self._run(script, keys, [*args, give_up_ms], timeout)
+        if reply is None:  # answered, but ran too late to count (the clocks disagree, or Redis is slow)
+            raise TimeoutError(f"redis ran the call after its bound of {timeout:g}s; it did nothing")
         return reply
 
     async def _read(self, windows: list[Window], now: datetime) -> list[WindowReport]:

@@ -9,6 +9,8 @@ bench/ledger_outage.py (which prints them for this tree and for an older checkou
 - `write_back_through_an_outage`: a persistent (appendonly) Redis holds cache and ledger; it is
   killed for a few seconds under a load of misses through two replicas, and restarted. The
   ledger's tokens afterwards are compared with the tokens the emulator billed.
+- `ledger_stalled_under_load`: the same load, the ledger in a Redis of its own that is SIGSTOPped
+  (hung, not gone) for a few seconds: what that costs requests, and what reaches the ledger.
 
 The emulator always runs from this tree (its stats count billed tokens); the gateways run from
 `tree`, so an older checkout can be measured the same way.
@@ -17,9 +19,12 @@ The emulator always runs from this tree (its stats count billed tokens); the gat
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
+import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,12 +175,14 @@ async def refused_replicas_through_an_outage(
 @dataclass
 class WriteBackOutage:
     outage_seconds: float
+    fault: str = "Redis killed"
     answered: int = 0
     failed: int = 0
     unanswered: int = 0  # no answer within ANSWER_TIMEOUT
     answered_tokens: int = 0  # the usage in the gateways' answers
     emulator_tokens: int = 0
     ledger_tokens: int = 0
+    failures: Counter[str] = field(default_factory=Counter)  # "status body" of each answer not 200
 
     @property
     def kept(self) -> float:
@@ -183,10 +190,11 @@ class WriteBackOutage:
 
     def summary(self) -> str:
         return (
-            f"Redis killed for {self.outage_seconds:.1f}s under load: {self.answered} answers ({self.failed} not 200, "
+            f"{self.fault} for {self.outage_seconds:.1f}s under load: {self.answered} answers ({self.failed} not 200, "
             f"{self.unanswered} unanswered); "
             f"the emulator billed {self.emulator_tokens} tokens (answers' usage: {self.answered_tokens}), "
             f"the ledger holds {self.ledger_tokens} = {self.kept:.1%}"
+            + (f"; not 200: {dict(self.failures.most_common(3))}" if self.failures else "")
         )
 
 
@@ -196,42 +204,86 @@ async def write_back_through_an_outage(
 ) -> WriteBackOutage:
     server = RedisServer(workdir, extra_args=PERSISTENT)
     server.start()
-    # A budget far above what the run spends: every call reserves and settles through the ledger.
-    budget = {"providers": {"deepinfra": {"budget": {"daily_usd": 1000.0}}}}
-    figures = WriteBackOutage(outage_seconds)
-    counter = itertools.count()
-    stop = asyncio.Event()
     try:
-        with gateways(tree, workdir, server.url, 2, budget) as (emulator_port, ports):
-            connector = aiohttp.TCPConnector(limit=concurrency)
-            async with aiohttp.ClientSession(connector=connector) as session:
-
-                async def client(worker: int) -> None:
-                    port = ports[worker % len(ports)]
-                    while not stop.is_set():
-                        try:
-                            async with session.post(f"http://127.0.0.1:{port}{DEEPINFRA}", json=body(next(counter)),
-                                                    timeout=ANSWER_TIMEOUT) as answer:
-                                if answer.status != 200:
-                                    figures.failed += 1
-                                    continue
-                                figures.answered += 1
-                                figures.answered_tokens += (await answer.json())["input_tokens"]
-                        except TimeoutError:
-                            figures.unanswered += 1
-
-                load = asyncio.gather(*(client(worker) for worker in range(concurrency)))
-                await asyncio.sleep(before_seconds)
-                server.stop()  # SIGKILL, under load
-                await asyncio.sleep(outage_seconds)
-                await asyncio.to_thread(server.start)
-                await asyncio.sleep(after_seconds)
-                stop.set()
-                await load
-                await settled_everywhere(session, ports)
-                figures.emulator_tokens = await emulator_tokens(session, emulator_port)
-        # The gateways are stopped (a stopping one writes back what it still held): read the ledger now.
-        figures.ledger_tokens = ledger_tokens(server)[0]
-        return figures
+        return await _load_through(server, server, workdir, tree, functools.partial(_killed_for, server, outage_seconds), outage_seconds,
+                                   concurrency, before_seconds, after_seconds)
     finally:
         server.stop()
+
+
+async def ledger_stalled_under_load(
+    workdir: Path, tree: Path = REPO, stall_seconds: float = 3.0, concurrency: int = 8, before_seconds: float = 1.5,
+    after_seconds: float = 2.0,
+) -> WriteBackOutage:
+    """The ledger's own Redis SIGSTOPped (hung: connections open, no answer) under a load of misses,
+    then SIGCONTinued; the cache's Redis stays up."""
+    cache, ledger = RedisServer(workdir / "cache"), RedisServer(workdir / "ledger", extra_args=PERSISTENT)
+    for server in (cache, ledger):
+        server.workdir.mkdir(exist_ok=True)
+        server.start()
+    try:
+        return await _load_through(cache, ledger, workdir, tree, functools.partial(_stopped_for, ledger, stall_seconds), stall_seconds,
+                                   concurrency, before_seconds, after_seconds)
+    finally:
+        for server in (cache, ledger):
+            server.stop()
+
+
+async def _killed_for(server: RedisServer, seconds: float) -> None:
+    server.stop()  # SIGKILL, under load
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(server.start)
+
+
+async def _stopped_for(server: RedisServer, seconds: float) -> None:
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
+async def _load_through(
+    cache: RedisServer, ledger: RedisServer, workdir: Path, tree: Path, fault: Callable[[], Awaitable[None]], fault_seconds: float,
+    concurrency: int, before_seconds: float, after_seconds: float,
+) -> WriteBackOutage:
+    """Misses from `concurrency` clients through two replicas, `fault` done to Redis under them;
+    then what the emulator billed against what the ledger holds."""
+    # A budget far above what the run spends: every call reserves and settles through the ledger.
+    budget: dict[str, Any] = {"providers": {"deepinfra": {"budget": {"daily_usd": 1000.0}}}}
+    if ledger is not cache:
+        budget["budget"] = {"url": ledger.url}
+    figures = WriteBackOutage(fault_seconds, "the ledger's Redis SIGSTOPped" if ledger is not cache else "Redis killed")
+    counter = itertools.count()
+    stop = asyncio.Event()
+    with gateways(tree, workdir, cache.url, 2, budget) as (emulator_port, ports):
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        async with aiohttp.ClientSession(connector=connector) as session:
+
+            async def client(worker: int) -> None:
+                port = ports[worker % len(ports)]
+                while not stop.is_set():
+                    try:
+                        async with session.post(f"http://127.0.0.1:{port}{DEEPINFRA}", json=body(next(counter)),
+                                                timeout=ANSWER_TIMEOUT) as answer:
+                            if answer.status != 200:
+                                figures.failed += 1
+                                figures.failures[f"{answer.status} {(await answer.text())[:160]}"] += 1
+                                continue
+                            figures.answered += 1
+                            figures.answered_tokens += (await answer.json())["input_tokens"]
+                    except TimeoutError:
+                        figures.unanswered += 1
+
+            load = asyncio.gather(*(client(worker) for worker in range(concurrency)))
+            await asyncio.sleep(before_seconds)
+            await fault()
+            await asyncio.sleep(after_seconds)
+            stop.set()
+            await load
+            await settled_everywhere(session, ports)
+            figures.emulator_tokens = await emulator_tokens(session, emulator_port)
+    # The gateways are stopped (a stopping one writes back what it still held): read the ledger now.
+    figures.ledger_tokens = ledger_tokens(ledger)[0]
+    return figures
