@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -22,6 +23,7 @@ from gateway.budget.base import Spend
 from gateway.budget.redis import _WRITE_BACK_SCRIPT
 from gateway.redisio.commands import Command, DirectConnections
 from tests.support.redis_server import RedisServer, needs_redis_server
+from tests.support.stall import stall_the_next_call
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
@@ -148,6 +150,17 @@ async def test_a_reserve_or_settle_redis_runs_after_its_client_gave_up_does_noth
         # The late reserve left no hold; the late settle left the one it should have dropped (it expires).
         assert await raw.zcard(HOLDS_KEY) == 1
         assert await raw.zscore(HOLDS_KEY, f"{held_in_redis.id}:100000000") is not None
+    await ledger.close()
+
+
+async def test_a_reserve_cut_by_this_process_stalling_is_not_held_against_redis(redis_url):
+    ledger = RedisLedger(Flaky(redis_url), timeout_seconds=0.1, clock=lambda: START)
+    await ledger.start()
+    with redis.Redis.from_url(redis_url) as server:
+        for _ in range(5):
+            stall_the_next_call(0.3, [server])
+            assert (await granted(ledger, 0.1)).fallback  # held in this process, as for any failure
+    assert ledger.available  # five overruns, none Redis' doing: no back-off
     await ledger.close()
 
 

@@ -22,6 +22,7 @@ from gateway.redisio.client import cluster_nodes, node_url
 from gateway.redisio.cluster import ClusterConnections
 from tests.support.config import gateway_config
 from tests.support.gateway import GatewayFactory, emulator_requests
+from tests.support.stall import stall_the_next_call
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
     from tests.support.redis_cluster import RedisCluster
@@ -150,31 +151,55 @@ async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(redis_cluster_
         await commands.aclose()
 
 
+class SilentNodes:
+    """Servers that accept connections and read, never answering: hung Cluster nodes."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self._accepted: list[asyncio.StreamWriter] = []
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> str:
+        """One more silent node: its name."""
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connects += 1
+            self._accepted.append(writer)
+            await reader.read()  # reads, never answers
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        self._servers.append(server)
+        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        for writer in self._accepted:  # the servers' ends, or they are collected open after the loop closed
+            writer.close()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+
+
+def slot_of(query: str) -> int:
+    return key_slot(f"rr:{{{pair_keys('m', None, [query], DOCS[:1])[0][0]}}}".encode())
+
+
+def queries_on_distinct_nodes(owners: list[str], count: int) -> list[str]:
+    found: dict[str, str] = {}
+    for query in (f"query {i}" for i in range(200)):
+        found.setdefault(owners[slot_of(query)], query)
+    assert len(found) >= count, found
+    return list(found.values())[:count]
+
+
 async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
     redis_cluster_url, caplog: pytest.LogCaptureFixture,
 ):
-    connects = 0
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connects
-        connects += 1
-        accepted.append(writer)
-        await reader.read()  # reads, never answers
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    hung = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    silent = SilentNodes()
+    hung = await silent.start()
     cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.5)
     await cache.start()
     commands = cache._redis
     assert isinstance(commands, ClusterConnections) and commands._owners is not None
-    owners = commands._owners
-
-    def slot_of(query: str) -> int:
-        return key_slot(f"rr:{{{pair_keys('m', None, [query], DOCS[:1])[0][0]}}}".encode())
-
-    healthy = "on a healthy node"
-    other = next(q for q in (f"on the hung node {i}" for i in range(50)) if owners[slot_of(q)] != owners[slot_of(healthy)])
+    healthy, other = queries_on_distinct_nodes(commands._owners, 2)
     keys = pair_keys("m", None, [healthy, other], DOCS[:2])
     await cache.put_many(keys, [0.25, 0.75])
     hung_slot = slot_of(other)
@@ -183,16 +208,51 @@ async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
             commands._owners[hung_slot] = hung  # as if it owned the slot (a refresh may have corrected it)
             assert await cache.get_many(keys) == [0.25, None]  # the healthy node's score, in time
             assert cache.available  # the cache as a whole is not backed off
-    assert connects == 3  # three failures in a row; then the node is left alone, no more I/O
+    assert silent.connects == 3  # three failures in a row; then the node is left alone, no more I/O
     assert [r.getMessage() for r in caplog.records] == [
         f"redis cache read failed in part (NodeFailure: node {hung}: TimeoutError: timed out); "
         "serving uncached for that node's keys"
     ]
     await cache.close()
-    for writer in accepted:  # the server's ends, or they are collected open after the loop closed
-        writer.close()
-    server.close()
-    await server.wait_closed()
+    await silent.close()
+
+
+async def test_several_hung_nodes_back_the_whole_cluster_off(redis_cluster_url):
+    silent = SilentNodes()
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.3)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    queries = queries_on_distinct_nodes(commands._owners, 3)
+    keys = pair_keys("m", None, queries, DOCS[:3])
+    hung = {slot_of(query): await silent.start() for query in queries[1:]}
+    for _ in range(3):
+        for slot, node in hung.items():  # again each time: a refresh may have corrected them
+            commands._owners[slot] = node
+        assert await cache.get_many(keys) == [None, None, None]
+    assert not cache.available  # two nodes of three failing three calls in a row: the cluster's outage
+    await cache.close()
+    await silent.close()
+
+
+async def test_a_stall_of_this_process_is_charged_to_no_node(
+    redis_cluster_url, redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture,
+):
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.1)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    keys = pair_keys("m", None, queries_on_distinct_nodes(commands._owners, 3), DOCS[:3])
+    nodes = redis_cluster.nodes()
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        for _ in range(5):
+            stall_the_next_call(0.3, nodes)
+            assert await cache.get_many(keys) == [None, None, None]  # cut by the bound: served uncached
+    for node in nodes:
+        node.close()
+    assert cache.available and all(node.backoff.available for node in commands._nodes.values())
+    assert "while this process stalled" in caplog.records[0].getMessage()
+    await cache.close()
 
 
 async def test_credentials_in_the_url_are_used(redis_cluster_url, redis_cluster: RedisCluster):

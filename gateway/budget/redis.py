@@ -67,7 +67,7 @@ from gateway.budget.base import (
 from gateway.budget.memory import MemoryLedger
 from gateway.redisio.client import REDIS_FAILURES
 from gateway.redisio.commands import Commands, Script, commands_for, run_scripts
-from gateway.redisio.outage import RedisOutage
+from gateway.redisio.outage import ProcessStalled, RedisOutage
 
 WARM_CONNECTIONS = 8
 
@@ -147,6 +147,7 @@ class RedisLedger:
         return cls(commands_for(url, timeout_seconds, max_connections), timeout_seconds, **options)
 
     async def start(self) -> None:
+        self._outage.lag.start()
         await self._redis.warm_up(WARM_CONNECTIONS)
         await self._warn_unless_durable()
 
@@ -394,8 +395,16 @@ class RedisLedger:
         return [int(value) for value in reply]
 
     async def _run(self, script: Script, keys: list[str], args: list[int | str], timeout: float | None = None) -> Any:
-        async with asyncio.timeout(self._timeout if timeout is None else timeout):
-            [reply] = await run_scripts(self._redis, [(script, keys, args)])
+        seconds = self._timeout if timeout is None else timeout
+        bound = asyncio.timeout(seconds)
+        try:
+            async with bound:
+                [reply] = await run_scripts(self._redis, [(script, keys, args)])
+        except TimeoutError:
+            deadline = bound.when()
+            if deadline is not None and self._outage.lag.stalled_through(deadline - seconds):
+                raise ProcessStalled(f"this process stood still through most of the ledger's {seconds:g}s bound") from None
+            raise
         return reply
 
     async def _run_in_time(self, script: Script, keys: list[str], args: list[int | str], timeout: float) -> Any:

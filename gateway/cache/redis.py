@@ -38,6 +38,7 @@ from typing import Any
 from gateway.cache.base import LeaseKeeper, Lookup, PairKey, query_group
 from gateway.cache.scripts import LOOKUP, PUT, RELEASE, RENEW
 from gateway.redisio.client import REDIS_FAILURES
+from gateway.redisio.cluster import NodeFailure
 from gateway.redisio.commands import Commands, Script, ScriptCall, commands_for, run_scripts_each
 from gateway.redisio.outage import RedisOutage
 
@@ -96,6 +97,7 @@ class RedisScoreCache:
         return cls(commands_for(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds, lease_seconds)
 
     async def start(self) -> None:
+        self._outage.lag.start()
         await self._redis.warm_up(WARM_CONNECTIONS)
 
     @property
@@ -209,18 +211,23 @@ class RedisScoreCache:
         On a Cluster one node may fail alone: its calls then hold the failure in their places, the
         other nodes' replies stand, and only that node backs off (gateway/redisio/cluster.py).
         """
+        bound = asyncio.timeout(self._timeout)
         try:
             # A cluster client may learn its layout on the first call: the bound covers it.
-            async with asyncio.timeout(self._timeout):
+            async with bound:
                 replies = await run_scripts_each(self._redis, calls)
         except REDIS_FAILURES as exc:
-            self._outage.failed(operation, exc)
+            deadline = bound.when()
+            self._outage.failed(operation, exc, None if deadline is None else deadline - self._timeout)
             return None
+        failed = [reply for reply in replies if isinstance(reply, BaseException)]
+        if len({failure.node for failure in failed if isinstance(failure, NodeFailure)}) > 1:
+            # Several nodes of a Cluster at once: its outage, not one node's (which backs off alone).
+            self._outage.failed(operation, failed[0])
+            return replies
         self._outage.succeeded()
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                self._outage.failed_in_part(operation, reply)
-                break
+        if failed:
+            self._outage.failed_in_part(operation, failed[0])
         return replies
 
     async def ping(self) -> bool:

@@ -39,7 +39,7 @@ from redis.exceptions import AskError, ClusterDownError, ConnectionError as Redi
 
 from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes, node_url
 from gateway.redisio.direct import Command, DirectConnections
-from gateway.redisio.outage import Backoff
+from gateway.redisio.outage import Backoff, LoopLag
 
 # A node's part of a call may take this share of the call's bound: a hung node then times out
 # alone, while the caller still has time to take the other nodes' replies.
@@ -74,13 +74,14 @@ class _Node:
 class ClusterConnections:
     def __init__(
         self, url: str, timeout_seconds: float, max_connections: int,
-        node_backoff: Callable[[], Backoff] = Backoff,
+        node_backoff: Callable[[LoopLag], Backoff] = lambda lag: Backoff(lag=lag),
     ) -> None:
         self._url = url
         self._seeds = [_name(host, port) for host, port in cluster_nodes(url)]
         self._timeout = timeout_seconds
         self._node_timeout = timeout_seconds * NODE_SHARE_OF_BOUND
         self._max_connections = max_connections
+        self._lag = LoopLag()  # one for every node's back-off: they all run on this process's loop
         self._new_backoff = node_backoff
         self._nodes: dict[str, _Node] = {}
         self._owners: list[str] | None = None  # node name per slot, once learnt
@@ -117,6 +118,7 @@ class ClusterConnections:
 
     async def warm_up(self, connections: int) -> None:
         """Learn the layout and open up to `connections` to each primary; a node that is down is fine."""
+        self._lag.start()
         with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS * len(self._seeds)):
                 await self._learn_layout()
@@ -165,11 +167,15 @@ class ClusterConnections:
         batch: Sequence[Command] = commands
         if asking:
             batch = [part for command in commands for part in (("ASKING",), command)]
+        bound = asyncio.timeout(self._node_timeout)
         try:
-            async with asyncio.timeout(self._node_timeout):
+            async with bound:
                 replies = await node.connections.replies(batch)
         except REDIS_FAILURES as exc:
-            failure = NodeFailure(name, exc, backing_off=node.backoff.count_failure())
+            deadline = bound.when()
+            # An overrun is this node's, unless this process stood still through it: then nobody's.
+            charged = node.backoff.charged(exc, None if deadline is None else deadline - self._node_timeout)
+            failure = NodeFailure(name, exc, backing_off=charged and node.backoff.count_failure())
             self._refresh_soon()
             for index in indexes:
                 results[index] = failure
@@ -215,7 +221,7 @@ class ClusterConnections:
             host, _, port = name.rpartition(":")
             url = node_url(self._url, host.strip("[]"), int(port))
             node = self._nodes[name] = _Node(
-                DirectConnections.from_url(url, self._timeout, self._max_connections), self._new_backoff()
+                DirectConnections.from_url(url, self._timeout, self._max_connections), self._new_backoff(self._lag)
             )
         return node
 
