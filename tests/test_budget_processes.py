@@ -14,6 +14,7 @@ from tests.support.ledger_outage import (
     PERSISTENT,
     admin_spend,
     gateways,
+    killed_mid_call,
     ledger_stalled_under_load,
     ledger_tokens,
     refused_replicas_through_an_outage,
@@ -146,3 +147,11 @@ async def test_a_hung_ledger_redis_costs_no_request_and_no_token(tmp_path):
     assert figures.answered > 0 and figures.emulator_tokens > 0
     assert figures.failed == figures.unanswered == 0, figures.failures  # a hung ledger refuses nobody
     assert figures.ledger_tokens == figures.emulator_tokens  # every token billed, once
+
+
+@needs_redis_server
+async def test_a_gateway_killed_mid_call_leaves_the_ledger_at_or_above_what_the_provider_billed(tmp_path):
+    figures = await killed_mid_call(tmp_path, in_flight=4)
+    print("\n" + figures.summary())
+    assert figures.ledger_estimated_tokens > 0  # the dead gateway's holds were charged when found expired
+    assert figures.ledger_tokens >= figures.emulator_tokens  # errs high, never low

@@ -209,9 +209,9 @@ class GuardedCall:
         self, client: ProviderClient, limits: tuple[Limit, ...], chars: int, ends_at: float | None
     ) -> Reservation:
         price = client.config.price_per_million_tokens
-        estimate = self._health.billing_estimator(client.name).estimate_tokens(chars) * price / 1e6
+        tokens = self._health.billing_estimator(client.name).estimate_tokens(chars)
         hold = _HOLD_MARGIN_SECONDS + (ends_at - _now() if ends_at is not None else client.config.timeout_seconds * 3)
-        outcome = await self._ledger.reserve(limits, estimate, hold_seconds=max(hold, 1.0))
+        outcome = await self._ledger.reserve(limits, tokens * price / 1e6, hold_seconds=max(hold, 1.0), tokens=tokens)
         if isinstance(outcome, Refusal):
             period = "daily" if outcome.period == "day" else "monthly"
             skip = ProviderFailure(

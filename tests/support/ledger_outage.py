@@ -22,6 +22,7 @@ import asyncio
 import functools
 import itertools
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -49,10 +50,10 @@ def body(i: int) -> dict[str, Any]:
 @contextmanager
 def gateways(
     tree: Path, workdir: Path, redis_url: str, count: int, sections: Mapping[str, Any] | None = None,
-    emulator_latency_ms: float = 20,
+    emulator_latency_ms: float = 20, processes: list[subprocess.Popen] | None = None,
 ) -> Iterator[tuple[int, list[int]]]:
     """The emulator (from this tree) and `count` single-worker gateways (from `tree`) on one Redis;
-    `sections` merged into their config (see `gateway_config`)."""
+    `sections` merged into their config (see `gateway_config`); `processes` receives the gateways'."""
     emulator_port, ports = free_port(), [free_port() for _ in range(count)]
     config = workdir / "config.toml"
     # Warnings only: nobody reads the processes' stderr pipe while they run, and a request log
@@ -64,8 +65,10 @@ def gateways(
         stack.enter_context(running(["emulate", "--port", str(emulator_port), "--latency-ms", str(emulator_latency_ms)],
                                     emulator_port))
         for port in ports:
-            stack.enter_context(running(["serve", "--config", str(config), "--port", str(port), "--workers", "1"],
-                                        port, env=env, cwd=tree))
+            process = stack.enter_context(running(["serve", "--config", str(config), "--port", str(port),
+                                                   "--workers", "1"], port, env=env, cwd=tree))
+            if processes is not None:
+                processes.append(process)
         yield emulator_port, ports
 
 
@@ -287,3 +290,76 @@ async def _load_through(
     # The gateways are stopped (a stopping one writes back what it still held): read the ledger now.
     figures.ledger_tokens = ledger_tokens(ledger)[0]
     return figures
+
+
+# --- a worker killed mid-call ---------------------------------------------------------------------
+
+
+@dataclass
+class KilledMidCall:
+    in_flight: int  # calls the killed gateway had upstream when it died
+    emulator_tokens: int = 0
+    ledger_tokens: int = 0
+    ledger_estimated_tokens: int = 0  # of ledger_tokens: the dead gateway's holds, charged when found expired
+
+    def summary(self) -> str:
+        return (
+            f"a gateway SIGKILLed with {self.in_flight} calls upstream: the emulator billed {self.emulator_tokens} tokens, "
+            f"the ledger holds {self.ledger_tokens} ({self.ledger_estimated_tokens} of them estimated, from the dead "
+            f"gateway's expired holds) = {self.ledger_tokens / max(1, self.emulator_tokens):.1%}"
+        )
+
+
+async def killed_mid_call(workdir: Path, tree: Path = REPO, in_flight: int = 4) -> KilledMidCall:
+    """Two gateways on one Redis with budgets enforced; one is SIGKILLed while `in_flight` of its
+    calls hang upstream (which the emulator then answers, and bills). Once their holds expire (30 s
+    after the calls' deadlines), a call through the other gateway finds them."""
+    server = RedisServer(workdir)
+    server.start()
+    # Same-sized bodies, so the token estimate learned from the first answers is exact for the rest.
+    same_size = [body(100_000 + i) for i in range(64)]
+    sections = {"providers": {"deepinfra": {"budget": {"daily_usd": 1000.0}}},
+                "resilience": {"attempt_min_ms": 5000}}  # the hung calls are still in their attempt when killed
+    figures = KilledMidCall(in_flight)
+    processes: list[subprocess.Popen] = []
+    try:
+        with gateways(tree, workdir, server.url, 2, sections, processes=processes) as (emulator_port, (victim, survivor)):
+            async with aiohttp.ClientSession(timeout=ANSWER_TIMEOUT) as session:
+                base = f"http://127.0.0.1:{{}}{DEEPINFRA}"
+                for i in range(4):
+                    async with session.post(base.format(victim), json=same_size[i]) as answer:
+                        assert answer.status == 200, await answer.text()
+                fault = {"provider": "deepinfra", "mode": "slow", "delay_ms": 2000, "count": in_flight}
+                async with session.post(f"http://127.0.0.1:{emulator_port}/_emulator/faults", json=fault) as answer:
+                    assert answer.status == 200
+                before = await _emulator_requests(session, emulator_port)
+                hung = [asyncio.ensure_future(session.post(base.format(victim), json=same_size[4 + i]))
+                        for i in range(in_flight)]
+                while await _emulator_requests(session, emulator_port) < before + in_flight:
+                    await asyncio.sleep(0.02)
+                processes[0].send_signal(signal.SIGKILL)
+                await asyncio.gather(*hung, return_exceptions=True)
+                await asyncio.sleep(_HOLD_SECONDS_AT_MOST)
+                async with session.post(base.format(survivor), json=same_size[-1]) as answer:
+                    assert answer.status == 200, await answer.text()  # its reserve finds the holds expired
+                await settled_everywhere(session, [survivor])
+                figures.emulator_tokens = await emulator_tokens(session, emulator_port)
+        with server.client() as client:
+            keys = list(client.scan_iter(match="rb:{budget}:t:????-??-??:deepinfra"))
+            for key in keys:
+                tokens, estimated = client.hmget(key, "tokens", "est_tokens")
+                figures.ledger_tokens += int(tokens or 0)
+                figures.ledger_estimated_tokens += int(estimated or 0)
+        return figures
+    finally:
+        server.stop()
+
+
+# A hold outlives its call's attempt (at most attempt_min_ms here) by 30 s (gateway/resilience/guarded_call.py).
+_HOLD_SECONDS_AT_MOST = 30 + 5 + 1
+
+
+async def _emulator_requests(session: aiohttp.ClientSession, port: int) -> int:
+    async with session.get(f"http://127.0.0.1:{port}/_emulator/stats") as response:
+        return int((await response.json())["requests"]["deepinfra"])
+
