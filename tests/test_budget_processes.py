@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -15,6 +16,7 @@ from tests.support.ledger_outage import (
     admin_spend,
     gateways,
     killed_mid_call,
+    ledger_stalled_on_a_cluster,
     ledger_stalled_under_load,
     ledger_tokens,
     refused_replicas_through_an_outage,
@@ -24,7 +26,11 @@ from tests.support.ledger_outage import (
 from tests.support.processes import REPO, free_port, running
 from tests.support.redis_server import RedisServer, needs_redis_server
 
+if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
+    from tests.support.redis_cluster import RedisCluster
+
 pytestmark = [pytest.mark.processes, pytest.mark.slow, pytest.mark.redis]
+pytest_plugins = ["tests.support.redis_cluster"]
 
 BUDGET_USD = 0.0005
 CONCURRENCY = 64
@@ -147,6 +153,15 @@ async def test_a_hung_ledger_redis_costs_no_request_and_no_token(tmp_path):
     assert figures.answered > 0 and figures.emulator_tokens > 0
     assert figures.failed == figures.unanswered == 0, figures.failures  # a hung ledger refuses nobody
     assert figures.ledger_tokens == figures.emulator_tokens  # every token billed, once
+
+
+@pytest.mark.cluster
+async def test_a_hung_budget_master_costs_no_request_and_no_token(tmp_path, redis_failover_cluster: RedisCluster):
+    figures = await ledger_stalled_on_a_cluster(tmp_path, redis_failover_cluster, stall_seconds=1.5)
+    print("\n" + figures.summary())
+    assert figures.answered > 0 and figures.emulator_tokens > 0
+    assert figures.failed == figures.unanswered == 0, figures.failures
+    assert figures.ledger_tokens == figures.emulator_tokens
 
 
 @needs_redis_server

@@ -29,13 +29,18 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import redis
+from redis.crc import key_slot
 
 from tests.support.config import gateway_config, local_url, write_config
 from tests.support.processes import REPO, free_port, running
 from tests.support.redis_server import RedisServer
+
+if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
+    from tests.support.redis_cluster import RedisCluster
 
 DEEPINFRA = "/v1/inference/Qwen/Qwen3-Reranker-8B"
 ADMIN = {"Authorization": "Bearer admin"}
@@ -94,8 +99,12 @@ async def settled_everywhere(session: aiohttp.ClientSession, ports: list[int], s
 def ledger_tokens(server: RedisServer, provider: str = "deepinfra") -> tuple[int, int]:
     """(tokens, nano-dollars) in the ledger's day windows for `provider`, over every day stored."""
     with server.client() as client:
-        keys = list(client.scan_iter(match=f"rb:{{budget}}:t:????-??-??:{provider}"))
-        figures = [client.hmget(key, "tokens", "spent") for key in keys]
+        return _day_tokens(client, provider)
+
+
+def _day_tokens(client: redis.Redis, provider: str = "deepinfra") -> tuple[int, int]:
+    keys = list(client.scan_iter(match=f"rb:{{budget}}:t:????-??-??:{provider}"))
+    figures = [client.hmget(key, "tokens", "spent") for key in keys]
     return sum(int(t or 0) for t, _ in figures), sum(int(s or 0) for _, s in figures)
 
 
@@ -208,8 +217,11 @@ async def write_back_through_an_outage(
     server = RedisServer(workdir, extra_args=PERSISTENT)
     server.start()
     try:
-        return await _load_through(server, server, workdir, tree, functools.partial(_killed_for, server, outage_seconds), outage_seconds,
-                                   concurrency, before_seconds, after_seconds)
+        figures = WriteBackOutage(outage_seconds)
+        await _load_through(figures, server.url, None, workdir, tree, functools.partial(_killed_for, server, outage_seconds),
+                            concurrency, before_seconds, after_seconds)
+        figures.ledger_tokens = ledger_tokens(server)[0]
+        return figures
     finally:
         server.stop()
 
@@ -225,8 +237,13 @@ async def ledger_stalled_under_load(
         server.workdir.mkdir(exist_ok=True)
         server.start()
     try:
-        return await _load_through(cache, ledger, workdir, tree, functools.partial(_stopped_for, ledger, stall_seconds), stall_seconds,
-                                   concurrency, before_seconds, after_seconds)
+        figures = WriteBackOutage(stall_seconds, "the ledger's Redis SIGSTOPped")
+        assert ledger.process is not None
+        await _load_through(figures, cache.url, ledger.url, workdir, tree,
+                            functools.partial(_stopped_for, ledger.process, stall_seconds),
+                            concurrency, before_seconds, after_seconds)
+        figures.ledger_tokens = ledger_tokens(ledger)[0]
+        return figures
     finally:
         for server in (cache, ledger):
             server.stop()
@@ -238,29 +255,52 @@ async def _killed_for(server: RedisServer, seconds: float) -> None:
     await asyncio.to_thread(server.start)
 
 
-async def _stopped_for(server: RedisServer, seconds: float) -> None:
-    assert server.process is not None
-    server.process.send_signal(signal.SIGSTOP)
+async def ledger_stalled_on_a_cluster(
+    workdir: Path, cluster: RedisCluster, tree: Path = REPO, stall_seconds: float = 1.5, concurrency: int = 8,
+    before_seconds: float = 1.5, after_seconds: float = 2.0,
+) -> WriteBackOutage:
+    """ledger_stalled_under_load with cache and ledger on a Cluster, its `{budget}` master SIGSTOPped
+    (for less than `cluster-node-timeout`: hung, not failed over)."""
+    master = _budget_master(cluster)
+    process = cluster.processes[[port for port, _ in cluster.ports].index(master)]
+    figures = WriteBackOutage(stall_seconds, "the cluster's {budget} master SIGSTOPped")
+    await _load_through(figures, cluster.url, None, workdir, tree, functools.partial(_stopped_for, process, stall_seconds),
+                        concurrency, before_seconds, after_seconds)
+    with redis.Redis(port=master) as node:
+        figures.ledger_tokens = _day_tokens(node)[0]
+    return figures
+
+
+def _budget_master(cluster: RedisCluster) -> int:
+    slot = key_slot(b"{budget}")
+    with redis.Redis(port=cluster.ports[0][0]) as node:
+        for start, end, master, *_ in node.execute_command("CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+    raise LookupError("no master owns the {budget} slot")
+
+
+async def _stopped_for(process: subprocess.Popen, seconds: float) -> None:
+    process.send_signal(signal.SIGSTOP)
     try:
         await asyncio.sleep(seconds)
     finally:
-        server.process.send_signal(signal.SIGCONT)
+        process.send_signal(signal.SIGCONT)
 
 
 async def _load_through(
-    cache: RedisServer, ledger: RedisServer, workdir: Path, tree: Path, fault: Callable[[], Awaitable[None]], fault_seconds: float,
-    concurrency: int, before_seconds: float, after_seconds: float,
-) -> WriteBackOutage:
-    """Misses from `concurrency` clients through two replicas, `fault` done to Redis under them;
-    then what the emulator billed against what the ledger holds."""
+    figures: WriteBackOutage, cache_url: str, ledger_url: str | None, workdir: Path, tree: Path,
+    fault: Callable[[], Awaitable[None]], concurrency: int, before_seconds: float, after_seconds: float,
+) -> None:
+    """Misses from `concurrency` clients through two replicas, `fault` done to Redis under them,
+    into `figures`, with what the emulator billed; the ledger is the cache's unless `ledger_url`."""
     # A budget far above what the run spends: every call reserves and settles through the ledger.
     budget: dict[str, Any] = {"providers": {"deepinfra": {"budget": {"daily_usd": 1000.0}}}}
-    if ledger is not cache:
-        budget["budget"] = {"url": ledger.url}
-    figures = WriteBackOutage(fault_seconds, "the ledger's Redis SIGSTOPped" if ledger is not cache else "Redis killed")
+    if ledger_url is not None:
+        budget["budget"] = {"url": ledger_url}
     counter = itertools.count()
     stop = asyncio.Event()
-    with gateways(tree, workdir, cache.url, 2, budget) as (emulator_port, ports):
+    with gateways(tree, workdir, cache_url, 2, budget) as (emulator_port, ports):
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(connector=connector) as session:
 
@@ -287,9 +327,7 @@ async def _load_through(
             await load
             await settled_everywhere(session, ports)
             figures.emulator_tokens = await emulator_tokens(session, emulator_port)
-    # The gateways are stopped (a stopping one writes back what it still held): read the ledger now.
-    figures.ledger_tokens = ledger_tokens(ledger)[0]
-    return figures
+    # The gateways are stopped now (a stopping one writes back what it still held): the caller reads the ledger.
 
 
 # --- a worker killed mid-call ---------------------------------------------------------------------
