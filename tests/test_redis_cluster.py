@@ -7,12 +7,16 @@ test_cache_contract.py and test_budget_ledger.py have a "redis-cluster" backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 from redis.crc import key_slot
+from redis.exceptions import TryAgainError
 
 from gateway.budget import Limit, RedisLedger, Reservation
 from gateway.cache import pair_keys
@@ -125,30 +129,72 @@ async def test_a_slot_found_elsewhere_is_followed_there_and_the_map_corrected(re
     await commands.aclose()
 
 
-async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(redis_cluster_url, redis_cluster: RedisCluster):
-    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
-    await commands.warm_up(1)
-    assert commands._owners is not None
-    slot = key_slot(b"{asked}")
-    source_name = commands._owners[slot]
+@contextlib.contextmanager
+def migrating(redis_cluster: RedisCluster, source_name: str, slot: int) -> Iterator[tuple[redis.Redis, redis.Redis, str]]:
+    """`slot` in migration from its owner `source_name` to another master: (source, target, target's name)."""
     by_name = {f"127.0.0.1:{port}": node for (port, _), node in zip(redis_cluster.ports, redis_cluster.nodes())}
     source = by_name[source_name]
-    target = next(node for name, node in by_name.items() if name != source_name)
+    target_name, target = next((name, node) for name, node in by_name.items() if name != source_name)
     source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
     target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
     try:
-        # The key is not on the source: it answers ASK, and the command goes to the target with ASKING.
-        assert await commands.execute([("SET", "{asked}k", "v"), ("GET", "{asked}k")]) == [b"OK", b"v"]
-        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
-        assert commands._owners[slot] == source_name  # an ASK moves one key, not the slot
-        assert await commands.execute([("DEL", "{asked}k")]) == [1]
+        yield source, target, target_name
     finally:
         for node in (source, target):
             node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
         for node in by_name.values():
             node.close()
-        await commands.aclose()
+
+
+@pytest.mark.parametrize("stale_map", [False, True], ids=["asked", "moved-then-asked"])
+async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(
+    redis_cluster_url, redis_cluster: RedisCluster, stale_map: bool,
+):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{asked}")
+    source_name = commands._owners[slot]
+    with migrating(redis_cluster, source_name, slot) as (_, target, target_name):
+        if stale_map:  # first to a node that answers MOVED to the source: two redirects in a row
+            commands._owners[slot] = next(name for name in commands._primaries if name not in (source_name, target_name))
+        # The key is not on the source: it answers ASK, and the command goes to the target with ASKING.
+        assert await commands.execute([("SET", "{asked}k", "v"), ("GET", "{asked}k")]) == [b"OK", b"v"]
+        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+        assert commands._owners[slot] == source_name  # an ASK moves one key, not the slot
+        assert await commands.execute([("DEL", "{asked}k")]) == [1]
+    await commands.aclose()
+
+
+async def test_a_tryagain_is_sent_once_more_after_a_pause(redis_cluster_url, redis_cluster: RedisCluster):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{again}")
+    assert await commands.execute([("SET", "{again}here", "1")]) == [b"OK"]
+    with migrating(redis_cluster, commands._owners[slot], slot) as (source, _, _):
+        def refused() -> int:  # the MGETs this node answered with an error before running them
+            return int(source.info("commandstats").get("cmdstat_mget", {}).get("rejected_calls", 0))
+
+        before = refused()
+        # One key on the source, one not: a key split by the migration, which answers TRYAGAIN.
+        [reply] = await commands.execute_each([("MGET", "{again}here", "{again}gone")])
+        assert isinstance(reply, TryAgainError)  # still split after the pause: this call's miss
+        assert refused() == before + 2  # sent, and once more
+        source.delete("{again}here")
+    await commands.aclose()
+
+
+async def test_the_map_comes_from_cluster_shards_and_drops_nodes_it_no_longer_names(redis_cluster_url):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._shards_known is True  # Redis 7 answers CLUSTER SHARDS
+    assert len(set(commands._owners or ())) == 3
+    gone = commands._node("127.0.0.1:1")  # a node the cluster removed since (del-node)
+    await commands._read_layout()
+    assert "127.0.0.1:1" not in commands._nodes and not gone.connections._idle
+    await commands.aclose()
 
 
 class SilentNodes:
@@ -203,6 +249,7 @@ async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
     keys = pair_keys("m", None, [healthy, other], DOCS[:2])
     await cache.put_many(keys, [0.25, 0.75])
     hung_slot = slot_of(other)
+    commands._seeds.append(hung)  # named in the URL: kept through refreshes that find it in no map
     with caplog.at_level(logging.WARNING, logger="gateway.cache"):
         for _ in range(5):
             commands._owners[hung_slot] = hung  # as if it owned the slot (a refresh may have corrected it)
@@ -226,6 +273,7 @@ async def test_several_hung_nodes_back_the_whole_cluster_off(redis_cluster_url):
     queries = queries_on_distinct_nodes(commands._owners, 3)
     keys = pair_keys("m", None, queries, DOCS[:3])
     hung = {slot_of(query): await silent.start() for query in queries[1:]}
+    commands._seeds += hung.values()  # named in the URL: kept through refreshes that find them in no map
     for _ in range(3):
         for slot, node in hung.items():  # again each time: a refresh may have corrected them
             commands._owners[slot] = node
