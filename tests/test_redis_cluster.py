@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,8 @@ from gateway.budget import Limit, RedisLedger, Reservation
 from gateway.cache import pair_keys
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import ConfigError, parse_config
-from gateway.redisio.client import cluster_nodes, node_url
-from gateway.redisio.cluster import ClusterConnections
+from gateway.redisio.client import cluster_nodes, node_addresses, node_url
+from gateway.redisio.cluster import ClusterConnections, NodeFailure, _parse_shards
 from tests.support.config import gateway_config
 from tests.support.gateway import GatewayFactory, emulator_requests
 from tests.support.stall import stall_the_next_call
@@ -57,6 +58,8 @@ def test_a_cluster_url_names_any_of_its_nodes(url, nodes):
     ("redis+cluster://a:port", "no valid port"),
     ("redis+cluster://a:7000/2", "only database 0"),
     ("redis-cluster://a:7000", "redis+cluster://"),
+    ("redis+cluster://a:7000?node=b:7000", "expected node=ANNOUNCED_HOST:PORT=REACHABLE_HOST:PORT"),
+    ("redis+cluster://a:7000?node=b:7000=c", "is not host:port"),
 ])
 def test_a_bad_cluster_url_stops_the_gateway_with_the_reason(url, problem):
     with pytest.raises(ConfigError, match=f"cache.url: .*{re.escape(problem)}"):
@@ -68,6 +71,10 @@ def test_each_node_is_reached_with_the_cluster_urls_credentials_tls_and_options(
     assert node_url(url, "10.0.0.9", 7002) == "rediss://user:pw@10.0.0.9:7002/0?ssl_cert_reqs=none"
     assert node_url(url, "::1", 7000) == "rediss://user:pw@[::1]:7000/0?ssl_cert_reqs=none"
     assert node_url("redis+cluster://a:1,b:2", "b", 2) == "redis://b:2"
+    # The node addresses are the cluster client's option, not one redis-py knows.
+    mapped = "redis+cluster://a:1?node=pod-0.svc%3A6379%3D10.0.0.9%3A7002&ssl_cert_reqs=none&node=pod-1:6379=b:1"
+    assert node_url(mapped, "10.0.0.9", 7002) == "redis://10.0.0.9:7002?ssl_cert_reqs=none"
+    assert node_addresses(mapped) == {("pod-0.svc", 6379): ("10.0.0.9", 7002), ("pod-1", 6379): ("b", 1)}
 
 
 async def test_the_cluster_connections_keep_the_single_server_bounds():
@@ -396,3 +403,50 @@ def test_the_session_cluster_is_on_loopback_only(redis_cluster: RedisCluster):
             assert node.config_get("bind")["bind"] == "127.0.0.1"
             assert node.config_get("port")["port"] != "6379"
             assert node.cluster("info")["cluster_state"] == "ok"
+
+
+# --- address remapping
+
+
+@pytest.fixture
+def cluster_behind_names(tmp_path) -> Iterator[RedisCluster]:
+    """Three masters that announce host names this machine cannot resolve (`node-PORT.invalid`),
+    as pods or containers announce names only their own network knows."""
+    from tests.support.redis_cluster import MISSING, RedisCluster
+
+    if MISSING is not None:
+        pytest.skip(MISSING)
+    cluster = RedisCluster(tmp_path, extra_args=["--cluster-preferred-endpoint-type", "hostname"])
+    cluster.start()
+    try:
+        for (port, _), node in zip(cluster.ports, cluster.nodes()):
+            with node:
+                node.config_set("cluster-announce-hostname", f"node-{port}.invalid")
+        deadline = time.monotonic() + 20
+        for node in cluster.nodes():  # until every node announces every master by its name
+            with node:
+                while not all(name.startswith("node-") for name in _parse_shards(
+                        node.execute_command("CLUSTER", "SHARDS"), "")[1]):  # type: ignore[index]
+                    assert time.monotonic() < deadline, "the nodes' names did not spread"
+                    time.sleep(0.1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.cluster
+async def test_nodes_announced_under_names_unreachable_here_are_reached_where_the_url_says(
+    cluster_behind_names: RedisCluster,
+):
+    keys = [f"{{{tag}}}k" for tag in ("a", "b", "c", "d", "e", "f")]
+    plain = ClusterConnections(cluster_behind_names.url, timeout_seconds=1.0, max_connections=2)
+    await plain.warm_up(1)
+    assert all(name.split(":")[0].endswith(".invalid") for name in plain._primaries), plain._primaries
+    assert all(isinstance(reply, NodeFailure) for reply in await plain.execute_each([("GET", key) for key in keys]))
+    await plain.aclose()
+    remap = "&".join(f"node=node-{port}.invalid:{port}=127.0.0.1:{port}" for port, _ in cluster_behind_names.ports)
+    mapped = ClusterConnections(f"{cluster_behind_names.url}?{remap}", timeout_seconds=1.0, max_connections=2)
+    assert await mapped.execute([("SET", key, key) for key in keys]) == [b"OK"] * len(keys)
+    assert await mapped.execute([("GET", key) for key in keys]) == [key.encode() for key in keys]
+    assert len({mapped._owners[key_slot(key.encode())] for key in keys if mapped._owners}) > 1  # several nodes
+    await mapped.aclose()

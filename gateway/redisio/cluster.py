@@ -50,7 +50,7 @@ from redis.exceptions import (
     TryAgainError,
 )
 
-from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes, node_url
+from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes, node_addresses, node_url
 from gateway.redisio.direct import Command, DirectConnections
 from gateway.redisio.outage import Backoff, LoopLag
 
@@ -98,6 +98,7 @@ class ClusterConnections:
     ) -> None:
         self._url = url
         self._seeds = [_name(host, port) for host, port in cluster_nodes(url)]
+        self._addresses = node_addresses(url)  # announced -> reachable, for NAT, Docker, Kubernetes
         self._timeout = timeout_seconds
         self._node_timeout = timeout_seconds * NODE_SHARE_OF_BOUND
         self._max_connections = max_connections
@@ -257,10 +258,12 @@ class ClusterConnections:
         return results[0]
 
     def _node(self, name: str) -> _Node:
+        """The node the cluster calls `name` (as it announces it), reached where the URL says (`node=`)."""
         node = self._nodes.get(name)
         if node is None:
             host, _, port = name.rpartition(":")
-            url = node_url(self._url, host.strip("[]"), int(port))
+            host, port_number = self._addresses.get((host.strip("[]"), int(port)), (host.strip("[]"), int(port)))
+            url = node_url(self._url, host, port_number)
             node = self._nodes[name] = _Node(
                 DirectConnections.from_url(url, self._timeout, self._max_connections), self._new_backoff(self._lag)
             )
