@@ -149,6 +149,6 @@ class FlightCoordinator:
             raise
         finally:
             leases.stop()
-        if not round_.stored:
+        if not round_.stored and job.policy.read:  # a request that reads nothing leases nothing
             await self._cache.release(keys)
         return round_
