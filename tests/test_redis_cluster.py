@@ -193,6 +193,23 @@ async def test_a_tryagain_is_sent_once_more_after_a_pause(redis_cluster_url, red
     await commands.aclose()
 
 
+async def test_a_cached_query_on_a_slot_in_migration_is_still_read(redis_cluster_url, redis_cluster: RedisCluster):
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=2.0)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    hot, other = queries_on_distinct_nodes(commands._owners, 2)
+    keys = pair_keys("m", None, [hot, hot, other], DOCS[:3])
+    await cache.put_many(keys, [0.25, 0.5, 0.75])
+    slot = slot_of(hot)
+    with migrating(redis_cluster, commands._owners[slot], slot):
+        # Its hash is still on the source, its leases and buckets exist nowhere: the lookup, naming
+        # them all, meets TRYAGAIN; its hash, read alone, answers.
+        found = await cache.lookup(keys)
+        assert (found.scores, found.elsewhere) == ([0.25, 0.5, 0.75], frozenset())
+    await cache.close()
+
+
 async def test_the_map_comes_from_cluster_shards_and_drops_nodes_it_no_longer_names(redis_cluster_url):
     commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
     await commands.warm_up(1)

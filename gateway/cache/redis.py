@@ -35,6 +35,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import TryAgainError
+
 from gateway.cache.base import LeaseKeeper, Lookup, PairKey, query_group
 from gateway.cache.scripts import LOOKUP, PUT, RELEASE, RENEW
 from gateway.redisio.client import REDIS_FAILURES
@@ -128,10 +130,15 @@ class RedisScoreCache:
         replies = await self._run("read", calls)
         if replies is None:
             return misses
+        migrating = [i for i, reply in enumerate(replies) if isinstance(reply, TryAgainError)]
+        if migrating:
+            names = list(groups)
+            for i, values in zip(migrating, await self._hashes_alone([(names[i], groups[names[i]][0]) for i in migrating])):
+                replies[i] = values
         scores = misses.scores
         elsewhere = []
         for (_, positions), values in zip(groups.values(), replies):
-            if isinstance(values, BaseException):
+            if values is None or isinstance(values, BaseException):
                 continue  # its node failed (logged by _run): this query's pairs are misses
             for position, value in zip(positions, values):
                 if isinstance(value, bytes):
@@ -139,6 +146,20 @@ class RedisScoreCache:
                 elif value:  # the ms left on another process's lease; 0 = leased to us
                     elsewhere.append(position)
         return Lookup(scores, frozenset(elsewhere))
+
+    async def _hashes_alone(self, queries: list[tuple[str, list[bytes]]]) -> list[Any]:
+        """The scores in these queries' hashes, read by naming the hash alone, claiming nothing.
+
+        For a query whose slot is being migrated: the lookup names ten keys, most of which do not
+        exist, so while the slot moves the node answers TRYAGAIN (keys split between two nodes)
+        for as long as the migration lasts. One key is on one node whole: its scores are read there
+        (a spilled query's later passages are misses meanwhile).
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._redis.execute_each([("HMGET", _hash_name(group), *digests) for group, digests in queries])
+        except REDIS_FAILURES:
+            return [None] * len(queries)  # misses, as the lookup already said
 
     async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> bool:
         if not self.available:
