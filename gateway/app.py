@@ -122,7 +122,10 @@ def build_ledger(config: GatewayConfig) -> Ledger:
     """The spend ledger lives in [budget] url's Redis, else the cache's, shared; else in this process."""
     if not config.ledger_url:
         return MemoryLedger()
-    return RedisLedger.from_url(config.ledger_url, config.cache.ledger_timeout_ms / 1000)
+    return RedisLedger.from_url(
+        config.ledger_url, config.cache.ledger_timeout_ms / 1000,
+        reserve_timeout_seconds=config.cache.ledger_reserve_timeout_ms / 1000,
+    )
 
 
 def build_verdicts(config: CacheConfig) -> VerdictStore:

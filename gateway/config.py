@@ -91,6 +91,9 @@ class CacheConfig(_Section):
     lease_ms: PositiveFloat = 5000.0
     # Bound on the spend ledger's Redis calls; past it budgets are enforced per process for a while.
     ledger_timeout_ms: PositiveFloat = 500.0
+    # Bound on the ledger's reserve before a provider call, which waits for it: past it the call
+    # goes on under a hold of this process's own. Its time is not taken from the provider's.
+    ledger_reserve_timeout_ms: PositiveFloat = 250.0
 
     @field_validator("url")
     @classmethod

@@ -158,21 +158,38 @@ async def test_release_frees_the_hold(ledger: Ledger):
     assert isinstance(await ledger.reserve([limit], 1.0, HOLD), Reservation)
 
 
-async def test_expired_holds_stop_counting(ledger: Ledger, clock: FakeClock):
+async def test_expired_holds_are_charged_at_what_they_held_as_estimated_spend(ledger: Ledger, clock: FakeClock):
     limit = Limit("deepinfra", 1.0, 5.0)
-    abandoned = await held(ledger, [limit], 0.9)  # its holder dies and never settles
+    abandoned = await ledger.reserve([limit], 0.6, HOLD, tokens=600)  # its holder dies and never settles
     assert isinstance(abandoned, Reservation)
     clock.advance(seconds=HOLD - 1)
-    assert isinstance(await ledger.reserve([limit], 0.2, HOLD), Refusal)
-    assert by_window(await ledger.report([limit]))["deepinfra", "day"].reserved_usd == 0.9
+    assert isinstance(await ledger.reserve([limit], 0.5, HOLD), Refusal)
+    assert by_window(await ledger.report([limit]))["deepinfra", "day"].reserved_usd == 0.6
     clock.advance(seconds=1)
-    assert by_window(await ledger.report([limit]))["deepinfra", "day"].reserved_usd == 0.0
-    fresh = await held(ledger, [limit], 0.2)
-    assert isinstance(fresh, Reservation)
-    # A late settle of the expired hold still records the spend, and frees nothing it no longer holds.
-    await ledger.settle(abandoned, 0.5, 1_000)
+    # Its provider may have billed the call all the same: the ledger errs high, never low.
     day = by_window(await ledger.report([limit]))["deepinfra", "day"]
-    assert (day.spent_usd, day.reserved_usd) == (0.5, 0.2)
+    assert (day.spent_usd, day.tokens, day.estimated_usd, day.estimated_tokens) == (0.6, 600, 0.6, 600)
+    assert day.reserved_usd == 0.0
+    assert isinstance(await ledger.reserve([limit], 0.5, HOLD), Refusal)
+    fresh = await held(ledger, [limit], 0.2)
+    # A late settle of the expired hold replaces that estimate with what the call cost.
+    await ledger.settle(abandoned, 0.5, 500)
+    day = by_window(await ledger.report([limit]))["deepinfra", "day"]
+    assert (day.spent_usd, day.tokens, day.estimated_tokens, day.reserved_usd) == (0.5, 500, 0, 0.2)
+    await ledger.release(fresh)
+    assert isinstance(await ledger.reserve([limit], 0.5, HOLD), Reservation)
+
+
+async def test_a_late_release_of_an_expired_hold_takes_its_charge_back(ledger: Ledger, clock: FakeClock):
+    limit = Limit("deepinfra", 1.0, None)
+    slow = await ledger.reserve([limit], 0.4, HOLD, tokens=400)
+    assert isinstance(slow, Reservation)
+    clock.advance(seconds=HOLD)
+    assert by_window(await ledger.report([limit]))["deepinfra", "day"].spent_usd == 0.4
+    assert isinstance(await ledger.reserve([limit], 0.7, HOLD), Refusal)  # counted, as it would be by now
+    await ledger.release(slow)  # no upstream call answered after all
+    day = by_window(await ledger.report([limit]))["deepinfra", "day"]
+    assert (day.spent_usd, day.tokens, day.estimated_usd) == (0.0, 0, 0.0)
 
 
 async def test_the_day_rolls_over_at_utc_midnight(ledger: Ledger, clock: FakeClock):
@@ -346,7 +363,10 @@ async def test_the_ledger_survives_a_restart_and_an_instance_that_died_holding(r
     assert (day.spent_usd, day.reserved_usd, day.tokens) == (0.5, 0.5, 7_000)
     assert isinstance(await after.reserve([limit], 0.1, HOLD), Refusal)
     clock.advance(seconds=HOLD)
-    assert isinstance(await after.reserve([limit], 0.5, HOLD), Reservation)
+    # The dead instance's hold is charged at what it held: its provider may have billed the call.
+    day = by_window(await after.report([limit]))["deepinfra", "day"]
+    assert (day.spent_usd, day.reserved_usd, day.estimated_usd) == (1.0, 0.0, 0.5)
+    assert isinstance(await after.reserve([limit], 0.1, HOLD), Refusal)
     await after.close()
 
 
@@ -372,7 +392,7 @@ async def test_redis_layout_one_hash_tag_and_windows_expire_after_weeks_and_mont
     assert all(key.startswith("rb:{budget}:") for key in expected)
     assert await raw.hgetall("rb:{budget}:t:2025-03-10:deepinfra") == {b"reserved": b"125000000"}
     assert await raw.zrange("rb:{budget}:h:2025-03-10:deepinfra", 0, -1, withscores=True) == [
-        (f"{reservation.id}:125000000".encode(), (START + timedelta(seconds=HOLD)).timestamp() * 1000)
+        (f"{reservation.id}:125000000:0".encode(), (START + timedelta(seconds=HOLD)).timestamp() * 1000)
     ]
     day_ttl = await raw.ttl("rb:{budget}:t:2025-03-10:deepinfra")
     assert day_ttl == pytest.approx((timedelta(hours=12) + timedelta(weeks=5)).total_seconds(), abs=5)

@@ -8,11 +8,13 @@ processes, and the start-up warning about a Redis that may lose spend.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -21,11 +23,13 @@ from gateway.budget.base import Spend
 from gateway.budget.redis import _WRITE_BACK_SCRIPT
 from gateway.redisio.commands import Command, DirectConnections
 from tests.support.redis_server import RedisServer, needs_redis_server
+from tests.support.stall import stall_the_next_call
 
 START = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 HOLD = 30.0
 LIMIT = Limit("deepinfra", daily_usd=1.0, monthly_usd=None)
 DAY_KEY = "rb:{budget}:t:2025-03-10:deepinfra"
+HOLDS_KEY = "rb:{budget}:h:2025-03-10:deepinfra"
 
 pytestmark = [needs_redis_server, pytest.mark.redis]
 
@@ -124,6 +128,50 @@ async def test_spend_settled_while_redis_is_away_is_written_back_once_it_answers
     link.down = True
     assert isinstance(await ledger.reserve([LIMIT], 0.41, HOLD), Refusal)
     assert (await granted(ledger, 0.4)).fallback
+    await ledger.close()
+
+
+async def test_a_reserve_or_settle_redis_runs_after_its_client_gave_up_does_nothing(redis_url):
+    # A process clock a minute ahead of Redis' stands for every call Redis reaches only after its
+    # client gave up (a hung Redis resumed): the client went on without it, so it must not count.
+    late = [False]
+    ledger = RedisLedger(Flaky(redis_url), timeout_seconds=2.0, clock=lambda: START, retry_after_seconds=0.0,
+                         wall=lambda: time.time() - (60.0 if late[0] else 0.0))
+    held_in_redis = await granted(ledger, 0.1)
+    late[0] = True
+    made_late = await granted(ledger, 0.2)
+    assert made_late.fallback  # held in this process: Redis ran the reserve too late to hold anything
+    await ledger.settle(held_in_redis, 0.1, 1_000)  # ran too late as well: kept for write-back
+    await ledger.settle(made_late, 0.2, 2_000)
+    day = await day_report(ledger)  # Redis answers: both written back, each once
+    assert (day.source, day.spent_usd, day.tokens, day.pending_tokens) == ("shared", pytest.approx(0.3), 3_000, 0)
+    async with aioredis.Redis.from_url(redis_url) as raw:
+        assert await raw.hmget(DAY_KEY, "spent", "tokens") == [b"300000000", b"3000"]
+        # The late reserve left no hold, and the write-back ended the one the late settle did not:
+        # found expired, it would be charged a second time.
+        assert await raw.zcard(HOLDS_KEY) == 0
+    await ledger.close()
+
+
+async def test_a_reserve_cut_by_this_process_stalling_is_not_held_against_redis(redis_url):
+    ledger = RedisLedger(Flaky(redis_url), timeout_seconds=0.1, clock=lambda: START)
+    await ledger.start()
+    with redis.Redis.from_url(redis_url) as server:
+        for _ in range(5):
+            stall_the_next_call(0.3, [server])
+            assert (await granted(ledger, 0.1)).fallback  # held in this process, as for any failure
+    assert ledger.available  # five overruns, none Redis' doing: no back-off
+    await ledger.close()
+
+
+async def test_a_report_from_a_redis_that_lost_spend_says_its_figures_are_partial(redis_url):
+    ledger, _ = flaky_ledger(redis_url)
+    await ledger.settle(await granted(ledger, 0.2), 0.2, 2_000)
+    assert not (await day_report(ledger)).partial
+    async with aioredis.Redis.from_url(redis_url) as raw:
+        await raw.flushall()  # as a Redis restarted without persistence
+    day = await day_report(ledger)
+    assert (day.source, day.spent_usd, day.partial) == ("shared", 0.0, True)
     await ledger.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -14,6 +15,9 @@ from tests.support.ledger_outage import (
     PERSISTENT,
     admin_spend,
     gateways,
+    killed_mid_call,
+    ledger_stalled_on_a_cluster,
+    ledger_stalled_under_load,
     ledger_tokens,
     refused_replicas_through_an_outage,
     settled_everywhere,
@@ -22,7 +26,11 @@ from tests.support.ledger_outage import (
 from tests.support.processes import REPO, free_port, running
 from tests.support.redis_server import RedisServer, needs_redis_server
 
+if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
+    from tests.support.redis_cluster import RedisCluster
+
 pytestmark = [pytest.mark.processes, pytest.mark.slow, pytest.mark.redis]
+pytest_plugins = ["tests.support.redis_cluster"]
 
 BUDGET_USD = 0.0005
 CONCURRENCY = 64
@@ -39,7 +47,7 @@ async def test_two_processes_under_load_stay_within_the_overshoot_bound(tmp_path
     # A generous ledger bound: this test is about reservations under load on a shared 2-core
     # machine, not about a slow Redis (whose per-process fallback has its own tests).
     write_config(config, gateway_config(local_url(emulator_port), ["deepinfra"], server={"admin_key_env": "ADMIN_KEY"},
-                                        cache={"ledger_timeout_ms": 2000},
+                                        cache={"ledger_timeout_ms": 2000, "ledger_reserve_timeout_ms": 2000},
                                         providers={"deepinfra": {"budget": {"daily_usd": BUDGET_USD}}}))
     env = {"EMULATOR_KEY": "k", "REDIS_URL": redis_url, "ADMIN_KEY": "admin"}
     counter = itertools.count()
@@ -136,3 +144,29 @@ async def test_a_persistent_ledger_redis_restarted_mid_month_keeps_the_spend_and
         # The cache's Redis is the tests' default (no persistence), the ledger's keeps: no warning on start.
     finally:
         ledger.stop()
+
+
+@needs_redis_server
+async def test_a_hung_ledger_redis_costs_no_request_and_no_token(tmp_path):
+    figures = await ledger_stalled_under_load(tmp_path, stall_seconds=3.0)
+    print("\n" + figures.summary())
+    assert figures.answered > 0 and figures.emulator_tokens > 0
+    assert figures.failed == figures.unanswered == 0, figures.failures  # a hung ledger refuses nobody
+    assert figures.ledger_tokens == figures.emulator_tokens  # every token billed, once
+
+
+@pytest.mark.cluster
+async def test_a_hung_budget_master_costs_no_request_and_no_token(tmp_path, redis_failover_cluster: RedisCluster):
+    figures = await ledger_stalled_on_a_cluster(tmp_path, redis_failover_cluster, stall_seconds=1.5)
+    print("\n" + figures.summary())
+    assert figures.answered > 0 and figures.emulator_tokens > 0
+    assert figures.failed == figures.unanswered == 0, figures.failures
+    assert figures.ledger_tokens == figures.emulator_tokens
+
+
+@needs_redis_server
+async def test_a_gateway_killed_mid_call_leaves_the_ledger_at_or_above_what_the_provider_billed(tmp_path):
+    figures = await killed_mid_call(tmp_path, in_flight=4)
+    print("\n" + figures.summary())
+    assert figures.ledger_estimated_tokens > 0  # the dead gateway's holds were charged when found expired
+    assert figures.ledger_tokens >= figures.emulator_tokens  # errs high, never low

@@ -136,7 +136,7 @@ async def test_admin_spend_splits_reported_and_estimated_spend_and_says_where_fi
     assert (total["tokens"], total["reported"]["tokens"], total["estimated"]["tokens"]) == (65_000, 45_000, 20_000)
     assert total["estimated"]["usd"] == 0.001 and total["usd"] == pytest.approx(0.0035)
     # An in-process ledger: the figures are this process's, and nothing waits for a write-back.
-    assert report["ledger"] == {"figures": "per_process", "pending_usd": 0, "pending_tokens": 0}
+    assert report["ledger"] == {"figures": "per_process", "pending_usd": 0, "pending_tokens": 0, "partial": False}
 
 
 async def test_crossing_80_percent_logs_a_warning(make_gateway: GatewayFactory, caplog):

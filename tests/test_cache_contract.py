@@ -11,6 +11,7 @@ from typing import cast
 
 import fakeredis
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from gateway.cache import Lookup, MemoryScoreCache, PairKey, ScoreCache, pair_keys
@@ -22,6 +23,7 @@ from gateway.scoring.flights import await_elsewhere
 from tests.support.hung_server import hung_server
 from tests.support.polling import eventually
 from tests.support.redis_server import CLUSTER, REDIS, RedisServer, own_redis_server
+from tests.support.stall import stall_the_next_call
 
 TTL = 3600
 K = pair_keys
@@ -199,6 +201,18 @@ async def test_hung_redis_is_bounded_by_the_timeout():
         elapsed = time.monotonic() - started
         await cache.close()
     assert elapsed < 5  # bounded, not hanging: the figure itself is not a performance claim
+
+
+async def test_a_call_cut_by_this_process_stalling_is_not_held_against_redis(redis_url):
+    cache = RedisScoreCache.from_url(redis_url, ttl_seconds=TTL, timeout_seconds=0.1)
+    await cache.start()
+    keys = K("m", None, [Q], [DOCS[0]])
+    with redis.Redis.from_url(redis_url) as server:
+        for _ in range(5):
+            stall_the_next_call(0.3, [server])
+            assert await cache.get_many(keys) == [None]  # cut by its bound: served uncached
+    assert cache.available  # five overruns, none Redis' doing: no back-off
+    await cache.close()
 
 
 @own_redis_server

@@ -24,6 +24,7 @@ from tests.support.config import gateway_config, local_url, write_config
 from tests.support.gateway import GatewayFactory, emulator_requests
 from tests.support.polling import eventually
 from tests.support.processes import free_port, running
+from tests.support.redis_server import RedisServer, own_redis_server
 
 EMULATOR_KEY = "k"
 WAITER_POLLS = 10  # lease-script runs that show the waiter waiting: far more than the owner's renewals then
@@ -170,6 +171,44 @@ async def test_an_owner_whose_call_failed_hands_over_at_once_not_at_lease_end(tm
         assert owner_status == 504  # its provider call timed out
         assert status == 200 and body["scores"] == pytest.approx(expected(docs), abs=1e-12)
         assert headers["X-Rerank-Cache"] == "hits=0; misses=5"
+
+
+@pytest.mark.processes
+@pytest.mark.slow
+@own_redis_server
+async def test_an_owner_whose_write_failed_hands_over_once_redis_is_back_not_at_lease_end(tmp_path):
+    # A persistent Redis, killed while the owner's call runs and restarted once it has answered: its
+    # lease survives (in the AOF), its write and its release found no Redis. Without a release
+    # retried, the waiter would wait half its deadline (the lease outlasts that).
+    lease_seconds = 30.0
+    server = RedisServer(tmp_path, extra_args=["--appendonly", "yes"])
+    server.start()
+    try:
+        async with fleet(tmp_path, server.url, lease_ms=lease_seconds * 1000) as gateways:
+            await gateways.emulator("POST", "/_emulator/faults", provider="deepinfra", mode="slow", delay_ms=1500,
+                                    count=1)
+            docs = documents("write-failed", 5)
+            owner = gateways.post(0, docs)
+            await gateways.wait_for_upstream_calls(1)
+            await asyncio.sleep(0.2)  # past appendfsync's second, well before the call ends: the lease is in the AOF
+            server.stop()  # SIGKILL
+            status, headers, _ = await asyncio.wait_for(owner, ANSWER_WITHIN_SECONDS)
+            assert (status, headers["X-Rerank-Cache"]) == (200, "hits=0; misses=5")  # answered, stored nothing
+            await asyncio.to_thread(server.start)
+            with server.client() as raw:
+                assert raw.keys("rr:*:leases"), "the owner's lease did not outlive the restart"
+            for other in ("warm-1", "warm-2"):  # a restart costs each pool one failed call: the waiter's own
+                assert (await gateways.post(1, documents(other, 1)))[0] == 200
+            back_at = asyncio.get_running_loop().time()
+            status, headers, body = await asyncio.wait_for(gateways.post(1, docs), ANSWER_WITHIN_SECONDS)
+            waited = asyncio.get_running_loop().time() - back_at
+            print(f"\nthe waiter answered {waited * 1000:.0f} ms after Redis was back (lease {lease_seconds:g} s)")
+            assert status == 200 and body["scores"] == pytest.approx(expected(docs), abs=1e-12)
+            assert headers["X-Rerank-Cache"] == "hits=0; misses=5"  # took the pairs over and paid once more
+            # Released, not run out: a bound far above a retry, a poll and a call, far below the lease.
+            assert waited < lease_seconds / 6
+    finally:
+        server.stop()
 
 
 @pytest.mark.processes

@@ -7,21 +7,27 @@ test_cache_contract.py and test_budget_ledger.py have a "redis-cluster" backend.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
+import redis
 from redis.crc import key_slot
+from redis.exceptions import TryAgainError
 
 from gateway.budget import Limit, RedisLedger, Reservation
 from gateway.cache import pair_keys
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import ConfigError, parse_config
-from gateway.redisio.client import cluster_nodes, node_url
-from gateway.redisio.cluster import ClusterConnections
+from gateway.redisio.client import cluster_nodes, node_addresses, node_url
+from gateway.redisio.cluster import ClusterConnections, NodeFailure, _parse_shards
 from tests.support.config import gateway_config
 from tests.support.gateway import GatewayFactory, emulator_requests
+from tests.support.stall import stall_the_next_call
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
     from tests.support.redis_cluster import RedisCluster
@@ -52,6 +58,8 @@ def test_a_cluster_url_names_any_of_its_nodes(url, nodes):
     ("redis+cluster://a:port", "no valid port"),
     ("redis+cluster://a:7000/2", "only database 0"),
     ("redis-cluster://a:7000", "redis+cluster://"),
+    ("redis+cluster://a:7000?node=b:7000", "expected node=ANNOUNCED_HOST:PORT=REACHABLE_HOST:PORT"),
+    ("redis+cluster://a:7000?node=b:7000=c", "is not host:port"),
 ])
 def test_a_bad_cluster_url_stops_the_gateway_with_the_reason(url, problem):
     with pytest.raises(ConfigError, match=f"cache.url: .*{re.escape(problem)}"):
@@ -63,6 +71,10 @@ def test_each_node_is_reached_with_the_cluster_urls_credentials_tls_and_options(
     assert node_url(url, "10.0.0.9", 7002) == "rediss://user:pw@10.0.0.9:7002/0?ssl_cert_reqs=none"
     assert node_url(url, "::1", 7000) == "rediss://user:pw@[::1]:7000/0?ssl_cert_reqs=none"
     assert node_url("redis+cluster://a:1,b:2", "b", 2) == "redis://b:2"
+    # The node addresses are the cluster client's option, not one redis-py knows.
+    mapped = "redis+cluster://a:1?node=pod-0.svc%3A6379%3D10.0.0.9%3A7002&ssl_cert_reqs=none&node=pod-1:6379=b:1"
+    assert node_url(mapped, "10.0.0.9", 7002) == "redis://10.0.0.9:7002?ssl_cert_reqs=none"
+    assert node_addresses(mapped) == {("pod-0.svc", 6379): ("10.0.0.9", 7002), ("pod-1", 6379): ("b", 1)}
 
 
 async def test_the_cluster_connections_keep_the_single_server_bounds():
@@ -124,75 +136,195 @@ async def test_a_slot_found_elsewhere_is_followed_there_and_the_map_corrected(re
     await commands.aclose()
 
 
-async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(redis_cluster_url, redis_cluster: RedisCluster):
-    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
-    await commands.warm_up(1)
-    assert commands._owners is not None
-    slot = key_slot(b"{asked}")
-    source_name = commands._owners[slot]
+@contextlib.contextmanager
+def migrating(redis_cluster: RedisCluster, source_name: str, slot: int) -> Iterator[tuple[redis.Redis, redis.Redis, str]]:
+    """`slot` in migration from its owner `source_name` to another master: (source, target, target's name)."""
     by_name = {f"127.0.0.1:{port}": node for (port, _), node in zip(redis_cluster.ports, redis_cluster.nodes())}
     source = by_name[source_name]
-    target = next(node for name, node in by_name.items() if name != source_name)
+    target_name, target = next((name, node) for name, node in by_name.items() if name != source_name)
     source_id, target_id = source.execute_command("CLUSTER", "MYID"), target.execute_command("CLUSTER", "MYID")
     target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
     source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
     try:
-        # The key is not on the source: it answers ASK, and the command goes to the target with ASKING.
-        assert await commands.execute([("SET", "{asked}k", "v"), ("GET", "{asked}k")]) == [b"OK", b"v"]
-        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
-        assert commands._owners[slot] == source_name  # an ASK moves one key, not the slot
-        assert await commands.execute([("DEL", "{asked}k")]) == [1]
+        yield source, target, target_name
     finally:
         for node in (source, target):
             node.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
         for node in by_name.values():
             node.close()
-        await commands.aclose()
+
+
+@pytest.mark.parametrize("stale_map", [False, True], ids=["asked", "moved-then-asked"])
+async def test_a_slot_being_migrated_is_asked_for_on_its_new_node(
+    redis_cluster_url, redis_cluster: RedisCluster, stale_map: bool,
+):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{asked}")
+    source_name = commands._owners[slot]
+    with migrating(redis_cluster, source_name, slot) as (_, target, target_name):
+        if stale_map:  # first to a node that answers MOVED to the source: two redirects in a row
+            commands._owners[slot] = next(name for name in commands._primaries if name not in (source_name, target_name))
+        # The key is not on the source: it answers ASK, and the command goes to the target with ASKING.
+        assert await commands.execute([("SET", "{asked}k", "v"), ("GET", "{asked}k")]) == [b"OK", b"v"]
+        assert target.execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+        assert commands._owners[slot] == source_name  # an ASK moves one key, not the slot
+        assert await commands.execute([("DEL", "{asked}k")]) == [1]
+    await commands.aclose()
+
+
+async def test_a_tryagain_is_sent_once_more_after_a_pause(redis_cluster_url, redis_cluster: RedisCluster):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{again}")
+    assert await commands.execute([("SET", "{again}here", "1")]) == [b"OK"]
+    with migrating(redis_cluster, commands._owners[slot], slot) as (source, _, _):
+        def refused() -> int:  # the MGETs this node answered with an error before running them
+            return int(source.info("commandstats").get("cmdstat_mget", {}).get("rejected_calls", 0))
+
+        before = refused()
+        # One key on the source, one not: a key split by the migration, which answers TRYAGAIN.
+        [reply] = await commands.execute_each([("MGET", "{again}here", "{again}gone")])
+        assert isinstance(reply, TryAgainError)  # still split after the pause: this call's miss
+        assert refused() == before + 2  # sent, and once more
+        source.delete("{again}here")
+    await commands.aclose()
+
+
+async def test_a_cached_query_on_a_slot_in_migration_is_still_read(redis_cluster_url, redis_cluster: RedisCluster):
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=2.0)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    hot, other = queries_on_distinct_nodes(commands._owners, 2)
+    keys = pair_keys("m", None, [hot, hot, other], DOCS[:3])
+    await cache.put_many(keys, [0.25, 0.5, 0.75])
+    slot = slot_of(hot)
+    with migrating(redis_cluster, commands._owners[slot], slot):
+        # Its hash is still on the source, its leases and buckets exist nowhere: the lookup, naming
+        # them all, meets TRYAGAIN; its hash, read alone, answers.
+        found = await cache.lookup(keys)
+        assert (found.scores, found.elsewhere) == ([0.25, 0.5, 0.75], frozenset())
+    await cache.close()
+
+
+async def test_the_map_comes_from_cluster_shards_and_drops_nodes_it_no_longer_names(redis_cluster_url):
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._shards_known is True  # Redis 7 answers CLUSTER SHARDS
+    assert len(set(commands._owners or ())) == 3
+    gone = commands._node("127.0.0.1:1")  # a node the cluster removed since (del-node)
+    await commands._read_layout()
+    assert "127.0.0.1:1" not in commands._nodes and not gone.connections._idle
+    await commands.aclose()
+
+
+class SilentNodes:
+    """Servers that accept connections and read, never answering: hung Cluster nodes."""
+
+    def __init__(self) -> None:
+        self.connects = 0
+        self._accepted: list[asyncio.StreamWriter] = []
+        self._servers: list[asyncio.Server] = []
+
+    async def start(self) -> str:
+        """One more silent node: its name."""
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connects += 1
+            self._accepted.append(writer)
+            await reader.read()  # reads, never answers
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        self._servers.append(server)
+        return f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+    async def close(self) -> None:
+        for writer in self._accepted:  # the servers' ends, or they are collected open after the loop closed
+            writer.close()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+
+
+def slot_of(query: str) -> int:
+    return key_slot(f"rr:{{{pair_keys('m', None, [query], DOCS[:1])[0][0]}}}".encode())
+
+
+def queries_on_distinct_nodes(owners: list[str], count: int) -> list[str]:
+    found: dict[str, str] = {}
+    for query in (f"query {i}" for i in range(200)):
+        found.setdefault(owners[slot_of(query)], query)
+    assert len(found) >= count, found
+    return list(found.values())[:count]
 
 
 async def test_a_hung_node_costs_its_own_keys_only_and_is_then_left_alone(
     redis_cluster_url, caplog: pytest.LogCaptureFixture,
 ):
-    connects = 0
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal connects
-        connects += 1
-        accepted.append(writer)
-        await reader.read()  # reads, never answers
-
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    hung = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    silent = SilentNodes()
+    hung = await silent.start()
     cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.5)
     await cache.start()
     commands = cache._redis
     assert isinstance(commands, ClusterConnections) and commands._owners is not None
-    owners = commands._owners
-
-    def slot_of(query: str) -> int:
-        return key_slot(f"rr:{{{pair_keys('m', None, [query], DOCS[:1])[0][0]}}}".encode())
-
-    healthy = "on a healthy node"
-    other = next(q for q in (f"on the hung node {i}" for i in range(50)) if owners[slot_of(q)] != owners[slot_of(healthy)])
+    healthy, other = queries_on_distinct_nodes(commands._owners, 2)
     keys = pair_keys("m", None, [healthy, other], DOCS[:2])
     await cache.put_many(keys, [0.25, 0.75])
     hung_slot = slot_of(other)
+    commands._seeds.append(hung)  # named in the URL: kept through refreshes that find it in no map
     with caplog.at_level(logging.WARNING, logger="gateway.cache"):
         for _ in range(5):
             commands._owners[hung_slot] = hung  # as if it owned the slot (a refresh may have corrected it)
             assert await cache.get_many(keys) == [0.25, None]  # the healthy node's score, in time
             assert cache.available  # the cache as a whole is not backed off
-    assert connects == 3  # three failures in a row; then the node is left alone, no more I/O
+    assert silent.connects == 3  # three failures in a row; then the node is left alone, no more I/O
     assert [r.getMessage() for r in caplog.records] == [
         f"redis cache read failed in part (NodeFailure: node {hung}: TimeoutError: timed out); "
         "serving uncached for that node's keys"
     ]
     await cache.close()
-    for writer in accepted:  # the server's ends, or they are collected open after the loop closed
-        writer.close()
-    server.close()
-    await server.wait_closed()
+    await silent.close()
+
+
+async def test_several_hung_nodes_back_the_whole_cluster_off(redis_cluster_url):
+    silent = SilentNodes()
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.3)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    queries = queries_on_distinct_nodes(commands._owners, 3)
+    keys = pair_keys("m", None, queries, DOCS[:3])
+    hung = {slot_of(query): await silent.start() for query in queries[1:]}
+    commands._seeds += hung.values()  # named in the URL: kept through refreshes that find them in no map
+    for _ in range(3):
+        for slot, node in hung.items():  # again each time: a refresh may have corrected them
+            commands._owners[slot] = node
+        assert await cache.get_many(keys) == [None, None, None]
+    assert not cache.available  # two nodes of three failing three calls in a row: the cluster's outage
+    await cache.close()
+    await silent.close()
+
+
+async def test_a_stall_of_this_process_is_charged_to_no_node(
+    redis_cluster_url, redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture,
+):
+    cache = RedisScoreCache.from_url(redis_cluster_url, ttl_seconds=3600, timeout_seconds=0.1)
+    await cache.start()
+    commands = cache._redis
+    assert isinstance(commands, ClusterConnections) and commands._owners is not None
+    keys = pair_keys("m", None, queries_on_distinct_nodes(commands._owners, 3), DOCS[:3])
+    nodes = redis_cluster.nodes()
+    with caplog.at_level(logging.WARNING, logger="gateway.cache"):
+        for _ in range(5):
+            stall_the_next_call(0.3, nodes)
+            assert await cache.get_many(keys) == [None, None, None]  # cut by the bound: served uncached
+    for node in nodes:
+        node.close()
+    assert cache.available and all(node.backoff.available for node in commands._nodes.values())
+    assert "while this process stalled" in caplog.records[0].getMessage()
+    await cache.close()
 
 
 async def test_credentials_in_the_url_are_used(redis_cluster_url, redis_cluster: RedisCluster):
@@ -288,3 +420,50 @@ def test_the_session_cluster_is_on_loopback_only(redis_cluster: RedisCluster):
             assert node.config_get("bind")["bind"] == "127.0.0.1"
             assert node.config_get("port")["port"] != "6379"
             assert node.cluster("info")["cluster_state"] == "ok"
+
+
+# --- address remapping
+
+
+@pytest.fixture
+def cluster_behind_names(tmp_path) -> Iterator[RedisCluster]:
+    """Three masters that announce host names this machine cannot resolve (`node-PORT.invalid`),
+    as pods or containers announce names only their own network knows."""
+    from tests.support.redis_cluster import MISSING, RedisCluster
+
+    if MISSING is not None:
+        pytest.skip(MISSING)
+    cluster = RedisCluster(tmp_path, extra_args=["--cluster-preferred-endpoint-type", "hostname"])
+    cluster.start()
+    try:
+        for (port, _), node in zip(cluster.ports, cluster.nodes()):
+            with node:
+                node.config_set("cluster-announce-hostname", f"node-{port}.invalid")
+        deadline = time.monotonic() + 20
+        for node in cluster.nodes():  # until every node announces every master by its name
+            with node:
+                while not all(name.startswith("node-") for name in _parse_shards(
+                        node.execute_command("CLUSTER", "SHARDS"), "")[1]):  # type: ignore[index]
+                    assert time.monotonic() < deadline, "the nodes' names did not spread"
+                    time.sleep(0.1)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.cluster
+async def test_nodes_announced_under_names_unreachable_here_are_reached_where_the_url_says(
+    cluster_behind_names: RedisCluster,
+):
+    keys = [f"{{{tag}}}k" for tag in ("a", "b", "c", "d", "e", "f")]
+    plain = ClusterConnections(cluster_behind_names.url, timeout_seconds=1.0, max_connections=2)
+    await plain.warm_up(1)
+    assert all(name.split(":")[0].endswith(".invalid") for name in plain._primaries), plain._primaries
+    assert all(isinstance(reply, NodeFailure) for reply in await plain.execute_each([("GET", key) for key in keys]))
+    await plain.aclose()
+    remap = "&".join(f"node=node-{port}.invalid:{port}=127.0.0.1:{port}" for port, _ in cluster_behind_names.ports)
+    mapped = ClusterConnections(f"{cluster_behind_names.url}?{remap}", timeout_seconds=1.0, max_connections=2)
+    assert await mapped.execute([("SET", key, key) for key in keys]) == [b"OK"] * len(keys)
+    assert await mapped.execute([("GET", key) for key in keys]) == [key.encode() for key in keys]
+    assert len({mapped._owners[key_slot(key.encode())] for key in keys if mapped._owners}) > 1  # several nodes
+    await mapped.aclose()

@@ -2,11 +2,13 @@
 
 A scope is a provider name, or GATEWAY_SCOPE for the gateway-wide budget. Every scope a call
 touches has two windows, its UTC day and its UTC month, and `reserve` holds the estimated cost
-against all of them at once or against none. Holds count against the limits while the call is
-in flight, so a burst cannot overshoot: spend exceeds a limit by at most the estimation error of
-the calls in flight. A hold expires on its own (its holder may have died); `settle` turns it into
-the real cost and tokens (and the part of them the gateway estimated because the provider
-reported no usage), `release` drops it.
+(and tokens) against all of them at once or against none. Holds count against the limits while
+the call is in flight, so a burst cannot overshoot: spend exceeds a limit by at most the
+estimation error of the calls in flight. A hold expires on its own: its holder may have died
+mid-call, with the provider billing it all the same, so an expired hold is charged at what it
+held, as estimated spend (the ledger errs high, never low); `settle` turns a hold, or that
+charge, into the real cost and tokens (and the part of them the gateway estimated because the
+provider reported no usage), `release` drops it.
 
 Money is kept as integer nano-dollars inside the ledgers: a hundred $0.01 holds must fill a
 $1.00 limit exactly, which float sums do not.
@@ -65,6 +67,7 @@ class Reservation:
     month: str  # "2025-01"
     expires_at: datetime
     fallback: bool = False  # made in a RedisLedger's in-process fallback while Redis was away
+    tokens: int = 0  # the tokens held with the amount: what an expired hold is charged
 
     @property
     def scopes(self) -> tuple[str, ...]:
@@ -109,6 +112,9 @@ class WindowReport:
     # (already counted in tokens and spent_usd).
     pending_tokens: int = 0
     pending_usd: float = 0.0
+    # The shared ledger holds less than this process has seen it hold: it lost spend (a Redis
+    # restarted without it) or has not loaded it yet, so its figures are partial.
+    partial: bool = False
 
     @property
     def exhausted(self) -> bool:
@@ -138,8 +144,10 @@ class BudgetAlert:
 class Ledger(Protocol):
     async def start(self) -> None: ...
 
-    async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
-        """Hold amount_usd against every window of every limit, or refuse and hold nothing."""
+    async def reserve(
+        self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float, tokens: int = 0
+    ) -> Reservation | Refusal:
+        """Hold amount_usd (an estimate of `tokens`) against every window of every limit, or refuse and hold nothing."""
         ...
 
     async def settle(

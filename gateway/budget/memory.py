@@ -56,8 +56,9 @@ class _Totals:
     shared_estimated: Spend = field(default_factory=Spend)
     reserved: int = 0
     warned: bool = False
-    holds: dict[str, tuple[int, float]] = field(default_factory=dict)  # id -> (amount, expires at, epoch s)
+    holds: dict[str, tuple[Spend, float]] = field(default_factory=dict)  # id -> (held, expires at, epoch s)
     expiries: list[tuple[float, str]] = field(default_factory=list)  # heap; settled holds linger until popped
+    charged: dict[str, Spend] = field(default_factory=dict)  # id -> what its hold was charged at expiry
 
     @property
     def total_spent(self) -> int:
@@ -75,22 +76,29 @@ class _Totals:
         )
 
     def purge(self, now: float) -> None:
+        """Charge the holds expired by `now` at what they held, as estimated spend (see base.py)."""
         while self.expiries and self.expiries[0][0] <= now:
             expires, hold_id = heapq.heappop(self.expiries)
             hold = self.holds.get(hold_id)
             if hold is not None and hold[1] == expires:
                 del self.holds[hold_id]
-                self.reserved -= hold[0]
+                held = hold[0]
+                self.reserved -= held.nano
+                self.add(Settled(held, held))
+                self.charged[hold_id] = held
 
-    def hold(self, hold_id: str, amount: int, expires: float) -> None:
-        self.holds[hold_id] = (amount, expires)
+    def hold(self, hold_id: str, held: Spend, expires: float) -> None:
+        self.holds[hold_id] = (held, expires)
         heapq.heappush(self.expiries, (expires, hold_id))
-        self.reserved += amount
+        self.reserved += held.nano
 
     def unhold(self, hold_id: str) -> None:
+        """End the hold; or take back what it was charged at expiry, which the caller's figures replace."""
         hold = self.holds.pop(hold_id, None)
         if hold is not None:
-            self.reserved -= hold[0]
+            self.reserved -= hold[0].nano
+        elif (charged := self.charged.pop(hold_id, None)) is not None:
+            self.add(Settled(Spend(), Spend()) - Settled(charged, charged))
 
 
 class _Held(NamedTuple):
@@ -114,7 +122,9 @@ class MemoryLedger:
     async def start(self) -> None:
         """Nothing to open: the in-process ledger is ready when built."""
 
-    async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
+    async def reserve(
+        self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float, tokens: int = 0
+    ) -> Reservation | Refusal:
         check_reserve(limits, amount_usd, hold_seconds)
         now = aware_utc(self._clock)
         day, month = labels(now)
@@ -130,10 +140,11 @@ class MemoryLedger:
         if refusals:
             return binding_refusal(refusals)
         reservation = Reservation(
-            uuid.uuid4().hex, tuple(limits), amount_usd, day, month, now + timedelta(seconds=hold_seconds)
+            uuid.uuid4().hex, tuple(limits), amount_usd, day, month, now + timedelta(seconds=hold_seconds),
+            tokens=max(0, tokens),
         )
         for figures in totals:
-            figures.hold(reservation.id, amount, reservation.expires_at.timestamp())
+            figures.hold(reservation.id, Spend(amount, reservation.tokens), reservation.expires_at.timestamp())
         return reservation
 
     async def settle(
@@ -199,6 +210,11 @@ class MemoryLedger:
             max(figures.shared_estimated.nano, nano(report.estimated_usd)),
             max(figures.shared_estimated.tokens, report.estimated_tokens),
         )
+
+    def shared_seen(self, window: Window) -> Spend:
+        """The most spend and tokens the shared ledger was seen holding for this window."""
+        figures = self._totals.get((window.scope, window.label))
+        return Spend() if figures is None else Spend(figures.shared_spent, figures.shared_tokens)
 
     def written_back(self, window: Window, settled: Settled, shared_spent: int) -> None:
         """`settled` went from this process's figures into the shared ledger, which now holds `shared_spent`."""

@@ -47,7 +47,8 @@ class ScoreCache(Protocol):
 
     Leases make single flight reach across processes: `lookup` claims the missing pairs for this
     process in the same round trip as the read, unless another process holds them; `put_many`
-    ends the leases of what it stores, `release` those of pairs this process will not store.
+    ends the leases of what it stores, `release` those of pairs this process did not store (a write
+    skipped or failed), so another process waiting for them scores them at once.
     A cache of one process has no one to share with: it grants every claim.
     """
 
@@ -61,7 +62,9 @@ class ScoreCache(Protocol):
         """Read, and lease the missing keys to this process until `deadline` (event-loop time) at the latest."""
         ...
 
-    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None: ...
+    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> bool:
+        """Store the scores; whether every one was stored (and its lease ended with it)."""
+        ...
 
     async def release(self, keys: Sequence[PairKey]) -> None:
         """End this process's leases on these keys (it will not store their scores)."""

@@ -161,7 +161,7 @@ class MemoryScoreCache:
     def keep_leases(self, keys: Sequence[PairKey], deadline: float | None) -> LeaseKeeper:
         return _NO_LEASES  # no leases to keep
 
-    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
+    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> bool:
         now = self._clock()
         expires = now + self._ttl
         added = 0
@@ -183,6 +183,7 @@ class MemoryScoreCache:
         self._pairs += added
         self._bytes += PAIR_BYTES * added
         self._evict()
+        return True
 
     def _live_to_write(self, group: str, now: float, expires: float) -> bytearray | None:
         """The group's live bucket with its expiry renewed, or None (an expired one is dropped)."""

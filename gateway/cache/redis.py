@@ -13,7 +13,11 @@ process holds them; that one is scoring them, and the caller waits for its score
 (gateway/scoring/flights.py) instead of paying too. The write ends the leases. A lease runs out by
 itself after `lease_seconds`, so an owner that died costs its waiters that long at most; an owner
 still scoring renews its leases every half lease (keep_leases), so a slow provider call does not
-let waiters take its pairs over and pay for them too.
+let waiters take its pairs over and pay for them too. An owner that stores nothing (its call
+failed, its write was skipped or failed) releases its leases; a release Redis did not take (it
+was away, or left alone for a moment) is tried again every RELEASE_RETRY_SECONDS in the
+background until it is, or the lease has run out anyway, so that waiters, here or elsewhere,
+take the pairs over within about that long of Redis answering again.
 
 Every call is bounded by a short timeout; on any Redis failure the request is served uncached
 (gateway/redisio/outage.py decides when to leave Redis alone for a moment, and says so). On a
@@ -31,9 +35,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import TryAgainError
+
 from gateway.cache.base import LeaseKeeper, Lookup, PairKey, query_group
 from gateway.cache.scripts import LOOKUP, PUT, RELEASE, RENEW
 from gateway.redisio.client import REDIS_FAILURES
+from gateway.redisio.cluster import NodeFailure
 from gateway.redisio.commands import Commands, Script, ScriptCall, commands_for, run_scripts_each
 from gateway.redisio.outage import RedisOutage
 
@@ -51,6 +58,9 @@ SPILL_BUCKETS = 8
 _BUCKET_SUFFIXES = tuple(f":{bucket}" for bucket in range(SPILL_BUCKETS))
 _LEASES_SUFFIX = ":leases"
 DEFAULT_LEASE_SECONDS = 5.0
+# How often a release Redis did not take is tried again: about how long after Redis answers again
+# a waiter goes on with the pairs.
+RELEASE_RETRY_SECONDS = 0.1
 _LOOKUP, _PUT, _RELEASE, _RENEW = Script(LOOKUP), Script(PUT), Script(RELEASE), Script(RENEW)
 
 
@@ -77,6 +87,9 @@ class RedisScoreCache:
             log, "redis cache", "serving uncached", clock,
             retry_after_seconds, warn_interval_seconds, failures_before_backoff,
         )
+        # Leases a release did not end, each with the loop time it runs out by itself.
+        self._unreleased: dict[PairKey, float] = {}
+        self._releasing: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(
@@ -86,6 +99,7 @@ class RedisScoreCache:
         return cls(commands_for(url, timeout_seconds, max_connections), ttl_seconds, timeout_seconds, lease_seconds)
 
     async def start(self) -> None:
+        self._outage.lag.start()
         await self._redis.warm_up(WARM_CONNECTIONS)
 
     @property
@@ -116,10 +130,15 @@ class RedisScoreCache:
         replies = await self._run("read", calls)
         if replies is None:
             return misses
+        migrating = [i for i, reply in enumerate(replies) if isinstance(reply, TryAgainError)]
+        if migrating:
+            names = list(groups)
+            for i, values in zip(migrating, await self._hashes_alone([(names[i], groups[names[i]][0]) for i in migrating])):
+                replies[i] = values
         scores = misses.scores
         elsewhere = []
         for (_, positions), values in zip(groups.values(), replies):
-            if isinstance(values, BaseException):
+            if values is None or isinstance(values, BaseException):
                 continue  # its node failed (logged by _run): this query's pairs are misses
             for position, value in zip(positions, values):
                 if isinstance(value, bytes):
@@ -128,19 +147,63 @@ class RedisScoreCache:
                     elsewhere.append(position)
         return Lookup(scores, frozenset(elsewhere))
 
-    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> None:
+    async def _hashes_alone(self, queries: list[tuple[str, list[bytes]]]) -> list[Any]:
+        """The scores in these queries' hashes, read by naming the hash alone, claiming nothing.
+
+        For a query whose slot is being migrated: the lookup names ten keys, most of which do not
+        exist, so while the slot moves the node answers TRYAGAIN (keys split between two nodes)
+        for as long as the migration lasts. One key is on one node whole: its scores are read there
+        (a spilled query's later passages are misses meanwhile).
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self._redis.execute_each([("HMGET", _hash_name(group), *digests) for group, digests in queries])
+        except REDIS_FAILURES:
+            return [None] * len(queries)  # misses, as the lookup already said
+
+    async def put_many(self, keys: Sequence[PairKey], scores: Sequence[float]) -> bool:
         if not self.available:
-            return
+            return False
         calls: list[ScriptCall] = []
         for group, (digests, positions) in _group_by_query(keys).items():
             args: list[bytes | int | str] = [self._owner, self._ttl, QUERY_HASH_FIELDS]
             for digest, position in zip(digests, positions):
                 args += (digest, _SCORE.pack(scores[position]))
             calls.append((_PUT, _query_keys(group), args))
-        await self._run("write", calls)
+        replies = await self._run("write", calls)
+        return replies is not None and _all_answered(replies)
 
     async def release(self, keys: Sequence[PairKey]) -> None:
-        await self._on_own_leases("release", _RELEASE, keys)
+        if not await self._on_own_leases("release", _RELEASE, keys):
+            self._release_later(keys)
+
+    def _release_later(self, keys: Sequence[PairKey]) -> None:
+        # A lease asked for now would not outlast this; one granted earlier runs out sooner.
+        runs_out = asyncio.get_running_loop().time() + self._lease
+        self._unreleased.update(dict.fromkeys(keys, runs_out))
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.ensure_future(self._retry_releases())
+
+    async def _retry_releases(self) -> None:
+        """Releases Redis did not take, tried again until it does or their leases have run out.
+
+        Not held back by the outage's back-off, which spares requests the wait for a failing Redis:
+        no request waits for this, and a waiter elsewhere waits for it.
+        """
+        loop = asyncio.get_running_loop()
+        while self._unreleased:
+            await asyncio.sleep(RELEASE_RETRY_SECONDS)
+            now = loop.time()
+            self._unreleased = {key: runs_out for key, runs_out in self._unreleased.items() if runs_out > now}
+            keys = list(self._unreleased)
+            try:
+                async with asyncio.timeout(self._timeout):
+                    replies = await run_scripts_each(self._redis, self._lease_calls(_RELEASE, keys))
+            except REDIS_FAILURES:
+                continue
+            if _all_answered(replies):
+                for key in keys:
+                    self._unreleased.pop(key, None)
 
     def keep_leases(self, keys: Sequence[PairKey], deadline: float | None) -> LeaseKeeper:
         return _LeaseRenewal(self, keys, deadline)
@@ -149,15 +212,19 @@ class RedisScoreCache:
         """Extend this process's leases on these keys to `lease_ms` from now (see scripts.RENEW)."""
         await self._on_own_leases("renew", _RENEW, keys, lease_ms)
 
-    async def _on_own_leases(self, operation: str, script: Script, keys: Sequence[PairKey], *args: int) -> None:
-        """Run a script on this process's leases of these keys: one call per query, on its leases hash."""
+    async def _on_own_leases(self, operation: str, script: Script, keys: Sequence[PairKey], *args: int) -> bool:
+        """Run a script on this process's leases of these keys; whether every query's call ran."""
         if not self.available:
-            return
-        calls: list[ScriptCall] = [
+            return False
+        replies = await self._run(operation, self._lease_calls(script, keys, *args))
+        return replies is not None and _all_answered(replies)
+
+    def _lease_calls(self, script: Script, keys: Sequence[PairKey], *args: int) -> list[ScriptCall]:
+        """One call per query, on its leases hash."""
+        return [
             (script, [_hash_name(group) + _LEASES_SUFFIX], [self._owner, *args, *digests])
             for group, (digests, _) in _group_by_query(keys).items()
         ]
-        await self._run(operation, calls)
 
     async def _run(self, operation: str, calls: list[ScriptCall]) -> list[Any] | None:
         """The scripts' replies in one bounded round trip, or None when Redis failed (logged).
@@ -165,18 +232,23 @@ class RedisScoreCache:
         On a Cluster one node may fail alone: its calls then hold the failure in their places, the
         other nodes' replies stand, and only that node backs off (gateway/redisio/cluster.py).
         """
+        bound = asyncio.timeout(self._timeout)
         try:
             # A cluster client may learn its layout on the first call: the bound covers it.
-            async with asyncio.timeout(self._timeout):
+            async with bound:
                 replies = await run_scripts_each(self._redis, calls)
         except REDIS_FAILURES as exc:
-            self._outage.failed(operation, exc)
+            deadline = bound.when()
+            self._outage.failed(operation, exc, None if deadline is None else deadline - self._timeout)
             return None
+        failed = [reply for reply in replies if isinstance(reply, BaseException)]
+        if len({failure.node for failure in failed if isinstance(failure, NodeFailure)}) > 1:
+            # Several nodes of a Cluster at once: its outage, not one node's (which backs off alone).
+            self._outage.failed(operation, failed[0])
+            return replies
         self._outage.succeeded()
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                self._outage.failed_in_part(operation, reply)
-                break
+        if failed:
+            self._outage.failed_in_part(operation, failed[0])
         return replies
 
     async def ping(self) -> bool:
@@ -186,6 +258,8 @@ class RedisScoreCache:
         return None  # Redis' own INFO memory says; this process holds none of it
 
     async def close(self) -> None:
+        if self._releasing is not None:
+            self._releasing.cancel()
         await self._redis.aclose()
 
 
@@ -245,6 +319,11 @@ def _group_by_query(keys: Sequence[PairKey]) -> dict[str, tuple[list[bytes], lis
         entry[0].append(digest)
         entry[1].append(position)
     return groups
+
+
+def _all_answered(replies: list[Any]) -> bool:
+    """No call of a round trip failed (on a Cluster, one node's calls may fail alone)."""
+    return not any(isinstance(reply, BaseException) for reply in replies)
 
 
 def _decode_score(value: bytes | None) -> float | None:

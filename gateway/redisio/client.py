@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -57,12 +57,42 @@ def is_cluster_url(url: str) -> bool:
     return url.partition("://")[0] in CLUSTER_SCHEMES
 
 
+# A cluster URL's option naming where a node the cluster announces is reached from here, once per
+# node: `?node=ANNOUNCED_HOST:PORT=REACHABLE_HOST:PORT` (NAT, Docker, Kubernetes). Not a redis-py option.
+NODE_ADDRESS_OPTION = "node"
+
+
 def node_url(url: str, host: str, port: int) -> str:
     """A `redis+cluster://` URL's credentials, TLS and options, for one of its nodes: `redis://user:pw@host:port/0?...`."""
     parts = urlsplit(url)
     userinfo, at, _ = parts.netloc.rpartition("@")
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES[parts.scheme], netloc=f"{userinfo}{at}{address}"))
+    options = urlencode([(name, value) for name, value in parse_qsl(parts.query) if name != NODE_ADDRESS_OPTION])
+    return urlunsplit(parts._replace(
+        scheme=CLUSTER_SCHEMES[parts.scheme], netloc=f"{userinfo}{at}{address}", query=options))
+
+
+def node_addresses(url: str) -> dict[tuple[str, int], tuple[str, int]]:
+    """A cluster URL's `node` options: announced (host, port) -> the (host, port) to connect to."""
+    addresses = {}
+    for name, value in parse_qsl(urlsplit(url).query):
+        if name == NODE_ADDRESS_OPTION:
+            announced, equals, reachable = value.partition("=")
+            if not equals:
+                raise ValueError(f"node={value!r}: expected node=ANNOUNCED_HOST:PORT=REACHABLE_HOST:PORT")
+            addresses[_address(announced)] = _address(reachable)
+    return addresses
+
+
+def _address(text: str) -> tuple[str, int]:
+    node = urlsplit(f"//{text.strip()}")
+    try:
+        port = node.port
+    except ValueError:
+        port = None
+    if not node.hostname or port is None:
+        raise ValueError(f"{text!r} is not host:port")
+    return node.hostname, port
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -83,6 +113,7 @@ def cluster_nodes(url: str) -> list[tuple[str, int]]:
         except ValueError:
             raise ValueError(f"node {host!r} has no valid port") from None
         nodes.append((node.hostname, port))
+    node_addresses(url)  # raises ValueError naming a malformed one
     return nodes
 
 

@@ -23,7 +23,13 @@ shard's keys miss, and the promoted replica is used as soon as a healthy node re
 A batch is split by node and sent to the nodes at once, each part bounded apart (a share of the
 caller's bound), so a hung node costs only its own commands. `execute_each` gives each command
 its reply or, when its node failed, a NodeFailure in its place; `execute` raises the first.
-A MOVED is followed once (the slot is re-pointed at once), an ASK once.
+Redirects are followed up to MAX_REDIRECTS times in a row (a MOVED to a node that answers ASK
+for a slot in migration is two): a MOVED re-points the slot at once, an ASK sends the command on
+with ASKING. A TRYAGAIN (a multi-key call on a slot in migration whose keys are split between
+the two nodes) is sent once more after TRYAGAIN_PAUSE_SECONDS. The map is read again after a burst
+of MOVEDs ends (the refresh they start waits out REFRESH_SECONDS after the last one), and every
+REFRESH_EVERY_SECONDS while calls are made (one CLUSTER SHARDS, or CLUSTER SLOTS before Redis 7,
+to one node); a node the new map no longer names is dropped, its connections closed.
 """
 
 from __future__ import annotations
@@ -35,17 +41,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import AskError, ClusterDownError, ConnectionError as RedisConnectionError, MovedError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ConnectionError as RedisConnectionError,
+    MovedError,
+    ResponseError,
+    TryAgainError,
+)
 
-from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes, node_url
+from gateway.redisio.client import CONNECT_TIMEOUT_SECONDS, REDIS_FAILURES, cluster_nodes, node_addresses, node_url
 from gateway.redisio.direct import Command, DirectConnections
-from gateway.redisio.outage import Backoff
+from gateway.redisio.outage import Backoff, LoopLag
 
 # A node's part of a call may take this share of the call's bound: a hung node then times out
 # alone, while the caller still has time to take the other nodes' replies.
 NODE_SHARE_OF_BOUND = 0.8
 # How often the slot map may be asked for again while a node fails or slots move.
 REFRESH_SECONDS = 0.25
+# ... and how often it is read anyway while the cluster is used: a reshard that moved slots this
+# process never asked for (no MOVED yet), or a node removed, is learnt within this long.
+REFRESH_EVERY_SECONDS = 5.0
+# Redirects followed in a row for one command (MOVED, then ASK, then one more for a map in flux).
+MAX_REDIRECTS = 3
+# A TRYAGAIN's keys are being moved now: a migration moves a key in well under this.
+TRYAGAIN_PAUSE_SECONDS = 0.02
 # Sent to every primary: they name no key.
 _KEYLESS = frozenset({"PING", "SCRIPT", "FLUSHALL", "FLUSHDB", "INFO", "CLUSTER", "DBSIZE"})
 
@@ -74,19 +94,23 @@ class _Node:
 class ClusterConnections:
     def __init__(
         self, url: str, timeout_seconds: float, max_connections: int,
-        node_backoff: Callable[[], Backoff] = Backoff,
+        node_backoff: Callable[[LoopLag], Backoff] = lambda lag: Backoff(lag=lag),
     ) -> None:
         self._url = url
         self._seeds = [_name(host, port) for host, port in cluster_nodes(url)]
+        self._addresses = node_addresses(url)  # announced -> reachable, for NAT, Docker, Kubernetes
         self._timeout = timeout_seconds
         self._node_timeout = timeout_seconds * NODE_SHARE_OF_BOUND
         self._max_connections = max_connections
+        self._lag = LoopLag()  # one for every node's back-off: they all run on this process's loop
         self._new_backoff = node_backoff
         self._nodes: dict[str, _Node] = {}
         self._owners: list[str] | None = None  # node name per slot, once learnt
         self._primaries: list[str] = []
         self._refreshing: asyncio.Task[None] | None = None
+        self._trailing: asyncio.TimerHandle | None = None  # a refresh due once REFRESH_SECONDS have passed
         self._last_refresh = -1e9
+        self._shards_known: bool | None = None  # whether the nodes answer CLUSTER SHARDS, once asked
 
     # --- the Commands protocol
 
@@ -109,7 +133,12 @@ class ClusterConnections:
             else:
                 by_node.setdefault(owners[key_slot(_encoded(key))], []).append(index)
         await self._send_parts(commands, by_node, results)
-        await self._follow_redirects(commands, results)
+        tried_again: set[int] = set()  # the commands a TRYAGAIN was sent again, once
+        for _ in range(MAX_REDIRECTS):
+            if not await self._follow_redirects(commands, results, tried_again):
+                break
+        if asyncio.get_running_loop().time() - self._last_refresh > REFRESH_EVERY_SECONDS:
+            self._refresh_soon()
         return results
 
     async def load_script(self, source: str) -> None:
@@ -117,6 +146,7 @@ class ClusterConnections:
 
     async def warm_up(self, connections: int) -> None:
         """Learn the layout and open up to `connections` to each primary; a node that is down is fine."""
+        self._lag.start()
         with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS * len(self._seeds)):
                 await self._learn_layout()
@@ -133,6 +163,8 @@ class ClusterConnections:
         return True
 
     async def aclose(self) -> None:
+        if self._trailing is not None:
+            self._trailing.cancel()
         if self._refreshing is not None:
             self._refreshing.cancel()
             await asyncio.gather(self._refreshing, return_exceptions=True)
@@ -165,11 +197,15 @@ class ClusterConnections:
         batch: Sequence[Command] = commands
         if asking:
             batch = [part for command in commands for part in (("ASKING",), command)]
+        bound = asyncio.timeout(self._node_timeout)
         try:
-            async with asyncio.timeout(self._node_timeout):
+            async with bound:
                 replies = await node.connections.replies(batch)
         except REDIS_FAILURES as exc:
-            failure = NodeFailure(name, exc, backing_off=node.backoff.count_failure())
+            deadline = bound.when()
+            # An overrun is this node's, unless this process stood still through it: then nobody's.
+            charged = node.backoff.charged(exc, None if deadline is None else deadline - self._node_timeout)
+            failure = NodeFailure(name, exc, backing_off=charged and node.backoff.count_failure())
             self._refresh_soon()
             for index in indexes:
                 results[index] = failure
@@ -178,10 +214,13 @@ class ClusterConnections:
         for index, reply in zip(indexes, replies[1::2] if asking else replies):
             results[index] = reply
 
-    async def _follow_redirects(self, commands: Sequence[Command], results: list[Any]) -> None:
-        """Send once more what a node said lives elsewhere: MOVED to its owner, ASK (a slot migrating) with ASKING."""
+    async def _follow_redirects(self, commands: Sequence[Command], results: list[Any], tried_again: set[int]) -> bool:
+        """Send once more what a node said lives elsewhere: MOVED to its owner, ASK (a slot migrating)
+        with ASKING; and a TRYAGAIN to the same node after a pause. Whether anything was sent."""
         moved: dict[str, list[int]] = {}
         asked: dict[str, list[int]] = {}
+        again: dict[str, list[int]] = {}
+        owners = self._owners
         for index, result in enumerate(results):
             if isinstance(result, MovedError):
                 target = _name(result.host, result.port)
@@ -189,6 +228,11 @@ class ClusterConnections:
                 moved.setdefault(target, []).append(index)
             elif isinstance(result, AskError):
                 asked.setdefault(_name(result.host, result.port), []).append(index)
+            elif isinstance(result, TryAgainError) and owners is not None and index not in tried_again:
+                key = _key_of(commands[index])
+                if key is not None:
+                    again.setdefault(owners[key_slot(_encoded(key))], []).append(index)
+                    tried_again.add(index)
             elif isinstance(result, ClusterDownError):
                 self._refresh_soon()
         if moved:
@@ -196,6 +240,10 @@ class ClusterConnections:
             await self._send_parts(commands, moved, results)
         for name, indexes in asked.items():
             await self._send(name, [commands[i] for i in indexes], indexes, results, asking=True)
+        if again:  # once: a migration still splitting these keys after the pause costs this call its miss
+            await asyncio.sleep(TRYAGAIN_PAUSE_SECONDS)
+            await self._send_parts(commands, again, results)
+        return bool(moved or asked or again)
 
     async def _everywhere(self, command: Command, raise_unless_one: bool = False) -> Any:
         """A keyless command on every primary: the first reply; a failure only when no node answered it."""
@@ -210,12 +258,14 @@ class ClusterConnections:
         return results[0]
 
     def _node(self, name: str) -> _Node:
+        """The node the cluster calls `name` (as it announces it), reached where the URL says (`node=`)."""
         node = self._nodes.get(name)
         if node is None:
             host, _, port = name.rpartition(":")
-            url = node_url(self._url, host.strip("[]"), int(port))
+            host, port_number = self._addresses.get((host.strip("[]"), int(port)), (host.strip("[]"), int(port)))
+            url = node_url(self._url, host, port_number)
             node = self._nodes[name] = _Node(
-                DirectConnections.from_url(url, self._timeout, self._max_connections), self._new_backoff()
+                DirectConnections.from_url(url, self._timeout, self._max_connections), self._new_backoff(self._lag)
             )
         return node
 
@@ -232,10 +282,21 @@ class ClusterConnections:
 
     def _refresh_soon(self) -> None:
         loop = asyncio.get_running_loop()
-        if (self._refreshing is not None and not self._refreshing.done()) or loop.time() - self._last_refresh < REFRESH_SECONDS:
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        wait = REFRESH_SECONDS - (loop.time() - self._last_refresh)
+        if wait > 0:
+            # Asked again too soon: once more when the wait is over, so the map read after a burst
+            # of redirects is one from after its end.
+            if self._trailing is None:
+                self._trailing = loop.call_later(wait, self._refresh_after_wait)
             return
         self._refreshing = asyncio.ensure_future(self._read_layout())
         self._refreshing.add_done_callback(_quietly)
+
+    def _refresh_after_wait(self) -> None:
+        self._trailing = None
+        self._refresh_soon()
 
     async def _read_layout(self) -> None:
         """Ask the known primaries, then the configured nodes, until one answers; nodes left alone last."""
@@ -245,13 +306,33 @@ class ClusterConnections:
         for name in names:
             try:
                 async with asyncio.timeout(max(self._timeout, CONNECT_TIMEOUT_SECONDS)):
-                    [reply] = await self._node(name).connections.execute([("CLUSTER", "SLOTS")])
-                layout = _parse_slots(reply, default_host=name.rpartition(":")[0])
-            except (*REDIS_FAILURES, ValueError, IndexError, TypeError):
+                    layout = await self._layout_from(name)
+            except (*REDIS_FAILURES, ValueError, IndexError, TypeError, KeyError):
                 continue  # down, or an answer that is no slot map: ask the next node
             if layout is not None:
                 self._owners, self._primaries = layout
+                await self._drop_stale_nodes()
                 return
+
+    async def _layout_from(self, name: str) -> tuple[list[str], list[str]] | None:
+        """The slot map as node `name` has it: CLUSTER SHARDS (Redis 7), else CLUSTER SLOTS."""
+        connections, host = self._node(name).connections, name.rpartition(":")[0]
+        if self._shards_known is not False:
+            try:
+                [reply] = await connections.execute([("CLUSTER", "SHARDS")])
+            except ResponseError:
+                self._shards_known = False  # a Redis before 7.0
+            else:
+                self._shards_known = True
+                return _parse_shards(reply, default_host=host)
+        [reply] = await connections.execute([("CLUSTER", "SLOTS")])
+        return _parse_slots(reply, default_host=host)
+
+    async def _drop_stale_nodes(self) -> None:
+        """Close the nodes the map no longer names (removed from the cluster, or demoted)."""
+        keep = {*self._primaries, *self._seeds}
+        for name in [name for name in self._nodes if name not in keep]:
+            await self._nodes.pop(name).connections.aclose()
 
     def _repoint(self, slot: int, name: str) -> None:
         if self._owners is not None:
@@ -274,6 +355,40 @@ def _parse_slots(reply: Any, default_host: str) -> tuple[list[str], list[str]] |
     if any(owner is None for owner in owners):
         return None
     return owners, primaries  # type: ignore[return-value]  # every slot has an owner
+
+
+def _parse_shards(reply: Any, default_host: str) -> tuple[list[str], list[str]] | None:
+    """CLUSTER SHARDS -> (owner per slot, primaries); None while some slot has no owner."""
+    owners: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    primaries: list[str] = []
+    for shard in reply:
+        fields = _fields(shard)
+        ranges = [int(bound) for bound in fields[b"slots"]]
+        master = next((node for node in map(_fields, fields[b"nodes"]) if _text(node[b"role"]) == "master"), None)
+        if master is None or not ranges:
+            continue
+        host = next((_text(master[field]) for field in (b"endpoint", b"ip") if _text(master.get(field, b"")) not in ("", "?")),
+                    default_host)
+        name = _name(host, int(master[b"port"]))
+        if name not in primaries:
+            primaries.append(name)
+        for start, end in zip(ranges[::2], ranges[1::2]):
+            owners[start:end + 1] = [name] * (end - start + 1)
+    if any(owner is None for owner in owners):
+        return None
+    return owners, primaries  # type: ignore[return-value]  # every slot has an owner
+
+
+def _fields(entry: Any) -> dict[bytes, Any]:
+    """A CLUSTER SHARDS map: a dict (RESP3) or a flat list of names and values (RESP2)."""
+    if isinstance(entry, dict):
+        return {(key.encode() if isinstance(key, str) else key): value for key, value in entry.items()}
+    items = list(entry)
+    return {(key.encode() if isinstance(key, str) else key): value for key, value in zip(items[::2], items[1::2])}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _key_of(command: Command) -> str | bytes | None:

@@ -1,7 +1,8 @@
 """One provider call, guarded: budget reserved, breaker asked, time bounded, transient failures retried.
 
     admit    the breaker (skip when open, unless the router invokes the panic rule), then the
-             budget reservation (skip when it does not fit)
+             budget reservation (skip when it does not fit); the time the ledger took is added
+             to the attempt's, so a slow ledger never cuts the provider's call short
     call     the provider, each try bounded by the attempt's end and by how slow the provider
              is allowed to be; retried on the same provider for transient failures with
              full-jitter backoff or its Retry-After, within the attempt and the retry budget
@@ -89,7 +90,12 @@ class GuardedCall:
         try:
             limits, enforced = self._limits_of(client)
             if enforced:
+                reserving_since = _now()
                 reservation = await self._reserve(client, limits, chars, ends_at)
+                if ends_at is not None:
+                    # The ledger's time is not the provider's: a slow or hung ledger (bounded on its
+                    # own) must not cut the call short, nor count against the provider's breaker.
+                    ends_at += _now() - reserving_since
             else:  # nothing to enforce: no ledger call before the provider's, only spend to track
                 reservation = unheld_reservation(limits, utc_now())
         except BaseException:
@@ -100,7 +106,7 @@ class GuardedCall:
             scores, usage = await self._call_with_retries(
                 client, health, pairs, ends_at, panic, answered, purpose, hedged)
         except ProviderFailure as failure:
-            await self._account(client, reservation, pairs, chars, answered)
+            await asyncio.shield(self._account(client, reservation, pairs, chars, answered))
             if failure.kind == "http_429":
                 health.breaker.record_cancelled()  # no verdict on its health: it said when to come back
                 self._health.note_error(client.name, failure.reason)
@@ -121,7 +127,9 @@ class GuardedCall:
             raise
         health.breaker.record_success()
         self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
-        await self._account(client, reservation, pairs, chars, answered, usage)
+        # Shielded like every settle here: a request cancelled meanwhile (its deadline, a hedge
+        # that won, a client gone) must not lose what the provider has billed already.
+        await asyncio.shield(self._account(client, reservation, pairs, chars, answered, usage))
         return scores, usage
 
     async def _account(
@@ -201,9 +209,9 @@ class GuardedCall:
         self, client: ProviderClient, limits: tuple[Limit, ...], chars: int, ends_at: float | None
     ) -> Reservation:
         price = client.config.price_per_million_tokens
-        estimate = self._health.billing_estimator(client.name).estimate_tokens(chars) * price / 1e6
+        tokens = self._health.billing_estimator(client.name).estimate_tokens(chars)
         hold = _HOLD_MARGIN_SECONDS + (ends_at - _now() if ends_at is not None else client.config.timeout_seconds * 3)
-        outcome = await self._ledger.reserve(limits, estimate, hold_seconds=max(hold, 1.0))
+        outcome = await self._ledger.reserve(limits, tokens * price / 1e6, hold_seconds=max(hold, 1.0), tokens=tokens)
         if isinstance(outcome, Refusal):
             period = "daily" if outcome.period == "day" else "monthly"
             skip = ProviderFailure(

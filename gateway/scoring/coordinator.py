@@ -138,7 +138,8 @@ class FlightCoordinator:
     async def _score_leased(self, job: Job, slots: Sequence[int]) -> Round:
         """A round for leased slots. The leases are renewed while the call runs, so a process
         waiting for these pairs keeps waiting rather than paying for them too; a lease that no stored
-        score ends is released at once, so it scores them itself without waiting for it to run out."""
+        score ends (the call failed, its write was skipped or failed) is released at once, so that
+        process scores them itself without waiting for the lease to run out."""
         keys = at_slots(job.keys, slots)
         leases = self._cache.keep_leases(keys, job.deadline)  # for a call slower than a lease
         try:
@@ -148,6 +149,6 @@ class FlightCoordinator:
             raise
         finally:
             leases.stop()
-        if round_.whole:
+        if not round_.stored and job.policy.read:  # a request that reads nothing leases nothing
             await self._cache.release(keys)
         return round_

@@ -26,6 +26,7 @@ class Round:
     scored: ScoredPairs
     usage: Usage  # the answer's, and that of the calls its failed steps paid for
     upstream_ms: float
+    stored: bool = False  # the requested slots' scores are in the cache under their keys (leases ended)
 
     @property
     def whole(self) -> bool:
@@ -53,9 +54,11 @@ class Scorer:
                 await self._keep(job, kept, usage)
         covered = range(len(job.keys)) if scored.whole else slots
         usage.add(scored.usage)
+        stored = False
         if not scored.degraded and job.policy.write and scored.model == job.model:
-            await self._cache.put_many(self._keys_in(scored.group, job, covered), scored.scores)
-        return Round(covered, scored, usage, upstream_ms)
+            stored = await self._cache.put_many(self._keys_in(scored.group, job, covered), scored.scores)
+            stored = stored and scored.group == job.group  # another group's keys end no lease of these
+        return Round(covered, scored, usage, upstream_ms, stored)
 
     async def _keep(self, job: Job, kept: list[KeptScores], usage: Usage) -> None:
         """Calls that answered for a step that gave no answer (part of a split call, a lost hedge):

@@ -87,4 +87,6 @@ def _ledger_state(reports: list[WindowReport]) -> dict[str, Any]:
         # Every call counts in its provider's month once: their sum is what is pending.
         "pending_usd": round(sum(report.pending_usd for report in months), 9),
         "pending_tokens": sum(report.pending_tokens for report in months),
+        # The shared ledger holds less than this process saw it hold (a Redis restarted without it).
+        "partial": any(report.partial for report in reports),
     }

@@ -561,13 +561,16 @@ def _ops_schemas() -> dict[str, Schema]:
             })},
             "gateway": _closed(["today", "month"], {"today": _schema("SpendWindow"), "month": _schema("SpendWindow")},
                                description="Gateway-wide, over every provider."),
-            "ledger": _closed(["figures", "pending_usd", "pending_tokens"], {
+            "ledger": _closed(["figures", "pending_usd", "pending_tokens", "partial"], {
                 "figures": {"enum": ["shared", "per_process"],
                             "description": "`per_process`: this process's own figures (no shared ledger, or its Redis is "
                                            "unreachable: then the last shared figures seen plus what this process spent)."},
                 "pending_usd": {"type": "number", "minimum": 0,
                                 "description": "Spent while the shared ledger was unreachable, not yet written back to it."},
                 "pending_tokens": _COUNT,
+                "partial": {"type": "boolean",
+                            "description": "The shared ledger holds less than this process saw it hold: its Redis "
+                                           "restarted without that spend, or is still loading it."},
             }),
         }),
         "SpendWindow": _closed(["window", "tokens", "usd", "reported", "estimated", "budget_usd", "remaining_usd",
