@@ -96,7 +96,9 @@ async def test_clients_past_every_descriptor_for_clients_are_closed_unread():
 class OutOfDescriptorsLedger(MemoryLedger):
     """A ledger whose every reservation meets EMFILE, as a file opened on the request path once did."""
 
-    async def reserve(self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float) -> Reservation | Refusal:
+    async def reserve(
+        self, limits: Sequence[Limit], amount_usd: float, hold_seconds: float, tokens: int = 0
+    ) -> Reservation | Refusal:
         raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
 
 
