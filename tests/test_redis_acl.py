@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from tests.support.gateway import GatewayFactory
+from tests.support.polling import eventually
 from tests.support.redis_server import RedisServer, own_redis_server
 
 PASSWORD = "gw-s3cret"
@@ -83,3 +84,40 @@ async def test_without_time_the_cache_and_the_ledger_say_so_and_requests_are_ser
     user = redis.Redis(port=restricted_redis.port, username="gateway", password=PASSWORD)
     with user, pytest.raises(redis.exceptions.NoPermissionError):
         user.time()
+
+
+@own_redis_server
+async def test_a_password_file_is_read_again_for_every_new_connection(
+    make_gateway: GatewayFactory, restricted_redis: RedisServer, tmp_path: Path,
+):
+    """A credential provider: the password rotates (a Kubernetes secret volume, a Vault agent's
+    file) while the gateway runs. The URL names the file; connections opened after the rotation
+    (here, after Redis dropped every one) authenticate with the new password, without a restart."""
+    secret = tmp_path / "redis-password"
+    secret.write_text(PASSWORD + "\n")
+    restrict(restricted_redis, GATEWAY_ACL)
+    url = f"redis://gateway@127.0.0.1:{restricted_redis.port}/0?password_file={secret}"
+    gateway = await make_gateway(fallback=["deepinfra"], cache={"url": url})
+    for expected in ("hits=0; misses=3", "hits=3; misses=0"):
+        response = await gateway.post("/v1/rerank", json=BODY)
+        assert (response.status, response.headers["X-Rerank-Cache"]) == (200, expected)
+
+    rotated = "rotated-" + PASSWORD
+    with restricted_redis.client() as admin:
+        admin.execute_command("ACL", "SETUSER", "gateway", "resetpass", f">{rotated}")
+        secret.write_text(rotated)
+        assert admin.execute_command("CLIENT", "KILL", "USER", "gateway") > 0  # its connections are gone
+
+    async def served_from_the_cache_again() -> bool:
+        response = await gateway.post("/v1/rerank", json=BODY)
+        assert response.status == 200  # uncached while Redis cannot be reached, never refused
+        return response.headers["X-Rerank-Cache"] == "hits=3; misses=0"
+
+    await eventually(served_from_the_cache_again, what="the cache read over connections with the new password")
+
+
+def test_a_url_with_both_a_password_and_a_password_file_is_refused() -> None:
+    from gateway.redisio.client import redis_client
+
+    with pytest.raises(ValueError, match="password or a password_file"):
+        redis_client("redis://u:p@127.0.0.1:6390/0?password_file=/x", 0.1, 1)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.credentials import CredentialProvider
 from redis.exceptions import RedisClusterException, RedisError
 
 # Opening a connection (TCP, maybe TLS and AUTH) may take longer than one call is allowed.
@@ -42,15 +43,54 @@ def redis_client(url: str, timeout_seconds: float, max_connections: int) -> aior
     }
     if is_cluster_url(url):
         raise ValueError("a redis+cluster:// URL names several servers: ClusterConnections talks to each (node_url)")
+    url, credentials = _credentials_of(url)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout_seconds,
         # Retrying inside redis-py would stretch the bound; callers fall back instead.
         retry_on_timeout=False,
+        **credentials,
         **timeouts,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+# A URL's option naming a file that holds the password, read again for every new connection: a
+# secret that rotates (a Kubernetes secret volume, a Vault agent's file) needs no restart. Not a
+# redis-py option; the URL's user name, if any, goes with it.
+PASSWORD_FILE_OPTION = "password_file"
+
+
+class PasswordFile(CredentialProvider):
+    """The password in a file, read when a connection is opened (at start, and after a failure), never per call."""
+
+    def __init__(self, path: str, username: str | None) -> None:
+        self.path = path
+        self._username = username
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        with open(self.path, encoding="utf-8") as file:
+            password = file.read().strip()
+        return (password,) if self._username is None else (self._username, password)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()  # a few bytes on a local disk: no thread needed
+
+
+def _credentials_of(url: str) -> tuple[str, dict[str, CredentialProvider]]:
+    """The URL without its `password_file` option, and the credential provider that option names."""
+    parts = urlsplit(url)
+    options = parse_qsl(parts.query)
+    files = [value for name, value in options if name == PASSWORD_FILE_OPTION]
+    if not files:
+        return url, {}
+    if parts.password:
+        raise ValueError("a Redis URL takes a password or a password_file option, not both")
+    kept = urlencode([(name, value) for name, value in options if name != PASSWORD_FILE_OPTION])
+    address = parts.netloc.rpartition("@")[2]
+    plain = urlunsplit(parts._replace(netloc=address, query=kept))
+    return plain, {"credential_provider": PasswordFile(files[-1], unquote(parts.username) if parts.username else None)}
 
 
 def is_cluster_url(url: str) -> bool:
