@@ -24,9 +24,10 @@ from gateway.cache import pair_keys
 from gateway.cache.redis import RedisScoreCache
 from gateway.config import ConfigError, parse_config
 from gateway.redisio.client import cluster_nodes, node_addresses, node_url
-from gateway.redisio.cluster import ClusterConnections, NodeFailure, _parse_shards
+from gateway.redisio.cluster import REFRESH_EVERY_SECONDS, ClusterConnections, NodeFailure, _parse_shards
 from tests.support.config import gateway_config
 from tests.support.gateway import GatewayFactory, emulator_requests
+from tests.support.polling import eventually
 from tests.support.stall import stall_the_next_call
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, so that its asserts are rewritten
@@ -467,3 +468,38 @@ async def test_nodes_announced_under_names_unreachable_here_are_reached_where_th
     assert await mapped.execute([("GET", key) for key in keys]) == [key.encode() for key in keys]
     assert len({mapped._owners[key_slot(key.encode())] for key in keys if mapped._owners}) > 1  # several nodes
     await mapped.aclose()
+
+
+async def test_the_map_is_read_again_on_a_timer_while_calls_are_made(redis_cluster_url):
+    """A slot that moved where this process sends nothing is learned without a MOVED: the map is
+    read again every REFRESH_EVERY_SECONDS while calls are made (here the last read is made to look
+    older than that, instead of waiting)."""
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    slot = key_slot(b"{quiet}")
+    right = commands._owners[slot]
+    commands._owners[slot] = next(name for name in commands._primaries if name != right)  # resharded since
+    commands._last_refresh -= REFRESH_EVERY_SECONDS + 1
+    assert await commands.execute([("SET", "{elsewhere}a", "1")]) == [b"OK"]  # another slot: no MOVED
+    await eventually(lambda: commands._owners is not None and commands._owners[slot] == right,
+                     what="the timer's refresh correcting the map")
+    await commands.aclose()
+
+
+async def test_a_burst_of_redirects_is_followed_by_one_more_read_of_the_map(redis_cluster_url):
+    """The MOVED of one slot corrects that slot at once; the read of the map that follows the burst
+    corrects the others a reshard moved with it, before any call meets them."""
+    commands = ClusterConnections(redis_cluster_url, timeout_seconds=2.0, max_connections=4)
+    await commands.warm_up(1)
+    assert commands._owners is not None
+    first, second = key_slot(b"{burst-a}"), key_slot(b"{burst-b}")
+    right = {slot: commands._owners[slot] for slot in (first, second)}
+    for slot in (first, second):
+        commands._owners[slot] = next(name for name in commands._primaries if name != right[slot])
+    commands._last_refresh = asyncio.get_running_loop().time()  # just read: the MOVED's refresh must wait
+    assert await commands.execute([("SET", "{burst-a}x", "1")]) == [b"OK"]
+    assert commands._owners[first] == right[first]
+    await eventually(lambda: commands._owners is not None and commands._owners[second] == right[second],
+                     what="the trailing read of the map correcting the slot nobody asked for")
+    await commands.aclose()
