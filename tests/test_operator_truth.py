@@ -47,7 +47,7 @@ async def test_a_provider_answering_403_is_refusing_while_the_other_serves(make_
 
     page = await (await gateway.get("/status?refresh=0")).text()
     assert '<span class="pill bad">refusing until ' in page and "HTTP 403: emulated fault" in page
-    assert "providers 1 refusing" in page  # the banner
+    assert "Every model is servable; providers: 1 refusing" in page  # the banner
 
     found = samples(await (await gateway.get("/metrics")).text())
     assert value(found, "rerank_gateway_provider_state", provider="deepinfra", state="refusing") == 1

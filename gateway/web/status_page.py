@@ -148,7 +148,7 @@ def _verdict(models: tuple[ModelStatus, ...]) -> str:
     elif unpaid:
         tone, text = "warn", "; ".join(unpaid)
     elif troubled:
-        tone, text = "warn", f"Every model is servable; providers {troubled}"
+        tone, text = "warn", f"Every model is servable; providers: {troubled}"
     else:
         tone, text = "ok", f"All {len(models)} model{_s(len(models))} servable; every provider healthy"
     return f"<div class=\"verdict {tone}\"><span class=\"dot\"></span>{_e(text)}</div>"
@@ -418,8 +418,9 @@ margin-left:auto;border:1px solid}
 .small-big{font-size:17px;margin-bottom:4px}
 .saved{margin-top:6px;color:var(--ok);font-weight:600}
 .model{margin-bottom:12px;padding:0;overflow:hidden}
-.model-head{display:flex;align-items:baseline;justify-content:space-between;gap:12px;padding:10px 16px;
+.model-head{display:flex;flex-wrap:wrap;align-items:baseline;justify-content:space-between;gap:4px 12px;padding:10px 16px;
 border-bottom:1px solid var(--line)}
+.model-head>span{overflow-wrap:anywhere;min-width:0}
 .model>p{padding:0 16px}
 table{width:100%;border-collapse:collapse}
 th{text-align:left;font-weight:600;font-size:12px;color:var(--muted);padding:8px 16px;background:#f6f8fa;
@@ -459,7 +460,9 @@ table.providers,table.providers tbody,table.errors,table.errors tbody{display:bl
 table.providers thead,table.providers colgroup,table.errors thead,table.errors colgroup{display:none}
 table.providers tr{display:grid;grid-template-columns:32px 1fr 1fr;border-bottom:1px solid var(--line)}
 table.providers td{border:0;padding:6px 10px}
+table.providers td:nth-child(2){grid-column:2 / 4}
 table.providers td:nth-child(3),table.providers td:nth-child(6){grid-column:1 / 4}
+table.providers td:nth-child(4){grid-column:1 / 3}
 table.providers td[data-label]::before{content:attr(data-label) " ";color:var(--muted);font-size:12px}
 table.providers td.num{text-align:left}
 table.errors tr{display:grid;grid-template-columns:auto 1fr;border-bottom:1px solid var(--line)}
