@@ -166,3 +166,12 @@ async def test_the_unknown_model_404_says_how_to_serve_a_clients_default_name(ma
     response = await gateway.post("/v1/rerank", json={**BODY, "model": "rerank-english-v3.0"})
     message = (await response.json())["error"]["message"]
     assert response.status == 404 and "`aliases`" in message and '"*"' in message and "rerank-english-v3.0" in message
+
+
+async def test_a_provider_disabled_on_purpose_is_grey_and_no_warning(make_gateway: GatewayFactory):
+    gateway = await make_gateway(providers={"fireworks": {"enabled": False}})
+    body = await (await gateway.get("/readyz")).json()
+    assert body["providers"]["fireworks"]["state"] == "disabled" and body["warnings"] == []
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert '<span class="pill off">disabled</span>' in page and '<tr class="off">' in page
+    assert "every provider healthy" in page

@@ -85,6 +85,9 @@ async def test_readyz_counts_an_open_breaker(make_gateway: GatewayFactory, emula
         "deepinfra": "circuit open after repeated failures: HTTP 500: emulated fault: HTTP 500", "fireworks": "usable",
     }
     assert body["providers"]["deepinfra"]["state"] == "failing" and body["providers"]["deepinfra"]["breaker"] == "open"
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert "last change: deepinfra breaker open: HTTP 500: emulated fault: HTTP 500" in page
+    assert '<span class="pill bad">open</span>' in page and "breaker open after: HTTP 500" in page
 
 
 async def test_readyz_stays_ready_under_the_panic_rule(make_gateway: GatewayFactory, emulator):
