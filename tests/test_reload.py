@@ -80,7 +80,8 @@ async def test_admin_needs_the_key_and_is_off_without_one(aiohttp_client, emulat
     monkeypatch.delenv("ADMIN_KEY")
     assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
     response = await gateway.post("/admin/reload", headers=ADMIN)
-    assert response.status == 404 and "admin endpoints are off" in (await response.json())["error"]["message"]
+    message = (await response.json())["error"]["message"]
+    assert response.status == 404 and message == "admin endpoints are off: $ADMIN_KEY ([server] admin_key_env) is empty or not set"
 
 
 async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, config_file, caplog):
