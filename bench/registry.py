@@ -58,6 +58,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("quality-availability", "a failing canary: requests answered and flagged; probe calls after reloads",
               "bench.quality_availability", ("--requests", "10", "--reloads", "3")),
     Benchmark("billing", "what a TEI provider and a split request failing part-way pay", "bench.billing", ()),
+    Benchmark("readme-eval", "the README's two eval examples, run; `-- --write` puts their tables in README.md",
+              "bench.readme_eval", ()),
     _diagnostic("instructions", "instructions per request, gateway against pass-through (callgrind)",
                 "instructions", ("--requests", "50", "--concurrency", "16")),
     _diagnostic("syscalls", "system calls per request, gateway against pass-through (strace -c)",
