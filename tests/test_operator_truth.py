@@ -175,3 +175,24 @@ async def test_a_provider_disabled_on_purpose_is_grey_and_no_warning(make_gatewa
     page = await (await gateway.get("/status?refresh=0")).text()
     assert '<span class="pill off">disabled</span>' in page and '<tr class="off">' in page
     assert "every provider healthy" in page
+
+
+async def test_readyz_status_and_metrics_agree_on_a_breaker_whose_cool_down_ended(make_gateway: GatewayFactory, emulator):
+    from gateway.resilience import CircuitBreaker
+
+    await add_fault(emulator, "deepinfra", "status", status=500)
+    gateway = await make_gateway(resilience={"breaker_consecutive_failures": 1, "max_retries": 0})
+    clock = MovableClock()
+    health = gateway.app[LIVE].shared.health["deepinfra"]
+    health.breaker = CircuitBreaker(health.breaker.config, clock)
+    assert (await gateway.post("/v1/rerank", json=fresh(1))).headers["X-Rerank-Provider"] == "fireworks"
+    clock.now += health.breaker.config.cooldown_seconds  # nothing is called: the breaker moves by time alone
+
+    found = samples(await (await gateway.get("/metrics")).text())
+    ready = (await (await gateway.get("/readyz")).json())["providers"]["deepinfra"]
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert value(found, "rerank_gateway_breaker_state", provider="deepinfra") == 1  # half open
+    assert ready["breaker"] == "half_open" and ready["state"] == "failing"
+    assert ready["reason"] == "breaker half open after: HTTP 500: emulated fault: HTTP 500; the next call is its probe"
+    assert '<span class="pill warn">half open</span>' in page and '<span class="pill bad">failing</span>' in page
+    assert value(found, "rerank_gateway_provider_state", provider="deepinfra", state="failing") == 1

@@ -226,6 +226,7 @@ class GuardedCall:
             log.warning("provider %s answers again after refusing our calls", provider)
         if after != before:
             self._health.note_change(f"{provider} breaker {after.replace('_', ' ')}")
+            log.info("provider %s: breaker %s", provider, after.replace("_", " "))
 
     def note_skip(self, skip: ProviderFailure) -> None:
         """A provider passed over for its breaker, budget, rate limit or quality, in the metrics and the request log."""
@@ -243,6 +244,7 @@ class GuardedCall:
         self._metrics.set_breaker_state(provider=provider, state=after)
         if after != before:
             self._health.note_change(f"{provider} breaker {after.replace('_', ' ')}: {reason}")
+            log.warning("provider %s: breaker %s after: %s", provider, after.replace("_", " "), reason)
 
     async def _reserve(
         self, client: ProviderClient, limits: tuple[Limit, ...], chars: int, ends_at: float | None

@@ -72,7 +72,7 @@ def provider_state(
     if breaker.state != "closed":
         why = breaker.last_failure or "repeated failures"
         if breaker.seconds_until_probe is None:
-            return ProviderState("failing", f"breaker half open after: {why}; probing")
+            return ProviderState("failing", f"breaker half open after: {why}; the next call is its probe")
         return ProviderState("failing", f"breaker open after: {why}; next probe in {breaker.seconds_until_probe:.0f} s",
                              now + breaker.seconds_until_probe)
     if (limited := health.rate_limited_for()) > 0:
