@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.observability.metrics import BREAKER_STATE_VALUES, PROVIDER_STATES
+
 Schema = dict[str, Any]
 
 _ERROR_TYPES = (
@@ -543,7 +545,21 @@ def _ops_schemas() -> dict[str, Schema]:
         "Health": _closed(["status"], {"status": {"const": "ok"}}),
         "Readiness": {
             "type": "object", "required": ["status"],
-            "properties": {"status": {"type": "string", "description": "`ready`, or why not."}},
+            "properties": {
+                "status": {"type": "string", "description": "`ready`, or why not."},
+                "warnings": {**names, "description": "Ready, but look: a provider refusing, failing, rate limited or "
+                             "over budget (with its reason), a budget past its alert share or refusing new pairs."},
+                "providers": {"type": "object", "additionalProperties": _closed(
+                    ["state", "reason", "until", "status", "breaker"], {
+                        "state": {"enum": list(PROVIDER_STATES)},
+                        "reason": {"type": ["string", "null"], "description": "Why not usable; the provider's own "
+                                   "status and message when refusing."},
+                        "until": {"type": ["number", "null"], "description": "Unix time it is tried again, or its "
+                                  "budget window resets; null when unknown."},
+                        "status": {"type": ["integer", "null"], "description": "Refusing: the HTTP status (401, 403)."},
+                        "breaker": {"enum": list(BREAKER_STATE_VALUES)},
+                    })},
+            },
         },
         "ReloadAnswer": _closed(["status", "loaded_at", "models", "needs_restart"], {
             "status": {"enum": ["reloaded", "unchanged"],
