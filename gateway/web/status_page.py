@@ -254,7 +254,8 @@ def _quality(quality: QualityReport | None) -> str:
     """The canary verdict and how the provider's scores are cached."""
     if quality is None:
         return ""
-    tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "warn")
+    # Not judged yet (or probes off) is no alarm: grey, as a healthy page stays quiet.
+    tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "off")
     label = {"passing": "canary passing", "failing": "canary failing"}.get(quality.state, "canary unknown")
     if quality.state == "failing":
         tone = "warn" if quality.serves else "bad"
@@ -453,7 +454,7 @@ min-height:20px;margin-bottom:4px}
 .track.none{background:repeating-linear-gradient(90deg,#eaeef2 0 6px,transparent 6px 10px)}
 .fill.ok{background:var(--ok)}.fill.warn{background:#d4a72c}.fill.bad{background:var(--bad)}
 .fill.held{opacity:.35}
-@media (max-width:1100px){.cards{grid-template-columns:repeat(2,1fr)}}
+@media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}}
 @media (max-width:720px){
 main{padding:10px 10px 20px}.cards{grid-template-columns:1fr}.verdict{margin-left:0}
 table.providers,table.providers tbody,table.errors,table.errors tbody{display:block}
