@@ -60,6 +60,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("billing", "what a TEI provider and a split request failing part-way pay", "bench.billing", ()),
     Benchmark("long-documents", "CPU and tokens of 100 documents holding 10 long ones, chunk against truncate",
               "bench.long_documents"),
+    Benchmark("readme-eval", "the README's two eval examples, run; `-- --write` puts their tables in README.md",
+              "bench.readme_eval", ()),
     _diagnostic("instructions", "instructions per request, gateway against pass-through (callgrind)",
                 "instructions", ("--requests", "50", "--concurrency", "16")),
     _diagnostic("syscalls", "system calls per request, gateway against pass-through (strace -c)",

@@ -303,7 +303,21 @@ def _admin_call(method: str, url: str, key: str) -> tuple[int, str]:
         return 0, orjson.dumps({"error": {"type": "unreachable", "message": f"no gateway at {url}: {reason}"}}).decode()
 
 
-@main.command()
+def _fault_modes_help() -> str:
+    from gateway.emulator import FAULT_MODE_HELP
+
+    modes = "\n".join(f"  {mode:<17}{said}" for mode, said in FAULT_MODE_HELP.items())
+    # \b keeps click from re-flowing the example and the list into one paragraph.
+    return (
+        "Fault injection: POST /_emulator/faults with a JSON object: provider (deepinfra, fireworks, cohere, "
+        "tei or *), mode, and count (the calls it applies to; omitted: until cleared). "
+        "DELETE /_emulator/faults clears them; GET /_emulator/stats counts the calls.\n\n"
+        "\b\n  curl -s localhost:9000/_emulator/faults -d '{\"provider\": \"deepinfra\", \"mode\": \"status\", "
+        "\"status\": 403}'\n\n\b\nModes:\n" + modes
+    )
+
+
+@main.command(epilog=_fault_modes_help())
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=9000, show_default=True, envvar="EMULATOR_PORT",
               help="port to listen on ($EMULATOR_PORT; examples/emulator.toml reads the same variable)")

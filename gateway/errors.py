@@ -10,9 +10,12 @@
     │   ├── Unauthorized          401: client or admin key missing or wrong
     │   └── UnknownModel          404: the model is not served; names the ones that are
     └── UpstreamError             no provider could answer
-        ├── AllProvidersFailed    502: every step of the request's plan failed or was skipped
+        ├── AllProvidersFailed    502: providers were called and failed (see AllProvidersFailed.of)
         │   ├── UpstreamTimeout   504: ... and the last provider tried ran out of time
-        │   └── BudgetExhausted   429, with Retry-After: every provider left is over a budget
+        │   ├── BudgetExhausted   429: nobody called; those passed over are over budget or rate limited
+        │   │   └── RateLimited   429: ... rate limited only
+        │   └── ProvidersBackingOff
+        │                         503: nobody called; some are in back-off (breaker open, refusing)
         ├── UpstreamRejected      502: a provider refused the request in a way another would too
         └── DeadlineExceeded      504: the request's deadline ran out before any answer
 
@@ -134,27 +137,61 @@ class UpstreamError(GatewayError):
 
 
 class AllProvidersFailed(UpstreamError):
+    """Nobody answered. `retry_after_seconds`: when the first provider passed over or failed is
+    expected back (its budget window, rate limit or next probe), when that is known for all of them."""
+
     error_type = "all_providers_failed"
 
-    def __init__(self, model: str, failures: list[ProviderFailure]) -> None:
+    def __init__(self, model: str, failures: list[ProviderFailure], retry_after_seconds: int | None = None) -> None:
         if failures:
             reasons = "; ".join(str(f) for f in failures)
         else:
             reasons = "no provider is configured and usable for this request"
         super().__init__(f"no provider could score the request for model {model!r}: {reasons}")
         self.failures = failures
+        self.retry_after_seconds = retry_after_seconds
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return _NO_HEADERS if self.retry_after_seconds is None else {"Retry-After": str(self.retry_after_seconds)}
 
     @staticmethod
     def of(model: str, failures: list[ProviderFailure], now: datetime) -> AllProvidersFailed:
-        """The error that says best why nobody answered: a budget, a timeout, or failures."""
-        refusals = [f.resets_at for f in failures if f.resets_at is not None]
-        if refusals and all(f.skipped for f in failures):
-            seconds = math.ceil((min(refusals) - now).total_seconds())
-            return BudgetExhausted(model, failures, retry_after_seconds=max(1, seconds))
+        """The error that says best why nobody answered, when causes combine:
+
+        - a provider was called and failed: 502 (504 when the last one called ran out of time);
+        - nobody was called, and some were in back-off (breaker open, refusing our key): 503;
+        - nobody was called, and those that will come back were over budget or rate limited: 429;
+        - nobody could be called by config alone (disabled, no key, canary): 502.
+        Retry-After, on each, is the earliest end among those that will come back, when every
+        failure's end is known (a provider that failed with its breaker still closed may answer now).
+        """
+        retry_after = _retry_after(failures, now)
         attempted = [f for f in failures if not f.skipped]
-        if attempted and attempted[-1].timed_out:
-            return UpstreamTimeout(model, failures)
-        return AllProvidersFailed(model, failures)
+        if attempted:
+            if attempted[-1].timed_out:
+                return UpstreamTimeout(model, failures, retry_after)
+            return AllProvidersFailed(model, failures, retry_after)
+        kinds = {f.kind for f in failures}
+        if kinds & BACKOFF_KINDS:
+            return ProvidersBackingOff(model, failures, retry_after)
+        if kinds & WAITING_KINDS and retry_after is not None:
+            limited = BudgetExhausted if "budget" in kinds else RateLimited
+            return limited(model, failures, retry_after)
+        return AllProvidersFailed(model, failures, retry_after)
+
+
+def _retry_after(failures: list[ProviderFailure], now: datetime) -> int | None:
+    """Whole seconds until the first failure ends; None when one's end is unknown, or none ends by waiting."""
+    ends: list[float] = []
+    for failure in failures:
+        if failure.kind in PERMANENT_KINDS:
+            continue  # config keeps it out: waiting changes nothing
+        end = failure.seconds_left(now)
+        if end is None:
+            return None
+        ends.append(end)
+    return max(1, math.ceil(min(ends))) if ends else None
 
 
 class UpstreamTimeout(AllProvidersFailed):
@@ -165,18 +202,26 @@ class UpstreamTimeout(AllProvidersFailed):
 
 
 class BudgetExhausted(AllProvidersFailed):
-    """Every usable provider would overspend: 429, with Retry-After until a window resets."""
+    """Every provider that will come back is over a budget or rate limited: 429, with Retry-After."""
 
     status = 429
     error_type = "budget_exhausted"
 
     def __init__(self, model: str, failures: list[ProviderFailure], retry_after_seconds: int) -> None:
-        super().__init__(model, failures)
-        self.retry_after_seconds = retry_after_seconds
+        super().__init__(model, failures, retry_after_seconds)
 
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
+
+class RateLimited(BudgetExhausted):
+    """As BudgetExhausted, with no budget among the causes: the providers' rate limits alone."""
+
+    error_type = "rate_limited"
+
+
+class ProvidersBackingOff(AllProvidersFailed):
+    """Nobody was called: some providers are in back-off (breaker open, refusing our key)."""
+
+    status = 503
+    error_type = "providers_unavailable"
 
 
 class UpstreamRejected(UpstreamError):
@@ -193,7 +238,13 @@ class DeadlineExceeded(UpstreamError):
 
 
 # Kinds of failure where the provider was never called; the rest are calls that failed.
-SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open", "quality", "rate_limited"})
+SKIP_KINDS = frozenset({"unusable", "budget", "breaker_open", "quality", "rate_limited", "refusing"})
+# Skipped until a probe finds out whether the provider is back: the gateway's back-off, not the client's.
+BACKOFF_KINDS = frozenset({"breaker_open", "refusing"})
+# Skipped until a known time: a budget window resets, a rate limit lifts.
+WAITING_KINDS = frozenset({"budget", "rate_limited"})
+# Skipped by config or verdict: no wait brings them back.
+PERMANENT_KINDS = frozenset({"unusable", "quality"})
 
 
 # Ran out of time: connecting, waiting for a byte, or in all. The gateway answers 504 for these.
@@ -217,12 +268,16 @@ class ProviderFailure(Exception):
     # read_timeout, dns, refused, tls, connect (reset or closed), too_large, malformed, redirect,
     # http_5xx, http_429, http_4xx, invalid_answer. Never called (SKIP_KINDS): unusable (no key, disabled,
     # cannot take an instruction), budget, breaker_open, quality (fails its canary), rate_limited
-    # (a 429's Retry-After has not passed).
+    # (a 429's Retry-After has not passed), refusing (it answered 401/403: back-off until a probe).
     kind: str
     fallback_allowed: bool = True
     transient: bool = False  # worth retrying on the same provider (connect error, 429, 502-504)
     retry_after: str | None = None  # the provider's Retry-After header, as sent
     resets_at: datetime | None = None  # kind "budget": when the overflowing window resets
+    status: int | None = None  # the provider's HTTP status, when it answered one
+    # When the provider may be called again, in seconds from when this was raised: its rate limit,
+    # breaker cool-down or refusal back-off; None when unknown (it may answer right away).
+    ends_in: float | None = None
 
     @property
     def skipped(self) -> bool:
@@ -231,6 +286,12 @@ class ProviderFailure(Exception):
     @property
     def timed_out(self) -> bool:
         return self.kind in TIMEOUT_KINDS
+
+    def seconds_left(self, now: datetime) -> float | None:
+        """Seconds from `now` until this provider may be called again; None when unknown."""
+        if self.resets_at is not None:
+            return max(0.0, (self.resets_at - now).total_seconds())
+        return self.ends_in
 
     def __str__(self) -> str:
         return f"{self.provider}: skipped: {self.reason}" if self.skipped else f"{self.provider}: {self.reason}"

@@ -14,7 +14,7 @@ in under 0.5 s), and both providers failing, then recovering (the first 200 must
 1 s of the recovery, though every breaker is open then).
 
 Every request must end as a correct answer (each score checked against the emulator's
-deterministic `emulated_score`) or a clean error (4xx/502/504 with `{"error": {"type", "message",
+deterministic `emulated_score`) or a clean error (4xx/502/503/504 with `{"error": {"type", "message",
 "request_id"}}`); nothing may be lost (no exception or reset, no 500, no answer past its deadline
 plus 1 s). Scenarios with a healthy provider behind the failing one must be correct throughout;
 scenarios where every provider fails must answer clean errors throughout. Afterwards the

@@ -76,6 +76,14 @@ def test_base_url_takes_environment_references(monkeypatch):
         parse_config(changed(MINIMAL, "providers.a.base_url", "http://${NO_SUCH_VAR_SET}"))
 
 
+def test_the_local_models_example_takes_its_ports_from_the_environment(monkeypatch):
+    for name, port in (("E5_PORT", "18081"), ("E5_ENPT_PORT", "18082"), ("EMULATOR_PORT", "19000")):
+        monkeypatch.setenv(name, port)
+    config = load_config(REPO / "examples/eval/local-models.toml")
+    assert [p.base_url for p in config.providers.values()] == [
+        "http://127.0.0.1:18081", "http://127.0.0.1:18082", "http://127.0.0.1:19000"]
+
+
 def test_missing_default_file_hints_at_config_and_environment(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GATEWAY_CONFIG", raising=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from typing import Any
 
@@ -420,3 +421,21 @@ async def test_takes_bodies_as_large_as_the_gateway_sends(client: Any) -> None:
     status, body = await post_json(client, "deepinfra", {"queries": [QUERY] * 1000, "documents": documents})
     assert status == 200
     assert len(body["scores"]) == 1000
+
+
+# --- fault modes, documented where a new user looks --------------------------------------------
+
+def test_every_fault_mode_is_in_emulate_help_and_has_a_curl_in_the_readme():
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from gateway.cli import main
+    from gateway.emulator import FAULT_MODE_HELP, FAULT_MODES
+
+    shown = CliRunner().invoke(main, ["emulate", "--help"])
+    assert shown.exit_code == 0, shown.output
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for mode in FAULT_MODES:
+        assert f"  {mode} " in shown.output and FAULT_MODE_HELP[mode] in " ".join(shown.output.split()), mode
+        assert re.search(rf"""^curl -s \$F -d '\{{"provider": "[a-z*]+", "mode": "{mode}"[,}}]""", readme, re.M), mode

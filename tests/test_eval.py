@@ -363,3 +363,12 @@ def test_eval_command_resolves_a_name_no_model_claims_to_the_catch_all_model(tmp
         cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert "no model" not in result.stderr and result.returncode == 1, result.stderr  # 1: no provider could score
     assert json.loads(out.read_text())["model"] == "catch-all"  # as a request naming it is served
+
+
+def test_the_readme_eval_tables_sit_between_the_markers_the_script_writes():
+    from bench.readme_eval import README, replace_block
+
+    text = README.read_text()
+    for name in ("local-models", "word-overlap"):
+        assert replace_block(text, name, "| x |") != text  # both marker pairs are there, and one block is swapped
+        assert text.count(f"<!-- eval:{name} -->") == 1 and text.count(f"<!-- /eval:{name} -->") == 1

@@ -156,7 +156,7 @@ def test_upstream_error_reason_is_a_closed_set() -> None:
     assert UPSTREAM_ERROR_REASONS == {
         "timeout", "connect_timeout", "read_timeout", "dns", "refused", "tls", "connect", "too_large", "malformed",
         "redirect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality",
-        "rate_limited",
+        "rate_limited", "refusing",
     }
     with pytest.raises(ValueError, match="not one of"):
         metrics.record_upstream_error(provider="p", reason="HTTP 503: upstream said no")  # type: ignore[arg-type]

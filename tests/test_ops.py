@@ -77,10 +77,17 @@ async def test_readyz_counts_an_open_breaker(make_gateway: GatewayFactory, emula
     gateway = await make_gateway(resilience={"breaker_consecutive_failures": 1, "max_retries": 0})
     await gateway.post("/v1/rerank", json=BODY)
     body = await (await gateway.get("/readyz")).json()
-    assert body["status"] == "ready" and body["warnings"] == []
+    # Ready (fireworks serves), with the reason the breaker opened in the warnings.
+    assert body["status"] == "ready" and len(body["warnings"]) == 1
+    assert body["warnings"][0].startswith(
+        "provider deepinfra failing: breaker open after: HTTP 500: emulated fault: HTTP 500; next probe in ")
     assert body["models"]["qwen3-reranker-8b"] == {
-        "deepinfra": "circuit open after repeated failures", "fireworks": "usable",
+        "deepinfra": "circuit open after repeated failures: HTTP 500: emulated fault: HTTP 500", "fireworks": "usable",
     }
+    assert body["providers"]["deepinfra"]["state"] == "failing" and body["providers"]["deepinfra"]["breaker"] == "open"
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert "last change: deepinfra breaker open: HTTP 500: emulated fault: HTTP 500" in page
+    assert '<span class="pill bad">open</span>' in page and "breaker open after: HTTP 500" in page
 
 
 async def test_readyz_stays_ready_under_the_panic_rule(make_gateway: GatewayFactory, emulator):
@@ -92,8 +99,9 @@ async def test_readyz_stays_ready_under_the_panic_rule(make_gateway: GatewayFact
     response = await gateway.get("/readyz")
     body = await response.json()
     assert response.status == 200 and body["status"] == "ready"
-    assert body["warnings"] == ["model qwen3-reranker-8b: every breaker is open; panic rule routing to deepinfra"]
-    assert body["models"]["qwen3-reranker-8b"]["fireworks"] == "circuit open after repeated failures"
+    assert body["warnings"][0] == "model qwen3-reranker-8b: every breaker is open; panic rule routing to deepinfra"
+    assert [w.split(":")[0] for w in body["warnings"][1:]] == ["provider deepinfra failing", "provider fireworks failing"]
+    assert body["models"]["qwen3-reranker-8b"]["fireworks"].startswith("circuit open after repeated failures: HTTP 500")
     page = await (await gateway.get("/status")).text()
     assert "panic: every breaker is open, so requests go to deepinfra" in page
 

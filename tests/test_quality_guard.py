@@ -79,6 +79,8 @@ async def test_a_mis_served_provider_is_passed_over_while_one_that_passes_answer
                for w in body["warnings"])
     warnings = [r.getMessage() for r in caplog.records if r.name == "gateway.quality"]
     assert len(warnings) == 1 and warnings[0].startswith("provider deepinfra of model qwen3-reranker-8b fails its canary")
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert "last change: deepinfra of qwen3-reranker-8b fails its canary" in page
 
     response, scores = await rerank(gateway, OLD)
     assert response.headers["X-Rerank-Provider"] == "fireworks" and "X-Rerank-Quality" not in response.headers

@@ -15,7 +15,7 @@ from gateway.app import create_app
 from gateway.config import load_config
 from gateway.web.edge import LIVE
 from tests.support.config import changed, gateway_config, local_url, write_config
-from tests.support.gateway import add_fault, emulator_requests
+from tests.support.gateway import EMULATOR_KEY, add_fault, emulator_requests
 from tests.support.polling import eventually
 from tests.support.processes import REPO, GatewayProcess, free_port, hup_until_listening, running
 
@@ -80,7 +80,8 @@ async def test_admin_needs_the_key_and_is_off_without_one(aiohttp_client, emulat
     monkeypatch.delenv("ADMIN_KEY")
     assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
     response = await gateway.post("/admin/reload", headers=ADMIN)
-    assert response.status == 404 and "admin endpoints are off" in (await response.json())["error"]["message"]
+    message = (await response.json())["error"]["message"]
+    assert response.status == 404 and message == "admin endpoints are off: $ADMIN_KEY ([server] admin_key_env) is empty or not set"
 
 
 async def test_a_changed_file_is_reloaded_by_itself(aiohttp_client, emulator, config_file, caplog):
@@ -209,3 +210,20 @@ async def test_sighup_while_starting_is_a_reload_once_it_serves(tmp_path):
             assert gateway.poll() is None
         finally:
             gateway.stop()
+
+
+async def test_a_provider_refusing_a_revoked_key_is_used_at_once_after_a_reload_with_a_new_one(
+    aiohttp_client, emulator, config_file, monkeypatch,
+):
+    """The emulator answers 401 to a wrong key, as a provider does to a revoked one: the refusal
+    belongs to that key, and a reload with the right one ends it without waiting out a back-off."""
+    monkeypatch.setenv("EMULATOR_KEY", "revoked")
+    gateway = await gateway_from(aiohttp_client, config_file)
+    assert (await gateway.post("/v1/rerank", json=fresh(1))).status == 502  # both refuse the revoked key
+    state = (await (await gateway.get("/readyz")).json())["providers"]["deepinfra"]
+    assert state["state"] == "refusing" and state["status"] == 401 and "invalid api key" in state["reason"]
+
+    monkeypatch.setenv("EMULATOR_KEY", EMULATOR_KEY)
+    assert (await gateway.post("/admin/reload", headers=ADMIN)).status == 200
+    assert (await (await gateway.get("/readyz")).json())["providers"]["deepinfra"]["state"] == "usable"
+    assert (await gateway.post("/v1/rerank", json=fresh(2))).headers["X-Rerank-Provider"] == "deepinfra"

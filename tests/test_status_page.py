@@ -86,7 +86,7 @@ def test_every_fact_is_on_the_page():
     assert "qwen3-reranker-8b" in text and "accounts/fireworks/models/qwen3-reranker-8b" in text
     assert text.index("1 deepinfra deepinfra") < text.index("2 fireworks fireworks") < text.index("3 jina-cohere cohere")
     # Health, reasons and breaker states.
-    assert "usable" in text and "not usable" in text
+    assert "usable" in text and "unusable" in text
     assert "over budget: today's $3.00 limit reached" in text
     assert "key variable TEI_KEY is unset" in text
     for state in ("closed", "half open", "open"):
@@ -94,9 +94,9 @@ def test_every_fact_is_on_the_page():
     assert "182 ms" in text and "241 ms" in text
     # Budget bars: % of limit, spent of limit, in-flight holds, and unlimited windows.
     assert "today" in text and "month" in text
-    assert "today 37% $1.84 of $5.00 (+$0.0200 held)" in text
+    assert "today 37% $1.84 of $5.00 (+$0.02 held)" in text
     assert "today 100% $3.00 of $3.00" in text
-    assert "no limit" in text and "$0.1200 spent" in text
+    assert "no limit" in text and "$0.12 spent" in text
     assert "today 50% $4.96 of $10.00" in text  # gateway-wide
     # Cache: hit rate and money saved.
     assert "80.0% hit rate" in text and "18,204 hits" in text and "4,551 misses" in text and "redis" in text
@@ -236,12 +236,12 @@ def test_healthy_notes_are_not_red_and_small_money_is_not_zero():
     def notes(css: str) -> list[str]:
         return [html.unescape(note) for note in re.findall(rf'<div class="{css}">([^<]*)</div>', page)]
 
-    assert "saved $0.00000460" in " ".join(visible_text(page).split())
+    assert "saved $0.000005" in " ".join(visible_text(page).split())
     assert [n.split(" · ")[0] for n in notes("note muted")] == [
         "the reference: its scores are the cached ones", "agrees with the reference: shares its cached scores"]
     assert [n.split(" · ")[0] for n in notes("note warn")][:1] == [
         "scores whole requests, cached apart (agreement unknown or outside the tolerance)"]
-    assert notes("reason") == ["fails its canary"]  # red: the one failure
+    assert notes("note bad") == ["fails its canary"]  # red: the one failure
     assert '<span class="pill ok" title="passed 15 of 15">canary passing</span>' in page
     assert "canary failing · not served" in page and 'class="pill bad"' in page
 
@@ -258,7 +258,7 @@ def test_the_last_hour_is_drawn_and_says_whose_it_is():
     drawn = dict(re.findall(r'data-chart="([a-z0-9_]+)" data-points="(\d+)"', page))
     assert drawn == {"requests": "2", "cache_hit_rate": "1", "p95": "1", "spend": "1"}  # no shadow: no agreement
     assert "this worker&#x27;s own (pid 7) &lt;of 2&gt;" in page
-    assert "deepinfra $0.0000123" in " ".join(visible_text(page).split())
+    assert "the hour's total: deepinfra $0.000012" in " ".join(visible_text(page).split())
     empty = render_status_page(dataclasses.replace(sample_snapshot(), history=MinuteHistory(lambda: NOW).view()))
     assert empty.count("no data yet") == 4
 
@@ -347,3 +347,84 @@ async def wait_for_shadow_calls(gateway) -> None:
     deadline = asyncio.get_running_loop().time() + 10
     while len(background) and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.01)
+
+
+# --- a refusing provider and a budget past its alert share, at a laptop's and a phone's width -------
+
+def overflow_probe(width: int) -> str:
+    """A page that lays /status out in a frame `width` px wide (headless Chromium's window is at least
+    500 px) and says in its DOM by how many px something is wider than its box: the page scrolling
+    sideways, or a table clipped inside its section."""
+    return f"""<!DOCTYPE html><html><body style="margin:0">
+<iframe id="page" src="/status" style="width:{width}px;height:2400px;border:0"></iframe>
+<script>
+document.getElementById("page").addEventListener("load", event => {{
+  const doc = event.target.contentDocument, view = event.target.contentWindow;
+  const worst = [...doc.querySelectorAll("main, section, table, .model-head")]
+    .map(el => el.scrollWidth - el.clientWidth).reduce((a, b) => Math.max(a, b), 0);
+  document.body.dataset.width = String(view.innerWidth);
+  document.body.dataset.overflow = String(Math.max(worst, doc.documentElement.scrollWidth - view.innerWidth));
+}});
+</script></body></html>"""
+
+
+async def troubled_gateway(make_gateway, emulator):
+    """deepinfra answers 403 to every call; fireworks has spent 85% of its daily budget."""
+    from gateway.budget import every_limit
+    from tests.support.gateway import add_fault
+
+    await add_fault(emulator, "deepinfra", "status", status=403)
+    gateway = await make_gateway(providers={"fireworks": {"budget": {"daily_usd": 0.001, "monthly_usd": 0.05}}},
+                                 budget={"daily_usd": 0.01})
+    for n in range(3):
+        body = {"query": f"mfc hours {n}", "documents": ["The MFC opens at 8:00.", "Weather.", f"passage {n}"]}
+        assert (await gateway.post("/v1/rerank", json=body)).status == 200
+    live = gateway.app[LIVE]
+    limits = [limit for limit in every_limit(live.config) if limit.scope == "fireworks"]
+    reservation = await live.shared.ledger.reserve(limits, 0.00085, hold_seconds=60)
+    await live.shared.ledger.settle(reservation, 0.00085, 17_000)
+    return gateway
+
+
+@pytest.mark.browser
+@NEEDS_CHROMIUM
+@pytest.mark.parametrize("width", [1000, 1400, 390])
+async def test_a_refusing_provider_and_a_budget_past_its_alert_share_fit_the_width(
+    make_gateway, emulator, aiohttp_server: Callable[..., Awaitable[TestServer]], tmp_path: Path, width: int,
+):
+    gateway = await troubled_gateway(make_gateway, emulator)
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert '<span class="pill bad">refusing until ' in page and "HTTP 403: emulated fault" in page
+    assert '<div class="fill warn"' in page  # fireworks at 85% of its day
+    assert "<details class=\"canary\">" in page or "canary" not in visible_text(page)
+
+    async def status(request: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    async def probe(request: web.Request) -> web.Response:
+        return web.Response(text=overflow_probe(width), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/probe", probe)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    dom, log = await run_chromium(str(server.make_url("/probe")), tmp_path / "dom", "--window-size=1500,900",
+                                  "--dump-dom")
+    assert console_lines(log) == [], console_lines(log)
+    laid_out = re.search(r'data-width="(\d+)" data-overflow="(-?\d+)"', dom.decode())
+    assert laid_out is not None, dom[-500:]
+    assert int(laid_out.group(1)) == width
+    assert int(laid_out.group(2)) <= 0, f"something is {laid_out.group(2)} px wider than its box at {width} px"
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / f"status_page_{width}.png"
+    screenshot.unlink(missing_ok=True)
+    # Narrower than Chromium's window: the frame, in a window of the least width it takes.
+    url = gateway.make_url("/status?refresh=0") if width >= 500 else server.make_url("/probe")
+    _, log = await run_chromium(str(url), tmp_path / "shot", f"--window-size={max(width, 500)},{2400 if width < 500 else 1100}",
+                                f"--screenshot={screenshot}")
+    assert screenshot.exists(), f"no screenshot: {log[-2000:]}"
+    shot_width, _, pixels = decode_png(screenshot.read_bytes())
+    assert shot_width == max(width, 500) and len(set(pixels)) > 50
+    if UPDATE_DOCS and width >= 1000:  # the README shows a laptop's width and a wide screen's
+        (DOCS / f"status-page-{width}.png").write_bytes(screenshot.read_bytes())

@@ -10,6 +10,7 @@ what it is tested against.
 
 from gateway.emulator.app import (
     EMULATOR_STATE,
+    FAULT_MODE_HELP,
     FAULT_MODES,
     MAX_BODY_BYTES,
     PROVIDERS,
@@ -23,6 +24,7 @@ from gateway.emulator.scores import QUIET_FAULT_MODES, emulated_logit, emulated_
 __all__ = [
     "EMULATOR_STATE",
     "FAULT_MODES",
+    "FAULT_MODE_HELP",
     "MAX_BODY_BYTES",
     "PROVIDERS",
     "QUIET_FAULT_MODES",

@@ -23,8 +23,25 @@ from gateway.emulator.scores import QUIET_FAULT_MODES
 from gateway.emulator.wire import NAN_MARK, PROVIDER_ROUTES, BadBody, Provider
 
 PROVIDERS = ("deepinfra", "fireworks", "cohere", "tei")
-FAULT_MODES = frozenset({"status", "hang", "slow", "garbage", "wrong_count", "nan", "shuffle",
-                         "cut", "out_of_range", "duplicate_index", "drop"}) | QUIET_FAULT_MODES
+# What each fault mode does, for `emulate --help` and the README (a test holds both to this list).
+FAULT_MODE_HELP: dict[str, str] = {
+    "status": "answer an HTTP error: `status` (400-599, default 503), `retry_after` seconds on a 429",
+    "hang": "accept the call and never answer (until the client gives up)",
+    "slow": "answer correctly after `delay_ms` (default 1000)",
+    "garbage": "answer 200 with an HTML body that is not JSON",
+    "drop": "close the connection without an answer",
+    "wrong_count": "one result fewer than documents sent",
+    "cut": "half the results",
+    "nan": "a NaN score",
+    "shuffle": "results out of the documented order",
+    "out_of_range": "a result index past the documents sent",
+    "duplicate_index": "two results with the same index",
+    "rescale": "every probability cubed: the order kept, the values off",
+    "template": "the instruction ignored and noise as large as the signal added: the order changes",
+    "random": "a score fixed per pair and seed, blind to relevance",
+}
+FAULT_MODES = frozenset(FAULT_MODE_HELP)
+assert QUIET_FAULT_MODES <= FAULT_MODES
 # Faults that replace the whole answer, decided before the body is even validated,
 # the way a broken upstream fails regardless of what was sent.
 _TRANSPORT_FAULTS = frozenset({"status", "hang", "garbage", "drop"})

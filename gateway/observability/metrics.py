@@ -47,7 +47,7 @@ MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 UpstreamErrorReason = Literal[
     "timeout", "connect_timeout", "read_timeout", "dns", "refused", "tls", "connect", "too_large", "malformed",
     "redirect", "http_5xx", "http_429", "http_4xx", "invalid_answer", "budget", "breaker_open", "quality",
-    "rate_limited",
+    "rate_limited", "refusing",
 ]
 UPSTREAM_ERROR_REASONS: Final[frozenset[str]] = frozenset(get_args(UpstreamErrorReason))
 
@@ -60,6 +60,11 @@ CallPurpose = Literal["request", "probe", "shadow"]
 # this layer because metrics may import nothing of the gateway's and every layer reports here.
 BreakerState = Literal["closed", "half_open", "open"]
 BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {state: value for value, state in enumerate(get_args(BreakerState))}
+# The one list of what a provider is doing now (gateway.web.provider_state says what each means).
+ProviderStateName = Literal[
+    "usable", "refusing", "failing", "rate_limited", "over_budget", "canary_failing", "unusable", "disabled",
+]
+PROVIDER_STATES: Final[tuple[str, ...]] = get_args(ProviderStateName)
 
 # 1 ms .. 30 s: a cache hit answers in about a millisecond, a slow provider in tens of seconds.
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -194,6 +199,17 @@ class GatewayMetrics:
             "rerank_gateway_cache_bytes", "Bytes the in-process score cache holds (what cache.max_bytes bounds).",
             registry=registry, multiprocess_mode="livesum",
         )
+        self._provider_state = Gauge(
+            "rerank_gateway_provider_state",
+            "What a provider is doing now: 1 for its current state (usable, refusing, failing, rate_limited, "
+            "over_budget, unusable, disabled), 0 for the others; read at scrape time.",
+            ["provider", "state"], registry=registry, multiprocess_mode="livemax",
+        )
+        self._provider_refused_status = Gauge(
+            "rerank_gateway_provider_refused_status",
+            "The HTTP status (401, 403) a provider refuses our calls with; 0 while it does not.",
+            ["provider"], registry=registry, multiprocess_mode="livemax",
+        )
         self._breaker_state = Gauge(
             "rerank_gateway_breaker_state", "A provider's circuit breaker: 0 closed, 1 half open, 2 open.",
             ["provider"], registry=registry, multiprocess_mode="livemax",
@@ -305,6 +321,11 @@ class GatewayMetrics:
         if self._breaker_states.get(provider) != state:
             self._child(self._breaker_state, provider).set(BREAKER_STATE_VALUES[state])
             self._breaker_states[provider] = state
+
+    def set_provider_state(self, *, provider: str, state: ProviderStateName, refused_status: int) -> None:
+        for name in PROVIDER_STATES:
+            self._child(self._provider_state, provider, name).set(1 if name == state else 0)
+        self._child(self._provider_refused_status, provider).set(refused_status)
 
     def set_budget_remaining(self, *, scope: str, window: str, usd: float) -> None:
         """Budget left; window is the period ("day", "month"). Leave unlimited windows unset."""

@@ -7,6 +7,7 @@ one slow provider cannot take the connections another needs, and its own proxy r
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -76,6 +77,8 @@ class ProviderClient:
         self._api_key = api_key
         self._missing_key = missing_key
         self._url = config.base_url + (config.path or self.adapter.default_path(config))
+        # Who the provider sees calling: a refusal of these credentials ends when they change.
+        self.identity = hashlib.sha256(f"{self._url}\0{api_key or ''}".encode()).hexdigest()[:16]
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -227,6 +230,7 @@ class ProviderClient:
             kind=kind,
             transient=is_transient_status(status),
             retry_after=retry_after,
+            status=status,
         )
 
     def _normalized(self, scores: list[float]) -> list[float]:

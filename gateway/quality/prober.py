@@ -262,6 +262,8 @@ class Prober:
         else:
             log.warning("provider %s of model %s passes its canary again: %s", transition.provider, transition.model,
                         transition.reason)
+        verdict = "fails its canary" if transition.state == "failing" else "passes its canary again"
+        self._parts.health.note_change(f"{transition.provider} of {transition.model} {verdict}")
 
 
 def digest(fingerprint: object) -> str:

@@ -19,6 +19,8 @@ never counts towards the breaker, which would keep the provider out past its Ret
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 
 from gateway.budget import (
@@ -40,7 +42,10 @@ from gateway.observability.trace import note_attempt
 from gateway.observability.tracing import Tracing
 from gateway.providers.client import ProviderClient
 from gateway.resilience import full_jitter_backoff, parse_retry_after
-from gateway.resilience.health import HealthBoard, ProviderHealth
+from gateway.resilience.health import REPEATING_KINDS, HealthBoard, ProviderHealth
+from gateway.resilience.refusal import REFUSAL_STATUSES, AuthRefusal
+
+log = logging.getLogger("gateway.providers")
 
 # A reservation outlives its call by this much, so a slow settle never frees budget early.
 _HOLD_MARGIN_SECONDS = 30.0
@@ -110,11 +115,17 @@ class GuardedCall:
             if failure.kind == "http_429":
                 health.breaker.record_cancelled()  # no verdict on its health: it said when to come back
                 self._health.note_error(client.name, failure.reason)
-            elif failure.fallback_allowed:
-                self._record_failure(client.name, health, failure.reason)
-            else:
+                raise dataclasses.replace(failure, ends_in=health.rate_limited_for()) from None
+            if failure.status in REFUSAL_STATUSES:
+                # Not the breaker's: no cool-down of 15 s brings a revoked key back.
+                health.breaker.record_cancelled()
+                raise self._refused(client, health, failure) from None
+            if not failure.fallback_allowed:
                 health.breaker.record_cancelled()  # the request was at fault, not the provider
-            raise
+                raise
+            self._record_failure(client.name, health, failure.reason)
+            status = health.breaker.status()
+            raise dataclasses.replace(failure, ends_in=status.seconds_until_probe) from None
         except BaseException:
             if ends_at is not None and _now() >= ends_at - _DEADLINE_SLACK_SECONDS:
                 # Cut by the request's deadline: slow is a failure, or a hanging provider would
@@ -125,8 +136,7 @@ class GuardedCall:
                 health.breaker.record_cancelled()  # a hedge won or the client left: no verdict
             await asyncio.shield(self._account(client, reservation, pairs, chars, answered))
             raise
-        health.breaker.record_success()
-        self._metrics.set_breaker_state(provider=client.name, state=health.breaker.state)
+        self._record_success(client.name, health)
         # Shielded like every settle here: a request cancelled meanwhile (its deadline, a hedge
         # that won, a client gone) must not lose what the provider has billed already.
         await asyncio.shield(self._account(client, reservation, pairs, chars, answered, usage))
@@ -181,7 +191,13 @@ class GuardedCall:
     def _admit(self, client: ProviderClient, health: ProviderHealth, panic: bool) -> None:
         if (wait := health.rate_limited_for()) > 0:
             skip = ProviderFailure(client.name, f"rate limited for {wait:.1f}s more (its 429's Retry-After)",
-                                   kind="rate_limited")
+                                   kind="rate_limited", ends_in=wait)
+            self.note_skip(skip)
+            raise skip
+        if not health.refusal.claim_probe(client.identity):
+            refusal = health.refusal.current(client.identity)
+            assert refusal is not None  # claim_probe refuses only during a refusal
+            skip = refusing_skip(client.name, refusal, health.refusal.seconds_until_probe(client.identity))
             self.note_skip(skip)
             raise skip
         if panic:
@@ -189,21 +205,54 @@ class GuardedCall:
             return
         if health.breaker.allow():
             return
-        # Half open, with its one probe already out.
-        skip = ProviderFailure(client.name, "circuit open after repeated failures", kind="breaker_open")
+        # Half open, with its one probe already out: it settles within the provider's timeout.
+        skip = ProviderFailure(client.name, "circuit half open: its probe is out", kind="breaker_open",
+                               ends_in=client.config.timeout_seconds)
         self.note_skip(skip)
         raise skip
+
+    def _refused(self, client: ProviderClient, health: ProviderHealth, failure: ProviderFailure) -> ProviderFailure:
+        """A 401/403: the provider is out on a growing back-off until it answers or its credentials change."""
+        assert failure.status is not None
+        refusal = health.refusal.refused(failure.status, failure.reason, client.identity)
+        wait = health.refusal.seconds_until_probe(client.identity)
+        self._health.note_error(client.name, f"{failure.reason} (refusing: {refusal.consecutive} in a row, "
+                                f"next try in {wait:.0f} s)")
+        if refusal.consecutive == 1:
+            self._health.note_change(f"{client.name} refusing: {failure.reason}")
+        log.warning("provider %s refuses our calls (%s), %d in a row: next try in %.0f s, or at once after "
+                    "its key or base_url change", client.name, failure.reason, refusal.consecutive, wait)
+        return dataclasses.replace(failure, ends_in=wait)
+
+    def _record_success(self, provider: str, health: ProviderHealth) -> None:
+        before = health.breaker.state
+        health.breaker.record_success()
+        after = health.breaker.state
+        self._metrics.set_breaker_state(provider=provider, state=after)
+        if health.refusal.answered():
+            self._health.note_change(f"{provider} answers again after refusing")
+            log.warning("provider %s answers again after refusing our calls", provider)
+        if after != before:
+            self._health.note_change(f"{provider} breaker {after.replace('_', ' ')}")
+            log.info("provider %s: breaker %s", provider, after.replace("_", " "))
 
     def note_skip(self, skip: ProviderFailure) -> None:
         """A provider passed over for its breaker, budget, rate limit or quality, in the metrics and the request log."""
         # A skip's kind is one of SKIP_KINDS, all of them reasons; record_upstream_error checks it.
         self._metrics.record_upstream_error(provider=skip.provider, reason=skip.kind)  # type: ignore[arg-type]
         note_attempt(skip.provider, skip.kind, 0.0)
+        if skip.kind in REPEATING_KINDS:  # refusals the operator should see beside the failures
+            self._health.note_error(skip.provider, f"skipped: {skip.reason}", skip.kind)
 
     def _record_failure(self, provider: str, health: ProviderHealth, reason: str) -> None:
+        before = health.breaker.state
         health.breaker.record_failure(reason)
         self._health.note_error(provider, reason)
-        self._metrics.set_breaker_state(provider=provider, state=health.breaker.state)
+        after = health.breaker.state
+        self._metrics.set_breaker_state(provider=provider, state=after)
+        if after != before:
+            self._health.note_change(f"{provider} breaker {after.replace('_', ' ')}: {reason}")
+            log.warning("provider %s: breaker %s after: %s", provider, after.replace("_", " "), reason)
 
     async def _reserve(
         self, client: ProviderClient, limits: tuple[Limit, ...], chars: int, ends_at: float | None
@@ -221,6 +270,7 @@ class GuardedCall:
                 kind="budget",
                 resets_at=outcome.resets_at,
             )
+            self._health.note_budget_refusal(outcome.scope, outcome.period, outcome.resets_at.timestamp())
             self.note_skip(skip)
             raise skip
         return outcome
@@ -311,3 +361,11 @@ def _unanswered(answered: list[AnsweredCall], pairs: Batch) -> Batch:
 
 def _now() -> float:
     return asyncio.get_running_loop().time()
+
+
+def refusing_skip(provider: str, refusal: AuthRefusal, wait: float) -> ProviderFailure:
+    """Passed over while a 401/403 back-off runs: the provider's own words, and when it is tried again."""
+    return ProviderFailure(
+        provider, f"refusing our calls: {refusal.reason} ({refusal.consecutive} in a row; next try in {wait:.0f} s)",
+        kind="refusing", status=refusal.status, ends_in=wait,
+    )

@@ -9,13 +9,17 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.budget import TokenEstimator
 from gateway.config import ResilienceConfig
 from gateway.resilience import BreakerConfig, CircuitBreaker, LatencyTracker, RetryBudget
+from gateway.resilience.refusal import RefusalTracker
 
 RECENT_ERRORS = 50
+RECENT_CHANGES = 20
+# Skips that repeat on every request while they last: one line each, counted, not fifty of the same.
+REPEATING_KINDS = frozenset({"budget", "rate_limited", "refusing"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,22 @@ class RecentError:
     at: float  # wall-clock seconds
     provider: str
     reason: str
+    kind: str = ""  # a ProviderFailure kind; "" when not said
+    count: int = 1  # in a row, for the kinds that repeat
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Something an operator would want to know changed: a reload, a breaker, a refusal, a verdict."""
+
+    at: float  # wall-clock seconds
+    what: str
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRefusal:
+    at: float  # wall-clock seconds of the latest refusal
+    resets_at: float  # wall-clock seconds: when the refusing window ends
 
 
 @dataclass(slots=True)
@@ -33,6 +53,7 @@ class ProviderHealth:
     estimator: TokenEstimator
     reported_calls: int = 0  # answers that carried usage: until one does, the pooled estimate bills it
     limited_until: float = 0.0  # monotonic: a 429 asked for no call before then
+    refusal: RefusalTracker = field(default_factory=RefusalTracker)  # its 401/403s
 
     def rate_limited_for(self, now: float | None = None) -> float:
         """Seconds until the provider's rate limit lifts; 0 when it may be called."""
@@ -51,6 +72,9 @@ class HealthBoard:
         self.rng = rng or random.Random()
         self._providers: dict[str, ProviderHealth] = {}
         self.recent_errors: deque[RecentError] = deque(maxlen=RECENT_ERRORS)
+        self.changes: deque[Change] = deque(maxlen=RECENT_CHANGES)
+        # Per budget scope and period ("provider:deepinfra", "day"): the latest refusal to reserve.
+        self.budget_refusals: dict[tuple[str, str], BudgetRefusal] = {}
         # Learned from every provider's reported usage: how a provider whose answers never carry
         # usage (TEI) is billed, calibrated against those that do rather than a fixed guess.
         self.pooled_estimator = TokenEstimator()
@@ -69,8 +93,27 @@ class HealthBoard:
         health = self[provider]
         return health.estimator if health.reported_calls else self.pooled_estimator
 
-    def note_error(self, provider: str, reason: str) -> None:
-        self.recent_errors.append(RecentError(time.time(), provider, reason))
+    def note_error(self, provider: str, reason: str, kind: str = "") -> None:
+        """Under Recent errors; a skip that repeats replaces its previous line, counted."""
+        count = 1
+        if kind in REPEATING_KINDS:
+            for earlier in self.recent_errors:
+                if earlier.provider == provider and earlier.kind == kind:
+                    self.recent_errors.remove(earlier)
+                    count = earlier.count + 1
+                    break
+        self.recent_errors.append(RecentError(time.time(), provider, reason, kind, count))
+
+    def note_change(self, what: str) -> None:
+        self.changes.append(Change(time.time(), what))
+
+    def note_budget_refusal(self, scope: str, period: str, resets_at: float) -> None:
+        self.budget_refusals[(scope, period)] = BudgetRefusal(time.time(), resets_at)
+
+    def budget_refusing(self, scope: str, period: str, since: float) -> bool:
+        """Whether reservations in this window were refused after `since` (wall clock), and it has not reset."""
+        refusal = self.budget_refusals.get((scope, period))
+        return refusal is not None and refusal.at >= since and refusal.resets_at > time.time()
 
     def apply(self, settings: ResilienceConfig) -> None:
         """Settings from a reloaded config, for every provider's next outcome."""

@@ -29,8 +29,8 @@ from gateway.providers.client import ProviderClient
 from gateway.quality.calibration import Calibration
 from gateway.quality.parts import Parts
 from gateway.records import record
-from gateway.resilience import CircuitBreaker
-from gateway.resilience.health import HealthBoard
+from gateway.resilience.guarded_call import refusing_skip
+from gateway.resilience.health import HealthBoard, ProviderHealth
 from gateway.scoring.table import ModelPlan, PlanTable, Route
 
 
@@ -93,8 +93,7 @@ class Planner:
         unusable = route.unusable if instruction is None else route.unusable_with_instruction
         if unusable is not None:
             return ProviderFailure(route.provider, unusable, kind="unusable")
-        health = self._health[route.provider]
-        skip = unavailable(route.provider, health.breaker, over_budget, health.rate_limited_for())
+        skip = unavailable(route.client, self._health[route.provider], over_budget)
         return skip or route.quality_skip
 
     def steps(self, request: ScoreRequest, failures: list[ProviderFailure]) -> list[Step]:
@@ -108,7 +107,7 @@ class Planner:
                 if skip is None:
                     steps.append(self._step(request, route))
                     continue
-                if skip.kind in ("breaker_open", "quality", "rate_limited"):
+                if skip.kind in ("breaker_open", "quality", "rate_limited", "refusing"):
                     self._calls.note_skip(skip)
                 else:
                     note_attempt(skip.provider, skip.kind, 0.0)  # the request log lists every provider passed over
@@ -153,15 +152,21 @@ class Planner:
         return None if wait > left / 2 else wait
 
 
-def unavailable(
-    provider: str, breaker: CircuitBreaker, over_budget: bool = False, rate_limited_for: float = 0.0,
-) -> ProviderFailure | None:
-    """Why a provider that could be called cannot be now, whatever the model: its rate limit, breaker or budget."""
-    if rate_limited_for > 0:
+def unavailable(client: ProviderClient, health: ProviderHealth, over_budget: bool = False) -> ProviderFailure | None:
+    """Why a provider that could be called cannot be now, whatever the model: its rate limit, refusal
+    of our key, breaker or budget; each says when it ends, where that is known."""
+    provider = client.name
+    if (rate_limited_for := health.rate_limited_for()) > 0:
         return ProviderFailure(provider, f"rate limited for {rate_limited_for:.1f}s more (its 429's Retry-After)",
-                               kind="rate_limited")
+                               kind="rate_limited", ends_in=rate_limited_for)
+    refusal = health.refusal.current(client.identity)
+    if refusal is not None and (wait := health.refusal.seconds_until_probe(client.identity)) > 0:
+        return refusing_skip(provider, refusal, wait)
+    breaker = health.breaker.status()
     if breaker.state == "open":
-        return ProviderFailure(provider, "circuit open after repeated failures", kind="breaker_open")
+        reason = f"circuit open after repeated failures: {breaker.last_failure}" if breaker.last_failure \
+            else "circuit open after repeated failures"
+        return ProviderFailure(provider, reason, kind="breaker_open", ends_in=breaker.seconds_until_probe)
     if over_budget:
         return ProviderFailure(provider, "budget exhausted", kind="budget")
     return None

@@ -47,7 +47,12 @@ class RerankService:
             return default
         model = self._model_names.canonical(requested)
         if model is None:
-            raise UnknownModel(f"model {requested!r} is not served here; models: {', '.join(self.model_names())}")
+            # Client libraries send their own default name (Haystack's rerank-v3.5, LlamaIndex's
+            # rerank-english-v3.0): say how to serve it, not only that it is not.
+            raise UnknownModel(
+                f"model {requested!r} is not served here; models: {', '.join(self.model_names())}. To serve "
+                f"{requested!r}, add it to a model's `aliases` in the gateway's config (or \"*\" to take any name)"
+            )
         return model
 
     def model_names(self) -> list[str]:

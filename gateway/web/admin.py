@@ -19,9 +19,14 @@ class ReloadRefused(ClientError):
 
 
 def require_admin(request: web.Request) -> None:
-    key = request.app[LIVE].current.secrets.admin_key
+    generation = request.app[LIVE].current
+    key = generation.secrets.admin_key
     if key is None:
-        raise NotFound("admin endpoints are off: set [server] admin_key_env to an env var holding a key")
+        name = generation.config.server.admin_key_env
+        if name is None:
+            raise NotFound("admin endpoints are off: set [server] admin_key_env to an env var holding a key")
+        # Named but empty is the usual slip (`export GATEWAY_ADMIN_KEY=` in a script): say which.
+        raise NotFound(f"admin endpoints are off: ${name} ([server] admin_key_env) is empty or not set")
     given = request.headers.get("Authorization", "")
     # Constant-time: the comparison must not tell an attacker how much of the key matched.
     if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.observability.metrics import BREAKER_STATE_VALUES, PROVIDER_STATES
+
 Schema = dict[str, Any]
 
 _ERROR_TYPES = (
     "bad_request (400), unauthorized (401), not_found / model_not_found (404), method_not_allowed (405), "
-    "payload_too_large (413), invalid_request / invalid_config (422), budget_exhausted (429), internal_error (500), "
-    "all_providers_failed / upstream_rejected (502), upstream_timeout / deadline_exceeded (504)"
+    "payload_too_large (413), invalid_request / invalid_config (422), budget_exhausted / rate_limited (429), "
+    "internal_error (500), all_providers_failed / upstream_rejected (502), providers_unavailable (503), "
+    "upstream_timeout / deadline_exceeded (504)"
 )
 
 
@@ -211,7 +214,7 @@ def _rerank_operation(
             **{status: _ref("responses", name) for status, name in (
                 ("400", "BadRequest"), ("401", "Unauthorized"), ("404", "ModelNotFound"), ("413", "PayloadTooLarge"),
                 ("422", "InvalidRequest"), ("429", "TooManyRequests"), ("500", "InternalError"),
-                ("502", "BadGateway"), ("504", "GatewayTimeout"),
+                ("502", "BadGateway"), ("503", "ProvidersUnavailable"), ("504", "GatewayTimeout"),
             )},
         },
     }
@@ -303,7 +306,8 @@ def _headers() -> dict[str, Any]:
 
 
 def _error_responses() -> dict[str, Any]:
-    def error(description: str, *, retry_after: bool = False, challenge: bool = False) -> dict[str, Any]:
+    def error(description: str, *, retry_after: bool = False, challenge: bool = False,
+              may_retry_after: bool = False) -> dict[str, Any]:
         headers = {
             **_request_id_header(), "X-Rerank-Provider": {"schema": {"const": "none"}, "required": True},
             "X-Rerank-Model": {"required": False, "schema": {"type": "string", "minLength": 1},
@@ -311,6 +315,9 @@ def _error_responses() -> dict[str, Any]:
         }
         if retry_after:
             headers["Retry-After"] = _ref("headers", "Retry-After")
+        elif may_retry_after:  # when the end of every cause is known (errors.AllProvidersFailed.of)
+            headers["Retry-After"] = {"required": False, "description": "Whole seconds until a provider may answer "
+                                      "again, when that is known.", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
         if challenge:
             headers["WWW-Authenticate"] = _ref("headers", "WWW-Authenticate")
         return {"description": description, "headers": headers, "content": _json(_schema("Error"))}
@@ -324,11 +331,17 @@ def _error_responses() -> dict[str, Any]:
         "InvalidRequest": error("`invalid_request`: a field missing, empty or of the wrong type; the message names it."),
         "InvalidConfig": error("`invalid_config`: the config file is invalid; the running config stays."),
         "TooManyRequests": error(
-            "`budget_exhausted`: every provider left for the model is over a spend budget; nothing was called. "
-            "`Retry-After` is the seconds until the first budget window resets.", retry_after=True),
+            "`budget_exhausted`: nothing was called; the providers passed over are over a spend budget (or rate "
+            "limited); `rate_limited`: the same with rate limits alone. `Retry-After` is the seconds until the "
+            "first of them may be called again.", retry_after=True),
+        "ProvidersUnavailable": error(
+            "`providers_unavailable`: nothing was called; some providers are in back-off (breaker open, or refusing "
+            "the gateway's key), the rest over budget or rate limited.", may_retry_after=True),
         "InternalError": error("`internal_error`: a bug; the gateway log has the details under the request id."),
-        "BadGateway": error("`all_providers_failed` (the message lists each provider's reason) or `upstream_rejected`."),
-        "GatewayTimeout": error("`upstream_timeout` (every provider failed, the last by timing out) or `deadline_exceeded`."),
+        "BadGateway": error("`all_providers_failed` (providers were called and failed; the message lists each "
+                            "provider's reason) or `upstream_rejected`.", may_retry_after=True),
+        "GatewayTimeout": error("`upstream_timeout` (every provider failed, the last by timing out) or `deadline_exceeded`.",
+                                may_retry_after=True),
     }
 
 
@@ -541,7 +554,21 @@ def _ops_schemas() -> dict[str, Schema]:
         "Health": _closed(["status"], {"status": {"const": "ok"}}),
         "Readiness": {
             "type": "object", "required": ["status"],
-            "properties": {"status": {"type": "string", "description": "`ready`, or why not."}},
+            "properties": {
+                "status": {"type": "string", "description": "`ready`, or why not."},
+                "warnings": {**names, "description": "Ready, but look: a provider refusing, failing, rate limited or "
+                             "over budget (with its reason), a budget past its alert share or refusing new pairs."},
+                "providers": {"type": "object", "additionalProperties": _closed(
+                    ["state", "reason", "until", "status", "breaker"], {
+                        "state": {"enum": list(PROVIDER_STATES)},
+                        "reason": {"type": ["string", "null"], "description": "Why not usable; the provider's own "
+                                   "status and message when refusing."},
+                        "until": {"type": ["number", "null"], "description": "Unix time it is tried again, or its "
+                                  "budget window resets; null when unknown."},
+                        "status": {"type": ["integer", "null"], "description": "Refusing: the HTTP status (401, 403)."},
+                        "breaker": {"enum": list(BREAKER_STATE_VALUES)},
+                    })},
+            },
         },
         "ReloadAnswer": _closed(["status", "loaded_at", "models", "needs_restart"], {
             "status": {"enum": ["reloaded", "unchanged"],

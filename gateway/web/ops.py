@@ -7,13 +7,16 @@ import time
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit, scope_label
+from gateway.budget import GATEWAY_SCOPE, every_limit, scope_label
 from gateway.errors import BadRequest
 from gateway.redisio.client import is_cluster_url
+from gateway.resilience.health import Change
 from gateway.runtime import Generation, LiveGateway
 from gateway.scoring.router import first_opened
+from gateway.web.budget_state import BudgetState, iso
 from gateway.web.edge import LIVE, json_response
 from gateway.web.openapi import openapi_spec
+from gateway.web.provider_state import ProviderState, provider_state
 from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
@@ -27,20 +30,28 @@ STATUS_REFRESH_SECONDS = 10
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """200 when every model has a usable provider and Redis (if configured) answers; else 503."""
+    """200 when every model has a usable provider and Redis (if configured) answers; else 503.
+
+    Ready with warnings when a provider is not usable for a reason no replica can fix by being
+    pulled (refusing, failing, rate limited, over budget, canary) or a budget is past its alert share.
+    """
     live = request.app[LIVE]
     generation = live.current
     problems: list[str] = []
     warnings: list[str] = []
     if not await live.shared.cache.ping():
         problems.append("redis: not reachable (the cache serves uncached until it is back)")
-    exhausted = await _exhausted_scopes(live, generation)
+    budgets = await _budget_state(live, generation)
     models = {}
-    statuses = await _model_statuses(live, generation, exhausted)
+    statuses = await _model_statuses(live, generation, budgets)
     for model in statuses:
         models[model.name] = {p.name: "usable" if p.usable else p.reason for p in model.fallback}
         warnings.extend(_quality_warnings(model))
-        if not model.servable and not any(p.skipped_for_quality for p in model.fallback):
+        if model.over_budget_until is not None:
+            # Every replica reads the same ledger: pulling this one would serve nothing more.
+            warnings.append(f"model {model.name}: cannot pay for new pairs until {iso(model.over_budget_until)}; "
+                            "cached pairs are still served")
+        elif not model.servable and not any(p.skipped_for_quality for p in model.fallback):
             problems.append(f"model {model.name}: no usable provider")
         elif not model.servable:
             # A quality verdict never makes a replica unready: every replica judges alike, so
@@ -49,16 +60,28 @@ async def readyz(request: web.Request) -> web.Response:
         elif model.panic_provider is not None:
             # Still ready: taking this gateway out of rotation would make the outage total.
             warnings.append(f"model {model.name}: every breaker is open; panic rule routing to {model.panic_provider}")
-        # A rate limit lifts by itself within its Retry-After: a warning, never a reason to be unready.
-        warnings += [f"model {model.name}: {p.name} {p.reason}" for p in model.fallback if p.rate_limited]
+    states = _provider_states(statuses)
+    # Each provider once, whatever number of models it serves; disabled on purpose is no warning.
+    warnings += [f"provider {name} {state.label}: {state.reason}" for name, state in states.items()
+                 if state.name not in ("usable", "disabled", "canary_failing")]
+    warnings += budgets.warnings()
     quality = {
         model.name: {p.name: p.quality.as_json() for p in model.fallback if p.quality is not None} for model in statuses
     }
     body = {
         "status": "not_ready" if problems else "ready", "problems": problems, "warnings": warnings, "models": models,
+        "providers": {name: {**state.as_json(), "breaker": _breaker_of(statuses, name)} for name, state in states.items()},
         "quality": quality,
     }
     return json_response(body, status=503 if problems else 200)
+
+
+def _provider_states(statuses: list[ModelStatus]) -> dict[str, ProviderState]:
+    return {p.name: p.state for model in statuses for p in model.fallback if p.state is not None}
+
+
+def _breaker_of(statuses: list[ModelStatus], provider: str) -> str:
+    return next(p.breaker for model in statuses for p in model.fallback if p.name == provider)
 
 
 def _quality_warnings(model: ModelStatus) -> list[str]:
@@ -83,7 +106,7 @@ def _quality_warnings(model: ModelStatus) -> list[str]:
 
 async def metrics(request: web.Request) -> web.Response:
     live = request.app[LIVE]
-    await _refresh_budget_gauges(live)
+    await _refresh_provider_gauges(live)
     if (stored := live.shared.cache.stored_bytes()) is not None:
         live.shared.metrics.set_cache_bytes(stored)
     body, content_type = live.shared.metrics.render()
@@ -94,14 +117,13 @@ async def metrics(request: web.Request) -> web.Response:
 async def status_page(request: web.Request) -> web.Response:
     live = request.app[LIVE]
     generation = live.current
-    reports = await live.shared.ledger.report(every_limit(generation.config))
-    exhausted = {r.scope for r in reports if r.exhausted}
+    budgets = await _budget_state(live, generation)
     stats = live.shared.cache_stats
     snapshot = StatusSnapshot(
         generated_at=time.time(),
         config_loaded_at=generation.loaded_at,
         config_path=str(live.config_path) if live.config_path else None,
-        models=tuple(await _model_statuses(live, generation, exhausted, reports)),
+        models=tuple(await _model_statuses(live, generation, budgets)),
         cache=CacheStatus(
             backend=_cache_backend(generation.config.cache.url),
             hits=stats.hits,
@@ -111,12 +133,20 @@ async def status_page(request: web.Request) -> web.Response:
             max_bytes=generation.config.cache.max_bytes,
         ),
         recent_errors=tuple(reversed(live.shared.health.recent_errors)),
-        gateway_budget=_bars(reports, GATEWAY_SCOPE),
+        gateway_budget=_bars(budgets, GATEWAY_SCOPE),
         refresh_seconds=_refresh_seconds(request),
         history=live.shared.metrics.history.view(),
         history_scope=_history_scope(live),
+        last_change=_last_change(live, generation),
     )
     return web.Response(text=render_status_page(snapshot), content_type="text/html")
+
+
+def _last_change(live: LiveGateway, generation: Generation) -> Change:
+    """The latest of: the config loaded, a breaker, a refusal, a verdict."""
+    loaded = Change(generation.loaded_at, "config loaded")
+    changes = [change for change in live.shared.health.changes if change.at >= generation.loaded_at]
+    return changes[-1] if changes else loaded
 
 
 async def status_json(request: web.Request) -> web.Response:
@@ -149,13 +179,21 @@ async def openapi(request: web.Request) -> web.Response:
     return json_response(openapi_spec())
 
 
-async def _refresh_budget_gauges(live: LiveGateway) -> None:
-    """Budget left per limited window, read from the ledger at scrape time rather than per request."""
-    for report in await live.shared.ledger.report(every_limit(live.config)):
+async def _refresh_provider_gauges(live: LiveGateway) -> None:
+    """Budget left, breaker states and provider states, read at scrape time from the objects
+    /readyz and /status read, so the three agree at the same moment."""
+    generation = live.current
+    reports = await live.shared.ledger.report(every_limit(generation.config))
+    metrics = live.shared.metrics
+    for report in reports:
         if report.remaining_usd is not None:
-            live.shared.metrics.set_budget_remaining(
-                scope=scope_label(report.scope), window=report.period, usd=report.remaining_usd
-            )
+            metrics.set_budget_remaining(scope=scope_label(report.scope), window=report.period, usd=report.remaining_usd)
+    budgets = BudgetState.read(reports, live.shared.health, generation.loaded_at)
+    for name, client in generation.clients.items():
+        health = live.shared.health[name]
+        metrics.set_breaker_state(provider=name, state=health.breaker.state)
+        state = provider_state(client, health, budgets.refusing_until(name))
+        metrics.set_provider_state(provider=name, state=state.name, refused_status=state.status or 0)
 
 
 def _cache_backend(url: str) -> str:
@@ -164,13 +202,12 @@ def _cache_backend(url: str) -> str:
     return "redis-cluster" if is_cluster_url(url) else "redis"
 
 
-async def _exhausted_scopes(live: LiveGateway, generation: Generation) -> set[str]:
-    return {report.scope for report in await live.shared.ledger.report(every_limit(generation.config)) if report.exhausted}
+async def _budget_state(live: LiveGateway, generation: Generation) -> BudgetState:
+    reports = await live.shared.ledger.report(every_limit(generation.config))
+    return BudgetState.read(reports, live.shared.health, generation.loaded_at)
 
 
-async def _model_statuses(
-    live: LiveGateway, generation: Generation, exhausted: set[str], reports: list[WindowReport] | None = None
-) -> list[ModelStatus]:
+async def _model_statuses(live: LiveGateway, generation: Generation, budgets: BudgetState) -> list[ModelStatus]:
     statuses = []
     health = live.shared.health
     for name, model in generation.config.models.items():
@@ -178,8 +215,8 @@ async def _model_statuses(
         for provider in model.fallback:
             client = generation.clients[provider]
             breaker = health[provider].breaker
-            over_budget = provider in exhausted or GATEWAY_SCOPE in exhausted
-            skip = generation.router.why_not(name, provider, None, over_budget)
+            over_budget_until = budgets.refusing_until(provider)
+            skip = generation.router.why_not(name, provider, None, over_budget_until is not None)
             quality = generation.quality_guard.report(name, provider)
             if skip is not None and skip.kind == "quality" and quality.serves:
                 skip = None  # passed over as a whole, yet served in the languages of its canary it ranks
@@ -191,28 +228,40 @@ async def _model_statuses(
                 reason=None if skip is None else skip.reason,
                 rate_limited=skip is not None and skip.kind == "rate_limited",
                 breaker=breaker.state,
-                budget=_bars(reports or [], provider),
+                budget=_bars(budgets, provider),
                 p95_ms=None if p95 is None else p95 * 1000,
                 quality=quality,
                 skipped_for_quality=skip is not None and skip.kind == "quality",
+                state=provider_state(client, health[provider], over_budget_until, skip),
             ))
         panic = None
         if not any(p.usable for p in providers):
             panic = first_opened([p.name for p in providers if p.breaker != "closed"], health)
-        statuses.append(ModelStatus(name=name, aliases=tuple(model.aliases), fallback=tuple(providers), panic_provider=panic))
+        statuses.append(ModelStatus(name=name, aliases=tuple(model.aliases), fallback=tuple(providers),
+                                    panic_provider=panic, over_budget_until=_unpaid_until(providers, panic)))
     return statuses
 
 
-def _bars(reports: list[WindowReport], scope: str) -> tuple[BudgetBar, ...]:
+def _unpaid_until(providers: list[ProviderStatus], panic: str | None) -> float | None:
+    """When a model whose every provider that could answer is over budget can pay for new pairs again."""
+    if panic is not None or any(p.usable for p in providers):
+        return None
+    ends = [p.state.until for p in providers if p.state is not None and p.state.name == "over_budget"]
+    if not ends or any(p.state is None or p.state.name not in ("over_budget", "disabled", "unusable") for p in providers):
+        return None
+    return min(end for end in ends if end is not None)
+
+
+def _bars(budgets: BudgetState, scope: str) -> tuple[BudgetBar, ...]:
     return tuple(
         BudgetBar(
-            period="today" if report.period == "day" else "month",
-            spent_usd=report.spent_usd,
-            reserved_usd=report.reserved_usd,
-            limit_usd=report.limit_usd,
+            period="today" if window.report.period == "day" else "month",
+            spent_usd=window.report.spent_usd,
+            reserved_usd=window.report.reserved_usd,
+            limit_usd=window.report.limit_usd,
+            refusing=window.refusing,
         )
-        for report in reports
-        if report.scope == scope
+        for window in budgets.of(scope)
     )
 
 

@@ -63,8 +63,9 @@ def _bars(name: str, title: str, series: Mapping[str, Series], colours: Mapping[
             shapes.append(f"<rect x=\"{_LEFT + minute * slot + 0.5:.1f}\" y=\"{y1:.1f}\" width=\"{slot - 1:.1f}\" "
                           f"height=\"{max(y0 - y1, 0.5):.1f}\" fill=\"{colours[label]}\"/>")
             base += value
-    latest = {label: values[-1] or 0.0 for label, values in series.items()}
-    return _figure(name, title, "".join(shapes), drawn, top, fmt, colours, latest)
+    # A bar chart's legend is the hour's total: the current minute has barely begun.
+    totals_by_label = {label: sum(v or 0.0 for v in values) for label, values in series.items()}
+    return _figure(name, title, "".join(shapes), drawn, top, fmt, colours, totals_by_label, "the hour's total")
 
 
 def _lines(name: str, title: str, series: Mapping[str, Series], colours: Mapping[str, str], fmt: Format,
@@ -84,11 +85,11 @@ def _lines(name: str, title: str, series: Mapping[str, Series], colours: Mapping
                 shapes.append(f"<polyline points=\"{points}\" fill=\"none\" stroke=\"{colours[label]}\" "
                               "stroke-width=\"1.6\" stroke-linejoin=\"round\"/>")
     latest = {label: _last(values) for label, values in series.items()}
-    return _figure(name, title, "".join(shapes), drawn, top, fmt, colours, latest)
+    return _figure(name, title, "".join(shapes), drawn, top, fmt, colours, latest, "the last minute with data")
 
 
 def _figure(name: str, title: str, shapes: str, drawn: int, top: float, fmt: Format,
-            colours: Mapping[str, str], latest: Mapping[str, float | None]) -> str:
+            colours: Mapping[str, str], latest: Mapping[str, float | None], legend_says: str) -> str:
     bottom = _TOP + _PLOT_H
     empty = "" if drawn else (f"<text x=\"{_LEFT + _PLOT_W / 2:.0f}\" y=\"{_TOP + _PLOT_H / 2 + 4:.0f}\" "
                               "text-anchor=\"middle\" class=\"empty\">no data yet</text>")
@@ -105,7 +106,7 @@ def _figure(name: str, title: str, shapes: str, drawn: int, top: float, fmt: For
         f"<text x=\"{_LEFT + _PLOT_W}\" y=\"{_HEIGHT - 4}\" text-anchor=\"end\">now</text>"
         f"{shapes}{empty}</svg>"
     )
-    legend = "".join(
+    legend = f"<span class=\"says\">{_e(legend_says)}:</span>" + "".join(
         f"<span><i style=\"background:{colours[label]}\"></i>{_e(label)}"
         f"{'' if value is None else ' ' + _e(fmt(value))}</span>"
         for label, value in latest.items()
@@ -166,7 +167,7 @@ def _e(text: str) -> str:
 
 
 CHART_CSS = """
-.charts{display:grid;grid-template-columns:repeat(3,1fr);gap:6px 18px;padding:10px 16px 12px}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:6px 18px;padding:10px 16px 12px}
 .chart{margin:0}
 .chart figcaption{font-size:12px;font-weight:600;color:var(--muted);margin-bottom:2px}
 .chart svg{width:100%;height:auto;display:block}
@@ -174,5 +175,6 @@ CHART_CSS = """
 .chart svg text.empty{font-size:11px}.chart svg text.top{font-weight:600}
 .chart .grid{stroke:#eaeef2;stroke-width:1}.chart .axis{stroke:var(--line);stroke-width:1}
 .legend{display:flex;flex-wrap:wrap;gap:2px 10px;font-size:11.5px;color:var(--muted);font-variant-numeric:tabular-nums}
+.legend .says{font-style:italic}
 .legend i{display:inline-block;width:9px;height:9px;border-radius:2px;margin-right:4px;vertical-align:-1px}
 """

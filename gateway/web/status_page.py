@@ -10,7 +10,6 @@ carry text from upstream answers).
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,8 +19,9 @@ from gateway.budget.base import WARN_FRACTION
 from gateway.observability.history import HistoryView
 from gateway.observability.metrics import BreakerState
 from gateway.quality.board import QualityReport
-from gateway.resilience.health import RecentError
+from gateway.resilience.health import Change, RecentError
 from gateway.resilience.latency import MIN_SAMPLES
+from gateway.web.provider_state import ProviderState
 from gateway.web.status_charts import CHART_CSS, history_section
 
 
@@ -31,6 +31,7 @@ class BudgetBar:
     spent_usd: float
     reserved_usd: float  # holds of calls in flight
     limit_usd: float | None  # None: tracked, not limited
+    refusing: bool = False  # spent, or new pairs were refused in this window: red whatever the share
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,7 @@ class ProviderStatus:
     # Out only until its 429's Retry-After passes: requests wait for it when nobody else can answer.
     rate_limited: bool = False
     skipped_for_quality: bool = False  # unusable only because its canary verdict keeps it out
+    state: ProviderState | None = None  # None: said by `usable` and `reason` alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,8 @@ class ModelStatus:
     fallback: tuple[ProviderStatus, ...]  # in the order they are tried
     # Every breaker is open: requests go to this provider anyway (the panic rule), or None.
     panic_provider: str | None = None
+    # Every provider that could answer is over budget: new pairs are refused until then (Unix time).
+    over_budget_until: float | None = None
 
     @property
     def servable(self) -> bool:
@@ -88,6 +92,7 @@ class StatusSnapshot:
     refresh_seconds: int = 0  # the page reloads itself this often; 0 = never (`/status?refresh=0`)
     history: HistoryView | None = None  # the last hour per minute; None: no charts
     history_scope: str = "this process"  # whose hour it is: with several workers, one worker's own
+    last_change: Change | None = None  # the latest reload, breaker move, refusal or verdict
 
 
 def render_status_page(snapshot: StatusSnapshot) -> str:
@@ -99,7 +104,7 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
         f"{_refresh_meta(snapshot.refresh_seconds)}"
         f"<title>rerank-gateway status</title><style>{_CSS}{CHART_CSS}</style></head><body><main>"
         f"<header><h1>rerank-gateway</h1><span class=\"muted\">status at {_e(generated)} · "
-        f"{_refresh_switch(snapshot.refresh_seconds)}</span>"
+        f"{_refresh_switch(snapshot.refresh_seconds)}{_last_change(snapshot)}</span>"
         f"{_verdict(snapshot.models)}</header>"
         f"<section class=\"cards\">{_config_card(snapshot)}{_cache_card(snapshot.cache)}"
         f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
@@ -121,19 +126,48 @@ def _refresh_switch(seconds: int) -> str:
     return "not refreshing (<a href=\"?\">refresh every few seconds</a>)"
 
 
+def _last_change(snapshot: StatusSnapshot) -> str:
+    change = snapshot.last_change
+    if change is None:
+        return ""
+    return (f"<br><span class=\"changed\">last change: {_e(change.what)}, {_e(_ago(snapshot.generated_at - change.at))}"
+            f" ({_e(_utc(change.at))})</span>")
+
+
 def _verdict(models: tuple[ModelStatus, ...]) -> str:
-    stranded = [model.name for model in models if not model.servable]
+    unpaid = [f"{model.name} cannot pay for new pairs until {_utc(model.over_budget_until)} (cached pairs still served)"
+              for model in models if model.over_budget_until is not None]
+    stranded = [model.name for model in models if not model.servable and model.over_budget_until is None]
     panicking = [f"{model.name} (to {model.panic_provider})" for model in models if model.panic_provider]
-    degraded = sum(1 for model in models for provider in model.fallback if not provider.usable or provider.breaker != "closed")
+    states = [_state_of(provider) for model in models for provider in model.fallback]
+    troubled = _count_states([state for state in states if state.name not in ("usable", "disabled")])
     if stranded:
         tone, text = "bad", f"No usable provider for {', '.join(stranded)}"
     elif panicking:
         tone, text = "bad", f"Every breaker open, panic rule routing: {', '.join(panicking)}"
-    elif degraded:
-        tone, text = "warn", f"Every model is servable; {degraded} provider{_s(degraded)} degraded"
+    elif unpaid:
+        tone, text = "warn", "; ".join(unpaid)
+    elif troubled:
+        tone, text = "warn", f"Every model is servable; providers: {troubled}"
     else:
         tone, text = "ok", f"All {len(models)} model{_s(len(models))} servable; every provider healthy"
     return f"<div class=\"verdict {tone}\"><span class=\"dot\"></span>{_e(text)}</div>"
+
+
+def _count_states(states: list[ProviderState]) -> str:
+    """"1 refusing, 2 failing": how many providers are in each state that is not well."""
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state.label] = counts.get(state.label, 0) + 1
+    return ", ".join(f"{count} {label}" for label, count in counts.items())
+
+
+def _state_of(provider: ProviderStatus) -> ProviderState:
+    if provider.state is not None:
+        return provider.state
+    if provider.usable:
+        return ProviderState("usable", None)
+    return ProviderState("rate_limited" if provider.rate_limited else "unusable", provider.reason)
 
 
 def _config_card(snapshot: StatusSnapshot) -> str:
@@ -198,22 +232,21 @@ def _model_section(model: ModelStatus) -> str:
 
 
 def _provider_row(position: int, provider: ProviderStatus) -> str:
-    if provider.usable:
-        health = "<span class=\"pill ok\">usable</span>"
-    elif provider.rate_limited:
-        health = f"<span class=\"pill warn\">rate limited</span><div class=\"note warn\">{_e(provider.reason or '')}</div>"
-    else:
-        reason = f"<div class=\"reason\">{_e(provider.reason)}</div>" if provider.reason else ""
-        health = f"<span class=\"pill bad\">not usable</span>{reason}"
-    breaker_tone = {"closed": "ok", "half_open": "warn"}.get(provider.breaker, "bad")
+    state = _state_of(provider)
+    until = "" if state.until is None else f" until {_clock(state.until)}"
+    health = f"<span class=\"pill {state.tone}\">{_e(state.label + until)}</span>"
+    if state.reason:
+        health += f"<div class=\"note {state.tone}\">{_e(state.reason)}</div>"
+    # Quiet while closed: only a breaker that is not is news.
+    breaker_tone = {"closed": "quiet", "half_open": "warn"}.get(provider.breaker, "bad")
     p95 = f"<span title=\"needs {MIN_SAMPLES} answers\">—</span>" if provider.p95_ms is None else _e(f"{provider.p95_ms:,.0f} ms")
     budget = "".join(_budget_bar(bar) for bar in provider.budget) or "<span class=\"muted\">not tracked</span>"
     return (
-        f"<tr class=\"{'' if provider.usable else 'down'}\"><td class=\"num muted\">{position}</td>"
+        f"<tr class=\"{'' if state.tone == 'ok' else state.tone}\"><td class=\"num muted\">{position}</td>"
         f"<td class=\"nowrap\"><strong>{_e(provider.name)}</strong><div class=\"muted\">{_e(provider.kind)}</div></td>"
         f"<td>{health}{_quality(provider.quality)}</td>"
-        f"<td><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
-        f"<td class=\"num mono\">{p95}</td><td>{budget}</td></tr>"
+        f"<td data-label=\"breaker\"><span class=\"pill {breaker_tone}\">{_e(provider.breaker.replace('_', ' '))}</span></td>"
+        f"<td class=\"num mono\" data-label=\"p95\">{p95}</td><td>{budget}</td></tr>"
     )
 
 
@@ -221,7 +254,8 @@ def _quality(quality: QualityReport | None) -> str:
     """The canary verdict and how the provider's scores are cached."""
     if quality is None:
         return ""
-    tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "warn")
+    # Not judged yet (or probes off) is no alarm: grey, as a healthy page stays quiet.
+    tone = {"passing": "ok", "failing": "bad"}.get(quality.state, "off")
     label = {"passing": "canary passing", "failing": "canary failing"}.get(quality.state, "canary unknown")
     if quality.state == "failing":
         tone = "warn" if quality.serves else "bad"
@@ -244,9 +278,10 @@ def _quality(quality: QualityReport | None) -> str:
         c = quality.calibration
         cache += f" · calibrated on {c.pairs} pairs: MAE {c.mae_before:.3f} → {c.mae_after:.3f}"
     cache += f" · group {quality.group}"
+    # Folded: the verdict is the news, its grades and the cache note are for who asks.
     return (
-        f"<div><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span></div>"
-        f"{_canary_grades(quality.canary)}<div class=\"note {note_tone}\">{_e(cache)}</div>"
+        f"<details class=\"canary\"><summary><span class=\"pill {tone}\" title=\"{_e(quality.reason)}\">{label}</span>"
+        f"</summary>{_canary_grades(quality.canary)}<div class=\"note {note_tone}\">{_e(cache)}</div></details>"
     )
 
 
@@ -277,7 +312,7 @@ def _budget_bar(bar: BudgetBar) -> str:
     used = bar.spent_usd + bar.reserved_usd
     fraction = used / bar.limit_usd if bar.limit_usd > 0 else (1.0 if used > 0 else 0.0)
     # Amber from the line where the ledger's budget alert fires.
-    tone = "bad" if fraction >= 1 else "warn" if fraction >= WARN_FRACTION else "ok"
+    tone = "bad" if fraction >= 1 or bar.refusing else "warn" if fraction >= WARN_FRACTION else "ok"
     spent_width = _percent_of(bar.spent_usd, bar.limit_usd)
     held_width = max(_percent_of(used, bar.limit_usd) - spent_width, 0.0)
     figures = f"{_usd(bar.spent_usd)} of {_usd(bar.limit_usd)}{_reserved(bar)}"
@@ -305,7 +340,7 @@ def _errors_section(errors: tuple[RecentError, ...], now: float) -> str:
     else:
         rows = "".join(
             f"<tr><td class=\"mono nowrap\">{_e(_utc(error.at))}</td><td class=\"muted nowrap\">{_e(_ago(now - error.at))}</td>"
-            f"<td><strong>{_e(error.provider)}</strong></td><td class=\"reason\">{_e(error.reason)}</td></tr>"
+            f"<td><strong>{_e(error.provider)}</strong></td><td class=\"reason\">{_e(error.reason)}{_times(error)}</td></tr>"
             for error in sorted(errors, key=lambda error: error.at, reverse=True)
         )
         body = (
@@ -313,6 +348,10 @@ def _errors_section(errors: tuple[RecentError, ...], now: float) -> str:
             f"<thead><tr><th>at (UTC)</th><th></th><th>provider</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>"
         )
     return f"<section class=\"model\"><div class=\"model-head\"><h2>Recent errors</h2></div>{body}</section>"
+
+
+def _times(error: RecentError) -> str:
+    return f" <span class=\"muted\">(×{error.count}, the latest shown)</span>" if error.count > 1 else ""
 
 
 def _e(text: str) -> str:
@@ -327,13 +366,18 @@ def _utc(timestamp: float) -> str:
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def _clock(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%H:%M:%S UTC")
+
+
 def _usd(amount: float) -> str:
-    # Rerank calls cost fractions of a cent: small figures keep three significant digits, so
-    # what is non-zero never prints as $0.0000.
-    if amount >= 1 or amount <= 0:
+    """Money in one format: cents from a cent up; below, millionths of a dollar (a rerank call costs
+    a few), and what is non-zero yet smaller never printed as zero."""
+    if amount == 0 or abs(amount) >= 0.01:
         return f"${amount:,.2f}"
-    decimals = max(4, 2 - math.floor(math.log10(amount)))
-    return f"${amount:.{decimals}f}"
+    if abs(amount) >= 0.000001:
+        return f"${amount:.6f}"
+    return "<$0.000001"
 
 
 def _ago(seconds: float) -> str:
@@ -352,7 +396,8 @@ _CSS = """
 body{margin:0;background:var(--page);color:var(--ink);
 font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
 main{max-width:1160px;margin:0 auto;padding:16px 24px 28px}
-header{display:flex;align-items:center;gap:14px;margin-bottom:14px}
+header{display:flex;align-items:center;flex-wrap:wrap;gap:8px 14px;margin-bottom:14px}
+.changed{font-size:12.5px}
 h1{font-size:22px;margin:0;white-space:nowrap}
 h2{font-size:13px;margin:0;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
 .model h2{font-size:16px;text-transform:none;letter-spacing:0;color:var(--ink);display:flex;align-items:center;gap:8px}
@@ -374,36 +419,54 @@ margin-left:auto;border:1px solid}
 .small-big{font-size:17px;margin-bottom:4px}
 .saved{margin-top:6px;color:var(--ok);font-weight:600}
 .model{margin-bottom:12px;padding:0;overflow:hidden}
-.model-head{display:flex;align-items:baseline;justify-content:space-between;gap:12px;padding:10px 16px;
+.model-head{display:flex;flex-wrap:wrap;align-items:baseline;justify-content:space-between;gap:4px 12px;padding:10px 16px;
 border-bottom:1px solid var(--line)}
+.model-head>span{overflow-wrap:anywhere;min-width:0}
 .model>p{padding:0 16px}
 table{width:100%;border-collapse:collapse}
 th{text-align:left;font-weight:600;font-size:12px;color:var(--muted);padding:8px 16px;background:#f6f8fa;
 border-bottom:1px solid var(--line)}
 td{padding:8px 16px;border-bottom:1px solid #eaeef2;vertical-align:top}
 tr:last-child td{border-bottom:0}
-tr.down td{background:#fffafa}
+tr.bad td{background:#fffafa}tr.warn td{background:#fffdf0}tr.off td{background:#fafbfc;color:var(--muted)}
 .num{text-align:right;white-space:nowrap}
 table.providers{table-layout:fixed}
 table.errors{table-layout:fixed}.c-at{width:190px}.c-ago{width:96px}
-.c-pos{width:44px}.c-name{width:146px}.c-health{width:232px}.c-breaker{width:100px}.c-p95{width:80px}
+.c-pos{width:40px}.c-name{width:130px}.c-health{width:36%}.c-breaker{width:96px}.c-p95{width:76px}
 .pill{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;font-weight:600;white-space:nowrap}
 .pill.ok{background:var(--ok-bg);color:var(--ok)}
 .pill.warn{background:var(--warn-bg);color:var(--warn)}
 .pill.bad{background:var(--bad-bg);color:var(--bad)}
+.pill.off{background:#eaeef2;color:var(--muted)}.pill.quiet{background:none;color:var(--muted);font-weight:400;padding:0}
+details.canary{margin-top:4px}details.canary summary{cursor:pointer;font-size:12px;color:var(--muted)}
+details.canary summary .pill{margin-left:2px}
 .reason{color:var(--bad);font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
 .note{font-size:12.5px;margin-top:3px;overflow-wrap:anywhere}
-.note.muted{color:var(--muted)}.note.warn{color:var(--warn)}.note.bad{color:var(--bad)}
-.budget{display:grid;grid-template-columns:44px minmax(60px,1fr) 40px 218px;column-gap:8px;align-items:center;
-min-height:20px}
+.note.muted,.note.off{color:var(--muted)}.note.warn{color:var(--warn)}.note.bad{color:var(--bad)}
+.budget{display:grid;grid-template-columns:44px minmax(60px,1fr) 40px;column-gap:8px;row-gap:1px;align-items:center;
+min-height:20px;margin-bottom:4px}
+.budget .figures{grid-column:2 / 4}
 .budget .period{font-size:12px;color:var(--muted)}
 .budget .pct{font-size:12px;font-weight:650;text-align:right;font-variant-numeric:tabular-nums;color:var(--muted)}
 .pct.ok{color:var(--ok)}.pct.warn{color:var(--warn)}.pct.bad{color:var(--bad)}
-.budget .figures{font-size:12px;color:var(--muted);white-space:nowrap;font-variant-numeric:tabular-nums}
-.card .budget{grid-template-columns:44px 1fr 40px;row-gap:1px;margin-bottom:6px}
-.card .budget .figures{grid-column:2 / 4}
+.budget .figures{font-size:12px;color:var(--muted);font-variant-numeric:tabular-nums}
 .track{display:flex;height:8px;border-radius:4px;background:#eaeef2;overflow:hidden}
 .track.none{background:repeating-linear-gradient(90deg,#eaeef2 0 6px,transparent 6px 10px)}
 .fill.ok{background:var(--ok)}.fill.warn{background:#d4a72c}.fill.bad{background:var(--bad)}
 .fill.held{opacity:.35}
+@media (max-width:900px){.cards{grid-template-columns:repeat(2,1fr)}}
+@media (max-width:720px){
+main{padding:10px 10px 20px}.cards{grid-template-columns:1fr}.verdict{margin-left:0}
+table.providers,table.providers tbody,table.errors,table.errors tbody{display:block}
+table.providers thead,table.providers colgroup,table.errors thead,table.errors colgroup{display:none}
+table.providers tr{display:grid;grid-template-columns:32px 1fr 1fr;border-bottom:1px solid var(--line)}
+table.providers td{border:0;padding:6px 10px}
+table.providers td:nth-child(2){grid-column:2 / 4}
+table.providers td:nth-child(3),table.providers td:nth-child(6){grid-column:1 / 4}
+table.providers td:nth-child(4){grid-column:1 / 3}
+table.providers td[data-label]::before{content:attr(data-label) " ";color:var(--muted);font-size:12px}
+table.providers td.num{text-align:left}
+table.errors tr{display:grid;grid-template-columns:auto 1fr;border-bottom:1px solid var(--line)}
+table.errors td{border:0;padding:4px 10px}table.errors td.reason{grid-column:1 / 3}
+}
 """

@@ -4,7 +4,7 @@ socket and task accounting, and the summary table.
 Every request the load sends is generated here together with what a correct answer is
 (`emulated_score` of each (query, document, instruction)), so each answer is checked on its own:
 it is either *correct* (200, every score within 1e-9 of the emulator's deterministic score,
-in the dialect's shape), a *clean error* (4xx/502/504 with the JSON error body and our request id,
+in the dialect's shape), a *clean error* (4xx/502/503/504 with the JSON error body and our request id,
 within the deadline), or *lost* (anything else: an exception or reset, a 500, a body that is
 not the error shape, a wrong score, or an answer later than the deadline plus slack).
 """
@@ -196,7 +196,7 @@ def judge(call: Call, status: int, headers: Any, raw: bytes, seconds: float) -> 
                 return lost(f"wrong score from {provider} at {position}: {got!r} != {want!r}")
         hits = re.match(r"hits=(\d+);", headers.get("X-Rerank-Cache", ""))
         return Outcome("correct", provider, seconds, int(hits.group(1)) if hits else 0)
-    if status == 500 or not (400 <= status < 500 or status in (502, 504)):
+    if status == 500 or not (400 <= status < 500 or status in (502, 503, 504)):
         return lost(f"HTTP {status}: {_short(answer)}")
     error = answer.get("error") if isinstance(answer, dict) else None
     if not (isinstance(error, dict) and all(isinstance(error.get(k), str) and error[k] for k in ("type", "message", "request_id"))):
