@@ -196,3 +196,27 @@ async def test_readyz_status_and_metrics_agree_on_a_breaker_whose_cool_down_ende
     assert ready["reason"] == "breaker half open after: HTTP 500: emulated fault: HTTP 500; the next call is its probe"
     assert '<span class="pill warn">half open</span>' in page and '<span class="pill bad">failing</span>' in page
     assert value(found, "rerank_gateway_provider_state", provider="deepinfra", state="failing") == 1
+
+
+async def test_a_provider_whose_last_call_failed_is_not_usable_until_one_answers(
+        make_gateway: GatewayFactory, emulator):
+    """Its breaker still closed (one failure of five), it is still called; but "usable" means its
+    recent calls answer, so /readyz, /status and /metrics say `erroring`, with the failure."""
+    await add_fault(emulator, "deepinfra", "status", status=500, count=1)
+    gateway = await make_gateway()
+    served = await gateway.post("/v1/rerank", json=fresh(1))
+    assert served.status == 200 and served.headers["X-Rerank-Provider"] == "fireworks"
+    body = await (await gateway.get("/readyz")).json()
+    deepinfra = body["providers"]["deepinfra"]
+    assert (deepinfra["state"], deepinfra["breaker"]) == ("erroring", "closed")
+    assert "its last call failed" in deepinfra["reason"] and "500" in deepinfra["reason"]
+    assert any(w.startswith("provider deepinfra erroring: its last call failed") for w in body["warnings"])
+    assert body["status"] == "ready" and body["models"][MODEL]["deepinfra"] == "usable"  # still in the plan
+    page = await (await gateway.get("/status?refresh=0")).text()
+    assert '<span class="pill warn">erroring' in page
+    found = samples(await (await gateway.get("/metrics")).text())
+    assert value(found, "rerank_gateway_provider_state", provider="deepinfra", state="erroring") == 1
+
+    answered = await gateway.post("/v1/rerank", json=fresh(2))
+    assert answered.status == 200 and answered.headers["X-Rerank-Provider"] == "deepinfra"
+    assert (await (await gateway.get("/readyz")).json())["providers"]["deepinfra"]["state"] == "usable"

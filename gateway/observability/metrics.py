@@ -62,7 +62,8 @@ BreakerState = Literal["closed", "half_open", "open"]
 BREAKER_STATE_VALUES: Final[Mapping[str, int]] = {state: value for value, state in enumerate(get_args(BreakerState))}
 # The one list of what a provider is doing now (gateway.web.provider_state says what each means).
 ProviderStateName = Literal[
-    "usable", "refusing", "failing", "rate_limited", "over_budget", "canary_failing", "unusable", "disabled",
+    "usable", "refusing", "failing", "rate_limited", "over_budget", "canary_failing", "erroring", "unusable",
+    "disabled",
 ]
 PROVIDER_STATES: Final[tuple[str, ...]] = get_args(ProviderStateName)
 

@@ -7,6 +7,8 @@
     rate_limited  a 429 asked for no call until `until`
     over_budget   its budget or the gateway's cannot pay for new pairs until `until`
     canary_failing  the quality guard keeps it out (per model: `/metrics` leaves it to its gauge)
+    erroring      still called (its breaker closed), but its last calls failed: not `usable`
+                  until one answers
     unusable      config keeps it out by mistake: no API key
     disabled      config keeps it out on purpose (`enabled = false`)
 
@@ -29,7 +31,7 @@ from gateway.resilience.health import ProviderHealth
 
 Tone = Literal["ok", "warn", "bad", "off"]
 _TONES: dict[str, Tone] = {
-    "usable": "ok", "rate_limited": "warn", "over_budget": "warn", "disabled": "off",
+    "usable": "ok", "rate_limited": "warn", "over_budget": "warn", "erroring": "warn", "disabled": "off",
 }
 
 
@@ -81,4 +83,9 @@ def provider_state(
         return ProviderState("over_budget", "cannot pay for new pairs until its budget window resets", over_budget_until)
     if skip is not None and skip.kind == "quality":
         return ProviderState("canary_failing", skip.reason)
+    if breaker.consecutive_failures > 0:
+        # Usable means its recent calls answer: a failure the breaker has not acted on yet is news.
+        calls = "call" if breaker.consecutive_failures == 1 else f"{breaker.consecutive_failures} calls"
+        return ProviderState("erroring", f"its last {calls} failed ({breaker.last_failure}); still called, "
+                                         "its breaker closed")
     return ProviderState("usable", None)
