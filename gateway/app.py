@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.budget import Ledger, MemoryLedger, RedisLedger
 from gateway.cache import MemoryScoreCache, ScoreCache
 from gateway.cache.redis import RedisScoreCache
+from gateway.clients import MemoryRates, RateLimiter, RedisRates
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.observability.metrics import GatewayMetrics
@@ -51,6 +52,7 @@ def create_app(
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
         verdicts=build_verdicts(config.cache),
+        rates=build_rates(config),
         tracing=tracing or build_tracing(
             config.tracing.enabled, config.tracing.otlp_endpoint, config.tracing.service_name, os.environ),
     )
@@ -126,6 +128,18 @@ def build_ledger(config: GatewayConfig) -> Ledger:
         config.ledger_url, config.cache.ledger_timeout_ms / 1000,
         reserve_timeout_seconds=config.cache.ledger_reserve_timeout_ms / 1000,
     )
+
+
+def build_rates(config: GatewayConfig) -> RateLimiter:
+    """Client and team rates are counted where the ledger lives: fleet-wide in Redis, else per process."""
+    rated = any(limits.requests_per_minute or limits.documents_per_minute
+                for limits in [*(c.limits for c in config.clients.values()), *(t.limits for t in config.teams.values())])
+    if not config.ledger_url:
+        if rated:
+            edge.log.warning("no Redis configured: client and team rate limits are counted per process, so "
+                             "several workers or replicas let through up to that many times each limit")
+        return MemoryRates()
+    return RedisRates.from_url(config.ledger_url, config.cache.ledger_timeout_ms / 1000)
 
 
 def build_verdicts(config: CacheConfig) -> VerdictStore:

@@ -253,7 +253,9 @@ def reload(config_path: str | None, url: str | None) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
 @click.option("--url", help="the gateway's base URL (default: http://server.host:server.port from the config)")
 @click.option("--json", "as_json", is_flag=True, help="print GET /admin/spend's answer as it came")
-def spend(config_path: str | None, url: str | None, as_json: bool) -> None:
+@click.option("--by", type=click.Choice(["provider", "client", "team"]), default="provider", show_default=True,
+              help="one row per provider, per client (with its team) or per team")
+def spend(config_path: str | None, url: str | None, as_json: bool, by: str) -> None:
     """Show what the gateway spent today and this month, through GET /admin/spend.
 
     Per provider and gateway-wide: billed tokens and USD, split into what providers reported and
@@ -273,7 +275,7 @@ def spend(config_path: str | None, url: str | None, as_json: bool) -> None:
     if status != 200 or as_json:
         click.echo(answer, err=status != 200)
         sys.exit(0 if status == 200 else 1)
-    click.echo(format_spend(orjson.loads(answer)))
+    click.echo(format_spend(orjson.loads(answer), by))  # type: ignore[arg-type]  # click's Choice checked it
 
 
 def _admin_key_or_exit(admin_env: str | None, what: str, hint: str = "") -> str:
@@ -417,12 +419,13 @@ def describe_providers(config: GatewayConfig) -> list[str]:
 
 def _client_auth_line(config: GatewayConfig, secrets: Secrets) -> str:
     keys_env = config.server.api_keys_env
-    if keys_env is None:
+    if keys_env is None and not config.clients:
         return "client auth: off (any client that reaches the gateway may rerank)"
-    count = len(secrets.client_keys)
+    count = len(secrets.client_digests)
     if count == 0:
-        return f"client auth: ON but ${keys_env} holds no key: every rerank request will get 401"
-    return f"client auth: on, {count} key(s) in ${keys_env}"
+        return "client auth: ON but no client key is set: every rerank request will get 401"
+    unset = f"; key unset for clients {', '.join(secrets.clients_without_key)}" if secrets.clients_without_key else ""
+    return f"client auth: on, {count} key(s) ({len(config.clients)} named client(s)){unset}"
 
 
 def _load_or_exit(config_path: str | None) -> GatewayConfig:

@@ -275,6 +275,31 @@ class TracingConfig(_Section):
     service_name: str = "rerank-gateway"  # OTEL_SERVICE_NAME wins
 
 
+# A client's or team's name becomes a metric label, a ledger scope and part of a Redis key.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class RateLimitsConfig(_Section):
+    """A client's or team's rates; None = not limited. Per minute, across the fleet through Redis."""
+
+    requests_per_minute: PositiveInt | None = None
+    documents_per_minute: PositiveInt | None = None
+    concurrent: PositiveInt | None = None  # requests in flight at once, per process
+
+
+class TeamConfig(_Section):
+    budget: BudgetConfig = BudgetConfig()
+    limits: RateLimitsConfig = RateLimitsConfig()
+
+
+class ClientConfig(_Section):
+    key_env: str  # the env var holding this client's Bearer key
+    team: str | None = None
+    models: list[str] | None = None  # names or aliases it may use; None: every model
+    budget: BudgetConfig = BudgetConfig()
+    limits: RateLimitsConfig = RateLimitsConfig()
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
@@ -288,6 +313,9 @@ class GatewayConfig(_Section):
     models: dict[str, ModelConfig] = Field(min_length=1)
     tracing: TracingConfig = TracingConfig()
     providers: dict[str, ProviderConfig] = Field(min_length=1)
+    # Once one client is named, every rerank request needs a client's key (gateway.clients).
+    clients: dict[str, ClientConfig] = {}
+    teams: dict[str, TeamConfig] = {}
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
@@ -303,7 +331,23 @@ class GatewayConfig(_Section):
             raise ValueError(f"server.default_model: no model named {default!r}")
         self._check_providers_serve_one_model()
         self._check_aliases_unique()
+        self._check_clients()
         return self
+
+    def _check_clients(self) -> None:
+        names = ModelNames(self)
+        for kind, section in (("teams", self.teams), ("clients", self.clients)):
+            for name in section:
+                if not CLIENT_NAME.fullmatch(name):
+                    raise ValueError(f"{kind}.{name}: a name is 1-64 letters, digits, '.', '_' or '-', "
+                                     "starting with a letter or digit")
+        for name, client in self.clients.items():
+            if client.team is not None and client.team not in self.teams:
+                raise ValueError(f"clients.{name}.team: no team named {client.team!r} (add [teams.{client.team}])")
+            for model in client.models or ():
+                if model == CATCH_ALL_ALIAS or names.exact(model) is None:
+                    raise ValueError(f"clients.{name}.models: {model!r} is no model name or alias here; "
+                                     f"models: {', '.join(sorted(self.models))}")
 
     def _check_providers_serve_one_model(self) -> None:
         # A provider entry names one upstream model; listing it under two models would label
@@ -339,6 +383,10 @@ class ModelNames:
 
     def canonical(self, name: str) -> str | None:
         return self._by_name.get(name) or self._by_name.get(CATCH_ALL_ALIAS)
+
+    def exact(self, name: str) -> str | None:
+        """The model this name or alias names itself, not through the catch-all alias."""
+        return self._by_name.get(name)
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

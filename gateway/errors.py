@@ -8,6 +8,8 @@
     │   ├── NotFound              404: no such endpoint
     │   ├── MethodNotAllowed      405: with Allow
     │   ├── Unauthorized          401: client or admin key missing or wrong
+    │   ├── ModelNotAllowed       403: the client's key may not use this model; names it
+    │   ├── RateLimited           429, with Retry-After: over a client's or team's rate or concurrency
     │   └── UnknownModel          404: the model is not served; names the ones that are
     └── UpstreamError             no provider could answer
         ├── AllProvidersFailed    502: every step of the request's plan failed or was skipped
@@ -30,6 +32,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
+from typing import Self
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -51,6 +54,21 @@ class GatewayError(Exception):
     @property
     def headers(self) -> Mapping[str, str]:
         return _NO_HEADERS
+
+
+class WithRetryAfter:
+    """Mixed into an error that tells the client when to come back: Retry-After, in whole seconds."""
+
+    retry_after_seconds: int = 1
+
+    def come_back_in(self, seconds: int) -> Self:
+        """The error, saying when to come back (at least 1 s: 0 would invite a retry at once); set before it is raised."""
+        self.retry_after_seconds = max(1, seconds)
+        return self
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class ClientError(GatewayError):
@@ -101,6 +119,18 @@ class Unauthorized(ClientError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class ModelNotAllowed(ClientError):
+    status = 403
+    error_type = "model_not_allowed"
+
+
+class RateLimited(WithRetryAfter, ClientError):
+    """Over a client's or its team's requests or documents per minute, or its requests in flight."""
+
+    status = 429
+    error_type = "rate_limited"
+
+
 class UnknownModel(ClientError):
     status = 404
     error_type = "model_not_found"
@@ -116,16 +146,12 @@ class HttpError(ClientError):
         self.status = status
 
 
-class Overloaded(GatewayError):
+class Overloaded(WithRetryAfter, GatewayError):
     """The process lacks what it needs to serve the request now (descriptors, memory): come back soon."""
 
     status = 503
     error_type = "overloaded"
     retry_after_seconds = 1
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class UpstreamError(GatewayError):
@@ -150,7 +176,7 @@ class AllProvidersFailed(UpstreamError):
         refusals = [f.resets_at for f in failures if f.resets_at is not None]
         if refusals and all(f.skipped for f in failures):
             seconds = math.ceil((min(refusals) - now).total_seconds())
-            return BudgetExhausted(model, failures, retry_after_seconds=max(1, seconds))
+            return BudgetExhausted(model, failures).come_back_in(seconds)
         attempted = [f for f in failures if not f.skipped]
         if attempted and attempted[-1].timed_out:
             return UpstreamTimeout(model, failures)
@@ -164,19 +190,11 @@ class UpstreamTimeout(AllProvidersFailed):
     error_type = "upstream_timeout"
 
 
-class BudgetExhausted(AllProvidersFailed):
+class BudgetExhausted(WithRetryAfter, AllProvidersFailed):
     """Every usable provider would overspend: 429, with Retry-After until a window resets."""
 
     status = 429
     error_type = "budget_exhausted"
-
-    def __init__(self, model: str, failures: list[ProviderFailure], retry_after_seconds: int) -> None:
-        super().__init__(model, failures)
-        self.retry_after_seconds = retry_after_seconds
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class UpstreamRejected(UpstreamError):

@@ -7,7 +7,15 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit
+from gateway.budget import (
+    CLIENT_SCOPE_PREFIX,
+    GATEWAY_SCOPE,
+    TEAM_SCOPE_PREFIX,
+    WindowReport,
+    every_client_limit,
+    every_limit,
+    is_provider_scope,
+)
 from gateway.config import ConfigError
 from gateway.errors import ClientError, NotFound, Unauthorized
 from gateway.web.edge import LIVE, json_response
@@ -46,20 +54,38 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def spend(request: web.Request) -> web.Response:
-    """Per provider and gateway-wide, today and this month: tokens, USD (reported and estimated),
-    budget, in flight; and whether the figures are the shared ledger's or this process's alone."""
+    """Per provider, client and team, and gateway-wide, today and this month: tokens, USD (reported
+    and estimated), budget, in flight; and whether the figures are the shared ledger's or this
+    process's alone."""
     require_admin(request)
     live = request.app[LIVE]
     config = live.config
-    reports = await live.shared.ledger.report(every_limit(config))
+    reports = await live.shared.ledger.report([*every_limit(config), *every_client_limit(config)])
     providers: dict[str, dict[str, Any]] = {name: {} for name in config.providers}
+    clients: dict[str, dict[str, Any]] = {name: {"team": client.team} for name, client in config.clients.items()}
+    teams: dict[str, dict[str, Any]] = {name: {} for name in config.teams}
     gateway: dict[str, dict[str, Any]] = {}
     for report in reports:
-        target = gateway if report.scope == GATEWAY_SCOPE else providers[report.scope]
-        target["today" if report.period == "day" else "month"] = _window(report)
+        _scope_figures(report.scope, providers, clients, teams, gateway)["today" if report.period == "day" else "month"] = (
+            _window(report))
     for name in config.providers:
         providers[name]["chars_per_token"] = round(live.shared.health.billing_estimator(name).chars_per_token, 3)
-    return json_response({"providers": providers, "gateway": gateway, "ledger": _ledger_state(reports)})
+    return json_response({"providers": providers, "gateway": gateway, "clients": clients, "teams": teams,
+                          "ledger": _ledger_state(reports)})
+
+
+def _scope_figures(
+    scope: str, providers: dict[str, dict[str, Any]], clients: dict[str, dict[str, Any]],
+    teams: dict[str, dict[str, Any]], gateway: dict[str, Any],
+) -> dict[str, Any]:
+    """Where a ledger scope's windows go in /admin/spend's answer."""
+    if scope == GATEWAY_SCOPE:
+        return gateway
+    if scope.startswith(CLIENT_SCOPE_PREFIX):
+        return clients[scope.removeprefix(CLIENT_SCOPE_PREFIX)]
+    if scope.startswith(TEAM_SCOPE_PREFIX):
+        return teams[scope.removeprefix(TEAM_SCOPE_PREFIX)]
+    return providers[scope]
 
 
 def _window(report: WindowReport) -> dict[str, Any]:
@@ -80,7 +106,7 @@ def _window(report: WindowReport) -> dict[str, Any]:
 
 def _ledger_state(reports: list[WindowReport]) -> dict[str, Any]:
     """Where the figures come from, and what this process has not yet written to the shared ledger."""
-    months = [report for report in reports if report.period == "month" and report.scope != GATEWAY_SCOPE]
+    months = [report for report in reports if report.period == "month" and is_provider_scope(report.scope)]
     per_process = any(report.source == "process" for report in reports)
     return {
         "figures": "per_process" if per_process else "shared",

@@ -14,8 +14,9 @@ from typing import Any
 Schema = dict[str, Any]
 
 _ERROR_TYPES = (
-    "bad_request (400), unauthorized (401), not_found / model_not_found (404), method_not_allowed (405), "
-    "payload_too_large (413), invalid_request / invalid_config (422), budget_exhausted (429), internal_error (500), "
+    "bad_request (400), unauthorized (401), model_not_allowed (403), not_found / model_not_found (404), "
+    "method_not_allowed (405), payload_too_large (413), invalid_request / invalid_config (422), "
+    "budget_exhausted / rate_limited (429), internal_error (500), "
     "all_providers_failed / upstream_rejected (502), upstream_timeout / deadline_exceeded (504)"
 )
 
@@ -209,7 +210,8 @@ def _rerank_operation(
                 "content": _json(answer),
             },
             **{status: _ref("responses", name) for status, name in (
-                ("400", "BadRequest"), ("401", "Unauthorized"), ("404", "ModelNotFound"), ("413", "PayloadTooLarge"),
+                ("400", "BadRequest"), ("401", "Unauthorized"), ("403", "ModelNotAllowed"), ("404", "ModelNotFound"),
+                ("413", "PayloadTooLarge"),
                 ("422", "InvalidRequest"), ("429", "TooManyRequests"), ("500", "InternalError"),
                 ("502", "BadGateway"), ("504", "GatewayTimeout"),
             )},
@@ -318,14 +320,18 @@ def _error_responses() -> dict[str, Any]:
     return {
         "BadRequest": error("`bad_request`: body empty, not JSON, not UTF-8, or a bad X-Request-Timeout."),
         "Unauthorized": error("`unauthorized`: the client or admin key is missing or wrong.", challenge=True),
+        "ModelNotAllowed": error("`model_not_allowed`: the client's key may not use this model; the message "
+                                 "names it and those it may use."),
         "ModelNotFound": error("`model_not_found`: the model is not served; the message lists those that are."),
         "AdminOff": error("`not_found`: admin endpoints are off ([server] admin_key_env unset)."),
         "PayloadTooLarge": error("`payload_too_large`: over a configured limit; the message names it."),
         "InvalidRequest": error("`invalid_request`: a field missing, empty or of the wrong type; the message names it."),
         "InvalidConfig": error("`invalid_config`: the config file is invalid; the running config stays."),
         "TooManyRequests": error(
-            "`budget_exhausted`: every provider left for the model is over a spend budget; nothing was called. "
-            "`Retry-After` is the seconds until the first budget window resets.", retry_after=True),
+            "`budget_exhausted`: every provider left for the model is over a spend budget, or the client's or its "
+            "team's budget is spent; nothing was called. `Retry-After` is the seconds until the first budget window "
+            "resets. `rate_limited`: the client or its team is over its requests or documents per minute, or its "
+            "requests in flight; `Retry-After` is the seconds until it fits.", retry_after=True),
         "InternalError": error("`internal_error`: a bug; the gateway log has the details under the request id."),
         "BadGateway": error("`all_providers_failed` (the message lists each provider's reason) or `upstream_rejected`."),
         "GatewayTimeout": error("`upstream_timeout` (every provider failed, the last by timing out) or `deadline_exceeded`."),
@@ -554,13 +560,21 @@ def _ops_schemas() -> dict[str, Schema]:
                                                       "applies to the next request."},
         }),
         "StatusHistory": _status_history_schema(),
-        "SpendReport": _closed(["providers", "gateway", "ledger"], {
+        "SpendReport": _closed(["providers", "gateway", "clients", "teams", "ledger"], {
             "providers": {"type": "object", "additionalProperties": _closed(["today", "month", "chars_per_token"], {
                 "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
                 "chars_per_token": {"type": "number", "description": "The learned estimate used to reserve budget."},
             })},
             "gateway": _closed(["today", "month"], {"today": _schema("SpendWindow"), "month": _schema("SpendWindow")},
                                description="Gateway-wide, over every provider."),
+            "clients": {"type": "object", "description": "Each configured client's spend, against its budget.",
+                        "additionalProperties": _closed(["team", "today", "month"], {
+                            "team": {"type": ["string", "null"]},
+                            "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
+                        })},
+            "teams": {"type": "object", "description": "Each team's spend (all its clients'), against its budget.",
+                      "additionalProperties": _closed(["today", "month"], {
+                          "today": _schema("SpendWindow"), "month": _schema("SpendWindow")})},
             "ledger": _closed(["figures", "pending_usd", "pending_tokens", "partial"], {
                 "figures": {"enum": ["shared", "per_process"],
                             "description": "`per_process`: this process's own figures (no shared ledger, or its Redis is "
