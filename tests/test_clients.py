@@ -200,3 +200,62 @@ async def test_client_and_team_in_the_log_and_metrics_never_the_key(make_gateway
     everything = caplog.text + metrics + repr([r.__dict__ for r in caplog.records])
     for key in KEYS.values():
         assert key not in everything
+
+
+async def test_status_shows_each_clients_spend_and_rate_against_its_limits(make_gateway: GatewayFactory):
+    gateway = await make_gateway(edit=clients(**{"kb-prod": {"limits": {"requests_per_minute": 10},
+                                                            "budget": {"daily_usd": 5.0}}}))
+    for i in range(2):
+        assert (await gateway.post("/v1/rerank", json=fresh(i), headers=bearer("KB_PROD_KEY"))).status == 200
+    page = await (await gateway.get("/status")).text()
+    table = page[page.index("<h2>Clients</h2>"):]
+    row = table[table.index("<td>kb-prod</td>"):].split("</tr>")[0]
+    assert "<td>search</td>" in row and " of $5.0000" in row and "<td>2 of 10</td>" in row
+    assert "<td>ads</td><td>ads</td>" in table and "no limit" in table
+    assert not any(key in page for key in KEYS.values())
+
+
+async def test_spend_by_client_and_team_reads_as_a_table(make_gateway: GatewayFactory):
+    from gateway.web.spend_table import format_spend
+
+    gateway = await make_gateway(edit=clients(team_search={"budget": {"daily_usd": 1.0}}))
+    assert (await gateway.post("/v1/rerank", json=fresh(0), headers=bearer("KB_PROD_KEY"))).status == 200
+    answer = await (await gateway.get("/admin/spend", headers=ADMIN)).json()
+    by_client = format_spend(answer, "client").splitlines()
+    assert [line.split()[:2] for line in by_client if line.startswith("kb-prod")] == [["kb-prod", "(search)"]] * 2
+    by_team = format_spend(answer, "team").splitlines()
+    today = next(line for line in by_team if line.startswith("search "))
+    assert today.split()[-2] == "1.000000"  # the team's daily budget
+
+
+async def test_without_its_redis_clients_are_served_and_rates_count_per_process(make_gateway: GatewayFactory):
+    """A safeguard must not cost what it protects: keys are checked in-process, budgets fall back to
+    the ledger's per-process bound, and rates to this process's own count."""
+    from tests.support.processes import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}"
+    gateway = await make_gateway(edit=clients(**{"kb-prod": {"limits": {"requests_per_minute": 2}}}),
+                                 cache={"url": dead, "timeout_ms": 50, "ledger_timeout_ms": 50,
+                                        "ledger_reserve_timeout_ms": 50})
+    statuses = [(await gateway.post("/v1/rerank", json=fresh(i), headers=bearer("KB_PROD_KEY"))).status for i in range(3)]
+    assert statuses == [200, 200, 429]
+    assert (await gateway.post("/v1/rerank", json=fresh(9), headers=bearer("ADS_KEY"))).status == 200
+    assert (await gateway.post("/v1/rerank", json=fresh(9), headers={"Authorization": "Bearer nope"})).status == 401
+
+
+async def test_the_sliding_minute_weighs_the_previous_minute_by_what_it_still_covers():
+    from gateway.clients import MemoryRates, Rate
+
+    now = [59.0]
+    rates = MemoryRates(lambda: now[0])
+    rpm = [Rate("client:x:requests", 5, "requests", "client x")]
+    for _ in range(5):
+        assert await rates.admit(rpm, 1) is None
+    now[0] = 60.0  # a new minute: the last one still counts whole, no burst of twice the limit
+    refused = await rates.admit(rpm, 1)
+    assert refused is not None and refused.used == 5 and refused.retry_after_seconds == 12
+    now[0] = 90.0  # half of it gone: floor(5 * 0.5) = 2 count
+    assert await rates.used(rpm) == [2]
+    for _ in range(3):
+        assert await rates.admit(rpm, 1) is None
+    assert await rates.admit(rpm, 1) is not None

@@ -14,6 +14,7 @@ from gateway.runtime import Generation, LiveGateway
 from gateway.scoring.router import first_opened
 from gateway.web.edge import LIVE, json_response
 from gateway.web.openapi import openapi_spec
+from gateway.web.status_clients import client_rows
 from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
@@ -115,6 +116,7 @@ async def status_page(request: web.Request) -> web.Response:
         refresh_seconds=_refresh_seconds(request),
         history=live.shared.metrics.history.view(),
         history_scope=_history_scope(live),
+        clients=await client_rows(live),
     )
     return web.Response(text=render_status_page(snapshot), content_type="text/html")
 

@@ -23,6 +23,7 @@ from gateway.quality.board import QualityReport
 from gateway.resilience.health import RecentError
 from gateway.resilience.latency import MIN_SAMPLES
 from gateway.web.status_charts import CHART_CSS, history_section
+from gateway.web.status_clients import ClientRow, clients_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class StatusSnapshot:
     refresh_seconds: int = 0  # the page reloads itself this often; 0 = never (`/status?refresh=0`)
     history: HistoryView | None = None  # the last hour per minute; None: no charts
     history_scope: str = "this process"  # whose hour it is: with several workers, one worker's own
+    clients: tuple[ClientRow, ...] = ()  # named clients' spend and rate; () with none configured
 
 
 def render_status_page(snapshot: StatusSnapshot) -> str:
@@ -105,6 +107,7 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
         f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
         f"{history_section(snapshot.history, snapshot.history_scope, _usd)}"
         f"{''.join(_model_section(model) for model in snapshot.models)}"
+        f"{clients_section(snapshot.clients)}"
         f"{_errors_section(snapshot.recent_errors, snapshot.generated_at)}"
         "</main></body></html>\n"
     )
