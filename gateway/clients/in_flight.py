@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from gateway.errors import RateLimited
@@ -21,23 +20,31 @@ class InFlight:
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
 
-    @contextmanager
-    def holding(self, caps: Sequence[Cap]) -> Iterator[None]:
-        """One request in flight under every cap, or RateLimited when one is full."""
-        if not caps:
-            yield
-            return
+    def holding(self, caps: Sequence[Cap]) -> Held:
+        """One request in flight under every cap (`with in_flight.holding(caps):`), or RateLimited when one is full."""
         counts = self._counts
         for cap in caps:
             if counts.get(cap.key, 0) >= cap.limit:
                 raise RateLimited(f"{cap.owner} has {cap.limit} requests in flight already (its concurrent limit)")
-        for cap in caps:
-            counts[cap.key] = counts.get(cap.key, 0) + 1
-        try:
-            yield
-        finally:
-            for cap in caps:
-                counts[cap.key] -= 1
+        return Held(counts, caps)
 
     def count(self, key: str) -> int:
         return self._counts.get(key, 0)
+
+
+class Held:
+    """A request counted under its caps until the block ends: a plain class, cheaper than a generator's context."""
+
+    __slots__ = ("_caps", "_counts")
+
+    def __init__(self, counts: dict[str, int], caps: Sequence[Cap]) -> None:
+        self._counts = counts
+        self._caps = caps
+
+    def __enter__(self) -> None:
+        for cap in self._caps:
+            self._counts[cap.key] = self._counts.get(cap.key, 0) + 1
+
+    def __exit__(self, *_: object) -> None:
+        for cap in self._caps:
+            self._counts[cap.key] -= 1

@@ -101,7 +101,7 @@ class MemoryRates:
 
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
-        self._counts: dict[str, tuple[int, int, int]] = {}  # key -> (minute, its count, the minute before's)
+        self._counts: dict[str, list[int]] = {}  # key -> [minute, its count, the minute before's]
 
     async def start(self) -> None:
         return None
@@ -111,35 +111,38 @@ class MemoryRates:
 
     def admit_now(self, rates: Sequence[Rate], documents: int) -> RateRefusal | None:
         minute, gone = window_at(self._clock())
-        figures = [self._figures(rate.key, minute) for rate in rates]
-        for rate, (current, previous) in zip(rates, figures):
+        counters = [self._counter(rate.key, minute) for rate in rates]
+        for rate, (_, current, previous) in zip(rates, counters):
             amount = amount_of(rate, documents)
             if sliding_count(current, previous, gone) + amount > rate.per_minute:
                 return RateRefusal(rate, sliding_count(current, previous, gone),
                                    seconds_until_fits(current, previous, gone, rate.per_minute, amount))
-        for rate, (current, previous) in zip(rates, figures):
-            self._counts[rate.key] = (minute, current + amount_of(rate, documents), previous)
+        for rate, counter in zip(rates, counters):
+            counter[1] += amount_of(rate, documents)
         return None
 
     def note(self, rates: Sequence[Rate], documents: int) -> None:
         """Count a request the shared counts admitted, so this process's own stay close if Redis goes."""
         minute, _ = window_at(self._clock())
         for rate in rates:
-            current, previous = self._figures(rate.key, minute)
-            self._counts[rate.key] = (minute, current + amount_of(rate, documents), previous)
+            self._counter(rate.key, minute)[1] += amount_of(rate, documents)
 
     async def used(self, rates: Sequence[Rate]) -> list[int]:
         minute, gone = window_at(self._clock())
-        return [sliding_count(*self._figures(rate.key, minute), gone) for rate in rates]
+        return [sliding_count(counter[1], counter[2], gone)
+                for counter in (self._counter(rate.key, minute) for rate in rates)]
 
     async def close(self) -> None:
         return None
 
-    def _figures(self, key: str, minute: int) -> tuple[int, int]:
-        seen, current, previous = self._counts.get(key, (minute, 0, 0))
-        if seen == minute:
-            return current, previous
-        return (0, current) if seen == minute - 1 else (0, 0)
+    def _counter(self, key: str, minute: int) -> list[int]:
+        """The rate's counter, moved on to `minute` (a minute gone by becomes the previous one)."""
+        counter = self._counts.get(key)
+        if counter is None:
+            counter = self._counts[key] = [minute, 0, 0]
+        elif counter[0] != minute:
+            counter[:] = [minute, 0, counter[1] if counter[0] == minute - 1 else 0]
+        return counter
 
 
 # KEYS: per rate, this minute's counter then the previous minute's. ARGV[1]: the previous minute's
