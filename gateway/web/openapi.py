@@ -52,8 +52,8 @@ def openapi_spec() -> dict[str, Any]:
             "securitySchemes": {
                 "clientKey": {
                     "type": "http", "scheme": "bearer",
-                    "description": "A client key from the env var [server] api_keys_env names (comma-separated); "
-                                   "required only when api_keys_env is set.",
+                    "description": "A client's key: one of [clients.NAME] key_env's, or of the env var [server] "
+                                   "api_keys_env names (comma-separated); required when either is set.",
                 },
                 "adminKey": {
                     "type": "http", "scheme": "bearer",
