@@ -57,6 +57,7 @@ def create_app(
             config.tracing.enabled, config.tracing.otlp_endpoint, config.tracing.service_name, os.environ),
     )
     app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload, config_signature)
+    app[admin.WRONG_ADMIN_KEYS] = admin.WrongKeyDelay()
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, rerank.rerank_handler(choose_dialect))

@@ -259,3 +259,17 @@ async def test_the_sliding_minute_weighs_the_previous_minute_by_what_it_still_co
     for _ in range(3):
         assert await rates.admit(rpm, 1) is None
     assert await rates.admit(rpm, 1) is not None
+
+
+async def test_repeated_wrong_admin_keys_wait_longer_each_time(make_gateway: GatewayFactory):
+    gateway = await make_gateway(edit=clients())
+    loop = asyncio.get_running_loop()
+    waits = []
+    for _ in range(4):
+        started = loop.time()
+        wrong = await gateway.get("/admin/spend", headers={"Authorization": "Bearer guess"})
+        waits.append(loop.time() - started)
+        assert wrong.status == 401
+    # 0.05, 0.1, 0.2, 0.4 s at least (a lower bound: a slow machine only adds to it)
+    assert waits[3] >= 0.4
+    assert (await gateway.get("/admin/spend", headers=ADMIN)).status == 200  # the right key never waits

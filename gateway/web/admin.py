@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -26,18 +30,44 @@ class ReloadRefused(ClientError):
     error_type = "invalid_config"
 
 
-def require_admin(request: web.Request) -> None:
+class WrongKeyDelay:
+    """Wrong admin keys wait before their 401, twice as long for each one in a row (up to a cap):
+    a guesser gets a few tries a minute, while the right key never waits."""
+
+    def __init__(self, first_seconds: float = 0.05, cap_seconds: float = 5.0, forget_after_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._first = first_seconds
+        self._cap = cap_seconds
+        self._forget_after = forget_after_seconds
+        self._clock = clock
+        self._in_a_row = 0
+        self._last = -math.inf
+
+    def next_wait(self) -> float:
+        now = self._clock()
+        if now - self._last > self._forget_after:
+            self._in_a_row = 0
+        self._in_a_row += 1
+        self._last = now
+        return min(self._cap, self._first * 2.0 ** (self._in_a_row - 1))
+
+
+WRONG_ADMIN_KEYS = web.AppKey("wrong_admin_keys", WrongKeyDelay)
+
+
+async def require_admin(request: web.Request) -> None:
     key = request.app[LIVE].current.secrets.admin_key
     if key is None:
         raise NotFound("admin endpoints are off: set [server] admin_key_env to an env var holding a key")
     given = request.headers.get("Authorization", "")
     # Constant-time: the comparison must not tell an attacker how much of the key matched.
     if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        await asyncio.sleep(request.app[WRONG_ADMIN_KEYS].next_wait())
         raise Unauthorized("admin endpoints need Authorization: Bearer <admin key>")
 
 
 async def reload(request: web.Request) -> web.Response:
-    require_admin(request)
+    await require_admin(request)
     live = request.app[LIVE]
     try:
         reloaded = await live.reload()
@@ -57,7 +87,7 @@ async def spend(request: web.Request) -> web.Response:
     """Per provider, client and team, and gateway-wide, today and this month: tokens, USD (reported
     and estimated), budget, in flight; and whether the figures are the shared ledger's or this
     process's alone."""
-    require_admin(request)
+    await require_admin(request)
     live = request.app[LIVE]
     config = live.config
     reports = await live.shared.ledger.report([*every_limit(config), *every_client_limit(config)])
