@@ -277,6 +277,7 @@ class TracingConfig(_Section):
 
 # A client's or team's name becomes a metric label, a ledger scope and part of a Redis key.
 CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "a name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
 
 
 class RateLimitsConfig(_Section):
@@ -292,12 +293,17 @@ class TeamConfig(_Section):
     limits: RateLimitsConfig = RateLimitsConfig()
 
 
-class ClientConfig(_Section):
-    key_env: str  # the env var holding this client's Bearer key
+class ClientSettings(_Section):
+    """What a client may do, whether named in the config or created through POST /admin/clients."""
+
     team: str | None = None
     models: list[str] | None = None  # names or aliases it may use; None: every model
     budget: BudgetConfig = BudgetConfig()
     limits: RateLimitsConfig = RateLimitsConfig()
+
+
+class ClientConfig(ClientSettings):
+    key_env: str  # the env var holding this client's Bearer key
 
 
 class GatewayConfig(_Section):
@@ -335,19 +341,27 @@ class GatewayConfig(_Section):
         return self
 
     def _check_clients(self) -> None:
-        names = ModelNames(self)
-        for kind, section in (("teams", self.teams), ("clients", self.clients)):
-            for name in section:
-                if not CLIENT_NAME.fullmatch(name):
-                    raise ValueError(f"{kind}.{name}: a name is 1-64 letters, digits, '.', '_' or '-', "
-                                     "starting with a letter or digit")
+        for name in self.teams:
+            if not CLIENT_NAME.fullmatch(name):
+                raise ValueError(f"teams.{name}: {NAME_RULE}")
         for name, client in self.clients.items():
-            if client.team is not None and client.team not in self.teams:
-                raise ValueError(f"clients.{name}.team: no team named {client.team!r} (add [teams.{client.team}])")
-            for model in client.models or ():
-                if model == CATCH_ALL_ALIAS or names.exact(model) is None:
-                    raise ValueError(f"clients.{name}.models: {model!r} is no model name or alias here; "
-                                     f"models: {', '.join(sorted(self.models))}")
+            problem = self.client_problem(name, client)
+            if problem is not None:
+                field, message = problem
+                raise ValueError(f"clients.{name}{'.' + field if field else ''}: {message}")
+
+    def client_problem(self, name: str, client: ClientSettings) -> tuple[str, str] | None:
+        """What is wrong with a client of this name and settings here, as (field, message), the
+        field "" for the name itself; None when nothing is."""
+        if not CLIENT_NAME.fullmatch(name):
+            return "", NAME_RULE
+        if client.team is not None and client.team not in self.teams:
+            return "team", f"no team named {client.team!r} (add [teams.{client.team}])"
+        names = ModelNames(self)
+        for model in client.models or ():
+            if model == CATCH_ALL_ALIAS or names.exact(model) is None:
+                return "models", f"{model!r} is no model name or alias here; models: {', '.join(sorted(self.models))}"
+        return None
 
     def _check_providers_serve_one_model(self) -> None:
         # A provider entry names one upstream model; listing it under two models would label

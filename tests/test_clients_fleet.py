@@ -8,15 +8,20 @@ reaches any log line.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.support.config import gateway_config, local_url, write_config
-from tests.support.processes import GatewayProcess, free_port, running
+from tests.support.processes import REPO, GatewayProcess, free_port, running
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow, pytest.mark.redis]
 
@@ -97,3 +102,40 @@ async def test_requests_per_minute_holds_across_the_fleet(fleet):
     # Exactly RPM through the shared count; a minute turning mid-burst may let one more through.
     assert RPM <= served <= RPM + 1
     assert (await post(ports[0], body(99), bearer("ADS_KEY"))).status == 200
+
+
+def cli(*args: str, config: Path) -> subprocess.CompletedProcess[str]:
+    """`rerank-gateway ARGS --config CONFIG`, as ops run it, with the admin key in the environment."""
+    return subprocess.run([sys.executable, "-m", "gateway", *args, "--config", str(config)], cwd=REPO,
+                          env={**os.environ, "ADMIN_KEY": ADMIN_KEY}, capture_output=True, text=True, timeout=60)
+
+
+async def test_a_created_client_is_served_on_every_worker_and_refused_everywhere_soon_after_revocation(fleet, tmp_path):
+    ports, _ = fleet
+    config = tmp_path / "config.toml"
+    created = await asyncio.to_thread(cli, "clients", "create", "made-live", "--team", "ads",
+                                      "--url", f"http://127.0.0.1:{ports[0]}", config=config)
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def everywhere(status: int, seconds: float) -> list[int]:
+        """Polled with a deadline: 16 requests over both processes' four workers, until all answer `status`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            statuses = [r.status for r in await asyncio.gather(*[post(ports[i % 2], body(i), headers) for i in range(16)])]
+            if set(statuses) == {status} or loop.time() > deadline:
+                return statuses
+            await asyncio.sleep(0.05)
+
+    assert set(await everywhere(200, 5.0)) == {200}
+    listed = await asyncio.to_thread(cli, "clients", "list", "--url", f"http://127.0.0.1:{ports[1]}", config=config)
+    assert '"made-live"' in listed.stdout and key not in listed.stdout
+    revoked = await asyncio.to_thread(cli, "clients", "revoke", "made-live", "--url", f"http://127.0.0.1:{ports[1]}",
+                                      config=config)
+    assert revoked.returncode == 0, revoked.stderr
+    revoked_at = asyncio.get_running_loop().time()
+    # Within a second by design (a poll every 0.25 s); 5 s bounds a test on a loaded 2-core machine.
+    assert set(await everywhere(401, 5.0)) == {401}
+    print(f"\nrefused on every worker {asyncio.get_running_loop().time() - revoked_at:.2f} s after the revocation")

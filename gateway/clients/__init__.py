@@ -7,6 +7,7 @@
     Rate         requests or documents per minute of a client or a team, held across the fleet
                  through Redis (RedisRates), else per process (MemoryRates)
     Cap          requests in flight at once of a client or a team, in this process (InFlight)
+    ClientStore  clients created through the admin API: shared through Redis, else this process's
 
 Budgets are not kept here: a client's and its team's are ledger scopes (gateway.budget), held
 with the provider's before every upstream call, so every guarantee of the ledger holds for them.
@@ -15,5 +16,13 @@ with the provider's before every upstream call, so every guarantee of the ledger
 from gateway.clients.book import Client, ClientBook
 from gateway.clients.in_flight import Cap, InFlight
 from gateway.clients.rates import MemoryRates, Rate, RateLimiter, RateRefusal, RedisRates
+from gateway.clients.store import (
+    ClientRecord,
+    ClientStore,
+    MemoryClientStore,
+    RedisClientStore,
+    StoreUnavailable,
+)
 
-__all__ = ["Cap", "Client", "ClientBook", "InFlight", "MemoryRates", "Rate", "RateLimiter", "RateRefusal", "RedisRates"]
+__all__ = ["Cap", "Client", "ClientBook", "ClientRecord", "ClientStore", "InFlight", "MemoryClientStore", "MemoryRates",
+           "Rate", "RateLimiter", "RateRefusal", "RedisClientStore", "RedisRates", "StoreUnavailable"]

@@ -16,6 +16,7 @@ from gateway.budget import (
     GATEWAY_SCOPE,
     TEAM_SCOPE_PREFIX,
     WindowReport,
+    client_limit,
     every_client_limit,
     every_limit,
     is_provider_scope,
@@ -90,9 +91,14 @@ async def spend(request: web.Request) -> web.Response:
     await require_admin(request)
     live = request.app[LIVE]
     config = live.config
-    reports = await live.shared.ledger.report([*every_limit(config), *every_client_limit(config)])
+    created = [record for record in live.shared.client_store.records() if record.name not in config.clients]
+    reports = await live.shared.ledger.report([
+        *every_limit(config), *every_client_limit(config),
+        *(client_limit(record.name, record.settings.budget) for record in created),
+    ])
     providers: dict[str, dict[str, Any]] = {name: {} for name in config.providers}
     clients: dict[str, dict[str, Any]] = {name: {"team": client.team} for name, client in config.clients.items()}
+    clients.update({record.name: {"team": record.settings.team} for record in created})
     teams: dict[str, dict[str, Any]] = {name: {} for name in config.teams}
     gateway: dict[str, dict[str, Any]] = {}
     for report in reports:
