@@ -110,15 +110,22 @@ class MemoryRates:
         return self.admit_now(rates, documents)
 
     def admit_now(self, rates: Sequence[Rate], documents: int) -> RateRefusal | None:
+        # Every admitted request of every rated client runs this: one pass, arithmetic inline.
         minute, gone = window_at(self._clock())
-        counters = [self._counter(rate.key, minute) for rate in rates]
-        for rate, (_, current, previous) in zip(rates, counters):
-            amount = amount_of(rate, documents)
-            if sliding_count(current, previous, gone) + amount > rate.per_minute:
-                return RateRefusal(rate, sliding_count(current, previous, gone),
-                                   seconds_until_fits(current, previous, gone, rate.per_minute, amount))
-        for rate, counter in zip(rates, counters):
-            counter[1] += amount_of(rate, documents)
+        kept = 1.0 - gone
+        counts = self._counts
+        counted: list[tuple[list[int], int]] = []
+        for rate in rates:
+            counter = counts.get(rate.key)
+            if counter is None or counter[0] != minute:
+                counter = self._counter(rate.key, minute)
+            amount = 1 if rate.counts == "requests" else documents
+            if counter[1] + math.floor(counter[2] * kept) + amount > rate.per_minute:
+                return RateRefusal(rate, sliding_count(counter[1], counter[2], gone),
+                                   seconds_until_fits(counter[1], counter[2], gone, rate.per_minute, amount))
+            counted.append((counter, amount))
+        for counter, amount in counted:
+            counter[1] += amount
         return None
 
     def note(self, rates: Sequence[Rate], documents: int) -> None:
