@@ -241,6 +241,7 @@ class ProviderFailure(Exception):
     transient: bool = False  # worth retrying on the same provider (connect error, 429, 502-504)
     retry_after: str | None = None  # the provider's Retry-After header, as sent
     resets_at: datetime | None = None  # kind "budget": when the overflowing window resets
+    payer_over_budget: bool = False  # kind "budget": the request's client's or team's budget, not the provider's
 
     @property
     def skipped(self) -> bool:

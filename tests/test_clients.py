@@ -273,3 +273,28 @@ async def test_repeated_wrong_admin_keys_wait_longer_each_time(make_gateway: Gat
     # 0.05, 0.1, 0.2, 0.4 s at least (a lower bound: a slow machine only adds to it)
     assert waits[3] >= 0.4
     assert (await gateway.get("/admin/spend", headers=ADMIN)).status == 200  # the right key never waits
+
+
+async def test_a_client_over_budget_is_refused_even_where_a_lexical_last_resort_is_configured(make_gateway: GatewayFactory):
+    gateway = await make_gateway(edit=clients(ads={"budget": {"daily_usd": TINY}}), resilience={"last_resort": "lexical"})
+    for i in range(80):
+        response = await gateway.post("/v1/rerank", json=fresh(i), headers=bearer("ADS_KEY"))
+        assert response.headers["X-Rerank-Provider"] != "degraded-lexical"
+        if response.status != 200:
+            break
+    assert response.status == 429 and (await response.json())["error"]["type"] == "budget_exhausted"
+
+
+async def test_a_request_in_flight_on_a_revoked_key_finishes(make_gateway: GatewayFactory, emulator):
+    gateway = await make_gateway(edit=clients())
+    created = await (await gateway.post("/admin/clients", json={"name": "leaving"}, headers=ADMIN)).json()
+    await add_fault(emulator, "deepinfra", "slow", delay_ms=1000, count=1)
+    in_flight = asyncio.ensure_future(gateway.post("/v1/rerank", json=fresh(0), headers={
+        "Authorization": f"Bearer {created['key']}"}))
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await emulator_requests(emulator)).get("deepinfra", 0) == 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    assert (await gateway.delete("/admin/clients/leaving", headers=ADMIN)).status == 204
+    assert (await in_flight).status == 200
+    after = await gateway.post("/v1/rerank", json=fresh(1), headers={"Authorization": f"Bearer {created['key']}"})
+    assert after.status == 401

@@ -45,6 +45,11 @@ def is_provider_scope(scope: str) -> bool:
     return not scope.startswith("@")
 
 
+def is_payer_scope(scope: str) -> bool:
+    """A client's or a team's: the request's own, not what serves it."""
+    return scope.startswith((CLIENT_SCOPE_PREFIX, TEAM_SCOPE_PREFIX))
+
+
 def scope_label(scope: str) -> str:
     """A ledger scope as people read it: the provider's name, "gateway", "client NAME" or "team NAME"."""
     if scope == GATEWAY_SCOPE:

@@ -27,6 +27,7 @@ from gateway.budget import (
     Refusal,
     Reservation,
     gateway_limit,
+    is_payer_scope,
     provider_limit,
     scope_label,
     unheld_reservation,
@@ -222,6 +223,7 @@ class GuardedCall:
                 f"in {outcome.window} (spent ${outcome.spent_usd:.6f}, in flight ${outcome.reserved_usd:.6f})",
                 kind="budget",
                 resets_at=outcome.resets_at,
+                payer_over_budget=is_payer_scope(outcome.scope),
             )
             self.note_skip(skip)
             raise skip
