@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.support.gateway import GatewayFactory
+from tests.support.redis_server import RedisServer, own_redis_server
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -117,3 +118,29 @@ async def test_admin_client_endpoints_need_the_admin_key_and_sane_bodies(make_ga
     assert (await gateway.patch("/admin/clients/nobody", json={"limits": {}}, headers=ADMIN)).status == 404
     bad_grace = await gateway.post("/admin/clients/twice/rotate", json={"grace_seconds": "soon"}, headers=ADMIN)
     assert bad_grace.status == 422
+
+
+@own_redis_server
+async def test_while_redis_is_away_known_clients_keep_working_and_changes_are_refused(
+    make_gateway: GatewayFactory, tmp_path,
+):
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        gateway = await make_gateway(edit=with_teams, cache={"url": server.url, "timeout_ms": 100,
+                                                             "ledger_timeout_ms": 100, "ledger_reserve_timeout_ms": 100})
+        created = await create(gateway, name="made-before", limits={"requests_per_minute": 2})
+        assert created.status == 201 and "warning" not in await created.json()  # shared: no warning
+        key = (await created.json())["key"]
+        server.stop()
+        # Keys are checked in this process: the created client and the configured one are served.
+        assert (await gateway.post("/v1/rerank", json=fresh(0), headers=bearer(key))).status == 200
+        assert (await gateway.post("/v1/rerank", json=fresh(1), headers=bearer("kb-prod-key"))).status == 200
+        assert (await gateway.post("/v1/rerank", json=fresh(2), headers=bearer("not-a-key"))).status == 401
+        # Rates fall back to this process's own count (the request above was the first of the minute).
+        statuses = [(await gateway.post("/v1/rerank", json=fresh(3 + i), headers=bearer(key))).status for i in range(2)]
+        assert statuses == [200, 429]
+        refused = await create(gateway, name="made-during")
+        assert refused.status == 503 and "client not stored" in (await refused.json())["error"]["message"]
+    finally:
+        server.stop()
