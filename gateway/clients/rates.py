@@ -32,6 +32,7 @@ WINDOW_SECONDS = 60
 KEY_PREFIX = "rb:{rate}:"  # one hash slot: a Cluster runs the script over every rate's keys
 # A minute's counter outlives the next minute, which still weighs it.
 _COUNTER_TTL_SECONDS = 3 * WINDOW_SECONDS
+_WARM_CONNECTIONS = 4
 
 Counts = Literal["requests", "documents"]
 
@@ -192,6 +193,8 @@ class RedisRates:
 
     async def start(self) -> None:
         self._outage.lag.start()
+        # Opening a connection costs more than a call's bound: opened now, not by the first requests.
+        await self._redis.warm_up(_WARM_CONNECTIONS)
 
     async def admit(self, rates: Sequence[Rate], documents: int) -> RateRefusal | None:
         if not rates:

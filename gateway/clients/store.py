@@ -157,6 +157,7 @@ class RedisClientStore:
         return cls(commands_for(url, timeout_seconds, max_connections=4), timeout_seconds)
 
     async def start(self) -> None:
+        await self._redis.warm_up(1)  # a connection opens slower than a call's bound allows
         await self._refresh()
         self._poller = asyncio.ensure_future(self._poll_forever())
 
