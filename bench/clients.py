@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 from collections.abc import Sequence
 
@@ -72,11 +73,21 @@ def main(argv: Sequence[str] | None = None) -> Figures:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--variant", type=int, choices=range(4),
+                        help="only this one (0: none, 1: no budgets, 2: budgets, 3: a provider budget), for callgrind: "
+                             "MISS_LOGIC_CALLGRIND=1 valgrind --tool=callgrind --instr-atstart=no python -m bench run clients "
+                             "-- --variant N --requests 300 --rounds 1; instructions ÷ 300 per request")
     args = parser.parse_args(argv)
     os.environ[BENCH_KEY_ENV] = BENCH_KEY
     log_requests_to(os.devnull)
-    results = asyncio.run(measure_all(args.requests, args.rounds, variants(args.clients)))
-    base = min(results["none"])
+    configs = variants(args.clients)
+    if args.variant is not None:
+        name = list(configs)[args.variant]
+        configs = {"none": "", name: configs[name]} if args.variant else {"none": ""}
+        if os.environ.get("MISS_LOGIC_CALLGRIND"):
+            configs = {name: configs[name]}  # one app, counted alone
+    results = asyncio.run(measure_all(args.requests, args.rounds, configs))
+    base = min(results.get("none", [math.nan]))
     figures: Figures = {"miss_us": base}
     print(f"{'variant':<45} {'best µs/req':>11} {'added':>8} {'of a miss':>9}  rounds")
     for number, (name, rounds) in enumerate(results.items()):
