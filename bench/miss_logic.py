@@ -98,11 +98,14 @@ def log_requests_to(path: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def started_app() -> AsyncIterator[web.Application]:
-    """The app `serve` builds from the bench config, started, its provider calls answered in process."""
+async def started_app(extra_config: str = "") -> AsyncIterator[web.Application]:
+    """The app `serve` builds from the bench config (plus `extra_config`'s TOML), started, its
+    provider calls answered in process."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ[BENCH_KEY_ENV] = BENCH_KEY
-        app = create_app(load_config(write_gateway_config(Path(tmp) / "gateway.toml", 9)))
+        path = write_gateway_config(Path(tmp) / "gateway.toml", 9)
+        path.write_text(path.read_text() + extra_config)
+        app = create_app(load_config(path))
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         for client in app[LIVE].current.clients.values():
@@ -113,8 +116,8 @@ async def started_app() -> AsyncIterator[web.Application]:
             await runner.cleanup()
 
 
-async def measure(requests: int, rounds: int, check: bool) -> list[float]:
-    async with started_app() as app:
+async def measure(requests: int, rounds: int, check: bool, extra_config: str = "") -> list[float]:
+    async with started_app(extra_config) as app:
         settle_garbage_collector()
         fresh = FreshBodies(broadcast_query=False)
         payload = _Body()

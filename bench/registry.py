@@ -45,6 +45,8 @@ BENCHMARKS: tuple[Benchmark, ...] = (
               "bench.tracing", ("--rounds", "2", "--count", "50", *MICRO_QUICK)),
     Benchmark("miss-logic", "the gateway's own CPU per miss in one process, no sockets (µs/request)",
               "bench.miss_logic", ("--requests", "300", "--rounds", "3")),
+    Benchmark("clients", "CPU per miss with 100 clients (key, models, rates, budgets) against none",
+              "bench.clients", ("--requests", "300", "--rounds", "2")),
     Benchmark("cache-client", "score cache client CPU per Redis lookup: direct connections against redis-py",
               "bench.cache_client", ("--calls", "2000", "--rounds", "1")),
     Benchmark("cluster-client", "score cache client CPU per lookup on a three-master Redis Cluster",

@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.budget import Ledger, MemoryLedger, RedisLedger
 from gateway.cache import MemoryScoreCache, ScoreCache
 from gateway.cache.redis import RedisScoreCache
+from gateway.clients import ClientStore, MemoryClientStore, MemoryRates, RateLimiter, RedisClientStore, RedisRates
 from gateway.config import CacheConfig, ConfigError, GatewayConfig
 from gateway.dialects import RERANK_ROUTES
 from gateway.observability.metrics import GatewayMetrics
@@ -20,7 +21,7 @@ from gateway.observability.tracing import Tracing, build_tracing
 from gateway.quality.verdict_store import LocalVerdicts, RedisVerdicts, VerdictStore
 from gateway.resilience.health import HealthBoard
 from gateway.runtime import FileSignature, LiveGateway, Shared, watch_config_file
-from gateway.web import admin, edge, ops, rerank
+from gateway.web import admin, admin_clients, edge, ops, rerank
 
 # Bodies are checked against the live server.max_body_bytes while they are read; this only
 # keeps aiohttp's own, fixed limit out of the way of a reload that raises ours.
@@ -51,10 +52,13 @@ def create_app(
         health=HealthBoard(config.resilience),
         metrics=GatewayMetrics(),
         verdicts=build_verdicts(config.cache),
+        rates=build_rates(config),
+        client_store=build_client_store(config),
         tracing=tracing or build_tracing(
             config.tracing.enabled, config.tracing.otlp_endpoint, config.tracing.service_name, os.environ),
     )
     app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload, config_signature)
+    app[admin.WRONG_ADMIN_KEYS] = admin.WrongKeyDelay()
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, rerank.rerank_handler(choose_dialect))
@@ -67,6 +71,11 @@ def create_app(
     app.router.add_get("/openapi.json", ops.openapi)
     app.router.add_post("/admin/reload", admin.reload)
     app.router.add_get("/admin/spend", admin.spend)
+    app.router.add_post("/admin/clients", admin_clients.create_client)
+    app.router.add_get("/admin/clients", admin_clients.list_clients)
+    app.router.add_patch("/admin/clients/{name}", admin_clients.change_client)
+    app.router.add_delete("/admin/clients/{name}", admin_clients.revoke_client)
+    app.router.add_post("/admin/clients/{name}/rotate", admin_clients.rotate_client_key)
     return app
 
 
@@ -126,6 +135,25 @@ def build_ledger(config: GatewayConfig) -> Ledger:
         config.ledger_url, config.cache.ledger_timeout_ms / 1000,
         reserve_timeout_seconds=config.cache.ledger_reserve_timeout_ms / 1000,
     )
+
+
+def build_rates(config: GatewayConfig) -> RateLimiter:
+    """Client and team rates are counted where the ledger lives: fleet-wide in Redis, else per process."""
+    rated = any(limits.requests_per_minute or limits.documents_per_minute
+                for limits in [*(c.limits for c in config.clients.values()), *(t.limits for t in config.teams.values())])
+    if not config.ledger_url:
+        if rated:
+            edge.log.warning("no Redis configured: client and team rate limits are counted per process, so "
+                             "several workers or replicas let through up to that many times each limit")
+        return MemoryRates()
+    return RedisRates.from_url(config.ledger_url, config.cache.ledger_timeout_ms / 1000)
+
+
+def build_client_store(config: GatewayConfig) -> ClientStore:
+    """Clients created through the admin API live beside the spend ledger: in its Redis, else this process."""
+    if not config.ledger_url:
+        return MemoryClientStore()
+    return RedisClientStore.from_url(config.ledger_url, config.cache.ledger_timeout_ms / 1000)
 
 
 def build_verdicts(config: CacheConfig) -> VerdictStore:

@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -236,14 +237,7 @@ def reload(config_path: str | None, url: str | None) -> None:
     It reaches exactly the gateway on the config's address (unlike a signal sent by process
     name) and prints its answer, including why a broken file was refused.
     """
-    # Only [server] is read: a file the gateway would refuse must still reach it, to hear why.
-    try:
-        server = load_server_section(config_path)
-    except ConfigError as exc:
-        click.echo(f"invalid config: {exc}", err=True)
-        sys.exit(2)
-    key = _admin_key_or_exit(server.admin_key_env, "cannot reload", "; send SIGHUP to the gateway instead")
-    base = (url or _local_url(server.host, server.port)).rstrip("/")
+    base, key = _admin_target(config_path, url, "cannot reload", "; send SIGHUP to the gateway instead")
     status, answer = _admin_call("POST", f"{base}/admin/reload", key)
     click.echo(answer)
     sys.exit(0 if status == 200 else 1)
@@ -253,7 +247,9 @@ def reload(config_path: str | None, url: str | None) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)
 @click.option("--url", help="the gateway's base URL (default: http://server.host:server.port from the config)")
 @click.option("--json", "as_json", is_flag=True, help="print GET /admin/spend's answer as it came")
-def spend(config_path: str | None, url: str | None, as_json: bool) -> None:
+@click.option("--by", type=click.Choice(["provider", "client", "team"]), default="provider", show_default=True,
+              help="one row per provider, per client (with its team) or per team")
+def spend(config_path: str | None, url: str | None, as_json: bool, by: str) -> None:
     """Show what the gateway spent today and this month, through GET /admin/spend.
 
     Per provider and gateway-wide: billed tokens and USD, split into what providers reported and
@@ -262,18 +258,96 @@ def spend(config_path: str | None, url: str | None, as_json: bool) -> None:
     """
     from gateway.web.spend_table import format_spend
 
+    base, key = _admin_target(config_path, url, "cannot read spend")
+    status, answer = _admin_call("GET", f"{base}/admin/spend", key)
+    if status != 200 or as_json:
+        click.echo(answer, err=status != 200)
+        sys.exit(0 if status == 200 else 1)
+    click.echo(format_spend(orjson.loads(answer), by))  # type: ignore[arg-type]  # click's Choice checked it
+
+
+_URL_HELP = "the gateway's base URL (default: http://server.host:server.port from the config)"
+
+
+@main.group()
+def clients() -> None:
+    """Create, list, revoke and rotate clients at run time, through /admin/clients.
+
+    A created client's key is printed once, by create and rotate; the gateway keeps only its hash.
+    """
+
+
+def _client_admin_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option("--url", help=_URL_HELP)(command)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=_CONFIG_HELP)(command)
+
+
+@clients.command("create")
+@click.argument("name")
+@click.option("--team", help="a [teams.NAME] of the config")
+@click.option("--model", "models", multiple=True, help="a model name or alias it may use (repeat; default: all)")
+@click.option("--daily-usd", type=float)
+@click.option("--monthly-usd", type=float)
+@click.option("--requests-per-minute", type=int)
+@click.option("--documents-per-minute", type=int)
+@click.option("--concurrent", type=int)
+@_client_admin_options
+def create_client(config_path: str | None, url: str | None, name: str, team: str | None, models: tuple[str, ...],
+                  daily_usd: float | None, monthly_usd: float | None, requests_per_minute: int | None,
+                  documents_per_minute: int | None, concurrent: int | None) -> None:
+    """Create client NAME and print its key (shown this once)."""
+    body: dict[str, Any] = {"name": name, "team": team, "models": list(models) or None,
+                            "budget": {"daily_usd": daily_usd, "monthly_usd": monthly_usd},
+                            "limits": {"requests_per_minute": requests_per_minute,
+                                       "documents_per_minute": documents_per_minute, "concurrent": concurrent}}
+    _client_call(config_path, url, "POST", "/admin/clients", body)
+
+
+@clients.command("list")
+@_client_admin_options
+def list_clients(config_path: str | None, url: str | None) -> None:
+    """Every client: its team, models, budget, limits and spend; never a key."""
+    _client_call(config_path, url, "GET", "/admin/clients")
+
+
+@clients.command("revoke")
+@click.argument("name")
+@_client_admin_options
+def revoke_client(config_path: str | None, url: str | None, name: str) -> None:
+    """Revoke created client NAME: its key is refused everywhere within a second."""
+    _client_call(config_path, url, "DELETE", f"/admin/clients/{urllib.parse.quote(name, safe='')}")
+
+
+@clients.command("rotate")
+@click.argument("name")
+@click.option("--grace-seconds", type=float, default=0.0, show_default=True,
+              help="how long the old key keeps working")
+@_client_admin_options
+def rotate_client(config_path: str | None, url: str | None, name: str, grace_seconds: float) -> None:
+    """Give created client NAME a new key (printed once)."""
+    _client_call(config_path, url, "POST", f"/admin/clients/{urllib.parse.quote(name, safe='')}/rotate",
+                 {"grace_seconds": grace_seconds})
+
+
+def _client_call(config_path: str | None, url: str | None, method: str, path: str,
+                 body: dict[str, Any] | None = None) -> None:
+    base, key = _admin_target(config_path, url, "cannot manage clients")
+    status, answer = _admin_call(method, f"{base}{path}", key, body)
+    if answer:
+        click.echo(answer, err=not 200 <= status < 300)
+    sys.exit(0 if 200 <= status < 300 else 1)
+
+
+def _admin_target(config_path: str | None, url: str | None, what: str, hint: str = "") -> tuple[str, str]:
+    """The gateway's base URL and the admin key, from the config's [server] alone: a file the
+    gateway would refuse must still reach it, to hear why."""
     try:
         server = load_server_section(config_path)
     except ConfigError as exc:
         click.echo(f"invalid config: {exc}", err=True)
         sys.exit(2)
-    key = _admin_key_or_exit(server.admin_key_env, "cannot read spend")
-    base = (url or _local_url(server.host, server.port)).rstrip("/")
-    status, answer = _admin_call("GET", f"{base}/admin/spend", key)
-    if status != 200 or as_json:
-        click.echo(answer, err=status != 200)
-        sys.exit(0 if status == 200 else 1)
-    click.echo(format_spend(orjson.loads(answer)))
+    key = _admin_key_or_exit(server.admin_key_env, what, hint)
+    return (url or _local_url(server.host, server.port)).rstrip("/"), key
 
 
 def _admin_key_or_exit(admin_env: str | None, what: str, hint: str = "") -> str:
@@ -291,8 +365,12 @@ def _local_url(host: str, port: int) -> str:
     return f"http://[{reachable}]:{port}" if ":" in reachable else f"http://{reachable}:{port}"
 
 
-def _admin_call(method: str, url: str, key: str) -> tuple[int, str]:
-    request = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {key}"})
+def _admin_call(method: str, url: str, key: str, body: dict[str, Any] | None = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, method=method, headers=headers,
+                                     data=None if body is None else orjson.dumps(body))
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, answer.read().decode()
@@ -431,12 +509,13 @@ def describe_providers(config: GatewayConfig) -> list[str]:
 
 def _client_auth_line(config: GatewayConfig, secrets: Secrets) -> str:
     keys_env = config.server.api_keys_env
-    if keys_env is None:
+    if keys_env is None and not config.clients:
         return "client auth: off (any client that reaches the gateway may rerank)"
-    count = len(secrets.client_keys)
+    count = len(secrets.client_digests)
     if count == 0:
-        return f"client auth: ON but ${keys_env} holds no key: every rerank request will get 401"
-    return f"client auth: on, {count} key(s) in ${keys_env}"
+        return "client auth: ON but no client key is set: every rerank request will get 401"
+    unset = f"; key unset for clients {', '.join(secrets.clients_without_key)}" if secrets.clients_without_key else ""
+    return f"client auth: on, {count} key(s) ({len(config.clients)} named client(s)){unset}"
 
 
 def _load_or_exit(config_path: str | None) -> GatewayConfig:

@@ -275,6 +275,37 @@ class TracingConfig(_Section):
     service_name: str = "rerank-gateway"  # OTEL_SERVICE_NAME wins
 
 
+# A client's or team's name becomes a metric label, a ledger scope and part of a Redis key.
+CLIENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+NAME_RULE = "a name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+class RateLimitsConfig(_Section):
+    """A client's or team's rates; None = not limited. Per minute, across the fleet through Redis."""
+
+    requests_per_minute: PositiveInt | None = None
+    documents_per_minute: PositiveInt | None = None
+    concurrent: PositiveInt | None = None  # requests in flight at once, per process
+
+
+class TeamConfig(_Section):
+    budget: BudgetConfig = BudgetConfig()
+    limits: RateLimitsConfig = RateLimitsConfig()
+
+
+class ClientSettings(_Section):
+    """What a client may do, whether named in the config or created through POST /admin/clients."""
+
+    team: str | None = None
+    models: list[str] | None = None  # names or aliases it may use; None: every model
+    budget: BudgetConfig = BudgetConfig()
+    limits: RateLimitsConfig = RateLimitsConfig()
+
+
+class ClientConfig(ClientSettings):
+    key_env: str  # the env var holding this client's Bearer key
+
+
 class GatewayConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
@@ -288,6 +319,9 @@ class GatewayConfig(_Section):
     models: dict[str, ModelConfig] = Field(min_length=1)
     tracing: TracingConfig = TracingConfig()
     providers: dict[str, ProviderConfig] = Field(min_length=1)
+    # Once one client is named, every rerank request needs a client's key (gateway.clients).
+    clients: dict[str, ClientConfig] = {}
+    teams: dict[str, TeamConfig] = {}
 
     @model_validator(mode="after")
     def _references_resolve(self) -> GatewayConfig:
@@ -303,7 +337,31 @@ class GatewayConfig(_Section):
             raise ValueError(f"server.default_model: no model named {default!r}")
         self._check_providers_serve_one_model()
         self._check_aliases_unique()
+        self._check_clients()
         return self
+
+    def _check_clients(self) -> None:
+        for name in self.teams:
+            if not CLIENT_NAME.fullmatch(name):
+                raise ValueError(f"teams.{name}: {NAME_RULE}")
+        for name, client in self.clients.items():
+            problem = self.client_problem(name, client)
+            if problem is not None:
+                field, message = problem
+                raise ValueError(f"clients.{name}{'.' + field if field else ''}: {message}")
+
+    def client_problem(self, name: str, client: ClientSettings) -> tuple[str, str] | None:
+        """What is wrong with a client of this name and settings here, as (field, message), the
+        field "" for the name itself; None when nothing is."""
+        if not CLIENT_NAME.fullmatch(name):
+            return "", NAME_RULE
+        if client.team is not None and client.team not in self.teams:
+            return "team", f"no team named {client.team!r} (add [teams.{client.team}])"
+        names = ModelNames(self)
+        for model in client.models or ():
+            if model == CATCH_ALL_ALIAS or names.exact(model) is None:
+                return "models", f"{model!r} is no model name or alias here; models: {', '.join(sorted(self.models))}"
+        return None
 
     def _check_providers_serve_one_model(self) -> None:
         # A provider entry names one upstream model; listing it under two models would label
@@ -339,6 +397,10 @@ class ModelNames:
 
     def canonical(self, name: str) -> str | None:
         return self._by_name.get(name) or self._by_name.get(CATCH_ALL_ALIAS)
+
+    def exact(self, name: str) -> str | None:
+        """The model this name or alias names itself, not through the catch-all alias."""
+        return self._by_name.get(name)
 
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

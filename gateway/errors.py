@@ -8,6 +8,8 @@
     │   ├── NotFound              404: no such endpoint
     │   ├── MethodNotAllowed      405: with Allow
     │   ├── Unauthorized          401: client or admin key missing or wrong
+    │   ├── ModelNotAllowed       403: the client's key may not use this model; names it
+    │   ├── ClientRateLimited     429, with Retry-After: over a client's or team's rate or concurrency
     │   └── UnknownModel          404: the model is not served; names the ones that are
     └── UpstreamError             no provider could answer
         ├── AllProvidersFailed    502: providers were called and failed (see AllProvidersFailed.of)
@@ -33,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
+from typing import Self
 
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -54,6 +57,21 @@ class GatewayError(Exception):
     @property
     def headers(self) -> Mapping[str, str]:
         return _NO_HEADERS
+
+
+class WithRetryAfter:
+    """Mixed into an error that tells the client when to come back: Retry-After, in whole seconds."""
+
+    retry_after_seconds: int = 1
+
+    def come_back_in(self, seconds: int) -> Self:
+        """The error, saying when to come back (at least 1 s: 0 would invite a retry at once); set before it is raised."""
+        self.retry_after_seconds = max(1, seconds)
+        return self
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class ClientError(GatewayError):
@@ -104,6 +122,18 @@ class Unauthorized(ClientError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class ModelNotAllowed(ClientError):
+    status = 403
+    error_type = "model_not_allowed"
+
+
+class ClientRateLimited(WithRetryAfter, ClientError):
+    """Over a client's or its team's requests or documents per minute, or its requests in flight."""
+
+    status = 429
+    error_type = "rate_limited"
+
+
 class UnknownModel(ClientError):
     status = 404
     error_type = "model_not_found"
@@ -119,16 +149,11 @@ class HttpError(ClientError):
         self.status = status
 
 
-class Overloaded(GatewayError):
+class Overloaded(WithRetryAfter, GatewayError):
     """The process lacks what it needs to serve the request now (descriptors, memory): come back soon."""
 
     status = 503
     error_type = "overloaded"
-    retry_after_seconds = 1
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return {"Retry-After": str(self.retry_after_seconds)}
 
 
 class UpstreamError(GatewayError):
@@ -274,6 +299,7 @@ class ProviderFailure(Exception):
     transient: bool = False  # worth retrying on the same provider (connect error, 429, 502-504)
     retry_after: str | None = None  # the provider's Retry-After header, as sent
     resets_at: datetime | None = None  # kind "budget": when the overflowing window resets
+    payer_over_budget: bool = False  # kind "budget": the request's client's or team's budget, not the provider's
     status: int | None = None  # the provider's HTTP status, when it answered one
     # When the provider may be called again, in seconds from when this was raised: its rate limit,
     # breaker cool-down or refusal back-off; None when unknown (it may answer right away).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from gateway.records import record
 
@@ -34,6 +34,18 @@ class RerankRequest:
     max_tokens_per_document: int | None = None
     long_documents: Literal["truncate", "refuse"] | None = None
     truncate_from: Literal["left", "right"] = "right"
+
+
+class Limit(NamedTuple):
+    """A ledger scope's budget (gateway.budget); None leaves that window unlimited but still tracked.
+
+    Here, not in gateway.budget, because a request carries its client's and team's limits down to
+    the guarded call (ScoreRequest.budgets).
+    """
+
+    scope: str
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
 
 
 @record
@@ -103,6 +115,8 @@ class ScoreRequest:
     group: str
     deadline: float | None = None
     language: str | None = None  # the canary language whose plan it follows (PlanTable.language_of)
+    # The client's and its team's budgets, reserved with each provider's (gateway.clients).
+    budgets: tuple[Limit, ...] = ()
 
 
 @dataclass(slots=True)

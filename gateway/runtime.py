@@ -1,7 +1,8 @@
 """The gateway's live state: what one config builds, swapped whole on reload.
 
-    Shared       lives as long as the process: score cache, spend ledger, provider health, single flight
-    Generation   built from one config: provider clients, router, service
+    Shared       lives as long as the process: score cache, spend ledger, provider health, single flight,
+                 client rates and requests in flight
+    Generation   built from one config: provider clients, router, service, the client book
     LiveGateway  the current generation; reload builds the next and swaps it in
 
 A request holds the generation it started on until it ends, so a reload never changes the
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from gateway.budget import Ledger
 from gateway.cache import ScoreCache
+from gateway.clients import ClientBook, ClientStore, InFlight, MemoryClientStore, MemoryRates, RateLimiter
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.tracing import Tracing
@@ -52,15 +54,22 @@ class Shared:
     verdicts: VerdictStore = field(default_factory=LocalVerdicts)  # canary verdicts, shared through Redis
     cache_stats: CacheStats = field(default_factory=lambda: CacheStats())
     tracing: Tracing = field(default_factory=Tracing.off)  # read at start; a reload keeps it
+    rates: RateLimiter = field(default_factory=MemoryRates)  # clients' and teams' per-minute counts
+    in_flight: InFlight = field(default_factory=InFlight)  # clients' and teams' requests in flight
+    client_store: ClientStore = field(default_factory=MemoryClientStore)  # clients the admin API created
 
     async def start(self) -> None:
         await self.cache.start()
         await self.ledger.start()
+        await self.rates.start()
+        await self.client_store.start()
 
     async def close(self) -> None:
         self.metrics.flush()  # the last moment's counts, into a worker's multiprocess files too
         await self.cache.close()
         await self.ledger.close()
+        await self.rates.close()
+        await self.client_store.close()
         await self.verdicts.close()
         # Flushes the spans still queued: a blocking export, so off the event loop.
         await asyncio.to_thread(self.tracing.shutdown)
@@ -90,6 +99,10 @@ class Generation:
         self.config = config
         self.loaded_at = time.time()
         self.secrets = Secrets.resolve(config)
+        self.client_book = ClientBook(config, self.secrets, shared.client_store)
+        if self.secrets.clients_without_key:
+            log.warning("no key for clients %s: their key_env is unset or empty, so they cannot be served",
+                        ", ".join(self.secrets.clients_without_key))
         self.clients = build_clients(config, self.secrets)
         calls = GuardedCall(config, shared.ledger, shared.health, shared.metrics, shared.tracing)
         self.parts = Parts(config, self.clients, calls, shared.health, shared.metrics, shared.quality_board,

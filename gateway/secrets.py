@@ -9,6 +9,7 @@ values, so a reload picks up rotated keys and nothing reads the environment mid-
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,7 +21,10 @@ from gateway.config import GatewayConfig
 class Secrets:
     provider_keys: Mapping[str, str | None]  # by provider name; None: no env var named, or unset/empty
     missing_keys: Mapping[str, str]  # by provider name, where a named variable gave no key: "not set" or "empty"
-    client_keys: tuple[bytes, ...]  # keys a rerank request must present; () with client auth off
+    # SHA-256 of each client key -> the client it names (ANONYMOUS for [server] api_keys_env's):
+    # a presented key is hashed and looked up, so no comparison runs over a stored key.
+    client_digests: Mapping[bytes, str]
+    clients_without_key: tuple[str, ...]  # [clients.NAME] whose key_env is unset or empty
     admin_key: str | None  # the /admin/* bearer key; None: admin endpoints are off
 
     @classmethod
@@ -34,7 +38,10 @@ class Secrets:
                 for name, provider in config.providers.items()
                 if provider.api_key_env is not None and read_env(provider.api_key_env, environ) is None
             },
-            client_keys=_client_keys(environ, config.server.api_keys_env),
+            client_digests=_client_digests(config, environ),
+            clients_without_key=tuple(
+                name for name, client in config.clients.items() if read_env(client.key_env, environ) is None
+            ),
             admin_key=read_env(config.server.admin_key_env, environ),
         )
 
@@ -46,8 +53,25 @@ def read_env(name: str | None, environ: Mapping[str, str] = os.environ) -> str |
     return environ.get(name) or None
 
 
-def _client_keys(environ: Mapping[str, str], name: str | None) -> tuple[bytes, ...]:
+# The client of [server] api_keys_env's keys: served as before, attributed to no named client.
+ANONYMOUS = "anonymous"
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def _client_digests(config: GatewayConfig, environ: Mapping[str, str]) -> dict[bytes, str]:
+    digests = {key_digest(key): ANONYMOUS for key in _anonymous_keys(environ, config.server.api_keys_env)}
+    for name, client in config.clients.items():
+        key = read_env(client.key_env, environ)
+        if key is not None:
+            digests[key_digest(key.strip())] = name
+    return digests
+
+
+def _anonymous_keys(environ: Mapping[str, str], name: str | None) -> list[str]:
     """Comma-separated keys; blanks around and between them are not part of any key."""
     if name is None:
-        return ()
-    return tuple(key.strip().encode() for key in environ.get(name, "").split(",") if key.strip())
+        return []
+    return [key.strip() for key in environ.get(name, "").split(",") if key.strip()]

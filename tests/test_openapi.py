@@ -323,3 +323,27 @@ async def test_admin_endpoints_fit_the_spec(aiohttp_client, emulator, spec: Spec
     refused = await gateway.post("/admin/reload", headers=admin)
     assert refused.status == 422
     spec.check_error(await spec.check_answer("/admin/reload", "post", refused), 422, "invalid_config")
+
+
+async def test_client_admin_endpoints_fit_the_spec(make_gateway, spec: Spec, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ADMIN_KEY", "admin-secret")
+    gateway = await make_gateway(server={"admin_key_env": "ADMIN_KEY"}, teams={"search": {}})
+    admin = {"Authorization": "Bearer admin-secret"}
+    body = {"name": "job", "team": "search", "models": [MODEL], "budget": {"daily_usd": 1.0},
+            "limits": {"requests_per_minute": 10}}
+    spec.check_request("/admin/clients", "post", body)
+    created = await spec.check_answer("/admin/clients", "post", await gateway.post("/admin/clients", json=body, headers=admin))
+    assert created["name"] == "job"
+    again = await gateway.post("/admin/clients", json=body, headers=admin)
+    spec.check_error(await spec.check_answer("/admin/clients", "post", again), 409, "conflict")
+    bad = await gateway.post("/admin/clients", json={"name": "x", "team": "nobody"}, headers=admin)
+    spec.check_error(await spec.check_answer("/admin/clients", "post", bad), 422, "invalid_request")
+    listed = await spec.check_answer("/admin/clients", "get", await gateway.get("/admin/clients", headers=admin))
+    assert [client["name"] for client in listed["clients"]] == ["job"]
+    change = {"limits": {"requests_per_minute": 5}}
+    spec.check_request("/admin/clients/{name}", "patch", change)
+    await spec.check_answer("/admin/clients/{name}", "patch",
+                            await gateway.patch("/admin/clients/job", json=change, headers=admin))
+    await spec.check_answer("/admin/clients/{name}/rotate", "post",
+                            await gateway.post("/admin/clients/job/rotate", json={"grace_seconds": 5}, headers=admin))
+    assert (await gateway.delete("/admin/clients/job", headers=admin)).status == 204

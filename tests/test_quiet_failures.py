@@ -223,11 +223,11 @@ def test_the_config_kinds_are_the_registered_adapters():
 
 
 def test_secrets_are_read_once_per_generation(tmp_path, monkeypatch):
-    from gateway.secrets import Secrets
+    from gateway.secrets import ANONYMOUS, Secrets, key_digest
 
     raw = gateway_config(local_url(9), server={"api_keys_env": "CLIENT_KEYS", "admin_key_env": "ADMIN_KEY"})
     config = load_config(write_config(tmp_path / "config.toml", raw))
     secrets = Secrets.resolve(config, {"EMULATOR_KEY": "k", "CLIENT_KEYS": " a, ,b ", "ADMIN_KEY": ""})
     assert secrets.provider_keys == {"deepinfra": "k", "fireworks": "k", "cohere": "k", "tei": "k"}
-    assert secrets.client_keys == (b"a", b"b")
+    assert secrets.client_digests == {key_digest("a"): ANONYMOUS, key_digest("b"): ANONYMOUS}
     assert secrets.admin_key is None  # set but empty: admin stays off

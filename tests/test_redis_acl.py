@@ -19,7 +19,7 @@ PASSWORD = "gw-s3cret"
 GATEWAY_ACL = (
     "resetkeys ~rr:* ~rb:* ~rq:* resetchannels -@all +ping +evalsha +script|load +time "
     "+hget +hmget +hgetall +hset +hsetnx +hdel +hexists +hlen +hincrby +expire +pexpire +pttl +set "
-    "+zadd +zrem +zcard +zrangebyscore +zremrangebyscore +rpush +ltrim +lrange"
+    "+zadd +zrem +zcard +zrangebyscore +zremrangebyscore +rpush +ltrim +lrange +get +incr +incrby +hvals"
 )
 README = Path(__file__).parents[1] / "README.md"
 ADMIN = {"Authorization": "Bearer admin-secret"}

@@ -132,7 +132,7 @@ PARTS: dict[str, Part] = {
     "latency": Part("the latency window's record (feeds the try's limit)",
                     (Patch("gateway.resilience.latency", "LatencyTracker.record", _nothing),)),
     "limits": Part("the size limits' check", (Patch("gateway.web.rerank", "check_limits", _nothing),)),
-    "client-key": Part("the client key check", (Patch("gateway.web.rerank", "require_client_key", _nothing),)),
+    "client-key": Part("the client key check", (Patch("gateway.clients.book", "ClientBook.identify", _nothing),)),
     "failing": Part("the failing-canary check on the answer", (Patch("gateway.web.rerank", "_failing_provider", _nothing),)),
     "try-timeout": Part("the try's asyncio.timeout (the request's own stays)",
                         (Patch("gateway.resilience.guarded_call", "asyncio", _AsyncioWithoutTimeout()),)),

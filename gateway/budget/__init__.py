@@ -12,12 +12,26 @@ from gateway.budget.base import (
     utc_now,
 )
 from gateway.budget.estimator import TokenEstimator
-from gateway.budget.limits import every_limit, gateway_limit, provider_limit, scope_label
+from gateway.budget.limits import (
+    CLIENT_SCOPE_PREFIX,
+    TEAM_SCOPE_PREFIX,
+    client_limit,
+    every_client_limit,
+    every_limit,
+    gateway_limit,
+    is_payer_scope,
+    is_provider_scope,
+    provider_limit,
+    scope_label,
+    team_limit,
+)
 from gateway.budget.memory import MemoryLedger
 from gateway.budget.redis import RedisLedger
 
 __all__ = [
+    "CLIENT_SCOPE_PREFIX",
     "GATEWAY_SCOPE",
+    "TEAM_SCOPE_PREFIX",
     "BudgetAlert",
     "Ledger",
     "Limit",
@@ -27,10 +41,15 @@ __all__ = [
     "Reservation",
     "TokenEstimator",
     "WindowReport",
+    "client_limit",
+    "every_client_limit",
     "every_limit",
     "gateway_limit",
+    "is_payer_scope",
+    "is_provider_scope",
     "provider_limit",
     "scope_label",
+    "team_limit",
     "unheld_reservation",
     "utc_now",
 ]

@@ -21,8 +21,9 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Final, Literal, NamedTuple, Protocol
+from typing import Final, Literal, Protocol
 
+from gateway.models import Limit as Limit  # re-exported: the budget's own type
 from gateway.records import record
 
 log = logging.getLogger("gateway.budget")
@@ -46,14 +47,6 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class Limit(NamedTuple):
-    """A scope's budget; None leaves that window unlimited but still tracked."""
-
-    scope: str
-    daily_usd: float | None = None
-    monthly_usd: float | None = None
 
 
 @record

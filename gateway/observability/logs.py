@@ -115,6 +115,8 @@ def request_log_fields(
     quality: str | None = None,
     requested_model: str | None = None,
     long_documents: LongDocuments | None = None,
+    client: str | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
     """The fields of a request's log line (RequestLog.write). Counts and names only."""
     fields: dict[str, Any] = _RequestFields({
@@ -129,6 +131,9 @@ def request_log_fields(
         "upstream_ms": round(upstream_ms, 3),
         "total_ms": round(total_ms, 3),
     })
+    if client is not None:  # the client's name, never its key
+        fields["client"] = client
+        fields["team"] = team
     if usage is not None:
         # What the request's upstream calls billed; estimated_*: the part priced from the
         # gateway's own token count because the answers reported none (TEI's never do).

@@ -216,6 +216,20 @@ class GatewayMetrics:
             ["provider"], registry=registry, multiprocess_mode="livemax",
         )
 
+        # Clients' labels are names from the config or the admin API, never what a request sent.
+        self._client_requests = Counter(
+            "rerank_gateway_client_requests", "Rerank requests answered, by client, team and HTTP status.",
+            ["client", "team", "status"], registry=registry,
+        )
+        self._client_pairs = Counter(
+            "rerank_gateway_client_pairs", "Pairs (documents) a client's answered requests held.",
+            ["client", "team"], registry=registry,
+        )
+        self._client_spend = Counter(
+            "rerank_gateway_client_spend_usd", "What a client's requests cost upstream, in US dollars.",
+            ["client", "team"], registry=registry,
+        )
+
         self._accept_errors = Counter(
             "rerank_gateway_accept_errors",
             "Connections the server could not accept for lack of resources (file descriptors, memory).",
@@ -250,6 +264,19 @@ class GatewayMetrics:
         self._tally.inc(count)
         self._tally.observe(duration, seconds)
         self._tally.observe(self._overhead_seconds, max(0.0, seconds - upstream_seconds))
+
+    def record_client_request(self, *, client: str, team: str, status: int, pairs: int, cost_usd: float) -> None:
+        """One request of a named client (or the anonymous one): counted, its pairs and its cost."""
+        count, paired, spent = self._children_of(
+            ("client", client, team, status),
+            lambda: (self._client_requests.labels(client, team, str(status)), self._client_pairs.labels(client, team),
+                     self._client_spend.labels(client, team)),
+        )
+        self._tally.inc(count)
+        if pairs:
+            self._tally.inc(paired, pairs)
+        if cost_usd:
+            self._tally.inc(spent, cost_usd)
 
     def record_cache(self, *, model: str, hits: int, misses: int) -> None:
         """Score-cache lookups of one request, counted in pairs."""

@@ -29,6 +29,7 @@ from gateway.budget import (
     Refusal,
     Reservation,
     gateway_limit,
+    is_payer_scope,
     provider_limit,
     scope_label,
     unheld_reservation,
@@ -63,7 +64,7 @@ class GuardedCall:
         self._health = health
         self._metrics = metrics
         self._tracing = tracing or Tracing.off()
-        self._limits: dict[str, tuple[tuple[Limit, ...], bool]] = {}
+        self._limits: dict[tuple[str, tuple[Limit, ...]], tuple[tuple[Limit, ...], bool]] = {}
 
     def own_limit(self, client: ProviderClient, pairs: int) -> float:
         """The most one try at this provider may take: its timeout, or less once it is known to be faster."""
@@ -79,6 +80,7 @@ class GuardedCall:
         answered: list[AnsweredCall] | None = None,
         purpose: CallPurpose = "request",
         hedged: bool = False,
+        budgets: tuple[Limit, ...] = (),
     ) -> tuple[list[float], Usage]:
         """Scores from this provider before `ends_at` (event-loop time), or a ProviderFailure.
 
@@ -87,13 +89,14 @@ class GuardedCall:
         what answered is settled at its cost however the rest ends, never released.
         `purpose` labels the HTTP calls in the metrics (a probe's are not a client's); `hedged`: the
         router started this call beside a slow one (both only describe the call, in its trace span).
+        `budgets`: the client's and its team's, held with the provider's and the gateway's, all or none.
         """
         health = self._health[client.name]
         answered = [] if answered is None else answered
         chars = client.adapter.billed_chars(pairs)
         self._admit(client, health, panic)
         try:
-            limits, enforced = self._limits_of(client)
+            limits, enforced = self._limits_of(client, budgets)
             if enforced:
                 reserving_since = _now()
                 reservation = await self._reserve(client, limits, chars, ends_at)
@@ -178,14 +181,14 @@ class GuardedCall:
             self._health.pooled_estimator.observe(call_chars, call.usage.tokens)
             health.reported_calls += 1
 
-    def _limits_of(self, client: ProviderClient) -> tuple[tuple[Limit, ...], bool]:
-        """The provider's budget and the gateway's, and whether either limits anything: fixed for
-        this config generation, so worked out once per provider."""
-        known = self._limits.get(client.name)
+    def _limits_of(self, client: ProviderClient, budgets: tuple[Limit, ...]) -> tuple[tuple[Limit, ...], bool]:
+        """The provider's budget, the gateway's and the client's and team's, and whether any limits
+        anything: fixed for this config generation, so worked out once per provider and client."""
+        known = self._limits.get((client.name, budgets))
         if known is None:
-            limits = (provider_limit(client.name, client.config), gateway_limit(self._config))
+            limits = (provider_limit(client.name, client.config), gateway_limit(self._config), *budgets)
             enforced = any(limit.daily_usd is not None or limit.monthly_usd is not None for limit in limits)
-            known = self._limits[client.name] = (limits, enforced)
+            known = self._limits[(client.name, budgets)] = (limits, enforced)
         return known
 
     def _admit(self, client: ProviderClient, health: ProviderHealth, panic: bool) -> None:
@@ -266,9 +269,10 @@ class GuardedCall:
             skip = ProviderFailure(
                 client.name,
                 f"{scope_label(outcome.scope)} {period} budget of ${outcome.limit_usd:g} would be exceeded "
-                f"(spent ${outcome.spent_usd:.6f}, in flight ${outcome.reserved_usd:.6f})",
+                f"in {outcome.window} (spent ${outcome.spent_usd:.6f}, in flight ${outcome.reserved_usd:.6f})",
                 kind="budget",
                 resets_at=outcome.resets_at,
+                payer_over_budget=is_payer_scope(outcome.scope),
             )
             self._health.note_budget_refusal(outcome.scope, outcome.period, outcome.resets_at.timestamp())
             self.note_skip(skip)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TypeVar, cast
 
 from gateway.cache import CachePolicy, PairKey
-from gateway.models import Batch
+from gateway.models import Batch, Limit
 from gateway.records import record
 
 T = TypeVar("T")
@@ -38,6 +38,7 @@ class Job:
     keys: list[PairKey]  # per slot
     deadline: float | None  # event-loop time; None: none
     language: str | None = None  # the canary language whose plan it follows; None: the model's plan
+    budgets: tuple[Limit, ...] = ()  # the client's and its team's, reserved with each provider's
 
 
 class UniquePairs:

@@ -100,7 +100,9 @@ class Router:
             answer = await self._walker.walk(request, planner.steps(request, failures), failures, answers)
         if answer is not None:
             return answer
-        if self._config.resilience.last_resort == "lexical":
+        # A client over its own budget is refused, not served lexically: the budget is the answer.
+        payer_refused = bool(failures) and all(failure.payer_over_budget for failure in failures)
+        if self._config.resilience.last_resort == "lexical" and not payer_refused:
             return _lexical(request)
         raise AllProvidersFailed.of(request.model, failures, utc_now())
 

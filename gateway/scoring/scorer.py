@@ -45,7 +45,8 @@ class Scorer:
         usage = Usage()
         try:
             scored = await self._router.score(
-                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline, job.language),
+                ScoreRequest(job.model, job.pairs.select(slots), job.pairs.all, job.group, job.deadline, job.language,
+                             job.budgets),
                 kept,
             )
         finally:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from gateway.cache import CachePolicy, ScoreCache, list_digests, pair_keys, passage_digests
 from gateway.config import GatewayConfig, ModelConfig, ModelNames
 from gateway.errors import InvalidRequest, PayloadTooLarge, UnknownModel
-from gateway.models import RerankRequest, RerankResult
+from gateway.models import Limit, RerankRequest, RerankResult
 from gateway.scoring.coordinator import Filling, FlightCoordinator
 from gateway.scoring.flights import Flights
 from gateway.scoring.job import Job, UniquePairs
@@ -60,12 +60,13 @@ class RerankService:
 
     async def rerank(
         self, request: RerankRequest, policy: CachePolicy = CachePolicy(), deadline: float | None = None,
-        model: str | None = None,
+        model: str | None = None, budgets: tuple[Limit, ...] = (),
     ) -> RerankResult:
         """Scores for every document in request order; `deadline` is in event-loop time.
 
         `model`: the canonical model, when the caller resolved it already (the handler does, for its
-        log line); else resolved here from the request.
+        log line); else resolved here from the request. `budgets`: the client's and its team's, reserved
+        with each provider's before every upstream call.
         """
         started = time.perf_counter()
         model = self.resolve_model(request.model) if model is None else model
@@ -76,7 +77,7 @@ class RerankService:
         language = self._router.language_of(model, pairs.queries)
         group, sibling = self._router.cache_group(model, request.instruction, language)
         keys = pair_keys(group, request.instruction, pairs.queries, pairs.documents, pairs.digests)
-        job = Job(model, group, pairs, policy, keys, deadline, language)
+        job = Job(model, group, pairs, policy, keys, deadline, language, budgets)
         scores: list[float | None]
         elsewhere: frozenset[int] = frozenset()
         if policy.read:

@@ -118,7 +118,8 @@ class PlanWalk:
         ends_at = self._attempt_end(request, entry.pairs, step, later)
         if step.panic:
             self._metrics.record_panic_call(model=request.model, provider=step.client.name)
-        return self._calls.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls, hedged=hedged)
+        return self._calls.score(step.client, entry.pairs, ends_at, panic=step.panic, answered=entry.calls, hedged=hedged,
+                                 budgets=request.budgets)
 
     def _attempt_end(self, request: ScoreRequest, pairs: Batch, step: Step, later: Sequence[Step]) -> float | None:
         """When this attempt must give up, leaving the steps after it their share of the deadline."""

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from gateway.budget import GATEWAY_SCOPE, WindowReport, every_limit
+from gateway.budget import (
+    CLIENT_SCOPE_PREFIX,
+    GATEWAY_SCOPE,
+    TEAM_SCOPE_PREFIX,
+    WindowReport,
+    client_limit,
+    every_client_limit,
+    every_limit,
+    is_provider_scope,
+)
 from gateway.config import ConfigError
 from gateway.errors import ClientError, NotFound, Unauthorized
 from gateway.web.edge import LIVE, json_response
@@ -18,7 +31,32 @@ class ReloadRefused(ClientError):
     error_type = "invalid_config"
 
 
-def require_admin(request: web.Request) -> None:
+class WrongKeyDelay:
+    """Wrong admin keys wait before their 401, twice as long for each one in a row (up to a cap):
+    a guesser gets a few tries a minute, while the right key never waits."""
+
+    def __init__(self, first_seconds: float = 0.05, cap_seconds: float = 5.0, forget_after_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._first = first_seconds
+        self._cap = cap_seconds
+        self._forget_after = forget_after_seconds
+        self._clock = clock
+        self._in_a_row = 0
+        self._last = -math.inf
+
+    def next_wait(self) -> float:
+        now = self._clock()
+        if now - self._last > self._forget_after:
+            self._in_a_row = 0
+        self._in_a_row += 1
+        self._last = now
+        return min(self._cap, self._first * 2.0 ** (self._in_a_row - 1))
+
+
+WRONG_ADMIN_KEYS = web.AppKey("wrong_admin_keys", WrongKeyDelay)
+
+
+async def require_admin(request: web.Request) -> None:
     generation = request.app[LIVE].current
     key = generation.secrets.admin_key
     if key is None:
@@ -30,11 +68,12 @@ def require_admin(request: web.Request) -> None:
     given = request.headers.get("Authorization", "")
     # Constant-time: the comparison must not tell an attacker how much of the key matched.
     if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        await asyncio.sleep(request.app[WRONG_ADMIN_KEYS].next_wait())
         raise Unauthorized("admin endpoints need Authorization: Bearer <admin key>")
 
 
 async def reload(request: web.Request) -> web.Response:
-    require_admin(request)
+    await require_admin(request)
     live = request.app[LIVE]
     try:
         reloaded = await live.reload()
@@ -51,20 +90,43 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def spend(request: web.Request) -> web.Response:
-    """Per provider and gateway-wide, today and this month: tokens, USD (reported and estimated),
-    budget, in flight; and whether the figures are the shared ledger's or this process's alone."""
-    require_admin(request)
+    """Per provider, client and team, and gateway-wide, today and this month: tokens, USD (reported
+    and estimated), budget, in flight; and whether the figures are the shared ledger's or this
+    process's alone."""
+    await require_admin(request)
     live = request.app[LIVE]
     config = live.config
-    reports = await live.shared.ledger.report(every_limit(config))
+    created = [record for record in live.shared.client_store.records() if record.name not in config.clients]
+    reports = await live.shared.ledger.report([
+        *every_limit(config), *every_client_limit(config),
+        *(client_limit(record.name, record.settings.budget) for record in created),
+    ])
     providers: dict[str, dict[str, Any]] = {name: {} for name in config.providers}
+    clients: dict[str, dict[str, Any]] = {name: {"team": client.team} for name, client in config.clients.items()}
+    clients.update({record.name: {"team": record.settings.team} for record in created})
+    teams: dict[str, dict[str, Any]] = {name: {} for name in config.teams}
     gateway: dict[str, dict[str, Any]] = {}
     for report in reports:
-        target = gateway if report.scope == GATEWAY_SCOPE else providers[report.scope]
-        target["today" if report.period == "day" else "month"] = _window(report)
+        _scope_figures(report.scope, providers, clients, teams, gateway)["today" if report.period == "day" else "month"] = (
+            _window(report))
     for name in config.providers:
         providers[name]["chars_per_token"] = round(live.shared.health.billing_estimator(name).chars_per_token, 3)
-    return json_response({"providers": providers, "gateway": gateway, "ledger": _ledger_state(reports)})
+    return json_response({"providers": providers, "gateway": gateway, "clients": clients, "teams": teams,
+                          "ledger": _ledger_state(reports)})
+
+
+def _scope_figures(
+    scope: str, providers: dict[str, dict[str, Any]], clients: dict[str, dict[str, Any]],
+    teams: dict[str, dict[str, Any]], gateway: dict[str, Any],
+) -> dict[str, Any]:
+    """Where a ledger scope's windows go in /admin/spend's answer."""
+    if scope == GATEWAY_SCOPE:
+        return gateway
+    if scope.startswith(CLIENT_SCOPE_PREFIX):
+        return clients[scope.removeprefix(CLIENT_SCOPE_PREFIX)]
+    if scope.startswith(TEAM_SCOPE_PREFIX):
+        return teams[scope.removeprefix(TEAM_SCOPE_PREFIX)]
+    return providers[scope]
 
 
 def _window(report: WindowReport) -> dict[str, Any]:
@@ -85,7 +147,7 @@ def _window(report: WindowReport) -> dict[str, Any]:
 
 def _ledger_state(reports: list[WindowReport]) -> dict[str, Any]:
     """Where the figures come from, and what this process has not yet written to the shared ledger."""
-    months = [report for report in reports if report.period == "month" and report.scope != GATEWAY_SCOPE]
+    months = [report for report in reports if report.period == "month" and is_provider_scope(report.scope)]
     per_process = any(report.source == "process" for report in reports)
     return {
         "figures": "per_process" if per_process else "shared",

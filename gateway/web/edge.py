@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from gateway.clients import Client
 from gateway.dialects import RERANK_ROUTES
 from gateway.errors import (
     GatewayError,
@@ -67,6 +68,7 @@ class RerankTrace:
     documents: int = 0
     result: RerankResult | None = None
     quality: str | None = None  # "failing": served by a provider failing its canary
+    client: Client | None = None  # whose key it came with; None: the gateway needs no key
 
 
 RERANK_TRACE = web.RequestKey("rerank_trace", RerankTrace)
@@ -145,6 +147,10 @@ def _observe(
     metrics = shared.metrics
     metrics.record_request(dialect=trace.dialect, model=trace.model, status=status, seconds=seconds,
                            upstream_seconds=upstream_ms / 1000)
+    client = trace.client
+    if client is not None:
+        metrics.record_client_request(client=client.name, team=client.team_label, status=status,
+                                      pairs=trace.documents, cost_usd=result.usage.cost_usd if result else 0.0)
     if result is not None:
         metrics.record_cache(model=trace.model, hits=result.cache_hits, misses=result.cache_misses)
         shared.cache_stats.add(result.cache_hits, result.cache_misses, result.usage.cost_usd)
@@ -169,6 +175,8 @@ def _observe(
         quality=trace.quality,
         requested_model=trace.requested_model,
         long_documents=result.long_documents if result else None,
+        client=client.name if client is not None else None,
+        team=client.team if client is not None else None,
     ))
 
 

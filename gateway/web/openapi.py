@@ -16,9 +16,10 @@ from gateway.observability.metrics import BREAKER_STATE_VALUES, PROVIDER_STATES
 Schema = dict[str, Any]
 
 _ERROR_TYPES = (
-    "bad_request (400), unauthorized (401), not_found / model_not_found (404), method_not_allowed (405), "
-    "payload_too_large (413), invalid_request / invalid_config (422), budget_exhausted / rate_limited (429), "
-    "internal_error (500), all_providers_failed / upstream_rejected (502), providers_unavailable (503), "
+    "bad_request (400), unauthorized (401), model_not_allowed (403), not_found / model_not_found (404), "
+    "method_not_allowed (405), payload_too_large (413), invalid_request / invalid_config (422), "
+    "budget_exhausted / rate_limited (429), internal_error (500), "
+    "all_providers_failed / upstream_rejected (502), providers_unavailable (503), "
     "upstream_timeout / deadline_exceeded (504)"
 )
 
@@ -54,8 +55,8 @@ def openapi_spec() -> dict[str, Any]:
             "securitySchemes": {
                 "clientKey": {
                     "type": "http", "scheme": "bearer",
-                    "description": "A client key from the env var [server] api_keys_env names (comma-separated); "
-                                   "required only when api_keys_env is set.",
+                    "description": "A client's key: one of [clients.NAME] key_env's, or of the env var [server] "
+                                   "api_keys_env names (comma-separated); required when either is set.",
                 },
                 "adminKey": {
                     "type": "http", "scheme": "bearer",
@@ -177,6 +178,7 @@ def _paths() -> dict[str, Any]:
             "whether the figures are the shared ledger's or this process's alone, with spend awaiting write-back.",
             _schema("SpendReport"),
         )},
+        **_client_paths(),
     }
 
 
@@ -212,7 +214,8 @@ def _rerank_operation(
                 "content": _json(answer),
             },
             **{status: _ref("responses", name) for status, name in (
-                ("400", "BadRequest"), ("401", "Unauthorized"), ("404", "ModelNotFound"), ("413", "PayloadTooLarge"),
+                ("400", "BadRequest"), ("401", "Unauthorized"), ("403", "ModelNotAllowed"), ("404", "ModelNotFound"),
+                ("413", "PayloadTooLarge"),
                 ("422", "InvalidRequest"), ("429", "TooManyRequests"), ("500", "InternalError"),
                 ("502", "BadGateway"), ("503", "ProvidersUnavailable"), ("504", "GatewayTimeout"),
             )},
@@ -230,16 +233,64 @@ def _get(operation_id: str, summary: str, description: str, content: dict[str, A
     }
 
 
-def _admin_operation(operation_id: str, summary: str, description: str, answer: Schema,
-                     extra_errors: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
+def _admin_operation(operation_id: str, summary: str, description: str, answer: Schema | None,
+                     extra_errors: dict[str, Any] | None = None, *, status: str = "200",
+                     body: Schema | None = None, parameters: list[Any] | None = None) -> dict[str, Any]:
+    """`answer` None: no content (204)."""
+    success: dict[str, Any] = {"description": summary, "headers": _request_id_header()}
+    if answer is not None:
+        success["content"] = _json(answer)
+    operation: dict[str, Any] = {
         "tags": ["admin"], "operationId": f"admin_{operation_id}", "summary": summary, "description": description,
         "security": [{"adminKey": []}],
         "responses": {
-            "200": {"description": summary, "headers": _request_id_header(), "content": _json(answer)},
+            status: success,
             "401": _ref("responses", "Unauthorized"),
             "404": _ref("responses", "AdminOff"),
             **(extra_errors or {}),
+        },
+    }
+    if body is not None:
+        operation["requestBody"] = {"required": False, "content": _json(body)}
+    if parameters:
+        operation["parameters"] = parameters
+    return operation
+
+
+_CLIENT_IN_PATH = {"name": "name", "in": "path", "required": True, "description": "A created client's name.",
+                   "schema": {"type": "string", "minLength": 1}}
+
+
+def _client_paths() -> dict[str, Any]:
+    errors = {"400": _ref("responses", "BadRequest"), "422": _ref("responses", "InvalidRequest"),
+              "409": _ref("responses", "Conflict"), "503": _ref("responses", "StoreUnavailable")}
+    return {
+        "/admin/clients": {
+            "post": _admin_operation(
+                "create_client", "Create a client",
+                "A client with its own key, created at run time: the key is in this answer only, and stored as a "
+                "SHA-256 digest (in Redis when one is configured, else in this process, with a `warning`).",
+                _schema("ClientCreated"), errors, status="201", body=_schema("ClientCreate")),
+            "get": _admin_operation(
+                "list_clients", "List clients",
+                "Every client, named in the config (`source` `config`) or created (`admin`), with its spend; never a key.",
+                _schema("ClientList")),
+        },
+        "/admin/clients/{name}": {
+            "patch": _admin_operation(
+                "change_client", "Change a created client's limits or budget", "Only `limits` and `budget` change.",
+                _schema("ClientDescribed"), errors, body=_schema("ClientChange"), parameters=[_CLIENT_IN_PATH]),
+            "delete": _admin_operation(
+                "revoke_client", "Revoke a created client",
+                "Its key is refused (401) on every worker and replica within a second; requests in flight finish.",
+                None, errors, status="204", parameters=[_CLIENT_IN_PATH]),
+        },
+        "/admin/clients/{name}/rotate": {
+            "post": _admin_operation(
+                "rotate_client_key", "Give a created client a new key",
+                "The old key keeps working for `grace_seconds` (default 0).", _schema("ClientRotated"), errors,
+                status="201", body=_closed([], {"grace_seconds": {"type": "number", "minimum": 0, "maximum": 2592000}}),
+                parameters=[_CLIENT_IN_PATH]),
         },
     }
 
@@ -325,6 +376,8 @@ def _error_responses() -> dict[str, Any]:
     return {
         "BadRequest": error("`bad_request`: body empty, not JSON, not UTF-8, or a bad X-Request-Timeout."),
         "Unauthorized": error("`unauthorized`: the client or admin key is missing or wrong.", challenge=True),
+        "ModelNotAllowed": error("`model_not_allowed`: the client's key may not use this model; the message "
+                                 "names it and those it may use."),
         "ModelNotFound": error("`model_not_found`: the model is not served; the message lists those that are."),
         "AdminOff": error("`not_found`: admin endpoints are off ([server] admin_key_env unset)."),
         "PayloadTooLarge": error("`payload_too_large`: over a configured limit; the message names it."),
@@ -332,11 +385,16 @@ def _error_responses() -> dict[str, Any]:
         "InvalidConfig": error("`invalid_config`: the config file is invalid; the running config stays."),
         "TooManyRequests": error(
             "`budget_exhausted`: nothing was called; the providers passed over are over a spend budget (or rate "
-            "limited); `rate_limited`: the same with rate limits alone. `Retry-After` is the seconds until the "
-            "first of them may be called again.", retry_after=True),
+            "limited), or the client's or its team's budget is spent. `rate_limited`: the same with the providers' "
+            "rate limits alone, or the client or its team is over its requests or documents per minute, or its "
+            "requests in flight. `Retry-After` is the seconds until the first of them may be called again, or until "
+            "the client's request fits.", retry_after=True),
         "ProvidersUnavailable": error(
             "`providers_unavailable`: nothing was called; some providers are in back-off (breaker open, or refusing "
             "the gateway's key), the rest over budget or rate limited.", may_retry_after=True),
+        "Conflict": error("`conflict`: a client of that name exists, or is named in the config file."),
+        "StoreUnavailable": error("`overloaded`: the client store's Redis did not answer; nothing changed.",
+                                  retry_after=True),
         "InternalError": error("`internal_error`: a bug; the gateway log has the details under the request id."),
         "BadGateway": error("`all_providers_failed` (providers were called and failed; the message lists each "
                             "provider's reason) or `upstream_rejected`.", may_retry_after=True),
@@ -581,13 +639,21 @@ def _ops_schemas() -> dict[str, Schema]:
                                                       "applies to the next request."},
         }),
         "StatusHistory": _status_history_schema(),
-        "SpendReport": _closed(["providers", "gateway", "ledger"], {
+        "SpendReport": _closed(["providers", "gateway", "clients", "teams", "ledger"], {
             "providers": {"type": "object", "additionalProperties": _closed(["today", "month", "chars_per_token"], {
                 "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
                 "chars_per_token": {"type": "number", "description": "The learned estimate used to reserve budget."},
             })},
             "gateway": _closed(["today", "month"], {"today": _schema("SpendWindow"), "month": _schema("SpendWindow")},
                                description="Gateway-wide, over every provider."),
+            "clients": {"type": "object", "description": "Each configured client's spend, against its budget.",
+                        "additionalProperties": _closed(["team", "today", "month"], {
+                            "team": {"type": ["string", "null"]},
+                            "today": _schema("SpendWindow"), "month": _schema("SpendWindow"),
+                        })},
+            "teams": {"type": "object", "description": "Each team's spend (all its clients'), against its budget.",
+                      "additionalProperties": _closed(["today", "month"], {
+                          "today": _schema("SpendWindow"), "month": _schema("SpendWindow")})},
             "ledger": _closed(["figures", "pending_usd", "pending_tokens", "partial"], {
                 "figures": {"enum": ["shared", "per_process"],
                             "description": "`per_process`: this process's own figures (no shared ledger, or its Redis is "
@@ -600,6 +666,7 @@ def _ops_schemas() -> dict[str, Schema]:
                                            "restarted without that spend, or is still loading it."},
             }),
         }),
+        **_client_schemas(),
         "SpendWindow": _closed(["window", "tokens", "usd", "reported", "estimated", "budget_usd", "remaining_usd",
                                 "reserved_usd", "pending_usd", "pending_tokens", "resets_at"], {
             "window": {"type": "string", "description": "The UTC day (`2025-01-31`) or month (`2025-01`)."},
@@ -618,6 +685,34 @@ def _ops_schemas() -> dict[str, Schema]:
         "SpendPart": _closed(["tokens", "usd"], {"tokens": _COUNT, "usd": {"type": "number", "minimum": 0}},
                              description="The part of a window's tokens and usd that providers reported (`reported`) "
                                          "or the gateway estimated for answers without usage (`estimated`)."),
+    }
+
+
+def _client_schemas() -> dict[str, Schema]:
+    optional_usd = {"type": ["number", "null"], "minimum": 0}
+    optional_count = {"type": ["integer", "null"], "minimum": 1}
+    budget = _closed([], {"daily_usd": optional_usd, "monthly_usd": optional_usd})
+    limits = _closed([], {"requests_per_minute": optional_count, "documents_per_minute": optional_count,
+                          "concurrent": optional_count})
+    described: dict[str, Schema] = {"team": {"type": ["string", "null"]},
+                 "models": {"type": ["array", "null"], "items": {"type": "string"}},
+                 "budget": budget, "limits": limits}
+    name: Schema = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
+    return {
+        "ClientCreate": _closed(["name"], {"name": name, **described}),
+        "ClientChange": _closed([], {"budget": budget, "limits": limits}),
+        "ClientDescribed": _closed(["name", *described], {"name": name, **described}),
+        "ClientCreated": _closed(["name", *described, "key", "note"], {
+            "name": name, **described, "key": {"type": "string", "description": "Shown this once."},
+            "note": {"type": "string"}, "warning": {"type": "string", "description": "Not shared: no Redis."}}),
+        "ClientRotated": _closed(["name", "key", "old_key_valid_for_seconds", "note"], {
+            "name": name, "key": {"type": "string"}, "old_key_valid_for_seconds": {"type": "number"},
+            "note": {"type": "string"}}),
+        "ClientList": _closed(["clients"], {"clients": {"type": "array", "items": _closed(
+            ["name", "source", *described, "spend"], {
+                "name": {"type": "string"}, "source": {"enum": ["config", "admin"]}, **described,
+                "spend": _closed(["today_usd", "month_usd"], {"today_usd": {"type": "number"},
+                                                             "month_usd": {"type": "number"}})})}}),
     }
 
 

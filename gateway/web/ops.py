@@ -17,6 +17,7 @@ from gateway.web.budget_state import BudgetState, iso
 from gateway.web.edge import LIVE, json_response
 from gateway.web.openapi import openapi_spec
 from gateway.web.provider_state import ProviderState, provider_state
+from gateway.web.status_clients import client_rows
 from gateway.web.status_page import (
     BudgetBar,
     CacheStatus,
@@ -138,6 +139,7 @@ async def status_page(request: web.Request) -> web.Response:
         history=live.shared.metrics.history.view(),
         history_scope=_history_scope(live),
         last_change=_last_change(live, generation),
+        clients=await client_rows(live),
     )
     return web.Response(text=render_status_page(snapshot), content_type="text/html")
 

@@ -6,7 +6,6 @@ Also /v1/models, the list of what a client may ask for.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import math
 import re
@@ -16,8 +15,9 @@ import orjson
 from aiohttp import web
 
 from gateway.cache import CachePolicy
+from gateway.clients import Client, RateLimiter
 from gateway.dialects import DialectChooser
-from gateway.errors import BadRequest, DeadlineExceeded, InvalidRequest, PayloadTooLarge, Unauthorized
+from gateway.errors import BadRequest, ClientRateLimited, DeadlineExceeded, InvalidRequest, PayloadTooLarge
 from gateway.models import RerankResult
 from gateway.runtime import Generation
 from gateway.web.edge import LIVE, REQUEST_ID, RERANK_TRACE, RerankTrace, json_response
@@ -27,8 +27,10 @@ from gateway.web.request_limits import check_limits
 def rerank_handler(choose_dialect: DialectChooser) -> Any:
     async def handle(request: web.Request) -> web.Response:
         trace = request[RERANK_TRACE] = RerankTrace()
-        with request.app[LIVE].serving() as generation:
-            require_client_key(request, generation.secrets.client_keys, generation.config.server.api_keys_env)
+        live = request.app[LIVE]
+        with live.serving() as generation:
+            # Before the body is read: a request without a valid key costs no more than its head.
+            client = trace.client = generation.client_book.identify(request.headers.get("Authorization"))
             server = generation.config.server
             payload = await _read_json(request, server.max_body_bytes)
             dialect = choose_dialect(payload)
@@ -42,11 +44,17 @@ def rerank_handler(choose_dialect: DialectChooser) -> Any:
             trace.model = generation.service.resolve_model(rerank.model)
             policy = CachePolicy.from_header(request.headers.get("Cache-Control"))
             deadline = asyncio.get_running_loop().time() + seconds
-            try:
-                async with asyncio.timeout_at(deadline):
-                    result = trace.result = await generation.service.rerank(rerank, policy, deadline, trace.model)
-            except TimeoutError:
-                raise DeadlineExceeded(f"no answer within the request's deadline of {seconds:g}s") from None
+            if client is not None:
+                client.check_model(trace.model, rerank.model)
+                await admit_rates(live.shared.rates, client, len(rerank.documents))
+            budgets, caps = (client.budgets, client.caps) if client is not None else ((), ())
+            with live.shared.in_flight.holding(caps):
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        result = trace.result = await generation.service.rerank(
+                            rerank, policy, deadline, trace.model, budgets)
+                except TimeoutError:
+                    raise DeadlineExceeded(f"no answer within the request's deadline of {seconds:g}s") from None
             failing = _failing_provider(generation, result, rerank.instruction)
         headers = {
             "X-Rerank-Provider": result.provider,
@@ -78,18 +86,13 @@ def _failing_provider(generation: Generation, result: RerankResult, instruction:
     return provider if generation.quality_guard.failing_serves(result.model, provider, result.language) else None
 
 
-def require_client_key(request: web.Request, keys: tuple[bytes, ...], keys_env: str | None) -> None:
-    """With client auth on, a rerank request needs `Authorization: Bearer <one of the keys>`."""
-    if keys_env is None:
+async def admit_rates(rates: RateLimiter, client: Client, documents: int) -> None:
+    """Count the request against its client's and team's per-minute rates, or 429 naming the full one."""
+    if not client.rates:
         return
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    presented = given.strip().encode()
-    # Compare against every key, in constant time each: timing tells nothing about which matched.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(presented, key)
-    if scheme.lower() != "bearer" or not matched:
-        raise Unauthorized("this gateway needs Authorization: Bearer <client key>")
+    refusal = await rates.admit(client.rates, documents)
+    if refusal is not None:
+        raise ClientRateLimited(refusal.message).come_back_in(refusal.retry_after_seconds)
 
 
 def request_deadline(request: web.Request, configured: float) -> float:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 _COLUMNS = ("scope", "window", "tokens", "reported", "estimated", "usd", "reported $", "estimated $", "budget $",
             "remaining $")
 
 
-def format_spend(answer: dict[str, Any]) -> str:
-    """One row per provider and window, then the gateway-wide total; a last line says where the figures come from."""
+SpendBy = Literal["provider", "client", "team"]
+
+
+def format_spend(answer: dict[str, Any], by: SpendBy = "provider") -> str:
+    """One row per provider (or client, or team) and window, then the gateway-wide total; a last
+    line says where the figures come from."""
     rows: list[tuple[str, ...]] = [_COLUMNS]
-    for name, windows in answer["providers"].items():
-        rows += [_row(name, windows[period]) for period in ("today", "month")]
+    for name, windows in answer[f"{by}s"].items():
+        label = f"{name} ({windows['team']})" if by == "client" and windows.get("team") else name
+        rows += [_row(label, windows[period]) for period in ("today", "month")]
     rows += [_row("gateway (total)", answer["gateway"][period]) for period in ("today", "month")]
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(cell.ljust(width) if i < 2 else cell.rjust(width) for i, (cell, width) in enumerate(zip(row, widths)))

@@ -23,6 +23,7 @@ from gateway.resilience.health import Change, RecentError
 from gateway.resilience.latency import MIN_SAMPLES
 from gateway.web.provider_state import ProviderState
 from gateway.web.status_charts import CHART_CSS, history_section
+from gateway.web.status_clients import ClientRow, clients_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class StatusSnapshot:
     history: HistoryView | None = None  # the last hour per minute; None: no charts
     history_scope: str = "this process"  # whose hour it is: with several workers, one worker's own
     last_change: Change | None = None  # the latest reload, breaker move, refusal or verdict
+    clients: tuple[ClientRow, ...] = ()  # named clients' spend and rate; () with none configured
 
 
 def render_status_page(snapshot: StatusSnapshot) -> str:
@@ -110,6 +112,7 @@ def render_status_page(snapshot: StatusSnapshot) -> str:
         f"{_gateway_budget_card(snapshot.gateway_budget)}</section>"
         f"{history_section(snapshot.history, snapshot.history_scope, _usd)}"
         f"{''.join(_model_section(model) for model in snapshot.models)}"
+        f"{clients_section(snapshot.clients, _usd)}"
         f"{_errors_section(snapshot.recent_errors, snapshot.generated_at)}"
         "</main></body></html>\n"
     )
