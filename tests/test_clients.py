@@ -210,7 +210,7 @@ async def test_status_shows_each_clients_spend_and_rate_against_its_limits(make_
     page = await (await gateway.get("/status")).text()
     table = page[page.index("<h2>Clients</h2>"):]
     row = table[table.index("<td>kb-prod</td>"):].split("</tr>")[0]
-    assert "<td>search</td>" in row and " of $5.0000" in row and "<td>2 of 10</td>" in row
+    assert "<td>search</td>" in row and " of $5.00" in row and "<td>2 of 10</td>" in row
     assert "<td>ads</td><td>ads</td>" in table and "no limit" in table
     assert not any(key in page for key in KEYS.values())
 
