@@ -2,6 +2,7 @@
 
     python -m bench run instructions                       # c=16 and c=64, 300 requests each
     python -m bench run instructions -- --baseline /tmp/before  # and another checkout's gateway
+    python -m bench run instructions -- --clients 100     # and the gateway with 100 clients configured
 
 CPU seconds on a shared 2-core machine move by ±20% from run to run (other processes, cache
 and frequency effects), more than most single changes save. Instructions do not: valgrind's
@@ -30,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import harness
+from bench.clients import clients_config
 from bench.harness import (
     REPO,
     ProcessGroup,
@@ -58,20 +60,27 @@ def start_counted(group: ProcessGroup, name: str, argv: list[str], port: int, ch
     return group.start(name, [*_callgrind(group.workdir / f"{name}.callgrind"), *argv], port, None, checkout=checkout)
 
 
-def start_targets(group: ProcessGroup, baseline: Path | None) -> dict[str, Server]:
+def start_targets(group: ProcessGroup, baseline: Path | None, clients: int = 0) -> dict[str, Server]:
     emulator = start_emulator(group, None, 20.0)
     config = write_gateway_config(group.workdir / "gateway.toml", emulator.port)
+    configs = {"gateway": (config, REPO), "baseline": (config, baseline)}
+    if clients:
+        # The whole miss, both HTTP hops included, with the bench's key held by one of them
+        # (bench/clients.py measures the miss logic alone).
+        with_clients = group.workdir / "gateway-clients.toml"
+        with_clients.write_text(config.read_text() + clients_config(clients, budgets=False))
+        configs[f"gateway+{clients} clients"] = (with_clients, REPO)
     targets = {}
     port = group.free_port()
     targets["passthrough"] = start_counted(group, "passthrough", [
         sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", emulator.base_url,
     ], port)
-    for name, checkout in (("gateway", REPO), ("baseline", baseline)):
+    for name, (path, checkout) in configs.items():
         if checkout is None:
             continue
         port = group.free_port()
-        targets[name] = start_counted(group, name, [
-            sys.executable, "-m", "gateway", "serve", "--config", str(config), "--port", str(port), "--workers", "1",
+        targets[name] = start_counted(group, name.replace(" ", "-"), [
+            sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", str(port), "--workers", "1",
         ], port, checkout=checkout.resolve())
     group.wait_ready()
     return targets
@@ -125,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> Figures:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--baseline", type=Path, default=None, help="another checkout's gateway, measured too")
+    parser.add_argument("--clients", type=int, default=0, help="also the gateway with this many clients configured")
     parser.add_argument("--keep", type=Path, default=None,
                         help="write the callgrind files (and logs) here, for callgrind_annotate, instead of a temporary folder")
     args = parser.parse_args(argv)
@@ -135,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> Figures:
             workdir = args.keep
             workdir.mkdir(parents=True, exist_ok=True)
         group = stack.enter_context(ProcessGroup(workdir))
-        targets = start_targets(group, args.baseline)
+        targets = start_targets(group, args.baseline, args.clients)
         rows = asyncio.run(measure(targets, workdir, args.concurrency, args.requests))
     print(markdown(rows))
     if args.keep is not None:
