@@ -58,7 +58,8 @@ def create_app(
             config.tracing.enabled, config.tracing.otlp_endpoint, config.tracing.service_name, os.environ),
     )
     app[edge.LIVE] = LiveGateway(config, shared, config_path, on_admin_reload, config_signature)
-    app[admin.WRONG_ADMIN_KEYS] = admin.WrongKeyDelay()
+    delay = config.server.admin_wrong_key_max_delay_seconds
+    app[admin.WRONG_ADMIN_KEYS] = admin.WrongKeyDelay(first_seconds=min(0.05, delay), cap_seconds=delay)
     app.cleanup_ctx.append(_lifetime)
     for path, choose_dialect in RERANK_ROUTES.items():
         app.router.add_post(path, rerank.rerank_handler(choose_dialect))

@@ -56,6 +56,8 @@ class ServerConfig(_Section):
     max_instruction_chars: PositiveInt = 4_000
     api_keys_env: str | None = None  # env var holding comma-separated client keys; unset = no client auth
     admin_key_env: str | None = None  # env var holding the /admin/* bearer key; unset = admin off
+    # Wrong admin keys in a row wait 0.05 s, then twice as long each, up to this; 0: no wait.
+    admin_wrong_key_max_delay_seconds: float = Field(5.0, ge=0)
     reload_poll_seconds: float = Field(2.0, ge=0)  # how often to look for config file changes; 0 = never
     shutdown_grace_seconds: float = Field(30.0, ge=0)  # SIGTERM: time for requests in flight to finish
     # An idle keep-alive connection is closed after this (aiohttp's own default is an hour).

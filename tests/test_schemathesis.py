@@ -45,7 +45,10 @@ schema = schemathesis.openapi.from_dict(openapi_spec(), config=CONFIG)
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     emulator_port, gateway_port = free_port(), free_port()
     config = tmp_path_factory.mktemp("schemathesis") / "config.toml"
-    write_config(config, gateway_config(local_url(emulator_port), server={"admin_key_env": "TEST_ADMIN_KEY", "log_level": "warning"}))
+    write_config(config, gateway_config(local_url(emulator_port), server={
+        "admin_key_env": "TEST_ADMIN_KEY", "log_level": "warning",
+        # Fuzzed admin calls carry wrong keys by the hundred: waits growing to 5 s would take minutes.
+        "admin_wrong_key_max_delay_seconds": 0}))
     env = {"EMULATOR_KEY": "k", "TEST_ADMIN_KEY": "admin-key"}
     with running(["emulate", "--port", str(emulator_port)], emulator_port), \
          running(["serve", "--config", str(config), "--port", str(gateway_port)], gateway_port, env=env):
