@@ -38,7 +38,7 @@ def test_shipped_configs_take_the_names_real_clients_send(file, name):
     ("providers.a.score_transform", "tanh", "providers.a.score_transform"),
     ("providers.a.timeout", 3, "providers.a.timeout: unknown key 'timeout'; did you mean 'timeout_seconds'?"),
     ("models.m.fallbak", ["a"], "models.m.fallbak: unknown key 'fallbak'; did you mean 'fallback'?"),
-    ("server.colour", 1, "server.colour: unknown key 'colour'; known keys: admin_key_env, api_keys_env,"),
+    ("server.colour", 1, "server.colour: unknown key 'colour'; known keys: admin_key_env, admin_wrong_key_max_delay_seconds, api_keys_env,"),
     ("server.port", "8080", "server.port: Input should be a valid integer"),
     ("server.max_documents", 1000.0, "server.max_documents: Input should be a valid integer"),
     ("providers.a.enabled", "false", "providers.a.enabled: Input should be a valid boolean"),
