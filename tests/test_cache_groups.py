@@ -289,3 +289,24 @@ def test_the_reference_under_another_name_is_the_reference() -> None:
     groups = groups_of(["deepinfra", "twin"], twin=twin)
     assert groups.group_of(MODEL, "twin") == groups.group_of(MODEL, "deepinfra")
     assert groups.placement(MODEL, "twin").scale is None
+
+
+def test_a_groups_sibling_keeps_a_model_name_with_a_slash_or_a_question_mark_whole() -> None:
+    """The sibling (the group written under the other mark: before or after a first pass) is found
+    by the mark after the identity, never by a "/" or "?" in the model's own name."""
+    raw = gateway_config("http://127.0.0.1:9", ["deepinfra"])
+    # Its aliases left out: the canonical name is the only name it has here.
+    raw["models"] = {"Qwen/Reranker?": {"fallback": ["deepinfra"], "quality": {"probe_interval_seconds": 60}}}
+    raw["server"]["default_model"] = "Qwen/Reranker?"
+    config = parse_config(raw)
+    board = QualityBoard()
+    groups = CacheGroups(config, board, lambda provider: True, {"Qwen/Reranker?": ("en", "other")})
+    pending = groups.group_of("Qwen/Reranker?", "deepinfra")
+    assert pending.startswith("Qwen/Reranker?@") and pending.endswith("?")
+    sibling = groups.sibling("Qwen/Reranker?", "deepinfra", pending)
+    assert sibling is not None and sibling.group == pending[:-1] and sibling.until is None
+    board.record_verdict("Qwen/Reranker?", "deepinfra", outcome())
+    passed = groups.group_of("Qwen/Reranker?", "deepinfra")
+    assert passed == pending[:-1]
+    after = groups.sibling("Qwen/Reranker?", "deepinfra", f"{passed}/en")
+    assert after is not None and after.group == f"{pending}/en" and after.until is not None

@@ -125,12 +125,13 @@ class CacheGroups:
         state = entry.verdict_in(language)[0]
         if self._config.models[model].quality.probe_interval_seconds <= 0:
             return None  # no verdict is coming: `?` is the mark for good
-        if "?" in group:
-            return Sibling(group.replace("?", ""), None)
+        # MODEL@IDENTITY[mark][/LANGUAGE]: the model's name may hold "/" or "?", the rest does not.
+        named, at, placed = group.rpartition("@")
+        identity, slash, language_part = placed.partition("/")
+        if identity.endswith("?"):
+            return Sibling(f"{named}{at}{identity[:-1]}{slash}{language_part}", None)
         if state == "passing" and entry.first_passed_at is not None and entry.failed_at is None:
-            name, _, suffix = group.partition("/")
-            return Sibling(f"{name}?/{suffix}" if suffix else f"{name}?",
-                           entry.first_passed_at + PRE_VERDICT_READ_SECONDS)
+            return Sibling(f"{named}{at}{identity}?{slash}{language_part}", entry.first_passed_at + PRE_VERDICT_READ_SECONDS)
         return None
 
     def report(self, model: str, provider: str) -> QualityReport:
